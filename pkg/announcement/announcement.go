@@ -1,0 +1,203 @@
+// Package announcement defines the messages the services exchange over Kafka:
+// announcement events (ingress → fanout) and delivery batches (fanout → sender, archiver).
+//
+// Both are JSON. Decoding validates, because a Kafka payload is a trust boundary:
+// anything that passes Decode* is safe for the next stage to act on.
+package announcement
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Kind is the audience of an announcement.
+type Kind string
+
+const (
+	KindChannel   Kind = "channel"    // online members of a channel
+	KindAllOnline Kind = "all_online" // every online user
+	KindUsers     Kind = "users"      // exactly the listed users, online or not
+	KindShard     Kind = "channel_shard"
+)
+
+// ChannelRef is a channel by numeric id or by string id (ws_channel_data.channel_channelid).
+// In JSON it is a number or a string, as in the REST body.
+type ChannelRef struct {
+	ID       int64
+	StringID string
+	IsString bool
+}
+
+func (c ChannelRef) MarshalJSON() ([]byte, error) {
+	if c.IsString {
+		return json.Marshal(c.StringID)
+	}
+	return strconv.AppendInt(nil, c.ID, 10), nil
+}
+
+func (c *ChannelRef) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		if s == "" {
+			return errors.New("channel id: empty string")
+		}
+		*c = ChannelRef{StringID: s, IsString: true}
+		return nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("channel id: want a number or a string")
+	}
+	id, err := n.Int64()
+	if err != nil {
+		return fmt.Errorf("channel id: want an integer: %v", err)
+	}
+	*c = ChannelRef{ID: id}
+	return nil
+}
+
+func (c ChannelRef) String() string {
+	if c.IsString {
+		return strconv.Quote(c.StringID)
+	}
+	return strconv.FormatInt(c.ID, 10)
+}
+
+// Shard is one member-id range of a giant channel: [FromMemberID, ToMemberID).
+// ToMemberID 0 means "to the end".
+type Shard struct {
+	ChannelID    int64 `json:"channel_id"`
+	Index        int   `json:"index"`
+	Count        int   `json:"count"`
+	FromMemberID int64 `json:"from_member_id"`
+	ToMemberID   int64 `json:"to_member_id"`
+}
+
+// Event is one accepted announcement, or one shard task of it.
+type Event struct {
+	ID        string      `json:"id"`
+	Kind      Kind        `json:"kind"`
+	Channel   *ChannelRef `json:"channel_id,omitempty"`
+	Usernames []string    `json:"usernames,omitempty"`
+	Template  string      `json:"template"` // decoded XML
+	Persist   bool        `json:"persist"`
+	CreatedAt time.Time   `json:"created_at"`
+	Source    string      `json:"source"` // "rest" or "kafka:<topic>"
+	Shard     *Shard      `json:"shard,omitempty"`
+}
+
+// Batch is up to [fanout] batch_size recipients of one announcement on one node.
+type Batch struct {
+	AnnouncementID string    `json:"announcement_id"`
+	Shard          int       `json:"shard"`
+	Seq            int       `json:"seq"`
+	Node           string    `json:"node"`
+	Template       string    `json:"template"`
+	Persist        bool      `json:"persist"`
+	FirstIncID     uint64    `json:"first_inc_id"` // recipient i gets [inc_id] = FirstIncID + i
+	Recipients     []string  `json:"recipients"`
+	CreatedAt      time.Time `json:"created_at"`
+}
+
+// Key spreads batches of one announcement over partitions (and so over sender replicas).
+func (b *Batch) Key() []byte {
+	return fmt.Appendf(nil, "%s/%d/%d", b.AnnouncementID, b.Shard, b.Seq)
+}
+
+// Encode returns the JSON form.
+func (e *Event) Encode() ([]byte, error) { return json.Marshal(e) }
+
+// Encode returns the JSON form.
+func (b *Batch) Encode() ([]byte, error) { return json.Marshal(b) }
+
+// MaxIDLen bounds announcement ids.
+const MaxIDLen = 128
+
+// DecodeEvent parses and checks an event.
+func DecodeEvent(p []byte) (Event, error) {
+	var e Event
+	dec := json.NewDecoder(bytes.NewReader(p))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil {
+		return Event{}, fmt.Errorf("announcement event: %w", err)
+	}
+	if dec.More() {
+		return Event{}, errors.New("announcement event: trailing data")
+	}
+	return e, e.Check()
+}
+
+// Check reports what makes the event unusable.
+func (e *Event) Check() error {
+	var errs []error
+	if e.ID == "" || len(e.ID) > MaxIDLen {
+		errs = append(errs, fmt.Errorf("id: want 1..%d bytes", MaxIDLen))
+	}
+	if e.Template == "" {
+		errs = append(errs, errors.New("template: empty"))
+	}
+	switch e.Kind {
+	case KindChannel:
+		if e.Channel == nil {
+			errs = append(errs, errors.New("channel_id: missing"))
+		} else if !e.Channel.IsString && e.Channel.ID < 0 {
+			errs = append(errs, errors.New("channel_id: negative (that is kind all_online)"))
+		}
+	case KindAllOnline:
+	case KindUsers:
+		if len(e.Usernames) == 0 {
+			errs = append(errs, errors.New("usernames: empty"))
+		}
+	case KindShard:
+		if e.Shard == nil {
+			errs = append(errs, errors.New("shard: missing"))
+		} else if e.Shard.Index < 0 || e.Shard.Count < 1 || e.Shard.Index >= e.Shard.Count ||
+			(e.Shard.ToMemberID != 0 && e.Shard.ToMemberID <= e.Shard.FromMemberID) {
+			errs = append(errs, fmt.Errorf("shard: inconsistent %+v", *e.Shard))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("kind %q: unknown", e.Kind))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("announcement event: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// DecodeBatch parses and checks a delivery batch.
+func DecodeBatch(p []byte) (Batch, error) {
+	var b Batch
+	dec := json.NewDecoder(bytes.NewReader(p))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil {
+		return Batch{}, fmt.Errorf("delivery batch: %w", err)
+	}
+	if dec.More() {
+		return Batch{}, errors.New("delivery batch: trailing data")
+	}
+	var errs []error
+	if b.AnnouncementID == "" || len(b.AnnouncementID) > MaxIDLen {
+		errs = append(errs, fmt.Errorf("announcement_id: want 1..%d bytes", MaxIDLen))
+	}
+	if b.Template == "" {
+		errs = append(errs, errors.New("template: empty"))
+	}
+	if len(b.Recipients) == 0 {
+		errs = append(errs, errors.New("recipients: empty"))
+	}
+	if b.Seq < 0 || b.Shard < 0 {
+		errs = append(errs, errors.New("seq/shard: negative"))
+	}
+	if len(errs) > 0 {
+		return Batch{}, fmt.Errorf("delivery batch: %w", errors.Join(errs...))
+	}
+	return b, nil
+}

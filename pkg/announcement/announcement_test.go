@@ -1,0 +1,117 @@
+package announcement
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestEventRoundTrip(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	cases := []Event{
+		{ID: "a1", Kind: KindChannel, Channel: &ChannelRef{ID: 22}, Template: "<message to='%s'/>", CreatedAt: now, Source: "rest"},
+		{ID: "a2", Kind: KindChannel, Channel: &ChannelRef{StringID: "demo", IsString: true}, Template: "<message to='%s'/>", Persist: true, CreatedAt: now, Source: "kafka:in"},
+		{ID: "a3", Kind: KindAllOnline, Template: "<message to='%s'/>", CreatedAt: now},
+		{ID: "a4", Kind: KindUsers, Usernames: []string{"u1", "u2@d/r"}, Template: "x", Persist: true, CreatedAt: now},
+		{ID: "a5", Kind: KindShard, Shard: &Shard{ChannelID: 1, Index: 1, Count: 3, FromMemberID: 10, ToMemberID: 20}, Template: "x", CreatedAt: now},
+	}
+	for _, want := range cases {
+		p, err := want.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeEvent(p)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("round trip:\n got %+v\nwant %+v", got, want)
+		}
+	}
+}
+
+func TestChannelRefJSON(t *testing.T) {
+	var e struct{ C ChannelRef }
+	if err := json.Unmarshal([]byte(`{"C": 22}`), &e); err != nil || e.C.IsString || e.C.ID != 22 {
+		t.Fatalf("number: %+v %v", e.C, err)
+	}
+	if err := json.Unmarshal([]byte(`{"C": "demo"}`), &e); err != nil || !e.C.IsString || e.C.StringID != "demo" {
+		t.Fatalf("string: %+v %v", e.C, err)
+	}
+	for _, bad := range []string{`{"C": 1.5}`, `{"C": ""}`, `{"C": true}`, `{"C": [1]}`, `{"C": 99999999999999999999}`} {
+		if err := json.Unmarshal([]byte(bad), &e); err == nil {
+			t.Errorf("%s: accepted", bad)
+		}
+	}
+}
+
+func TestDecodeEventRejects(t *testing.T) {
+	for _, bad := range []string{
+		``, `{}`, `[]`, `{"id":"x","kind":"channel","template":"t"}`,
+		`{"id":"x","kind":"channel","channel_id":-1,"template":"t"}`,
+		`{"id":"x","kind":"users","template":"t"}`,
+		`{"id":"x","kind":"nope","template":"t"}`,
+		`{"id":"","kind":"all_online","template":"t"}`,
+		`{"id":"x","kind":"all_online","template":""}`,
+		`{"id":"x","kind":"all_online","template":"t","extra":1}`,
+		`{"id":"x","kind":"all_online","template":"t"}{}`,
+		`{"id":"x","kind":"channel_shard","template":"t","shard":{"index":2,"count":2}}`,
+		`{"id":"` + strings.Repeat("x", MaxIDLen+1) + `","kind":"all_online","template":"t"}`,
+	} {
+		if _, err := DecodeEvent([]byte(bad)); err == nil {
+			t.Errorf("%q: accepted", bad)
+		}
+	}
+}
+
+func TestDecodeBatch(t *testing.T) {
+	b := Batch{AnnouncementID: "a", Seq: 3, Node: "node1", Template: "t", Recipients: []string{"alice@localhost"}, FirstIncID: 7}
+	p, _ := b.Encode()
+	got, err := DecodeBatch(p)
+	if err != nil || !reflect.DeepEqual(got, b) {
+		t.Fatalf("got %+v %v", got, err)
+	}
+	if string(b.Key()) != "a/0/3" {
+		t.Fatalf("key %q", b.Key())
+	}
+	for _, bad := range []string{``, `{}`, `{"announcement_id":"a","template":"t","recipients":[]}`, `{"announcement_id":"a","template":"t","recipients":["x"],"seq":-1}`} {
+		if _, err := DecodeBatch([]byte(bad)); err == nil {
+			t.Errorf("%q: accepted", bad)
+		}
+	}
+}
+
+func FuzzDecodeEvent(f *testing.F) {
+	f.Add([]byte(`{"id":"a","kind":"channel","channel_id":"demo","template":"<m/>"}`))
+	f.Add([]byte(`{"id":"a","kind":"users","usernames":["x"],"template":"<m/>","persist":true}`))
+	f.Add([]byte(`{"id":"a","kind":"channel_shard","template":"t","shard":{"channel_id":1,"index":0,"count":1}}`))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		e, err := DecodeEvent(p)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must survive a round trip unchanged in meaning.
+		q, err := e.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeEvent(q); err != nil {
+			t.Fatalf("re-decode of %s: %v", q, err)
+		}
+	})
+}
+
+func FuzzDecodeBatch(f *testing.F) {
+	f.Add([]byte(`{"announcement_id":"a","seq":1,"node":"n","template":"t","recipients":["x@y"]}`))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		b, err := DecodeBatch(p)
+		if err != nil {
+			return
+		}
+		if len(b.Recipients) == 0 || b.Template == "" {
+			t.Fatalf("accepted an unusable batch: %+v", b)
+		}
+	})
+}

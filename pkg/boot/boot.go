@@ -1,0 +1,79 @@
+// Package boot is the common start of every announcer main: flags, config, logger, signals.
+package boot
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/rs/zerolog"
+
+	"github.com/announcer/announcer/pkg/config"
+	"github.com/announcer/announcer/pkg/logging"
+)
+
+// RunFunc is a service's run: it returns when ctx ends or something fails.
+type RunFunc func(ctx context.Context, log zerolog.Logger, cfg config.Config) error
+
+// Main parses the standard flags, loads and validates the config for role, builds the
+// logger and calls run under SIGINT/SIGTERM handling. It returns the process exit code.
+// extra may register service-specific flags and adjust the config after loading.
+func Main(role config.Role, args []string, stderr io.Writer, run RunFunc, extra func(fs *flag.FlagSet) func(*config.Config)) int {
+	fs := flag.NewFlagSet(string(role), flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "announcer.toml", "path of the TOML config file")
+	check := fs.Bool("check-config", false, "validate the config, print it with secrets masked, and exit")
+	debugPort := fs.String("debug-port", "", "override debug_port (several services on one host)")
+	var apply func(*config.Config)
+	if extra != nil {
+		apply = extra(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	if *debugPort != "" {
+		cfg.DebugPort = *debugPort
+	}
+	if apply != nil {
+		apply(&cfg)
+	}
+	if err := cfg.Validate(role); err != nil {
+		fmt.Fprintf(stderr, "config %s is invalid:\n%v\n", *path, err)
+		return 2
+	}
+	if *check {
+		for _, w := range cfg.Warnings {
+			fmt.Fprintln(stderr, "warning:", w)
+		}
+		fmt.Fprintf(stderr, "config %s is valid for %s\n", *path, role)
+		fmt.Fprint(os.Stdout, cfg.String())
+		return 0
+	}
+	log, closeLog, err := logging.New(cfg.Log, string(role))
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	defer func() { _ = closeLog() }()
+	for _, w := range cfg.Warnings {
+		log.Warn().Msg(w)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log.Info().Str("config", *path).Msg("starting")
+	if err := run(ctx, log, cfg); err != nil {
+		log.Error().Err(err).Msg("stopped with error")
+		return 1
+	}
+	log.Info().Msg("stopped")
+	return 0
+}

@@ -1,0 +1,405 @@
+// Package config loads the one TOML file that serves all four announcer services.
+//
+// Every key of the first generation keeps its name, unit and default; what this
+// generation adds lives in new sections. Decoding is strict: an unknown key is an
+// error that names it, so a typo never silently falls back to a default.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// Config is the whole file. First-generation keys come first, in its order.
+type Config struct {
+	RestAPIPort           string `toml:"rest_api_port"`
+	DebugPort             string `toml:"debug_port"`
+	InputBuffer           int    `toml:"input_buffer"`
+	OutputBuffer          int    `toml:"output_buffer"`
+	LogicProcessNumber    int    `toml:"logic_process_number"`
+	UserActivityAskBuffer int    `toml:"user_activity_ask_buffer"`
+
+	Monitoring        Monitoring        `toml:"monitoring"`
+	Log               Log               `toml:"log"`
+	KafkaConsumer     KafkaConsumer     `toml:"kafka-consumer"`
+	MySQL             MySQL             `toml:"mysql"`
+	UserActivityRedis UserActivityRedis `toml:"user-activity-redis"`
+	UserActivityREST  UserActivityREST  `toml:"user-activity-rest-api"`
+	KafkaProducer     KafkaProducer     `toml:"kafka-producer"`
+	Ejabberd          Ejabberd          `toml:"ejabberd"`
+	Client            Client            `toml:"client"`
+	Component         Component         `toml:"component"`
+
+	// New in this generation.
+	Bus      Bus      `toml:"bus"`
+	Auth     Auth     `toml:"auth"`
+	Ingress  Ingress  `toml:"ingress"`
+	Fanout   Fanout   `toml:"fanout"`
+	Sender   Sender   `toml:"sender"`
+	Archiver Archiver `toml:"archiver"`
+	Debug    Debug    `toml:"debug"`
+	Nodes    []Node   `toml:"node"`
+
+	// Warnings collects non-fatal findings of Load (e.g. a ZooKeeper-only consumer).
+	Warnings []string `toml:"-"`
+	// present records which optional sections the file named.
+	present map[string]bool
+}
+
+type Monitoring struct {
+	BufferReportDuration int `toml:"buffer_report_duration"` // seconds
+}
+
+type Log struct {
+	Level  string `toml:"log_level"` // debug, info, warning, error
+	Format string `toml:"format"`    // text, json
+	Dst    string `toml:"log_dst"`   // optional file; empty = stderr
+}
+
+type KafkaConsumer struct {
+	Zookeeper string `toml:"zookeeper"` // first generation only; ignored with a warning
+	Brokers   string `toml:"brokers"`   // new: comma-separated; empty = [bus] brokers
+	Topics    string `toml:"topics"`    // comma-separated
+	GroupName string `toml:"group_name"`
+	Buffer    int    `toml:"buffer"`
+}
+
+type MySQL struct {
+	Address          string `toml:"address"`
+	Username         string `toml:"username"`
+	Password         Secret `toml:"password"`
+	DB               string `toml:"db"`
+	PaginationLength int    `toml:"pagination_length"`
+	MaxIdleConn      int    `toml:"max_ideal_conn"` // the first generation's spelling
+	MaxOpenConn      int    `toml:"max_open_conn"`
+}
+
+type UserActivityRedis struct {
+	ClusterNodes string `toml:"cluster_nodes"` // comma-separated; more than one = Redis Cluster
+	Password     Secret `toml:"password"`
+	DB           int    `toml:"db"`
+	ReadTimeout  int    `toml:"read_timeout"` // milliseconds
+	MaxRetries   int    `toml:"max_retries"`
+	// New: the hash that holds last-seen times of offline users.
+	OfflineHash string `toml:"offline_hash"`
+	// New: force the cluster client even for one seed node.
+	Cluster bool `toml:"cluster"`
+}
+
+type UserActivityREST struct {
+	Address         string `toml:"address"`
+	RequestTimeout  int    `toml:"request_timeout"`   // milliseconds
+	IdleConnTimeout int    `toml:"idle_conn_timeout"` // seconds
+	MaxIdleConn     int    `toml:"max_idle_conn"`
+	MaxRetry        int    `toml:"max_retry"`
+}
+
+type KafkaProducer struct {
+	Brokers        string `toml:"brokers"`         // comma-separated; may be another cluster than [bus]
+	Topics         string `toml:"topics"`          // storage topic(s), comma-separated
+	FlushFrequency int    `toml:"flush_frequency"` // seconds
+	MaxRetry       int    `toml:"MaxRetry"`
+}
+
+type Ejabberd struct {
+	ClusterNodes    string `toml:"cluster_nodes"` // comma-separated host:port of each node's component (or c2s) listener
+	RateLimit       int    `toml:"rate_limit"`    // stanzas per second per connection
+	SendRetry       int    `toml:"send_retry"`
+	EachNodeConnNum int    `toml:"each_node_conn_num"`
+}
+
+type Client struct {
+	Username     string `toml:"username"`
+	Password     Secret `toml:"password"`
+	Domain       string `toml:"domain"`
+	PingInterval int    `toml:"ping_interval"` // seconds
+	Resource     string `toml:"resource"`
+}
+
+type Component struct {
+	Name                 string `toml:"name"`
+	Secret               Secret `toml:"secret"`
+	Domain               string `toml:"domain"`
+	PingInterval         int    `toml:"ping_interval"` // seconds
+	MaxConnCheckRetry    int    `toml:"max_conn_check_retry"`
+	ConnReqCheckInterval int    `toml:"conn_req_check_interval"` // seconds
+}
+
+// JID is the component's address: name itself when it holds a dot, else a
+// subdomain of the users' domain ("announcer" + "localhost" = "announcer.localhost").
+func (c Component) JID() string {
+	if strings.Contains(c.Name, ".") || c.Domain == "" {
+		return c.Name
+	}
+	return c.Name + "." + c.Domain
+}
+
+// Bus is the internal Kafka that joins the services.
+type Bus struct {
+	Brokers            string   `toml:"brokers"`
+	AnnouncementsTopic string   `toml:"announcements_topic"`
+	DeliveriesPrefix   string   `toml:"deliveries_topic_prefix"` // + node name
+	DeadLetterTopic    string   `toml:"dead_letter_topic"`
+	Partitions         int      `toml:"partitions"`
+	ReplicationFactor  int      `toml:"replication_factor"`
+	CreateTopics       bool     `toml:"create_topics"`
+	WriteTimeout       Duration `toml:"write_timeout"`
+	BatchTimeout       Duration `toml:"batch_timeout"` // producer linger
+	MaxMessageBytes    int      `toml:"max_message_bytes"`
+}
+
+type Auth struct {
+	Tokens []Secret `toml:"tokens"` // bearer tokens; empty = no auth (warned at start-up)
+}
+
+type Ingress struct {
+	MaxBodyBytes     int64    `toml:"max_body_bytes"`
+	MaxUsernames     int      `toml:"max_usernames"`
+	MaxTemplateBytes int      `toml:"max_template_bytes"`
+	PublishTimeout   Duration `toml:"publish_timeout"`
+	ShutdownTimeout  Duration `toml:"shutdown_timeout"`
+}
+
+type Fanout struct {
+	GroupName string   `toml:"group_name"`
+	BatchSize int      `toml:"batch_size"` // recipients per delivery batch
+	ShardSize int      `toml:"shard_size"` // members per shard task of a giant channel
+	Presence  string   `toml:"presence"`   // redis | rest
+	RetryMax  Duration `toml:"retry_max"`  // upper bound of one backoff step
+}
+
+type Sender struct {
+	Node             string   `toml:"node"`         // which [[node]] this process serves; -node overrides
+	Mode             string   `toml:"mode"`         // component | client
+	GroupPrefix      string   `toml:"group_prefix"` // consumer group = prefix + node
+	FenceTimeout     Duration `toml:"fence_timeout"`
+	MaxInFlight      int      `toml:"max_in_flight"` // batches fetched but not yet fenced
+	WriteBufferBytes int      `toml:"write_buffer_bytes"`
+	ReconnectMax     Duration `toml:"reconnect_max"`
+}
+
+type Archiver struct {
+	GroupName string `toml:"group_name"`
+}
+
+type Debug struct {
+	Pprof bool `toml:"pprof"`
+}
+
+// Node is one ejabberd node. Without [[node]] tables, the nodes are derived from [ejabberd] cluster_nodes.
+type Node struct {
+	Name              string   `toml:"name"`
+	Address           string   `toml:"address"`            // component (or c2s) host:port
+	PresenceAddresses []string `toml:"presence_addresses"` // values of the Redis presence keys that mean "on this node"
+}
+
+// Secret is a string that never prints itself.
+type Secret string
+
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "******"
+}
+
+// MarshalText masks the secret so a printed config never leaks it.
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Value returns the real secret for the code that needs it.
+func (s Secret) Value() string { return string(s) }
+
+// Duration reads TOML strings like "1.5s" or "250ms".
+type Duration time.Duration
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Default returns the configuration with every documented default filled in.
+func Default() Config {
+	return Config{
+		RestAPIPort:           ":8080",
+		DebugPort:             ":6060",
+		InputBuffer:           100,
+		OutputBuffer:          100,
+		LogicProcessNumber:    2,
+		UserActivityAskBuffer: 1000,
+		Monitoring:            Monitoring{BufferReportDuration: 1},
+		Log:                   Log{Level: "warning", Format: "text"},
+		KafkaConsumer:         KafkaConsumer{GroupName: "announcer", Buffer: 1000},
+		MySQL:                 MySQL{PaginationLength: 100, MaxIdleConn: 10, MaxOpenConn: 10},
+		UserActivityRedis:     UserActivityRedis{ReadTimeout: 1000, OfflineHash: "offline-users"},
+		UserActivityREST:      UserActivityREST{RequestTimeout: 500, IdleConnTimeout: 90, MaxIdleConn: 100, MaxRetry: 3},
+		KafkaProducer:         KafkaProducer{Brokers: "127.0.0.1:9092", FlushFrequency: 5, MaxRetry: 5},
+		Ejabberd:              Ejabberd{RateLimit: 1000, SendRetry: 6, EachNodeConnNum: 1},
+		Client:                Client{PingInterval: 30, Resource: "announcer"},
+		Component:             Component{PingInterval: 30, MaxConnCheckRetry: 10000, ConnReqCheckInterval: 10},
+		Bus: Bus{
+			Brokers:            "127.0.0.1:9092",
+			AnnouncementsTopic: "announcements",
+			DeliveriesPrefix:   "deliveries.",
+			DeadLetterTopic:    "announcements.dlq",
+			Partitions:         6,
+			ReplicationFactor:  1,
+			CreateTopics:       true,
+			WriteTimeout:       Duration(10 * time.Second),
+			BatchTimeout:       Duration(2 * time.Millisecond),
+			MaxMessageBytes:    1 << 20,
+		},
+		Ingress: Ingress{
+			MaxBodyBytes:     1 << 20,
+			MaxUsernames:     10000,
+			MaxTemplateBytes: 65536,
+			PublishTimeout:   Duration(5 * time.Second),
+			ShutdownTimeout:  Duration(10 * time.Second),
+		},
+		Fanout: Fanout{
+			GroupName: "announcer-fanout",
+			BatchSize: 1000,
+			ShardSize: 100000,
+			Presence:  "redis",
+			RetryMax:  Duration(10 * time.Second),
+		},
+		Sender: Sender{
+			Mode:             "component",
+			GroupPrefix:      "announcer-sender-",
+			FenceTimeout:     Duration(30 * time.Second),
+			MaxInFlight:      4,
+			WriteBufferBytes: 64 << 10,
+			ReconnectMax:     Duration(30 * time.Second),
+		},
+		Archiver: Archiver{GroupName: "announcer-archiver"},
+		Debug:    Debug{Pprof: true},
+	}
+}
+
+// Load reads path over the defaults. Unknown keys are an error naming the key.
+func Load(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return Parse(b)
+}
+
+// Parse decodes TOML text over the defaults and resolves derived values.
+func Parse(b []byte) (Config, error) {
+	cfg := Default()
+	dec := toml.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		var strict *toml.StrictMissingError
+		if errors.As(err, &strict) {
+			var keys []string
+			for _, e := range strict.Errors {
+				keys = append(keys, strings.Join(e.Key(), "."))
+			}
+			return Config{}, fmt.Errorf("config: unknown keys: %s", strings.Join(keys, ", "))
+		}
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return Config{}, fmt.Errorf("config: line %d column %d: %s", row, col, de.Error())
+		}
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	cfg.present = sections(b)
+	cfg.resolve()
+	return cfg, nil
+}
+
+// sections lists the tables the file names, to tell "absent" from "empty".
+func sections(b []byte) map[string]bool {
+	var raw map[string]any
+	if err := toml.Unmarshal(b, &raw); err != nil {
+		return nil
+	}
+	out := make(map[string]bool, len(raw))
+	for k := range raw {
+		out[k] = true
+	}
+	return out
+}
+
+// Has reports whether the file named the section (e.g. "client", "user-activity-rest-api").
+func (c *Config) Has(section string) bool { return c.present[section] }
+
+func (c *Config) resolve() {
+	if c.KafkaConsumer.Brokers == "" && c.KafkaConsumer.Zookeeper != "" {
+		c.Warnings = append(c.Warnings, fmt.Sprintf(
+			"[kafka-consumer] zookeeper=%q is ignored (Kafka no longer uses ZooKeeper); consuming from [bus] brokers %q — set [kafka-consumer] brokers to silence this",
+			c.KafkaConsumer.Zookeeper, c.Bus.Brokers))
+	}
+	if c.KafkaConsumer.Brokers == "" {
+		c.KafkaConsumer.Brokers = c.Bus.Brokers
+	}
+	if len(c.Nodes) == 0 {
+		for i, addr := range SplitList(c.Ejabberd.ClusterNodes) {
+			n := Node{Name: "node" + strconv.Itoa(i+1), Address: addr}
+			if host, _, err := net.SplitHostPort(addr); err == nil {
+				n.PresenceAddresses = []string{host}
+			}
+			c.Nodes = append(c.Nodes, n)
+		}
+	}
+}
+
+// UserDomain completes bare usernames into JIDs: the domain of the connection mode in use.
+func (c *Config) UserDomain() string {
+	if c.Sender.Mode == ModeClient {
+		return c.Client.Domain
+	}
+	return c.Component.Domain
+}
+
+// SplitList splits a first-generation comma-separated value, dropping blanks.
+func SplitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Node returns the named node.
+func (c *Config) Node(name string) (Node, bool) {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return n, true
+		}
+	}
+	return Node{}, false
+}
+
+// DeliveriesTopic is the topic that carries the delivery batches of one node.
+func (c *Config) DeliveriesTopic(node string) string { return c.Bus.DeliveriesPrefix + node }
+
+// String prints the effective configuration as TOML with secrets masked.
+func (c Config) String() string {
+	b, err := toml.Marshal(c)
+	if err != nil {
+		return "config: " + err.Error()
+	}
+	return string(b)
+}

@@ -1,0 +1,205 @@
+// Package kafkabus builds kafka-go readers and writers with the settings every
+// at-least-once path of announcer needs, and creates topics up front.
+package kafkabus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// HeaderReason carries why a record went to the dead-letter topic.
+const HeaderReason = "x-announcer-reason"
+
+// HeaderSource carries where a dead-lettered record came from (topic/partition/offset).
+const HeaderSource = "x-announcer-source"
+
+// WriterOptions tune a producer.
+type WriterOptions struct {
+	BatchTimeout time.Duration // linger before a partial batch is sent
+	WriteTimeout time.Duration
+	MaxAttempts  int
+	BatchBytes   int64
+}
+
+// NewWriter returns a producer that waits for every in-sync replica (acks=all),
+// hashes keys to partitions and never creates topics by itself. Topic is set per message.
+func NewWriter(brokers []string, o WriterOptions) *kafka.Writer {
+	w := &kafka.Writer{
+		Addr:                   kafka.TCP(brokers...),
+		Balancer:               &kafka.Hash{},
+		RequiredAcks:           kafka.RequireAll,
+		BatchTimeout:           o.BatchTimeout,
+		WriteTimeout:           o.WriteTimeout,
+		ReadTimeout:            o.WriteTimeout,
+		MaxAttempts:            o.MaxAttempts,
+		AllowAutoTopicCreation: false,
+	}
+	if o.BatchBytes > 0 {
+		w.BatchBytes = o.BatchBytes
+	}
+	if w.BatchTimeout <= 0 {
+		w.BatchTimeout = 2 * time.Millisecond
+	}
+	if w.MaxAttempts <= 0 {
+		w.MaxAttempts = 3
+	}
+	return w
+}
+
+// ReaderOptions tune a consumer.
+type ReaderOptions struct {
+	MinBytes int
+	MaxBytes int
+	MaxWait  time.Duration
+	// QueueCapacity bounds messages prefetched per reader.
+	QueueCapacity int
+}
+
+// NewReader returns a group consumer for explicit commits (CommitInterval 0 = synchronous
+// commits, only when the caller calls CommitMessages). New groups start at the oldest record,
+// so nothing accepted before the first start of a service is skipped.
+func NewReader(brokers []string, group string, topics []string, o ReaderOptions) *kafka.Reader {
+	cfg := kafka.ReaderConfig{
+		Brokers:                brokers,
+		GroupID:                group,
+		GroupTopics:            topics,
+		StartOffset:            kafka.FirstOffset,
+		MinBytes:               o.MinBytes,
+		MaxBytes:               o.MaxBytes,
+		MaxWait:                o.MaxWait,
+		QueueCapacity:          o.QueueCapacity,
+		CommitInterval:         0,
+		HeartbeatInterval:      time.Second,
+		SessionTimeout:         10 * time.Second,
+		RebalanceTimeout:       10 * time.Second,
+		JoinGroupBackoff:       time.Second,
+		ReadBackoffMin:         50 * time.Millisecond,
+		ReadBackoffMax:         time.Second,
+		WatchPartitionChanges:  true,
+		PartitionWatchInterval: 5 * time.Second,
+	}
+	if cfg.MinBytes <= 0 {
+		cfg.MinBytes = 1
+	}
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = 10 << 20
+	}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = 250 * time.Millisecond
+	}
+	if cfg.QueueCapacity <= 0 {
+		cfg.QueueCapacity = 100
+	}
+	return kafka.NewReader(cfg)
+}
+
+// Topic is a topic to create if missing.
+type Topic struct {
+	Name              string
+	Partitions        int
+	ReplicationFactor int
+}
+
+// EnsureTopics creates the topics that do not exist yet; existing ones are left as they are.
+func EnsureTopics(ctx context.Context, brokers []string, topics ...Topic) error {
+	if len(topics) == 0 {
+		return nil
+	}
+	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	req := &kafka.CreateTopicsRequest{}
+	for _, t := range topics {
+		req.Topics = append(req.Topics, kafka.TopicConfig{
+			Topic: t.Name, NumPartitions: t.Partitions, ReplicationFactor: t.ReplicationFactor,
+		})
+	}
+	resp, err := c.CreateTopics(ctx, req)
+	if err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	var errs []error
+	for name, terr := range resp.Errors {
+		if terr != nil && !errors.Is(terr, kafka.TopicAlreadyExists) {
+			errs = append(errs, fmt.Errorf("create topic %s: %w", name, terr))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	// Metadata propagates asynchronously: wait until every topic has its leaders.
+	for {
+		md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: names(topics)})
+		if err == nil && ready(md, topics) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("create topics: waiting for leaders: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func names(ts []Topic) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.Name
+	}
+	return out
+}
+
+func ready(md *kafka.MetadataResponse, want []Topic) bool {
+	have := map[string]bool{}
+	for _, t := range md.Topics {
+		if t.Error != nil || len(t.Partitions) == 0 {
+			continue
+		}
+		ok := true
+		for _, p := range t.Partitions {
+			if p.Error != nil || p.Leader.Host == "" {
+				ok = false
+			}
+		}
+		have[t.Name] = ok
+	}
+	for _, t := range want {
+		if !have[t.Name] {
+			return false
+		}
+	}
+	return true
+}
+
+// Ping asks any broker for metadata: the readiness check of every service.
+func Ping(ctx context.Context, brokers []string) error {
+	var errs []error
+	for _, b := range brokers {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", b)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		kc := kafka.NewConn(conn, "", 0)
+		if dl, ok := ctx.Deadline(); ok {
+			_ = kc.SetDeadline(dl)
+		}
+		_, err = kc.Brokers()
+		_ = kc.Close()
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("kafka unreachable: %w", errors.Join(errs...))
+}
+
+// Source names a record for logs and dead letters.
+func Source(m kafka.Message) string {
+	return m.Topic + "/" + strconv.Itoa(m.Partition) + "/" + strconv.FormatInt(m.Offset, 10)
+}
