@@ -397,6 +397,16 @@ func (c *Config) DeliveriesTopic(node string) string { return c.Bus.DeliveriesPr
 
 // String prints the effective configuration as TOML with secrets masked.
 func (c Config) String() string {
+	// go-toml encodes string kinds directly, so mask on a copy.
+	mask := func(s *Secret) { *s = Secret(s.String()) }
+	mask(&c.MySQL.Password)
+	mask(&c.UserActivityRedis.Password)
+	mask(&c.Client.Password)
+	mask(&c.Component.Secret)
+	c.Auth.Tokens = append([]Secret(nil), c.Auth.Tokens...)
+	for i := range c.Auth.Tokens {
+		mask(&c.Auth.Tokens[i])
+	}
 	b, err := toml.Marshal(c)
 	if err != nil {
 		return "config: " + err.Error()
