@@ -1,0 +1,67 @@
+// Package stacktest gives integration tests the addresses of the local stack
+// (scripts/stack/stack.sh) and unique names so tests never share state.
+package stacktest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"strings"
+	"testing"
+)
+
+// Env is where the real servers listen, from the variables `stack.sh env` prints.
+type Env struct {
+	KafkaBrokers    []string
+	MySQLDSN        string // go-sql-driver DSN of the stack's database
+	RedisAddr       string
+	C2SAddr         string
+	ComponentAddr   string
+	ComponentDomain string
+	ComponentSecret string
+	XMPPDomain      string
+	EjabberdAPI     string
+	EjabberdCtl     string // full ejabberdctl command line of the stack's instance
+}
+
+// Get returns the stack's addresses. Without them the test is skipped, unless
+// ANNOUNCER_REQUIRE_STACK=1 (set by `make test`), where a missing stack fails it.
+func Get(t testing.TB) Env {
+	t.Helper()
+	e := Env{
+		KafkaBrokers:    split(os.Getenv("ANNOUNCER_KAFKA_BROKERS")),
+		MySQLDSN:        os.Getenv("ANNOUNCER_MYSQL_DSN"),
+		RedisAddr:       os.Getenv("ANNOUNCER_REDIS_ADDR"),
+		C2SAddr:         os.Getenv("ANNOUNCER_XMPP_C2S"),
+		ComponentAddr:   os.Getenv("ANNOUNCER_XMPP_COMPONENT"),
+		ComponentDomain: os.Getenv("ANNOUNCER_COMPONENT_DOMAIN"),
+		ComponentSecret: os.Getenv("ANNOUNCER_COMPONENT_SECRET"),
+		XMPPDomain:      os.Getenv("ANNOUNCER_XMPP_DOMAIN"),
+		EjabberdAPI:     os.Getenv("ANNOUNCER_EJABBERD_API"),
+		EjabberdCtl:     os.Getenv("ANNOUNCER_EJABBERDCTL"),
+	}
+	if len(e.KafkaBrokers) == 0 || e.MySQLDSN == "" || e.RedisAddr == "" || e.ComponentAddr == "" {
+		if os.Getenv("ANNOUNCER_REQUIRE_STACK") == "1" {
+			t.Fatal("integration test: the stack's ANNOUNCER_* variables are not set (run via `make test`)")
+		}
+		t.Skip("integration test: no stack (run `make test`, or eval \"$(scripts/stack/stack.sh env)\")")
+	}
+	return e
+}
+
+// Name returns prefix plus a random suffix: a topic, group or database of this test alone.
+func Name(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return prefix + "_" + hex.EncodeToString(b[:])
+}
+
+func split(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
