@@ -1,0 +1,253 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFirstGenerationConfigLoadsUnchanged(t *testing.T) {
+	c, err := Load("testdata/first-generation.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"rest_api_port", c.RestAPIPort, ":8080"},
+		{"debug_port", c.DebugPort, ":6060"},
+		{"input_buffer", c.InputBuffer, 100},
+		{"output_buffer", c.OutputBuffer, 100},
+		{"logic_process_number", c.LogicProcessNumber, 2},
+		{"user_activity_ask_buffer", c.UserActivityAskBuffer, 1000},
+		{"buffer_report_duration", c.Monitoring.BufferReportDuration, 1},
+		{"log_level", c.Log.Level, "debug"},
+		{"format", c.Log.Format, "text"},
+		{"log_dst", c.Log.Dst, "/path/to/dest/file.log"},
+		{"zookeeper", c.KafkaConsumer.Zookeeper, "127.0.0.1:2181/"},
+		{"kafka-consumer topics", c.KafkaConsumer.Topics, "test-topic"},
+		{"group_name", c.KafkaConsumer.GroupName, "announcer"},
+		{"kafka-consumer buffer", c.KafkaConsumer.Buffer, 1000},
+		{"mysql address", c.MySQL.Address, "127.0.0.1:3306"},
+		{"mysql username", c.MySQL.Username, "test"},
+		{"mysql password", c.MySQL.Password.Value(), "123"},
+		{"mysql db", c.MySQL.DB, "testDB"},
+		{"pagination_length", c.MySQL.PaginationLength, 100},
+		{"max_ideal_conn", c.MySQL.MaxIdleConn, 50},
+		{"max_open_conn", c.MySQL.MaxOpenConn, 50},
+		{"redis cluster_nodes", c.UserActivityRedis.ClusterNodes, "127.0.0.1:6379"},
+		{"redis db", c.UserActivityRedis.DB, 0},
+		{"redis read_timeout", c.UserActivityRedis.ReadTimeout, 1000},
+		{"redis max_retries", c.UserActivityRedis.MaxRetries, 2},
+		{"rest address", c.UserActivityREST.Address, "127.0.0.1:8888"},
+		{"rest request_timeout", c.UserActivityREST.RequestTimeout, 12},
+		{"rest idle_conn_timeout", c.UserActivityREST.IdleConnTimeout, 1},
+		{"rest max_idle_conn", c.UserActivityREST.MaxIdleConn, 1},
+		{"rest max_retry", c.UserActivityREST.MaxRetry, 1},
+		{"producer brokers", c.KafkaProducer.Brokers, "192.168.2.1:9092,192.168.2.2:9092,192.168.2.3:9092"},
+		{"producer topics", c.KafkaProducer.Topics, "test-topic-name"},
+		{"flush_frequency", c.KafkaProducer.FlushFrequency, 3},
+		{"MaxRetry", c.KafkaProducer.MaxRetry, 3},
+		{"ejabberd cluster_nodes", c.Ejabberd.ClusterNodes, "127.0.0.1:8889"},
+		{"rate_limit", c.Ejabberd.RateLimit, 10},
+		{"send_retry", c.Ejabberd.SendRetry, 6},
+		{"each_node_conn_num", c.Ejabberd.EachNodeConnNum, 1},
+		{"client username", c.Client.Username, "admin"},
+		{"client password", c.Client.Password.Value(), "password1234"},
+		{"client domain", c.Client.Domain, "example.de"},
+		{"client ping_interval", c.Client.PingInterval, 2},
+		{"client resource", c.Client.Resource, "announcer"},
+		{"component name", c.Component.Name, "announcer"},
+		{"component secret", c.Component.Secret.Value(), "announcer"},
+		{"component domain", c.Component.Domain, "soroush.ir"},
+		{"component ping_interval", c.Component.PingInterval, 110},
+		{"max_conn_check_retry", c.Component.MaxConnCheckRetry, 10000},
+		{"conn_req_check_interval", c.Component.ConnReqCheckInterval, 10},
+		// Derived.
+		{"component JID", c.Component.JID(), "announcer.soroush.ir"},
+		{"user domain", c.UserDomain(), "soroush.ir"},
+		{"consumer brokers from the bus", c.KafkaConsumer.Brokers, "127.0.0.1:9092"},
+		{"nodes", len(c.Nodes), 1},
+		{"node name", c.Nodes[0].Name, "node1"},
+		{"node address", c.Nodes[0].Address, "127.0.0.1:8889"},
+		{"node presence", strings.Join(c.Nodes[0].PresenceAddresses, ","), "127.0.0.1"},
+	}
+	for _, ck := range checks {
+		if ck.got != ck.want {
+			t.Errorf("%s = %v, want %v", ck.name, ck.got, ck.want)
+		}
+	}
+	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "zookeeper") {
+		t.Errorf("want one ZooKeeper warning, got %q", c.Warnings)
+	}
+	if err := c.Validate(RoleIngress, RoleFanout, RoleSender, RoleArchiver); err != nil {
+		t.Errorf("the first generation's config must validate: %v", err)
+	}
+	if !c.Has("client") || c.Has("auth") {
+		t.Errorf("Has: client=%v auth=%v", c.Has("client"), c.Has("auth"))
+	}
+}
+
+func TestDocumentedDefaults(t *testing.T) {
+	c, err := Load("testdata/minimal.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"log_level", c.Log.Level, "warning"},
+		{"format", c.Log.Format, "text"},
+		{"max_ideal_conn", c.MySQL.MaxIdleConn, 10},
+		{"max_open_conn", c.MySQL.MaxOpenConn, 10},
+		{"read_timeout", c.UserActivityRedis.ReadTimeout, 1000},
+		{"max_retries", c.UserActivityRedis.MaxRetries, 0},
+		{"request_timeout", c.UserActivityREST.RequestTimeout, 500},
+		{"idle_conn_timeout", c.UserActivityREST.IdleConnTimeout, 90},
+		{"max_idle_conn", c.UserActivityREST.MaxIdleConn, 100},
+		{"max_retry", c.UserActivityREST.MaxRetry, 3},
+		{"producer brokers", c.KafkaProducer.Brokers, "127.0.0.1:9092"},
+		{"flush_frequency", c.KafkaProducer.FlushFrequency, 5},
+		{"MaxRetry", c.KafkaProducer.MaxRetry, 5},
+		{"bus publish", c.Ingress.PublishTimeout.D(), 5 * time.Second},
+		{"nodes", len(c.Nodes), 2},
+		{"node2", c.Nodes[1].Name + "=" + c.Nodes[1].Address, "node2=10.0.0.2:8889"},
+		{"deliveries topic", c.DeliveriesTopic("node2"), "deliveries.node2"},
+	}
+	for _, ck := range checks {
+		if ck.got != ck.want {
+			t.Errorf("%s = %v, want %v", ck.name, ck.got, ck.want)
+		}
+	}
+	if err := c.Validate(RoleIngress, RoleFanout, RoleSender, RoleArchiver); err != nil {
+		t.Errorf("minimal config: %v", err)
+	}
+}
+
+func TestUnknownKeysAreNamed(t *testing.T) {
+	_, err := Parse([]byte("rest_api_prot=\":8080\"\n[mysql]\nadress=\"x\"\n"))
+	if err == nil {
+		t.Fatal("unknown keys accepted")
+	}
+	for _, k := range []string{"rest_api_prot", "mysql.adress"} {
+		if !strings.Contains(err.Error(), k) {
+			t.Errorf("error %q does not name %s", err, k)
+		}
+	}
+}
+
+func TestValidateReportsEveryProblemAtOnce(t *testing.T) {
+	c, err := Parse([]byte(`
+[log]
+log_level = "loud"
+[bus]
+brokers = ""
+partitions = 0
+[mysql]
+pagination_length = 0
+[fanout]
+presence = "carrier-pigeon"
+[sender]
+mode = "telepathy"
+node = "nodeX"
+[ejabberd]
+rate_limit = 0
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Validate(RoleIngress, RoleFanout, RoleSender, RoleArchiver)
+	if err == nil {
+		t.Fatal("invalid config accepted")
+	}
+	for _, want := range []string{
+		"log_level", "[bus] brokers", "[bus] partitions", "[mysql] address", "[mysql] pagination_length",
+		"[fanout] presence", "[sender] mode", "[sender] node", "rate_limit", "cluster_nodes", "[kafka-producer] topics",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
+	}
+}
+
+func TestSecretsAreMaskedWhenPrinted(t *testing.T) {
+	c, err := Parse([]byte(`
+[mysql]
+password = "mysql-pass-123"
+[user-activity-redis]
+password = "redis-pass-456"
+[client]
+password = "client-pass-789"
+[component]
+secret = "component-secret-000"
+[auth]
+tokens = ["token-aaaaaaaaaaaaaaaa"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := c.String()
+	for _, s := range []string{"mysql-pass-123", "redis-pass-456", "client-pass-789", "component-secret-000", "token-aaaaaaaaaaaaaaaa"} {
+		if strings.Contains(out, s) {
+			t.Errorf("printed config leaks %q", s)
+		}
+	}
+	if !strings.Contains(out, "******") {
+		t.Error("no masked value printed")
+	}
+	if c.Auth.Tokens[0].Value() != "token-aaaaaaaaaaaaaaaa" || c.Component.Secret.Value() != "component-secret-000" {
+		t.Error("masking for print altered the config itself")
+	}
+	// The printed form must load again (the -check-config output is a valid config).
+	if _, err := Parse([]byte(out)); err != nil {
+		t.Errorf("printed config does not parse: %v", err)
+	}
+}
+
+func TestComponentJID(t *testing.T) {
+	for _, tc := range []struct{ name, domain, want string }{
+		{"announcer", "localhost", "announcer.localhost"},
+		{"announcer.example.org", "example.org", "announcer.example.org"},
+		{"announcer", "", "announcer"},
+	} {
+		if got := (Component{Name: tc.name, Domain: tc.domain}).JID(); got != tc.want {
+			t.Errorf("JID(%q,%q) = %q, want %q", tc.name, tc.domain, got, tc.want)
+		}
+	}
+}
+
+func TestListenAddr(t *testing.T) {
+	for in, want := range map[string]string{"8080": ":8080", ":8080": ":8080", "127.0.0.1:1": "127.0.0.1:1"} {
+		if got := ListenAddr(in); got != want {
+			t.Errorf("ListenAddr(%q) = %q", in, got)
+		}
+	}
+}
+
+func TestRepoConfigIsValid(t *testing.T) {
+	c, err := Load("../../configs/announcer.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(RoleIngress, RoleFanout, RoleSender, RoleArchiver); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) != 0 {
+		t.Errorf("repo config has warnings: %v", c.Warnings)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("rest_api_port=\":8080\"\n[mysql]\naddress=\"x\"\n"))
+	f.Add([]byte("[[node]]\nname=\"a\"\naddress=\"1.2.3.4:5\"\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err != nil {
+			return
+		}
+		_ = c.Validate(RoleIngress, RoleFanout, RoleSender, RoleArchiver)
+		_ = c.String()
+	})
+}

@@ -1,0 +1,173 @@
+package stacktest_test
+
+import (
+	"context"
+	"database/sql"
+	"encoding/xml"
+	"net"
+	"testing"
+	"time"
+
+	_ "github.com/go-sql-driver/mysql"
+	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
+	"mellium.im/xmpp/component"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/ping"
+	"mellium.im/xmpp/stanza"
+
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/stacktest"
+)
+
+// These tests prove the local stack is real and shaped as the services expect.
+
+func TestKafkaProduceConsume(t *testing.T) {
+	env := stacktest.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	topic := stacktest.Name("stack_kafka")
+	if err := kafkabus.EnsureTopics(ctx, env.KafkaBrokers, kafkabus.Topic{Name: topic, Partitions: 2, ReplicationFactor: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := kafkabus.Ping(ctx, env.KafkaBrokers); err != nil {
+		t.Fatal(err)
+	}
+	w := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
+	defer w.Close()
+	want := map[string]string{"k1": "v1", "k2": "v2", "k3": "v3"}
+	var msgs []kafka.Message
+	for k, v := range want {
+		msgs = append(msgs, kafka.Message{Topic: topic, Key: []byte(k), Value: []byte(v)})
+	}
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	r := kafkabus.NewReader(env.KafkaBrokers, stacktest.Name("stack_group"), []string{topic}, kafkabus.ReaderOptions{})
+	defer r.Close()
+	got := map[string]string{}
+	for len(got) < len(want) {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			t.Fatalf("fetch after %d: %v", len(got), err)
+		}
+		got[string(m.Key)] = string(m.Value)
+		if err := r.CommitMessages(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("key %s: got %q want %q", k, got[k], v)
+		}
+	}
+}
+
+func TestMariaDBDemoChannel(t *testing.T) {
+	env := stacktest.Get(t)
+	db, err := sql.Open("mysql", env.MySQLDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var state string
+	if err := db.QueryRow(`SELECT channel_state FROM ws_channel_data WHERE channel_channelid = ?`, "demo").Scan(&state); err != nil {
+		t.Fatal(err)
+	}
+	if state != "ACCEPTED" {
+		t.Fatalf("demo channel state %q", state)
+	}
+	rows, err := db.Query(`SELECT m.member_username FROM ws_channel_members m JOIN ws_channel_data c ON c.channel_id = m.member_channelid
+		WHERE c.channel_channelid = ? AND m.member_id > ? ORDER BY m.member_id LIMIT 100`, "demo", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var members []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			t.Fatal(err)
+		}
+		members = append(members, u)
+	}
+	if len(members) != 3 || members[0] != "alice" || members[1] != "bob" || members[2] != "carol" {
+		t.Fatalf("demo members %v, want [alice bob carol]", members)
+	}
+	// The keyset page must use the (member_channelid, member_id) index, never a scan.
+	var id, selType, table, typ, key sql.NullString
+	var possible, keyLen, ref, rowsN, extra sql.NullString
+	err = db.QueryRow(`EXPLAIN SELECT member_id, member_username FROM ws_channel_members WHERE member_channelid = 1 AND member_id > 0 ORDER BY member_id LIMIT 100`).
+		Scan(&id, &selType, &table, &typ, &possible, &key, &keyLen, &ref, &rowsN, &extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if typ.String != "range" && typ.String != "ref" {
+		t.Errorf("keyset page plan: type=%s key=%s extra=%s", typ.String, key.String, extra.String)
+	}
+}
+
+func TestRedisDemoPresence(t *testing.T) {
+	env := stacktest.Get(t)
+	rdb := redis.NewClient(&redis.Options{Addr: env.RedisAddr})
+	defer rdb.Close()
+	ctx := context.Background()
+	vals, err := rdb.MGet(ctx, "alice", "bob", "carol").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vals[0] != "127.0.0.1" || vals[1] != "127.0.0.1" || vals[2] != nil {
+		t.Fatalf("presence %v, want alice and bob at 127.0.0.1, carol offline", vals)
+	}
+	online, err := rdb.SIsMember(ctx, "127.0.0.1", "alice").Result()
+	if err != nil || !online {
+		t.Fatalf("alice not in the node's online set: %v %v", online, err)
+	}
+}
+
+func TestComponentHandshakeAndPing(t *testing.T) {
+	env := stacktest.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.ComponentAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	addr := jid.MustParse(env.ComponentDomain)
+	s, err := component.NewSession(ctx, addr, []byte(env.ComponentSecret), conn)
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	defer s.Close()
+	go func() { _ = s.Serve(nil) }()
+	// A component must name itself in from (ejabberd's check_from), which ping.Send does not do.
+	req := ping.IQ{IQ: stanza.IQ{Type: stanza.GetIQ, To: jid.MustParse(env.XMPPDomain), From: addr}}
+	resp, err := s.SendIQ(ctx, req.TokenReader())
+	if err != nil {
+		t.Fatalf("XEP-0199 ping to %s: %v", env.XMPPDomain, err)
+	}
+	defer resp.Close()
+	tok, err := resp.Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, ok := tok.(xml.StartElement)
+	if !ok {
+		t.Fatalf("ping answer starts with %T", tok)
+	}
+	iq, err := stanza.NewIQ(start)
+	if err != nil || iq.Type != stanza.ResultIQ {
+		t.Fatalf("ping answered with %+v (%v), want a result IQ", iq, err)
+	}
+
+	// A wrong secret must be refused: the listener really checks the handshake.
+	bad, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.ComponentAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	if _, err := component.NewSession(ctx, addr, []byte("wrong-secret"), bad); err == nil {
+		t.Fatal("handshake with a wrong secret succeeded")
+	}
+}

@@ -1,0 +1,176 @@
+package stanza_test
+
+import (
+	"encoding/base64"
+	"errors"
+	"strings"
+	"testing"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/announcer/announcer/pkg/stanza"
+)
+
+// hostileJIDs are valid recipients chosen to break a template that lets
+// the JID escape its context.
+var hostileJIDs = []string{
+	"a@b",
+	"x]]@example.com",
+	"]]@d/]]",
+	`u@d/'"<>&`,
+	"u@d/--",
+	"u@d/?>",
+	"[inc_id]@d/%s",
+	"u@d/\u00e9\U0001F600",
+}
+
+func FuzzParse(f *testing.F) {
+	seeds := []string{
+		firstGen,
+		benchTemplate(),
+		`<message to='%s'/>`,
+		`<iq to='%s' type='get' id='p[inc_id]'><ping xmlns='urn:xmpp:ping'/></iq>`,
+		`<message to='x'><body>]]%s</body></message>`,
+		`<message to='%s'><body><![CDATA[[inc_id]]]></body></message>`,
+		`<c:message xmlns:c='jabber:client' to='%s' c:x='1'/>`,
+		`<message to='%s' from='announcer.localhost'><body>&lt;&#x1F600;</body></message>`,
+		`<message to='x'><b%s/></message>`,
+		`<?xml version='1.0'?><message to='%s'/>`,
+		`<message to='%s'><!-- c --></message>`,
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s), "bob", uint64(1))
+	}
+	f.Add([]byte(`<presence to='%s'>[inc_id]</presence>`), "x]]@d/]]", uint64(1<<64-1))
+	f.Add([]byte(`<message to='a' xmlns:p='%s'/>`), "", uint64(0))
+	f.Add([]byte(`<message to='a'><b>]]%s</b></message>`), "", uint64(0))
+	f.Fuzz(func(t *testing.T, raw []byte, user string, incID uint64) {
+		for _, opt := range []stanza.Options{{}, {ComponentDomain: component}} {
+			tpl, err := stanza.Parse(raw, opt)
+			if err != nil {
+				var ve *stanza.ValidationError
+				if !errors.As(err, &ve) || ve.Field != "message" {
+					t.Fatalf("Parse error %T %v is not a message ValidationError", err, err)
+				}
+				continue
+			}
+			jids := hostileJIDs
+			if jid, err := stanza.NormalizeJID(user, "example.com"); err == nil {
+				jids = append(jids[:len(jids):len(jids)], jid)
+			}
+			for _, jid := range jids {
+				out := tpl.AppendRender(nil, jid, incID)
+				root, _, err := parseRoot(out)
+				if err != nil {
+					t.Fatalf("template %q, jid %q: rendered %q is not one well-formed element: %v", tpl.Raw(), jid, out, err)
+				}
+				if err := stanza.WellFormed(out); err != nil {
+					t.Fatalf("template %q, jid %q: rendered %q fails the strict check: %v", tpl.Raw(), jid, out, err)
+				}
+				if tpl.RecipientOnlyInTo() {
+					if to, _ := attr(root, "to"); to != jid {
+						t.Fatalf("template %q: to = %q, want %q", tpl.Raw(), to, jid)
+					}
+				}
+				if opt.ComponentDomain != "" {
+					from, _ := attr(root, "from")
+					_, dom, _ := strings.Cut(strings.SplitN(from, "/", 2)[0], "@")
+					if dom == "" {
+						dom = strings.SplitN(from, "/", 2)[0]
+					}
+					if !strings.EqualFold(dom, opt.ComponentDomain) {
+						t.Fatalf("template %q: from %q outside %q", tpl.Raw(), from, opt.ComponentDomain)
+					}
+				}
+				if !strings.ContainsAny(jid, `&<>'"`) && !strings.Contains(jid, "[inc_id]") {
+					if want := reference(string(tpl.Raw()), jid, incID); string(out) != want {
+						t.Fatalf("render differs from reference:\n got %q\nwant %q", out, want)
+					}
+				}
+			}
+			// Rendering is well-formed even for strings that are not JIDs.
+			if out := tpl.AppendRender(nil, user, incID); stanza.WellFormed(out) != nil {
+				t.Fatalf("template %q, raw user %q: rendered %q is not well-formed", tpl.Raw(), user, out)
+			}
+		}
+	})
+}
+
+func FuzzNormalizeJID(f *testing.F) {
+	for _, s := range []string{"alice", "alice@example.com", "alice@example.com/phone", "a@[::1]/r", "a@b@c", "<x>", "al ice", "a/b", "\xff", "a@d/\u0085", ""} {
+		f.Add(s, "example.com")
+	}
+	f.Add("bob", "")
+	f.Add("bob", "[::1]")
+	f.Fuzz(func(t *testing.T, user, domain string) {
+		jid, err := stanza.NormalizeJID(user, domain)
+		b, err2 := stanza.AppendJID(nil, user, domain)
+		if (err == nil) != (err2 == nil) || jid != string(b) {
+			t.Fatalf("NormalizeJID = %q, %v but AppendJID = %q, %v", jid, err, b, err2)
+		}
+		if err != nil {
+			var ve *stanza.ValidationError
+			if !errors.As(err, &ve) || ve.Field != "usernames" {
+				t.Fatalf("error %T %v is not a usernames ValidationError", err, err)
+			}
+			return
+		}
+		if !utf8.ValidString(jid) {
+			t.Fatalf("accepted invalid UTF-8 %q", jid)
+		}
+		bare, resource, hasRes := strings.Cut(jid, "/")
+		local, dom, ok := strings.Cut(bare, "@")
+		if !ok || local == "" || dom == "" || hasRes && resource == "" {
+			t.Fatalf("accepted %q without localpart@domain", jid)
+		}
+		if strings.ContainsAny(local, "\"&'/:<>@") || strings.ContainsFunc(local, func(r rune) bool {
+			return unicode.IsSpace(r) || unicode.IsControl(r)
+		}) {
+			t.Fatalf("accepted forbidden character in localpart of %q", jid)
+		}
+		if strings.ContainsFunc(resource, unicode.IsControl) {
+			t.Fatalf("accepted control character in resource of %q", jid)
+		}
+		if !strings.Contains(user, "@") && jid != user+"@"+domain {
+			t.Fatalf("bare %q with domain %q normalized to %q", user, domain, jid)
+		}
+		if strings.Contains(user, "@") && jid != user {
+			t.Fatalf("full JID %q changed to %q", user, jid)
+		}
+		// Escaping must be lossless for every accepted JID.
+		doc := stanza.AppendEscaped([]byte(`<message to='`), jid)
+		doc = append(doc, `'/>`...)
+		root, _, err := parseRoot(doc)
+		if err != nil {
+			t.Fatalf("%q escaped to %q: %v", jid, doc, err)
+		}
+		if to, _ := attr(root, "to"); to != jid {
+			t.Fatalf("%q round-tripped as %q", jid, to)
+		}
+	})
+}
+
+func FuzzDecodeBase64(f *testing.F) {
+	for _, s := range []string{"PG1lc3NhZ2UvPg==", "PG1lc3NhZ2UvPg", " YQ==\n", "YW\r\nI=", "", "====", "-_", "Y", "YQ=", "a b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b, err := stanza.DecodeBase64(s)
+		if err != nil {
+			var ve *stanza.ValidationError
+			if !errors.As(err, &ve) || ve.Field != "message" {
+				t.Fatalf("error %T %v is not a message ValidationError", err, err)
+			}
+			return
+		}
+		if len(b) == 0 {
+			t.Fatalf("accepted %q as empty", s)
+		}
+		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding} {
+			again, err := stanza.DecodeBase64("\n " + enc.EncodeToString(b) + " \r\n")
+			if err != nil || string(again) != string(b) {
+				t.Fatalf("round trip of %q: %q, %v", b, again, err)
+			}
+		}
+	})
+}

@@ -1,0 +1,266 @@
+package stanza
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// maxPart is RFC 7622's limit for each of localpart, domainpart and resourcepart.
+const maxPart = 1023
+
+func jidErr(username, reason string) error {
+	return &ValidationError{Field: "usernames", Reason: fmt.Sprintf("%q: %s", clip(username), reason)}
+}
+
+// NormalizeJID returns "user@defaultDomain" for a bare username, else the
+// JID as given (resource kept, no case folding), after validation. The
+// rules are RFC 7622 made pragmatic: they keep out everything that could
+// change the stanza's meaning or make ejabberd bounce it, without a full
+// PRECIS implementation. Errors are *ValidationError{Field: "usernames"}.
+func NormalizeJID(username, defaultDomain string) (string, error) {
+	addDomain, reason := checkRecipient(username, defaultDomain)
+	if reason != "" {
+		return "", jidErr(username, reason)
+	}
+	if !addDomain {
+		return username, nil
+	}
+	return username + "@" + defaultDomain, nil
+}
+
+// AppendJID is NormalizeJID for the hot path: it appends the normalized
+// JID to dst and does not allocate on success when dst has capacity. On
+// error dst is returned unchanged.
+func AppendJID(dst []byte, username, defaultDomain string) ([]byte, error) {
+	addDomain, reason := checkRecipient(username, defaultDomain)
+	if reason != "" {
+		return dst, jidErr(username, reason)
+	}
+	dst = append(dst, username...)
+	if addDomain {
+		dst = append(dst, '@')
+		dst = append(dst, defaultDomain...)
+	}
+	return dst, nil
+}
+
+// checkRecipient validates "user", "user@domain" or "user@domain/resource"
+// and reports whether the default domain must be appended.
+func checkRecipient(username, defaultDomain string) (addDomain bool, reason string) {
+	bare, resource, hasResource := strings.Cut(username, "/")
+	local, domain, hasDomain := strings.Cut(bare, "@")
+	if r := checkLocal(local); r != "" {
+		return false, r
+	}
+	if !hasDomain {
+		if hasResource {
+			return false, "a resource needs a domain: write user@domain/resource"
+		}
+		if defaultDomain == "" {
+			return false, "no domain given and no default domain configured"
+		}
+		if r := checkDomain(defaultDomain); r != "" {
+			return false, "default domain: " + r
+		}
+		return true, ""
+	}
+	if r := checkDomain(domain); r != "" {
+		return false, r
+	}
+	if hasResource {
+		if r := checkResource(resource); r != "" {
+			return false, r
+		}
+	}
+	return false, ""
+}
+
+// jidDomain validates a full JID whose localpart is optional ("domain",
+// "domain/resource" and "user@domain..." are all addresses) and returns
+// its domain part, or a non-empty reason.
+func jidDomain(s string) (string, string) {
+	bare, resource, hasResource := strings.Cut(s, "/")
+	local, domain, hasLocal := strings.Cut(bare, "@")
+	if !hasLocal {
+		domain = local
+	} else if r := checkLocal(local); r != "" {
+		return "", r
+	}
+	if r := checkDomain(domain); r != "" {
+		return "", r
+	}
+	if hasResource {
+		if r := checkResource(resource); r != "" {
+			return "", r
+		}
+	}
+	return domain, ""
+}
+
+// checkLocal returns "" when s is an acceptable localpart, else why not.
+// The reasons are built only on failure so the happy path stays
+// allocation-free.
+func checkLocal(s string) string {
+	if s == "" {
+		return "empty username (localpart)"
+	}
+	if len(s) > maxPart {
+		return "username (localpart) is longer than 1023 bytes"
+	}
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c <= ' ' || c == 0x7f:
+				return fmt.Sprintf("username contains whitespace or control character %U", rune(c))
+			case c == '"' || c == '&' || c == '\'' || c == '/' || c == ':' || c == '<' || c == '>' || c == '@':
+				return fmt.Sprintf("username contains forbidden character %q", rune(c))
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			return "username is not valid UTF-8"
+		}
+		if unicode.IsSpace(r) || unicode.Is(unicode.Cc, r) || !isXMLChar(r) {
+			return fmt.Sprintf("username contains whitespace, control or non-XML character %U", r)
+		}
+		i += size
+	}
+	return ""
+}
+
+// checkDomain accepts DNS-style names (ASCII letters, digits, '-', labels
+// of 1..63 bytes) and bracketed IPv6 literals. IDNs must arrive in their
+// ASCII (punycode) form, which is what ejabberd's host list holds.
+func checkDomain(s string) string {
+	if s == "" {
+		return "empty domain"
+	}
+	if len(s) > maxPart {
+		return "domain is longer than 1023 bytes"
+	}
+	if s[0] == '[' {
+		if s[len(s)-1] != ']' {
+			return "unterminated IPv6 literal in domain"
+		}
+		inner := s[1 : len(s)-1]
+		if strings.IndexByte(inner, '%') >= 0 {
+			return "IPv6 literal with a zone is not a domain"
+		}
+		if a, err := netip.ParseAddr(inner); err != nil || !a.Is6() {
+			return "invalid IPv6 literal in domain"
+		}
+		return ""
+	}
+	label := 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-':
+			label++
+			if label > 63 {
+				return "domain label longer than 63 bytes"
+			}
+		case c == '.':
+			if label == 0 {
+				return "empty label in domain"
+			}
+			label = 0
+		default:
+			if c >= utf8.RuneSelf {
+				return "domain must be ASCII (use the punycode form)"
+			}
+			return fmt.Sprintf("domain contains forbidden character %q", rune(c))
+		}
+	}
+	if label == 0 {
+		return "empty label in domain"
+	}
+	return ""
+}
+
+// checkResource allows anything printable: resources are free-form, and
+// escaping makes every XML character safe.
+func checkResource(s string) string {
+	if s == "" {
+		return "empty resource after '/'"
+	}
+	if len(s) > maxPart {
+		return "resource is longer than 1023 bytes"
+	}
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c < ' ' || c == 0x7f {
+				return fmt.Sprintf("resource contains control character %U", rune(c))
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			return "resource is not valid UTF-8"
+		}
+		if unicode.Is(unicode.Cc, r) || !isXMLChar(r) {
+			return fmt.Sprintf("resource contains control or non-XML character %U", r)
+		}
+		i += size
+	}
+	return ""
+}
+
+// AppendEscaped appends s XML-escaped. It is safe in both attribute (either
+// quote) and text context: & < > ' " become entities; tab, LF and CR become
+// character references so attribute-value normalization cannot alter them;
+// bytes that are not valid UTF-8 and runes that are not XML characters
+// become U+FFFD, so arbitrary input cannot make the document ill-formed.
+func AppendEscaped(dst []byte, s string) []byte {
+	last := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= ' ' && c != '&' && c != '<' && c != '>' && c != '\'' && c != '"' {
+				i++
+				continue
+			}
+			dst = append(dst, s[last:i]...)
+			switch c {
+			case '&':
+				dst = append(dst, "&amp;"...)
+			case '<':
+				dst = append(dst, "&lt;"...)
+			case '>':
+				dst = append(dst, "&gt;"...)
+			case '\'':
+				dst = append(dst, "&apos;"...)
+			case '"':
+				dst = append(dst, "&quot;"...)
+			case '\t':
+				dst = append(dst, "&#x9;"...)
+			case '\n':
+				dst = append(dst, "&#xA;"...)
+			case '\r':
+				dst = append(dst, "&#xD;"...)
+			default:
+				dst = append(dst, "\uFFFD"...)
+			}
+			i++
+			last = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 || r == 0xFFFE || r == 0xFFFF {
+			dst = append(dst, s[last:i]...)
+			dst = append(dst, "\uFFFD"...)
+			i += size
+			last = i
+			continue
+		}
+		i += size
+	}
+	return append(dst, s[last:]...)
+}

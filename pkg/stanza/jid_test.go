@@ -1,0 +1,139 @@
+package stanza_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/announcer/announcer/pkg/stanza"
+)
+
+func TestNormalizeJID(t *testing.T) {
+	long := strings.Repeat("a", 1023)
+	tests := []struct {
+		in, domain string
+		want       string // "" means rejected
+	}{
+		{"alice", "example.com", "alice@example.com"},
+		{"alice@other.org", "example.com", "alice@other.org"},
+		{"alice@other.org/phone", "example.com", "alice@other.org/phone"},
+		{"alice@other.org/with space/and/slash@at", "", "alice@other.org/with space/and/slash@at"},
+		{"alice@other.org/<'\"&>", "", "alice@other.org/<'\"&>"},
+		{"Alice@Example.COM", "", "Alice@Example.COM"},
+		{"ünïcödé", "example.com", "ünïcödé@example.com"},
+		{"a.b-c_d+e=f!#$%*[]{}|~", "example.com", "a.b-c_d+e=f!#$%*[]{}|~@example.com"},
+		{"bob@127.0.0.1", "", "bob@127.0.0.1"},
+		{"bob@[::1]", "", "bob@[::1]"},
+		{"bob@[2001:db8::1]/r", "", "bob@[2001:db8::1]/r"},
+		{"bob", "[::1]", "bob@[::1]"},
+		{"bob@localhost", "", "bob@localhost"},
+		{long, "d", long + "@d"},
+		{long + "@" + strings.Repeat("a.", 511) + "b", "", long + "@" + strings.Repeat("a.", 511) + "b"},
+
+		{"", "example.com", ""},
+		{"@example.com", "", ""},
+		{"alice@", "", ""},
+		{"alice@example.com/", "", ""},
+		{"alice/phone", "example.com", ""},
+		{"alice", "", ""},
+		{"alice", "bad domain", ""},
+		{"a@b@c", "", ""},
+		{long + "a", "d", ""},
+		{"a@" + strings.Repeat("a", 64), "", ""},
+		{"a@" + strings.Repeat("a.", 512) + "b", "", ""},
+		{"a@example.com/" + strings.Repeat("r", 1024), "", ""},
+		{"al ice", "d", ""},
+		{"alice ", "d", ""},
+		{"al\tice", "d", ""},
+		{"al\u00a0ice", "d", ""},
+		{"al\u3000ice", "d", ""},
+		{"al\x00ice", "d", ""},
+		{"al\x7fice", "d", ""},
+		{"al\u0085ice", "d", ""},
+		{"al\uFFFEice", "d", ""},
+		{"al\xffice", "d", ""},
+		{`al"ice`, "d", ""},
+		{"al&ice", "d", ""},
+		{"al'ice", "d", ""},
+		{"al:ice", "d", ""},
+		{"al<ice", "d", ""},
+		{"al>ice", "d", ""},
+		{"<x/>", "d", ""},
+		{"a@exa_mple.com", "", ""},
+		{"a@example..com", "", ""},
+		{"a@.example.com", "", ""},
+		{"a@example.com.", "", ""},
+		{"a@example.com:5222", "", ""},
+		{"a@ex<ample.com", "", ""},
+		{"a@exämple.com", "", ""},
+		{"a@[::1", "", ""},
+		{"a@[1.2.3.4]", "", ""},
+		{"a@[fe80::1%eth0]", "", ""},
+		{"a@[nonsense]", "", ""},
+		{"a@d/r\x00", "", ""},
+		{"a@d/r\nx", "", ""},
+		{"a@d/r\u0085", "", ""},
+		{"a@d/\xff", "", ""},
+	}
+	for _, tt := range tests {
+		got, err := stanza.NormalizeJID(tt.in, tt.domain)
+		if tt.want == "" {
+			var ve *stanza.ValidationError
+			if !errors.As(err, &ve) || ve.Field != "usernames" {
+				t.Errorf("NormalizeJID(%q, %q) = %q, %v; want *ValidationError for usernames", tt.in, tt.domain, got, err)
+			}
+			if b, err := stanza.AppendJID([]byte("keep"), tt.in, tt.domain); err == nil || string(b) != "keep" {
+				t.Errorf("AppendJID(%q, %q) = %q, %v; want dst unchanged and an error", tt.in, tt.domain, b, err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("NormalizeJID(%q, %q) = %q, %v; want %q", tt.in, tt.domain, got, err, tt.want)
+		}
+		if b, err := stanza.AppendJID([]byte("x,"), tt.in, tt.domain); err != nil || string(b) != "x,"+tt.want {
+			t.Errorf("AppendJID(%q, %q) = %q, %v; want %q", tt.in, tt.domain, b, err, "x,"+tt.want)
+		}
+	}
+}
+
+func TestJIDErrorIsBounded(t *testing.T) {
+	_, err := stanza.NormalizeJID(strings.Repeat("<", 100000), "d")
+	if err == nil || len(err.Error()) > 300 {
+		t.Errorf("error = %.300v (len %d)", err, len(err.Error()))
+	}
+}
+
+func TestAppendJIDAllocs(t *testing.T) {
+	buf := make([]byte, 0, 256)
+	for _, in := range []string{"user123456", "user@example.com/res", "bob@[2001:db8::1]"} {
+		allocs := testing.AllocsPerRun(1000, func() {
+			var err error
+			buf, err = stanza.AppendJID(buf[:0], in, "example.com")
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("AppendJID(%q) allocates %.1f times per run, want 0", in, allocs)
+		}
+	}
+}
+
+func TestAppendEscaped(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"", ""},
+		{"plain@example.com", "plain@example.com"},
+		{`&<>'"`, "&amp;&lt;&gt;&apos;&quot;"},
+		{"a\tb\nc\rd", "a&#x9;b&#xA;c&#xD;d"},
+		{"nul\x00esc\x1b", "nul\uFFFDesc\uFFFD"},
+		{"bad\xffutf8\xc3", "bad\uFFFDutf8\uFFFD"},
+		{"non\uFFFEchar\uFFFF", "non\uFFFDchar\uFFFD"},
+		{"ünï\U0001F600\u007f", "ünï\U0001F600\u007f"},
+		{"]]>", "]]&gt;"},
+	}
+	for _, tt := range tests {
+		if got := string(stanza.AppendEscaped([]byte("pre"), tt.in)); got != "pre"+tt.want {
+			t.Errorf("AppendEscaped(%q) = %q, want %q", tt.in, got, "pre"+tt.want)
+		}
+	}
+}

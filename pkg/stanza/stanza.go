@@ -1,0 +1,331 @@
+// Package stanza validates the announcement template once and renders it
+// per recipient without allocating.
+//
+// The template is the first generation's contract: one XML stanza in which
+// the first "%s" becomes the recipient's JID and every "[inc_id]" becomes a
+// per-recipient sequence number. Validation is strict because a single bad
+// stanza on a XEP-0114 connection makes ejabberd close the whole stream (and
+// drop everything queued behind it); rendering is split into precompiled
+// literal segments so the sender's hot path is a handful of memmoves.
+//
+// Placeholder rules: only the exact bytes "%s" and "[inc_id]" are special.
+// There is no fmt-style processing ("%%" or "%d" stay literal); a second
+// "%s" stays literal text.
+//
+// Template restrictions (RFC 6120 §11.1 restricted XML, plus what would
+// break the stream):
+//   - exactly one root element (message, presence or iq); whitespace around
+//     it is tolerated and trimmed (Raw returns the trimmed bytes);
+//   - no XML declaration, comments, processing instructions or DOCTYPE,
+//     anywhere: inside an open stream ejabberd treats them as stream errors;
+//   - only the five predefined entities and character references that
+//     denote XML characters;
+//   - no duplicate attributes, no unbound namespace prefixes (expat, which
+//     ejabberd uses, rejects both; encoding/xml does not);
+//   - the recipient "%s" sits in an attribute value or in text content, not
+//     in a name, a reference or a CDATA section (where escaping would show);
+//     in text it must not be followed by '>' or ']', because a JID ending in
+//     "]]" would then complete the forbidden "]]>";
+//   - "[inc_id]" sits in an attribute value, text content or CDATA.
+package stanza
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// DefaultMaxBytes is the decoded template size limit when Options.MaxBytes
+// is not set: it leaves room for the longest JID (3 KiB, up to 6× when
+// escaped) under the max_stanza_size values deployments configure
+// (ejabberd's example config uses 262144 for c2s).
+const DefaultMaxBytes = 65536
+
+// Placeholders, exactly as the first generation's clients send them.
+const (
+	PlaceholderJID   = "%s"
+	PlaceholderIncID = "[inc_id]"
+)
+
+// sampleJID stands in for the recipient when the template is checked with
+// encoding/xml; any JID works because rendering escapes it.
+const sampleJID = "sample@example.com/res"
+
+// ValidationError is what every rejection returns; Field names the request
+// field ("message", "usernames", ...) so the API can answer 400 with it.
+type ValidationError struct {
+	Field, Reason string
+}
+
+func (e *ValidationError) Error() string {
+	return "invalid " + e.Field + ": " + e.Reason
+}
+
+// Options tune Parse.
+type Options struct {
+	MaxBytes        int    // decoded template size limit; <= 0 means DefaultMaxBytes
+	ComponentDomain string // non-empty in component mode: the root's `from` must be a JID whose domain part equals this domain
+}
+
+func messageErr(format string, args ...any) error {
+	return &ValidationError{Field: "message", Reason: fmt.Sprintf(format, args...)}
+}
+
+// DecodeBase64 accepts standard base64 with or without padding, and
+// tolerates surrounding whitespace and line breaks inside (MIME-style
+// wrapping). Spaces inside are rejected rather than skipped: they are
+// almost always '+' characters mangled by form/URL decoding, and skipping
+// them would silently corrupt the template.
+func DecodeBase64(s string) ([]byte, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, messageErr("empty")
+	}
+	if i := strings.IndexAny(s, " \t\v\f"); i >= 0 {
+		return nil, messageErr("base64 contains whitespace at offset %d (a '+' turned into ' ' by URL/form decoding?)", i)
+	}
+	enc := base64.RawStdEncoding
+	if strings.HasSuffix(s, "=") {
+		enc = base64.StdEncoding
+	}
+	b, err := enc.DecodeString(s)
+	if err != nil {
+		hint := ""
+		if strings.ContainsAny(s, "-_") {
+			hint = " (URL-safe alphabet is not accepted, use standard base64)"
+		}
+		return nil, messageErr("not valid base64: %v%s", err, hint)
+	}
+	if len(b) == 0 {
+		return nil, messageErr("empty")
+	}
+	return b, nil
+}
+
+type hole uint8
+
+const (
+	holeNone hole = iota // last segment: literal only
+	holeJID
+	holeIncID
+)
+
+// segment is a literal run followed by the hole that comes after it.
+type segment struct {
+	lit  []byte
+	hole hole
+}
+
+// Template is a validated, precompiled stanza template. It is immutable
+// and safe for concurrent use.
+type Template struct {
+	raw      []byte
+	segs     []segment
+	static   int // total literal bytes
+	nInc     int
+	onlyInTo bool
+}
+
+// Raw returns the template as validated: the decoded bytes with the
+// surrounding whitespace trimmed. The caller must not modify it.
+func (t *Template) Raw() []byte { return t.raw }
+
+// HasIncID reports whether the template contains [inc_id], i.e. whether
+// recipients get different payloads beyond the JID.
+func (t *Template) HasIncID() bool { return t.nInc > 0 }
+
+// RecipientOnlyInTo reports whether %s appears exactly once, as the whole
+// value of the root's `to` attribute, and there is no [inc_id]: then every
+// recipient gets the same payload and the stanza can go out as one XEP-0033
+// multicast instead of one copy per recipient.
+func (t *Template) RecipientOnlyInTo() bool { return t.onlyInTo }
+
+// AppendRender appends the stanza for one recipient: the first %s becomes
+// the XML-escaped jid, every [inc_id] the decimal incID. It does not
+// allocate when dst has capacity. The output is well-formed for any jid
+// string (escaping makes even invalid input inert); pass JIDs from
+// AppendJID/NormalizeJID so the recipient is also meaningful. jid is only
+// read during the call, so it may view a reused scratch buffer.
+func (t *Template) AppendRender(dst []byte, jid string, incID uint64) []byte {
+	dst = slices.Grow(dst, t.static+len(jid)+t.nInc*20)
+	var num [20]byte
+	var digits []byte
+	if t.nInc > 0 {
+		digits = strconv.AppendUint(num[:0], incID, 10)
+	}
+	for i := range t.segs {
+		s := &t.segs[i]
+		dst = append(dst, s.lit...)
+		switch s.hole {
+		case holeJID:
+			dst = AppendEscaped(dst, jid)
+		case holeIncID:
+			dst = append(dst, digits...)
+		}
+	}
+	return dst
+}
+
+// isXMLSpace is the XML S production; unicode spaces are not markup-neutral.
+func isXMLSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n'
+}
+
+// Parse validates the decoded template and precompiles it. Every rejection
+// is a *ValidationError with Field "message" whose Reason says what to fix.
+// See the package documentation for the rules.
+func Parse(raw []byte, opt Options) (*Template, error) {
+	limit := opt.MaxBytes
+	if limit <= 0 {
+		limit = DefaultMaxBytes
+	}
+	if len(raw) > limit {
+		return nil, messageErr("template is %d bytes, the limit is %d", len(raw), limit)
+	}
+	start, end := 0, len(raw)
+	for start < end && isXMLSpace(raw[start]) {
+		start++
+	}
+	for end > start && isXMLSpace(raw[end-1]) {
+		end--
+	}
+	if start == end {
+		return nil, messageErr("template is empty")
+	}
+	src := bytes.Clone(raw[start:end])
+	if !utf8.Valid(src) {
+		return nil, messageErr("template is not valid UTF-8")
+	}
+	jidAt := bytes.Index(src, []byte(PlaceholderJID))
+	if jidAt < 0 {
+		return nil, messageErr("template has no %s placeholder for the recipient JID", PlaceholderJID)
+	}
+
+	phs := findPlaceholders(src, jidAt)
+	sc := newScanner(src, start, phs)
+	if err := sc.run(); err != nil {
+		return nil, err
+	}
+
+	t := &Template{raw: src}
+	prev := 0
+	for _, p := range phs {
+		t.segs = append(t.segs, segment{lit: src[prev:p.pos:p.pos], hole: p.kind})
+		t.static += p.pos - prev
+		if p.kind == holeIncID {
+			t.nInc++
+		}
+		prev = p.end()
+	}
+	t.segs = append(t.segs, segment{lit: src[prev:len(src):len(src)]})
+	t.static += len(src) - prev
+
+	// Second opinion from encoding/xml on a rendered sample: it checks
+	// names, character ranges and entity syntax the scanner leaves alone.
+	root, err := checkXML(t.AppendRender(nil, sampleJID, 0))
+	if err != nil {
+		return nil, err
+	}
+	switch root.Name.Local {
+	case "message", "presence", "iq":
+	default:
+		return nil, messageErr("root element is <%s>; want message, presence or iq", clip(root.Name.Local))
+	}
+
+	if opt.ComponentDomain != "" {
+		if err := checkComponent(sc, root.Attr, opt.ComponentDomain); err != nil {
+			return nil, err
+		}
+	}
+
+	if to, ok := sc.rootAttr("to"); ok && t.nInc == 0 &&
+		bytes.Count(src, []byte(PlaceholderJID)) == 1 &&
+		to.start == jidAt && to.end == jidAt+len(PlaceholderJID) {
+		t.onlyInTo = true
+	}
+	return t, nil
+}
+
+// checkComponent enforces what ejabberd's check_from does on a XEP-0114
+// stream: a missing or foreign `from`, or a missing `to`, closes the
+// connection for every stanza queued behind this one.
+func checkComponent(sc *scanner, attrs []xmlAttr, domain string) error {
+	fromSpan, ok := sc.rootAttr("from")
+	if !ok {
+		return messageErr("component mode: the root element needs a from attribute in %q", clip(domain))
+	}
+	if _, ok := sc.rootAttr("to"); !ok {
+		return messageErr("component mode: the root element needs a to attribute (ejabberd closes the stream without one)")
+	}
+	if sc.hasPlaceholderIn(fromSpan.start, fromSpan.end) {
+		return messageErr("component mode: the root's from attribute must not contain placeholders")
+	}
+	var from string
+	for _, a := range attrs {
+		if a.Name.Space == "" && a.Name.Local == "from" {
+			from = a.Value
+		}
+	}
+	d, reason := jidDomain(from)
+	if reason != "" {
+		return messageErr("component mode: from %q is not a valid JID: %s", clip(from), reason)
+	}
+	if !strings.EqualFold(d, domain) {
+		return messageErr("component mode: from %q is not in the component domain %q", clip(from), clip(domain))
+	}
+	return nil
+}
+
+type placeholder struct {
+	pos  int
+	kind hole
+}
+
+func (p placeholder) end() int {
+	if p.kind == holeJID {
+		return p.pos + len(PlaceholderJID)
+	}
+	return p.pos + len(PlaceholderIncID)
+}
+
+// findPlaceholders lists the first %s and every [inc_id] in order. The two
+// patterns cannot overlap ('%' and '[' start them and appear in neither's
+// tail), so the list is a clean partition of src.
+func findPlaceholders(src []byte, jidAt int) []placeholder {
+	var phs []placeholder
+	inserted := false
+	for off := 0; ; {
+		i := bytes.Index(src[off:], []byte(PlaceholderIncID))
+		if i < 0 {
+			break
+		}
+		i += off
+		if !inserted && jidAt < i {
+			phs = append(phs, placeholder{jidAt, holeJID})
+			inserted = true
+		}
+		phs = append(phs, placeholder{i, holeIncID})
+		off = i + len(PlaceholderIncID)
+	}
+	if !inserted {
+		phs = append(phs, placeholder{jidAt, holeJID})
+	}
+	return phs
+}
+
+// clip keeps error messages bounded when input is hostile.
+func clip(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
