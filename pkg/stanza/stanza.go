@@ -4,8 +4,8 @@
 // The template is the first generation's contract: one XML stanza in which
 // the first "%s" becomes the recipient's JID and every "[inc_id]" becomes a
 // per-recipient sequence number. Validation is strict because a single bad
-// stanza on a XEP-0114 connection makes ejabberd close the whole stream (and
-// drop everything queued behind it); rendering is split into precompiled
+// stanza on a XEP-0114 connection makes ejabberd close the whole stream, and
+// everything in flight behind it has to be resent; rendering is split into precompiled
 // literal segments so the sender's hot path is a handful of memmoves.
 //
 // Placeholder rules: only the exact bytes "%s" and "[inc_id]" are special.
@@ -17,7 +17,8 @@
 //   - exactly one root element (message, presence or iq); whitespace around
 //     it is tolerated and trimmed (Raw returns the trimmed bytes);
 //   - no XML declaration, comments, processing instructions or DOCTYPE,
-//     anywhere: inside an open stream ejabberd treats them as stream errors;
+//     anywhere: RFC 6120 has the receiver close the stream for them, and an
+//     XML declaration cannot appear in the middle of an open stream;
 //   - only the five predefined entities and character references that
 //     denote XML characters;
 //   - no duplicate attributes, no unbound namespace prefixes (expat, which
@@ -26,7 +27,10 @@
 //     in a name, a reference or a CDATA section (where escaping would show);
 //     in text it must not be followed by '>' or ']', because a JID ending in
 //     "]]" would then complete the forbidden "]]>";
-//   - "[inc_id]" sits in an attribute value, text content or CDATA.
+//   - "[inc_id]" sits in an attribute value, text content or CDATA;
+//   - no placeholder in a namespace declaration (xmlns, xmlns:p);
+//   - component mode: the root has `to` and a placeholder-free `from` whose
+//     domain equals the component domain (ASCII case-insensitively).
 package stanza
 
 import (
