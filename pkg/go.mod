@@ -11,6 +11,8 @@ require (
 	github.com/segmentio/kafka-go v0.4.51
 	go.uber.org/goleak v1.3.0
 	golang.org/x/sync v0.25.0
+	mellium.im/sasl v0.3.2
+	mellium.im/xmlstream v0.15.4
 	mellium.im/xmpp v0.22.0
 )
 
@@ -35,6 +37,4 @@ require (
 	golang.org/x/tools v0.49.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 	mellium.im/reader v0.1.0 // indirect
-	mellium.im/sasl v0.3.2 // indirect
-	mellium.im/xmlstream v0.15.4 // indirect
 )

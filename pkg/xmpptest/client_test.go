@@ -1,0 +1,58 @@
+package xmpptest_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"mellium.im/xmpp/component"
+	"mellium.im/xmpp/jid"
+
+	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/xmpptest"
+)
+
+// A message written on a component connection reaches a logged-in client, decoded.
+func TestClientReceivesFromComponent(t *testing.T) {
+	env := stacktest.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// A user of this test alone: the demo users may hold offline messages of earlier runs.
+	api := xmpptest.API{Base: env.EjabberdAPI}
+	user := stacktest.Name("xt")
+	if err := api.Register(ctx, user, env.XMPPDomain, "pw"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = api.Unregister(context.Background(), user, env.XMPPDomain) }()
+	alice, err := xmpptest.Login(ctx, env.C2SAddr, user, env.XMPPDomain, "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+
+	conn, err := net.Dial("tcp", env.ComponentAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	s, err := component.NewSession(ctx, jid.MustParse(env.ComponentDomain), []byte(env.ComponentSecret), conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	go func() { _ = s.Serve(nil) }()
+	to := alice.JID.String()
+	if _, err := conn.Write([]byte("<message to='" + to + "' from='" + env.ComponentDomain + "' type='chat' id='x1'><body>one</body><body>two</body></message>")); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := alice.Wait(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := msgs[0]
+	if m.To != to || m.From != env.ComponentDomain || m.ID != "x1" || m.Type != "chat" || m.Children != 2 ||
+		len(m.Bodies) != 2 || m.Bodies[0] != "one" || m.Bodies[1] != "two" {
+		t.Fatalf("received %+v", m)
+	}
+}
