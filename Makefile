@@ -1,6 +1,6 @@
 # announcer — the two commands: `make run` (whole system on loopback) and `make test` (every test).
 SHELL   := /bin/bash
-MODULES := pkg services/ingress services/fanout services/sender services/archiver
+MODULES := pkg services/ingress services/fanout services/sender services/archiver e2e
 SERVICES := ingress fanout sender archiver
 STACK   := bash scripts/stack/stack.sh
 # Integration tests fail (not skip) when the stack is missing.

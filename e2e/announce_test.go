@@ -1,0 +1,222 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/xmpptest"
+)
+
+// quiet is how long a client must stay without (further) messages to count as "received nothing".
+const quiet = 3 * time.Second
+
+func template(from string) string {
+	return "<message to='%s' from='" + from + "' type='chat' id='e2e-[inc_id]'><body>n=[inc_id] for %s</body></message>"
+}
+
+var idRe = regexp.MustCompile(`^e2e-(\d+)$`)
+
+// checkRendered asserts m is exactly the template rendered for jid and returns its [inc_id].
+func checkRendered(t *testing.T, m xmpptest.Message, jid, from string) uint64 {
+	t.Helper()
+	g := idRe.FindStringSubmatch(m.ID)
+	if m.To != jid || m.From != from || m.Type != "chat" || g == nil || m.Children != 1 || len(m.Bodies) != 1 {
+		t.Fatalf("stanza for %s: %+v", jid, m)
+	}
+	// Only the first %s is the recipient; [inc_id] is replaced everywhere.
+	if want := "n=" + g[1] + " for %s"; m.Bodies[0] != want {
+		t.Fatalf("body %q, want %q", m.Bodies[0], want)
+	}
+	n, _ := strconv.ParseUint(g[1], 10, 64)
+	return n
+}
+
+func expectNothing(t *testing.T, c *xmpptest.Client, already int) {
+	t.Helper()
+	time.Sleep(quiet)
+	if got := c.Messages(); len(got) != already {
+		t.Fatalf("%s received %d messages, want %d: %+v", c.JID, len(got), already, got)
+	}
+}
+
+func TestChannelReachesExactlyTheOnlineMembers(t *testing.T) {
+	s := newSystem(t, options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	from := s.env.ComponentDomain
+	var online []string
+	for i := range 5 {
+		online = append(online, s.user(fmt.Sprintf("m%d", i), "node1"))
+	}
+	offline := s.user("off", "")
+	outsider := s.user("outsider", "node1")
+	s.channel(10, s.p+"-chan", "ACCEPTED", append(append([]string{}, online[:3]...), append([]string{offline}, online[3:]...)...)...)
+
+	clients := map[string]*xmpptest.Client{}
+	for _, u := range online {
+		clients[u] = s.login(ctx, u)
+	}
+	out := s.login(ctx, outsider)
+
+	s.announce("/v1/announce/channel", map[string]any{"channel_id": 10, "message": b64(template(from))})
+	ids := map[uint64]bool{}
+	for _, u := range online {
+		msgs, err := clients[u].Wait(ctx, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[checkRendered(t, msgs[0], u+"@"+s.domain, from)] = true
+	}
+	if len(ids) != len(online) {
+		t.Errorf("[inc_id] values %v are not distinct per recipient", ids)
+	}
+	// The same channel by its string id.
+	s.announce("/v1/announce/channel", map[string]any{"channel_id": s.p + "-chan", "message": b64(template(from))})
+	for _, u := range online {
+		if _, err := clients[u].Wait(ctx, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectNothing(t, out, 0)
+	for _, u := range online {
+		if n := len(clients[u].Messages()); n != 2 {
+			t.Errorf("%s received %d messages, want 2", u, n)
+		}
+	}
+	// Nothing was sent to the offline member: chat messages would wait in offline storage.
+	late := s.login(ctx, offline)
+	expectNothing(t, late, 0)
+}
+
+func TestAllOnlineUsers(t *testing.T) {
+	s := newSystem(t, options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	from := s.env.ComponentDomain
+	a, b := s.user("a", "node1"), s.user("b", "node1")
+	ca, cb := s.login(ctx, a), s.login(ctx, b)
+	s.announce("/v1/announce/channel", map[string]any{"channel_id": -1, "message": b64(template(from))})
+	for u, c := range map[string]*xmpptest.Client{a: ca, b: cb} {
+		msgs, err := c.Wait(ctx, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkRendered(t, msgs[0], u+"@"+s.domain, from)
+	}
+}
+
+func TestUsersOnlineAtOnceOfflineFromStorageAndPersisted(t *testing.T) {
+	s := newSystem(t, options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	from := s.env.ComponentDomain
+	on := s.user("on", "")
+	off := s.user("off", "")
+	con := s.login(ctx, on)
+	// persist defaults to true for users announcements.
+	s.announce("/v1/announce/users", map[string]any{"usernames": []string{on, off + "@" + s.domain}, "message": b64(template(from))})
+	msgs, err := con.Wait(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRendered(t, msgs[0], on+"@"+s.domain, from)
+
+	// The offline user finds it in ejabberd's offline storage when it logs in.
+	deadline := time.Now().Add(30 * time.Second)
+	for s.metric("sender-node1-0", "announcer_sender_stanzas_sent_total") < 2 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	coff := s.login(ctx, off)
+	msgs, err = coff.Wait(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRendered(t, msgs[0], off+"@"+s.domain, from)
+	if msgs[0].Delay == nil {
+		t.Errorf("offline delivery without a delay stamp: %+v", msgs[0])
+	}
+
+	// One rendered record per recipient on the storage topic.
+	r := kafkabus.NewReader(s.env.KafkaBrokers, stacktest.Name("e2e_storage"), []string{s.storage}, kafkabus.ReaderOptions{})
+	defer r.Close()
+	got := map[string]string{}
+	for len(got) < 2 {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			t.Fatalf("storage records %v: %v", got, err)
+		}
+		got[string(m.Key)] = string(m.Value)
+	}
+	for _, u := range []string{on, off} {
+		jid := u + "@" + s.domain
+		v, ok := got[jid]
+		if !ok || !regexp.MustCompile(`^<message to='`+regexp.QuoteMeta(jid)+`' from='`+regexp.QuoteMeta(from)+`' type='chat' id='e2e-\d+'><body>n=\d+ for %s</body></message>$`).MatchString(v) {
+			t.Errorf("storage record for %s: %q (all: %v)", jid, v, got)
+		}
+	}
+}
+
+func TestCraftedUsernamesCannotInjectXML(t *testing.T) {
+	s := newSystem(t, options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	from := s.env.ComponentDomain
+	member := s.user("member", "node1")
+	victim := s.user("victim", "node1")
+	cm, cv := s.login(ctx, member), s.login(ctx, victim)
+	vjid := victim + "@" + s.domain
+	crafted := []string{
+		"x'/><message to='" + vjid + "' from='" + from + "' type='chat'><body>pwned</body></message><x a='",
+		`y"><body>pwned</body>`,
+		"z&amp;<b>",
+	}
+	// At the door: refused with the field named.
+	for _, u := range crafted {
+		code, out := s.post("/v1/announce/users", map[string]any{"usernames": []string{u}, "message": b64(template(from))})
+		if code != http.StatusBadRequest || out["field"] != "usernames" {
+			t.Errorf("crafted username %q: %d %v, want 400 on usernames", u, code, out)
+		}
+	}
+	// From the channel database (written by someone else): never rendered into a stanza.
+	for _, u := range crafted {
+		s.online(u, "node1")
+		s.users = append(s.users, u)
+	}
+	s.channel(20, s.p+"-crafted", "ACCEPTED", append([]string{member}, crafted...)...)
+	s.announce("/v1/announce/channel", map[string]any{"channel_id": 20, "message": b64(template(from))})
+	msgs, err := cm.Wait(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRendered(t, msgs[0], member+"@"+s.domain, from)
+	expectNothing(t, cv, 0)
+	expectNothing(t, cm, 1)
+}
+
+func TestPendingAndUnknownChannelsDeliverNothing(t *testing.T) {
+	s := newSystem(t, options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	from := s.env.ComponentDomain
+	m := s.user("m", "node1")
+	cm := s.login(ctx, m)
+	s.channel(30, s.p+"-pending", "PENDING", m)
+	s.announce("/v1/announce/channel", map[string]any{"channel_id": 30, "message": b64(template(from))})
+	s.announce("/v1/announce/channel", map[string]any{"channel_id": 31, "message": b64(template(from))})
+	s.announce("/v1/announce/channel", map[string]any{"channel_id": s.p + "-nope", "message": b64(template(from))})
+	deadline := time.Now().Add(30 * time.Second)
+	for s.metric("fanout", "announcer_fanout_rejected_total") < 3 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := s.metric("fanout", "announcer_fanout_rejected_total"); n != 3 {
+		t.Errorf("fanout reports %v rejected announcements, want 3", n)
+	}
+	expectNothing(t, cm, 0)
+}

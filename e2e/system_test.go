@@ -1,0 +1,464 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/xmpptest"
+)
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		dir, err := os.MkdirTemp("", "announcer-e2e-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		binDir = dir
+		for _, s := range []string{"ingress", "fanout", "sender", "archiver"} {
+			cmd := exec.Command("go", "build", "-race", "-o", filepath.Join(dir, "announcer-"+s), ".")
+			cmd.Dir = filepath.Join("..", "services", s)
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			if err := cmd.Run(); err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n", s, err)
+				return 1
+			}
+		}
+		return m.Run()
+	}())
+}
+
+// system is one private announcer deployment: its own topics, groups, database, Redis
+// presence addresses and users, and the four services running as processes.
+type system struct {
+	t       *testing.T
+	env     stacktest.Env
+	p       string // unique prefix
+	dir     string
+	cfg     string
+	rest    string
+	debug   map[string]string
+	db      *sql.DB
+	rdb     *redis.Client
+	api     xmpptest.API
+	users   []string
+	mu      sync.Mutex
+	procs   []*exec.Cmd
+	logs    map[string]*bytes.Buffer
+	nodes   []string
+	domain  string // users' domain
+	storage string
+}
+
+type options struct {
+	nodes          []string // node names; each gets presence address <p>-<node>
+	senders        map[string]int
+	pagination     int
+	batch          int
+	shard          int
+	componentNames []string // one per sender process, in order of start
+}
+
+func newSystem(t *testing.T, o options) *system {
+	t.Helper()
+	env := stacktest.Get(t)
+	if len(o.nodes) == 0 {
+		o.nodes = []string{"node1"}
+	}
+	if o.pagination == 0 {
+		o.pagination = 2
+	}
+	if o.batch == 0 {
+		o.batch = 2
+	}
+	if o.shard == 0 {
+		o.shard = 4
+	}
+	s := &system{
+		t: t, env: env, p: stacktest.Name("e2e"), dir: t.TempDir(),
+		debug: map[string]string{}, logs: map[string]*bytes.Buffer{},
+		api: xmpptest.API{Base: env.EjabberdAPI}, nodes: o.nodes, domain: env.XMPPDomain,
+	}
+	s.storage = s.p + "_storage"
+	t.Cleanup(s.stop)
+
+	// Database of this system alone, with the first generation's schema.
+	dsn, err := mysql.ParseDSN(env.MySQLDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := sql.Open("mysql", env.MySQLDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if _, err := root.Exec("CREATE DATABASE " + s.p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if db, err := sql.Open("mysql", env.MySQLDSN); err == nil {
+			_, _ = db.Exec("DROP DATABASE IF EXISTS " + s.p)
+			db.Close()
+		}
+	})
+	dsn2 := *dsn
+	dsn2.DBName = s.p
+	dsn2.MultiStatements = true
+	s.db, err = sql.Open("mysql", dsn2.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.db.Close() })
+	schema, err := os.ReadFile("../scripts/stack/schema.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.Exec(string(schema)); err != nil {
+		t.Fatal(err)
+	}
+
+	s.rdb = redis.NewClient(&redis.Options{Addr: env.RedisAddr})
+	t.Cleanup(func() { s.rdb.Close() })
+
+	s.rest = freeAddr(t)
+	var nodes strings.Builder
+	for _, n := range o.nodes {
+		fmt.Fprintf(&nodes, "[[node]]\nname = %q\naddress = %q\npresence_addresses = [%q]\n\n", n, env.ComponentAddr, s.presence(n))
+	}
+	cfg := strings.NewReplacer(
+		"@REST@", s.rest, "@BROKERS@", strings.Join(env.KafkaBrokers, ","), "@P@", s.p,
+		"@MYSQL@", dsn.Addr, "@MYSQL_USER@", dsn.User, "@MYSQL_PASS@", dsn.Passwd,
+		"@PAGE@", fmt.Sprint(o.pagination), "@REDIS@", env.RedisAddr, "@COMPONENT@", env.ComponentAddr,
+		"@COMPONENT_NAME@", env.ComponentDomain, "@SECRET@", env.ComponentSecret, "@DOMAIN@", env.XMPPDomain,
+		"@BATCH@", fmt.Sprint(o.batch), "@SHARD@", fmt.Sprint(o.shard), "@NODES@", nodes.String(),
+	).Replace(`rest_api_port = "@REST@"
+debug_port = "127.0.0.1:0"
+user_activity_ask_buffer = 3
+
+[log]
+log_level = "info"
+format = "json"
+
+[kafka-consumer]
+brokers = "@BROKERS@"
+topics = "@P@_input"
+group_name = "@P@_input"
+
+[mysql]
+address = "@MYSQL@"
+username = "@MYSQL_USER@"
+password = "@MYSQL_PASS@"
+db = "@P@"
+pagination_length = @PAGE@
+
+[user-activity-redis]
+cluster_nodes = "@REDIS@"
+
+[kafka-producer]
+brokers = "@BROKERS@"
+topics = "@P@_storage"
+flush_frequency = 1
+
+[ejabberd]
+cluster_nodes = "@COMPONENT@"
+rate_limit = 2000
+each_node_conn_num = 2
+
+[component]
+name = "@COMPONENT_NAME@"
+secret = "@SECRET@"
+domain = "@DOMAIN@"
+ping_interval = 5
+
+[bus]
+brokers = "@BROKERS@"
+announcements_topic = "@P@_announcements"
+deliveries_topic_prefix = "@P@_deliveries."
+dead_letter_topic = "@P@_dlq"
+partitions = 3
+
+[fanout]
+group_name = "@P@_fanout"
+batch_size = @BATCH@
+shard_size = @SHARD@
+
+[sender]
+group_prefix = "@P@_sender_"
+fence_timeout = "5s"
+
+[archiver]
+group_name = "@P@_archiver"
+
+@NODES@`)
+	s.cfg = filepath.Join(s.dir, "announcer.toml")
+	if err := os.WriteFile(s.cfg, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// Downstream first, so every consumer is there before the first announcement.
+	s.start("archiver", nil)
+	senders := o.senders
+	if senders == nil {
+		senders = map[string]int{}
+		for _, n := range o.nodes {
+			senders[n] = 1
+		}
+	}
+	i := 0
+	for _, n := range o.nodes {
+		for r := 0; r < senders[n]; r++ {
+			args := []string{"-node", n}
+			if i < len(o.componentNames) {
+				args = append(args, "-component-name", o.componentNames[i])
+			}
+			i++
+			s.start(fmt.Sprintf("sender-%s-%d", n, r), args)
+		}
+	}
+	s.start("fanout", nil)
+	s.start("ingress", nil)
+	return s
+}
+
+func (s *system) presence(node string) string { return s.p + "-" + node }
+
+// start runs one service binary and waits for its /readyz.
+func (s *system) start(name string, args []string) {
+	s.t.Helper()
+	bin := name
+	if i := strings.IndexByte(name, '-'); i > 0 {
+		bin = name[:i]
+	}
+	dbg := freeAddr(s.t)
+	s.debug[name] = dbg
+	cmd := exec.Command(filepath.Join(binDir, "announcer-"+bin), append([]string{"-config", s.cfg, "-debug-port", dbg}, args...)...)
+	buf := &bytes.Buffer{}
+	w := &lockedWriter{mu: &s.mu, w: buf}
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.mu.Lock()
+	s.procs = append(s.procs, cmd)
+	s.logs[name] = buf
+	s.mu.Unlock()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + dbg + "/readyz")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+			if time.Now().After(deadline) {
+				s.t.Fatalf("%s not ready: %s\n%s", name, body, s.log(name))
+			}
+		} else if time.Now().After(deadline) {
+			s.t.Fatalf("%s not ready: %v\n%s", name, err, s.log(name))
+		}
+		if cmd.ProcessState != nil {
+			s.t.Fatalf("%s exited: %s", name, s.log(name))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (s *system) log(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b := s.logs[name]; b != nil {
+		return b.String()
+	}
+	return ""
+}
+
+// stop ends the services upstream first and reports their logs when the test failed.
+func (s *system) stop() {
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		p := s.procs[i]
+		_ = p.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- p.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = p.Process.Kill()
+			<-done
+			s.t.Errorf("%s did not stop within 20 s of SIGTERM", p.Path)
+		}
+	}
+	if s.t.Failed() {
+		for name := range s.logs {
+			s.t.Logf("---- %s log ----\n%s", name, tail(s.log(name), 80))
+		}
+	}
+	ctx := context.Background()
+	for _, u := range s.users {
+		_ = s.api.Unregister(ctx, u, s.domain)
+		_ = s.rdb.Del(ctx, u).Err()
+	}
+	for _, n := range s.nodes {
+		_ = s.rdb.Del(ctx, s.presence(n)).Err()
+	}
+}
+
+// user registers a fresh XMPP user of this system; online puts it in Redis on node.
+func (s *system) user(label, node string) string {
+	s.t.Helper()
+	u := s.p + "_" + label
+	if err := s.api.Register(context.Background(), u, s.domain, "pw"); err != nil {
+		s.t.Fatal(err)
+	}
+	s.users = append(s.users, u)
+	if node != "" {
+		s.online(u, node)
+	}
+	return u
+}
+
+func (s *system) online(u, node string) {
+	s.t.Helper()
+	ctx := context.Background()
+	if err := s.rdb.Set(ctx, u, s.presence(node), 0).Err(); err != nil {
+		s.t.Fatal(err)
+	}
+	if err := s.rdb.SAdd(ctx, s.presence(node), u).Err(); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *system) login(ctx context.Context, u string) *xmpptest.Client {
+	s.t.Helper()
+	c, err := xmpptest.Login(ctx, s.env.C2SAddr, u, s.domain, "pw")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func (s *system) channel(id int64, sid, state string, members ...string) {
+	s.t.Helper()
+	if _, err := s.db.Exec(`INSERT INTO ws_channel_data (channel_id, channel_channelid, channel_state) VALUES (?, ?, ?)`, id, sid, state); err != nil {
+		s.t.Fatal(err)
+	}
+	for _, m := range members {
+		if _, err := s.db.Exec(`INSERT INTO ws_channel_members (member_channelid, member_username) VALUES (?, ?)`, id, m); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+}
+
+// post sends a JSON body to the REST API and decodes the answer.
+func (s *system) post(path string, body any) (int, map[string]any) {
+	s.t.Helper()
+	b, _ := json.Marshal(body)
+	resp, err := http.Post("http://"+s.rest+path, "application/json", bytes.NewReader(b))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]any{}
+	raw, _ := io.ReadAll(resp.Body)
+	_ = json.Unmarshal(raw, &out)
+	return resp.StatusCode, out
+}
+
+func (s *system) announce(path string, body map[string]any) string {
+	s.t.Helper()
+	code, out := s.post(path, body)
+	if code != http.StatusAccepted {
+		s.t.Fatalf("POST %s: %d %v", path, code, out)
+	}
+	id, _ := out["id"].(string)
+	if id == "" {
+		s.t.Fatalf("POST %s: no id in %v", path, out)
+	}
+	return id
+}
+
+// metric returns the sum of a metric's samples whose line contains every filter.
+func (s *system) metric(service, name string, filters ...string) float64 {
+	s.t.Helper()
+	resp, err := http.Get("http://" + s.debug[service] + "/metrics")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for _, f := range filters {
+			ok = ok && strings.Contains(line, f)
+		}
+		if !ok {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
