@@ -161,6 +161,23 @@ func TestComponentHandshakeAndPing(t *testing.T) {
 		t.Fatalf("ping answered with %+v (%v), want a result IQ", iq, err)
 	}
 
+	// Every spare component domain is accepted with the same secret.
+	if len(env.ComponentSpares) < 2 {
+		t.Fatalf("want spare component domains, got %v", env.ComponentSpares)
+	}
+	for _, d := range env.ComponentSpares {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.ComponentAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp, err := component.NewSession(ctx, jid.MustParse(d), []byte(env.ComponentSecret), c)
+		if err != nil {
+			t.Fatalf("handshake as %s: %v", d, err)
+		}
+		_ = sp.Close()
+		_ = c.Close()
+	}
+
 	// A wrong secret must be refused: the listener really checks the handshake.
 	bad, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.ComponentAddr)
 	if err != nil {

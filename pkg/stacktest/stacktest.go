@@ -36,6 +36,7 @@ func Get(t testing.TB) Env {
 		ComponentAddr:   os.Getenv("ANNOUNCER_XMPP_COMPONENT"),
 		ComponentDomain: os.Getenv("ANNOUNCER_COMPONENT_DOMAIN"),
 		ComponentSecret: os.Getenv("ANNOUNCER_COMPONENT_SECRET"),
+		ComponentSpares: split(os.Getenv("ANNOUNCER_COMPONENT_SPARES")),
 		XMPPDomain:      os.Getenv("ANNOUNCER_XMPP_DOMAIN"),
 		EjabberdAPI:     os.Getenv("ANNOUNCER_EJABBERD_API"),
 		EjabberdCtl:     os.Getenv("ANNOUNCER_EJABBERDCTL"),

@@ -1,0 +1,95 @@
+# shellcheck shell=bash
+# Redis: a private, memory-only instance on 127.0.0.1 (daemonised, pid file). Sourced by stack.sh.
+
+REDIS_DIR="$STACK_DIR/redis"
+REDIS_PIDFILE="$REDIS_DIR/run/redis.pid"
+REDIS_LOG="$REDIS_DIR/logs/redis.log"
+
+redis_cli() { redis-cli -h "$STACK_HOST" -p "$REDIS_PORT" "$@"; }
+
+# redis_pid: our server's pid, when it runs. Redis rewrites its argv, so it is recognised by its
+# working directory (--dir) instead.
+redis_pid() {
+  local pid
+  pid=$(read_pid "$REDIS_PIDFILE")
+  [[ -n "$pid" ]] && pid_alive "$pid" && [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "$REDIS_DIR/data" ]] &&
+    printf '%s' "$pid"
+}
+
+redis_ready() {
+  port_open "$REDIS_PORT" && [[ "$(redis_cli ping 2>/dev/null)" == PONG ]]
+}
+
+redis_preflight() {
+  local pid
+  pid=$(redis_pid || true)
+  check_port_free "$REDIS_PORT" redis "$pid"
+}
+
+# Demo presence in the first generation's model: user -> node address, node address -> set of
+# users, and a hash of offline users with the time (ms) they went offline.
+redis_seed() {
+  redis_cli >/dev/null <<CMDS || die "redis: seeding demo presence failed"
+SET alice 127.0.0.1
+SET bob 127.0.0.1
+SADD 127.0.0.1 alice bob
+DEL carol
+HSET offline-users carol $(now_ms)
+CMDS
+  log "redis: demo presence seeded (alice, bob online at 127.0.0.1; carol offline)"
+}
+
+redis_start() {
+  local pid
+  pid=$(redis_pid || true)
+  if [[ -n "$pid" ]]; then
+    if redis_ready; then
+      log "redis: already running (pid $pid)"
+      return 0
+    fi
+    log "redis: pid $pid is ours but not ready yet; waiting"
+    wait_ready redis "$pid" "$REDIS_LOG" redis_ready
+    return
+  fi
+  mkdir -p "$REDIS_DIR/data" "$REDIS_DIR/run" "$REDIS_DIR/logs"
+  rm -f "$REDIS_PIDFILE"
+  [[ -f "$REDIS_LOG" ]] && printf '\n===== start %s =====\n' "$(date -Is)" >>"$REDIS_LOG"
+  redis-server --bind "$STACK_HOST" --port "$REDIS_PORT" --dir "$REDIS_DIR/data" \
+    --daemonize yes --pidfile "$REDIS_PIDFILE" --logfile "$REDIS_LOG" \
+    --save '' --appendonly no --protected-mode yes --supervised no \
+    >>"$REDIS_DIR/logs/redis.out" 2>&1 </dev/null 9>&- || die "redis: redis-server failed to start (see $REDIS_LOG)"
+  local deadline=$((SECONDS + 10))
+  until [[ -s "$REDIS_PIDFILE" ]]; do
+    ((SECONDS < deadline)) || die "redis: no pid file after 10s (see $REDIS_LOG)"
+    sleep 0.1
+  done
+  pid=$(read_pid "$REDIS_PIDFILE")
+  log "redis: started pid $pid, waiting for $STACK_HOST:$REDIS_PORT"
+  wait_ready redis "$pid" "$REDIS_LOG" redis_ready || return 1
+  redis_seed
+}
+
+redis_stop() {
+  local pid
+  pid=$(redis_pid || true)
+  if [[ -z "$pid" ]]; then
+    log "redis: not running"
+  else
+    stop_pid "$pid" redis || die "redis: could not stop pid $pid"
+  fi
+  rm -f "$REDIS_PIDFILE"
+}
+
+redis_status() {
+  local pid
+  pid=$(redis_pid || true)
+  if [[ -n "$pid" ]] && redis_ready; then
+    echo "redis     up    pid $pid  $STACK_HOST:$REDIS_PORT"
+    return 0
+  elif [[ -n "$pid" ]]; then
+    echo "redis     starting  pid $pid (not ready)"
+  else
+    echo "redis     down"
+  fi
+  return 1
+}

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Local dependency stack for announcer: Kafka (KRaft), MariaDB, Redis and ejabberd, all private
+# instances bound to 127.0.0.1 with their state under ${STACK_DIR:-<repo>/.stack}.
+#
+#   stack.sh up                 install what is missing, start everything, wait until ready (idempotent)
+#   stack.sh down               stop what this script started (idempotent)
+#   stack.sh status             one line per server; exit 0 when all are up, 3 otherwise
+#   stack.sh env                `export ANNOUNCER_...=` lines for tests:  eval "$(stack.sh env)"
+#   stack.sh restart-ejabberd   stop and start our ejabberd node, wait until ready
+#
+# Settings (environment): STACK_DIR, STACK_TIMEOUT (s per server, default 120), STACK_STOP_TIMEOUT
+# (s before SIGKILL, default 30), KAFKA_PORT, KAFKA_CONTROLLER_PORT, MYSQL_PORT, REDIS_PORT,
+# EJABBERD_C2S_PORT, EJABBERD_COMPONENT_PORT, EJABBERD_HTTP_PORT, KAFKA_LIBS_DIR (jar cache),
+# STACK_SERIAL=1 (start servers one after the other instead of in parallel).
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
+
+STACK_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+# shellcheck source=lib.sh
+. "$STACK_SCRIPTS/lib.sh"
+# shellcheck source=kafka.sh
+. "$STACK_SCRIPTS/kafka.sh"
+# shellcheck source=mariadb.sh
+. "$STACK_SCRIPTS/mariadb.sh"
+# shellcheck source=redis.sh
+. "$STACK_SCRIPTS/redis.sh"
+# shellcheck source=ejabberd.sh
+. "$STACK_SCRIPTS/ejabberd.sh"
+
+SERVICES=(kafka mariadb redis ejabberd)
+
+usage() {
+  sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+}
+
+# One `up`/`down`/`restart-ejabberd` at a time (tests may call `up` concurrently).
+# Descriptor 9: every server launch closes it (see start_bg in lib.sh).
+take_lock() {
+  mkdir -p "$STACK_DIR"
+  exec 9>"$STACK_DIR/.lock"
+  if ! flock -n 9; then
+    log "another stack.sh holds $STACK_DIR/.lock; waiting for it (up to 600s)"
+    flock -w 600 9 || die "could not get $STACK_DIR/.lock within 600s"
+  fi
+}
+
+# run_all ACTION: runs <service>_ACTION for every service, in parallel unless STACK_SERIAL=1.
+# Returns non-zero when any of them failed.
+run_all() {
+  local action="$1" svc failed=() pids=() i
+  if [[ "${STACK_SERIAL:-0}" == 1 ]]; then
+    for svc in "${SERVICES[@]}"; do
+      ("${svc}_$action") || failed+=("$svc")
+    done
+  else
+    for svc in "${SERVICES[@]}"; do
+      ("${svc}_$action") &
+      pids+=("$!")
+    done
+    for i in "${!SERVICES[@]}"; do
+      wait "${pids[$i]}" || failed+=("${SERVICES[$i]}")
+    done
+  fi
+  if ((${#failed[@]})); then
+    log "ERROR: $action failed for: ${failed[*]}"
+    return 1
+  fi
+}
+
+cmd_up() {
+  local t0=$SECONDS svc failed=()
+  take_lock
+  ensure_packages
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  for svc in "${SERVICES[@]}"; do
+    "${svc}_preflight" || failed+=("$svc")
+  done
+  if ((${#failed[@]})); then
+    die "cannot start ${failed[*]}: port(s) taken by processes that are not ours (see above); nothing was started"
+  fi
+  log "state dir: $STACK_DIR"
+  if ! run_all start; then
+    cmd_status >&2 || true
+    die "up failed after $((SECONDS - t0))s (servers that did start are left running; 'stack.sh down' stops them)"
+  fi
+  log "all servers ready in $((SECONDS - t0))s:"
+  cmd_status | sed 's/^/[stack]   /' >&2
+  log "ejabberdctl: $(ejabberd_ctl_line)"
+  log "for tests: eval \"\$($STACK_SCRIPTS/stack.sh env)\""
+}
+
+cmd_down() {
+  local t0=$SECONDS
+  take_lock
+  if ! run_all stop; then
+    die "down: some servers could not be stopped"
+  fi
+  local port busy=()
+  for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$MYSQL_PORT" "$REDIS_PORT" \
+    "$EJABBERD_C2S_PORT" "$EJABBERD_COMPONENT_PORT" "$EJABBERD_HTTP_PORT"; do
+    [[ -n "$(port_listeners "$port")" ]] && busy+=("$port")
+  done
+  ((${#busy[@]} == 0)) || warn "still in use (not by us): ${busy[*]}"
+  log "stopped in $((SECONDS - t0))s"
+}
+
+cmd_status() {
+  local svc rc=0
+  for svc in "${SERVICES[@]}"; do
+    "${svc}_status" || rc=3
+  done
+  local epid
+  epid=$(epmd_our_pid || true)
+  if [[ -n "$epid" ]]; then
+    echo "epmd      up    pid $epid  $STACK_HOST:$EPMD_PORT (started by stack.sh)"
+  fi
+  return "$rc"
+}
+
+# env_line NAME VALUE: a shell-safe export line (single-quoted).
+env_line() {
+  local v="${2//\'/\'\\\'\'}"
+  printf "export %s='%s'\n" "$1" "$v"
+}
+
+cmd_env() {
+  env_line ANNOUNCER_KAFKA_BROKERS "$STACK_HOST:$KAFKA_PORT"
+  env_line ANNOUNCER_MYSQL_DSN "$MYSQL_USER:$MYSQL_PASSWORD@tcp($STACK_HOST:$MYSQL_PORT)/$MYSQL_DB?parseTime=true&multiStatements=true"
+  env_line ANNOUNCER_REDIS_ADDR "$STACK_HOST:$REDIS_PORT"
+  env_line ANNOUNCER_XMPP_C2S "$STACK_HOST:$EJABBERD_C2S_PORT"
+  env_line ANNOUNCER_XMPP_COMPONENT "$STACK_HOST:$EJABBERD_COMPONENT_PORT"
+  env_line ANNOUNCER_COMPONENT_DOMAIN "$COMPONENT_DOMAIN"
+  env_line ANNOUNCER_COMPONENT_SECRET "$COMPONENT_SECRET"
+  env_line ANNOUNCER_COMPONENT_SPARES "$(printf 'announcer-r%s.localhost,' 1 2 3 4 5 6 7 8 | sed 's/,$//')"
+  env_line ANNOUNCER_XMPP_DOMAIN "$XMPP_DOMAIN"
+  env_line ANNOUNCER_EJABBERD_API "$(ejabberd_api_url)"
+  env_line ANNOUNCER_EJABBERDCTL "$(ejabberd_ctl_line)"
+}
+
+cmd_restart_ejabberd() {
+  local t0=$SECONDS
+  take_lock
+  ejabberd_stop keep-epmd
+  ejabberd_preflight || die "cannot restart ejabberd: port(s) taken by processes that are not ours"
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  ejabberd_start || die "ejabberd did not come back"
+  log "ejabberd restarted in $((SECONDS - t0))s"
+}
+
+main() {
+  case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    restart-ejabberd) cmd_restart_ejabberd ;;
+    -h | --help | help) usage ;;
+    *)
+      usage
+      exit 2
+      ;;
+  esac
+}
+
+main "$@"
