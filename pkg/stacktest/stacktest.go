@@ -19,6 +19,9 @@ type Env struct {
 	ComponentAddr   string
 	ComponentDomain string
 	ComponentSecret string
+	// ComponentSpares are more component domains of the same listener and secret: one per
+	// sender replica, and for tests that must not share a domain with another process.
+	ComponentSpares []string
 	XMPPDomain      string
 	EjabberdAPI     string
 	EjabberdCtl     string // full ejabberdctl command line of the stack's instance
