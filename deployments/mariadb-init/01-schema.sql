@@ -1,0 +1,26 @@
+-- Copy of scripts/stack/schema.sql (deployments/compose_test.go keeps the two equal), run once by
+-- the mariadb container on an empty data volume, in the database MARIADB_DATABASE.
+
+-- Schema of the announcer database (names kept from the first generation).
+-- Idempotent: applied by scripts/stack/stack.sh at every `up`.
+
+-- One row per channel. channel_channelid is the channel's public string id.
+CREATE TABLE IF NOT EXISTS ws_channel_data (
+  channel_id        BIGINT       NOT NULL,
+  channel_channelid VARCHAR(191) NOT NULL,
+  channel_state     VARCHAR(32)  NOT NULL,
+  PRIMARY KEY (channel_id),
+  UNIQUE KEY uq_channel_channelid (channel_channelid)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Members of a channel. member_channelid refers to ws_channel_data.channel_id (a logical reference:
+-- no FOREIGN KEY constraint, so member rows can be bulk-loaded in any order).
+-- idx_channel_member serves keyset pages:
+--   WHERE member_channelid = ? AND member_id > ? ORDER BY member_id LIMIT n
+CREATE TABLE IF NOT EXISTS ws_channel_members (
+  member_id        BIGINT       NOT NULL AUTO_INCREMENT,
+  member_channelid BIGINT       NOT NULL,
+  member_username  VARCHAR(191) NOT NULL,
+  PRIMARY KEY (member_id),
+  KEY idx_channel_member (member_channelid, member_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
