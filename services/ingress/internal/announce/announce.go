@@ -1,0 +1,321 @@
+// Package announce is the ingress use case: it validates an announcement
+// request at the door and publishes it as an event for fanout. Both
+// transports (REST and the Kafka input) decode their bodies with this
+// package and call the same Service, so the contract is enforced once.
+package announce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/stanza"
+)
+
+// Publisher makes an event durable. It returns nil only once the event is
+// acknowledged by every in-sync replica; errors wrap ErrUnavailable or ErrTooLarge.
+type Publisher interface {
+	Publish(ctx context.Context, e announcement.Event) error
+}
+
+var (
+	// ErrUnavailable means the event could not be made durable now; the
+	// request may be retried (REST: 503).
+	ErrUnavailable = errors.New("announcements topic unavailable")
+	// ErrTooLarge means the encoded event exceeds what the bus accepts; a
+	// retry cannot succeed (REST: 413).
+	ErrTooLarge = errors.New("announcement too large for the bus")
+)
+
+// ValidationError is a rejection of the request itself; Field names the body
+// field ("message", "usernames", "channel_id", "persist", "body", ...).
+type ValidationError struct {
+	Field, Reason string
+}
+
+func (e *ValidationError) Error() string { return "invalid " + e.Field + ": " + e.Reason }
+
+func invalid(field, reason string) error { return &ValidationError{Field: field, Reason: reason} }
+
+// Sources of events.
+const (
+	SourceREST        = "rest"
+	SourceKafkaPrefix = "kafka:"
+)
+
+// maxChannelStringID is the VARCHAR width of ws_channel_data.channel_channelid.
+const maxChannelStringID = 255
+
+// Limits are the door's checks, from [ingress] and the XMPP settings.
+type Limits struct {
+	MaxBodyBytes     int64  // payload limit of the Kafka input (REST enforces it while reading)
+	MaxUsernames     int    // per users request
+	MaxTemplateBytes int    // decoded template
+	UserDomain       string // completes bare usernames
+	// ComponentDomain is the component's JID in component mode: a template's
+	// `from` must be inside it or ejabberd closes the stream. Empty in client mode.
+	ComponentDomain string
+	PublishTimeout  time.Duration
+}
+
+// Service validates and publishes announcements. It is safe for concurrent use.
+type Service struct {
+	pub   Publisher
+	lim   Limits
+	newID func() (string, error)
+	now   func() time.Time
+	m     metrics
+}
+
+type metrics struct {
+	accepted *prometheus.CounterVec // source, kind
+	rejected *prometheus.CounterVec // source, field
+	failed   *prometheus.CounterVec // source, reason
+}
+
+// New builds the use case; its counters are registered on reg.
+func New(pub Publisher, lim Limits, reg prometheus.Registerer) (*Service, error) {
+	if lim.PublishTimeout <= 0 {
+		return nil, errors.New("announce: publish timeout must be > 0")
+	}
+	m := metrics{
+		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ingress_announcements_accepted_total",
+			Help: "Announcements durably published to the announcements topic.",
+		}, []string{"source", "kind"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ingress_announcements_rejected_total",
+			Help: "Requests rejected by validation, by the field at fault.",
+		}, []string{"source", "field"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ingress_announcements_publish_failed_total",
+			Help: "Valid announcements that could not be published.",
+		}, []string{"source", "reason"}),
+	}
+	for _, c := range []prometheus.Collector{m.accepted, m.rejected, m.failed} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("announce: metrics: %w", err)
+		}
+	}
+	return &Service{pub: pub, lim: lim, newID: newID, now: time.Now, m: m}, nil
+}
+
+// newID is time-ordered so ids sort by acceptance and index well downstream.
+func newID() (string, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return "", err
+	}
+	return id.String(), nil
+}
+
+// Announce validates req, publishes it and returns the announcement id once
+// the event is durable.
+func (s *Service) Announce(ctx context.Context, req Request, source string) (string, error) {
+	ev, err := s.Prepare(req, source)
+	if err != nil {
+		return "", err
+	}
+	if err := s.Publish(ctx, ev); err != nil {
+		return "", err
+	}
+	return ev.ID, nil
+}
+
+// PrepareJSON is Prepare for a raw body of either kind, as the Kafka input
+// receives it.
+func (s *Service) PrepareJSON(body []byte, source string) (announcement.Event, error) {
+	if s.lim.MaxBodyBytes > 0 && int64(len(body)) > s.lim.MaxBodyBytes {
+		s.reject(source, "body")
+		return announcement.Event{}, invalid("body", fmt.Sprintf("%d bytes, the limit is %d", len(body), s.lim.MaxBodyBytes))
+	}
+	req, err := Decode(body)
+	if err != nil {
+		s.countRejection(source, err)
+		return announcement.Event{}, err
+	}
+	return s.Prepare(req, source)
+}
+
+// Prepare validates req and builds its event with a fresh id. Publishing the
+// same event again (a retry) keeps the id, so downstream sees one announcement.
+func (s *Service) Prepare(req Request, source string) (announcement.Event, error) {
+	ev, err := s.build(req, source)
+	if err != nil {
+		s.countRejection(source, err)
+		return announcement.Event{}, err
+	}
+	return ev, nil
+}
+
+func (s *Service) build(req Request, source string) (announcement.Event, error) {
+	ev := announcement.Event{Source: source}
+	switch {
+	case req.Channel != nil && req.Usernames != nil:
+		return ev, invalid("body", "has both channel_id and usernames; send one of them")
+	case req.Channel != nil:
+		ch := *req.Channel
+		switch {
+		case ch.IsString:
+			if err := checkChannelString(ch.StringID); err != nil {
+				return ev, err
+			}
+			ev.Kind, ev.Channel = announcement.KindChannel, &ch
+		case ch.ID < 0:
+			ev.Kind = announcement.KindAllOnline
+		default:
+			ev.Kind, ev.Channel = announcement.KindChannel, &ch
+		}
+		ev.Persist = req.Persist != nil && *req.Persist
+	case req.Usernames != nil:
+		jids, err := s.normalizeUsers(req.Usernames)
+		if err != nil {
+			return ev, err
+		}
+		ev.Kind, ev.Usernames = announcement.KindUsers, jids
+		ev.Persist = req.Persist == nil || *req.Persist
+	default:
+		return ev, invalid("body", "has neither channel_id nor usernames")
+	}
+
+	raw, err := stanza.DecodeBase64(req.Message)
+	if err != nil {
+		return ev, fromStanza(err)
+	}
+	tpl, err := stanza.Parse(raw, stanza.Options{MaxBytes: s.lim.MaxTemplateBytes, ComponentDomain: s.lim.ComponentDomain})
+	if err != nil {
+		return ev, fromStanza(err)
+	}
+	ev.Template = string(tpl.Raw())
+
+	id, err := s.newID()
+	if err != nil {
+		return ev, fmt.Errorf("announce: new id: %w", err)
+	}
+	ev.ID = id
+	ev.CreatedAt = s.now().UTC()
+	return ev, nil
+}
+
+// normalizeUsers turns every username into a JID and drops repeats, so one
+// user gets one copy however often the list names them.
+func (s *Service) normalizeUsers(names []string) ([]string, error) {
+	if len(names) == 0 {
+		return nil, invalid("usernames", "empty; want at least one username")
+	}
+	if len(names) > s.lim.MaxUsernames {
+		return nil, invalid("usernames", fmt.Sprintf("%d usernames, the limit is %d per request", len(names), s.lim.MaxUsernames))
+	}
+	out := make([]string, 0, len(names))
+	seen := make(map[string]struct{}, len(names))
+	for i, u := range names {
+		jid, err := stanza.NormalizeJID(u, s.lim.UserDomain)
+		if err != nil {
+			var ve *stanza.ValidationError
+			if errors.As(err, &ve) {
+				return nil, invalid("usernames", fmt.Sprintf("[%d] %s", i, ve.Reason))
+			}
+			return nil, invalid("usernames", fmt.Sprintf("[%d] %v", i, err))
+		}
+		if _, dup := seen[jid]; dup {
+			continue
+		}
+		seen[jid] = struct{}{}
+		out = append(out, jid)
+	}
+	return out, nil
+}
+
+// checkChannelString keeps what the fanout will look up bounded and printable;
+// it is a bound parameter downstream, never SQL text.
+func checkChannelString(s string) error {
+	if len(s) > maxChannelStringID {
+		return invalid("channel_id", fmt.Sprintf("string id is %d bytes, the limit is %d", len(s), maxChannelStringID))
+	}
+	if !utf8.ValidString(s) {
+		return invalid("channel_id", "string id is not valid UTF-8")
+	}
+	for _, r := range s {
+		if r < ' ' || r == 0x7f {
+			return invalid("channel_id", "string id contains a control character")
+		}
+	}
+	return nil
+}
+
+func fromStanza(err error) error {
+	var ve *stanza.ValidationError
+	if errors.As(err, &ve) {
+		return &ValidationError{Field: ve.Field, Reason: ve.Reason}
+	}
+	return invalid("message", err.Error())
+}
+
+// Publish makes ev durable, bounded by the publish timeout. Its error wraps
+// ErrUnavailable or ErrTooLarge.
+func (s *Service) Publish(ctx context.Context, ev announcement.Event) error {
+	ctx, cancel := context.WithTimeout(ctx, s.lim.PublishTimeout)
+	defer cancel()
+	err := s.pub.Publish(ctx, ev)
+	if err == nil {
+		s.m.accepted.WithLabelValues(sourceLabel(ev.Source), string(ev.Kind)).Inc()
+		return nil
+	}
+	reason := "unavailable"
+	switch {
+	case errors.Is(err, ErrTooLarge):
+		reason = "too_large"
+	case !errors.Is(err, ErrUnavailable):
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	s.m.failed.WithLabelValues(sourceLabel(ev.Source), reason).Inc()
+	return err
+}
+
+func (s *Service) countRejection(source string, err error) {
+	var ve *ValidationError
+	if errors.As(err, &ve) {
+		s.reject(source, ve.Field)
+	}
+}
+
+func (s *Service) reject(source, field string) {
+	s.m.rejected.WithLabelValues(sourceLabel(source), FieldLabel(field)).Inc()
+}
+
+// sourceLabel keeps the label set small: every Kafka topic counts as "kafka".
+func sourceLabel(source string) string {
+	if source == SourceREST {
+		return SourceREST
+	}
+	return "kafka"
+}
+
+// FieldLabel maps a field name to a bounded metric label: unknown-field
+// rejections name whatever the client sent, which must not become a label.
+func FieldLabel(field string) string {
+	switch field {
+	case "body", "message", "channel_id", "usernames", "persist":
+		return field
+	}
+	return "other"
+}
+
+// clip bounds client-controlled text echoed in errors.
+func clip(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}

@@ -1,0 +1,155 @@
+package announce
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/announcer/announcer/pkg/announcement"
+)
+
+// Request is one decoded body: a channel body (Channel set) or a users body
+// (Usernames set). It is what both transports hand to the use case.
+type Request struct {
+	Channel   *announcement.ChannelRef
+	Usernames []string
+	Message   string
+	Persist   *bool // nil = the body type's default (channel false, users true)
+}
+
+// channelBody and usersBody are the wire forms of the two REST bodies. Pointers
+// tell "absent" (or null) from a zero value.
+type channelBody struct {
+	ChannelID *announcement.ChannelRef `json:"channel_id"`
+	Message   *string                  `json:"message"`
+	Persist   *bool                    `json:"persist"`
+}
+
+type usersBody struct {
+	Usernames *[]string `json:"usernames"`
+	Message   *string   `json:"message"`
+	Persist   *bool     `json:"persist"`
+}
+
+// anyBody is the union the Kafka input accepts: the field present says which body it is.
+type anyBody struct {
+	ChannelID *announcement.ChannelRef `json:"channel_id"`
+	Usernames *[]string                `json:"usernames"`
+	Message   *string                  `json:"message"`
+	Persist   *bool                    `json:"persist"`
+}
+
+// DecodeChannel parses a POST /v1/announce/channel body.
+func DecodeChannel(body []byte) (Request, error) {
+	var b channelBody
+	if err := decodeStrict(body, &b); err != nil {
+		return Request{}, err
+	}
+	if b.ChannelID == nil {
+		return Request{}, invalid("channel_id", "required: the numeric channel id, its string id, or a negative number for every online user")
+	}
+	if b.Message == nil {
+		return Request{}, invalid("message", "required: the base64 of one XML stanza containing %s")
+	}
+	return Request{Channel: b.ChannelID, Message: *b.Message, Persist: b.Persist}, nil
+}
+
+// DecodeUsers parses a POST /v1/announce/users body.
+func DecodeUsers(body []byte) (Request, error) {
+	var b usersBody
+	if err := decodeStrict(body, &b); err != nil {
+		return Request{}, err
+	}
+	if b.Usernames == nil {
+		return Request{}, invalid("usernames", "required: a non-empty array of usernames")
+	}
+	if b.Message == nil {
+		return Request{}, invalid("message", "required: the base64 of one XML stanza containing %s")
+	}
+	return Request{Usernames: nonNil(*b.Usernames), Message: *b.Message, Persist: b.Persist}, nil
+}
+
+// Decode parses either body, as the Kafka input receives them: a body with
+// channel_id is a channel body, one with usernames a users body.
+func Decode(body []byte) (Request, error) {
+	var b anyBody
+	if err := decodeStrict(body, &b); err != nil {
+		return Request{}, err
+	}
+	switch {
+	case b.ChannelID != nil && b.Usernames != nil:
+		return Request{}, invalid("body", "has both channel_id and usernames; send one of them")
+	case b.ChannelID == nil && b.Usernames == nil:
+		return Request{}, invalid("body", "has neither channel_id nor usernames")
+	}
+	if b.Message == nil {
+		return Request{}, invalid("message", "required: the base64 of one XML stanza containing %s")
+	}
+	r := Request{Channel: b.ChannelID, Message: *b.Message, Persist: b.Persist}
+	if b.Usernames != nil {
+		r.Usernames = nonNil(*b.Usernames)
+	}
+	return r, nil
+}
+
+// nonNil keeps "usernames": [] distinguishable from an absent field after decoding.
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// decodeStrict decodes exactly one JSON object, rejecting unknown fields and
+// trailing data, and turns encoding/json's errors into ones that name the field.
+func decodeStrict(body []byte, v any) error {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return invalid("body", "empty; want a JSON object")
+	}
+	if trimmed[0] != '{' {
+		return invalid("body", "want a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return invalid("body", "trailing data after the JSON object")
+	}
+	return nil
+}
+
+func jsonError(err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return invalid("body", fmt.Sprintf("malformed JSON at byte %d: %s", syn.Offset, syn.Error()))
+	case errors.As(err, &typ):
+		field := typ.Field
+		if field == "" {
+			field = "body"
+		}
+		return invalid(field, fmt.Sprintf("want %s, got JSON %s", typ.Type, typ.Value))
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return invalid("body", "truncated JSON")
+	}
+	msg := err.Error()
+	// encoding/json has no typed error for unknown fields.
+	if rest, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
+		if name := strings.Trim(rest, `"`); name != "" {
+			return invalid(clip(name), "unknown field")
+		}
+		return invalid("body", `unknown field ""`)
+	}
+	// Errors from ChannelRef.UnmarshalJSON arrive wrapped without a field name.
+	if strings.Contains(msg, "channel id") {
+		return invalid("channel_id", strings.TrimPrefix(msg, "channel id: "))
+	}
+	return invalid("body", clip(msg))
+}

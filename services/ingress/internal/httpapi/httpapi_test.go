@@ -1,0 +1,335 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/services/ingress/internal/announce"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const testToken = "test-token-0123456789"
+
+var goodMsg = base64.StdEncoding.EncodeToString([]byte(`<message to='%s' from='announcer.localhost' type='chat'><body>hi</body></message>`))
+
+// memPublisher stands in for Kafka: it records events or fails as told.
+type memPublisher struct {
+	mu     sync.Mutex
+	events []announcement.Event
+	err    error
+}
+
+func (p *memPublisher) Publish(_ context.Context, e announcement.Event) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return p.err
+	}
+	p.events = append(p.events, e)
+	return nil
+}
+
+type fixture struct {
+	h   *gin.Engine
+	pub *memPublisher
+	reg *prometheus.Registry
+}
+
+func newFixture(t *testing.T, tokens ...string) fixture {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	pub := &memPublisher{}
+	svc, err := announce.New(pub, announce.Limits{
+		MaxBodyBytes:     4096,
+		MaxUsernames:     3,
+		MaxTemplateBytes: 1024,
+		UserDomain:       "localhost",
+		ComponentDomain:  "announcer.localhost",
+		PublishTimeout:   time.Second,
+	}, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := New(svc, Options{MaxBodyBytes: 4096, Tokens: tokens}, zerolog.Nop(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fixture{h: h, pub: pub, reg: reg}
+}
+
+type response struct {
+	code   int
+	header http.Header
+	body   map[string]any
+	raw    string
+}
+
+func do(t *testing.T, h http.Handler, method, path, body string, header ...string) response {
+	t.Helper()
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	r := response{code: rec.Code, header: rec.Header(), raw: rec.Body.String()}
+	if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Errorf("%s %s: Content-Type %q, want JSON (body %q)", method, path, ct, r.raw)
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &r.body); err != nil {
+		t.Errorf("%s %s: body %q is not a JSON object: %v", method, path, r.raw, err)
+	}
+	return r
+}
+
+func TestStatuses(t *testing.T) {
+	tests := []struct {
+		name       string
+		method     string
+		path       string
+		body       string
+		pubErr     error
+		wantCode   int
+		wantField  string
+		wantHeader string
+	}{
+		{name: "channel accepted", method: "POST", path: RouteChannel, body: `{"channel_id": 22, "message": "` + goodMsg + `"}`, wantCode: 202},
+		{name: "channel by string id", method: "POST", path: RouteChannel, body: `{"channel_id": "news", "message": "` + goodMsg + `", "persist": true}`, wantCode: 202},
+		{name: "all online", method: "POST", path: RouteChannel, body: `{"channel_id": -5, "message": "` + goodMsg + `"}`, wantCode: 202},
+		{name: "users accepted", method: "POST", path: RouteUsers, body: `{"usernames": ["alice", "bob@localhost/x"], "message": "` + goodMsg + `"}`, wantCode: 202},
+		{name: "bad base64", method: "POST", path: RouteChannel, body: `{"channel_id": 1, "message": "%%%"}`, wantCode: 400, wantField: "message"},
+		{name: "unknown field", method: "POST", path: RouteChannel, body: `{"channel_id": 1, "message": "` + goodMsg + `", "priority": 1}`, wantCode: 400, wantField: "priority"},
+		{name: "malformed JSON", method: "POST", path: RouteUsers, body: `{"usernames": [`, wantCode: 400, wantField: "body"},
+		{name: "too many usernames", method: "POST", path: RouteUsers, body: `{"usernames": ["a","b","c","d"], "message": "` + goodMsg + `"}`, wantCode: 400, wantField: "usernames"},
+		{name: "body over the limit", method: "POST", path: RouteUsers, body: `{"usernames": ["` + strings.Repeat("a", 5000) + `"], "message": ""}`, wantCode: 413, wantField: "body"},
+		{name: "event over the bus limit", method: "POST", path: RouteChannel, body: `{"channel_id": 1, "message": "` + goodMsg + `"}`, pubErr: fmt.Errorf("%w: 2 MB", announce.ErrTooLarge), wantCode: 413, wantField: "body"},
+		{name: "Kafka down", method: "POST", path: RouteChannel, body: `{"channel_id": 1, "message": "` + goodMsg + `"}`, pubErr: fmt.Errorf("%w: dial tcp: connection refused", announce.ErrUnavailable), wantCode: 503, wantHeader: "Retry-After"},
+		{name: "wrong method", method: "GET", path: RouteChannel, wantCode: 405, wantField: "method", wantHeader: "Allow"},
+		{name: "wrong method on users", method: "PUT", path: RouteUsers, body: `{}`, wantCode: 405, wantField: "method", wantHeader: "Allow"},
+		{name: "unknown path", method: "POST", path: "/v1/announce/everyone", body: `{}`, wantCode: 404, wantField: "path"},
+		{name: "trailing slash is not redirected", method: "POST", path: RouteChannel + "/", body: `{}`, wantCode: 404, wantField: "path"},
+		{name: "root", method: "GET", path: "/", wantCode: 404, wantField: "path"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.pub.err = tt.pubErr
+			r := do(t, f.h, tt.method, tt.path, tt.body)
+			if r.code != tt.wantCode {
+				t.Fatalf("status %d, want %d (body %s)", r.code, tt.wantCode, r.raw)
+			}
+			if tt.wantCode == 202 {
+				id, _ := r.body["id"].(string)
+				if len(f.pub.events) != 1 || id == "" || f.pub.events[0].ID != id {
+					t.Fatalf("answer %s, published %+v: want the answered id published once", r.raw, f.pub.events)
+				}
+				return
+			}
+			if len(f.pub.events) != 0 {
+				t.Errorf("rejected request published %+v", f.pub.events)
+			}
+			if msg, _ := r.body["error"].(string); msg == "" {
+				t.Errorf("no error message in %s", r.raw)
+			}
+			if got, _ := r.body["field"].(string); got != tt.wantField {
+				t.Errorf("field %q, want %q (%s)", got, tt.wantField, r.raw)
+			}
+			if tt.wantHeader != "" && r.header.Get(tt.wantHeader) == "" {
+				t.Errorf("missing %s header", tt.wantHeader)
+			}
+		})
+	}
+}
+
+func TestPersistDefaults(t *testing.T) {
+	f := newFixture(t)
+	do(t, f.h, "POST", RouteChannel, `{"channel_id": 1, "message": "`+goodMsg+`"}`)
+	do(t, f.h, "POST", RouteUsers, `{"usernames": ["a"], "message": "`+goodMsg+`"}`)
+	do(t, f.h, "POST", RouteUsers, `{"usernames": ["a"], "message": "`+goodMsg+`", "persist": false}`)
+	if len(f.pub.events) != 3 {
+		t.Fatalf("published %d events, want 3", len(f.pub.events))
+	}
+	for i, want := range []bool{false, true, false} {
+		if f.pub.events[i].Persist != want {
+			t.Errorf("event %d (%s): persist %v, want %v", i, f.pub.events[i].Kind, f.pub.events[i].Persist, want)
+		}
+		if f.pub.events[i].Source != announce.SourceREST {
+			t.Errorf("event %d: source %q", i, f.pub.events[i].Source)
+		}
+	}
+}
+
+func TestBearerAuth(t *testing.T) {
+	f := newFixture(t, "other-token-abcdefghijkl", testToken)
+	body := `{"channel_id": 1, "message": "` + goodMsg + `"}`
+	tests := []struct {
+		name   string
+		header []string
+		want   int
+	}{
+		{"no header", nil, 401},
+		{"wrong token", []string{"Authorization", "Bearer nope-nope-nope-nope"}, 401},
+		{"token prefix only", []string{"Authorization", "Bearer " + testToken[:10]}, 401},
+		{"basic scheme", []string{"Authorization", "Basic " + testToken}, 401},
+		{"no scheme", []string{"Authorization", testToken}, 401},
+		{"right token", []string{"Authorization", "Bearer " + testToken}, 202},
+		{"scheme is case-insensitive", []string{"Authorization", "bearer " + testToken}, 202},
+		{"second configured token", []string{"Authorization", "Bearer other-token-abcdefghijkl"}, 202},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := do(t, f.h, "POST", RouteChannel, body, tt.header...)
+			if r.code != tt.want {
+				t.Fatalf("status %d, want %d (%s)", r.code, tt.want, r.raw)
+			}
+			if tt.want == 401 {
+				if r.header.Get("WWW-Authenticate") == "" || r.body["field"] != "Authorization" {
+					t.Errorf("401 without WWW-Authenticate or field: %v %s", r.header, r.raw)
+				}
+			}
+		})
+	}
+}
+
+func TestMetricsCountRequests(t *testing.T) {
+	f := newFixture(t)
+	do(t, f.h, "POST", RouteUsers, `{"usernames": ["a"], "message": "`+goodMsg+`"}`)
+	do(t, f.h, "POST", RouteUsers, `{"usernames": [], "message": "`+goodMsg+`"}`)
+	do(t, f.h, "POST", "/nope", `{}`)
+	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(`
+# HELP ingress_http_requests_total HTTP requests by route and status code.
+# TYPE ingress_http_requests_total counter
+ingress_http_requests_total{code="202",route="/v1/announce/users"} 1
+ingress_http_requests_total{code="400",route="/v1/announce/users"} 1
+ingress_http_requests_total{code="404",route="unmatched"} 1
+`), "ingress_http_requests_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+type panicking struct{}
+
+func (panicking) Announce(context.Context, announce.Request, string) (string, error) {
+	panic("boom")
+}
+
+func TestPanicIsA500(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h, err := New(panicking{}, Options{MaxBodyBytes: 1024}, zerolog.Nop(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := do(t, h, "POST", RouteChannel, `{"channel_id": 1, "message": "x"}`)
+	if r.code != 500 {
+		t.Fatalf("status %d, want 500", r.code)
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP ingress_http_panics_total Handler panics recovered into a 500.
+# TYPE ingress_http_panics_total counter
+ingress_http_panics_total 1
+`), "ingress_http_panics_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+// slowAnnouncer answers after release is closed.
+type slowAnnouncer struct {
+	started chan struct{}
+	release chan struct{}
+}
+
+func (s slowAnnouncer) Announce(context.Context, announce.Request, string) (string, error) {
+	close(s.started)
+	<-s.release
+	return "drained", nil
+}
+
+func TestServerDrainsInFlightRequests(t *testing.T) {
+	a := slowAnnouncer{started: make(chan struct{}), release: make(chan struct{})}
+	h, err := New(a, Options{MaxBodyBytes: 1024}, zerolog.Nop(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer("127.0.0.1:0", h, 5*time.Second)
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+
+	type answer struct {
+		code int
+		body string
+		err  error
+	}
+	got := make(chan answer, 1)
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	go func() {
+		resp, err := client.Post("http://"+srv.Addr()+RouteChannel, "application/json", strings.NewReader(`{"channel_id": 1, "message": "x"}`))
+		if err != nil {
+			got <- answer{err: err}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		got <- answer{code: resp.StatusCode, body: string(b)}
+	}()
+	<-a.started
+	cancel() // shutdown begins while the request waits for "Kafka"
+	select {
+	case err := <-done:
+		t.Fatalf("server stopped (%v) before its in-flight request finished", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(a.release)
+	ans := <-got
+	if ans.err != nil || ans.code != 202 || !strings.Contains(ans.body, "drained") {
+		t.Fatalf("in-flight request got %d %q %v, want its 202", ans.code, ans.body, ans.err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if _, err := client.Post("http://"+srv.Addr()+RouteChannel, "application/json", strings.NewReader(`{}`)); err == nil {
+		t.Error("server still accepts requests after shutdown")
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	if _, err := New(panicking{}, Options{}, zerolog.Nop(), prometheus.NewRegistry()); err == nil {
+		t.Error("zero body limit accepted")
+	}
+	reg := prometheus.NewRegistry()
+	if _, err := New(panicking{}, Options{MaxBodyBytes: 1}, zerolog.Nop(), reg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(panicking{}, Options{MaxBodyBytes: 1}, zerolog.Nop(), reg); err == nil {
+		t.Error("duplicate metrics registration accepted")
+	}
+}
+
+func TestStatusOfUnknownErrorIs500(t *testing.T) {
+	code, _, msg := statusOf(errors.New("surprise"))
+	if code != 500 || strings.Contains(msg, "surprise") {
+		t.Errorf("statusOf = %d %q: want 500 without internals", code, msg)
+	}
+}

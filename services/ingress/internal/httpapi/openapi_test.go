@@ -1,0 +1,298 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/announcer/announcer/services/ingress/internal/announce"
+)
+
+// specPath is the API document at the repository root.
+var specPath = filepath.Join("..", "..", "..", "..", "api", "openapi.yaml")
+
+type spec struct {
+	Paths      map[string]map[string]operation `yaml:"paths"`
+	Components struct {
+		Schemas   map[string]schema      `yaml:"schemas"`
+		Responses map[string]docResponse `yaml:"responses"`
+	} `yaml:"components"`
+	Unmatched map[string]any `yaml:"x-unmatched-responses"`
+}
+
+type operation struct {
+	RequestBody struct {
+		Content map[string]struct {
+			Examples map[string]example `yaml:"examples"`
+		} `yaml:"content"`
+	} `yaml:"requestBody"`
+	Responses map[string]docResponse `yaml:"responses"`
+}
+
+type example struct {
+	Value          any    `yaml:"value"`
+	ExpectedStatus int    `yaml:"x-expected-status"`
+	ExpectedField  string `yaml:"x-expected-field"`
+}
+
+type docResponse struct {
+	Ref     string `yaml:"$ref"`
+	Headers map[string]any
+	Content map[string]struct {
+		Schema schema `yaml:"schema"`
+	} `yaml:"content"`
+}
+
+type schema struct {
+	Ref                  string            `yaml:"$ref"`
+	Type                 string            `yaml:"type"`
+	Required             []string          `yaml:"required"`
+	Properties           map[string]schema `yaml:"properties"`
+	AdditionalProperties *bool             `yaml:"additionalProperties"`
+}
+
+func loadSpec(t *testing.T) spec {
+	t.Helper()
+	b, err := os.ReadFile(specPath)
+	if err != nil {
+		t.Fatalf("read the API document: %v", err)
+	}
+	var s spec
+	if err := yaml.Unmarshal(b, &s); err != nil {
+		t.Fatalf("parse %s: %v", specPath, err)
+	}
+	if len(s.Paths) == 0 {
+		t.Fatalf("%s documents no paths", specPath)
+	}
+	return s
+}
+
+func (s spec) resolveResponse(t *testing.T, r docResponse) docResponse {
+	t.Helper()
+	if r.Ref == "" {
+		return r
+	}
+	name, ok := strings.CutPrefix(r.Ref, "#/components/responses/")
+	res, found := s.Components.Responses[name]
+	if !ok || !found {
+		t.Fatalf("unresolvable response %s", r.Ref)
+	}
+	return res
+}
+
+func (s spec) resolveSchema(t *testing.T, sc schema) schema {
+	t.Helper()
+	if sc.Ref == "" {
+		return sc
+	}
+	name, ok := strings.CutPrefix(sc.Ref, "#/components/schemas/")
+	res, found := s.Components.Schemas[name]
+	if !ok || !found {
+		t.Fatalf("unresolvable schema %s", sc.Ref)
+	}
+	return res
+}
+
+// conforms checks an answer against the documented docResponse: JSON content,
+// the documented headers, required properties present, no undocumented ones.
+func (s spec) conforms(t *testing.T, what string, doc docResponse, r answer) {
+	t.Helper()
+	doc = s.resolveResponse(t, doc)
+	for h := range doc.Headers {
+		if r.header.Get(h) == "" {
+			t.Errorf("%s: documented header %s is missing", what, h)
+		}
+	}
+	c, ok := doc.Content["application/json"]
+	if !ok {
+		t.Fatalf("%s: the document has no application/json content", what)
+	}
+	sc := s.resolveSchema(t, c.Schema)
+	var body map[string]any
+	if err := json.Unmarshal([]byte(r.raw), &body); err != nil {
+		t.Fatalf("%s: answer %q is not a JSON object", what, r.raw)
+	}
+	for _, k := range sc.Required {
+		if _, ok := body[k]; !ok {
+			t.Errorf("%s: answer %s lacks the required %q", what, r.raw, k)
+		}
+	}
+	for k, v := range body {
+		p, ok := sc.Properties[k]
+		if !ok {
+			if sc.AdditionalProperties != nil && !*sc.AdditionalProperties {
+				t.Errorf("%s: answer %s has undocumented property %q", what, r.raw, k)
+			}
+			continue
+		}
+		if p.Type == "string" {
+			if _, ok := v.(string); !ok {
+				t.Errorf("%s: property %q = %v, documented as a string", what, k, v)
+			}
+		}
+	}
+}
+
+type answer struct {
+	code   int
+	header http.Header
+	raw    string
+}
+
+func call(h http.Handler, method, path, body string, header ...string) answer {
+	req, _ := http.NewRequest(method, path, strings.NewReader(body))
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return answer{code: rec.Code, header: rec.Header(), raw: rec.Body.String()}
+}
+
+// TestOpenAPIRoutes: every documented path and method is routed, and every
+// route is documented.
+func TestOpenAPIRoutes(t *testing.T) {
+	s := loadSpec(t)
+	var documented []string
+	for path, ops := range s.Paths {
+		for method := range ops {
+			documented = append(documented, strings.ToUpper(method)+" "+path)
+		}
+	}
+	f := newFixture(t)
+	var routed []string
+	for _, r := range f.h.Routes() {
+		routed = append(routed, r.Method+" "+r.Path)
+	}
+	sort.Strings(documented)
+	sort.Strings(routed)
+	if !slices.Equal(documented, routed) {
+		t.Errorf("documented %v, routed %v", documented, routed)
+	}
+}
+
+// TestOpenAPIExamples posts every request example and checks the documented
+// outcome: status, field at fault, and an answer shaped as documented.
+func TestOpenAPIExamples(t *testing.T) {
+	s := loadSpec(t)
+	n := 0
+	for path, ops := range s.Paths {
+		for method, op := range ops {
+			for _, content := range op.RequestBody.Content {
+				for name, ex := range content.Examples {
+					n++
+					t.Run(path+"/"+name, func(t *testing.T) {
+						if ex.ExpectedStatus == 0 {
+							t.Fatal("example has no x-expected-status")
+						}
+						doc, ok := op.Responses[strconv.Itoa(ex.ExpectedStatus)]
+						if !ok {
+							t.Fatalf("x-expected-status %d is not a documented docResponse", ex.ExpectedStatus)
+						}
+						body, err := json.Marshal(ex.Value)
+						if err != nil {
+							t.Fatal(err)
+						}
+						f := newFixture(t)
+						r := call(f.h, strings.ToUpper(method), path, string(body))
+						if r.code != ex.ExpectedStatus {
+							t.Fatalf("status %d, documented %d (answer %s)", r.code, ex.ExpectedStatus, r.raw)
+						}
+						s.conforms(t, name, doc, r)
+						if ex.ExpectedField != "" && !strings.Contains(r.raw, `"field":"`+ex.ExpectedField+`"`) {
+							t.Errorf("answer %s, documented field %q", r.raw, ex.ExpectedField)
+						}
+					})
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("the document has no request examples")
+	}
+}
+
+// TestOpenAPIStatuses triggers every documented status of every operation,
+// and checks that every status the handlers produce is documented.
+func TestOpenAPIStatuses(t *testing.T) {
+	s := loadSpec(t)
+	valid := map[string]string{
+		RouteChannel: `{"channel_id": 1, "message": "` + goodMsg + `"}`,
+		RouteUsers:   `{"usernames": ["alice"], "message": "` + goodMsg + `"}`,
+	}
+	// Each trigger is a way the handlers answer; together they are all of them
+	// (500 is a bug, not a designed answer).
+	triggers := map[int]func(t *testing.T, path string) answer{
+		http.StatusAccepted: func(t *testing.T, path string) answer {
+			return call(newFixture(t).h, "POST", path, valid[path])
+		},
+		http.StatusBadRequest: func(t *testing.T, path string) answer {
+			return call(newFixture(t).h, "POST", path, `{"message": 1}`)
+		},
+		http.StatusUnauthorized: func(t *testing.T, path string) answer {
+			return call(newFixture(t, testToken).h, "POST", path, valid[path])
+		},
+		http.StatusMethodNotAllowed: func(t *testing.T, path string) answer {
+			return call(newFixture(t).h, "DELETE", path, "")
+		},
+		http.StatusRequestEntityTooLarge: func(t *testing.T, path string) answer {
+			return call(newFixture(t).h, "POST", path, `{"message": "`+strings.Repeat("A", 5000)+`"}`)
+		},
+		http.StatusServiceUnavailable: func(t *testing.T, path string) answer {
+			f := newFixture(t)
+			f.pub.err = fmt.Errorf("%w: connection refused", announce.ErrUnavailable)
+			return call(f.h, "POST", path, valid[path])
+		},
+	}
+	for path, ops := range s.Paths {
+		op, ok := ops["post"]
+		if !ok {
+			t.Fatalf("%s: no post operation", path)
+		}
+		for code := range triggers {
+			if _, ok := op.Responses[strconv.Itoa(code)]; !ok {
+				t.Errorf("POST %s can answer %d, which is not documented", path, code)
+			}
+		}
+		for codeStr, doc := range op.Responses {
+			t.Run(path+"/"+codeStr, func(t *testing.T) {
+				code, _ := strconv.Atoi(codeStr)
+				trigger, ok := triggers[code]
+				if !ok {
+					t.Fatalf("documented status %s cannot be produced", codeStr)
+				}
+				r := trigger(t, path)
+				if r.code != code {
+					t.Fatalf("trigger for %d answered %d: %s", code, r.code, r.raw)
+				}
+				s.conforms(t, path+" "+codeStr, doc, r)
+			})
+		}
+	}
+
+	// Requests matching no path.
+	doc, ok := s.Unmatched["404"]
+	if !ok {
+		t.Fatal("x-unmatched-responses documents no 404")
+	}
+	b, _ := yaml.Marshal(doc)
+	var r404 docResponse
+	if err := yaml.Unmarshal(b, &r404); err != nil {
+		t.Fatal(err)
+	}
+	r := call(newFixture(t).h, "GET", "/v2/anything", "")
+	if r.code != http.StatusNotFound {
+		t.Fatalf("unknown path answered %d", r.code)
+	}
+	s.conforms(t, "unmatched 404", r404, r)
+}

@@ -1,0 +1,257 @@
+// Package kafkatest holds helpers for the ingress's integration tests against
+// the real broker: unique topics that delete themselves, reading a topic back,
+// producing input, and stand-ins for an unreachable broker.
+package kafkatest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/stacktest"
+)
+
+// Record is a topic record read back.
+type Record struct {
+	Partition int
+	Offset    int64
+	Key       []byte
+	Value     []byte
+	Headers   map[string]string
+}
+
+// client is a kafka-go client with its own transport, closed when the test ends
+// (the default transport's pools would outlive the test and trip goleak).
+func client(t testing.TB, brokers []string) *kafka.Client {
+	tr := &kafka.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: tr}
+}
+
+// Topics creates a topic per prefix with a unique name and deletes them when
+// the test ends. (Not kafkabus.EnsureTopics: that one uses kafka-go's
+// process-wide transport, whose connections would outlive the test.)
+func Topics(t testing.TB, brokers []string, partitions int, prefixes ...string) []string {
+	t.Helper()
+	c := client(t, brokers)
+	names := make([]string, len(prefixes))
+	req := &kafka.CreateTopicsRequest{}
+	for i, p := range prefixes {
+		names[i] = stacktest.Name(p)
+		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: names[i], NumPartitions: partitions, ReplicationFactor: 1})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := c.CreateTopics(ctx, req)
+	if err != nil {
+		t.Fatalf("create topics: %v", err)
+	}
+	for name, err := range resp.Errors {
+		if err != nil {
+			t.Fatalf("create topic %s: %v", name, err)
+		}
+	}
+	DeleteAtEnd(t, brokers, names...)
+	for !leadersKnown(ctx, c, names, partitions) {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("topics %v: no leaders after 30 s", names)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return names
+}
+
+func leadersKnown(ctx context.Context, c *kafka.Client, names []string, partitions int) bool {
+	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: names})
+	if err != nil || len(md.Topics) != len(names) {
+		return false
+	}
+	for _, tp := range md.Topics {
+		if tp.Error != nil || len(tp.Partitions) != partitions {
+			return false
+		}
+		for _, p := range tp.Partitions {
+			if p.Error != nil || p.Leader.Host == "" {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// DeleteAtEnd deletes topics (e.g. ones a service created) when the test ends.
+func DeleteAtEnd(t testing.TB, brokers []string, names ...string) {
+	c := client(t, brokers)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: names}); err != nil {
+			t.Logf("delete topics %v: %v", names, err)
+		}
+	})
+}
+
+// ReadAll polls every partition of topic from the start until it holds at
+// least want records or timeout passes, and returns the records found.
+func ReadAll(t testing.TB, brokers []string, topic string, want int, timeout time.Duration) []Record {
+	t.Helper()
+	c := client(t, brokers)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	next := map[int]int64{}
+	var out []Record
+	for {
+		md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+		if err == nil && len(md.Topics) == 1 {
+			for _, p := range md.Topics[0].Partitions {
+				recs, off, err := fetch(ctx, c, topic, p.ID, next[p.ID])
+				if err != nil && ctx.Err() == nil {
+					t.Logf("fetch %s/%d: %v", topic, p.ID, err)
+				}
+				out = append(out, recs...)
+				next[p.ID] = off
+			}
+		}
+		if len(out) >= want {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Logf("read %d of %d wanted records from %s before the timeout", len(out), want, topic)
+			return sorted(out)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return sorted(out)
+}
+
+func sorted(rs []Record) []Record {
+	sort.Slice(rs, func(i, j int) bool {
+		if rs[i].Partition != rs[j].Partition {
+			return rs[i].Partition < rs[j].Partition
+		}
+		return rs[i].Offset < rs[j].Offset
+	})
+	return rs
+}
+
+func fetch(ctx context.Context, c *kafka.Client, topic string, partition int, from int64) ([]Record, int64, error) {
+	resp, err := c.Fetch(ctx, &kafka.FetchRequest{Topic: topic, Partition: partition, Offset: from, MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 10 * time.Millisecond})
+	if err != nil {
+		return nil, from, err
+	}
+	if resp.Error != nil {
+		return nil, from, resp.Error
+	}
+	var out []Record
+	next := from
+	for {
+		r, err := resp.Records.ReadRecord()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return out, next, nil
+			}
+			return out, next, err
+		}
+		if r.Offset < from {
+			continue
+		}
+		rec := Record{Partition: partition, Offset: r.Offset, Headers: map[string]string{}}
+		if r.Key != nil {
+			rec.Key, _ = io.ReadAll(r.Key)
+		}
+		if r.Value != nil {
+			rec.Value, _ = io.ReadAll(r.Value)
+		}
+		for _, h := range r.Headers {
+			rec.Headers[h.Key] = string(h.Value)
+		}
+		out = append(out, rec)
+		next = r.Offset + 1
+	}
+}
+
+// Produce writes msgs to topic with acks=all.
+func Produce(t testing.TB, brokers []string, topic string, msgs ...kafka.Message) {
+	t.Helper()
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	w := kafkabus.NewWriter(brokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
+	w.Transport = tr
+	defer func() { _ = w.Close() }()
+	for i := range msgs {
+		msgs[i].Topic = topic
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatalf("produce to %s: %v", topic, err)
+	}
+}
+
+// Committed returns the group's committed offset per partition of topic (-1 = none).
+func Committed(t testing.TB, brokers []string, group, topic string, partitions int) map[int]int64 {
+	t.Helper()
+	c := client(t, brokers)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ps := make([]int, partitions)
+	for i := range ps {
+		ps[i] = i
+	}
+	resp, err := c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ps}})
+	if err != nil {
+		t.Fatalf("offset fetch: %v", err)
+	}
+	out := map[int]int64{}
+	for _, p := range resp.Topics[topic] {
+		out[p.Partition] = p.CommittedOffset
+	}
+	return out
+}
+
+// ClosedPort returns a loopback address where nothing listens.
+func ClosedPort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// AcceptAndClose starts a listener that accepts every connection and closes
+// it at once: a broker that is there but never answers.
+func AcceptAndClose(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	})
+	t.Cleanup(func() {
+		_ = ln.Close()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}

@@ -1,0 +1,357 @@
+package service
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/goleak"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/config"
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/services/ingress/internal/kafkatest"
+)
+
+func TestMain(m *testing.M) {
+	// kafkabus.EnsureTopics (run at start-up with create_topics) talks through
+	// kafka-go's process-wide default transport, whose idle connections outlive
+	// the service; everything the service owns is closed and checked.
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
+		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
+	)
+}
+
+const token = "integration-token-0123456789"
+
+var tpl = `<message to='%s' from='announcer.localhost' type='chat'><body>hello [inc_id]</body></message>`
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func baseConfig(brokers []string) config.Config {
+	cfg := config.Default()
+	cfg.RestAPIPort = "127.0.0.1:0"
+	cfg.DebugPort = "127.0.0.1:0"
+	cfg.Bus.Brokers = strings.Join(brokers, ",")
+	cfg.Bus.Partitions = 2
+	cfg.Bus.AnnouncementsTopic = stacktest.Name("ingress_ann")
+	cfg.Bus.DeadLetterTopic = stacktest.Name("ingress_dlq")
+	cfg.Component.Name = "announcer"
+	cfg.Component.Domain = "localhost"
+	cfg.Auth.Tokens = []config.Secret{token}
+	cfg.Ingress.PublishTimeout = config.Duration(3 * time.Second)
+	cfg.Ingress.ShutdownTimeout = config.Duration(10 * time.Second)
+	return cfg
+}
+
+type running struct {
+	api, debug string
+	stop       func() error
+}
+
+// start runs the service as the binary does and stops it when the test ends.
+func start(t *testing.T, cfg config.Config) *running {
+	t.Helper()
+	if err := cfg.Validate(config.RoleIngress); err != nil {
+		t.Fatalf("test config: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	addrs := make(chan [2]string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), cfg, Options{
+			Listening: func(api, debug string) { addrs <- [2]string{api, debug} },
+		})
+	}()
+	r := &running{}
+	select {
+	case a := <-addrs:
+		r.api, r.debug = "http://"+a[0], "http://"+a[1]
+	case err := <-done:
+		cancel()
+		t.Fatalf("service did not start: %v", err)
+	case <-time.After(40 * time.Second):
+		cancel()
+		t.Fatal("service did not start in 40 s")
+	}
+	stopped := false
+	var stopErr error
+	r.stop = func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			stopErr = <-done
+		}
+		return stopErr
+	}
+	t.Cleanup(func() { _ = r.stop() })
+	return r
+}
+
+type answer struct {
+	code   int
+	header http.Header
+	body   map[string]any
+	raw    string
+}
+
+func post(t *testing.T, url, body string) answer {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	return do(t, req)
+}
+
+func do(t *testing.T, req *http.Request) answer {
+	t.Helper()
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	a := answer{code: resp.StatusCode, header: resp.Header, raw: string(b)}
+	if err := json.Unmarshal(b, &a.body); err != nil {
+		t.Errorf("answer %q is not JSON: %v", b, err)
+	}
+	return a
+}
+
+func TestAccepted202MeansTheEventIsInTheTopic(t *testing.T) {
+	env := stacktest.Get(t)
+	cfg := baseConfig(env.KafkaBrokers)
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
+	svc := start(t, cfg)
+
+	type want struct {
+		kind      announcement.Kind
+		channel   string
+		usernames []string
+		persist   bool
+	}
+	requests := []struct {
+		path, body string
+		want       want
+	}{
+		{"/v1/announce/channel", `{"channel_id": 22, "message": "` + b64(tpl) + `"}`, want{kind: announcement.KindChannel, channel: "22"}},
+		{"/v1/announce/channel", `{"channel_id": "news", "message": "` + b64(tpl) + `", "persist": true}`, want{kind: announcement.KindChannel, channel: `"news"`, persist: true}},
+		{"/v1/announce/channel", `{"channel_id": -1, "message": "` + b64(tpl) + `"}`, want{kind: announcement.KindAllOnline}},
+		{"/v1/announce/users", `{"usernames": ["alice", "bob@localhost", "carol@localhost/phone"], "message": "` + b64(tpl) + `"}`,
+			want{kind: announcement.KindUsers, usernames: []string{"alice@localhost", "bob@localhost", "carol@localhost/phone"}, persist: true}},
+	}
+	ids := map[string]want{}
+	for _, r := range requests {
+		a := post(t, svc.api+r.path, r.body)
+		if a.code != http.StatusAccepted {
+			t.Fatalf("POST %s: %d %s", r.path, a.code, a.raw)
+		}
+		id, _ := a.body["id"].(string)
+		ids[id] = r.want
+	}
+	// Rejected requests must leave nothing behind.
+	if a := post(t, svc.api+"/v1/announce/users", `{"usernames": ["x"], "message": "`+b64("<message/>")+`"}`); a.code != http.StatusBadRequest {
+		t.Fatalf("invalid template: %d %s", a.code, a.raw)
+	}
+
+	// Every 202 is already durable: the records are there without waiting for more.
+	recs := kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, len(ids), 5*time.Second)
+	if len(recs) != len(ids) {
+		t.Fatalf("topic holds %d records, want exactly the %d accepted", len(recs), len(ids))
+	}
+	for _, rec := range recs {
+		ev, err := announcement.DecodeEvent(rec.Value)
+		if err != nil {
+			t.Fatalf("record %s is not a valid event: %v", rec.Value, err)
+		}
+		w, ok := ids[ev.ID]
+		if !ok || string(rec.Key) != ev.ID {
+			t.Fatalf("record with key %q id %q was not answered with a 202", rec.Key, ev.ID)
+		}
+		if ev.Kind != w.kind || ev.Persist != w.persist || ev.Source != "rest" || ev.Template != tpl {
+			t.Errorf("event %+v, want %+v and the decoded template", ev, w)
+		}
+		if (ev.Channel == nil) != (w.channel == "") || (ev.Channel != nil && ev.Channel.String() != w.channel) {
+			t.Errorf("event %s: channel %v, want %s", ev.ID, ev.Channel, w.channel)
+		}
+		if strings.Join(ev.Usernames, ",") != strings.Join(w.usernames, ",") {
+			t.Errorf("event %s: usernames %q, want %q", ev.ID, ev.Usernames, w.usernames)
+		}
+		delete(ids, ev.ID)
+	}
+
+	ready := do(t, mustGet(t, svc.debug+"/readyz"))
+	if ready.code != http.StatusOK {
+		t.Errorf("/readyz with the broker up: %d %s", ready.code, ready.raw)
+	}
+	if err := svc.stop(); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+}
+
+func mustGet(t *testing.T, url string) *http.Request {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+func TestKafkaDownAnswers503(t *testing.T) {
+	for name, addr := range map[string]func(testing.TB) string{
+		"closed port":      kafkatest.ClosedPort,
+		"accept and close": kafkatest.AcceptAndClose,
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := baseConfig([]string{addr(t)})
+			cfg.Bus.CreateTopics = false
+			svc := start(t, cfg)
+
+			a := post(t, svc.api+"/v1/announce/users", `{"usernames": ["alice"], "message": "`+b64(tpl)+`"}`)
+			if a.code != http.StatusServiceUnavailable {
+				t.Fatalf("status %d %s, want 503", a.code, a.raw)
+			}
+			if msg, _ := a.body["error"].(string); msg == "" || a.header.Get("Retry-After") == "" {
+				t.Errorf("503 without a reason or Retry-After: %v %s", a.header, a.raw)
+			}
+			// Validation still answers 400 without Kafka.
+			if b := post(t, svc.api+"/v1/announce/users", `{"usernames": [], "message": "`+b64(tpl)+`"}`); b.code != http.StatusBadRequest {
+				t.Errorf("invalid request with Kafka down: %d, want 400", b.code)
+			}
+			if r := do(t, mustGet(t, svc.debug+"/readyz")); r.code != http.StatusServiceUnavailable {
+				t.Errorf("/readyz with Kafka down: %d %s", r.code, r.raw)
+			}
+			if err := svc.stop(); err != nil {
+				t.Errorf("shutdown: %v", err)
+			}
+		})
+	}
+}
+
+func TestKafkaInput(t *testing.T) {
+	env := stacktest.Get(t)
+	inputs := kafkatest.Topics(t, env.KafkaBrokers, 2, "ingress_in_a", "ingress_in_b")
+	cfg := baseConfig(env.KafkaBrokers)
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
+	cfg.KafkaConsumer.Topics = strings.Join(inputs, ", ")
+	cfg.KafkaConsumer.Brokers = strings.Join(env.KafkaBrokers, ",")
+	cfg.KafkaConsumer.GroupName = stacktest.Name("ingress_group")
+	cfg.KafkaConsumer.Buffer = 16
+
+	// Records produced before the service starts: a new group starts at the oldest record.
+	kafkatest.Produce(t, env.KafkaBrokers, inputs[0],
+		kafka.Message{Key: []byte("a"), Value: []byte(`{"channel_id": 7, "message": "` + b64(tpl) + `"}`)},
+		kafka.Message{Key: []byte("b"), Value: []byte(`{"usernames": ["alice"], "message": "` + b64(tpl) + `", "persist": false}`)},
+		kafka.Message{Key: []byte("c"), Value: []byte(`this is not JSON`)},
+		kafka.Message{Key: []byte("d"), Value: []byte(`{"channel_id": 7, "message": "` + b64("<message to='%s' from='evil@localhost'/>") + `"}`)},
+	)
+	svc := start(t, cfg)
+	kafkatest.Produce(t, env.KafkaBrokers, inputs[1],
+		kafka.Message{Key: []byte("e"), Value: []byte(`{"channel_id": "news", "message": "` + b64(tpl) + `"}`)},
+		kafka.Message{Key: []byte("f"), Value: []byte(`{"usernames": ["bob"], "channel_id": 1, "message": "` + b64(tpl) + `"}`)},
+	)
+
+	events := kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, 3, 40*time.Second)
+	dead := kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.DeadLetterTopic, 3, 20*time.Second)
+	if len(events) != 3 || len(dead) != 3 {
+		t.Fatalf("%d events and %d dead letters, want 3 and 3", len(events), len(dead))
+	}
+	sources := map[string]int{}
+	for _, rec := range events {
+		ev, err := announcement.DecodeEvent(rec.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sources[ev.Source]++
+		if ev.Kind == announcement.KindUsers && (ev.Persist || ev.Usernames[0] != "alice@localhost") {
+			t.Errorf("users event %+v: want alice@localhost, persist false as sent", ev)
+		}
+	}
+	if sources["kafka:"+inputs[0]] != 2 || sources["kafka:"+inputs[1]] != 1 {
+		t.Errorf("event sources %v", sources)
+	}
+	reasons := map[string]string{}
+	for _, rec := range dead {
+		reasons[string(rec.Key)] = rec.Headers[kafkabus.HeaderReason]
+		if !strings.HasPrefix(rec.Headers[kafkabus.HeaderSource], inputs[0]+"/") && !strings.HasPrefix(rec.Headers[kafkabus.HeaderSource], inputs[1]+"/") {
+			t.Errorf("dead letter %q: source header %q", rec.Key, rec.Headers[kafkabus.HeaderSource])
+		}
+	}
+	for key, field := range map[string]string{"c": "invalid body", "d": "invalid message", "f": "invalid body"} {
+		if !strings.Contains(reasons[key], field) {
+			t.Errorf("dead letter %q: reason %q, want %q", key, reasons[key], field)
+		}
+	}
+
+	// Every input offset gets committed once its event or dead letter is acked.
+	want := map[string]int64{inputs[0]: 4, inputs[1]: 2}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		done := true
+		for topic, n := range want {
+			var sum int64
+			for _, off := range kafkatest.Committed(t, env.KafkaBrokers, cfg.KafkaConsumer.GroupName, topic, 2) {
+				if off > 0 {
+					sum += off
+				}
+			}
+			if sum != n {
+				done = false
+			}
+		}
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("committed offsets never covered all input records")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := svc.stop(); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+
+	// Nothing is announced twice by this run.
+	if again := kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, 4, time.Second); len(again) != 3 {
+		t.Errorf("%d events after shutdown, want still 3", len(again))
+	}
+}
+
+func TestStartFailsOnTakenPort(t *testing.T) {
+	env := stacktest.Get(t)
+	cfg := baseConfig(env.KafkaBrokers)
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
+	first := start(t, cfg)
+	cfg.RestAPIPort = strings.TrimPrefix(first.api, "http://")
+	err := Run(context.Background(), zerolog.Nop(), cfg, Options{})
+	if err == nil || !strings.Contains(err.Error(), "rest_api_port") {
+		t.Errorf("second instance on the same port: %v, want a rest_api_port error", err)
+	}
+}
+
+func TestLimitsFollowTheMode(t *testing.T) {
+	cfg := config.Default()
+	cfg.Component.Name, cfg.Component.Domain = "announcer", "example.org"
+	cfg.Client.Domain = "client.example.org"
+	if l := Limits(cfg); l.ComponentDomain != "announcer.example.org" || l.UserDomain != "example.org" {
+		t.Errorf("component mode: %+v", l)
+	}
+	cfg.Sender.Mode = config.ModeClient
+	if l := Limits(cfg); l.ComponentDomain != "" || l.UserDomain != "client.example.org" {
+		t.Errorf("client mode: %+v", l)
+	}
+}
