@@ -111,7 +111,10 @@ func EnsureTopics(ctx context.Context, brokers []string, topics ...Topic) error 
 	if len(topics) == 0 {
 		return nil
 	}
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	// An own transport, closed on return: kafka-go's default one keeps connections forever.
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: tr}
 	req := &kafka.CreateTopicsRequest{}
 	for _, t := range topics {
 		req.Topics = append(req.Topics, kafka.TopicConfig{
