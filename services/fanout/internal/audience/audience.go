@@ -1,0 +1,108 @@
+// Package audience is fanout's use case: it resolves one announcement event
+// into per-node delivery batches.
+//
+// A channel event is split into member-id ranges (shard tasks) that any
+// fanout worker can take; a shard streams its members in keyset pages, keeps
+// the online ones, routes each to the ejabberd node its presence names and
+// hands full batches to the sink while the next page is already being read.
+// Resolve returns only when every batch (or shard task) it produced has been
+// acknowledged, so the caller may then commit its input.
+//
+// Transient failures of MySQL, presence or Kafka are retried with backoff
+// until ctx ends: a failing dependency never turns into "offline" or "no
+// members".
+package audience
+
+import (
+	"context"
+	"errors"
+
+	"github.com/announcer/announcer/pkg/announcement"
+)
+
+// StateAccepted is the only channel state whose members are announced to.
+const StateAccepted = "ACCEPTED"
+
+// NoAddress is the presence address of a user who is online on a server the
+// presence source does not name (the REST source). Such users are routed by hash.
+const NoAddress = "?"
+
+// ErrChannelNotFound is returned by a MemberStore for an unknown channel.
+var ErrChannelNotFound = errors.New("channel not found")
+
+// ErrScanUnsupported is returned by a Presence that cannot list online users.
+var ErrScanUnsupported = errors.New("presence source cannot list online users")
+
+// Channel is a row of ws_channel_data.
+type Channel struct {
+	ID    int64
+	State string
+}
+
+// Member is a row of ws_channel_members.
+type Member struct {
+	ID       int64
+	Username string
+}
+
+// MemberStore reads channels and their members.
+type MemberStore interface {
+	// Channel finds a channel by numeric or string id; ErrChannelNotFound when absent.
+	Channel(ctx context.Context, ref announcement.ChannelRef) (Channel, error)
+	// Members appends to dst[:0] up to limit members of the channel with
+	// afterID < member_id (and member_id < beforeID unless beforeID is 0), in member_id order.
+	Members(ctx context.Context, channelID, afterID, beforeID int64, limit int, dst []Member) ([]Member, error)
+	// Span counts the channel's members and gives their smallest and largest member_id
+	// (all 0 for no members).
+	Span(ctx context.Context, channelID int64) (count, minID, maxID int64, err error)
+}
+
+// Presence says who is online and where.
+type Presence interface {
+	// Lookup sets where[i] to the address of the server usernames[i] is online on:
+	// "" when offline, NoAddress when online on an unnamed server. len(where) == len(usernames).
+	Lookup(ctx context.Context, usernames []string, where []string) error
+	// Scan returns a page of the users online on the server address, SSCAN-style:
+	// next == 0 ends the scan. ErrScanUnsupported when the source cannot list.
+	Scan(ctx context.Context, address string, cursor uint64, count int) (usernames []string, next uint64, err error)
+}
+
+// BatchSink stores delivery batches durably (Kafka acks=all); it returns when all are acknowledged.
+type BatchSink interface {
+	WriteBatches(ctx context.Context, batches []announcement.Batch) error
+}
+
+// TaskSink queues shard tasks for any fanout worker; it returns when all are acknowledged.
+type TaskSink interface {
+	WriteTasks(ctx context.Context, tasks []announcement.Event) error
+}
+
+// Outcome is how a task ended.
+type Outcome string
+
+const (
+	Delivered Outcome = "delivered" // every batch acknowledged
+	Split     Outcome = "split"     // every shard task acknowledged
+	Rejected  Outcome = "rejected"  // finished without recipients, for Reason
+)
+
+// Rejection reasons (metric label values).
+const (
+	ReasonChannelNotFound    = "channel_not_found"
+	ReasonChannelNotAccepted = "channel_not_accepted"
+	ReasonScanUnsupported    = "all_online_unsupported"
+	ReasonUnknownKind        = "unknown_kind"
+)
+
+// Result describes one resolved task.
+type Result struct {
+	Outcome Outcome
+	Reason  string // when Rejected
+	// Audience is the members read, users listed or online users scanned.
+	Audience int
+	// Recipients is how many were put in batches (the online ones, for channels).
+	Recipients int
+	Batches    int
+	Shards     int            // shard tasks queued, when Split
+	PerNode    map[string]int // recipients per node
+}

@@ -1,0 +1,389 @@
+package audience
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/services/fanout/internal/backoff"
+)
+
+// Node is one ejabberd node as routing sees it.
+type Node struct {
+	Name              string
+	PresenceAddresses []string // presence values that mean "online on this node"
+}
+
+// Config tunes a Resolver.
+type Config struct {
+	Nodes     []Node
+	BatchSize int // recipients per delivery batch
+	// ShardSize is the members per shard task (on average: ranges are cut by member id).
+	ShardSize int
+	PageSize  int // members per keyset page
+	ScanCount int // SSCAN COUNT hint for all-online scans
+	// MaxInFlight bounds the batch writes of one task awaiting Kafka acks.
+	MaxInFlight int
+	// MaxBatchBytes cuts a batch early when its encoding could exceed a Kafka
+	// message (0 = no limit besides BatchSize).
+	MaxBatchBytes int
+	// RouteUsers reads presence for users-list announcements, only to route them
+	// (off for a presence source that names no servers).
+	RouteUsers bool
+	Retry      backoff.Policy
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if len(c.Nodes) == 0 {
+		errs = append(errs, errors.New("no nodes"))
+	}
+	if c.BatchSize < 1 || c.ShardSize < 1 || c.PageSize < 1 {
+		errs = append(errs, fmt.Errorf("batch, shard and page sizes must be >= 1 (have %d, %d, %d)", c.BatchSize, c.ShardSize, c.PageSize))
+	}
+	if c.ShardSize < c.PageSize {
+		errs = append(errs, fmt.Errorf("shard size %d < page size %d", c.ShardSize, c.PageSize))
+	}
+	seen := map[string]string{}
+	for _, n := range c.Nodes {
+		for _, a := range n.PresenceAddresses {
+			if other, dup := seen[a]; dup && other != n.Name {
+				errs = append(errs, fmt.Errorf("presence address %q belongs to nodes %s and %s", a, other, n.Name))
+			}
+			seen[a] = n.Name
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Resolver turns events into batches. It is safe for concurrent use: each
+// Resolve call is one task with its own state.
+type Resolver struct {
+	cfg      Config
+	members  MemberStore
+	presence Presence
+	batches  BatchSink
+	tasks    TaskSink
+	route    *router
+	log      zerolog.Logger
+	m        *metrics
+}
+
+// New builds a Resolver and registers its metrics.
+func New(cfg Config, members MemberStore, presence Presence, batches BatchSink, tasks TaskSink,
+	log zerolog.Logger, reg prometheus.Registerer) (*Resolver, error) {
+	if cfg.ScanCount < 1 {
+		cfg.ScanCount = 1000
+	}
+	if cfg.MaxInFlight < 1 {
+		cfg.MaxInFlight = 1
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("audience: %w", err)
+	}
+	names := make([]string, len(cfg.Nodes))
+	for i, n := range cfg.Nodes {
+		names[i] = n.Name
+	}
+	m, err := newMetrics(reg, names)
+	if err != nil {
+		return nil, fmt.Errorf("audience: metrics: %w", err)
+	}
+	return &Resolver{
+		cfg: cfg, members: members, presence: presence, batches: batches, tasks: tasks,
+		route: newRouter(cfg.Nodes), log: log, m: m,
+	}, nil
+}
+
+// Resolve handles one event. It returns nil error with the Result once the
+// event's output is acknowledged (or the event was rejected), and an error
+// only when ctx ended first: then nothing may be committed.
+func (r *Resolver) Resolve(ctx context.Context, ev announcement.Event) (Result, error) {
+	start := time.Now()
+	var (
+		res Result
+		err error
+	)
+	switch ev.Kind {
+	case announcement.KindChannel:
+		res, err = r.channel(ctx, &ev)
+	case announcement.KindShard:
+		res, err = r.shard(ctx, &ev, *ev.Shard)
+	case announcement.KindAllOnline:
+		res, err = r.allOnline(ctx, &ev)
+	case announcement.KindUsers:
+		res, err = r.users(ctx, &ev)
+	default:
+		res = Result{Outcome: Rejected, Reason: ReasonUnknownKind}
+	}
+	if err != nil {
+		return res, err
+	}
+	if res.Outcome == Rejected {
+		r.log.Warn().Str("announcement", ev.ID).Str("kind", string(ev.Kind)).Str("reason", res.Reason).
+			Stringer("channel", channelOf(&ev)).Msg("announcement rejected")
+	}
+	r.m.observe(string(ev.Kind), res, time.Since(start), ev.CreatedAt)
+	return res, nil
+}
+
+type channelRef struct{ c *announcement.ChannelRef }
+
+func (c channelRef) String() string {
+	if c.c == nil {
+		return ""
+	}
+	return c.c.String()
+}
+
+func channelOf(ev *announcement.Event) fmt.Stringer { return channelRef{ev.Channel} }
+
+// retry runs op until it succeeds or ctx ends, counting and (sparsely) logging failures.
+func (r *Resolver) retry(ctx context.Context, dep string, op func() error) error {
+	return backoff.Retry(ctx, r.cfg.Retry, op, func(err error, attempt int) {
+		r.m.retries.WithLabelValues(dep).Inc()
+		if attempt == 1 || attempt%10 == 0 {
+			r.log.Warn().Err(err).Str("dependency", dep).Int("attempt", attempt).Msg("transient failure, retrying")
+		}
+	})
+}
+
+func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result, error) {
+	var ch Channel
+	err := r.retry(ctx, depMySQL, func() error {
+		var err error
+		ch, err = r.members.Channel(ctx, *ev.Channel)
+		if errors.Is(err, ErrChannelNotFound) {
+			return backoff.Permanent(err)
+		}
+		return err
+	})
+	switch {
+	case errors.Is(err, ErrChannelNotFound):
+		return Result{Outcome: Rejected, Reason: ReasonChannelNotFound}, nil
+	case err != nil:
+		return Result{}, err
+	case ch.State != StateAccepted:
+		return Result{Outcome: Rejected, Reason: ReasonChannelNotAccepted}, nil
+	}
+	shards, err := r.split(ctx, ch.ID)
+	if err != nil {
+		return Result{}, err
+	}
+	if len(shards) == 1 {
+		// Small channel: no round trip through the announcements topic.
+		return r.shard(ctx, ev, shards[0])
+	}
+	tasks := make([]announcement.Event, len(shards))
+	for i := range shards {
+		tasks[i] = announcement.Event{
+			ID: ev.ID, Kind: announcement.KindShard, Channel: ev.Channel, Template: ev.Template,
+			Persist: ev.Persist, CreatedAt: ev.CreatedAt, Source: ev.Source, Shard: &shards[i],
+		}
+	}
+	if err := r.retry(ctx, depKafka, func() error { return r.tasks.WriteTasks(ctx, tasks) }); err != nil {
+		return Result{}, err
+	}
+	return Result{Outcome: Split, Shards: len(shards)}, nil
+}
+
+// split cuts the channel into ceil(members / ShardSize) member-id ranges of
+// equal width. One COUNT/MIN/MAX over the channel's index entries is several
+// times cheaper than locating exact boundaries (an OFFSET walk per shard), and
+// ranges only need to be disjoint and complete: with unevenly spread ids a
+// shard may hold more or fewer than ShardSize members.
+func (r *Resolver) split(ctx context.Context, channelID int64) ([]announcement.Shard, error) {
+	var count, lo, hi int64
+	err := r.retry(ctx, depMySQL, func() error {
+		var err error
+		count, lo, hi, err = r.members.Span(ctx, channelID)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	n := (count + int64(r.cfg.ShardSize) - 1) / int64(r.cfg.ShardSize)
+	if n <= 1 || hi <= lo {
+		return []announcement.Shard{{ChannelID: channelID, Count: 1, FromMemberID: min(lo, 0)}}, nil
+	}
+	width := (hi - lo + 1 + n - 1) / n
+	n = (hi - lo + 1 + width - 1) / width // the ceiling may leave fewer ranges
+	shards := make([]announcement.Shard, n)
+	for i := range shards {
+		shards[i] = announcement.Shard{ChannelID: channelID, Index: i, Count: int(n), FromMemberID: lo + int64(i)*width}
+		if i < int(n)-1 {
+			shards[i].ToMemberID = lo + int64(i+1)*width
+		}
+	}
+	return shards, nil
+}
+
+// shard streams the members of one range: a reader goroutine fetches the next
+// keyset page while this goroutine looks up presence and routes the current one,
+// and batch writes run in the background (bounded by MaxInFlight).
+func (r *Resolver) shard(ctx context.Context, ev *announcement.Event, s announcement.Shard) (Result, error) {
+	// [inc_id]s of a shard start at its first member id + 1: a range [From, To)
+	// has at most To-From members, so the shards' numbers never overlap, whatever
+	// the shard size or the spread of the ids. A lone shard counts from 1.
+	firstInc := uint64(1)
+	if s.Count > 1 {
+		firstInc = uint64(max(s.FromMemberID, 0)) + 1
+	}
+	e := r.newEmitter(ctx, ev, s.Index, firstInc)
+	defer e.stop()
+	rctx, cancelRead := context.WithCancel(e.ctx)
+	pages := make(chan []Member, 2)
+	free := make(chan []Member, 3)
+	readErr := make(chan error, 1)
+	go func() {
+		readErr <- r.readPages(rctx, s, pages, free)
+		close(pages)
+	}()
+	// Always stop and drain the reader, so it never outlives the task.
+	defer func() {
+		cancelRead()
+		for range pages {
+		}
+	}()
+
+	names := make([]string, 0, r.cfg.PageSize)
+	where := make([]string, 0, r.cfg.PageSize)
+	for page := range pages {
+		names = names[:0]
+		for _, m := range page {
+			names = append(names, m.Username)
+		}
+		where = where[:len(names)]
+		clear(where)
+		if err := r.retry(e.ctx, depPresence, func() error { return r.presence.Lookup(e.ctx, names, where) }); err != nil {
+			return Result{}, e.abort(err)
+		}
+		e.res.Audience += len(names)
+		for i, addr := range where {
+			if addr != "" {
+				e.add(names[i], addr, -1)
+			}
+		}
+		select {
+		case free <- page:
+		default:
+		}
+		e.send()
+	}
+	if err := <-readErr; err != nil {
+		return Result{}, e.abort(err)
+	}
+	return e.finish()
+}
+
+func (r *Resolver) readPages(ctx context.Context, s announcement.Shard, pages chan<- []Member, free <-chan []Member) error {
+	after := s.FromMemberID - 1
+	for {
+		var buf []Member
+		select {
+		case buf = <-free:
+		default:
+			buf = make([]Member, 0, r.cfg.PageSize)
+		}
+		var page []Member
+		err := r.retry(ctx, depMySQL, func() error {
+			var err error
+			page, err = r.members.Members(ctx, s.ChannelID, after, s.ToMemberID, r.cfg.PageSize, buf)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if len(page) == 0 {
+			return nil
+		}
+		select {
+		case pages <- page:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if len(page) < r.cfg.PageSize {
+			return nil
+		}
+		after = page[len(page)-1].ID
+	}
+}
+
+func (r *Resolver) allOnline(ctx context.Context, ev *announcement.Event) (Result, error) {
+	e := r.newEmitter(ctx, ev, 0, 1)
+	defer e.stop()
+	for node, n := range r.cfg.Nodes {
+		for _, addr := range n.PresenceAddresses {
+			cursor := uint64(0)
+			for {
+				var (
+					names []string
+					next  uint64
+				)
+				err := r.retry(e.ctx, depPresence, func() error {
+					var err error
+					names, next, err = r.presence.Scan(e.ctx, addr, cursor, r.cfg.ScanCount)
+					if errors.Is(err, ErrScanUnsupported) {
+						return backoff.Permanent(err)
+					}
+					return err
+				})
+				if errors.Is(err, ErrScanUnsupported) {
+					return Result{Outcome: Rejected, Reason: ReasonScanUnsupported}, nil
+				}
+				if err != nil {
+					return Result{}, e.abort(err)
+				}
+				e.res.Audience += len(names)
+				for _, u := range names {
+					e.add(u, addr, node)
+				}
+				e.send()
+				if next == 0 {
+					break
+				}
+				cursor = next
+			}
+		}
+	}
+	return e.finish()
+}
+
+func (r *Resolver) users(ctx context.Context, ev *announcement.Event) (Result, error) {
+	e := r.newEmitter(ctx, ev, 0, 1)
+	defer e.stop()
+	where := make([]string, 0, r.cfg.PageSize)
+	for chunk := range chunks(ev.Usernames, r.cfg.PageSize) {
+		where = where[:len(chunk)]
+		clear(where)
+		if r.cfg.RouteUsers {
+			if err := r.retry(e.ctx, depPresence, func() error { return r.presence.Lookup(e.ctx, chunk, where) }); err != nil {
+				return Result{}, e.abort(err)
+			}
+		}
+		e.res.Audience += len(chunk)
+		for i, u := range chunk {
+			// Offline users are delivered too (ejabberd stores them); "" routes by hash.
+			e.add(u, where[i], -1)
+		}
+		e.send()
+	}
+	return e.finish()
+}
+
+func chunks(s []string, n int) func(yield func([]string) bool) {
+	return func(yield func([]string) bool) {
+		for len(s) > 0 {
+			k := min(n, len(s))
+			if !yield(s[:k]) {
+				return
+			}
+			s = s[k:]
+		}
+	}
+}

@@ -1,0 +1,149 @@
+package kafkaio
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/stacktest"
+)
+
+// readAll reads every record of topic (all partitions) up to the end.
+func readAll(t *testing.T, brokers []string, topic string) []kafka.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	parts, err := conn.ReadPartitions(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []kafka.Message
+	for _, p := range parts {
+		pc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last, err := pc.ReadLastOffset()
+		_ = pc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if last == 0 {
+			continue
+		}
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
+		for {
+			m, err := r.ReadMessage(ctx)
+			if err != nil {
+				_ = r.Close()
+				t.Fatal(err)
+			}
+			out = append(out, m)
+			if m.Offset >= last-1 {
+				break
+			}
+		}
+		_ = r.Close()
+	}
+	return out
+}
+
+func TestProducerAgainstKafka(t *testing.T) {
+	env := stacktest.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	topics := Topics{
+		Deliveries:    map[string]string{"n1": stacktest.Name("fanout_del_n1"), "n2": stacktest.Name("fanout_del_n2")},
+		Announcements: stacktest.Name("fanout_ann"),
+		DeadLetter:    stacktest.Name("fanout_dlq"),
+	}
+	all := []string{topics.Deliveries["n1"], topics.Deliveries["n2"], topics.Announcements, topics.DeadLetter}
+	var kt []kafkabus.Topic
+	for _, n := range all {
+		kt = append(kt, kafkabus.Topic{Name: n, Partitions: 4, ReplicationFactor: 1})
+	}
+	if err := kafkabus.EnsureTopics(ctx, env.KafkaBrokers, kt...); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteTopics(env.KafkaBrokers, all...) })
+
+	p := NewProducer(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second}, topics)
+	defer p.Close()
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	batches := []announcement.Batch{
+		{AnnouncementID: "a", Seq: 0, Node: "n1", Template: "<message to='%s'/>", Persist: true, FirstIncID: 1, Recipients: []string{"x", "y"}, CreatedAt: now},
+		{AnnouncementID: "a", Seq: 1, Node: "n2", Template: "<message to='%s'/>", FirstIncID: 3, Recipients: []string{"z"}, CreatedAt: now},
+	}
+	if err := p.WriteBatches(ctx, batches); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WriteBatches(ctx, []announcement.Batch{{Node: "nope"}}); err == nil {
+		t.Fatal("batch for an unknown node accepted")
+	}
+	for i, node := range []string{"n1", "n2"} {
+		msgs := readAll(t, env.KafkaBrokers, topics.Deliveries[node])
+		if len(msgs) != 1 {
+			t.Fatalf("%s: %d records", node, len(msgs))
+		}
+		b, err := announcement.DecodeBatch(msgs[0].Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(msgs[0].Key) != string(batches[i].Key()) || b.Seq != batches[i].Seq || len(b.Recipients) != len(batches[i].Recipients) || !b.CreatedAt.Equal(now) {
+			t.Fatalf("%s: got %+v key %s", node, b, msgs[0].Key)
+		}
+	}
+
+	// Shard tasks spread over the partitions (round robin), so several workers share a channel.
+	var tasks []announcement.Event
+	for i := range 8 {
+		tasks = append(tasks, announcement.Event{ID: "big", Kind: announcement.KindShard, Template: "t",
+			Shard: &announcement.Shard{ChannelID: 1, Index: i, Count: 8, FromMemberID: int64(i * 10), ToMemberID: int64(i*10 + 10)}})
+	}
+	if err := p.WriteTasks(ctx, tasks); err != nil {
+		t.Fatal(err)
+	}
+	perPartition := map[int]int{}
+	for _, m := range readAll(t, env.KafkaBrokers, topics.Announcements) {
+		if _, err := announcement.DecodeEvent(m.Value); err != nil {
+			t.Fatal(err)
+		}
+		perPartition[m.Partition]++
+	}
+	if len(perPartition) != 4 {
+		t.Fatalf("8 shard tasks on partitions %v, want all 4 used", perPartition)
+	}
+
+	bad := kafka.Message{Topic: "in", Partition: 2, Offset: 7, Key: []byte("k"), Value: []byte("{garbage"),
+		Headers: []kafka.Header{{Key: "h", Value: []byte("v")}}}
+	if err := p.DeadLetter(ctx, bad, "announcement event: unexpected EOF"); err != nil {
+		t.Fatal(err)
+	}
+	dl := readAll(t, env.KafkaBrokers, topics.DeadLetter)
+	if len(dl) != 1 || string(dl[0].Value) != "{garbage" || string(dl[0].Key) != "k" {
+		t.Fatalf("dead letters %+v", dl)
+	}
+	h := map[string]string{}
+	for _, x := range dl[0].Headers {
+		h[x.Key] = string(x.Value)
+	}
+	if h[kafkabus.HeaderReason] != "announcement event: unexpected EOF" || h[kafkabus.HeaderSource] != "in/2/7" || h["h"] != "v" {
+		t.Fatalf("headers %v", h)
+	}
+}
+
+func deleteTopics(brokers []string, topics ...string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	_, _ = c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: topics})
+}

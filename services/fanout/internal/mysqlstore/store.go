@@ -1,0 +1,141 @@
+// Package mysqlstore reads channels and channel members from the first
+// generation's MySQL/MariaDB schema (ws_channel_data, ws_channel_members).
+//
+// Members are read in keyset pages on idx_channel_member(member_channelid,
+// member_id): each page is one index range read, however deep into the
+// channel it is. The first generation paged without ORDER BY by offset, and
+// MariaDB rescanned the channel for every page.
+package mysqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/config"
+	"github.com/announcer/announcer/services/fanout/internal/audience"
+)
+
+// Store is the MySQL MemberStore.
+type Store struct {
+	db *sql.DB
+}
+
+var _ audience.MemberStore = (*Store)(nil)
+
+// DSN builds the driver config from [mysql]. interpolateParams saves the
+// prepare round trip per query (all parameters are integers or escaped by the driver).
+func DSN(c config.MySQL) *mysql.Config {
+	mc := mysql.NewConfig()
+	mc.User = c.Username
+	mc.Passwd = c.Password.Value()
+	mc.Net = "tcp"
+	mc.Addr = c.Address
+	mc.DBName = c.DB
+	mc.InterpolateParams = true
+	mc.Timeout = 5 * time.Second
+	mc.ReadTimeout = 30 * time.Second
+	mc.WriteTimeout = 30 * time.Second
+	return mc
+}
+
+// Open connects lazily (a database that is down at start-up is retried by the
+// use case, not fatal) with the pool sizes of [mysql].
+func Open(c config.MySQL) (*Store, error) {
+	conn, err := mysql.NewConnector(DSN(c))
+	if err != nil {
+		return nil, fmt.Errorf("mysql: %w", err)
+	}
+	db := sql.OpenDB(conn)
+	db.SetMaxOpenConns(max(c.MaxOpenConn, 1))
+	db.SetMaxIdleConns(max(c.MaxIdleConn, 1))
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	return &Store{db: db}, nil
+}
+
+// New wraps an open pool (tests, tools).
+func New(db *sql.DB) *Store { return &Store{db: db} }
+
+// DB is the pool.
+func (s *Store) DB() *sql.DB { return s.db }
+
+// Close closes the pool.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Ping is the readiness check.
+func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
+// Channel implements audience.MemberStore.
+func (s *Store) Channel(ctx context.Context, ref announcement.ChannelRef) (audience.Channel, error) {
+	var row *sql.Row
+	if ref.IsString {
+		row = s.db.QueryRowContext(ctx,
+			"SELECT channel_id, channel_state FROM ws_channel_data WHERE channel_channelid = ?", ref.StringID)
+	} else {
+		row = s.db.QueryRowContext(ctx,
+			"SELECT channel_id, channel_state FROM ws_channel_data WHERE channel_id = ?", ref.ID)
+	}
+	var c audience.Channel
+	err := row.Scan(&c.ID, &c.State)
+	if errors.Is(err, sql.ErrNoRows) {
+		return audience.Channel{}, audience.ErrChannelNotFound
+	}
+	if err != nil {
+		return audience.Channel{}, fmt.Errorf("mysql: channel %s: %w", ref, err)
+	}
+	return c, nil
+}
+
+const (
+	membersQuery = "SELECT member_id, member_username FROM ws_channel_members" +
+		" WHERE member_channelid = ? AND member_id > ? ORDER BY member_id LIMIT ?"
+	membersBoundedQuery = "SELECT member_id, member_username FROM ws_channel_members" +
+		" WHERE member_channelid = ? AND member_id > ? AND member_id < ? ORDER BY member_id LIMIT ?"
+	// Served from idx_channel_member alone (no row reads): ~0.1 s per million members.
+	spanQuery = "SELECT COUNT(*), COALESCE(MIN(member_id), 0), COALESCE(MAX(member_id), 0)" +
+		" FROM ws_channel_members WHERE member_channelid = ?"
+)
+
+// Members implements audience.MemberStore.
+func (s *Store) Members(ctx context.Context, channelID, afterID, beforeID int64, limit int, dst []audience.Member) ([]audience.Member, error) {
+	dst = dst[:0]
+	var (
+		rows *sql.Rows
+		err  error
+	)
+	if beforeID != 0 {
+		rows, err = s.db.QueryContext(ctx, membersBoundedQuery, channelID, afterID, beforeID, limit)
+	} else {
+		rows, err = s.db.QueryContext(ctx, membersQuery, channelID, afterID, limit)
+	}
+	if err != nil {
+		return dst, fmt.Errorf("mysql: members of %d after %d: %w", channelID, afterID, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var m audience.Member
+		if err := rows.Scan(&m.ID, &m.Username); err != nil {
+			return dst[:0], fmt.Errorf("mysql: members of %d: %w", channelID, err)
+		}
+		dst = append(dst, m)
+	}
+	if err := rows.Err(); err != nil {
+		// A page cut short by a broken connection must not look like the end of the channel.
+		return dst[:0], fmt.Errorf("mysql: members of %d after %d: %w", channelID, afterID, err)
+	}
+	return dst, nil
+}
+
+// Span implements audience.MemberStore.
+func (s *Store) Span(ctx context.Context, channelID int64) (count, minID, maxID int64, err error) {
+	err = s.db.QueryRowContext(ctx, spanQuery, channelID).Scan(&count, &minID, &maxID)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("mysql: span of channel %d: %w", channelID, err)
+	}
+	return count, minID, maxID, nil
+}
