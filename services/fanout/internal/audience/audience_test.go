@@ -18,7 +18,7 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
-	"github.com/announcer/announcer/services/fanout/internal/backoff"
+	"github.com/announcer/announcer/pkg/backoff"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -10,7 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/announcer/announcer/pkg/announcement"
-	"github.com/announcer/announcer/services/fanout/internal/backoff"
+	"github.com/announcer/announcer/pkg/backoff"
 )
 
 // Node is one ejabberd node as routing sees it.

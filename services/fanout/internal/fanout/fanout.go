@@ -20,7 +20,7 @@ import (
 	"github.com/announcer/announcer/pkg/lifecycle"
 	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
-	"github.com/announcer/announcer/services/fanout/internal/backoff"
+	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/services/fanout/internal/kafkaio"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"
 	"github.com/announcer/announcer/services/fanout/internal/presence"

@@ -14,7 +14,7 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
-	"github.com/announcer/announcer/services/fanout/internal/backoff"
+	"github.com/announcer/announcer/pkg/backoff"
 )
 
 // Reader is the part of *kafka.Reader the consumer uses (explicit commits).

@@ -13,7 +13,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
-	"github.com/announcer/announcer/services/fanout/internal/backoff"
+	"github.com/announcer/announcer/pkg/backoff"
 )
 
 // OnlinePath is the user-activity API's endpoint: a JSON array of usernames
