@@ -1,0 +1,158 @@
+// Package archive is the archiver's use case: for a persisted delivery batch,
+// render one stanza per recipient and store them all before the batch counts
+// as done; a storage outage pauses the batch (retried with backoff), it never
+// drops it.
+package archive
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/stanza"
+
+	"github.com/announcer/announcer/services/archiver/internal/backoff"
+)
+
+// Record is one stored message.
+type Record struct {
+	Key   []byte // the recipient's JID
+	Value []byte // the stanza rendered for that recipient
+}
+
+// Store writes records durably (acknowledged by the storage) or fails as a whole.
+type Store interface {
+	Store(ctx context.Context, announcementID string, recs []Record) error
+}
+
+// BadBatchError means the batch can never be archived; the caller dead-letters it.
+type BadBatchError struct{ Reason string }
+
+func (e *BadBatchError) Error() string { return "unarchivable batch: " + e.Reason }
+
+// Options configure the use case.
+type Options struct {
+	UserDomain       string // completes bare usernames into JIDs
+	ComponentDomain  string // component mode: templates must come from this domain, as the sender requires
+	MaxTemplateBytes int
+	RetryMin         time.Duration
+	RetryMax         time.Duration
+}
+
+// Archiver archives batches.
+type Archiver struct {
+	opt   Options
+	store Store
+	log   zerolog.Logger
+	m     *Metrics
+}
+
+// New builds the use case.
+func New(opt Options, store Store, log zerolog.Logger, m *Metrics) *Archiver {
+	if opt.RetryMin <= 0 {
+		opt.RetryMin = 100 * time.Millisecond
+	}
+	if opt.RetryMax < opt.RetryMin {
+		opt.RetryMax = max(opt.RetryMin, 30*time.Second)
+	}
+	return &Archiver{opt: opt, store: store, log: log.With().Str("component", "archive").Logger(), m: m}
+}
+
+// Archive stores b's rendered stanzas if b is to be persisted. It returns nil
+// once they are stored (or there is nothing to store), a *BadBatchError when
+// they never can be, or ctx's error.
+func (a *Archiver) Archive(ctx context.Context, b *announcement.Batch) error {
+	if !b.Persist {
+		a.m.batches.WithLabelValues("not_persisted").Inc()
+		return nil
+	}
+	tmpl, err := stanza.Parse([]byte(b.Template), stanza.Options{
+		MaxBytes: a.opt.MaxTemplateBytes, ComponentDomain: a.opt.ComponentDomain,
+	})
+	if err != nil {
+		return &BadBatchError{Reason: err.Error()}
+	}
+	recs := a.render(tmpl, b)
+	if len(recs) == 0 {
+		a.m.batches.WithLabelValues("empty").Inc()
+		return nil
+	}
+	policy := backoff.Policy{Min: a.opt.RetryMin, Max: a.opt.RetryMax}
+	for attempt := 0; ; attempt++ {
+		err := a.store.Store(ctx, b.AnnouncementID, recs)
+		if err == nil {
+			a.m.records.Add(float64(len(recs)))
+			a.m.batches.WithLabelValues("persisted").Inc()
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		a.m.storeErrors.Inc()
+		d := policy.Delay(attempt)
+		a.log.Warn().Err(err).Str("announcement", b.AnnouncementID).Int("seq", b.Seq).
+			Int("attempt", attempt+1).Dur("retry_in", d).Msg("storage write failed; the batch waits")
+		if err := backoff.Sleep(ctx, d); err != nil {
+			return err
+		}
+	}
+}
+
+// render builds one record per valid recipient, all in one buffer.
+func (a *Archiver) render(tmpl *stanza.Template, b *announcement.Batch) []Record {
+	type span struct{ key, end int }
+	spans := make([]span, 0, len(b.Recipients))
+	buf := make([]byte, 0, len(b.Recipients)*(len(tmpl.Raw())+64))
+	invalid := 0
+	for i, user := range b.Recipients {
+		start := len(buf)
+		var err error
+		buf, err = stanza.AppendJID(buf, user, a.opt.UserDomain)
+		if err != nil || len(buf) == start {
+			invalid++
+			continue
+		}
+		keyEnd := len(buf)
+		buf = tmpl.AppendRender(buf, string(buf[start:keyEnd]), b.FirstIncID+uint64(i))
+		spans = append(spans, span{key: keyEnd, end: len(buf)})
+	}
+	if invalid > 0 {
+		a.m.invalid.Add(float64(invalid))
+	}
+	recs := make([]Record, len(spans))
+	start := 0
+	for i, s := range spans {
+		recs[i] = Record{Key: buf[start:s.key:s.key], Value: buf[s.key:s.end:s.end]}
+		start = s.end
+	}
+	return recs
+}
+
+// Metrics of the use case.
+type Metrics struct {
+	records     prometheus.Counter
+	invalid     prometheus.Counter
+	storeErrors prometheus.Counter
+	batches     *prometheus.CounterVec
+}
+
+// NewMetrics registers the archive metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	c := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "announcer", Subsystem: "archiver", Name: name, Help: help})
+	}
+	m := &Metrics{
+		records:     c("records_stored_total", "Rendered stanzas stored (acknowledged by the storage cluster)."),
+		invalid:     c("invalid_recipients_total", "Recipients skipped because they are not valid JIDs."),
+		storeErrors: c("store_errors_total", "Failed storage writes (the batch is retried)."),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "announcer", Subsystem: "archiver", Name: "batches_total",
+			Help: "Batches finished, by outcome (persisted, not_persisted, empty).",
+		}, []string{"outcome"}),
+	}
+	reg.MustRegister(m.records, m.invalid, m.storeErrors, m.batches)
+	return m
+}

@@ -1,0 +1,124 @@
+package archive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/announcer/announcer/pkg/announcement"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeStore fails the first failures calls, then keeps what it is given.
+type fakeStore struct {
+	mu       sync.Mutex
+	failures int
+	calls    int
+	got      map[string]string
+	ids      []string
+}
+
+func (f *fakeStore) Store(ctx context.Context, id string, recs []Record) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.calls <= f.failures {
+		return errors.New("storage down")
+	}
+	if f.got == nil {
+		f.got = map[string]string{}
+	}
+	for _, r := range recs {
+		f.got[string(r.Key)] = string(r.Value)
+	}
+	f.ids = append(f.ids, id)
+	return nil
+}
+
+const tmpl = "<message to='%s' from='announcer.localhost' type='chat'><body>n=[inc_id]</body></message>"
+
+func newArchiver(s Store) (*Archiver, *Metrics) {
+	m := NewMetrics(prometheus.NewRegistry())
+	return New(Options{UserDomain: "localhost", ComponentDomain: "announcer.localhost",
+		RetryMin: time.Millisecond, RetryMax: 2 * time.Millisecond}, s, zerolog.Nop(), m), m
+}
+
+func rendered(jid string, n int) string {
+	return fmt.Sprintf("<message to='%s' from='announcer.localhost' type='chat'><body>n=%d</body></message>", jid, n)
+}
+
+func TestArchiveRendersOneRecordPerValidRecipient(t *testing.T) {
+	s := &fakeStore{}
+	a, m := newArchiver(s)
+	b := &announcement.Batch{AnnouncementID: "a1", Persist: true, Template: tmpl, FirstIncID: 7,
+		Recipients: []string{"alice", "bad user", "bob@example.org/phone"}}
+	if err := a.Archive(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"alice@localhost":       rendered("alice@localhost", 7),
+		"bob@example.org/phone": rendered("bob@example.org/phone", 9),
+	}
+	if fmt.Sprint(s.got) != fmt.Sprint(want) {
+		t.Fatalf("stored %v, want %v", s.got, want)
+	}
+	if s.ids[0] != "a1" {
+		t.Fatalf("announcement id %q", s.ids[0])
+	}
+	if testutil.ToFloat64(m.invalid) != 1 || testutil.ToFloat64(m.records) != 2 {
+		t.Fatalf("invalid %v records %v", testutil.ToFloat64(m.invalid), testutil.ToFloat64(m.records))
+	}
+}
+
+func TestArchiveSkipsNonPersisted(t *testing.T) {
+	s := &fakeStore{}
+	a, m := newArchiver(s)
+	if err := a.Archive(context.Background(), &announcement.Batch{Template: tmpl, Recipients: []string{"alice"}}); err != nil {
+		t.Fatal(err)
+	}
+	if s.calls != 0 || testutil.ToFloat64(m.batches.WithLabelValues("not_persisted")) != 1 {
+		t.Fatalf("calls %d", s.calls)
+	}
+}
+
+// A storage outage delays the batch; it is never dropped.
+func TestArchiveRetriesUntilStored(t *testing.T) {
+	s := &fakeStore{failures: 5}
+	a, m := newArchiver(s)
+	b := &announcement.Batch{AnnouncementID: "a1", Persist: true, Template: tmpl, Recipients: []string{"alice"}}
+	if err := a.Archive(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	if s.calls != 6 || len(s.got) != 1 || testutil.ToFloat64(m.storeErrors) != 5 {
+		t.Fatalf("calls %d stored %d errors %v", s.calls, len(s.got), testutil.ToFloat64(m.storeErrors))
+	}
+}
+
+func TestArchiveStopsWithContext(t *testing.T) {
+	s := &fakeStore{failures: 1 << 30}
+	a, _ := newArchiver(s)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	err := a.Archive(ctx, &announcement.Batch{AnnouncementID: "a1", Persist: true, Template: tmpl, Recipients: []string{"alice"}})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestArchiveBadTemplate(t *testing.T) {
+	a, _ := newArchiver(&fakeStore{})
+	err := a.Archive(context.Background(), &announcement.Batch{Persist: true, Template: "<message to='%s' from='evil.example'/>", Recipients: []string{"alice"}})
+	var bad *BadBatchError
+	if !errors.As(err, &bad) {
+		t.Fatalf("got %v", err)
+	}
+}

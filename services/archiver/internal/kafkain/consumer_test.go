@@ -1,0 +1,307 @@
+package kafkain
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/goleak"
+
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/stacktest"
+)
+
+// kafka-go's DefaultTransport (used by kafka.Client and by writers without a
+// Transport, e.g. kafkabus.EnsureTopics) keeps a process-wide pool of broker
+// connections: not ours to close.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
+		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
+	)
+}
+
+type kafkaRig struct {
+	brokers []string
+	topic   string
+	dlq     string
+	group   string
+	parts   int
+}
+
+func newKafkaRig(t *testing.T, parts int) *kafkaRig {
+	t.Helper()
+	env := stacktest.Get(t)
+	r := &kafkaRig{
+		brokers: env.KafkaBrokers, topic: stacktest.Name("kin"), dlq: stacktest.Name("kin_dlq"),
+		group: stacktest.Name("kin_group"), parts: parts,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := kafkabus.EnsureTopics(ctx, r.brokers,
+		kafkabus.Topic{Name: r.topic, Partitions: parts, ReplicationFactor: 1},
+		kafkabus.Topic{Name: r.dlq, Partitions: 1, ReplicationFactor: 1}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c := &kafka.Client{Addr: kafka.TCP(r.brokers...), Timeout: 10 * time.Second}
+		_, _ = c.DeleteTopics(context.Background(), &kafka.DeleteTopicsRequest{Topics: []string{r.topic, r.dlq}})
+	})
+	return r
+}
+
+// produce writes values to the topic; message i goes to partition i % parts.
+func (r *kafkaRig) produce(t *testing.T, values ...string) {
+	t.Helper()
+	// A transport of its own: the shared default one may hold metadata from
+	// before the topic existed.
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	w := &kafka.Writer{Addr: kafka.TCP(r.brokers...), Balancer: &kafka.RoundRobin{}, BatchTimeout: time.Millisecond,
+		RequiredAcks: kafka.RequireAll, Transport: tr}
+	defer w.Close()
+	msgs := make([]kafka.Message, len(values))
+	for i, v := range values {
+		msgs[i] = kafka.Message{Topic: r.topic, Value: []byte(v)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// committed returns the group's committed offset per partition (-1 = none).
+func (r *kafkaRig) committed(t *testing.T) map[int]int64 {
+	t.Helper()
+	c := &kafka.Client{Addr: kafka.TCP(r.brokers...), Timeout: 10 * time.Second}
+	parts := make([]int, r.parts)
+	for i := range parts {
+		parts[i] = i
+	}
+	resp, err := c.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: r.group, Topics: map[string][]int{r.topic: parts}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int]int64{}
+	for _, p := range resp.Topics[r.topic] {
+		out[p.Partition] = p.CommittedOffset
+	}
+	return out
+}
+
+func (r *kafkaRig) waitCommitted(t *testing.T, want map[int]int64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := r.committed(t)
+		ok := true
+		for p, o := range want {
+			if got[p] != o {
+				ok = false
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("committed %v, want %v", got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type running struct {
+	stop func() error  // cancels Run's context and returns its error
+	done chan struct{} // closed when Run returned on its own or after stop
+}
+
+// run starts a consumer with h until the test ends.
+func (r *kafkaRig) run(t *testing.T, h Handler, opt Options) running {
+	t.Helper()
+	reader := kafkabus.NewReader(r.brokers, r.group, []string{r.topic}, kafkabus.ReaderOptions{MaxWait: 50 * time.Millisecond})
+	dlq := kafkabus.NewWriter(r.brokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
+	opt.DeadLetterTopic = r.dlq
+	if opt.RetryMin == 0 {
+		opt.RetryMin, opt.RetryMax = 10*time.Millisecond, 50*time.Millisecond
+	}
+	c := New(reader, dlq, h, opt, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+		NewMetrics(prometheus.NewRegistry(), "test", nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	var err error
+	done := make(chan struct{})
+	go func() { err = c.Run(ctx); close(done) }()
+	var once sync.Once
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			<-done
+			_ = reader.Close()
+			_ = dlq.Close()
+		})
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	return running{stop: stop, done: done}
+}
+
+func values(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = "v" + strconv.Itoa(i)
+	}
+	return out
+}
+
+// Every message is handled, with several in flight finishing out of order,
+// and the group ends committed at the end of every partition.
+func TestConsumerHandlesAllAndCommitsToTheEnd(t *testing.T) {
+	r := newKafkaRig(t, 3)
+	const n = 60
+	r.produce(t, values(n)...)
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var inFlight, maxInFlight int
+	stop := r.run(t, func(ctx context.Context, m kafka.Message) error {
+		mu.Lock()
+		inFlight++
+		maxInFlight = max(maxInFlight, inFlight)
+		mu.Unlock()
+		time.Sleep(time.Duration(rand.N(10)) * time.Millisecond)
+		mu.Lock()
+		inFlight--
+		seen[string(m.Value)]++
+		mu.Unlock()
+		return nil
+	}, Options{MaxInFlight: 4})
+	r.waitCommitted(t, map[int]int64{0: n / 3, 1: n / 3, 2: n / 3})
+	if err := stop.stop(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != n {
+		t.Fatalf("%d distinct messages handled, want %d", len(seen), n)
+	}
+	if maxInFlight > 4 {
+		t.Fatalf("%d messages in flight at once, max 4", maxInFlight)
+	}
+	if maxInFlight < 2 {
+		t.Fatalf("never more than %d in flight: the test does not exercise out-of-order completion", maxInFlight)
+	}
+}
+
+// An offset is not committed past an earlier one still in flight.
+func TestConsumerCommitWaitsForEarlierOffsets(t *testing.T) {
+	r := newKafkaRig(t, 1)
+	r.produce(t, values(5)...)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	done := 0
+	r.run(t, func(ctx context.Context, m kafka.Message) error {
+		if m.Offset == 0 {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		mu.Lock()
+		done++
+		mu.Unlock()
+		return nil
+	}, Options{MaxInFlight: 5})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		d := done
+		mu.Unlock()
+		if d == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of offsets 1..4 handled", d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // a wrong commit would have happened by now
+	if got := r.committed(t)[0]; got != -1 {
+		t.Fatalf("committed %d while offset 0 is in flight", got)
+	}
+	close(release)
+	r.waitCommitted(t, map[int]int64{0: 5})
+}
+
+// Rejected messages go to the dead-letter topic with the reason and their
+// source, and are committed.
+func TestConsumerDeadLetters(t *testing.T) {
+	r := newKafkaRig(t, 1)
+	r.produce(t, "ok1", "bad", "ok2")
+	r.run(t, func(ctx context.Context, m kafka.Message) error {
+		if string(m.Value) == "bad" {
+			return &Reject{Reason: "not a batch"}
+		}
+		return nil
+	}, Options{MaxInFlight: 2})
+	r.waitCommitted(t, map[int]int64{0: 3})
+	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: r.brokers, Topic: r.dlq, Partition: 0, MaxWait: 50 * time.Millisecond})
+	defer rd.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, err := rd.ReadMessage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := map[string]string{}
+	for _, x := range m.Headers {
+		h[x.Key] = string(x.Value)
+	}
+	if string(m.Value) != "bad" || h[kafkabus.HeaderReason] != "not a batch" || h[kafkabus.HeaderSource] != r.topic+"/0/1" {
+		t.Fatalf("dead letter %q with headers %v", m.Value, h)
+	}
+}
+
+// On shutdown, a message in flight finishes (within the drain timeout) and
+// is committed; a handler failure stops the consumer and is reported.
+func TestConsumerDrainsOnShutdown(t *testing.T) {
+	r := newKafkaRig(t, 1)
+	r.produce(t, "slow")
+	started := make(chan struct{})
+	stop := r.run(t, func(ctx context.Context, m kafka.Message) error {
+		close(started)
+		time.Sleep(300 * time.Millisecond)
+		return ctx.Err()
+	}, Options{MaxInFlight: 1, DrainTimeout: 10 * time.Second})
+	<-started
+	if err := stop.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.committed(t)[0]; got != 1 {
+		t.Fatalf("committed %d after draining, want 1", got)
+	}
+}
+
+func TestConsumerHandlerFailureStops(t *testing.T) {
+	r := newKafkaRig(t, 1)
+	r.produce(t, "a")
+	boom := errors.New("boom")
+	c := r.run(t, func(ctx context.Context, m kafka.Message) error { return boom }, Options{MaxInFlight: 1})
+	select {
+	case <-c.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("consumer did not stop after a handler failure")
+	}
+	if err := c.stop(); !errors.Is(err, boom) {
+		t.Fatalf("Run returned %v, want boom", err)
+	}
+	if got := r.committed(t)[0]; got != -1 {
+		t.Fatalf("a failed message was committed (%d)", got)
+	}
+}

@@ -1,0 +1,346 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/goleak"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/config"
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/stacktest"
+
+	"github.com/announcer/announcer/services/archiver/internal/storage"
+	"github.com/announcer/announcer/services/archiver/internal/tcpproxy"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// kafka-go's DefaultTransport (kafka.Client, kafkabus.EnsureTopics) keeps process-wide connections.
+		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
+		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
+	)
+}
+
+const tmpl = "<message to='%s' from='announcer.localhost' type='chat'><body>n=[inc_id]</body></message>"
+
+func rendered(jid string, n int) string {
+	return fmt.Sprintf("<message to='%s' from='announcer.localhost' type='chat'><body>n=%d</body></message>", jid, n)
+}
+
+type rig struct {
+	env     stacktest.Env
+	cfg     config.Config
+	proxy   *tcpproxy.Proxy
+	storage string
+}
+
+// newRig configures an archiver whose storage cluster is the stack's Kafka
+// seen through a proxy the test controls: every storage connection, to the
+// bootstrap address and to the broker the metadata names, goes through it.
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	env := stacktest.Get(t)
+	p := stacktest.Name("arc")
+	r := &rig{env: env, storage: p + "_storage"}
+	r.proxy = tcpproxy.New(t, env.KafkaBrokers[0], tcpproxy.Forward)
+	cfg := config.Default()
+	cfg.DebugPort = "127.0.0.1:0"
+	cfg.Bus.Brokers = strings.Join(env.KafkaBrokers, ",")
+	cfg.Bus.DeliveriesPrefix = p + "_deliveries."
+	cfg.Bus.DeadLetterTopic = p + "_dlq"
+	cfg.Bus.Partitions = 2
+	cfg.Nodes = []config.Node{{Name: "node1", Address: "127.0.0.1:1"}, {Name: "node2", Address: "127.0.0.1:2"}}
+	cfg.Component.Name = "announcer"
+	cfg.Component.Domain = "localhost"
+	cfg.KafkaProducer.Brokers = r.proxy.Addr()
+	cfg.KafkaProducer.Topics = r.storage
+	cfg.KafkaProducer.FlushFrequency = 0
+	cfg.KafkaProducer.MaxRetry = 1
+	cfg.Bus.WriteTimeout = config.Duration(2 * time.Second)
+	cfg.Archiver.GroupName = p + "_archiver"
+	if err := cfg.Validate(config.RoleArchiver); err != nil {
+		t.Fatal(err)
+	}
+	r.cfg = cfg
+	t.Cleanup(func() {
+		c := &kafka.Client{Addr: kafka.TCP(env.KafkaBrokers...), Timeout: 10 * time.Second}
+		_, _ = c.DeleteTopics(context.Background(), &kafka.DeleteTopicsRequest{Topics: []string{
+			cfg.DeliveriesTopic("node1"), cfg.DeliveriesTopic("node2"), cfg.Bus.DeadLetterTopic, r.storage,
+		}})
+	})
+	return r
+}
+
+func (r *rig) start(t *testing.T) (*archiver, func() error) {
+	t.Helper()
+	proxied := func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, r.proxy.Addr())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := build(ctx, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel), r.cfg, storage.Options{Dial: proxied})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- a.run(ctx) }()
+	stopped := false
+	stop := func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		err := <-errc
+		a.close()
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	return a, stop
+}
+
+func (r *rig) produce(t *testing.T, node string, batches ...any) {
+	t.Helper()
+	w := kafkabus.NewWriter(r.env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
+	// A transport of its own: the shared default one may hold metadata from
+	// before the topic existed.
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	w.Transport = tr
+	defer w.Close()
+	var msgs []kafka.Message
+	for _, b := range batches {
+		var v []byte
+		switch b := b.(type) {
+		case *announcement.Batch:
+			var err error
+			if v, err = b.Encode(); err != nil {
+				t.Fatal(err)
+			}
+		case string:
+			v = []byte(b)
+		}
+		msgs = append(msgs, kafka.Message{Topic: r.cfg.DeliveriesTopic(node), Key: []byte(node), Value: v})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// committed sums the group's committed offsets on a node's topic.
+func (r *rig) committed(t *testing.T, node string) int64 {
+	t.Helper()
+	c := &kafka.Client{Addr: kafka.TCP(r.env.KafkaBrokers...), Timeout: 10 * time.Second}
+	topic := r.cfg.DeliveriesTopic(node)
+	resp, err := c.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: r.cfg.Archiver.GroupName, Topics: map[string][]int{topic: {0, 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := int64(0)
+	for _, p := range resp.Topics[topic] {
+		total += max(p.CommittedOffset, 0)
+	}
+	return total
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// storageReader reads the storage topic directly (not through the proxy).
+type storageReader struct {
+	r   *kafka.Reader
+	got map[string][]string // key -> values
+	ids map[string]string   // key -> announcement id header
+	n   int
+}
+
+func (r *rig) storageReader(t *testing.T) *storageReader {
+	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: r.env.KafkaBrokers, GroupID: stacktest.Name("arc_check"),
+		Topic: r.storage, StartOffset: kafka.FirstOffset, MaxWait: 50 * time.Millisecond})
+	t.Cleanup(func() { _ = rd.Close() })
+	return &storageReader{r: rd, got: map[string][]string{}, ids: map[string]string{}}
+}
+
+// readFor reads what arrives during d.
+func (s *storageReader) readFor(t *testing.T, d time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	for {
+		// FetchMessage, not ReadMessage: the latter drops the message when its
+		// commit hits the deadline. This throwaway group never commits.
+		m, err := s.r.FetchMessage(ctx)
+		if err != nil {
+			return
+		}
+		s.n++
+		s.got[string(m.Key)] = append(s.got[string(m.Key)], string(m.Value))
+		for _, h := range m.Headers {
+			if h.Key == storage.HeaderAnnouncementID {
+				s.ids[string(m.Key)] = string(h.Value)
+			}
+		}
+	}
+}
+
+func (s *storageReader) readUntil(t *testing.T, keys int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for len(s.got) < keys {
+		if time.Now().After(deadline) {
+			t.Fatalf("storage has %d distinct recipients, want %d: %v", len(s.got), keys, s.got)
+		}
+		s.readFor(t, 200*time.Millisecond)
+	}
+}
+
+// Persisted batches of every node become one record per valid recipient;
+// non-persisted ones are committed without output; bad input is
+// dead-lettered. When the storage cluster is unreachable the batch waits
+// uncommitted and nothing is lost: once it is back, the records appear and
+// the offset is committed.
+func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
+	r := newRig(t)
+	a, stop := r.start(t)
+	sr := r.storageReader(t)
+
+	r.produce(t, "node1",
+		&announcement.Batch{AnnouncementID: "a1", Persist: true, Template: tmpl, FirstIncID: 0,
+			Recipients: []string{"u1", "not valid", "u3@example.org/r"}},
+		"{not json")
+	r.produce(t, "node2",
+		&announcement.Batch{AnnouncementID: "a2", Persist: false, Template: tmpl, Recipients: []string{"nobody"}})
+	sr.readUntil(t, 2, 20*time.Second)
+	waitFor(t, "node1 and node2 committed", 20*time.Second, func() bool {
+		return r.committed(t, "node1") == 2 && r.committed(t, "node2") == 1
+	})
+
+	// Outage: no storage connection can be made, existing ones are cut.
+	r.proxy.Set(tcpproxy.Refuse)
+	r.proxy.KillAll()
+	r.produce(t, "node2",
+		&announcement.Batch{AnnouncementID: "a3", Persist: true, Template: tmpl, FirstIncID: 100, Recipients: []string{"v1", "v2", "v3"}})
+	waitFor(t, "storage errors", 20*time.Second, func() bool {
+		return metric(t, a, "announcer_archiver_store_errors_total") >= 2
+	})
+	sr.readFor(t, 300*time.Millisecond)
+	if len(sr.got) != 2 {
+		t.Fatalf("records appeared during the outage: %v", sr.got)
+	}
+	if got := r.committed(t, "node2"); got != 1 {
+		t.Fatalf("node2 committed %d during the outage, want 1 (the batch must wait)", got)
+	}
+
+	r.proxy.Set(tcpproxy.Forward)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("committed node1 %d node2 %d; metrics:\n%s", r.committed(t, "node1"), r.committed(t, "node2"),
+				grep(func() string { _, b := httpGet(t, "http://"+a.dbg.Addr()+"/metrics"); return b }(), "announcer_archiver"))
+		}
+	})
+	sr.readUntil(t, 5, 30*time.Second)
+	waitFor(t, "node2 committed after the outage", 20*time.Second, func() bool { return r.committed(t, "node2") == 2 })
+
+	want := map[string]string{
+		"u1@localhost":     rendered("u1@localhost", 0),
+		"u3@example.org/r": rendered("u3@example.org/r", 2),
+		"v1@localhost":     rendered("v1@localhost", 100),
+		"v2@localhost":     rendered("v2@localhost", 101),
+		"v3@localhost":     rendered("v3@localhost", 102),
+	}
+	for k, v := range want {
+		vals := sr.got[k]
+		if len(vals) == 0 {
+			t.Errorf("no record for %s", k)
+			continue
+		}
+		for _, got := range vals {
+			if got != v {
+				t.Errorf("record for %s = %q, want %q", k, got, v)
+			}
+		}
+	}
+	if len(sr.got) != len(want) {
+		t.Errorf("records for %d recipients, want %d: %v", len(sr.got), len(want), sr.got)
+	}
+	if sr.ids["u1@localhost"] != "a1" || sr.ids["v1@localhost"] != "a3" {
+		t.Errorf("announcement id headers %v", sr.ids)
+	}
+	t.Logf("%d records for %d recipients (duplicates from retried writes are allowed)", sr.n, len(want))
+
+	code, body := httpGet(t, "http://"+a.dbg.Addr()+"/metrics")
+	if code != http.StatusOK || !strings.Contains(body, `announcer_archiver_batches_total{outcome="not_persisted"} 1`) ||
+		!strings.Contains(body, "announcer_archiver_dead_letters_total 1") {
+		t.Errorf("metrics:\n%s", grep(body, "announcer_archiver"))
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+}
+
+// Readiness follows the storage cluster.
+func TestArchiverReadiness(t *testing.T) {
+	r := newRig(t)
+	a, _ := r.start(t)
+	url := "http://" + a.dbg.Addr() + "/readyz"
+	waitFor(t, "ready", 20*time.Second, func() bool { c, _ := httpGet(t, url); return c == http.StatusOK })
+	r.proxy.Set(tcpproxy.Refuse)
+	waitFor(t, "not ready", 20*time.Second, func() bool { c, _ := httpGet(t, url); return c == http.StatusServiceUnavailable })
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// metric reads one unlabelled sample from the archiver's /metrics.
+func metric(t *testing.T, a *archiver, name string) float64 {
+	t.Helper()
+	_, body := httpGet(t, "http://"+a.dbg.Addr()+"/metrics")
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			_, _ = fmt.Sscan(v, &f)
+			return f
+		}
+	}
+	return 0
+}
+
+func grep(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

@@ -1,0 +1,437 @@
+package component
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/announcer/announcer/pkg/stacktest"
+
+	"github.com/announcer/announcer/services/sender/internal/sink"
+	"github.com/announcer/announcer/services/sender/internal/tcpproxy"
+	"github.com/announcer/announcer/services/sender/internal/testuser"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type harness struct {
+	pool *Pool
+	m    *Metrics
+	reg  *prometheus.Registry
+}
+
+// startPool runs a pool against addr until the test ends.
+func startPool(t *testing.T, opt Options) *harness {
+	t.Helper()
+	if opt.Node == "" {
+		opt.Node = "test"
+	}
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg, opt.Node)
+	p, err := NewPool(opt, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return &harness{pool: p, m: m, reg: reg}
+}
+
+func (h *harness) waitUp(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for h.pool.Up() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections up after %s, want %d (connect failures %v)",
+				h.pool.Up(), timeout, n, testutil.ToFloat64(h.m.dialFailures))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(h.m.up); int(got) != h.pool.Up() {
+		t.Fatalf("connections_up gauge %v, pool says %d", got, h.pool.Up())
+	}
+}
+
+func realOptions(env stacktest.Env, conns int) Options {
+	return Options{
+		Addr:         env.ComponentAddr,
+		JID:          testuser.ComponentDomain(env, 0),
+		Secret:       env.ComponentSecret,
+		ServerDomain: env.XMPPDomain,
+		Conns:        conns,
+		PingTimeout:  10 * time.Second,
+		ReconnectMin: 50 * time.Millisecond,
+		ReconnectMax: 500 * time.Millisecond,
+	}
+}
+
+func fence(t *testing.T, h *harness) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := h.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	return c.Fence(ctx)
+}
+
+// The handshake with the real ejabberd succeeds on every connection, and a
+// fence returns once ejabberd answers the ping.
+func TestRealHandshakeAndFence(t *testing.T) {
+	env := stacktest.Get(t)
+	h := startPool(t, realOptions(env, 2))
+	h.waitUp(t, 2, 10*time.Second)
+	if err := fence(t, h); err != nil {
+		t.Fatalf("fence: %v", err)
+	}
+	if got := testutil.ToFloat64(h.m.fences); got != 1 {
+		t.Fatalf("fences_total = %v, want 1", got)
+	}
+}
+
+// With several connections of one component, ejabberd routes ping results to
+// any of them: every fence must still complete, and some results must have
+// come back on another connection than their ping (else the test proves nothing).
+func TestRealFenceResultsCrossConnections(t *testing.T) {
+	env := stacktest.Get(t)
+	h := startPool(t, realOptions(env, 3))
+	h.waitUp(t, 3, 10*time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, 60)
+	for range 60 {
+		wg.Go(func() { errs <- fence(t, h) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("fence: %v", err)
+		}
+	}
+	if got := h.pool.crossResults.Load(); got == 0 {
+		t.Fatal("no ping result arrived on another connection than its ping; cross-connection correlation untested")
+	}
+	if got := testutil.ToFloat64(h.m.pingTimeouts); got != 0 {
+		t.Fatalf("ping timeouts: %v", got)
+	}
+}
+
+// A wrong secret never counts as up; the pool keeps retrying.
+func TestRealWrongSecretKeepsRetrying(t *testing.T) {
+	env := stacktest.Get(t)
+	opt := realOptions(env, 1)
+	opt.Secret = "wrong-" + env.ComponentSecret
+	h := startPool(t, opt)
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(h.m.dialFailures) < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %v failed attempts", testutil.ToFloat64(h.m.dialFailures))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if h.pool.Up() != 0 {
+		t.Fatal("a connection with a wrong secret counts as up")
+	}
+}
+
+// A server that accepts TCP and never answers the handshake cannot wedge the
+// pool: handshakes time out, and once the real ejabberd is behind the address,
+// the connection comes up.
+func TestRealHandshakeNeverAnsweredThenRecovers(t *testing.T) {
+	env := stacktest.Get(t)
+	proxy := tcpproxy.New(t, env.ComponentAddr, tcpproxy.Blackhole)
+	opt := realOptions(env, 1)
+	opt.Addr = proxy.Addr()
+	opt.HandshakeTimeout = 300 * time.Millisecond
+	h := startPool(t, opt)
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(h.m.dialFailures) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("handshake against a silent server did not time out")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if h.pool.Up() != 0 {
+		t.Fatal("up without a handshake")
+	}
+	proxy.Set(tcpproxy.Forward)
+	h.waitUp(t, 1, 10*time.Second)
+	if err := fence(t, h); err != nil {
+		t.Fatalf("fence after recovery: %v", err)
+	}
+}
+
+// A connection whose peer stops answering is detected by the keepalive ping
+// timeout and replaced.
+func TestRealDeadConnectionReplaced(t *testing.T) {
+	env := stacktest.Get(t)
+	proxy := tcpproxy.New(t, env.ComponentAddr, tcpproxy.Forward)
+	opt := realOptions(env, 1)
+	opt.Addr = proxy.Addr()
+	opt.PingInterval = 200 * time.Millisecond
+	opt.PingTimeout = 600 * time.Millisecond
+	h := startPool(t, opt)
+	h.waitUp(t, 1, 10*time.Second)
+	proxy.Freeze()
+	proxy.Set(tcpproxy.Refuse)
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(h.m.pingTimeouts) < 1 || h.pool.Up() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("frozen connection not detected: timeouts %v, up %d", testutil.ToFloat64(h.m.pingTimeouts), h.pool.Up())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	proxy.KillAll()
+	proxy.Thaw()
+	proxy.Set(tcpproxy.Forward)
+	h.waitUp(t, 1, 10*time.Second)
+	if got := testutil.ToFloat64(h.m.reconnects); got < 1 {
+		t.Fatalf("reconnects_total = %v", got)
+	}
+}
+
+// A fence on a connection killed before the ping is answered reports the
+// loss (so the caller resends) rather than success or a hang.
+func TestRealFenceOnKilledConnection(t *testing.T) {
+	env := stacktest.Get(t)
+	proxy := tcpproxy.New(t, env.ComponentAddr, tcpproxy.Forward)
+	opt := realOptions(env, 1)
+	opt.Addr = proxy.Addr()
+	h := startPool(t, opt)
+	h.waitUp(t, 1, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := h.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	proxy.Freeze() // the ping is written but never reaches ejabberd
+	errc := make(chan error, 1)
+	go func() { errc <- c.Fence(ctx) }()
+	time.Sleep(100 * time.Millisecond)
+	proxy.KillAll()
+	proxy.Thaw()
+	err = <-errc
+	if !isLost(err) {
+		t.Fatalf("fence on a killed connection: %v, want ErrLost", err)
+	}
+	if err := c.Write([]byte("<message/>")); !isLost(err) {
+		t.Fatalf("write on a dead connection: %v, want ErrLost", err)
+	}
+}
+
+// Error stanzas coming back are counted by kind and condition and do not
+// hurt the connection; stream-level rejections are reported as such.
+func TestRealErrorsCountedConnectionSurvives(t *testing.T) {
+	env := stacktest.Get(t)
+	opt := realOptions(env, 1)
+	opt.JID = testuser.ComponentDomain(env, 2)
+	h := startPool(t, opt)
+	h.waitUp(t, 1, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := h.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	// ejabberd may route a bounce to any connection of any domain of the
+	// listener (global_routes), including other processes': send rounds until
+	// each kind was seen here at least once.
+	su := func() float64 {
+		return testutil.ToFloat64(h.m.inboundErrors.WithLabelValues("message", "service-unavailable"))
+	}
+	br := func() float64 {
+		return testutil.ToFloat64(h.m.inboundErrors.WithLabelValues("message", "jid-malformed")) +
+			testutil.ToFloat64(h.m.inboundErrors.WithLabelValues("message", "bad-request"))
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for round := 0; su() == 0 || br() == 0; round++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %d rounds: service-unavailable %v, malformed %v; want both counted", round, su(), br())
+		}
+		var b strings.Builder
+		for i := range 5 {
+			fmt.Fprintf(&b, "<message to='nobody-%d-%d@%s' from='%s' type='chat'><body>x</body></message>",
+				time.Now().UnixNano(), i, env.XMPPDomain, opt.JID)
+		}
+		b.WriteString("<message to='a@b@c' from='" + opt.JID + "'><body>x</body></message>")
+		if err := c.Write([]byte(b.String())); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Fence(ctx); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(h.m.inboundErrors.WithLabelValues("message", "none")) +
+		testutil.ToFloat64(h.m.inboundErrors.WithLabelValues("message", "other")); got != 0 {
+		t.Fatalf("%v error stanzas without a recognised condition", got)
+	}
+	if err := c.Fence(ctx); err != nil {
+		t.Fatalf("connection hurt by error stanzas: %v", err)
+	}
+
+	// A stanza without `from` makes ejabberd close the stream: a rejection.
+	if err := c.Write([]byte("<message to='alice@" + env.XMPPDomain + "'><body>x</body></message>")); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Fence(ctx)
+	var lost *LostError
+	if !asLost(err, &lost) || !lost.Rejected() {
+		t.Fatalf("after a stanza without from: %v, want a rejected LostError", err)
+	}
+	h.waitUp(t, 1, 10*time.Second)
+}
+
+// An IQ addressed to the component gets an answer (a ping, a result; anything
+// else, service-unavailable).
+func TestRealAnswersIQ(t *testing.T) {
+	env := stacktest.Get(t)
+	if env.EjabberdAPI == "" {
+		t.Skip("no ejabberd HTTP API")
+	}
+	h := startPool(t, realOptions(env, 1))
+	h.waitUp(t, 1, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	api := testuser.API(env)
+	from := "nobody@" + env.XMPPDomain + "/x"
+	to := testuser.ComponentDomain(env, 0)
+	// Sent again until answered: ejabberd may still route one to a connection
+	// an earlier test is closing.
+	deadline := time.Now().Add(5 * time.Second)
+	for try := 0; testutil.ToFloat64(h.m.replies) < 2; try++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("iq_replies_total = %v, want 2", testutil.ToFloat64(h.m.replies))
+		}
+		if try%10 == 0 {
+			for _, st := range []string{
+				"<iq type='get' id='p1' from='" + from + "' to='" + to + "'><ping xmlns='urn:xmpp:ping'/></iq>",
+				"<iq type='get' id='v1' from='" + from + "' to='" + to + "'><query xmlns='jabber:iq:version'/></iq>",
+			} {
+				if _, err := api.Call(ctx, "send_stanza", map[string]string{"from": from, "to": to, "stanza": st}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	if err := fence(t, h); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The counting sink speaks enough XEP-0114 for the pool: handshake, stanzas, fences.
+func TestSinkRoundTrip(t *testing.T) {
+	s, err := sink.Start("secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	h := startPool(t, Options{Addr: s.Addr(), JID: "c.example", Secret: "secret", ServerDomain: "example", Conns: 2})
+	h.waitUp(t, 2, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := h.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	for range 100 {
+		if err := c.Write([]byte("<message to='u@example' from='c.example'><body>b</body></message>")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Fence(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Stanzas(); got != 100 {
+		t.Fatalf("sink counted %d stanzas, want 100", got)
+	}
+}
+
+// A wrong secret against the sink: not up, retried.
+func TestSinkWrongSecret(t *testing.T) {
+	s, err := sink.Start("secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	h := startPool(t, Options{Addr: s.Addr(), JID: "c.example", Secret: "nope", ServerDomain: "example",
+		ReconnectMin: 10 * time.Millisecond, ReconnectMax: 20 * time.Millisecond})
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(h.m.dialFailures) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("no retry after a failed handshake")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if h.pool.Up() != 0 {
+		t.Fatal("up after a failed handshake")
+	}
+}
+
+func isLost(err error) bool { return errors.Is(err, ErrLost) }
+
+func asLost(err error, target **LostError) bool { return errors.As(err, target) }
+
+// Client mode: c2s sessions (STARTTLS, SASL, a resource per connection) come
+// up, fence with pings the server answers, and deliver.
+func TestRealClientSessions(t *testing.T) {
+	env := stacktest.Get(t)
+	sender := testuser.Register(t, env, "snd_acct")
+	rcpt := testuser.Login(t, env, "snd_rcpt")
+	account := sender + "@" + env.XMPPDomain
+	h := startPool(t, Options{
+		Addr: env.C2SAddr, ServerDomain: env.XMPPDomain, Conns: 2, PingTimeout: 10 * time.Second,
+		ReconnectMin: 50 * time.Millisecond, ReconnectMax: 500 * time.Millisecond,
+		// Loopback stack, self-signed certificate.
+		Handshake: ClientHandshake(account, sender, "announcer", &tls.Config{InsecureSkipVerify: true}), //nolint:gosec
+	})
+	h.waitUp(t, 2, 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for range 2 {
+		c, err := h.pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Write([]byte("<message to='" + rcpt.JID.String() + "' type='chat'><body>via c2s</body></message>")); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Fence(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c.Release()
+	}
+	msgs, err := rcpt.Wait(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := map[string]bool{}
+	for _, m := range msgs {
+		if len(m.Bodies) != 1 || m.Bodies[0] != "via c2s" {
+			t.Fatalf("received %+v", m)
+		}
+		from[m.From] = true
+	}
+	if !from[account+"/announcer-0"] || !from[account+"/announcer-1"] {
+		t.Fatalf("messages from %v: want one from each connection's resource announcer-0 and announcer-1", from)
+	}
+}

@@ -1,0 +1,391 @@
+package component
+
+import (
+	"bufio"
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/stream"
+
+	"github.com/announcer/announcer/pkg/stanza"
+)
+
+// ErrLost is wrapped by every error a connection returns once it is dead: what
+// was written on it but not fenced must be sent again elsewhere.
+var ErrLost = errors.New("component: connection lost")
+
+var (
+	errPingTimeout = errors.New("no ping answered in time")
+	errClosing     = errors.New("closing")
+)
+
+// LostError says why a connection died.
+type LostError struct{ Cause error }
+
+func (e *LostError) Error() string { return ErrLost.Error() + ": " + e.Cause.Error() }
+
+func (e *LostError) Unwrap() []error { return []error{ErrLost, e.Cause} }
+
+// Rejected reports whether ejabberd closed the stream because of bytes sent on
+// it (as opposed to a network failure or a restart): resending the same
+// stanzas would most likely kill the next connection too.
+func (e *LostError) Rejected() bool {
+	var se stream.Error
+	if !errors.As(e.Cause, &se) {
+		return false
+	}
+	switch se.Err {
+	case "not-well-formed", "policy-violation", "invalid-from", "improper-addressing",
+		"invalid-xml", "restricted-xml", "invalid-namespace", "unsupported-stanza-type", "bad-format":
+		return true
+	}
+	return false
+}
+
+type outPing struct {
+	id  string
+	seq uint64
+}
+
+// Conn is one established XEP-0114 connection. Stanza bytes go through a
+// buffered writer straight to the socket; a read loop runs for the whole life
+// of the connection so ejabberd can never block writing to us.
+type Conn struct {
+	pool *Pool
+	slot int
+	nc   net.Conn // the socket
+	wc   net.Conn // what the session writes to: nc, or TLS over it after STARTTLS
+	sess *xmpp.Session
+
+	wmu     sync.Mutex // serialises stanza, ping and reply writes
+	bw      *bufio.Writer
+	scratch []byte
+
+	dead    chan struct{}
+	once    sync.Once
+	deadErr error
+
+	pmu         sync.Mutex
+	sent        uint64 // sequence number of the last ping written
+	confirmed   uint64 // highest sequence number whose result arrived
+	confirmCh   chan struct{}
+	outstanding []outPing
+	pingsClosed bool
+
+	users   atomic.Int32
+	replies chan inbound
+}
+
+func newConn(p *Pool, slot int, nc net.Conn, sess *xmpp.Session) *Conn {
+	return &Conn{
+		pool:      p,
+		slot:      slot,
+		nc:        nc,
+		wc:        sess.Conn(),
+		sess:      sess,
+		bw:        bufio.NewWriterSize(sess.Conn(), p.opt.WriteBufferBytes),
+		dead:      make(chan struct{}),
+		confirmCh: make(chan struct{}),
+		replies:   make(chan inbound, 64),
+	}
+}
+
+// Slot is the connection's position in its pool, stable across reconnects:
+// per-connection state of callers (a rate limiter) is indexed by it.
+func (c *Conn) Slot() int { return c.slot }
+
+// Release ends one Acquire.
+func (c *Conn) Release() { c.users.Add(-1) }
+
+func (c *Conn) isDead() bool {
+	select {
+	case <-c.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *Conn) lost() error { return &LostError{Cause: c.deadErr} }
+
+// kill marks the connection dead, closes the socket (which ends the read loop
+// and any blocked write) and forgets its pings.
+func (c *Conn) kill(err error) {
+	c.once.Do(func() {
+		c.deadErr = err
+		close(c.dead)
+		_ = c.nc.Close()
+		c.pmu.Lock()
+		c.pingsClosed = true
+		for _, o := range c.outstanding {
+			c.pool.forget(o.id)
+		}
+		c.outstanding = nil
+		c.pmu.Unlock()
+	})
+}
+
+// failWrite turns a write error into the connection's death.
+func (c *Conn) failWrite(err error) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		c.pool.m.writeStalls.Inc()
+		err = fmt.Errorf("write made no progress for %s: %w", c.pool.opt.PingTimeout, err)
+	}
+	c.kill(err)
+	return c.lost()
+}
+
+// Write buffers pre-rendered stanzas. p must hold whole stanzas: other
+// writers interleave between calls. A write that cannot make progress for
+// the ping timeout (ejabberd stopped reading) kills the connection.
+func (c *Conn) Write(p []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.isDead() {
+		return c.lost()
+	}
+	_ = c.wc.SetWriteDeadline(time.Now().Add(c.pool.opt.PingTimeout))
+	if _, err := c.bw.Write(p); err != nil {
+		return c.failWrite(err)
+	}
+	return nil
+}
+
+// Flush sends what is buffered.
+func (c *Conn) Flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.isDead() {
+		return c.lost()
+	}
+	_ = c.wc.SetWriteDeadline(time.Now().Add(c.pool.opt.PingTimeout))
+	if err := c.bw.Flush(); err != nil {
+		return c.failWrite(err)
+	}
+	return nil
+}
+
+// Fence returns nil once ejabberd has processed everything written on this
+// connection before the call: it sends an XEP-0199 ping and waits for its
+// result, which may arrive on any connection of the pool. A connection that
+// dies first returns an error wrapping ErrLost.
+func (c *Conn) Fence(ctx context.Context) error {
+	seq, err := c.sendPing()
+	if err != nil {
+		return err
+	}
+	if err := c.await(ctx, seq); err != nil {
+		return err
+	}
+	c.pool.m.fences.Inc()
+	return nil
+}
+
+// sendPing writes and flushes a ping; its result confirms sequence number seq.
+func (c *Conn) sendPing() (seq uint64, err error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.isDead() {
+		return 0, c.lost()
+	}
+	c.pmu.Lock()
+	if c.pingsClosed {
+		c.pmu.Unlock()
+		return 0, c.lost()
+	}
+	c.sent++
+	seq = c.sent
+	id := c.pool.remember(c, seq)
+	c.outstanding = append(c.outstanding, outPing{id: id, seq: seq})
+	c.pmu.Unlock()
+
+	c.scratch = c.pool.appendPing(c.scratch[:0], id)
+	_ = c.wc.SetWriteDeadline(time.Now().Add(c.pool.opt.PingTimeout))
+	if _, err := c.bw.Write(c.scratch); err != nil {
+		return 0, c.failWrite(err)
+	}
+	if err := c.bw.Flush(); err != nil {
+		return 0, c.failWrite(err)
+	}
+	c.pool.m.pings.Inc()
+	return seq, nil
+}
+
+// await waits until ping seq (or a later one) is answered.
+func (c *Conn) await(ctx context.Context, seq uint64) error {
+	deadline := time.NewTimer(c.pool.opt.PingTimeout)
+	defer deadline.Stop()
+	retransmit := time.NewTimer(c.pool.retransmit)
+	defer retransmit.Stop()
+	for {
+		c.pmu.Lock()
+		ok := c.confirmed >= seq
+		ch := c.confirmCh
+		c.pmu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-c.dead:
+			c.pmu.Lock()
+			ok := c.confirmed >= seq
+			c.pmu.Unlock()
+			if ok {
+				return nil
+			}
+			return c.lost()
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-retransmit.C:
+			// The result may have been routed to another process that shares the
+			// component domain; ejabberd answers in order, so any later result
+			// confirms this ping too.
+			if _, err := c.sendPing(); err != nil {
+				return err
+			}
+			retransmit.Reset(c.pool.retransmit)
+		case <-deadline.C:
+			c.pool.m.pingTimeouts.Inc()
+			c.kill(errPingTimeout)
+			return c.lost()
+		}
+	}
+}
+
+// confirm records that ping seq was answered: every earlier one is answered too.
+func (c *Conn) confirm(seq uint64) {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	if seq > c.confirmed {
+		c.confirmed = seq
+		close(c.confirmCh)
+		c.confirmCh = make(chan struct{})
+	}
+	i := 0
+	for i < len(c.outstanding) && c.outstanding[i].seq <= c.confirmed {
+		c.pool.forget(c.outstanding[i].id)
+		i++
+	}
+	c.outstanding = append(c.outstanding[:0], c.outstanding[i:]...)
+}
+
+// serve runs the connection until it dies or ctx ends: the read loop, the
+// keepalive and the answers to IQ requests.
+func (c *Conn) serve(ctx context.Context) error {
+	var wg sync.WaitGroup
+	readErr := make(chan error, 1)
+	wg.Go(func() { readErr <- c.readLoop() })
+	kaDone := make(chan struct{}, 1)
+	keepalive := false
+	ticker := time.NewTicker(c.pool.opt.PingInterval)
+	defer ticker.Stop()
+	var result error
+loop:
+	for {
+		select {
+		case err := <-readErr:
+			c.kill(fmt.Errorf("read: %w", err))
+			result = c.deadErr
+			break loop
+		case <-c.dead:
+			result = c.deadErr
+			break loop
+		case <-ctx.Done():
+			c.closeStream()
+			c.kill(errClosing)
+			break loop
+		case <-ticker.C:
+			if !keepalive {
+				keepalive = true
+				wg.Go(func() {
+					// A failure kills the connection, which this loop sees on c.dead.
+					if seq, err := c.sendPing(); err == nil {
+						_ = c.await(ctx, seq)
+					}
+					kaDone <- struct{}{}
+				})
+			}
+		case <-kaDone:
+			keepalive = false
+		case in := <-c.replies:
+			c.reply(in)
+		}
+	}
+	wg.Wait()
+	return result
+}
+
+// closeStream ends our stream politely, without waiting longer than a second.
+func (c *Conn) closeStream() {
+	_ = c.wc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.isDead() {
+		return
+	}
+	_, _ = c.bw.WriteString("</stream:stream>")
+	_ = c.bw.Flush()
+}
+
+func (c *Conn) readLoop() error {
+	tr := c.sess.TokenReader()
+	defer tr.Close()
+	for {
+		tok, err := tr.Token()
+		if err != nil {
+			return err
+		}
+		start, ok := tok.(xml.StartElement)
+		if !ok {
+			continue // whitespace between stanzas
+		}
+		in, err := readElement(tr, start)
+		if err != nil {
+			return err
+		}
+		c.pool.dispatch(c, in)
+	}
+}
+
+// reply answers an IQ request addressed to the component: pings get a result,
+// anything else service-unavailable (RFC 6120 §8.2.3: every get/set is answered).
+func (c *Conn) reply(in inbound) {
+	if in.from == "" || in.id == "" {
+		return
+	}
+	to := in.to
+	if to == "" {
+		to = c.pool.opt.JID
+	}
+	if to == "" {
+		return
+	}
+	b := make([]byte, 0, 256)
+	if in.ping {
+		b = append(b, "<iq type='result' id='"...)
+	} else {
+		b = append(b, "<iq type='error' id='"...)
+	}
+	b = stanza.AppendEscaped(b, in.id)
+	b = append(b, "' to='"...)
+	b = stanza.AppendEscaped(b, in.from)
+	b = append(b, "' from='"...)
+	b = stanza.AppendEscaped(b, to)
+	if in.ping {
+		b = append(b, "'/>"...)
+	} else {
+		b = append(b, "'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"...)
+	}
+	if c.Write(b) == nil && c.Flush() == nil {
+		c.pool.m.replies.Inc()
+	}
+}

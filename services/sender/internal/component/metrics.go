@@ -1,0 +1,53 @@
+package component
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the connection-level counters of one node's pool.
+type Metrics struct {
+	up             prometheus.Gauge
+	reconnects     prometheus.Counter
+	dialFailures   prometheus.Counter
+	pings          prometheus.Counter
+	fences         prometheus.Counter
+	pingTimeouts   prometheus.Counter
+	inboundErrors  *prometheus.CounterVec
+	unknownResults prometheus.Counter
+	ignored        prometheus.Counter
+	replies        prometheus.Counter
+	repliesDropped prometheus.Counter
+	writeStalls    prometheus.Counter
+}
+
+// NewMetrics registers the pool's metrics for node on reg.
+func NewMetrics(reg prometheus.Registerer, node string) *Metrics {
+	l := prometheus.Labels{"node": node}
+	c := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "announcer", Subsystem: "sender", Name: name, Help: help, ConstLabels: l,
+		})
+	}
+	m := &Metrics{
+		up: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "announcer", Subsystem: "sender", Name: "connections_up",
+			Help: "Component connections to the node whose handshake succeeded and that are alive.", ConstLabels: l,
+		}),
+		reconnects:     c("reconnects_total", "Connections lost and replaced (or attempted to be)."),
+		dialFailures:   c("connect_failures_total", "Dials or handshakes that failed (including handshake timeouts)."),
+		pings:          c("pings_sent_total", "XEP-0199 pings written (fences, retransmits and keepalives)."),
+		fences:         c("fences_total", "Fences confirmed: a ping result proved ejabberd processed everything before it."),
+		pingTimeouts:   c("ping_timeouts_total", "Connections declared dead because no ping was answered in time."),
+		unknownResults: c("unknown_results_total", "IQ results with an id this process did not send (e.g. another replica's ping)."),
+		ignored:        c("inbound_ignored_total", "Inbound stanzas that needed no action (messages or presence to the component)."),
+		replies:        c("iq_replies_total", "Answers to IQ requests addressed to the component."),
+		repliesDropped: c("iq_replies_dropped_total", "IQ requests left unanswered because the reply queue was full."),
+		writeStalls:    c("write_stalls_total", "Connections declared dead because a write made no progress in time."),
+		inboundErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "announcer", Subsystem: "sender", Name: "inbound_errors_total",
+			Help:        "Error stanzas ejabberd sent back, by stanza kind and RFC 6120 condition.",
+			ConstLabels: l,
+		}, []string{"kind", "condition"}),
+	}
+	reg.MustRegister(m.up, m.reconnects, m.dialFailures, m.pings, m.fences, m.pingTimeouts,
+		m.inboundErrors, m.unknownResults, m.ignored, m.replies, m.repliesDropped, m.writeStalls)
+	return m
+}

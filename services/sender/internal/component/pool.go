@@ -1,0 +1,376 @@
+// Package component keeps a node's XEP-0114 component connections to ejabberd
+// up: dial, handshake (mellium), a read loop per connection, buffered writes
+// of pre-rendered stanzas, ping fences correlated across the node's
+// connections, keepalive, and reconnection with backoff — forever. The same
+// machinery drives c2s client sessions when Options.Handshake is
+// ClientHandshake ([sender] mode = "client").
+package component
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/component"
+	"mellium.im/xmpp/jid"
+
+	"github.com/announcer/announcer/pkg/stanza"
+
+	"github.com/announcer/announcer/services/sender/internal/backoff"
+)
+
+// ErrClosed is returned by Acquire once the pool has stopped.
+var ErrClosed = errors.New("component: pool closed")
+
+// Options configure the connections to one ejabberd node.
+type Options struct {
+	Node         string // node name, for logs
+	Addr         string // host:port of the node's component listener
+	JID          string // the component's JID: handshake address and `from` of pings
+	Secret       string
+	ServerDomain string // the node's XMPP domain: `to` of pings
+	Conns        int    // connections to keep up
+
+	PingInterval     time.Duration // keepalive period
+	PingTimeout      time.Duration // an unanswered ping or a stalled write after this kills the connection
+	HandshakeTimeout time.Duration // dial + handshake
+	ReconnectMin     time.Duration
+	ReconnectMax     time.Duration
+	WriteBufferBytes int
+
+	// Dial replaces net.Dialer (tests route through proxies).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Handshake opens the XMPP session on a new connection of slot; nil means
+	// the XEP-0114 handshake as JID with Secret. ClientHandshake gives c2s.
+	Handshake func(ctx context.Context, nc net.Conn, slot int) (*xmpp.Session, error)
+}
+
+func (o *Options) defaults() error {
+	if o.Addr == "" || o.ServerDomain == "" {
+		return errors.New("component: Addr and ServerDomain are required")
+	}
+	if o.Handshake == nil && o.JID == "" {
+		return errors.New("component: JID is required for the component handshake")
+	}
+	if o.Conns < 1 {
+		o.Conns = 1
+	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = 30 * time.Second
+	}
+	if o.PingTimeout <= 0 {
+		o.PingTimeout = 30 * time.Second
+	}
+	if o.HandshakeTimeout <= 0 {
+		o.HandshakeTimeout = 10 * time.Second
+	}
+	if o.ReconnectMin <= 0 {
+		o.ReconnectMin = 100 * time.Millisecond
+	}
+	if o.ReconnectMax < o.ReconnectMin {
+		o.ReconnectMax = max(o.ReconnectMin, 30*time.Second)
+	}
+	if o.WriteBufferBytes < 4096 {
+		o.WriteBufferBytes = 64 << 10
+	}
+	if o.Dial == nil {
+		var d net.Dialer
+		o.Dial = d.DialContext
+	}
+	return nil
+}
+
+type pingRef struct {
+	c   *Conn
+	seq uint64
+}
+
+// Pool holds a node's connections.
+type Pool struct {
+	opt        Options
+	log        zerolog.Logger
+	m          *Metrics
+	addr       jid.JID
+	retransmit time.Duration
+
+	pingHead, pingTail []byte // a ping stanza is head + id + tail
+	idPrefix           string
+	nextID             atomic.Uint64
+
+	crossResults atomic.Int64 // ping results that arrived on another connection (tests)
+
+	regMu sync.Mutex
+	pings map[string]pingRef // every unanswered ping of every live connection
+
+	mu      sync.Mutex
+	conns   []*Conn // live connection per slot, nil while down
+	changed chan struct{}
+	rr      int
+	done    chan struct{}
+}
+
+// NewPool checks the options; Run brings the connections up.
+func NewPool(opt Options, log zerolog.Logger, m *Metrics) (*Pool, error) {
+	if err := opt.defaults(); err != nil {
+		return nil, err
+	}
+	var addr jid.JID
+	if opt.Handshake == nil {
+		var err error
+		if addr, err = jid.Parse(opt.JID); err != nil {
+			return nil, fmt.Errorf("component: JID %q: %w", opt.JID, err)
+		}
+	}
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	p := &Pool{
+		opt:  opt,
+		log:  log.With().Str("component", "component").Str("node", opt.Node).Logger(),
+		m:    m,
+		addr: addr,
+		// ejabberd spreads results over every connection of the domain — with the
+		// listener's default global_routes, over every connection of every domain of
+		// that listener — so with other processes connected a result may never come
+		// back to us. Pings are cheap: ask again often (any later answer confirms the
+		// earlier pings too); with k connections elsewhere each try succeeds with
+		// probability 1/(k+1), and a timeout allows dozens of tries.
+		retransmit: min(max(opt.PingTimeout/50, 20*time.Millisecond), 250*time.Millisecond),
+		// A per-process prefix keeps other replicas' ids from matching ours.
+		idPrefix: "a" + hex.EncodeToString(rnd[:]) + "-",
+		pings:    make(map[string]pingRef),
+		conns:    make([]*Conn, opt.Conns),
+		changed:  make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	p.pingHead = []byte("<iq type='get' id='")
+	tail := append([]byte("' to='"), stanza.AppendEscaped(nil, opt.ServerDomain)...)
+	if opt.JID != "" { // a c2s session's from is filled in by the server
+		tail = append(tail, "' from='"...)
+		tail = stanza.AppendEscaped(tail, opt.JID)
+	}
+	p.pingTail = append(tail, "'><ping xmlns='urn:xmpp:ping'/></iq>"...)
+	return p, nil
+}
+
+func (p *Pool) appendPing(dst []byte, id string) []byte {
+	dst = append(dst, p.pingHead...)
+	dst = append(dst, id...)
+	return append(dst, p.pingTail...)
+}
+
+func (p *Pool) remember(c *Conn, seq uint64) string {
+	id := p.idPrefix + strconv.FormatUint(p.nextID.Add(1), 36)
+	p.regMu.Lock()
+	p.pings[id] = pingRef{c: c, seq: seq}
+	p.regMu.Unlock()
+	return id
+}
+
+func (p *Pool) forget(id string) {
+	p.regMu.Lock()
+	delete(p.pings, id)
+	p.regMu.Unlock()
+}
+
+func (p *Pool) take(id string) (pingRef, bool) {
+	p.regMu.Lock()
+	defer p.regMu.Unlock()
+	ref, ok := p.pings[id]
+	if ok {
+		delete(p.pings, id)
+	}
+	return ref, ok
+}
+
+// dispatch acts on one inbound element of connection c. Ping results are
+// looked up across the whole pool: ejabberd routes a result to any
+// connection of the component domain.
+func (p *Pool) dispatch(c *Conn, in inbound) {
+	switch in.name {
+	case "iq":
+		switch in.typ {
+		case "result", "error":
+			if in.typ == "error" {
+				p.m.inboundErrors.WithLabelValues("iq", conditionLabel(in.condition)).Inc()
+			}
+			if ref, ok := p.take(in.id); ok {
+				// Even an error answer proves the ping, and all before it, was processed.
+				if ref.c != c {
+					p.crossResults.Add(1)
+				}
+				ref.c.confirm(ref.seq)
+				return
+			}
+			if in.typ == "result" {
+				p.m.unknownResults.Inc()
+			}
+		case "get", "set":
+			select {
+			case c.replies <- in:
+			default:
+				p.m.repliesDropped.Inc()
+			}
+		default:
+			p.m.ignored.Inc()
+		}
+	default:
+		if in.typ == "error" {
+			p.m.inboundErrors.WithLabelValues(kindLabel(in.name), conditionLabel(in.condition)).Inc()
+			return
+		}
+		p.m.ignored.Inc()
+	}
+}
+
+// Run keeps Conns connections up until ctx ends, then closes them.
+func (p *Pool) Run(ctx context.Context) error {
+	defer close(p.done)
+	var wg sync.WaitGroup
+	for slot := range p.opt.Conns {
+		wg.Go(func() { p.keep(ctx, slot) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// stableAfter is how long a connection must live before its loss no longer
+// counts as a failed attempt (a server that accepts and then drops must not
+// make us spin).
+const stableAfter = 10 * time.Second
+
+func (p *Pool) keep(ctx context.Context, slot int) {
+	policy := backoff.Policy{Min: p.opt.ReconnectMin, Max: p.opt.ReconnectMax}
+	log := p.log.With().Int("slot", slot).Logger()
+	attempt := 0
+	for ctx.Err() == nil {
+		c, err := p.connect(ctx, slot)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			p.m.dialFailures.Inc()
+			d := policy.Delay(attempt)
+			attempt++
+			log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", d).Msg("connect failed")
+			_ = backoff.Sleep(ctx, d)
+			continue
+		}
+		since := time.Now()
+		p.setLive(slot, c)
+		log.Info().Str("addr", p.opt.Addr).Msg("component connection up")
+		err = c.serve(ctx)
+		p.setLive(slot, nil)
+		if ctx.Err() != nil {
+			return
+		}
+		p.m.reconnects.Inc()
+		if time.Since(since) > stableAfter {
+			attempt = 0
+		}
+		d := policy.Delay(attempt)
+		attempt++
+		log.Warn().Err(err).Dur("retry_in", d).Msg("component connection lost")
+		_ = backoff.Sleep(ctx, d)
+	}
+}
+
+// connect dials and performs the handshake, both bounded by HandshakeTimeout:
+// a server that accepts TCP and never answers cannot wedge the slot.
+func (p *Pool) connect(ctx context.Context, slot int) (*Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, p.opt.HandshakeTimeout)
+	defer cancel()
+	nc, err := p.opt.Dial(dctx, "tcp", p.opt.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", p.opt.Addr, err)
+	}
+	// The deadline lives on the socket rather than in mellium's context
+	// watcher, which may still fire after the handshake returned.
+	_ = nc.SetDeadline(time.Now().Add(p.opt.HandshakeTimeout))
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	var sess *xmpp.Session
+	if p.opt.Handshake != nil {
+		sess, err = p.opt.Handshake(context.Background(), nc, slot)
+	} else {
+		sess, err = component.NewSession(context.Background(), p.addr, []byte(p.opt.Secret), nc)
+	}
+	if !stop() {
+		_ = nc.Close()
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		_ = nc.Close()
+		return nil, fmt.Errorf("handshake with %s: %w", p.opt.Addr, err)
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return newConn(p, slot, nc, sess), nil
+}
+
+func (p *Pool) setLive(slot int, c *Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.conns[slot] = c
+	up := 0
+	for _, c := range p.conns {
+		if c != nil {
+			up++
+		}
+	}
+	p.m.up.Set(float64(up))
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// Up counts the live connections.
+func (p *Pool) Up() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, c := range p.conns {
+		if c != nil && !c.isDead() {
+			n++
+		}
+	}
+	return n
+}
+
+// Acquire returns the live connection with the fewest users, waiting for one
+// to come up. Call Release on it when done.
+func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	for {
+		p.mu.Lock()
+		var best *Conn
+		n := len(p.conns)
+		for i := range n {
+			c := p.conns[(p.rr+i)%n]
+			if c == nil || c.isDead() {
+				continue
+			}
+			if best == nil || c.users.Load() < best.users.Load() {
+				best = c
+			}
+		}
+		p.rr++
+		ch := p.changed
+		p.mu.Unlock()
+		if best != nil {
+			best.users.Add(1)
+			return best, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-p.done:
+			return nil, ErrClosed
+		}
+	}
+}

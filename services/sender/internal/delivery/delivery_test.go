@@ -1,0 +1,300 @@
+package delivery
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/announcer/announcer/pkg/announcement"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeLink records what the use case does with a connection.
+type fakeLink struct {
+	slot     int
+	mu       sync.Mutex
+	written  bytes.Buffer
+	ops      []string
+	fenceErr error
+	writeErr error
+	released bool
+}
+
+func (l *fakeLink) Slot() int { return l.slot }
+
+func (l *fakeLink) Write(p []byte) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ops = append(l.ops, "write")
+	if l.writeErr != nil {
+		return l.writeErr
+	}
+	l.written.Write(p)
+	return nil
+}
+
+func (l *fakeLink) Flush() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ops = append(l.ops, "flush")
+	return nil
+}
+
+func (l *fakeLink) Fence(context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ops = append(l.ops, "fence")
+	return l.fenceErr
+}
+
+func (l *fakeLink) Release() { l.released = true }
+
+// fakeLinks hands out the given links in order, then blocks until ctx ends.
+type fakeLinks struct {
+	mu    sync.Mutex
+	links []*fakeLink
+	next  int
+}
+
+func (f *fakeLinks) Acquire(ctx context.Context) (Link, error) {
+	f.mu.Lock()
+	if f.next < len(f.links) {
+		l := f.links[f.next]
+		f.next++
+		f.mu.Unlock()
+		return l, nil
+	}
+	f.mu.Unlock()
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+type lostErr struct{ rejected bool }
+
+func (e lostErr) Error() string  { return fmt.Sprintf("lost (rejected=%v)", e.rejected) }
+func (e lostErr) Rejected() bool { return e.rejected }
+
+const tmpl = "<message to='%s' from='announcer.localhost' type='chat'><body>n=[inc_id]</body></message>"
+
+func newSender(t *testing.T, links Links, opt Options) (*Sender, *Metrics) {
+	t.Helper()
+	if opt.UserDomain == "" {
+		opt.UserDomain = "localhost"
+	}
+	if opt.ComponentDomain == "" {
+		opt.ComponentDomain = "announcer.localhost"
+	}
+	opt.RetryMin, opt.RetryMax = time.Millisecond, 2*time.Millisecond
+	m := NewMetrics(prometheus.NewRegistry(), "test")
+	return New(opt, links, zerolog.Nop(), m), m
+}
+
+func batch(recipients ...string) *announcement.Batch {
+	return &announcement.Batch{AnnouncementID: "a1", Template: tmpl, FirstIncID: 10, Recipients: recipients}
+}
+
+func stanzaFor(jid string, inc int) string {
+	return fmt.Sprintf("<message to='%s' from='announcer.localhost' type='chat'><body>n=%d</body></message>", jid, inc)
+}
+
+func TestDeliverRendersEachValidRecipient(t *testing.T) {
+	l := &fakeLink{}
+	s, m := newSender(t, &fakeLinks{links: []*fakeLink{l}}, Options{})
+	err := s.Deliver(context.Background(), batch("alice", "bob@example.org/phone", "bad user", "carol"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := stanzaFor("alice@localhost", 10) + stanzaFor("bob@example.org/phone", 11) + stanzaFor("carol@localhost", 13)
+	if got := l.written.String(); got != want {
+		t.Fatalf("rendered:\n%s\nwant:\n%s", got, want)
+	}
+	if strings.Contains(l.written.String(), "bad user") {
+		t.Fatal("an invalid username was sent")
+	}
+	if got := l.ops[len(l.ops)-1]; got != "fence" {
+		t.Fatalf("last operation %q, want fence", got)
+	}
+	if !l.released {
+		t.Fatal("link not released")
+	}
+	if got := testutil.ToFloat64(m.invalid); got != 1 {
+		t.Fatalf("invalid_recipients_total = %v", got)
+	}
+	if got := testutil.ToFloat64(m.batches.WithLabelValues("delivered")); got != 1 {
+		t.Fatalf("delivered = %v", got)
+	}
+}
+
+func TestDeliverResendsWholeBatchOnLostLink(t *testing.T) {
+	first := &fakeLink{fenceErr: lostErr{}}
+	second := &fakeLink{slot: 1}
+	s, m := newSender(t, &fakeLinks{links: []*fakeLink{first, second}}, Options{Conns: 2})
+	b := batch("u1", "u2", "u3")
+	if err := s.Deliver(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	want := stanzaFor("u1@localhost", 10) + stanzaFor("u2@localhost", 11) + stanzaFor("u3@localhost", 12)
+	if got := second.written.String(); got != want {
+		t.Fatalf("resent:\n%s\nwant:\n%s", got, want)
+	}
+	if got := testutil.ToFloat64(m.resends); got != 1 {
+		t.Fatalf("resends_total = %v, want 1", got)
+	}
+	if !first.released || !second.released {
+		t.Fatal("links not released")
+	}
+}
+
+func TestDeliverWriteFailureResends(t *testing.T) {
+	first := &fakeLink{writeErr: lostErr{}}
+	second := &fakeLink{}
+	s, _ := newSender(t, &fakeLinks{links: []*fakeLink{first, second}}, Options{})
+	if err := s.Deliver(context.Background(), batch("u1")); err != nil {
+		t.Fatal(err)
+	}
+	if second.written.Len() == 0 {
+		t.Fatal("not resent after a write failure")
+	}
+}
+
+// A batch that makes ejabberd close the stream every time is dead-lettered
+// after the configured number of rejections instead of killing connections forever.
+func TestDeliverPoisonBatch(t *testing.T) {
+	var links []*fakeLink
+	for range 10 {
+		links = append(links, &fakeLink{fenceErr: lostErr{rejected: true}})
+	}
+	fl := &fakeLinks{links: links}
+	s, m := newSender(t, fl, Options{Rejections: 2})
+	err := s.Deliver(context.Background(), batch("u1"))
+	var bad *BadBatchError
+	if !errors.As(err, &bad) {
+		t.Fatalf("got %v, want a BadBatchError", err)
+	}
+	if fl.next != 3 {
+		t.Fatalf("%d attempts, want 3 (1 + 2 rejections tolerated)", fl.next)
+	}
+	if got := testutil.ToFloat64(m.batches.WithLabelValues("poison")); got != 1 {
+		t.Fatalf("poison = %v", got)
+	}
+}
+
+// Plain connection losses (ejabberd restarting) never give up.
+func TestDeliverNetworkLossesNeverGiveUp(t *testing.T) {
+	var links []*fakeLink
+	for range 8 {
+		links = append(links, &fakeLink{fenceErr: lostErr{}})
+	}
+	links = append(links, &fakeLink{})
+	s, m := newSender(t, &fakeLinks{links: links}, Options{Rejections: 1})
+	if err := s.Deliver(context.Background(), batch("u1")); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(m.resends); got != 8 {
+		t.Fatalf("resends = %v, want 8", got)
+	}
+}
+
+func TestDeliverBadTemplate(t *testing.T) {
+	for _, tpl := range []string{
+		"<message to='%s'><body>x</body></message>",                     // no from: ejabberd would close the stream
+		"<message to='%s' from='evil.example'><body>x</body></message>", // from outside the component domain
+		"<message to='%s' from='announcer.localhost'><body>x</body>",    // not well-formed
+	} {
+		fl := &fakeLinks{links: []*fakeLink{{}}}
+		s, _ := newSender(t, fl, Options{})
+		b := batch("u1")
+		b.Template = tpl
+		var bad *BadBatchError
+		if err := s.Deliver(context.Background(), b); !errors.As(err, &bad) {
+			t.Fatalf("%s: got %v, want a BadBatchError", tpl, err)
+		}
+		if fl.next != 0 {
+			t.Fatalf("%s: a connection was used for a bad template", tpl)
+		}
+	}
+}
+
+func TestDeliverAllInvalidSendsNothing(t *testing.T) {
+	fl := &fakeLinks{links: []*fakeLink{{}}}
+	s, m := newSender(t, fl, Options{})
+	if err := s.Deliver(context.Background(), batch("bad user", "")); err != nil {
+		t.Fatal(err)
+	}
+	if fl.next != 0 {
+		t.Fatal("a connection was used for an empty batch")
+	}
+	if got := testutil.ToFloat64(m.invalid); got != 2 {
+		t.Fatalf("invalid = %v", got)
+	}
+}
+
+func TestDeliverHonoursContext(t *testing.T) {
+	s, _ := newSender(t, &fakeLinks{}, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := s.Deliver(ctx, batch("u1")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// While paced, buffered stanzas are flushed before each wait, so the rate
+// shows on the wire rather than in bursts of a full buffer.
+func TestRateLimitFlushesBeforeWaiting(t *testing.T) {
+	l := &fakeLink{}
+	s, m := newSender(t, &fakeLinks{links: []*fakeLink{l}}, Options{RatePerConn: 400})
+	users := make([]string, 60) // chunk 20: 1 chunk from the burst, 2 paced
+	for i := range users {
+		users[i] = fmt.Sprintf("u%d", i)
+	}
+	start := time.Now()
+	if err := s.Deliver(context.Background(), batch(users...)); err != nil {
+		t.Fatal(err)
+	}
+	if elapsed := time.Since(start); elapsed < 80*time.Millisecond {
+		t.Fatalf("60 stanzas at 400/s with a burst of 20 took %s, want >= 100ms", elapsed)
+	}
+	if got := strings.Join(l.ops, ","); got != "write,flush,write,flush,write,fence" {
+		t.Fatalf("operations %s", got)
+	}
+	if testutil.ToFloat64(m.rateWait) <= 0 {
+		t.Fatal("rate-limit wait not counted")
+	}
+}
+
+func TestChunkFor(t *testing.T) {
+	for _, tt := range []struct{ rate, want int }{{0, 64}, {1, 1}, {10, 1}, {200, 10}, {1000, 50}, {100000, 64}} {
+		if got := chunkFor(tt.rate); got != tt.want {
+			t.Errorf("chunkFor(%d) = %d, want %d", tt.rate, got, tt.want)
+		}
+	}
+}
+
+func TestCheckClientFrom(t *testing.T) {
+	for _, tt := range []struct {
+		tpl string
+		ok  bool
+	}{
+		{"<message to='%s'><body/></message>", true},
+		{"<message to='%s' from='Bot@Example.org/x'><body/></message>", true},
+		{"<message to='%s' from='bot@example.org'/>", true},
+		{"<message to='%s' from='other@example.org'/>", false},
+		{"<message to='%s' from='example.org'/>", false},
+	} {
+		err := checkClientFrom([]byte(tt.tpl), "bot@example.org")
+		if (err == nil) != tt.ok {
+			t.Errorf("%s: %v", tt.tpl, err)
+		}
+	}
+}

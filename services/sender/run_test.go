@@ -1,0 +1,318 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"flag"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/goleak"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/config"
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/stacktest"
+
+	"github.com/announcer/announcer/services/sender/internal/component"
+	"github.com/announcer/announcer/services/sender/internal/testuser"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
+		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
+	)
+}
+
+func testConfig(t *testing.T, env stacktest.Env) config.Config {
+	t.Helper()
+	p := stacktest.Name("snd")
+	cfg := config.Default()
+	cfg.DebugPort = "127.0.0.1:0"
+	cfg.Log.Level = "warning"
+	cfg.Bus.Brokers = strings.Join(env.KafkaBrokers, ",")
+	cfg.Bus.DeliveriesPrefix = p + "_deliveries."
+	cfg.Bus.DeadLetterTopic = p + "_dlq"
+	cfg.Bus.Partitions = 2
+	cfg.Nodes = []config.Node{{Name: "node1", Address: env.ComponentAddr}}
+	cfg.Component.Name = testuser.ComponentDomain(env, 3)
+	cfg.Component.Secret = config.Secret(env.ComponentSecret)
+	cfg.Component.Domain = env.XMPPDomain
+	cfg.Component.PingInterval = 5
+	cfg.Ejabberd.EachNodeConnNum = 2
+	cfg.Ejabberd.RateLimit = 5000
+	cfg.Sender.Node = "node1"
+	cfg.Sender.GroupPrefix = p + "_sender_"
+	cfg.Sender.FenceTimeout = config.Duration(5 * time.Second)
+	if err := cfg.Validate(config.RoleSender); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c := &kafka.Client{Addr: kafka.TCP(env.KafkaBrokers...), Timeout: 10 * time.Second}
+		_, _ = c.DeleteTopics(context.Background(), &kafka.DeleteTopicsRequest{
+			Topics: []string{cfg.DeliveriesTopic("node1"), cfg.Bus.DeadLetterTopic},
+		})
+	})
+	return cfg
+}
+
+func produce(t *testing.T, brokers []string, topic string, values ...[]byte) {
+	t.Helper()
+	w := kafkabus.NewWriter(brokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
+	// A transport of its own: the shared default one may hold metadata from
+	// before the topic existed.
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	w.Transport = tr
+	defer w.Close()
+	msgs := make([]kafka.Message, len(values))
+	for i, v := range values {
+		msgs[i] = kafka.Message{Topic: topic, Key: []byte{byte(i)}, Value: v}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// The whole sender against the real Kafka and ejabberd: batches from the
+// node's deliveries topic reach a logged-in user, bad input is dead-lettered,
+// every offset ends committed, readiness and metrics tell the truth, and
+// shutdown is clean.
+func TestSenderEndToEnd(t *testing.T) {
+	env := stacktest.Get(t)
+	cfg := testConfig(t, env)
+	user := testuser.Login(t, env, "snd_e2e")
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := build(ctx, log, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	errc := make(chan error, 1)
+	go func() { errc <- s.run(ctx) }()
+
+	base := "http://" + s.dbg.Addr()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := get(t, base+"/readyz")
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready: %d %s", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	tmpl := "<message to='%s' from='" + cfg.Component.JID() + "' type='chat'><body>e2e [inc_id]</body></message>"
+	var values [][]byte
+	for i := range 3 {
+		b := announcement.Batch{AnnouncementID: "e2e", Seq: i, Node: "node1", Template: tmpl,
+			FirstIncID: uint64(10 * i), Recipients: []string{user.JID.String()}, CreatedAt: time.Now()}
+		v, err := b.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		values = append(values, v)
+	}
+	bad := announcement.Batch{AnnouncementID: "e2e", Seq: 9, Template: strings.Replace(tmpl, cfg.Component.JID(), "evil.example", 1),
+		Recipients: []string{user.JID.String()}}
+	badV, _ := bad.Encode()
+	values = append(values, []byte("{not json"), badV)
+	topic := cfg.DeliveriesTopic("node1")
+	produce(t, env.KafkaBrokers, topic, values...)
+
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	msgs, err := user.Wait(wctx, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bodies := map[string]bool{}
+	for _, m := range msgs {
+		bodies[strings.Join(m.Bodies, "|")] = true
+	}
+	for _, want := range []string{"e2e 0", "e2e 10", "e2e 20"} {
+		if !bodies[want] {
+			t.Errorf("no message with body %q in %v", want, bodies)
+		}
+	}
+
+	// Every offset committed, the bad ones after reaching the dead-letter topic.
+	kc := &kafka.Client{Addr: kafka.TCP(env.KafkaBrokers...), Timeout: 10 * time.Second}
+	group := cfg.Sender.GroupPrefix + "node1"
+	for {
+		resp, err := kc.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: {0, 1}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		total := int64(0)
+		for _, p := range resp.Topics[topic] {
+			total += max(p.CommittedOffset, 0)
+		}
+		if total == int64(len(values)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("committed %d of %d offsets", total, len(values))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	dlq := kafka.NewReader(kafka.ReaderConfig{Brokers: env.KafkaBrokers, GroupID: stacktest.Name("dlq"), Topic: cfg.Bus.DeadLetterTopic, MaxWait: 50 * time.Millisecond, StartOffset: kafka.FirstOffset})
+	defer dlq.Close()
+	reasons := map[string]bool{}
+	for len(reasons) < 2 {
+		m, err := dlq.FetchMessage(wctx)
+		if err != nil {
+			t.Fatalf("dead letters %v: %v", reasons, err)
+		}
+		for _, h := range m.Headers {
+			if h.Key == kafkabus.HeaderReason {
+				reasons[string(m.Value[:4])+": "+string(h.Value)] = true
+			}
+		}
+	}
+	t.Logf("dead letters: %v", reasons)
+
+	_, metrics := get(t, base+"/metrics")
+	for _, want := range []string{
+		`announcer_sender_connections_up{node="node1"} 2`,
+		`announcer_sender_stanzas_sent_total{node="node1"} 3`,
+		`announcer_sender_dead_letters_total{node="node1"} 2`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	cancel()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("sender did not stop")
+	}
+}
+
+// Client mode end to end: c2s sessions of a sending account deliver a batch;
+// a template whose from is another account is dead-lettered, not sent (ejabberd
+// would close the stream).
+func TestSenderClientModeEndToEnd(t *testing.T) {
+	env := stacktest.Get(t)
+	cfg := testConfig(t, env)
+	account := testuser.Register(t, env, "snd_acct")
+	user := testuser.Login(t, env, "snd_cli")
+	cfg.Sender.Mode = config.ModeClient
+	cfg.Nodes = []config.Node{{Name: "node1", Address: env.C2SAddr}}
+	cfg.Client = config.Client{Username: account, Password: config.Secret(account), Domain: env.XMPPDomain,
+		Resource: "announcer", PingInterval: 5}
+	if err := cfg.Validate(config.RoleSender); err != nil {
+		t.Fatal(err)
+	}
+	tweak := func(o *component.Options) {
+		// Loopback stack, self-signed certificate.
+		o.Handshake = component.ClientHandshake(account+"@"+env.XMPPDomain, account, "announcer", &tls.Config{InsecureSkipVerify: true}) //nolint:gosec
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := build(ctx, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), cfg, tweak)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	errc := make(chan error, 1)
+	go func() { errc <- s.run(ctx) }()
+
+	good := announcement.Batch{AnnouncementID: "cli", Node: "node1", Template: "<message to='%s' type='chat'><body>c2s [inc_id]</body></message>",
+		FirstIncID: 5, Recipients: []string{user.JID.String()}}
+	bad := good
+	bad.Seq = 1
+	bad.Template = "<message to='%s' from='someone-else@" + env.XMPPDomain + "' type='chat'><body>x</body></message>"
+	gv, _ := good.Encode()
+	bv, _ := bad.Encode()
+	produce(t, env.KafkaBrokers, cfg.DeliveriesTopic("node1"), gv, bv)
+
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	msgs, err := user.Wait(wctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := msgs[0]; len(m.Bodies) != 1 || m.Bodies[0] != "c2s 5" || !strings.HasPrefix(m.From, account+"@"+env.XMPPDomain+"/announcer-") {
+		t.Fatalf("received %+v", m)
+	}
+	base := "http://" + s.dbg.Addr()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, metrics := get(t, base+"/metrics")
+		if strings.Contains(metrics, `announcer_sender_dead_letters_total{node="node1"} 1`) &&
+			strings.Contains(metrics, `announcer_sender_connections_up{node="node1"} 2`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics:\n%s", metrics)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestClientAccount(t *testing.T) {
+	if got := clientAccount(config.Client{Username: "admin", Domain: "example.de"}); got != "admin@example.de" {
+		t.Fatal(got)
+	}
+	if got := clientAccount(config.Client{Username: "admin@other.example", Domain: "example.de"}); got != "admin@other.example" {
+		t.Fatal(got)
+	}
+}
+
+func TestFlags(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	apply := flags(fs)
+	if err := fs.Parse([]string{"-node", "n2", "-component-name", "announcer-r1.localhost"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Nodes = []config.Node{{Name: "n1"}, {Name: "n2"}}
+	apply(&cfg)
+	if cfg.Sender.Node != "n2" || cfg.Component.JID() != "announcer-r1.localhost" {
+		t.Fatalf("node %q, component %q", cfg.Sender.Node, cfg.Component.JID())
+	}
+
+	fs = flag.NewFlagSet("t", flag.ContinueOnError)
+	apply = flags(fs)
+	_ = fs.Parse(nil)
+	cfg = config.Default()
+	cfg.Nodes = []config.Node{{Name: "only"}}
+	apply(&cfg)
+	if cfg.Sender.Node != "only" {
+		t.Fatalf("single node not chosen: %q", cfg.Sender.Node)
+	}
+}
