@@ -11,6 +11,8 @@ import (
 	_ "github.com/go-sql-driver/mysql"
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp"
 	"mellium.im/xmpp/component"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/ping"
@@ -161,21 +163,24 @@ func TestComponentHandshakeAndPing(t *testing.T) {
 		t.Fatalf("ping answered with %+v (%v), want a result IQ", iq, err)
 	}
 
-	// Every spare component domain is accepted with the same secret.
+	// Every spare component domain is accepted with its own secret, and only with it.
 	if len(env.ComponentSpares) < 2 {
 		t.Fatalf("want spare component domains, got %v", env.ComponentSpares)
 	}
 	for _, d := range env.ComponentSpares {
-		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.ComponentAddr)
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.AddrFor(d))
 		if err != nil {
 			t.Fatal(err)
 		}
-		sp, err := component.NewSession(ctx, jid.MustParse(d), []byte(env.ComponentSecret), c)
+		sp, err := component.NewSession(ctx, jid.MustParse(d), []byte(env.SecretFor(d)), c)
 		if err != nil {
 			t.Fatalf("handshake as %s: %v", d, err)
 		}
 		_ = sp.Close()
 		_ = c.Close()
+		if env.SecretFor(d) == env.ComponentSecret {
+			t.Fatalf("spare %s shares the main secret: its connections would get the main domain's routes", d)
+		}
 	}
 
 	// A wrong secret must be refused: the listener really checks the handshake.
@@ -186,5 +191,58 @@ func TestComponentHandshakeAndPing(t *testing.T) {
 	defer bad.Close()
 	if _, err := component.NewSession(ctx, addr, []byte("wrong-secret"), bad); err == nil {
 		t.Fatal("handshake with a wrong secret succeeded")
+	}
+}
+
+// Spare component domains are isolated: results of pings sent as one never reach
+// another's connection (ejabberd would route them at random over shared routes).
+func TestSpareComponentsAreIsolated(t *testing.T) {
+	env := stacktest.Get(t)
+	if len(env.ComponentSpares) < 2 {
+		t.Fatalf("want spare component domains, got %v", env.ComponentSpares)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	open := func(domain string) *xmpp.Session {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.AddrFor(domain))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		s, err := component.NewSession(ctx, jid.MustParse(domain), []byte(env.SecretFor(domain)), c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	a, b := jid.MustParse(env.ComponentSpares[0]), env.ComponentSpares[1]
+	sa := open(a.String())
+	sb := open(b)
+	sb2 := open(b) // a second connection of b, to see that a's results stay on a
+	stray := make(chan string, 100)
+	for _, s := range []*xmpp.Session{sb, sb2} {
+		go func() {
+			_ = s.Serve(xmpp.HandlerFunc(func(_ xmlstream.TokenReadEncoder, start *xml.StartElement) error {
+				stray <- start.Name.Local
+				return nil
+			}))
+		}()
+	}
+	go func() { _ = sa.Serve(nil) }()
+	for i := 0; i < 20; i++ {
+		pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
+		req := ping.IQ{IQ: stanza.IQ{Type: stanza.GetIQ, To: jid.MustParse(env.XMPPDomain), From: a}}
+		resp, err := sa.SendIQ(pctx, req.TokenReader())
+		pcancel()
+		if err != nil {
+			t.Fatalf("ping %d from %s not answered on its own connection: %v (strays: %d)", i, a, err, len(stray))
+		}
+		_ = resp.Close()
+	}
+	select {
+	case el := <-stray:
+		t.Fatalf("a %s for %s reached %s's connection", el, a, b)
+	default:
 	}
 }

@@ -19,9 +19,11 @@ type Env struct {
 	ComponentAddr   string
 	ComponentDomain string
 	ComponentSecret string
-	// ComponentSpares are more component domains of the same listener and secret: one per
-	// sender replica, and for tests that must not share a domain with another process.
+	// ComponentSpares are more component domains of the same listener, each with its own
+	// secret (SecretFor): one per sender replica, and for tests that must not share a
+	// domain with another process.
 	ComponentSpares []string
+	spares          map[string]spare
 	XMPPDomain      string
 	EjabberdAPI     string
 	EjabberdCtl     string // full ejabberdctl command line of the stack's instance
@@ -39,10 +41,18 @@ func Get(t testing.TB) Env {
 		ComponentAddr:   os.Getenv("ANNOUNCER_XMPP_COMPONENT"),
 		ComponentDomain: os.Getenv("ANNOUNCER_COMPONENT_DOMAIN"),
 		ComponentSecret: os.Getenv("ANNOUNCER_COMPONENT_SECRET"),
-		ComponentSpares: split(os.Getenv("ANNOUNCER_COMPONENT_SPARES")),
+		spares:          map[string]spare{},
 		XMPPDomain:      os.Getenv("ANNOUNCER_XMPP_DOMAIN"),
 		EjabberdAPI:     os.Getenv("ANNOUNCER_EJABBERD_API"),
 		EjabberdCtl:     os.Getenv("ANNOUNCER_EJABBERDCTL"),
+	}
+	for _, pair := range split(os.Getenv("ANNOUNCER_COMPONENT_SPARES")) {
+		d, rest, ok1 := strings.Cut(pair, "=")
+		secret, addr, ok2 := strings.Cut(rest, "@")
+		if ok1 && ok2 {
+			e.ComponentSpares = append(e.ComponentSpares, d)
+			e.spares[d] = spare{secret: secret, addr: addr}
+		}
 	}
 	if len(e.KafkaBrokers) == 0 || e.MySQLDSN == "" || e.RedisAddr == "" || e.ComponentAddr == "" {
 		if os.Getenv("ANNOUNCER_REQUIRE_STACK") == "1" {
@@ -51,6 +61,25 @@ func Get(t testing.TB) Env {
 		t.Skip("integration test: no stack (run `make test`, or eval \"$(scripts/stack/stack.sh env)\")")
 	}
 	return e
+}
+
+type spare struct{ secret, addr string }
+
+// SecretFor returns the handshake secret of a component domain of the stack.
+func (e Env) SecretFor(domain string) string {
+	if s, ok := e.spares[domain]; ok {
+		return s.secret
+	}
+	return e.ComponentSecret
+}
+
+// AddrFor returns the listener of a component domain of the stack: every spare has its own,
+// since ejabberd routes all of a listener's domains to each of its connections.
+func (e Env) AddrFor(domain string) string {
+	if s, ok := e.spares[domain]; ok {
+		return s.addr
+	}
+	return e.ComponentAddr
 }
 
 // Name returns prefix plus a random suffix: a topic, group or database of this test alone.

@@ -131,7 +131,8 @@ cmd_env() {
   env_line ANNOUNCER_XMPP_COMPONENT "$STACK_HOST:$EJABBERD_COMPONENT_PORT"
   env_line ANNOUNCER_COMPONENT_DOMAIN "$COMPONENT_DOMAIN"
   env_line ANNOUNCER_COMPONENT_SECRET "$COMPONENT_SECRET"
-  env_line ANNOUNCER_COMPONENT_SPARES "$(printf 'announcer-r%s.localhost,' 1 2 3 4 5 6 7 8 | sed 's/,$//')"
+  # domain=secret@host:port, as in ejabberd/ejabberd.yml.in
+  env_line ANNOUNCER_COMPONENT_SPARES "$(for i in 1 2 3 4 5 6 7 8; do printf 'announcer-r%s.localhost=%s-r%s@%s:%s,' "$i" "$COMPONENT_SECRET" "$i" "$STACK_HOST" "$((8890 + i))"; done | sed 's/,$//')"
   env_line ANNOUNCER_XMPP_DOMAIN "$XMPP_DOMAIN"
   env_line ANNOUNCER_EJABBERD_API "$(ejabberd_api_url)"
   env_line ANNOUNCER_EJABBERDCTL "$(ejabberd_ctl_line)"

@@ -40,9 +40,9 @@ func testConfig(t *testing.T, env stacktest.Env) config.Config {
 	cfg.Bus.DeliveriesPrefix = p + "_deliveries."
 	cfg.Bus.DeadLetterTopic = p + "_dlq"
 	cfg.Bus.Partitions = 2
-	cfg.Nodes = []config.Node{{Name: "node1", Address: env.ComponentAddr}}
 	cfg.Component.Name = testuser.ComponentDomain(env, 3)
-	cfg.Component.Secret = config.Secret(env.ComponentSecret)
+	cfg.Nodes = []config.Node{{Name: "node1", Address: env.AddrFor(cfg.Component.Name)}}
+	cfg.Component.Secret = config.Secret(env.SecretFor(cfg.Component.Name))
 	cfg.Component.Domain = env.XMPPDomain
 	cfg.Component.PingInterval = 5
 	cfg.Ejabberd.EachNodeConnNum = 2

@@ -66,9 +66,9 @@ func (h *harness) waitUp(t *testing.T, n int, timeout time.Duration) {
 
 func realOptions(env stacktest.Env, conns int) Options {
 	return Options{
-		Addr:         env.ComponentAddr,
+		Addr:         env.AddrFor(testuser.ComponentDomain(env, 0)),
 		JID:          testuser.ComponentDomain(env, 0),
-		Secret:       env.ComponentSecret,
+		Secret:       env.SecretFor(testuser.ComponentDomain(env, 0)),
 		ServerDomain: env.XMPPDomain,
 		Conns:        conns,
 		PingTimeout:  10 * time.Second,
@@ -153,7 +153,7 @@ func TestRealWrongSecretKeepsRetrying(t *testing.T) {
 // the connection comes up.
 func TestRealHandshakeNeverAnsweredThenRecovers(t *testing.T) {
 	env := stacktest.Get(t)
-	proxy := tcpproxy.New(t, env.ComponentAddr, tcpproxy.Blackhole)
+	proxy := tcpproxy.New(t, env.AddrFor(testuser.ComponentDomain(env, 0)), tcpproxy.Blackhole)
 	opt := realOptions(env, 1)
 	opt.Addr = proxy.Addr()
 	opt.HandshakeTimeout = 300 * time.Millisecond
@@ -179,7 +179,7 @@ func TestRealHandshakeNeverAnsweredThenRecovers(t *testing.T) {
 // timeout and replaced.
 func TestRealDeadConnectionReplaced(t *testing.T) {
 	env := stacktest.Get(t)
-	proxy := tcpproxy.New(t, env.ComponentAddr, tcpproxy.Forward)
+	proxy := tcpproxy.New(t, env.AddrFor(testuser.ComponentDomain(env, 0)), tcpproxy.Forward)
 	opt := realOptions(env, 1)
 	opt.Addr = proxy.Addr()
 	opt.PingInterval = 200 * time.Millisecond
@@ -208,7 +208,7 @@ func TestRealDeadConnectionReplaced(t *testing.T) {
 // loss (so the caller resends) rather than success or a hang.
 func TestRealFenceOnKilledConnection(t *testing.T) {
 	env := stacktest.Get(t)
-	proxy := tcpproxy.New(t, env.ComponentAddr, tcpproxy.Forward)
+	proxy := tcpproxy.New(t, env.AddrFor(testuser.ComponentDomain(env, 0)), tcpproxy.Forward)
 	opt := realOptions(env, 1)
 	opt.Addr = proxy.Addr()
 	h := startPool(t, opt)
@@ -241,6 +241,8 @@ func TestRealErrorsCountedConnectionSurvives(t *testing.T) {
 	env := stacktest.Get(t)
 	opt := realOptions(env, 1)
 	opt.JID = testuser.ComponentDomain(env, 2)
+	opt.Secret = env.SecretFor(opt.JID)
+	opt.Addr = env.AddrFor(opt.JID)
 	h := startPool(t, opt)
 	h.waitUp(t, 1, 10*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

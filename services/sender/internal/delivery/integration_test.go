@@ -45,12 +45,12 @@ func newRig(t *testing.T, addr string, conns, rate int) *rig {
 	env := stacktest.Get(t)
 	domain := testuser.ComponentDomain(env, 1)
 	if addr == "" {
-		addr = env.ComponentAddr
+		addr = env.AddrFor(domain)
 	}
 	reg := prometheus.NewRegistry()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	pool, err := component.NewPool(component.Options{
-		Node: "n1", Addr: addr, JID: domain, Secret: env.ComponentSecret,
+		Node: "n1", Addr: addr, JID: domain, Secret: env.SecretFor(domain),
 		ServerDomain: env.XMPPDomain, Conns: conns, PingTimeout: 10 * time.Second,
 		ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
 	}, log, component.NewMetrics(reg, "n1"))
@@ -217,7 +217,7 @@ func TestRealRateLimitObserved(t *testing.T) {
 func TestRealConnectionKilledMidBatch(t *testing.T) {
 	const n = 600
 	env := stacktest.Get(t)
-	proxy := tcpproxy.New(t, env.ComponentAddr, tcpproxy.Forward)
+	proxy := tcpproxy.New(t, env.AddrFor(testuser.ComponentDomain(env, 1)), tcpproxy.Forward)
 	r := newRig(t, proxy.Addr(), 2, 400)
 	alice := testuser.Login(t, r.env, "snd_kill")
 	recipients := make([]string, n)
@@ -262,7 +262,7 @@ func TestRealConnectionKilledMidBatch(t *testing.T) {
 // batch waits; once the real ejabberd is behind the address it is delivered.
 func TestRealDeliversOnceServerIsBack(t *testing.T) {
 	env := stacktest.Get(t)
-	proxy := tcpproxy.New(t, env.ComponentAddr, tcpproxy.Blackhole)
+	proxy := tcpproxy.New(t, env.AddrFor(testuser.ComponentDomain(env, 1)), tcpproxy.Blackhole)
 	r := newRig(t, proxy.Addr(), 1, 1000)
 	alice := testuser.Login(t, r.env, "snd_back")
 	errc := make(chan error, 1)
