@@ -71,15 +71,15 @@ type system struct {
 	nodes   []string
 	domain  string // users' domain
 	storage string
+	from    string // the component domain templates are sent from
 }
 
 type options struct {
-	nodes          []string // node names; each gets presence address <p>-<node>
-	senders        map[string]int
-	pagination     int
-	batch          int
-	shard          int
-	componentNames []string // one per sender process, in order of start
+	nodes      []string       // node names; each gets presence address <p>-<node>
+	senders    map[string]int // sender processes per node (default 1)
+	pagination int
+	batch      int
+	shard      int
 }
 
 func newSystem(t *testing.T, o options) *system {
@@ -144,17 +144,45 @@ func newSystem(t *testing.T, o options) *system {
 	t.Cleanup(func() { s.rdb.Close() })
 
 	s.rest = freeAddr(t)
+	// Each sender process connects as its own spare component domain, on that domain's own
+	// listener: ejabberd would spread fence results over every process sharing a domain.
+	senders := o.senders
+	if senders == nil {
+		senders = map[string]int{}
+		for _, n := range o.nodes {
+			senders[n] = 1
+		}
+	}
+	type proc struct{ node, domain string }
+	var procs []proc
+	for _, n := range o.nodes {
+		for r := 0; r < senders[n]; r++ {
+			if len(procs) >= len(env.ComponentSpares) {
+				t.Fatalf("more sender processes than spare component domains %v", env.ComponentSpares)
+			}
+			procs = append(procs, proc{n, env.ComponentSpares[len(procs)]})
+		}
+	}
 	var nodes strings.Builder
 	for _, n := range o.nodes {
-		fmt.Fprintf(&nodes, "[[node]]\nname = %q\naddress = %q\npresence_addresses = [%q]\n\n", n, env.ComponentAddr, s.presence(n))
+		addr := env.ComponentAddr
+		for _, p := range procs {
+			if p.node == n {
+				addr = env.AddrFor(p.domain)
+				break
+			}
+		}
+		fmt.Fprintf(&nodes, "[[node]]\nname = %q\naddress = %q\npresence_addresses = [%q]\n\n", n, addr, s.presence(n))
 	}
-	cfg := strings.NewReplacer(
-		"@REST@", s.rest, "@BROKERS@", strings.Join(env.KafkaBrokers, ","), "@P@", s.p,
-		"@MYSQL@", dsn.Addr, "@MYSQL_USER@", dsn.User, "@MYSQL_PASS@", dsn.Passwd,
-		"@PAGE@", fmt.Sprint(o.pagination), "@REDIS@", env.RedisAddr, "@COMPONENT@", env.ComponentAddr,
-		"@COMPONENT_NAME@", env.ComponentDomain, "@SECRET@", env.ComponentSecret, "@DOMAIN@", env.XMPPDomain,
-		"@BATCH@", fmt.Sprint(o.batch), "@SHARD@", fmt.Sprint(o.shard), "@NODES@", nodes.String(),
-	).Replace(`rest_api_port = "@REST@"
+	s.from = env.ComponentSpares[0]
+	config := func(component string) string {
+		return strings.NewReplacer(
+			"@REST@", s.rest, "@BROKERS@", strings.Join(env.KafkaBrokers, ","), "@P@", s.p,
+			"@MYSQL@", dsn.Addr, "@MYSQL_USER@", dsn.User, "@MYSQL_PASS@", dsn.Passwd,
+			"@PAGE@", fmt.Sprint(o.pagination), "@REDIS@", env.RedisAddr, "@COMPONENT@", env.ComponentAddr,
+			"@COMPONENT_NAME@", component, "@SECRET@", env.SecretFor(component), "@DOMAIN@", env.XMPPDomain,
+			"@BATCH@", fmt.Sprint(o.batch), "@SHARD@", fmt.Sprint(o.shard), "@NODES@", nodes.String(),
+		).Replace(`rest_api_port = "@REST@"
 debug_port = "127.0.0.1:0"
 user_activity_ask_buffer = 3
 
@@ -213,40 +241,34 @@ fence_timeout = "5s"
 group_name = "@P@_archiver"
 
 @NODES@`)
-	s.cfg = filepath.Join(s.dir, "announcer.toml")
-	if err := os.WriteFile(s.cfg, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
 	}
+	write := func(name, text string) string {
+		path := filepath.Join(s.dir, name)
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	// Templates are checked against the first sender's component domain.
+	s.cfg = write("announcer.toml", config(s.from))
 
 	// Downstream first, so every consumer is there before the first announcement.
-	s.start("archiver", nil)
-	senders := o.senders
-	if senders == nil {
-		senders = map[string]int{}
-		for _, n := range o.nodes {
-			senders[n] = 1
-		}
+	s.start("archiver", s.cfg, nil)
+	count := map[string]int{}
+	for i, p := range procs {
+		cfg := write(fmt.Sprintf("sender-%d.toml", i), config(p.domain))
+		s.start(fmt.Sprintf("sender-%s-%d", p.node, count[p.node]), cfg, []string{"-node", p.node})
+		count[p.node]++
 	}
-	i := 0
-	for _, n := range o.nodes {
-		for r := 0; r < senders[n]; r++ {
-			args := []string{"-node", n}
-			if i < len(o.componentNames) {
-				args = append(args, "-component-name", o.componentNames[i])
-			}
-			i++
-			s.start(fmt.Sprintf("sender-%s-%d", n, r), args)
-		}
-	}
-	s.start("fanout", nil)
-	s.start("ingress", nil)
+	s.start("fanout", s.cfg, nil)
+	s.start("ingress", s.cfg, nil)
 	return s
 }
 
 func (s *system) presence(node string) string { return s.p + "-" + node }
 
 // start runs one service binary and waits for its /readyz.
-func (s *system) start(name string, args []string) {
+func (s *system) start(name, cfg string, args []string) {
 	s.t.Helper()
 	bin := name
 	if i := strings.IndexByte(name, '-'); i > 0 {
@@ -254,7 +276,7 @@ func (s *system) start(name string, args []string) {
 	}
 	dbg := freeAddr(s.t)
 	s.debug[name] = dbg
-	cmd := exec.Command(filepath.Join(binDir, "announcer-"+bin), append([]string{"-config", s.cfg, "-debug-port", dbg}, args...)...)
+	cmd := exec.Command(filepath.Join(binDir, "announcer-"+bin), append([]string{"-config", cfg, "-debug-port", dbg}, args...)...)
 	buf := &bytes.Buffer{}
 	w := &lockedWriter{mu: &s.mu, w: buf}
 	cmd.Stdout, cmd.Stderr = w, w

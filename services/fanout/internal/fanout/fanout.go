@@ -61,6 +61,8 @@ func Run(ctx context.Context, log zerolog.Logger, cfg config.Config, o Options) 
 	brokers := config.SplitList(cfg.Bus.Brokers)
 
 	debug := debugserver.New(config.ListenAddr(cfg.DebugPort), reg, cfg.Debug.Pprof)
+	// Every announcer metric is named announcer_<service>_…
+	metrics := prometheus.WrapRegistererWithPrefix("announcer_", reg)
 	if err := debug.Listen(); err != nil {
 		return fmt.Errorf("debug listener: %w", err)
 	}
@@ -120,7 +122,7 @@ func Run(ctx context.Context, log zerolog.Logger, cfg config.Config, o Options) 
 		MaxBatchBytes: cfg.Bus.MaxMessageBytes - 1024,
 		RouteUsers:    cfg.Fanout.Presence != "rest",
 		Retry:         retry,
-	}, store, source, producer, producer, log.With().Str("component", "audience").Logger(), reg)
+	}, store, source, producer, producer, log.With().Str("component", "audience").Logger(), metrics)
 	if err != nil {
 		return err
 	}
@@ -137,7 +139,7 @@ func Run(ctx context.Context, log zerolog.Logger, cfg config.Config, o Options) 
 		Drain:   drainTimeout,
 		Retry:   retry,
 		Done:    done,
-	}, log.With().Str("component", "consumer").Logger(), reg)
+	}, log.With().Str("component", "consumer").Logger(), metrics)
 	if err != nil {
 		return err
 	}

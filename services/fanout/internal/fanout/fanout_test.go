@@ -383,7 +383,7 @@ func TestFanoutWithRedisPresence(t *testing.T) {
 		if n := len(h.deliveries("node1", "pend")) + len(h.deliveries("node2", "pend")); n != 0 {
 			t.Fatalf("%d batches for a pending channel", n)
 		}
-		if h.metric("fanout_rejected_total", audience.ReasonChannelNotAccepted) != 1 || h.metric("fanout_rejected_total", audience.ReasonChannelNotFound) != 1 {
+		if h.metric("announcer_fanout_rejected_total", audience.ReasonChannelNotAccepted) != 1 || h.metric("announcer_fanout_rejected_total", audience.ReasonChannelNotFound) != 1 {
 			t.Fatal("rejections not counted")
 		}
 	})
@@ -586,7 +586,7 @@ func TestDependenciesDownAreWaitedFor(t *testing.T) {
 	h.announce(announcement.Event{ID: "wait", Kind: announcement.KindChannel, Channel: &announcement.ChannelRef{ID: 1}})
 	waitMetric := func(dep string) {
 		deadline := time.Now().Add(20 * time.Second)
-		for h.metric("fanout_retries_total", dep) < 2 {
+		for h.metric("announcer_fanout_retries_total", dep) < 2 {
 			if time.Now().After(deadline) {
 				t.Fatalf("no %s retries counted", dep)
 			}

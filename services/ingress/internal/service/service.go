@@ -51,6 +51,8 @@ func Run(ctx context.Context, log zerolog.Logger, cfg config.Config, opt Options
 	); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	// Every announcer metric is named announcer_<service>_…
+	metrics := prometheus.WrapRegistererWithPrefix("announcer_", reg)
 
 	busBrokers := config.SplitList(cfg.Bus.Brokers)
 	if cfg.Bus.CreateTopics {
@@ -85,12 +87,12 @@ func Run(ctx context.Context, log zerolog.Logger, cfg config.Config, opt Options
 		AnnouncementsTopic: cfg.Bus.AnnouncementsTopic,
 		DeadLetterTopic:    cfg.Bus.DeadLetterTopic,
 		MaxMessageBytes:    cfg.Bus.MaxMessageBytes,
-	}, reg)
+	}, metrics)
 	if err != nil {
 		return err
 	}
 
-	svc, err := announce.New(pub, Limits(cfg), reg)
+	svc, err := announce.New(pub, Limits(cfg), metrics)
 	if err != nil {
 		return err
 	}
@@ -103,7 +105,7 @@ func Run(ctx context.Context, log zerolog.Logger, cfg config.Config, opt Options
 		log.Warn().Msg("!!! [auth] tokens is empty: the REST API accepts announcements from ANYONE who can reach " +
 			cfg.RestAPIPort + " — configure bearer tokens before exposing it !!!")
 	}
-	handler, err := httpapi.New(svc, httpapi.Options{MaxBodyBytes: cfg.Ingress.MaxBodyBytes, Tokens: tokens}, log, reg)
+	handler, err := httpapi.New(svc, httpapi.Options{MaxBodyBytes: cfg.Ingress.MaxBodyBytes, Tokens: tokens}, log, metrics)
 	if err != nil {
 		return err
 	}
@@ -125,7 +127,7 @@ func Run(ctx context.Context, log zerolog.Logger, cfg config.Config, opt Options
 		cons, err := kafkain.New(reader, svc, pub, kafkain.Options{
 			Window:        cfg.KafkaConsumer.Buffer,
 			CommitTimeout: cfg.Bus.WriteTimeout.D(),
-		}, log, reg)
+		}, log, metrics)
 		if err != nil {
 			return err
 		}
