@@ -224,3 +224,58 @@ func TestPendingAndUnknownChannelsDeliverNothing(t *testing.T) {
 	}
 	expectNothing(t, cm, 0)
 }
+
+// Two nodes each get their own users, and two sender replicas of one node share its work.
+func TestTwoNodesAndSenderReplicas(t *testing.T) {
+	s := newSystem(t, options{nodes: []string{"node1", "node2"}, senders: map[string]int{"node1": 2, "node2": 1}, batch: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	from := s.from
+	var members []string
+	on := map[string][]string{}
+	clients := map[string]*xmpptest.Client{}
+	for i := range 30 {
+		node := "node1"
+		if i%3 == 2 {
+			node = "node2"
+		}
+		u := s.user(fmt.Sprintf("n%d", i), node)
+		members = append(members, u)
+		on[node] = append(on[node], u)
+		clients[u] = s.login(ctx, u)
+	}
+	s.channel(40, s.p+"-nodes", "ACCEPTED", members...)
+	sent := func(name string) float64 { return s.metric(name, "announcer_sender_stanzas_sent_total") }
+
+	// A replica that joined the group late gets partitions only after a rebalance:
+	// announce until both replicas of node1 have done some of the work.
+	rounds := 0
+	for rounds == 0 || sent("sender-node1-0") == 0 || sent("sender-node1-1") == 0 {
+		if rounds == 6 {
+			t.Fatalf("node1's replicas never shared the work: %v and %v stanzas", sent("sender-node1-0"), sent("sender-node1-1"))
+		}
+		rounds++
+		s.announce("/v1/announce/channel", map[string]any{"channel_id": 40, "message": b64(template(from))})
+		for _, u := range members {
+			msgs, err := clients[u].Wait(ctx, rounds)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkRendered(t, msgs[rounds-1], u+"@"+s.domain, from)
+		}
+		time.Sleep(time.Second)
+	}
+	expectNothing(t, clients[members[0]], rounds)
+	for _, u := range members {
+		if n := len(clients[u].Messages()); n != rounds {
+			t.Errorf("%s received %d messages in %d rounds", u, n, rounds)
+		}
+	}
+	// Each node's sender sent exactly its own users' stanzas.
+	if got, want := sent("sender-node1-0")+sent("sender-node1-1"), float64(len(on["node1"])*rounds); got != want {
+		t.Errorf("node1 senders sent %v stanzas, want %v", got, want)
+	}
+	if got, want := sent("sender-node2-0"), float64(len(on["node2"])*rounds); got != want {
+		t.Errorf("node2 sender sent %v stanzas, want %v", got, want)
+	}
+}

@@ -163,25 +163,34 @@ func newSystem(t *testing.T, o options) *system {
 			procs = append(procs, proc{n, env.ComponentSpares[len(procs)]})
 		}
 	}
-	var nodes strings.Builder
-	for _, n := range o.nodes {
-		addr := env.ComponentAddr
-		for _, p := range procs {
-			if p.node == n {
-				addr = env.AddrFor(p.domain)
-				break
+	// nodes lists the nodes, each at the listener of its first sender, or of self for self's node.
+	nodes := func(self proc) string {
+		var b strings.Builder
+		for _, n := range o.nodes {
+			addr := env.ComponentAddr
+			for _, p := range procs {
+				if p.node == n {
+					addr = env.AddrFor(p.domain)
+					break
+				}
 			}
+			if self.node == n {
+				addr = env.AddrFor(self.domain)
+			}
+			fmt.Fprintf(&b, "[[node]]\nname = %q\naddress = %q\npresence_addresses = [%q]\n\n", n, addr, s.presence(n))
 		}
-		fmt.Fprintf(&nodes, "[[node]]\nname = %q\naddress = %q\npresence_addresses = [%q]\n\n", n, addr, s.presence(n))
+		return b.String()
 	}
-	s.from = env.ComponentSpares[0]
-	config := func(component string) string {
+	// Templates come from the shared announcer domain; each sender connects as its own.
+	s.from = env.ComponentDomain
+	config := func(self proc) string {
+		component := self.domain
 		return strings.NewReplacer(
 			"@REST@", s.rest, "@BROKERS@", strings.Join(env.KafkaBrokers, ","), "@P@", s.p,
 			"@MYSQL@", dsn.Addr, "@MYSQL_USER@", dsn.User, "@MYSQL_PASS@", dsn.Passwd,
 			"@PAGE@", fmt.Sprint(o.pagination), "@REDIS@", env.RedisAddr, "@COMPONENT@", env.ComponentAddr,
-			"@COMPONENT_NAME@", component, "@SECRET@", env.SecretFor(component), "@DOMAIN@", env.XMPPDomain,
-			"@BATCH@", fmt.Sprint(o.batch), "@SHARD@", fmt.Sprint(o.shard), "@NODES@", nodes.String(),
+			"@COMPONENT_NAME@", component, "@SECRET@", env.SecretFor(component), "@DOMAIN@", env.XMPPDomain, "@FROM@", s.from,
+			"@BATCH@", fmt.Sprint(o.batch), "@SHARD@", fmt.Sprint(o.shard), "@NODES@", nodes(self),
 		).Replace(`rest_api_port = "@REST@"
 debug_port = "127.0.0.1:0"
 user_activity_ask_buffer = 3
@@ -219,6 +228,7 @@ each_node_conn_num = 2
 name = "@COMPONENT_NAME@"
 secret = "@SECRET@"
 domain = "@DOMAIN@"
+from_domain = "@FROM@"
 ping_interval = 5
 
 [bus]
@@ -249,14 +259,14 @@ group_name = "@P@_archiver"
 		}
 		return path
 	}
-	// Templates are checked against the first sender's component domain.
-	s.cfg = write("announcer.toml", config(s.from))
+	s.cfg = write("announcer.toml", config(procs[0]))
 
 	// Downstream first, so every consumer is there before the first announcement.
 	s.start("archiver", s.cfg, nil)
 	count := map[string]int{}
 	for i, p := range procs {
-		cfg := write(fmt.Sprintf("sender-%d.toml", i), config(p.domain))
+		// A replica is its own component: its domain, secret and listener.
+		cfg := write(fmt.Sprintf("sender-%d.toml", i), config(p))
 		s.start(fmt.Sprintf("sender-%s-%d", p.node, count[p.node]), cfg, []string{"-node", p.node})
 		count[p.node]++
 	}

@@ -131,6 +131,19 @@ type Component struct {
 	PingInterval         int    `toml:"ping_interval"` // seconds
 	MaxConnCheckRetry    int    `toml:"max_conn_check_retry"`
 	ConnReqCheckInterval int    `toml:"conn_req_check_interval"` // seconds
+	// New: the domain a template's `from` must be in; empty = the component's own JID.
+	// A sender replica connecting as its own component domain (so that ejabberd routes its
+	// fence results to it alone) keeps sending from the shared announcer domain; its
+	// ejabberd listener then needs check_from: false.
+	FromDomain string `toml:"from_domain"`
+}
+
+// TemplateDomain is the domain templates' `from` must be in.
+func (c Component) TemplateDomain() string {
+	if c.FromDomain != "" {
+		return c.FromDomain
+	}
+	return c.JID()
 }
 
 // JID is the component's address: name itself when it holds a dot, else a

@@ -113,7 +113,7 @@ func build(ctx context.Context, log zerolog.Logger, cfg config.Config, so storag
 
 	componentDomain := ""
 	if cfg.Sender.Mode == config.ModeComponent {
-		componentDomain = cfg.Component.JID()
+		componentDomain = cfg.Component.TemplateDomain()
 	}
 	uc := archive.New(archive.Options{
 		UserDomain: cfg.UserDomain(), ComponentDomain: componentDomain, MaxTemplateBytes: cfg.Ingress.MaxTemplateBytes,

@@ -122,7 +122,7 @@ func build(ctx context.Context, log zerolog.Logger, cfg config.Config, tweak fun
 		copt.JID = cfg.Component.JID()
 		copt.Secret = cfg.Component.Secret.Value()
 		copt.PingInterval = time.Duration(cfg.Component.PingInterval) * time.Second
-		uopt.ComponentDomain = cfg.Component.JID()
+		uopt.ComponentDomain = cfg.Component.TemplateDomain()
 	case config.ModeClient:
 		account := clientAccount(cfg.Client)
 		copt.PingInterval = time.Duration(cfg.Client.PingInterval) * time.Second

@@ -132,7 +132,7 @@ func Run(ctx context.Context, log zerolog.Logger, cfg config.Config, o Options) 
 
 	tmpl := stanza.Options{MaxBytes: cfg.Ingress.MaxTemplateBytes}
 	if cfg.Sender.Mode == config.ModeComponent {
-		tmpl.ComponentDomain = cfg.Component.JID()
+		tmpl.ComponentDomain = cfg.Component.TemplateDomain()
 	}
 	consumer, err := kafkaio.NewConsumer(reader, resolver, producer, kafkaio.Decoder{Template: tmpl}, kafkaio.Options{
 		Workers: max(cfg.LogicProcessNumber, 1),

@@ -163,7 +163,7 @@ func Limits(cfg config.Config) announce.Limits {
 		PublishTimeout:   cfg.Ingress.PublishTimeout.D(),
 	}
 	if cfg.Sender.Mode == config.ModeComponent {
-		lim.ComponentDomain = cfg.Component.JID()
+		lim.ComponentDomain = cfg.Component.TemplateDomain()
 	}
 	return lim
 }
