@@ -16,9 +16,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
-	"github.com/announcer/announcer/pkg/backoff"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

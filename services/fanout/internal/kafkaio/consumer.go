@@ -12,9 +12,9 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
-	"github.com/announcer/announcer/pkg/backoff"
 )
 
 // Reader is the part of *kafka.Reader the consumer uses (explicit commits).

@@ -11,9 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
-	"github.com/announcer/announcer/pkg/backoff"
 )
 
 // OnlinePath is the user-activity API's endpoint: a JSON array of usernames
