@@ -93,3 +93,14 @@ func Sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
+
+// Delay returns the wait before retry number attempt (0 = the first retry), for loops
+// that count their attempts themselves.
+func (p Policy) Delay(attempt int) time.Duration {
+	b := p.New()
+	d := b.NextBackOff()
+	for i := 0; i < min(attempt, 64); i++ {
+		d = b.NextBackOff()
+	}
+	return d
+}

@@ -76,3 +76,13 @@ func TestSleepHonoursContext(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestDelayGrowsToTheCap(t *testing.T) {
+	p := Policy{Initial: 10 * time.Millisecond, Max: 40 * time.Millisecond}
+	if d := p.Delay(0); d < 5*time.Millisecond || d > 15*time.Millisecond {
+		t.Fatalf("first delay %v, want 10ms ±50%%", d)
+	}
+	if d := p.Delay(1000); d < 20*time.Millisecond || d > 60*time.Millisecond {
+		t.Fatalf("late delay %v, want the 40ms cap ±50%%", d)
+	}
+}

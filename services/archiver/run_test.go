@@ -19,8 +19,8 @@ import (
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/stacktest"
 
+	"github.com/announcer/announcer/pkg/tcpproxy"
 	"github.com/announcer/announcer/services/archiver/internal/storage"
-	"github.com/announcer/announcer/services/archiver/internal/tcpproxy"
 )
 
 func TestMain(m *testing.M) {

@@ -20,9 +20,9 @@ import (
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/lifecycle"
 
+	"github.com/announcer/announcer/pkg/kafkain"
 	"github.com/announcer/announcer/services/sender/internal/component"
 	"github.com/announcer/announcer/services/sender/internal/delivery"
-	"github.com/announcer/announcer/services/sender/internal/kafkain"
 )
 
 // handshakeTimeout bounds dial + XEP-0114 handshake; there is no config key for it.

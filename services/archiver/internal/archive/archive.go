@@ -14,7 +14,7 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/stanza"
 
-	"github.com/announcer/announcer/services/archiver/internal/backoff"
+	"github.com/announcer/announcer/pkg/backoff"
 )
 
 // Record is one stored message.
@@ -80,7 +80,7 @@ func (a *Archiver) Archive(ctx context.Context, b *announcement.Batch) error {
 		a.m.batches.WithLabelValues("empty").Inc()
 		return nil
 	}
-	policy := backoff.Policy{Min: a.opt.RetryMin, Max: a.opt.RetryMax}
+	policy := backoff.Policy{Initial: a.opt.RetryMin, Max: a.opt.RetryMax}
 	for attempt := 0; ; attempt++ {
 		err := a.store.Store(ctx, b.AnnouncementID, recs)
 		if err == nil {

@@ -17,8 +17,8 @@ import (
 
 	"github.com/announcer/announcer/pkg/stacktest"
 
+	"github.com/announcer/announcer/pkg/tcpproxy"
 	"github.com/announcer/announcer/services/sender/internal/sink"
-	"github.com/announcer/announcer/services/sender/internal/tcpproxy"
 	"github.com/announcer/announcer/services/sender/internal/testuser"
 )
 

@@ -25,7 +25,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/stanza"
 
-	"github.com/announcer/announcer/services/sender/internal/backoff"
+	"github.com/announcer/announcer/pkg/backoff"
 )
 
 // ErrClosed is returned by Acquire once the pool has stopped.
@@ -248,7 +248,7 @@ func (p *Pool) Run(ctx context.Context) error {
 const stableAfter = 10 * time.Second
 
 func (p *Pool) keep(ctx context.Context, slot int) {
-	policy := backoff.Policy{Min: p.opt.ReconnectMin, Max: p.opt.ReconnectMax}
+	policy := backoff.Policy{Initial: p.opt.ReconnectMin, Max: p.opt.ReconnectMax}
 	log := p.log.With().Int("slot", slot).Logger()
 	attempt := 0
 	for ctx.Err() == nil {

@@ -21,7 +21,7 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/stanza"
 
-	"github.com/announcer/announcer/services/sender/internal/backoff"
+	"github.com/announcer/announcer/pkg/backoff"
 )
 
 // Link is one connection to ejabberd, held between Acquire and Release.
@@ -155,7 +155,7 @@ func (s *Sender) Deliver(ctx context.Context, b *announcement.Batch) error {
 		return nil
 	}
 
-	policy := backoff.Policy{Min: s.opt.RetryMin, Max: s.opt.RetryMax}
+	policy := backoff.Policy{Initial: s.opt.RetryMin, Max: s.opt.RetryMax}
 	rejections := 0
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {

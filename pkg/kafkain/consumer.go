@@ -15,9 +15,8 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/kafkabus"
-
-	"github.com/announcer/announcer/services/sender/internal/backoff"
 )
 
 // Fetcher is the consumer-group reader (a *kafka.Reader).
@@ -209,7 +208,7 @@ func (c *Consumer) deadLetter(ctx context.Context, m kafka.Message, reason strin
 			return ctx.Err()
 		}
 		c.m.dlqErrors.Inc()
-		d := backoff.Policy{Min: c.opt.RetryMin, Max: c.opt.RetryMax}.Delay(attempt)
+		d := backoff.Policy{Initial: c.opt.RetryMin, Max: c.opt.RetryMax}.Delay(attempt)
 		c.log.Warn().Err(err).Dur("retry_in", d).Msg("dead-letter write failed")
 		if err := backoff.Sleep(ctx, d); err != nil {
 			return err
@@ -237,7 +236,7 @@ func (c *Consumer) commitLoop(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			d := backoff.Policy{Min: c.opt.RetryMin, Max: c.opt.RetryMax}.Delay(attempt)
+			d := backoff.Policy{Initial: c.opt.RetryMin, Max: c.opt.RetryMax}.Delay(attempt)
 			attempt++
 			c.log.Warn().Err(err).Dur("retry_in", d).Msg("commit failed")
 			select {
