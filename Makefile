@@ -56,7 +56,8 @@ bench: stack-up
 	(cd pkg && go test -run '^$$' -bench . -benchmem ./stanza/ ./announcement/) && \
 	(cd services/ingress && go run ./cmd/ingress-bench) && \
 	(cd services/fanout && go run ./cmd/fanout-bench) && \
-	(cd services/sender && go run ./cmd/sender-bench)
+	(cd services/sender && go run ./cmd/sender-bench) && \
+	(cd e2e && ANNOUNCER_BENCH=1 go test -count=1 -timeout 10m -run '^TestDeliveryThroughput$$' -v .)
 
 ## fuzz: a short run of every fuzz target (each FUZZTIME).
 FUZZTIME ?= 10s

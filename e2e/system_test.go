@@ -38,8 +38,13 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		binDir = dir
+		// Tests run the services with the race detector; the benchmark as they run in production.
+		race := []string{"-race"}
+		if os.Getenv("ANNOUNCER_BENCH") == "1" {
+			race = nil
+		}
 		for _, s := range []string{"ingress", "fanout", "sender", "archiver"} {
-			cmd := exec.Command("go", "build", "-race", "-o", filepath.Join(dir, "announcer-"+s), ".")
+			cmd := exec.Command("go", append(append([]string{"build"}, race...), "-o", filepath.Join(dir, "announcer-"+s), ".")...)
 			cmd.Dir = filepath.Join("..", "services", s)
 			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 			if err := cmd.Run(); err != nil {
@@ -77,6 +82,7 @@ type system struct {
 type options struct {
 	nodes      []string       // node names; each gets presence address <p>-<node>
 	senders    map[string]int // sender processes per node (default 1)
+	rate       int            // [ejabberd] rate_limit per connection (default 2000)
 	pagination int
 	batch      int
 	shard      int
@@ -96,6 +102,9 @@ func newSystem(t *testing.T, o options) *system {
 	}
 	if o.shard == 0 {
 		o.shard = 4
+	}
+	if o.rate == 0 {
+		o.rate = 2000
 	}
 	s := &system{
 		t: t, env: env, p: stacktest.Name("e2e"), dir: t.TempDir(),
@@ -190,7 +199,7 @@ func newSystem(t *testing.T, o options) *system {
 			"@MYSQL@", dsn.Addr, "@MYSQL_USER@", dsn.User, "@MYSQL_PASS@", dsn.Passwd,
 			"@PAGE@", fmt.Sprint(o.pagination), "@REDIS@", env.RedisAddr, "@COMPONENT@", env.ComponentAddr,
 			"@COMPONENT_NAME@", component, "@SECRET@", env.SecretFor(component), "@DOMAIN@", env.XMPPDomain, "@FROM@", s.from,
-			"@BATCH@", fmt.Sprint(o.batch), "@SHARD@", fmt.Sprint(o.shard), "@NODES@", nodes(self),
+			"@BATCH@", fmt.Sprint(o.batch), "@RATE@", fmt.Sprint(o.rate), "@SHARD@", fmt.Sprint(o.shard), "@NODES@", nodes(self),
 		).Replace(`rest_api_port = "@REST@"
 debug_port = "127.0.0.1:0"
 user_activity_ask_buffer = 3
@@ -221,7 +230,7 @@ flush_frequency = 1
 
 [ejabberd]
 cluster_nodes = "@COMPONENT@"
-rate_limit = 2000
+rate_limit = @RATE@
 each_node_conn_num = 2
 
 [component]
