@@ -15,9 +15,8 @@ import (
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/debugserver"
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/lifecycle"
-
 	"github.com/announcer/announcer/pkg/kafkain"
+	"github.com/announcer/announcer/pkg/lifecycle"
 	"github.com/announcer/announcer/services/archiver/internal/archive"
 	"github.com/announcer/announcer/services/archiver/internal/storage"
 )

@@ -18,7 +18,6 @@ import (
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/stacktest"
-
 	"github.com/announcer/announcer/pkg/tcpproxy"
 	"github.com/announcer/announcer/services/archiver/internal/storage"
 )

@@ -18,9 +18,8 @@ import (
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/debugserver"
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/lifecycle"
-
 	"github.com/announcer/announcer/pkg/kafkain"
+	"github.com/announcer/announcer/pkg/lifecycle"
 	"github.com/announcer/announcer/services/sender/internal/component"
 	"github.com/announcer/announcer/services/sender/internal/delivery"
 )

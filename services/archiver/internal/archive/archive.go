@@ -12,9 +12,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/announcer/announcer/pkg/announcement"
-	"github.com/announcer/announcer/pkg/stanza"
-
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/stanza"
 )
 
 // Record is one stored message.

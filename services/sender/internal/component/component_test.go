@@ -16,7 +16,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/stacktest"
-
 	"github.com/announcer/announcer/pkg/tcpproxy"
 	"github.com/announcer/announcer/services/sender/internal/sink"
 	"github.com/announcer/announcer/services/sender/internal/testuser"

@@ -23,9 +23,8 @@ import (
 	"mellium.im/xmpp/component"
 	"mellium.im/xmpp/jid"
 
-	"github.com/announcer/announcer/pkg/stanza"
-
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/stanza"
 )
 
 // ErrClosed is returned by Acquire once the pool has stopped.

@@ -19,9 +19,8 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/announcer/announcer/pkg/announcement"
-	"github.com/announcer/announcer/pkg/stanza"
-
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/stanza"
 )
 
 // Link is one connection to ejabberd, held between Acquire and Release.

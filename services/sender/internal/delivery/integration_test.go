@@ -12,9 +12,8 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/stacktest"
-	"github.com/announcer/announcer/pkg/xmpptest"
-
 	"github.com/announcer/announcer/pkg/tcpproxy"
+	"github.com/announcer/announcer/pkg/xmpptest"
 	"github.com/announcer/announcer/services/sender/internal/component"
 	"github.com/announcer/announcer/services/sender/internal/delivery"
 	"github.com/announcer/announcer/services/sender/internal/testuser"
