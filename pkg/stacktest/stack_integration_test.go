@@ -36,6 +36,10 @@ func TestKafkaProduceConsume(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
+	// A transport of its own: the shared default one may hold metadata from before the topic existed.
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	w.Transport = tr
 	defer w.Close()
 	want := map[string]string{"k1": "v1", "k2": "v2", "k3": "v3"}
 	var msgs []kafka.Message
