@@ -25,9 +25,10 @@ type Fetcher interface {
 	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
 }
 
-// Producer writes dead letters (a *kafka.Writer).
-type Producer interface {
-	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
+// DeadLetterer stores a refused message with the reason (kafkabus.DeadLetters); one attempt,
+// the consumer retries.
+type DeadLetterer interface {
+	DeadLetter(ctx context.Context, m kafka.Message, reason string) error
 }
 
 // Handler handles one message. It returns nil when the message's effect is
@@ -43,18 +44,17 @@ func (r *Reject) Error() string { return "rejected: " + r.Reason }
 
 // Options tune a Consumer.
 type Options struct {
-	MaxInFlight     int           // messages fetched and not yet finished
-	DeadLetterTopic string        // where rejected messages go, with the reason in a header
-	DrainTimeout    time.Duration // how long in-flight messages may finish after ctx ends
-	RetryMin        time.Duration // dead-letter and commit retries
-	RetryMax        time.Duration
+	MaxInFlight  int           // messages fetched and not yet finished
+	DrainTimeout time.Duration // how long in-flight messages may finish after ctx ends
+	RetryMin     time.Duration // dead-letter and commit retries
+	RetryMax     time.Duration
 }
 
 // Consumer runs the fetch → handle → commit loop.
 type Consumer struct {
 	opt Options
 	r   Fetcher
-	dlq Producer
+	dlq DeadLetterer
 	h   Handler
 	log zerolog.Logger
 	m   *Metrics
@@ -67,7 +67,7 @@ type Consumer struct {
 }
 
 // New builds a consumer; Run starts it.
-func New(r Fetcher, dlq Producer, h Handler, opt Options, log zerolog.Logger, m *Metrics) *Consumer {
+func New(r Fetcher, dlq DeadLetterer, h Handler, opt Options, log zerolog.Logger, m *Metrics) *Consumer {
 	if opt.MaxInFlight < 1 {
 		opt.MaxInFlight = 1
 	}
@@ -186,19 +186,8 @@ func (c *Consumer) handle(ctx context.Context, m kafka.Message) error {
 // deadLetter retries until the dead letter is written or ctx ends: bad input
 // is never committed without a trace.
 func (c *Consumer) deadLetter(ctx context.Context, m kafka.Message, reason string) error {
-	if len(reason) > 1024 {
-		reason = reason[:1024]
-	}
-	dl := kafka.Message{
-		Topic: c.opt.DeadLetterTopic,
-		Key:   m.Key,
-		Value: m.Value,
-		Headers: append(append([]kafka.Header(nil), m.Headers...),
-			kafka.Header{Key: kafkabus.HeaderReason, Value: []byte(reason)},
-			kafka.Header{Key: kafkabus.HeaderSource, Value: []byte(kafkabus.Source(m))}),
-	}
 	for attempt := 0; ; attempt++ {
-		err := c.dlq.WriteMessages(ctx, dl)
+		err := c.dlq.DeadLetter(ctx, m, reason)
 		if err == nil {
 			c.m.deadLettered.Inc()
 			c.log.Warn().Str("source", kafkabus.Source(m)).Str("reason", reason).Msg("dead-lettered")

@@ -128,11 +128,10 @@ func (r *kafkaRig) run(t *testing.T, h Handler, opt Options) running {
 	t.Helper()
 	reader := kafkabus.NewReader(r.brokers, r.group, []string{r.topic}, kafkabus.ReaderOptions{MaxWait: 50 * time.Millisecond})
 	dlq := kafkabus.NewWriter(r.brokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
-	opt.DeadLetterTopic = r.dlq
 	if opt.RetryMin == 0 {
 		opt.RetryMin, opt.RetryMax = 10*time.Millisecond, 50*time.Millisecond
 	}
-	c := New(reader, dlq, h, opt, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+	c := New(reader, kafkabus.DeadLetters{W: dlq, Topic: r.dlq}, h, opt, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 		NewMetrics(prometheus.NewRegistry(), "test", nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	var err error

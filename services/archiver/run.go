@@ -117,8 +117,8 @@ func build(ctx context.Context, log zerolog.Logger, cfg config.Config, so storag
 	uc := archive.New(archive.Options{
 		UserDomain: cfg.UserDomain(), ComponentDomain: componentDomain, MaxTemplateBytes: cfg.Ingress.MaxTemplateBytes,
 	}, sw, log, archive.NewMetrics(reg))
-	a.consumer = kafkain.New(reader, dlq, handler(uc), kafkain.Options{
-		MaxInFlight: maxInFlight, DeadLetterTopic: cfg.Bus.DeadLetterTopic, DrainTimeout: drainTimeout,
+	a.consumer = kafkain.New(reader, kafkabus.DeadLetters{W: dlq, Topic: cfg.Bus.DeadLetterTopic, MaxBytes: cfg.Bus.MaxMessageBytes}, handler(uc), kafkain.Options{
+		MaxInFlight: maxInFlight, DrainTimeout: drainTimeout,
 	}, log, kafkain.NewMetrics(reg, "archiver", nil))
 
 	a.dbg.AddCheck(debugserver.Check{Name: "bus", Fn: func(ctx context.Context) error { return kafkabus.Ping(ctx, bus) }})

@@ -172,11 +172,10 @@ func build(ctx context.Context, log zerolog.Logger, cfg config.Config, tweak fun
 
 	uc := delivery.New(uopt, poolLinks{s.pool}, s.log, delivery.NewMetrics(reg, node.Name))
 
-	s.consumer = kafkain.New(reader, dlq, handler(uc), kafkain.Options{
-		MaxInFlight:     cfg.Sender.MaxInFlight,
-		DeadLetterTopic: cfg.Bus.DeadLetterTopic,
-		DrainTimeout:    cfg.Sender.FenceTimeout.D(),
-		RetryMax:        cfg.Sender.ReconnectMax.D(),
+	s.consumer = kafkain.New(reader, kafkabus.DeadLetters{W: dlq, Topic: cfg.Bus.DeadLetterTopic, MaxBytes: cfg.Bus.MaxMessageBytes}, handler(uc), kafkain.Options{
+		MaxInFlight:  cfg.Sender.MaxInFlight,
+		DrainTimeout: cfg.Sender.FenceTimeout.D(),
+		RetryMax:     cfg.Sender.ReconnectMax.D(),
 	}, s.log, kafkain.NewMetrics(reg, "sender", prometheus.Labels{"node": node.Name}))
 
 	s.dbg.AddCheck(debugserver.Check{Name: "ejabberd", Fn: func(context.Context) error {

@@ -108,21 +108,10 @@ func (p *Producer) WriteTasks(ctx context.Context, tasks []announcement.Event) e
 	return nil
 }
 
-// maxReasonBytes keeps a dead letter's reason header readable.
-const maxReasonBytes = 1024
-
 // DeadLetter copies a record that cannot be used to the dead-letter topic,
 // with why and where from in headers.
 func (p *Producer) DeadLetter(ctx context.Context, m kafka.Message, reason string) error {
-	if len(reason) > maxReasonBytes {
-		reason = reason[:maxReasonBytes]
-	}
-	headers := append([]kafka.Header(nil), m.Headers...)
-	headers = append(headers,
-		kafka.Header{Key: kafkabus.HeaderReason, Value: []byte(reason)},
-		kafka.Header{Key: kafkabus.HeaderSource, Value: []byte(kafkabus.Source(m))},
-	)
-	err := p.batches.WriteMessages(ctx, kafka.Message{Topic: p.deadLetter, Key: m.Key, Value: m.Value, Headers: headers})
+	err := p.batches.WriteMessages(ctx, kafkabus.DeadLetter(m, p.deadLetter, reason, 0))
 	if err != nil {
 		return fmt.Errorf("kafka: dead letter: %w", err)
 	}

@@ -17,13 +17,13 @@ import (
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
 
-// HeaderTruncated marks a dead letter whose value was cut to fit the bus;
+// HeaderTruncated marks a dead letter whose value was cut to fit the bus (kafkabus.DeadLetter);
 // its value is the original size in bytes.
-const HeaderTruncated = "x-announcer-truncated"
+const HeaderTruncated = kafkabus.HeaderTruncated
 
 // recordOverhead is room left for the key, headers and record framing when
 // checking a value against the bus's message size limit.
-const recordOverhead = 4096
+const recordOverhead = kafkabus.RecordOverhead
 
 // Options name the topics and the bus's message size limit.
 type Options struct {
@@ -90,22 +90,7 @@ func (k *Kafka) Publish(ctx context.Context, e announcement.Event) error {
 // was refused and where it came from. Its original key and headers are kept;
 // a value too large for the bus is cut, and HeaderTruncated says so.
 func (k *Kafka) DeadLetter(ctx context.Context, src kafka.Message, reason string) error {
-	headers := make([]kafka.Header, 0, len(src.Headers)+3)
-	headers = append(headers, src.Headers...)
-	headers = append(headers,
-		kafka.Header{Key: kafkabus.HeaderReason, Value: []byte(reason)},
-		kafka.Header{Key: kafkabus.HeaderSource, Value: []byte(kafkabus.Source(src))},
-	)
-	value, key := src.Value, src.Key
-	limit := k.opt.MaxMessageBytes - recordOverhead
-	if len(key) > limit/2 {
-		key = key[:limit/2]
-	}
-	if len(key)+len(value) > limit {
-		headers = append(headers, kafka.Header{Key: HeaderTruncated, Value: fmt.Appendf(nil, "%d", len(value))})
-		value = value[:limit-len(key)]
-	}
-	return k.write(ctx, "dead_letter", kafka.Message{Topic: k.opt.DeadLetterTopic, Key: key, Value: value, Headers: headers})
+	return k.write(ctx, "dead_letter", kafkabus.DeadLetter(src, k.opt.DeadLetterTopic, reason, k.opt.MaxMessageBytes))
 }
 
 func (k *Kafka) write(ctx context.Context, label string, m kafka.Message) error {

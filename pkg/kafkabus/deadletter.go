@@ -1,0 +1,60 @@
+package kafkabus
+
+import (
+	"context"
+	"strconv"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// HeaderTruncated marks a dead letter whose value was cut to fit the topic; it holds the original length.
+const HeaderTruncated = "x-announcer-truncated"
+
+// maxReason bounds the reason header: a parser's error can quote a whole input.
+const maxReason = 1024
+
+// RecordOverhead is kept free of key and value for headers and framing.
+const RecordOverhead = 4096
+
+// DeadLetter returns the record to write for a refused message m: its key, value and headers,
+// plus why (HeaderReason) and where it came from (HeaderSource). With maxBytes > 0 the key and
+// value are cut to fit a topic of that record size, and HeaderTruncated says so.
+func DeadLetter(m kafka.Message, topic, reason string, maxBytes int) kafka.Message {
+	if len(reason) > maxReason {
+		reason = reason[:maxReason]
+	}
+	headers := make([]kafka.Header, 0, len(m.Headers)+3)
+	headers = append(headers, m.Headers...)
+	headers = append(headers,
+		kafka.Header{Key: HeaderReason, Value: []byte(reason)},
+		kafka.Header{Key: HeaderSource, Value: []byte(Source(m))},
+	)
+	key, value := m.Key, m.Value
+	if limit := maxBytes - RecordOverhead; maxBytes > 0 && limit > 0 {
+		if len(key) > limit/2 {
+			key = key[:limit/2]
+		}
+		if len(key)+len(value) > limit {
+			headers = append(headers, kafka.Header{Key: HeaderTruncated, Value: strconv.AppendInt(nil, int64(len(value)), 10)})
+			value = value[:limit-len(key)]
+		}
+	}
+	return kafka.Message{Topic: topic, Key: key, Value: value, Headers: headers}
+}
+
+// MessageWriter is what writes records (a *kafka.Writer).
+type MessageWriter interface {
+	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+// DeadLetters writes refused messages to one dead-letter topic.
+type DeadLetters struct {
+	W        MessageWriter
+	Topic    string
+	MaxBytes int // record size limit of the topic; 0 = no cut
+}
+
+// DeadLetter writes m with the reason; one attempt, the caller retries.
+func (d DeadLetters) DeadLetter(ctx context.Context, m kafka.Message, reason string) error {
+	return d.W.WriteMessages(ctx, DeadLetter(m, d.Topic, reason, d.MaxBytes))
+}

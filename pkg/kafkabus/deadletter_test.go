@@ -1,0 +1,52 @@
+package kafkabus
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/segmentio/kafka-go"
+)
+
+func header(m kafka.Message, key string) (string, bool) {
+	for _, h := range m.Headers {
+		if h.Key == key {
+			return string(h.Value), true
+		}
+	}
+	return "", false
+}
+
+func TestDeadLetterKeepsTheRecordAndSaysWhy(t *testing.T) {
+	src := kafka.Message{Topic: "in", Partition: 2, Offset: 7, Key: []byte("k"), Value: []byte("v"),
+		Headers: []kafka.Header{{Key: "trace", Value: []byte("t1")}}}
+	dl := DeadLetter(src, "dlq", strings.Repeat("r", 5000), 1<<20)
+	if dl.Topic != "dlq" || string(dl.Key) != "k" || string(dl.Value) != "v" {
+		t.Fatalf("dead letter %+v", dl)
+	}
+	if v, _ := header(dl, "trace"); v != "t1" {
+		t.Error("original header lost")
+	}
+	if v, _ := header(dl, HeaderSource); v != "in/2/7" {
+		t.Errorf("source %q", v)
+	}
+	if v, _ := header(dl, HeaderReason); len(v) != maxReason {
+		t.Errorf("reason of %d bytes, want it cut to %d", len(v), maxReason)
+	}
+	if _, cut := header(dl, HeaderTruncated); cut {
+		t.Error("a small record marked truncated")
+	}
+}
+
+func TestDeadLetterCutsWhatCannotFit(t *testing.T) {
+	src := kafka.Message{Key: []byte(strings.Repeat("k", 10000)), Value: []byte(strings.Repeat("v", 20000))}
+	dl := DeadLetter(src, "dlq", "too big", 16384)
+	if len(dl.Key)+len(dl.Value) > 16384-RecordOverhead {
+		t.Fatalf("key+value %d bytes do not fit", len(dl.Key)+len(dl.Value))
+	}
+	if v, ok := header(dl, HeaderTruncated); !ok || v != "20000" {
+		t.Errorf("truncated header %q %v, want the original length", v, ok)
+	}
+	if len(src.Value) != 20000 {
+		t.Error("the source record was modified")
+	}
+}
