@@ -17,9 +17,11 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/debugserver"
 	"github.com/announcer/announcer/pkg/kafkabus"
+	consumer "github.com/announcer/announcer/pkg/kafkain"
 	"github.com/announcer/announcer/pkg/lifecycle"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 	"github.com/announcer/announcer/services/ingress/internal/httpapi"
@@ -124,13 +126,14 @@ func Run(ctx context.Context, log zerolog.Logger, cfg config.Config, opt Options
 				log.Error().Err(err).Msg("closing the Kafka input reader")
 			}
 		}()
-		cons, err := kafkain.New(reader, svc, pub, kafkain.Options{
-			Window:        cfg.KafkaConsumer.Buffer,
-			CommitTimeout: cfg.Bus.WriteTimeout.D(),
-		}, log, metrics)
+		h, err := kafkain.New(svc, backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}, log, metrics)
 		if err != nil {
 			return err
 		}
+		cons := consumer.New(reader, pub, h.Handle, consumer.Options{
+			MaxInFlight:  cfg.KafkaConsumer.Buffer,
+			DrainTimeout: cfg.Ingress.ShutdownTimeout.D(),
+		}, log, consumer.NewMetrics(reg, "ingress_kafka_input", nil))
 		input = append(input, lifecycle.Part{Name: "kafka-input", Run: cons.Run})
 		checks = append(checks, debugserver.Check{Name: "kafka-input", Fn: func(ctx context.Context) error { return kafkabus.Ping(ctx, inBrokers) }})
 		log.Info().Strs("topics", topics).Str("group", cfg.KafkaConsumer.GroupName).Msg("consuming Kafka input")
