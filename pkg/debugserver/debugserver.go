@@ -4,8 +4,6 @@ package debugserver
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"net"
 	"net/http"
 	"net/http/pprof"
 	"sync"
@@ -13,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/announcer/announcer/pkg/httpserver"
 )
 
 // Check reports whether one dependency is reachable.
@@ -23,16 +23,14 @@ type Check struct {
 
 // Server is the debug listener of one service.
 type Server struct {
-	addr   string
-	srv    *http.Server
+	*httpserver.Server
 	mu     sync.Mutex
 	checks []Check
-	ln     net.Listener
 }
 
 // New builds the server. gatherer is the service's own registry; checks decide /readyz.
 func New(addr string, gatherer prometheus.Gatherer, pprofOn bool, checks ...Check) *Server {
-	s := &Server{addr: addr, checks: checks}
+	s := &Server{checks: checks}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -46,7 +44,7 @@ func New(addr string, gatherer prometheus.Gatherer, pprofOn bool, checks ...Chec
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	s.Server = httpserver.New(addr, mux, 2*time.Second)
 	return s
 }
 
@@ -55,45 +53,6 @@ func (s *Server) AddCheck(c Check) {
 	s.mu.Lock()
 	s.checks = append(s.checks, c)
 	s.mu.Unlock()
-}
-
-// Listen binds the port now, so a taken port fails start-up instead of a running service.
-func (s *Server) Listen() error {
-	ln, err := net.Listen("tcp", s.addr)
-	if err != nil {
-		return err
-	}
-	s.ln = ln
-	return nil
-}
-
-// Addr is the bound address (after Listen).
-func (s *Server) Addr() string {
-	if s.ln == nil {
-		return s.addr
-	}
-	return s.ln.Addr().String()
-}
-
-// Run serves until ctx ends.
-func (s *Server) Run(ctx context.Context) error {
-	if s.ln == nil {
-		if err := s.Listen(); err != nil {
-			return err
-		}
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- s.srv.Serve(s.ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		err := s.srv.Shutdown(sctx)
-		<-errc
-		return err
-	}
 }
 
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
@@ -129,6 +88,3 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
 }
-
-// ErrNotReady is returned by checks whose dependency has not connected yet.
-var ErrNotReady = errors.New("not ready")

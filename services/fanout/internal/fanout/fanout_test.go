@@ -24,6 +24,7 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/kafkatest"
 	"github.com/announcer/announcer/pkg/stacktest"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
@@ -219,7 +220,7 @@ func (h *harness) results(id string, n int, timeout time.Duration) []audience.Re
 func (h *harness) deliveries(node, id string) []announcement.Batch {
 	h.t.Helper()
 	var out []announcement.Batch
-	for _, m := range readAll(h.t, h.env.KafkaBrokers, h.cfg.DeliveriesTopic(node)) {
+	for _, m := range kafkatest.ReadToEnd(h.t, h.env.KafkaBrokers, h.cfg.DeliveriesTopic(node)) {
 		b, err := announcement.DecodeBatch(m.Value)
 		if err != nil {
 			h.t.Fatal(err)
@@ -477,7 +478,7 @@ func TestFanoutWithRedisPresence(t *testing.T) {
 		h.publish(v, "badtmpl")
 		deadline := time.Now().Add(timeout)
 		for {
-			msgs := readAll(t, h.env.KafkaBrokers, h.cfg.Bus.DeadLetterTopic)
+			msgs := kafkatest.ReadToEnd(t, h.env.KafkaBrokers, h.cfg.Bus.DeadLetterTopic)
 			if len(msgs) == 2 {
 				for _, m := range msgs {
 					reason := ""
@@ -665,49 +666,4 @@ func TestFanoutWithRESTPresence(t *testing.T) {
 	if res := h.results("rest-all", 1, 30*time.Second)[0]; res.Outcome != audience.Rejected || res.Reason != audience.ReasonScanUnsupported {
 		t.Fatalf("all-online with REST presence: %+v", res)
 	}
-}
-
-// readAll reads every record of topic (all partitions) up to the end.
-func readAll(t *testing.T, brokers []string, topic string) []kafka.Message {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	parts, err := conn.ReadPartitions(topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []kafka.Message
-	for _, p := range parts {
-		pc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		last, err := pc.ReadLastOffset()
-		_ = pc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if last == 0 {
-			continue
-		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
-		for {
-			m, err := r.ReadMessage(ctx)
-			if err != nil {
-				_ = r.Close()
-				t.Fatal(err)
-			}
-			out = append(out, m)
-			if m.Offset >= last-1 {
-				break
-			}
-		}
-		_ = r.Close()
-	}
-	return out
 }

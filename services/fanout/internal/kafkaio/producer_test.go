@@ -9,53 +9,9 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/kafkatest"
 	"github.com/announcer/announcer/pkg/stacktest"
 )
-
-// readAll reads every record of topic (all partitions) up to the end.
-func readAll(t *testing.T, brokers []string, topic string) []kafka.Message {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	parts, err := conn.ReadPartitions(topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []kafka.Message
-	for _, p := range parts {
-		pc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		last, err := pc.ReadLastOffset()
-		_ = pc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if last == 0 {
-			continue
-		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
-		for {
-			m, err := r.ReadMessage(ctx)
-			if err != nil {
-				_ = r.Close()
-				t.Fatal(err)
-			}
-			out = append(out, m)
-			if m.Offset >= last-1 {
-				break
-			}
-		}
-		_ = r.Close()
-	}
-	return out
-}
 
 func TestProducerAgainstKafka(t *testing.T) {
 	env := stacktest.Get(t)
@@ -90,7 +46,7 @@ func TestProducerAgainstKafka(t *testing.T) {
 		t.Fatal("batch for an unknown node accepted")
 	}
 	for i, node := range []string{"n1", "n2"} {
-		msgs := readAll(t, env.KafkaBrokers, topics.Deliveries[node])
+		msgs := kafkatest.ReadToEnd(t, env.KafkaBrokers, topics.Deliveries[node])
 		if len(msgs) != 1 {
 			t.Fatalf("%s: %d records", node, len(msgs))
 		}
@@ -113,7 +69,7 @@ func TestProducerAgainstKafka(t *testing.T) {
 		t.Fatal(err)
 	}
 	perPartition := map[int]int{}
-	for _, m := range readAll(t, env.KafkaBrokers, topics.Announcements) {
+	for _, m := range kafkatest.ReadToEnd(t, env.KafkaBrokers, topics.Announcements) {
 		if _, err := announcement.DecodeEvent(m.Value); err != nil {
 			t.Fatal(err)
 		}
@@ -128,7 +84,7 @@ func TestProducerAgainstKafka(t *testing.T) {
 	if err := p.DeadLetter(ctx, bad, "announcement event: unexpected EOF"); err != nil {
 		t.Fatal(err)
 	}
-	dl := readAll(t, env.KafkaBrokers, topics.DeadLetter)
+	dl := kafkatest.ReadToEnd(t, env.KafkaBrokers, topics.DeadLetter)
 	if len(dl) != 1 || string(dl[0].Value) != "{garbage" || string(dl[0].Key) != "k" {
 		t.Fatalf("dead letters %+v", dl)
 	}

@@ -42,6 +42,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/config"
+	"github.com/announcer/announcer/pkg/httpserver"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 	"github.com/announcer/announcer/services/ingress/internal/httpapi"
@@ -226,7 +227,7 @@ func runHandler(cfg config.Config, pub announce.Publisher, body []byte, d time.D
 	if err != nil {
 		return result{}, err
 	}
-	srv := httpapi.NewServer("127.0.0.1:0", h, 5*time.Second)
+	srv := httpserver.New("127.0.0.1:0", h, 5*time.Second)
 	if err := srv.Listen(); err != nil {
 		return result{}, err
 	}

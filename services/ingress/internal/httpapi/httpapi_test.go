@@ -21,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/httpserver"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
 
@@ -268,7 +269,7 @@ func TestServerDrainsInFlightRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer("127.0.0.1:0", h, 5*time.Second)
+	srv := httpserver.New("127.0.0.1:0", h, 5*time.Second)
 	if err := srv.Listen(); err != nil {
 		t.Fatal(err)
 	}

@@ -13,9 +13,9 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/kafkatest"
 	"github.com/announcer/announcer/pkg/stacktest"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
-	"github.com/announcer/announcer/services/ingress/internal/kafkatest"
 )
 
 func TestMain(m *testing.M) {

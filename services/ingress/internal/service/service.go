@@ -20,6 +20,7 @@ import (
 	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/debugserver"
+	"github.com/announcer/announcer/pkg/httpserver"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	consumer "github.com/announcer/announcer/pkg/kafkain"
 	"github.com/announcer/announcer/pkg/lifecycle"
@@ -111,7 +112,7 @@ func Run(ctx context.Context, log zerolog.Logger, cfg config.Config, opt Options
 	if err != nil {
 		return err
 	}
-	api := httpapi.NewServer(config.ListenAddr(cfg.RestAPIPort), handler, cfg.Ingress.ShutdownTimeout.D())
+	api := httpserver.New(config.ListenAddr(cfg.RestAPIPort), handler, cfg.Ingress.ShutdownTimeout.D())
 	if err := api.Listen(); err != nil {
 		return fmt.Errorf("rest_api_port: %w", err)
 	}

@@ -1,4 +1,4 @@
-// Package kafkatest holds helpers for the ingress's integration tests against
+// Package kafkatest holds helpers for integration tests against
 // the real broker: unique topics that delete themselves, reading a topic back,
 // producing input, and stand-ins for an unreachable broker.
 package kafkatest
@@ -254,4 +254,50 @@ func AcceptAndClose(t testing.TB) string {
 		wg.Wait()
 	})
 	return ln.Addr().String()
+}
+
+// ReadToEnd reads every record of topic, all partitions, up to each partition's end offset
+// at the time of the call.
+func ReadToEnd(t testing.TB, brokers []string, topic string) []kafka.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	parts, err := conn.ReadPartitions(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []kafka.Message
+	for _, p := range parts {
+		pc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last, err := pc.ReadLastOffset()
+		_ = pc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if last == 0 {
+			continue
+		}
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
+		for {
+			m, err := r.ReadMessage(ctx)
+			if err != nil {
+				_ = r.Close()
+				t.Fatal(err)
+			}
+			out = append(out, m)
+			if m.Offset >= last-1 {
+				break
+			}
+		}
+		_ = r.Close()
+	}
+	return out
 }

@@ -1,4 +1,6 @@
-package httpapi
+// Package httpserver runs an http.Server as a Run(ctx) part: the port is bound up front
+// (a taken port fails start-up, not a running service) and ctx ending drains it gracefully.
+package httpserver
 
 import (
 	"context"
@@ -8,31 +10,32 @@ import (
 	"time"
 )
 
-// Server serves the API as one lifecycle part.
+// Server is one listener and its handler.
 type Server struct {
-	addr            string
-	srv             *http.Server
-	ln              net.Listener
-	shutdownTimeout time.Duration
+	addr     string
+	srv      *http.Server
+	ln       net.Listener
+	shutdown time.Duration
 }
 
-// NewServer wraps h. shutdownTimeout bounds the drain of in-flight requests.
-func NewServer(addr string, h http.Handler, shutdownTimeout time.Duration) *Server {
+// New builds a server for addr; shutdown bounds the wait for in-flight requests.
+func New(addr string, h http.Handler, shutdown time.Duration) *Server {
 	return &Server{
 		addr: addr,
 		srv: &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       30 * time.Second,
-			WriteTimeout:      60 * time.Second,
-			IdleTimeout:       2 * time.Minute,
-			MaxHeaderBytes:    64 << 10,
+			// Long enough for /debug/pprof/profile's default 30 s.
+			WriteTimeout:   60 * time.Second,
+			IdleTimeout:    2 * time.Minute,
+			MaxHeaderBytes: 64 << 10,
 		},
-		shutdownTimeout: shutdownTimeout,
+		shutdown: shutdown,
 	}
 }
 
-// Listen binds the port now, so a taken port fails start-up rather than a running service.
+// Listen binds the port now.
 func (s *Server) Listen() error {
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
@@ -42,7 +45,7 @@ func (s *Server) Listen() error {
 	return nil
 }
 
-// Addr is the bound address (after Listen).
+// Addr is the bound address (after Listen), else the configured one.
 func (s *Server) Addr() string {
 	if s.ln == nil {
 		return s.addr
@@ -50,8 +53,7 @@ func (s *Server) Addr() string {
 	return s.ln.Addr().String()
 }
 
-// Run serves until ctx ends, then stops accepting and waits for in-flight
-// requests, each of which still gets its 202 or 503.
+// Run serves until ctx ends, then stops accepting and waits for in-flight requests.
 func (s *Server) Run(ctx context.Context) error {
 	if s.ln == nil {
 		if err := s.Listen(); err != nil {
@@ -65,7 +67,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), s.shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), s.shutdown)
 	defer cancel()
 	err := s.srv.Shutdown(sctx)
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
