@@ -22,15 +22,7 @@ import (
 	"github.com/announcer/announcer/pkg/stacktest"
 )
 
-func TestMain(m *testing.M) {
-	// kafkabus.EnsureTopics (run at start-up with create_topics) talks through
-	// kafka-go's process-wide default transport, whose idle connections outlive
-	// the service; everything the service owns is closed and checked.
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
-		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const token = "integration-token-0123456789"
 
