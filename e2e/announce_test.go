@@ -6,10 +6,14 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
+
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/kafkatest"
 	"github.com/announcer/announcer/pkg/stacktest"
 	"github.com/announcer/announcer/pkg/xmpptest"
 )
@@ -278,4 +282,31 @@ func TestTwoNodesAndSenderReplicas(t *testing.T) {
 	if got, want := sent("sender-node2-0"), float64(len(on["node2"])*rounds); got != want {
 		t.Errorf("node2 sender sent %v stanzas, want %v", got, want)
 	}
+}
+
+// The first generation's Kafka input: the REST bodies as records. A good record reaches the
+// members; a bad one lands on the dead-letter topic with the reason, and neither blocks the other.
+func TestKafkaInputReachesClientsAndBadRecordsAreDeadLettered(t *testing.T) {
+	s := newSystem(t, options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	m := s.user("m", "node1")
+	cm := s.login(ctx, m)
+	s.channel(60, s.p+"-kin", "ACCEPTED", m)
+	bad := `{"channel_id": 60, "message": "%%% not base64"}`
+	good := `{"channel_id": "` + s.p + `-kin", "message": "` + b64(template(s.from)) + `"}`
+	kafkatest.Produce(t, s.env.KafkaBrokers, s.p+"_input",
+		kafka.Message{Key: []byte("bad"), Value: []byte(bad)},
+		kafka.Message{Key: []byte("good"), Value: []byte(good)})
+	msgs, err := cm.Wait(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRendered(t, msgs[0], m+"@"+s.domain, s.from)
+	dl := kafkatest.ReadAll(t, s.env.KafkaBrokers, s.p+"_dlq", 1, 30*time.Second)
+	if len(dl) != 1 || string(dl[0].Value) != bad || !strings.Contains(dl[0].Headers[kafkabus.HeaderReason], "message") ||
+		!strings.HasPrefix(dl[0].Headers[kafkabus.HeaderSource], s.p+"_input/") {
+		t.Fatalf("dead letters %+v", dl)
+	}
+	expectNothing(t, cm, 1)
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/stacktest"
 	"github.com/announcer/announcer/pkg/xmpptest"
 )
@@ -269,6 +270,13 @@ group_name = "@P@_archiver"
 		return path
 	}
 	s.cfg = write("announcer.toml", config(procs[0]))
+
+	// The operator's input topic exists before the ingress consumes it.
+	tctx, tcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer tcancel()
+	if err := kafkabus.EnsureTopics(tctx, env.KafkaBrokers, kafkabus.Topic{Name: s.p + "_input", Partitions: 2, ReplicationFactor: 1}); err != nil {
+		t.Fatal(err)
+	}
 
 	// Downstream first, so every consumer is there before the first announcement.
 	s.start("archiver", s.cfg, nil)
