@@ -13,7 +13,7 @@ import (
 // API calls ejabberd's HTTP API (mod_http_api), e.g. http://127.0.0.1:5280/api.
 type API struct {
 	Base   string
-	Client *http.Client
+	Client *http.Client // nil: a new connection per call
 }
 
 // Call posts args to /api/<command> and returns the raw answer.
@@ -29,7 +29,8 @@ func (a API) Call(ctx context.Context, command string, args any) ([]byte, error)
 	req.Header.Set("Content-Type", "application/json")
 	hc := a.Client
 	if hc == nil {
-		hc = http.DefaultClient
+		// No keep-alive by default: an idle connection would outlive the test (goleak).
+		hc = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

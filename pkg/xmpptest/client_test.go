@@ -6,12 +6,15 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"mellium.im/xmpp/component"
 	"mellium.im/xmpp/jid"
 
 	"github.com/announcer/announcer/pkg/stacktest"
 	"github.com/announcer/announcer/pkg/xmpptest"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // A message written on a component connection reaches a logged-in client, decoded.
 func TestClientReceivesFromComponent(t *testing.T) {

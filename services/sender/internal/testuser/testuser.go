@@ -5,7 +5,6 @@ package testuser
 
 import (
 	"context"
-	"net/http"
 	"testing"
 	"time"
 
@@ -49,10 +48,9 @@ func Login(t testing.TB, env stacktest.Env, prefix string) *xmpptest.Client {
 	return c
 }
 
-// API is the stack's ejabberd HTTP API, without keep-alive connections
-// (they would outlive the test and trip goleak).
+// API is the stack's ejabberd HTTP API.
 func API(env stacktest.Env) xmpptest.API {
-	return xmpptest.API{Base: env.EjabberdAPI, Client: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}}
+	return xmpptest.API{Base: env.EjabberdAPI}
 }
 
 // ComponentDomain picks a component domain no other process uses: spare
