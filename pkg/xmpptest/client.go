@@ -15,6 +15,7 @@ import (
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/ping"
 	"mellium.im/xmpp/stanza"
 )
 
@@ -69,6 +70,13 @@ func Login(ctx context.Context, addr, user, domain, password string) (*Client, e
 	if err := s.Send(ctx, stanza.Presence{}.Wrap(nil)); err != nil {
 		_ = c.Close()
 		return nil, fmt.Errorf("presence %s: %w", j, err)
+	}
+	// The server handles a session's stanzas in order: once this ping is answered the
+	// presence was processed, so a message sent after Login returns goes to this session
+	// rather than racing into offline storage.
+	if err := ping.Send(ctx, s, j.Domain()); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("ping %s: %w", j, err)
 	}
 	return c, nil
 }
