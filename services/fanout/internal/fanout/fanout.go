@@ -18,6 +18,7 @@ import (
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/debugserver"
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/kafkain"
 	"github.com/announcer/announcer/pkg/lifecycle"
 	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
@@ -47,7 +48,8 @@ type presenceSource interface {
 type Options struct {
 	// Registry receives every metric and serves /metrics.
 	Registry *prometheus.Registry
-	// Done, if set, sees every event whose offset was committed (tests, the benchmark).
+	// Done, if set, sees every event once all its batches are acked (tests, the benchmark);
+	// its offset is committed right after, in partition order.
 	Done func(announcement.Event, audience.Result)
 }
 
@@ -134,15 +136,11 @@ func Run(ctx context.Context, log zerolog.Logger, cfg config.Config, o Options) 
 	if cfg.Sender.Mode == config.ModeComponent {
 		tmpl.ComponentDomain = cfg.Component.TemplateDomain()
 	}
-	consumer, err := kafkaio.NewConsumer(reader, resolver, producer, kafkaio.Decoder{Template: tmpl}, kafkaio.Options{
-		Workers: max(cfg.LogicProcessNumber, 1),
-		Drain:   drainTimeout,
-		Retry:   retry,
-		Done:    done,
-	}, log.With().Str("component", "consumer").Logger(), metrics)
-	if err != nil {
-		return err
-	}
+	handler := kafkaio.NewHandler(resolver, kafkaio.Decoder{Template: tmpl}, retry, log.With().Str("component", "consumer").Logger(), done)
+	consumer := kafkain.New(reader, producer, handler.Handle, kafkain.Options{
+		MaxInFlight:  max(cfg.LogicProcessNumber, 1),
+		DrainTimeout: drainTimeout,
+	}, log, kafkain.NewMetrics(reg, "fanout", nil))
 
 	debug.AddCheck(debugserver.Check{Name: "mysql", Fn: store.Ping})
 	debug.AddCheck(debugserver.Check{Name: "presence", Fn: source.Ping})
