@@ -136,9 +136,15 @@ func TestUsersOnlineAtOnceOfflineFromStorageAndPersisted(t *testing.T) {
 	}
 	checkRendered(t, msgs[0], on+"@"+s.domain, from)
 
-	// The offline user finds it in ejabberd's offline storage when it logs in.
+	// The offline user finds it in ejabberd's offline storage when it logs in. Log in only
+	// after the batch's fence: then ejabberd has stored the message. Logging in earlier races
+	// the store against the login's offline pop, and a message stored after the pop waits
+	// for the next login.
 	deadline := time.Now().Add(30 * time.Second)
-	for s.metric("sender-node1-0", "announcer_sender_stanzas_sent_total") < 2 && time.Now().Before(deadline) {
+	for s.metric("sender-node1-0", "announcer_sender_fences_total") < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the users batch was never fenced")
+		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	coff := s.login(ctx, off)
