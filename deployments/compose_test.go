@@ -505,7 +505,7 @@ func TestComposeMariaDBDemoData(t *testing.T) {
 		init[m.target] = m.source
 	}
 	for _, c := range []struct{ target, stack string }{
-		{"/docker-entrypoint-initdb.d/01-schema.sql", "scripts/stack/schema.sql"},
+		{"/docker-entrypoint-initdb.d/01-schema.sql", "pkg/channeldb/schema.sql"},
 		{"/docker-entrypoint-initdb.d/02-demo.sql", "scripts/stack/demo.sql"},
 	} {
 		if filepath.Clean(init[c.target]) != filepath.Join(repoRoot, c.stack) {

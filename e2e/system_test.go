@@ -23,6 +23,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/announcer/announcer/pkg/channeldb"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/stacktest"
 	"github.com/announcer/announcer/pkg/xmpptest"
@@ -142,11 +143,7 @@ func newSystem(t *testing.T, o options) *system {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.db.Close() })
-	schema, err := os.ReadFile("../scripts/stack/schema.sql")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.db.Exec(string(schema)); err != nil {
+	if err := channeldb.Create(context.Background(), s.db); err != nil {
 		t.Fatal(err)
 	}
 

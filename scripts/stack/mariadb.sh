@@ -101,7 +101,7 @@ GRANT ALL PRIVILEGES ON *.* TO '$MYSQL_USER'@'127.0.0.1' WITH GRANT OPTION;
 GRANT ALL PRIVILEGES ON *.* TO '$MYSQL_USER'@'localhost' WITH GRANT OPTION;
 FLUSH PRIVILEGES;
 SQL
-  mariadb_root "$MYSQL_DB" <"$STACK_SCRIPTS/schema.sql" || die "mariadb: schema.sql failed"
+  mariadb_root "$MYSQL_DB" <"$STACK_SCRIPTS/../../pkg/channeldb/schema.sql" || die "mariadb: schema.sql failed"
   mariadb_root "$MYSQL_DB" <"$STACK_SCRIPTS/demo.sql" || die "mariadb: demo.sql failed"
 }
 

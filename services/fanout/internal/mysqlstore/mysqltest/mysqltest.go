@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 
+	"github.com/announcer/announcer/pkg/channeldb"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/stacktest"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"
@@ -58,7 +59,7 @@ func Create(ctx context.Context, dsn, name string) (config.MySQL, func() error, 
 		return config.MySQL{}, nil, err
 	}
 	defer st.Close()
-	if err := mysqlstore.CreateSchema(ctx, st.DB()); err != nil {
+	if err := channeldb.Create(ctx, st.DB()); err != nil {
 		_ = drop()
 		return config.MySQL{}, nil, err
 	}

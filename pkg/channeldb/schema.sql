@@ -1,5 +1,6 @@
 -- Schema of the announcer database (names kept from the first generation).
--- Idempotent: applied by scripts/stack/stack.sh at every `up`.
+-- Idempotent: applied by scripts/stack/stack.sh at every `up`, by the compose MariaDB on first
+-- start, and by tests through the Go package beside it (pkg/channeldb), which embeds this file.
 
 -- One row per channel. channel_channelid is the channel's public string id.
 CREATE TABLE IF NOT EXISTS ws_channel_data (
