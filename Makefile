@@ -55,7 +55,7 @@ bench: stack-up
 	@$(TESTENV) && \
 	(cd pkg && go test -run '^$$' -bench . -benchmem ./stanza/ ./announcement/) && \
 	(cd services/ingress && go run ./cmd/ingress-bench) && \
-	(cd services/fanout && go run ./cmd/fanout-bench) && \
+	(cd services/fanout && ANNOUNCER_BENCH=1 go test -count=1 -timeout 30m -run '^TestBenchGiantChannel$$' -v .) && \
 	(cd services/sender && go run ./cmd/sender-bench) && \
 	(cd e2e && ANNOUNCER_BENCH=1 go test -count=1 -timeout 10m -run '^TestDeliveryThroughput$$' -v .)
 

@@ -34,7 +34,9 @@ type ChannelRef struct {
 
 func (c ChannelRef) MarshalJSON() ([]byte, error) {
 	if c.IsString {
-		return json.Marshal(c.StringID)
+		// Unescaped like the records around it; json.Marshal callers still
+		// get \u003c, because they re-escape what a Marshaler returns.
+		return encodeJSON(c.StringID)
 	}
 	return strconv.AppendInt(nil, c.ID, 10), nil
 }
@@ -112,11 +114,39 @@ func (b *Batch) Key() []byte {
 	return fmt.Appendf(nil, "%s/%d/%d", b.AnnouncementID, b.Shard, b.Seq)
 }
 
-// Encode returns the JSON form.
-func (e *Event) Encode() ([]byte, error) { return json.Marshal(e) }
+// Encode returns the JSON form: one JSON value, no trailing newline, '<',
+// '>' and '&' left as they are (see encodeJSON).
+func (e *Event) Encode() ([]byte, error) {
+	p, err := encodeJSON(e)
+	if err != nil {
+		return nil, fmt.Errorf("announcement event: %w", err)
+	}
+	return p, nil
+}
 
-// Encode returns the JSON form.
-func (b *Batch) Encode() ([]byte, error) { return json.Marshal(b) }
+// Encode returns the JSON form, as Event.Encode does.
+func (b *Batch) Encode() ([]byte, error) {
+	p, err := encodeJSON(b)
+	if err != nil {
+		return nil, fmt.Errorf("delivery batch: %w", err)
+	}
+	return p, nil
+}
+
+// encodeJSON is json.Marshal without HTML escaping: templates are XML, and
+// six bytes for every '<' would bloat every record and make it unreadable
+// in Kafka tools, while nothing embeds these records in HTML. Records
+// written escaped by earlier versions decode to the same values.
+func encodeJSON(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	// Encode ends the value with '\n' for streams; a record is one value.
+	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}), nil
+}
 
 // MaxIDLen bounds announcement ids.
 const MaxIDLen = 128

@@ -1,6 +1,7 @@
 package announcement
 
 import (
+	"bytes"
 	"encoding/json"
 	"reflect"
 	"strings"
@@ -87,6 +88,7 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add([]byte(`{"id":"a","kind":"channel","channel_id":"demo","template":"<m/>"}`))
 	f.Add([]byte(`{"id":"a","kind":"users","usernames":["x"],"template":"<m/>","persist":true}`))
 	f.Add([]byte(`{"id":"a","kind":"channel_shard","template":"t","shard":{"channel_id":1,"index":0,"count":1}}`))
+	f.Add([]byte(`{"id":"a","kind":"channel","channel_id":"\u003c\u0026\u003e","template":"\u003cm/\u003e \u2028"}`))
 	f.Fuzz(func(t *testing.T, p []byte) {
 		e, err := DecodeEvent(p)
 		if err != nil {
@@ -100,11 +102,15 @@ func FuzzDecodeEvent(f *testing.F) {
 		if _, err := DecodeEvent(q); err != nil {
 			t.Fatalf("re-decode of %s: %v", q, err)
 		}
+		if !json.Valid(q) || bytes.HasSuffix(q, []byte("\n")) {
+			t.Fatalf("Encode gave %q, want one JSON value without a newline", q)
+		}
 	})
 }
 
 func FuzzDecodeBatch(f *testing.F) {
 	f.Add([]byte(`{"announcement_id":"a","seq":1,"node":"n","template":"t","recipients":["x@y"]}`))
+	f.Add([]byte(`{"announcement_id":"a","template":"\u003cm a='\u0026amp;'/\u003e","recipients":["x\u003cy"]}`))
 	f.Fuzz(func(t *testing.T, p []byte) {
 		b, err := DecodeBatch(p)
 		if err != nil {
@@ -113,5 +119,110 @@ func FuzzDecodeBatch(f *testing.F) {
 		if len(b.Recipients) == 0 || b.Template == "" {
 			t.Fatalf("accepted an unusable batch: %+v", b)
 		}
+		q, err := b.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := DecodeBatch(q)
+		if err != nil {
+			t.Fatalf("re-decode of %s: %v", q, err)
+		}
+		if again.Template != b.Template || !reflect.DeepEqual(again.Recipients, b.Recipients) {
+			t.Fatalf("round trip changed the batch:\n got %+v\nwant %+v", again, b)
+		}
 	})
+}
+
+// htmlTemplate has every byte json.Marshal escapes for HTML.
+const htmlTemplate = `<message to='%s' id='a&amp;b'><body>1 &lt; 2 && 3 > 2</body></message>`
+
+func TestEncodeDoesNotEscapeHTML(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	ev := Event{ID: "a<1>", Kind: KindChannel, Channel: &ChannelRef{StringID: "<&>", IsString: true}, Template: htmlTemplate, CreatedAt: now, Source: "rest"}
+	b := Batch{AnnouncementID: "a<1>", Node: "n&1", Template: htmlTemplate, Recipients: []string{"alice", "bob@x/<r>"}, CreatedAt: now}
+	for _, tt := range []struct {
+		name string
+		v    any
+		enc  func() ([]byte, error)
+	}{
+		{"event", &ev, ev.Encode},
+		{"batch", &b, b.Encode},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := tt.enc()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Contains(p, []byte(htmlTemplate)) {
+				t.Errorf("template not verbatim in %s", p)
+			}
+			if bytes.Contains(p, []byte(`\u00`)) {
+				t.Errorf("escaped bytes in %s", p)
+			}
+			if len(p) == 0 || p[len(p)-1] != '}' {
+				t.Errorf("output does not end with the object: %q", p)
+			}
+			// Same fields, same order, only the escaping differs.
+			old, err := json.Marshal(tt.v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unescaped := strings.NewReplacer(`\u003c`, "<", `\u003e`, ">", `\u0026`, "&").Replace(string(old))
+			if string(p) != unescaped {
+				t.Errorf("Encode differs from json.Marshal beyond escaping:\n got %s\nwant %s", p, unescaped)
+			}
+		})
+	}
+}
+
+// TestDecodeBothEscapings: records written before Encode stopped escaping
+// must decode to what the new ones decode to.
+func TestDecodeBothEscapings(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	ev := Event{ID: "a1", Kind: KindUsers, Usernames: []string{"alice", "bob@x/<&>"}, Template: htmlTemplate, Persist: true, CreatedAt: now, Source: "kafka:in"}
+	escaped, err := json.Marshal(&ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(escaped, []byte(`\u003c`)) {
+		t.Fatalf("json.Marshal no longer escapes, the test proves nothing: %s", escaped)
+	}
+	plain, err := ev.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range [][]byte{escaped, plain} {
+		got, err := DecodeEvent(p)
+		if err != nil || !reflect.DeepEqual(got, ev) {
+			t.Errorf("DecodeEvent(%s) = %+v, %v; want %+v", p, got, err, ev)
+		}
+	}
+
+	b := Batch{AnnouncementID: "a1", Shard: 1, Seq: 2, Node: "n1", Template: htmlTemplate, Persist: true, FirstIncID: 9, Recipients: []string{"alice", "bob@x/<&>"}, CreatedAt: now}
+	escaped, err = json.Marshal(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err = b.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range [][]byte{escaped, plain} {
+		got, err := DecodeBatch(p)
+		if err != nil || !reflect.DeepEqual(got, b) {
+			t.Errorf("DecodeBatch(%s) = %+v, %v; want %+v", p, got, err, b)
+		}
+	}
+}
+
+// TestChannelRefMarshalEscaping: json.Marshal of a value holding a
+// ChannelRef still escapes, as it does for everything else.
+func TestChannelRefMarshalEscaping(t *testing.T) {
+	p, err := json.Marshal(struct{ C ChannelRef }{ChannelRef{StringID: "<&>", IsString: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"C":"\u003c\u0026\u003e"}`; string(p) != want {
+		t.Errorf("json.Marshal = %s, want %s", p, want)
+	}
 }

@@ -16,13 +16,15 @@ import (
 	"github.com/announcer/announcer/pkg/logging"
 )
 
-// RunFunc is a service's run: it returns when ctx ends or something fails.
-type RunFunc func(ctx context.Context, log zerolog.Logger, cfg config.Config) error
+// RunFunc is a service's run: it returns when ctx ends or something fails. H
+// are the service's hooks for tests and benchmarks; the binary passes none
+// (H's zero value).
+type RunFunc[H any] func(ctx context.Context, log zerolog.Logger, cfg config.Config, hooks H) error
 
 // Main parses the standard flags, loads and validates the config for role, builds the
 // logger and calls run under SIGINT/SIGTERM handling. It returns the process exit code.
 // extra may register service-specific flags and adjust the config after loading.
-func Main(role config.Role, args []string, stderr io.Writer, run RunFunc, extra func(fs *flag.FlagSet) func(*config.Config)) int {
+func Main[H any](role config.Role, args []string, stderr io.Writer, run RunFunc[H], extra func(fs *flag.FlagSet) func(*config.Config)) int {
 	fs := flag.NewFlagSet(string(role), flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "announcer.toml", "path of the TOML config file")
@@ -70,7 +72,8 @@ func Main(role config.Role, args []string, stderr io.Writer, run RunFunc, extra 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Info().Str("config", *path).Msg("starting")
-	if err := run(ctx, log, cfg); err != nil {
+	var none H
+	if err := run(ctx, log, cfg, none); err != nil {
 		log.Error().Err(err).Msg("stopped with error")
 		return 1
 	}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/announcer/announcer/pkg/stanza"
 )
 
 // Config is the whole file. First-generation keys come first, in its order.
@@ -122,6 +124,15 @@ type Client struct {
 	Domain       string `toml:"domain"`
 	PingInterval int    `toml:"ping_interval"` // seconds
 	Resource     string `toml:"resource"`
+}
+
+// JID is the sending account's bare JID: username, completed with domain
+// unless it already has one.
+func (c Client) JID() string {
+	if strings.Contains(c.Username, "@") {
+		return c.Username
+	}
+	return c.Username + "@" + c.Domain
 }
 
 type Component struct {
@@ -382,6 +393,19 @@ func (c *Config) UserDomain() string {
 		return c.Client.Domain
 	}
 	return c.Component.Domain
+}
+
+// TemplateRules are the checks every stage applies to a template: ingress at
+// the door, the others before rendering. They follow the connection mode, since
+// what ejabberd closes a stream for differs between a component and a c2s session.
+func (c *Config) TemplateRules() stanza.Options {
+	o := stanza.Options{MaxBytes: c.Ingress.MaxTemplateBytes}
+	if c.Sender.Mode == ModeClient {
+		o.ClientJID = c.Client.JID()
+	} else {
+		o.ComponentDomain = c.Component.TemplateDomain()
+	}
+	return o
 }
 
 // SplitList splits a first-generation comma-separated value, dropping blanks.

@@ -251,3 +251,24 @@ func FuzzParse(f *testing.F) {
 		_ = c.String()
 	})
 }
+
+func TestTemplateRulesFollowTheMode(t *testing.T) {
+	cfg := Default()
+	cfg.Component.Name, cfg.Component.Domain = "announcer", "example.org"
+	cfg.Client = Client{Username: "admin", Domain: "client.example.org"}
+	if r := cfg.TemplateRules(); r.ComponentDomain != "announcer.example.org" || r.ClientJID != "" || r.MaxBytes != cfg.Ingress.MaxTemplateBytes {
+		t.Errorf("component mode: %+v", r)
+	}
+	cfg.Component.FromDomain = "shared.example.org"
+	if r := cfg.TemplateRules(); r.ComponentDomain != "shared.example.org" {
+		t.Errorf("a replica with from_domain: %+v", r)
+	}
+	cfg.Sender.Mode = ModeClient
+	if r := cfg.TemplateRules(); r.ComponentDomain != "" || r.ClientJID != "admin@client.example.org" {
+		t.Errorf("client mode: %+v", r)
+	}
+	cfg.Client.Username = "admin@other.example"
+	if got := cfg.Client.JID(); got != "admin@other.example" {
+		t.Errorf("a username with a domain: %q", got)
+	}
+}

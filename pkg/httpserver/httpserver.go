@@ -81,5 +81,8 @@ func (s *Server) Close() error {
 	if s.ln == nil {
 		return nil
 	}
-	return s.ln.Close()
+	if err := s.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
 }

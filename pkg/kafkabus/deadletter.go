@@ -16,10 +16,18 @@ const maxReason = 1024
 // RecordOverhead is kept free of key and value for headers and framing.
 const RecordOverhead = 4096
 
+// DefaultMaxMessageBytes is Kafka's own default record size limit (message.max.bytes),
+// used when no limit is given: a dead letter is always cut to fit some limit.
+const DefaultMaxMessageBytes = 1 << 20
+
 // DeadLetter returns the record to write for a refused message m: its key, value and headers,
-// plus why (HeaderReason) and where it came from (HeaderSource). With maxBytes > 0 the key and
-// value are cut to fit a topic of that record size, and HeaderTruncated says so.
+// plus why (HeaderReason) and where it came from (HeaderSource). The key and value are cut to
+// fit a topic of maxBytes per record (DefaultMaxMessageBytes when maxBytes <= 0), and
+// HeaderTruncated says so: the record that was refused once must not be refused again for size.
 func DeadLetter(m kafka.Message, topic, reason string, maxBytes int) kafka.Message {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxMessageBytes
+	}
 	if len(reason) > maxReason {
 		reason = reason[:maxReason]
 	}
@@ -30,7 +38,7 @@ func DeadLetter(m kafka.Message, topic, reason string, maxBytes int) kafka.Messa
 		kafka.Header{Key: HeaderSource, Value: []byte(Source(m))},
 	)
 	key, value := m.Key, m.Value
-	if limit := maxBytes - RecordOverhead; maxBytes > 0 && limit > 0 {
+	if limit := maxBytes - RecordOverhead; limit > 0 {
 		if len(key) > limit/2 {
 			key = key[:limit/2]
 		}
@@ -51,7 +59,7 @@ type MessageWriter interface {
 type DeadLetters struct {
 	W        MessageWriter
 	Topic    string
-	MaxBytes int // record size limit of the topic; 0 = no cut
+	MaxBytes int // record size limit of the topic; <= 0 = DefaultMaxMessageBytes
 }
 
 // DeadLetter writes m with the reason; one attempt, the caller retries.

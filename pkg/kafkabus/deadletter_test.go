@@ -50,3 +50,15 @@ func TestDeadLetterCutsWhatCannotFit(t *testing.T) {
 		t.Error("the source record was modified")
 	}
 }
+
+// No limit given still means Kafka's default limit: a dead letter is never written uncut.
+func TestDeadLetterWithoutALimitFitsKafkasDefault(t *testing.T) {
+	src := kafka.Message{Value: []byte(strings.Repeat("v", 2*DefaultMaxMessageBytes))}
+	dl := DeadLetter(src, "dlq", "too big", 0)
+	if len(dl.Value) > DefaultMaxMessageBytes-RecordOverhead {
+		t.Fatalf("value of %d bytes does not fit %d", len(dl.Value), DefaultMaxMessageBytes)
+	}
+	if _, ok := header(dl, HeaderTruncated); !ok {
+		t.Error("not marked truncated")
+	}
+}

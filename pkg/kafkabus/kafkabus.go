@@ -25,20 +25,38 @@ type WriterOptions struct {
 	WriteTimeout time.Duration
 	MaxAttempts  int
 	BatchBytes   int64
+	BatchSize    int  // records per produce request; 0 = kafka-go's default (100)
+	RoundRobin   bool // spread records over partitions instead of hashing their keys
+	// Dial replaces the dialer of every broker connection (tests route them through a proxy).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Writer is a producer that owns its broker connections: kafka-go's shared default
+// transport keeps connections (and stale metadata) for the life of the process, so
+// each Writer has a transport of its own and Close releases it.
+type Writer struct {
+	*kafka.Writer
+	transport *kafka.Transport
 }
 
 // NewWriter returns a producer that waits for every in-sync replica (acks=all),
 // hashes keys to partitions and never creates topics by itself. Topic is set per message.
-func NewWriter(brokers []string, o WriterOptions) *kafka.Writer {
+func NewWriter(brokers []string, o WriterOptions) *Writer {
+	tr := &kafka.Transport{Dial: o.Dial}
 	w := &kafka.Writer{
 		Addr:                   kafka.TCP(brokers...),
 		Balancer:               &kafka.Hash{},
 		RequiredAcks:           kafka.RequireAll,
 		BatchTimeout:           o.BatchTimeout,
+		BatchSize:              o.BatchSize,
 		WriteTimeout:           o.WriteTimeout,
 		ReadTimeout:            o.WriteTimeout,
 		MaxAttempts:            o.MaxAttempts,
 		AllowAutoTopicCreation: false,
+		Transport:              tr,
+	}
+	if o.RoundRobin {
+		w.Balancer = &kafka.RoundRobin{}
 	}
 	if o.BatchBytes > 0 {
 		w.BatchBytes = o.BatchBytes
@@ -49,7 +67,14 @@ func NewWriter(brokers []string, o WriterOptions) *kafka.Writer {
 	if w.MaxAttempts <= 0 {
 		w.MaxAttempts = 3
 	}
-	return w
+	return &Writer{Writer: w, transport: tr}
+}
+
+// Close flushes what is buffered, then closes the connections.
+func (w *Writer) Close() error {
+	err := w.Writer.Close()
+	w.transport.CloseIdleConnections()
+	return err
 }
 
 // ReaderOptions tune a consumer.
@@ -99,6 +124,22 @@ func NewReader(brokers []string, group string, topics []string, o ReaderOptions)
 	return kafka.NewReader(cfg)
 }
 
+// Client is a kafka-go admin client with connections of its own (the shared
+// default transport's would outlive it); Close releases them.
+type Client struct {
+	*kafka.Client
+	transport *kafka.Transport
+}
+
+// NewClient returns a client of brokers whose requests time out after timeout.
+func NewClient(brokers []string, timeout time.Duration) *Client {
+	tr := &kafka.Transport{}
+	return &Client{Client: &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: timeout, Transport: tr}, transport: tr}
+}
+
+// Close releases the client's connections.
+func (c *Client) Close() { c.transport.CloseIdleConnections() }
+
 // Topic is a topic to create if missing.
 type Topic struct {
 	Name              string
@@ -111,10 +152,8 @@ func EnsureTopics(ctx context.Context, brokers []string, topics ...Topic) error 
 	if len(topics) == 0 {
 		return nil
 	}
-	// An own transport, closed on return: kafka-go's default one keeps connections forever.
-	tr := &kafka.Transport{}
-	defer tr.CloseIdleConnections()
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: tr}
+	c := NewClient(brokers, 10*time.Second)
+	defer c.Close()
 	req := &kafka.CreateTopicsRequest{}
 	for _, t := range topics {
 		req.Topics = append(req.Topics, kafka.TopicConfig{
@@ -135,6 +174,21 @@ func EnsureTopics(ctx context.Context, brokers []string, topics ...Topic) error 
 		return err
 	}
 	// Metadata propagates asynchronously: wait until every topic has its leaders.
+	return awaitLeaders(ctx, c, topics)
+}
+
+// AwaitTopics returns once every topic exists with a leader for each partition.
+func AwaitTopics(ctx context.Context, brokers []string, names ...string) error {
+	c := NewClient(brokers, 10*time.Second)
+	defer c.Close()
+	topics := make([]Topic, len(names))
+	for i, n := range names {
+		topics[i] = Topic{Name: n}
+	}
+	return awaitLeaders(ctx, c, topics)
+}
+
+func awaitLeaders(ctx context.Context, c *Client, topics []Topic) error {
 	for {
 		md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: names(topics)})
 		if err == nil && ready(md, topics) {
@@ -142,7 +196,10 @@ func EnsureTopics(ctx context.Context, brokers []string, topics ...Topic) error 
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("create topics: waiting for leaders: %w", ctx.Err())
+			if err == nil {
+				err = errors.New("some topics are missing or have no leader")
+			}
+			return fmt.Errorf("topics %v: %w (%w)", names(topics), ctx.Err(), err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

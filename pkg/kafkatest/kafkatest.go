@@ -31,9 +31,9 @@ type Record struct {
 // client is a kafka-go client with its own transport, closed when the test ends
 // (the default transport's pools would outlive the test and trip goleak).
 func client(t testing.TB, brokers []string) *kafka.Client {
-	tr := &kafka.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: tr}
+	c := kafkabus.NewClient(brokers, 10*time.Second)
+	t.Cleanup(c.Close)
+	return c.Client
 }
 
 // Topics creates a topic per prefix with a unique name and deletes them when
@@ -183,10 +183,7 @@ func fetch(ctx context.Context, c *kafka.Client, topic string, partition int, fr
 // Produce writes msgs to topic with acks=all.
 func Produce(t testing.TB, brokers []string, topic string, msgs ...kafka.Message) {
 	t.Helper()
-	tr := &kafka.Transport{}
-	defer tr.CloseIdleConnections()
 	w := kafkabus.NewWriter(brokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
-	w.Transport = tr
 	defer func() { _ = w.Close() }()
 	for i := range msgs {
 		msgs[i].Topic = topic

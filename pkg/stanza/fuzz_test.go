@@ -37,6 +37,11 @@ func FuzzParse(f *testing.F) {
 		`<message to='x'><b%s/></message>`,
 		`<?xml version='1.0'?><message to='%s'/>`,
 		`<message to='%s'><!-- c --></message>`,
+		`<message to='%s' from='Announcer@LOCALHOST/x'><body/></message>`,
+		`<message from='announcer@localhost'><body>%s</body></message>`,
+		`<message to='x' from='announcer@localhost/%s'/>`,
+		`<message to='%s' from='announcer&#64;localhost/[inc_id]'/>`,
+		`<presence to='%s' from=''/>`,
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s), "bob", uint64(1))
@@ -45,7 +50,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`<message to='a' xmlns:p='%s'/>`), "", uint64(0))
 	f.Add([]byte(`<message to='a'><b>]]%s</b></message>`), "", uint64(0))
 	f.Fuzz(func(t *testing.T, raw []byte, user string, incID uint64) {
-		for _, opt := range []stanza.Options{{}, {ComponentDomain: component}} {
+		for _, opt := range []stanza.Options{{}, {ComponentDomain: component}, {ClientJID: clientAccount}} {
 			tpl, err := stanza.Parse(raw, opt)
 			if err != nil {
 				var ve *stanza.ValidationError
@@ -82,6 +87,11 @@ func FuzzParse(f *testing.F) {
 						t.Fatalf("template %q: from %q outside %q", tpl.Raw(), from, opt.ComponentDomain)
 					}
 				}
+				if opt.ClientJID != "" {
+					if from, _ := attr(root, "from"); from != "" && !equalFoldASCII(strings.SplitN(from, "/", 2)[0], opt.ClientJID) {
+						t.Fatalf("template %q: from %q is not the account %q", tpl.Raw(), from, opt.ClientJID)
+					}
+				}
 				if !strings.ContainsAny(jid, `&<>'"`) && !strings.Contains(jid, "[inc_id]") {
 					if want := reference(string(tpl.Raw()), jid, incID); string(out) != want {
 						t.Fatalf("render differs from reference:\n got %q\nwant %q", out, want)
@@ -93,7 +103,60 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("template %q, raw user %q: rendered %q is not well-formed", tpl.Raw(), user, out)
 			}
 		}
+		checkClientModel(t, raw)
 	})
+}
+
+// checkClientModel holds client mode to an independent model of the rule:
+// a template passes in client mode exactly when it passes without a mode
+// and its root's from is absent, empty, or a fixed valid JID whose bare
+// part is the account. A from that differs between two renderings
+// contains a placeholder.
+func checkClientModel(t *testing.T, raw []byte) {
+	t.Helper()
+	_, clientErr := stanza.Parse(raw, stanza.Options{ClientJID: clientAccount})
+	plain, err := stanza.Parse(raw, stanza.Options{})
+	if err != nil {
+		if clientErr == nil {
+			t.Fatalf("client mode accepted %q, which fails without a mode: %v", raw, err)
+		}
+		return
+	}
+	fromOf := func(jid string, incID uint64) string {
+		root, _, err := parseRoot(plain.AppendRender(nil, jid, incID))
+		if err != nil {
+			t.Fatalf("template %q: %v", plain.Raw(), err)
+		}
+		from, _ := attr(root, "from")
+		return from
+	}
+	from := fromOf("a@b", 1)
+	want := true
+	switch {
+	case from != fromOf("c@d/e", 2):
+		want = false
+	case from == "":
+	default:
+		_, err := stanza.NormalizeJID(from, "")
+		want = err == nil && equalFoldASCII(strings.SplitN(from, "/", 2)[0], clientAccount)
+	}
+	if (clientErr == nil) != want {
+		t.Fatalf("template %q with from %q: client mode error %v, want accepted = %v", plain.Raw(), from, clientErr, want)
+	}
+}
+
+// equalFoldASCII is the test's own ASCII-only case folding.
+func equalFoldASCII(a, b string) bool {
+	lower := func(s string) string {
+		b := []byte(s)
+		for i, c := range b {
+			if 'A' <= c && c <= 'Z' {
+				b[i] = c + 'a' - 'A'
+			}
+		}
+		return string(b)
+	}
+	return lower(a) == lower(b)
 }
 
 func FuzzNormalizeJID(f *testing.F) {
@@ -170,6 +233,64 @@ func FuzzDecodeBase64(f *testing.F) {
 			again, err := stanza.DecodeBase64("\n " + enc.EncodeToString(b) + " \r\n")
 			if err != nil || string(again) != string(b) {
 				t.Fatalf("round trip of %q: %q, %v", b, again, err)
+			}
+		}
+	})
+}
+
+// FuzzCanonicalRecipient checks that the canonical form changes nothing
+// that reaches ejabberd: AppendJID(CanonicalRecipient(x)) is
+// NormalizeJID(x), except that an address in the users' domain spelled in
+// another case comes out with the users' domain's spelling. It also checks
+// that every form of one address has the same presence key.
+func FuzzCanonicalRecipient(f *testing.F) {
+	for _, s := range []string{"alice", "alice@localhost", "alice@LOCALHOST", "alice@localhost/phone", "bob@other.example", "bob@[::1]", "a/b", "@localhost", "a@b@c", "\xff", ""} {
+		f.Add(s, "localhost")
+	}
+	f.Add("bob@[::A]", "[::a]")
+	f.Add("bob", "")
+	f.Fuzz(func(t *testing.T, s, domain string) {
+		c, err := stanza.CanonicalRecipient(s, domain)
+		n, nerr := stanza.NormalizeJID(s, domain)
+		if (err == nil) != (nerr == nil) {
+			t.Fatalf("CanonicalRecipient(%q, %q) = %q, %v but NormalizeJID = %q, %v", s, domain, c, err, n, nerr)
+		}
+		if err != nil {
+			if err.Error() != nerr.Error() {
+				t.Fatalf("errors differ: %v vs %v", err, nerr)
+			}
+			var ve *stanza.ValidationError
+			if !errors.As(err, &ve) || ve.Field != "usernames" {
+				t.Fatalf("error %T %v is not a usernames ValidationError", err, err)
+			}
+			return
+		}
+		bare, _, hasRes := strings.Cut(n, "/")
+		local, dom, _ := strings.Cut(bare, "@")
+		inUserDomain := equalFoldASCII(dom, domain)
+
+		want := n
+		if inUserDomain && !hasRes {
+			want = local + "@" + domain
+		}
+		r, err := stanza.AppendJID(nil, c, domain)
+		if err != nil || string(r) != want {
+			t.Fatalf("AppendJID(CanonicalRecipient(%q, %q) = %q) = %q, %v; want %q (NormalizeJID gives %q)", s, domain, c, r, err, want, n)
+		}
+		if again, err := stanza.CanonicalRecipient(c, domain); err != nil || again != c {
+			t.Fatalf("CanonicalRecipient is not idempotent: %q → %q → %q, %v", s, c, again, err)
+		}
+		if wantBare := inUserDomain && !hasRes; strings.Contains(c, "@") == wantBare {
+			t.Fatalf("CanonicalRecipient(%q, %q) = %q; bare username expected: %v", s, domain, c, wantBare)
+		}
+
+		key, ok := stanza.PresenceKey(c, domain)
+		if ok != inUserDomain || ok && key != local || !ok && key != "" {
+			t.Fatalf("PresenceKey(%q, %q) = %q, %v; want %q, %v", c, domain, key, ok, local, inUserDomain)
+		}
+		for _, form := range []string{s, n} {
+			if k, o := stanza.PresenceKey(form, domain); k != key || o != ok {
+				t.Fatalf("PresenceKey(%q) = %q, %v but PresenceKey(%q) = %q, %v", form, k, o, c, key, ok)
 			}
 		}
 	})

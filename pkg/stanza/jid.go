@@ -264,3 +264,87 @@ func AppendEscaped(dst []byte, s string) []byte {
 	}
 	return append(dst, s[last:]...)
 }
+
+// CanonicalRecipient returns the one form internal topics carry a recipient
+// in: the bare username when s is an account of userDomain without a
+// resource ("alice@localhost" → "alice"), else s as NormalizeJID returns
+// it ("bob@other.example", "carol@localhost/phone"); a bare username stays
+// as it is. One form per address lets every stage deduplicate and look up
+// presence by plain string comparison.
+//
+// Validation and errors are exactly NormalizeJID's. The domain is compared
+// ASCII case-insensitively (domain parts are case-insensitive, RFC 7622
+// §3.2), so "alice@LOCALHOST" becomes "alice" too and AppendJID renders it
+// with userDomain's spelling; for every other input AppendJID of the result
+// is byte for byte NormalizeJID(s, userDomain).
+func CanonicalRecipient(s, userDomain string) (string, error) {
+	if _, reason := checkRecipient(s, userDomain); reason != "" {
+		return "", jidErr(s, reason)
+	}
+	if strings.IndexByte(s, '/') >= 0 {
+		return s, nil
+	}
+	local, domain, hasDomain := strings.Cut(s, "@")
+	if hasDomain && equalFoldASCII(domain, userDomain) {
+		return local, nil
+	}
+	return s, nil
+}
+
+// PresenceKey returns the key of recipient in the Redis presence model
+// (GET <username>): the localpart when recipient is a bare username or an
+// address in userDomain (compared ASCII case-insensitively, resource
+// ignored). ok is false for an address of another domain, which has no
+// presence there, and for strings that are no address at all (empty
+// localpart, a resource without a domain). It expects a recipient that
+// CanonicalRecipient or NormalizeJID accepted, does not validate beyond
+// that and does not allocate.
+func PresenceKey(recipient, userDomain string) (key string, ok bool) {
+	bare, _, hasResource := strings.Cut(recipient, "/")
+	local, domain, hasDomain := strings.Cut(bare, "@")
+	switch {
+	case local == "", !hasDomain && hasResource:
+		return "", false
+	case hasDomain && !equalFoldASCII(domain, userDomain):
+		return "", false
+	}
+	return local, true
+}
+
+// checkBareJID returns "" when s is "user@domain", else why not.
+func checkBareJID(s string) string {
+	local, domain, ok := strings.Cut(s, "@")
+	if !ok {
+		return "want user@domain"
+	}
+	if strings.IndexByte(s, '/') >= 0 {
+		return "want user@domain without a resource"
+	}
+	if r := checkLocal(local); r != "" {
+		return r
+	}
+	return checkDomain(domain)
+}
+
+// equalFoldASCII is strings.EqualFold limited to ASCII letters: domains
+// are ASCII anyway, and folding other scripts in a localpart is PRECIS's
+// job, which this package does not pretend to do; there a missed equality
+// only makes client mode reject a from ejabberd might have accepted.
+func equalFoldASCII(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}

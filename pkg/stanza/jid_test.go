@@ -137,3 +137,101 @@ func TestAppendEscaped(t *testing.T) {
 		}
 	}
 }
+
+func TestCanonicalRecipient(t *testing.T) {
+	tests := []struct {
+		in, domain string
+		want       string // "" means rejected
+	}{
+		{"alice", "localhost", "alice"},
+		{"Alice", "localhost", "Alice"},
+		{"alice@localhost", "localhost", "alice"},
+		{"Alice@localhost", "localhost", "Alice"},
+		{"alice@LOCALHOST", "localhost", "alice"},
+		{"alice@localhost", "LocalHost", "alice"},
+		{"alice@localhost/phone", "localhost", "alice@localhost/phone"},
+		{"alice@localhost/a@b/c", "localhost", "alice@localhost/a@b/c"},
+		{"bob@other.example", "localhost", "bob@other.example"},
+		{"bob@other.example/r", "localhost", "bob@other.example/r"},
+		{"bob@localhost.evil", "localhost", "bob@localhost.evil"},
+		{"bob@host", "localhost", "bob@host"},
+		{"bob@[::1]", "[::1]", "bob"},
+		{"bob@[::a]", "[::A]", "bob"},
+		{"bob@[0::1]", "[::1]", "bob@[0::1]"}, // same address, other spelling: left alone
+		{"ünï@localhost", "localhost", "ünï"},
+		{"bob@other.example", "", "bob@other.example"},
+
+		{"", "localhost", ""},
+		{"alice", "", ""},
+		{"alice", "bad domain", ""},
+		{"alice/phone", "localhost", ""},
+		{"alice@", "localhost", ""},
+		{"@localhost", "localhost", ""},
+		{"alice@localhost/", "localhost", ""},
+		{"al ice@localhost", "localhost", ""},
+		{"a@b@localhost", "localhost", ""},
+	}
+	for _, tt := range tests {
+		got, err := stanza.CanonicalRecipient(tt.in, tt.domain)
+		_, nerr := stanza.NormalizeJID(tt.in, tt.domain)
+		if tt.want == "" {
+			var ve *stanza.ValidationError
+			if !errors.As(err, &ve) || ve.Field != "usernames" {
+				t.Errorf("CanonicalRecipient(%q, %q) = %q, %v; want *ValidationError for usernames", tt.in, tt.domain, got, err)
+			} else if nerr == nil || err.Error() != nerr.Error() {
+				t.Errorf("CanonicalRecipient(%q, %q) error %v differs from NormalizeJID's %v", tt.in, tt.domain, err, nerr)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("CanonicalRecipient(%q, %q) = %q, %v; want %q", tt.in, tt.domain, got, err, tt.want)
+		}
+	}
+}
+
+func TestPresenceKey(t *testing.T) {
+	tests := []struct {
+		in, domain string
+		key        string
+		ok         bool
+	}{
+		{"alice", "localhost", "alice", true},
+		{"Alice", "localhost", "Alice", true},
+		{"alice", "", "alice", true},
+		{"alice@localhost", "localhost", "alice", true},
+		{"alice@LOCALHOST", "localhost", "alice", true},
+		{"alice@localhost/phone", "localhost", "alice", true},
+		{"alice@localhost/a@other.example", "localhost", "alice", true},
+		{"bob@other.example", "localhost", "", false},
+		{"bob@other.example/r", "localhost", "", false},
+		{"bob@localhost.evil", "localhost", "", false},
+		{"bob@localhost", "", "", false},
+		// Not addresses: no key rather than a wrong one.
+		{"", "localhost", "", false},
+		{"@localhost", "localhost", "", false},
+		{"alice/phone", "localhost", "", false},
+	}
+	for _, tt := range tests {
+		key, ok := stanza.PresenceKey(tt.in, tt.domain)
+		if key != tt.key || ok != tt.ok {
+			t.Errorf("PresenceKey(%q, %q) = %q, %v; want %q, %v", tt.in, tt.domain, key, ok, tt.key, tt.ok)
+		}
+	}
+}
+
+func TestCanonicalRecipientAllocs(t *testing.T) {
+	for _, in := range []string{"alice", "alice@localhost", "bob@other.example/r"} {
+		allocs := testing.AllocsPerRun(1000, func() {
+			c, err := stanza.CanonicalRecipient(in, "localhost")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := stanza.PresenceKey(c, "localhost"); !ok && c != in {
+				t.Fatal("no presence key")
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("CanonicalRecipient+PresenceKey(%q) allocates %.1f times per run, want 0", in, allocs)
+		}
+	}
+}

@@ -30,12 +30,16 @@
 //   - "[inc_id]" sits in an attribute value, text content or CDATA;
 //   - no placeholder in a namespace declaration (xmlns, xmlns:p);
 //   - component mode: the root has `to` and a placeholder-free `from` whose
-//     domain equals the component domain (ASCII case-insensitively).
+//     domain equals the component domain (ASCII case-insensitively);
+//   - client mode: `to` is optional, and the root's `from`, when present and
+//     not empty, is placeholder-free and names the sending account, bare or
+//     with any resource (ASCII case-insensitively).
 package stanza
 
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -69,10 +73,30 @@ func (e *ValidationError) Error() string {
 	return "invalid " + e.Field + ": " + e.Reason
 }
 
-// Options tune Parse.
+// Options tune Parse. ComponentDomain and ClientJID select the connection
+// mode the templates are sent on, so at most one of them may be set; see
+// Validate.
 type Options struct {
 	MaxBytes        int    // decoded template size limit; <= 0 means DefaultMaxBytes
 	ComponentDomain string // non-empty in component mode: the root's `from` must be a JID whose domain part equals this domain
+	ClientJID       string // non-empty in client mode: the sending account's bare JID ("announcer@localhost"); the root's `from` must be absent, empty or this account
+}
+
+// Validate reports options no template could be checked against: both
+// modes at once, or a ClientJID that is not a bare user@domain JID. Parse
+// calls it first. Its errors are plain errors, not *ValidationError: the
+// configuration is at fault, not the template, so services should call it
+// at start-up and refuse to run.
+func (o Options) Validate() error {
+	if o.ComponentDomain != "" && o.ClientJID != "" {
+		return errors.New("stanza: Options.ComponentDomain (component mode) and Options.ClientJID (client mode) are mutually exclusive")
+	}
+	if o.ClientJID != "" {
+		if reason := checkBareJID(o.ClientJID); reason != "" {
+			return fmt.Errorf("stanza: Options.ClientJID %q is not a bare JID: %s", clip(o.ClientJID), reason)
+		}
+	}
+	return nil
 }
 
 func messageErr(format string, args ...any) error {
@@ -180,9 +204,13 @@ func isXMLSpace(c byte) bool {
 }
 
 // Parse validates the decoded template and precompiles it. Every rejection
-// is a *ValidationError with Field "message" whose Reason says what to fix.
-// See the package documentation for the rules.
+// of the template is a *ValidationError with Field "message" whose Reason
+// says what to fix; invalid options (see Options.Validate) give a plain
+// error instead. See the package documentation for the rules.
 func Parse(raw []byte, opt Options) (*Template, error) {
+	if err := opt.Validate(); err != nil {
+		return nil, err
+	}
 	limit := opt.MaxBytes
 	if limit <= 0 {
 		limit = DefaultMaxBytes
@@ -240,8 +268,13 @@ func Parse(raw []byte, opt Options) (*Template, error) {
 		return nil, messageErr("root element is <%s>; want message, presence or iq", clip(root.Name.Local))
 	}
 
-	if opt.ComponentDomain != "" {
+	switch {
+	case opt.ComponentDomain != "":
 		if err := checkComponent(sc, root.Attr, opt.ComponentDomain); err != nil {
+			return nil, err
+		}
+	case opt.ClientJID != "":
+		if err := checkClient(sc, root.Attr, opt.ClientJID); err != nil {
 			return nil, err
 		}
 	}
@@ -268,12 +301,7 @@ func checkComponent(sc *scanner, attrs []xmlAttr, domain string) error {
 	if sc.hasPlaceholderIn(fromSpan.start, fromSpan.end) {
 		return messageErr("component mode: the root's from attribute must not contain placeholders")
 	}
-	var from string
-	for _, a := range attrs {
-		if a.Name.Space == "" && a.Name.Local == "from" {
-			from = a.Value
-		}
-	}
+	from := attrByName(attrs, "from")
 	d, reason := jidDomain(from)
 	if reason != "" {
 		return messageErr("component mode: from %q is not a valid JID: %s", clip(from), reason)
@@ -282,6 +310,44 @@ func checkComponent(sc *scanner, attrs []xmlAttr, domain string) error {
 		return messageErr("component mode: from %q is not in the component domain %q", clip(from), clip(domain))
 	}
 	return nil
+}
+
+// checkClient enforces what ejabberd's c2s does with `from`: anything but
+// the session's own account closes the stream (invalid-from) for every
+// stanza queued behind this one. An absent or empty from is stamped by the
+// server, and c2s needs no `to`.
+func checkClient(sc *scanner, attrs []xmlAttr, account string) error {
+	fromSpan, ok := sc.rootAttr("from")
+	if !ok {
+		return nil
+	}
+	if sc.hasPlaceholderIn(fromSpan.start, fromSpan.end) {
+		return messageErr("client mode: the root's from attribute must not contain placeholders; drop it or set it to %q", clip(account))
+	}
+	// The decoded value, as ejabberd sees it: entities are expanded.
+	from := attrByName(attrs, "from")
+	if from == "" {
+		return nil
+	}
+	if _, reason := jidDomain(from); reason != "" {
+		return messageErr("client mode: from %q is not a valid JID: %s", clip(from), reason)
+	}
+	bare, _, _ := strings.Cut(from, "/")
+	if !equalFoldASCII(bare, account) {
+		return messageErr("client mode: from %q is not the sending account %q (ejabberd closes the stream for any other from); drop the attribute or set it to the account", clip(from), clip(account))
+	}
+	return nil
+}
+
+// attrByName returns the decoded value of the unprefixed attribute local, or
+// "" when there is none (checkXML has ruled out duplicates).
+func attrByName(attrs []xmlAttr, local string) string {
+	for _, a := range attrs {
+		if a.Name.Space == "" && a.Name.Local == local {
+			return a.Value
+		}
+	}
+	return ""
 }
 
 type placeholder struct {

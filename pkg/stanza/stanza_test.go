@@ -433,6 +433,7 @@ func TestPlaceholderAtEveryOffset(t *testing.T) {
 	bases := []string{
 		`<c:message xmlns:c='jabber:client' xmlns:h="urn:h" to='x@y' h:a="v&amp;w" xml:lang='en'><body>a]]b&#x41;&lt;</body><h:x><![CDATA[d]]]]></h:x><e/></c:message>`,
 		"<message to='x@y' from='announcer.localhost'>\n <body>]</body><body>]]</body><body>&gt;</body></message>",
+		"<presence from='announcer@localhost/r' type='probe'><status>]</status></presence>",
 	}
 	jids := append([]string{"", "]]", ">", "&"}, hostileJIDs...)
 	accepted := 0
@@ -443,7 +444,7 @@ func TestPlaceholderAtEveryOffset(t *testing.T) {
 				if ph == "[inc_id]" {
 					tplText = strings.Replace(tplText, "to='x@y'", "to='%s'", 1)
 				}
-				for _, opt := range []stanza.Options{{}, {ComponentDomain: component}} {
+				for _, opt := range []stanza.Options{{}, {ComponentDomain: component}, {ClientJID: clientAccount}} {
 					tpl, err := stanza.Parse([]byte(tplText), opt)
 					if err != nil {
 						continue
@@ -466,4 +467,114 @@ func TestPlaceholderAtEveryOffset(t *testing.T) {
 		t.Fatal("no template accepted; the test checks nothing")
 	}
 	t.Logf("%d placements accepted", accepted)
+}
+
+// clientAccount is the sending account of the client-mode tests.
+const clientAccount = "announcer@localhost"
+
+// TestParseClientFrom covers client mode: ejabberd's c2s closes the stream
+// when a stanza's from is anything but the session's own account.
+func TestParseClientFrom(t *testing.T) {
+	cl := stanza.Options{ClientJID: clientAccount}
+	tests := []struct {
+		name string
+		tpl  string
+		opt  stanza.Options
+		want string // "" = accepted, else a substring of the Reason
+	}{
+		{"no from", `<message to='%s'><body/></message>`, cl, ""},
+		{"empty from", `<message to='%s' from=''/>`, cl, ""},
+		{"bare account", `<message to='%s' from='announcer@localhost'/>`, cl, ""},
+		{"account with resource", `<message to='%s' from='announcer@localhost/bot'/>`, cl, ""},
+		{"case difference", `<message to='%s' from='Announcer@LOCALHOST/Bot'/>`, cl, ""},
+		{"case difference in the option", `<message to='%s' from='announcer@localhost'/>`, stanza.Options{ClientJID: "ANNOUNCER@LocalHost"}, ""},
+		{"resource with slash and at", `<message to='%s' from='announcer@localhost/a/b@c'/>`, cl, ""},
+		{"entity in from is decoded", `<message to='%s' from='announcer&#64;localhost'/>`, cl, ""},
+		{"no to", `<message from='announcer@localhost'><body>%s</body></message>`, cl, ""},
+		{"presence without to or from", `<presence><status>%s</status></presence>`, cl, ""},
+		{"prefixed from is not the from", `<message xmlns:x='urn:x' x:from='other@localhost' to='%s'/>`, cl, ""},
+		{"first generation with its own account", firstGen, stanza.Options{ClientJID: "username@s"}, ""},
+
+		{"other account", `<message to='%s' from='other@localhost'/>`, cl, "not the sending account"},
+		{"other account with resource", `<message to='%s' from='other@localhost/announcer'/>`, cl, "not the sending account"},
+		{"same user in another domain", `<message to='%s' from='announcer@example.org'/>`, cl, "not the sending account"},
+		{"domain only", `<message to='%s' from='localhost'/>`, cl, "not the sending account"},
+		{"longer domain", `<message to='%s' from='announcer@localhost.evil'/>`, cl, "not the sending account"},
+		{"component address", `<message to='%s' from='announcer.localhost'/>`, cl, "not the sending account"},
+		{"first generation", firstGen, cl, "not the sending account"},
+		// Only ASCII is folded: U+212A KELVIN SIGN is not "k" here.
+		{"no Unicode folding", "<message to='%s' from='\u212Aelvin@localhost'/>", stanza.Options{ClientJID: "kelvin@localhost"}, "not the sending account"},
+		{"recipient in from", `<message to='x@y' from='%s'/>`, cl, "must not contain placeholders"},
+		{"recipient as resource", `<message to='x@y' from='announcer@localhost/%s'/>`, cl, "must not contain placeholders"},
+		{"inc_id in from", `<message to='%s' from='announcer@localhost/[inc_id]'/>`, cl, "must not contain placeholders"},
+		{"empty resource", `<message to='%s' from='announcer@localhost/'/>`, cl, "not a valid JID"},
+		{"double at", `<message to='%s' from='announcer@@localhost'/>`, cl, "not a valid JID"},
+		{"leading space", `<message to='%s' from=' announcer@localhost'/>`, cl, "not a valid JID"},
+		// The template rules still apply in client mode.
+		{"syntax still checked", `<message to='%s' from='announcer@localhost'>`, cl, "not closed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tpl, err := stanza.Parse([]byte(tt.tpl), tt.opt)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Parse: %v", err)
+				}
+				if out := tpl.AppendRender(nil, "bob@example.com", 1); stanza.WellFormed(out) != nil {
+					t.Errorf("rendered %q is not well-formed", out)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Parse accepted %q", tpl.Raw())
+			}
+			var ve *stanza.ValidationError
+			if !errors.As(err, &ve) || ve.Field != "message" {
+				t.Fatalf("error %T %v is not a message *ValidationError", err, err)
+			}
+			if !strings.Contains(ve.Reason, tt.want) {
+				t.Errorf("Reason = %q, want it to contain %q", ve.Reason, tt.want)
+			}
+		})
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		opt  stanza.Options
+		want string // "" = valid, else a substring of the error
+	}{
+		{"plain", stanza.Options{}, ""},
+		{"component", stanza.Options{ComponentDomain: component}, ""},
+		{"client", stanza.Options{ClientJID: clientAccount}, ""},
+		{"both modes", stanza.Options{ComponentDomain: component, ClientJID: clientAccount}, "mutually exclusive"},
+		{"client without domain", stanza.Options{ClientJID: "announcer"}, "want user@domain"},
+		{"client with resource", stanza.Options{ClientJID: "announcer@localhost/r"}, "without a resource"},
+		{"client without localpart", stanza.Options{ClientJID: "@localhost"}, "empty username"},
+		{"client with empty domain", stanza.Options{ClientJID: "announcer@"}, "empty domain"},
+		{"client with bad domain", stanza.Options{ClientJID: "a@b@c"}, "forbidden character"},
+		{"client with space", stanza.Options{ClientJID: "an nouncer@localhost"}, "whitespace"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.opt.Validate()
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate = %v, want an error containing %q", err, tt.want)
+			}
+			// Parse reports the same configuration error, and not as a
+			// template rejection: the API must not answer 400 for it.
+			_, perr := stanza.Parse([]byte(`<message to='%s'/>`), tt.opt)
+			var ve *stanza.ValidationError
+			if perr == nil || errors.As(perr, &ve) || perr.Error() != err.Error() {
+				t.Errorf("Parse = %v, want %v as a plain error", perr, err)
+			}
+		})
+	}
 }

@@ -17,7 +17,9 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/kafkatest"
 	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/stage"
 	"github.com/announcer/announcer/pkg/tcpproxy"
 	"github.com/announcer/announcer/services/archiver/internal/storage"
 )
@@ -80,20 +82,32 @@ func newRig(t *testing.T) *rig {
 	return r
 }
 
+// archiver is a running archiver as the tests see it.
+type archiver struct{ debug string }
+
 func (r *rig) start(t *testing.T) (*archiver, func() error) {
 	t.Helper()
 	proxied := func(ctx context.Context, network, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, r.proxy.Addr())
 	}
+	rtc := make(chan *stage.Runtime, 1)
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := build(ctx, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel), r.cfg, storage.Options{Dial: proxied})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
 	errc := make(chan error, 1)
-	go func() { errc <- a.run(ctx) }()
+	go func() {
+		errc <- run(ctx, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel), r.cfg, hooks{
+			storageDial: proxied,
+			runtime:     func(rt *stage.Runtime) { rtc <- rt },
+		})
+	}()
+	var a *archiver
+	select {
+	case rt := <-rtc:
+		a = &archiver{debug: "http://" + rt.DebugAddr()}
+	case err := <-errc:
+		cancel()
+		t.Fatalf("archiver did not start: %v", err)
+	}
 	stopped := false
 	stop := func() error {
 		if stopped {
@@ -101,22 +115,16 @@ func (r *rig) start(t *testing.T) (*archiver, func() error) {
 		}
 		stopped = true
 		cancel()
-		err := <-errc
-		a.close()
-		return err
+		return <-errc
 	}
 	t.Cleanup(func() { _ = stop() })
+	waitFor(t, "ready", 30*time.Second, func() bool { c, _ := httpGet(t, a.debug+"/readyz"); return c == http.StatusOK })
 	return a, stop
 }
 
 func (r *rig) produce(t *testing.T, node string, batches ...any) {
 	t.Helper()
 	w := kafkabus.NewWriter(r.env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
-	// A transport of its own: the shared default one may hold metadata from
-	// before the topic existed.
-	tr := &kafka.Transport{}
-	defer tr.CloseIdleConnections()
-	w.Transport = tr
 	defer w.Close()
 	var msgs []kafka.Message
 	for _, b := range batches {
@@ -142,15 +150,9 @@ func (r *rig) produce(t *testing.T, node string, batches ...any) {
 // committed sums the group's committed offsets on a node's topic.
 func (r *rig) committed(t *testing.T, node string) int64 {
 	t.Helper()
-	c := &kafka.Client{Addr: kafka.TCP(r.env.KafkaBrokers...), Timeout: 10 * time.Second}
-	topic := r.cfg.DeliveriesTopic(node)
-	resp, err := c.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: r.cfg.Archiver.GroupName, Topics: map[string][]int{topic: {0, 1}}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	total := int64(0)
-	for _, p := range resp.Topics[topic] {
-		total += max(p.CommittedOffset, 0)
+	for _, off := range kafkatest.Committed(t, r.env.KafkaBrokers, r.cfg.Archiver.GroupName, r.cfg.DeliveriesTopic(node), 2) {
+		total += max(off, 0)
 	}
 	return total
 }
@@ -255,7 +257,7 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("committed node1 %d node2 %d; metrics:\n%s", r.committed(t, "node1"), r.committed(t, "node2"),
-				grep(func() string { _, b := httpGet(t, "http://"+a.dbg.Addr()+"/metrics"); return b }(), "announcer_archiver"))
+				grep(func() string { _, b := httpGet(t, a.debug+"/metrics"); return b }(), "announcer_archiver"))
 		}
 	})
 	sr.readUntil(t, 5, 30*time.Second)
@@ -288,9 +290,9 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 	}
 	t.Logf("%d records for %d recipients (duplicates from retried writes are allowed)", sr.n, len(want))
 
-	code, body := httpGet(t, "http://"+a.dbg.Addr()+"/metrics")
+	code, body := httpGet(t, a.debug+"/metrics")
 	if code != http.StatusOK || !strings.Contains(body, `announcer_archiver_batches_total{outcome="not_persisted"} 1`) ||
-		!strings.Contains(body, "announcer_archiver_dead_letters_total 1") {
+		!strings.Contains(body, `announcer_archiver_dead_letters_total{reason="undecodable"} 1`) {
 		t.Errorf("metrics:\n%s", grep(body, "announcer_archiver"))
 	}
 	if err := stop(); err != nil {
@@ -302,7 +304,7 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 func TestArchiverReadiness(t *testing.T) {
 	r := newRig(t)
 	a, _ := r.start(t)
-	url := "http://" + a.dbg.Addr() + "/readyz"
+	url := a.debug + "/readyz"
 	waitFor(t, "ready", 20*time.Second, func() bool { c, _ := httpGet(t, url); return c == http.StatusOK })
 	r.proxy.Set(tcpproxy.Refuse)
 	waitFor(t, "not ready", 20*time.Second, func() bool { c, _ := httpGet(t, url); return c == http.StatusServiceUnavailable })
@@ -323,7 +325,7 @@ func httpGet(t *testing.T, url string) (int, string) {
 // metric reads one unlabelled sample from the archiver's /metrics.
 func metric(t *testing.T, a *archiver, name string) float64 {
 	t.Helper()
-	_, body := httpGet(t, "http://"+a.dbg.Addr()+"/metrics")
+	_, body := httpGet(t, a.debug+"/metrics")
 	for _, line := range strings.Split(body, "\n") {
 		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			var f float64

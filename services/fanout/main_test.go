@@ -4,13 +4,9 @@ import (
 	"bytes"
 	"testing"
 
-	"go.uber.org/goleak"
-
 	"github.com/announcer/announcer/pkg/boot"
 	"github.com/announcer/announcer/pkg/config"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // The repository's local config must be valid for fanout as shipped.
 func TestLocalConfigIsValidForFanout(t *testing.T) {

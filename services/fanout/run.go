@@ -2,17 +2,130 @@ package main
 
 import (
 	"context"
+	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/config"
-	"github.com/announcer/announcer/services/fanout/internal/fanout"
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/stage"
+	"github.com/announcer/announcer/pkg/stanza"
+	"github.com/announcer/announcer/services/fanout/internal/audience"
+	"github.com/announcer/announcer/services/fanout/internal/kafkasink"
+	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"
+	"github.com/announcer/announcer/services/fanout/internal/presence"
 )
 
-func run(ctx context.Context, log zerolog.Logger, cfg config.Config) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return fanout.Run(ctx, log, cfg, fanout.Options{Registry: reg})
+// maxInFlightWrites bounds the batch writes of one task awaiting acks: enough
+// to keep Kafka busy while the next pages are read, small enough to keep memory flat.
+const maxInFlightWrites = 8
+
+// drainTimeout bounds how long announcements in flight may finish on shutdown.
+const drainTimeout = 5 * time.Second
+
+// hooks let tests and the benchmark watch the service; main passes none.
+type hooks struct {
+	// resolved sees every event once all its batches are acked; its offset is committed right after.
+	resolved func(announcement.Event, audience.Result)
+	// runtime sees the stage runtime once built (its metrics, its debug address).
+	runtime func(*stage.Runtime)
+}
+
+// presenceSource is what run needs of either presence adapter.
+type presenceSource interface {
+	audience.Presence
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// run wires fanout top to bottom and runs it until ctx ends: announcements
+// in, per-node delivery batches (and shard tasks) out.
+func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) error {
+	rt, err := stage.New("fanout", cfg, log)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	rt.ShutdownTimeout = drainTimeout + 10*time.Second
+
+	deliveries := make(map[string]string, len(cfg.Nodes))
+	nodes := make([]audience.Node, len(cfg.Nodes))
+	topics := []string{cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic}
+	for i, n := range cfg.Nodes {
+		deliveries[n.Name] = cfg.DeliveriesTopic(n.Name)
+		nodes[i] = audience.Node{Name: n.Name, PresenceAddresses: n.PresenceAddresses}
+		topics = append(topics, deliveries[n.Name])
+	}
+	rt.Topics(rt.Brokers(), topics...)
+
+	store, err := mysqlstore.Open(cfg.MySQL)
+	if err != nil {
+		return err
+	}
+	rt.OnClose(store.Close)
+	rt.Check("mysql", store.Ping)
+
+	var source presenceSource
+	switch cfg.Fanout.Presence {
+	case "rest":
+		source = presence.NewREST(cfg.UserActivityREST, cfg.UserActivityAskBuffer)
+	default:
+		// go-redis logs through a process-wide logger; route it to ours.
+		redis.SetLogger(presence.Logger{Log: log.With().Str("component", "redis").Logger()})
+		r, err := presence.NewRedis(cfg.UserActivityRedis, presence.RedisOptions{Chunk: cfg.UserActivityAskBuffer})
+		if err != nil {
+			return err
+		}
+		source = r
+	}
+	rt.OnClose(source.Close)
+	rt.Check("presence", source.Ping)
+
+	sink := kafkasink.New(
+		rt.Writer(rt.Brokers(), kafkabus.WriterOptions{}),
+		rt.Writer(rt.Brokers(), kafkabus.WriterOptions{RoundRobin: true}),
+		kafkasink.Topics{Deliveries: deliveries, Announcements: cfg.Bus.AnnouncementsTopic})
+
+	resolver, err := audience.New(audience.Config{
+		Nodes:       nodes,
+		BatchSize:   cfg.Fanout.BatchSize,
+		ShardSize:   cfg.Fanout.ShardSize,
+		PageSize:    cfg.MySQL.PaginationLength,
+		ScanCount:   cfg.UserActivityAskBuffer,
+		MaxInFlight: maxInFlightWrites,
+		// Headroom for the record batch framing around one message.
+		MaxBatchBytes: cfg.Bus.MaxMessageBytes - 1024,
+		RouteUsers:    cfg.Fanout.Presence != "rest",
+		UserDomain:    cfg.UserDomain(),
+		Retry:         backoff.Policy{Initial: 100 * time.Millisecond, Max: cfg.Fanout.RetryMax.D()},
+		Templates:     stanza.NewCache(cfg.TemplateRules(), 1024),
+	}, store, source, sink, sink, log.With().Str("component", "audience").Logger(), rt.Metrics())
+	if err != nil {
+		return err
+	}
+
+	rt.Consume(stage.Input{
+		Name: "announcements", Group: cfg.Fanout.GroupName, Topics: []string{cfg.Bus.AnnouncementsTopic},
+		Handle: stage.Decoded(announcement.DecodeEvent, func(ctx context.Context, ev announcement.Event) error {
+			res, err := resolver.Resolve(ctx, ev)
+			if err == nil && h.resolved != nil {
+				h.resolved(ev, res)
+			}
+			return err
+		}),
+		ConsumerOptions: stage.ConsumerOptions{
+			MaxInFlight: max(cfg.LogicProcessNumber, 1), DrainTimeout: drainTimeout,
+			Retry: backoff.Policy{Initial: 100 * time.Millisecond, Max: cfg.Fanout.RetryMax.D()},
+			// An identical event is the same announcement (or shard task) written twice.
+			Dedupe: 4096,
+		},
+	})
+	if h.runtime != nil {
+		h.runtime(rt)
+	}
+	log.Info().Str("presence", cfg.Fanout.Presence).Int("nodes", len(nodes)).Msg("fanout configured")
+	return rt.Run(ctx)
 }

@@ -2,15 +2,99 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/config"
-	"github.com/announcer/announcer/services/ingress/internal/service"
+	"github.com/announcer/announcer/pkg/httpserver"
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/stage"
+	"github.com/announcer/announcer/services/ingress/internal/announce"
+	"github.com/announcer/announcer/services/ingress/internal/httpapi"
+	"github.com/announcer/announcer/services/ingress/internal/kafkainput"
+	"github.com/announcer/announcer/services/ingress/internal/publisher"
 )
 
-// run builds and runs the service; the construction lives in internal/service
-// so cmd/ingress-bench and the integration tests start the very same thing.
-func run(ctx context.Context, log zerolog.Logger, cfg config.Config) error {
-	return service.Run(ctx, log, cfg, service.Options{})
+// writerBatchSize caps records per produce request. Requests from concurrent
+// handlers share batches up to this size or [bus] batch_timeout, whichever
+// comes first (cmd/ingress-bench measures the effect).
+const writerBatchSize = 500
+
+// hooks let tests watch the service; main passes none.
+type hooks struct {
+	// listening sees the bound API and debug addresses (useful with port 0).
+	listening func(api, debug string)
+}
+
+// run wires the ingress top to bottom and runs it until ctx ends: the REST API
+// and the Kafka input are the intake, both publishing on one batching writer.
+func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) error {
+	rt, err := stage.New("ingress", cfg, log)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	rt.ShutdownTimeout = cfg.Ingress.ShutdownTimeout.D()
+	rt.Topics(rt.Brokers(), cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
+
+	pub, err := publisher.New(rt.Writer(rt.Brokers(), kafkabus.WriterOptions{BatchSize: writerBatchSize}),
+		publisher.Options{AnnouncementsTopic: cfg.Bus.AnnouncementsTopic, MaxMessageBytes: cfg.Bus.MaxMessageBytes}, rt.Metrics())
+	if err != nil {
+		return err
+	}
+	svc, err := announce.New(pub, limits(cfg), rt.Metrics())
+	if err != nil {
+		return err
+	}
+
+	tokens := make([]string, 0, len(cfg.Auth.Tokens))
+	for _, t := range cfg.Auth.Tokens {
+		tokens = append(tokens, t.Value())
+	}
+	if len(tokens) == 0 {
+		log.Warn().Msg("!!! [auth] tokens is empty: the REST API accepts announcements from ANYONE who can reach " +
+			cfg.RestAPIPort + " — configure bearer tokens before exposing it !!!")
+	}
+	handler, err := httpapi.New(svc, httpapi.Options{MaxBodyBytes: cfg.Ingress.MaxBodyBytes, Tokens: tokens}, log, rt.Metrics())
+	if err != nil {
+		return err
+	}
+	api := httpserver.New(config.ListenAddr(cfg.RestAPIPort), handler, cfg.Ingress.ShutdownTimeout.D())
+	if err := api.Listen(); err != nil {
+		return fmt.Errorf("rest_api_port: %w", err)
+	}
+	rt.OnClose(api.Close)
+	rt.Intake("http", api.Run)
+
+	if topics := config.SplitList(cfg.KafkaConsumer.Topics); len(topics) > 0 {
+		input, err := kafkainput.New(svc, backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}, log, rt.Metrics())
+		if err != nil {
+			return err
+		}
+		rt.Consume(stage.Input{
+			Name: "kafka-input", Brokers: config.SplitList(cfg.KafkaConsumer.Brokers),
+			Group: cfg.KafkaConsumer.GroupName, Topics: topics, Handle: input.Handle, Prefix: "kafka_input_",
+			ConsumerOptions: stage.ConsumerOptions{MaxInFlight: cfg.KafkaConsumer.Buffer, DrainTimeout: cfg.Ingress.ShutdownTimeout.D()},
+		})
+	}
+
+	log.Info().Str("api", api.Addr()).Str("topic", cfg.Bus.AnnouncementsTopic).Msg("ingress listening")
+	if h.listening != nil {
+		h.listening(api.Addr(), rt.DebugAddr())
+	}
+	return rt.Run(ctx)
+}
+
+// limits derives the door's checks from the config.
+func limits(cfg config.Config) announce.Limits {
+	return announce.Limits{
+		MaxBodyBytes:   cfg.Ingress.MaxBodyBytes,
+		MaxUsernames:   cfg.Ingress.MaxUsernames,
+		UserDomain:     cfg.UserDomain(),
+		Template:       cfg.TemplateRules(),
+		PublishTimeout: cfg.Ingress.PublishTimeout.D(),
+	}
 }

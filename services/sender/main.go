@@ -1,9 +1,10 @@
 // Command sender delivers the batches of one ejabberd node's deliveries topic
-// over XEP-0114 component connections, committing each batch only after a
-// ping fence proved ejabberd processed it.
+// over XEP-0114 component connections (or c2s sessions), committing each batch
+// only after a ping fence proved ejabberd processed it.
 package main
 
 import (
+	"flag"
 	"os"
 
 	"github.com/announcer/announcer/pkg/boot"
@@ -11,3 +12,23 @@ import (
 )
 
 func main() { os.Exit(boot.Main(config.RoleSender, os.Args[1:], os.Stderr, run, flags)) }
+
+// flags adds -node, which overrides [sender] node (with a single node
+// configured and none named, that node is served), and -component-name,
+// which overrides [component] name (a replica with a component domain of
+// its own, so ping results and bounces come back to it alone).
+func flags(fs *flag.FlagSet) func(*config.Config) {
+	node := fs.String("node", "", "name of the ejabberd node this sender serves (overrides [sender] node)")
+	name := fs.String("component-name", "", "component name or full component domain (overrides [component] name)")
+	return func(c *config.Config) {
+		if *node != "" {
+			c.Sender.Node = *node
+		}
+		if *name != "" {
+			c.Component.Name = *name
+		}
+		if c.Sender.Node == "" && len(c.Nodes) == 1 {
+			c.Sender.Node = c.Nodes[0].Name
+		}
+	}
+}

@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"flag"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,10 +20,12 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/kafkatest"
 	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/stage"
 
-	"github.com/announcer/announcer/services/sender/internal/component"
 	"github.com/announcer/announcer/services/sender/internal/testuser"
+	"github.com/announcer/announcer/services/sender/internal/xmpplink"
 )
 
 func TestMain(m *testing.M) {
@@ -82,6 +87,68 @@ func produce(t *testing.T, brokers []string, topic string, values ...[]byte) {
 	}
 }
 
+// started is a sender running in-process as the binary runs it.
+type started struct {
+	debug string // http://host:port of its debug listener
+	stop  func() error
+}
+
+func start(t *testing.T, cfg config.Config, h hooks) *started {
+	t.Helper()
+	rtc := make(chan *stage.Runtime, 1)
+	h.runtime = func(rt *stage.Runtime) { rtc <- rt }
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- run(ctx, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), cfg, h) }()
+	var rt *stage.Runtime
+	select {
+	case rt = <-rtc:
+	case err := <-errc:
+		cancel()
+		t.Fatalf("sender did not start: %v", err)
+	}
+	var once sync.Once
+	var err error
+	s := &started{debug: "http://" + rt.DebugAddr(), stop: func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-errc:
+			case <-time.After(30 * time.Second):
+				err = errors.New("sender did not stop within 30 s")
+			}
+		})
+		return err
+	}}
+	t.Cleanup(func() { _ = s.stop() })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := get(t, s.debug+"/readyz")
+		if code == http.StatusOK {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready: %d %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sum adds the values of every series of name in a /metrics text.
+func sum(metrics, name string) float64 {
+	total := 0.0
+	for _, line := range strings.Split(metrics, "\n") {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || (rest != "" && rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		if v, err := strconv.ParseFloat(rest[strings.LastIndexByte(rest, ' ')+1:], 64); err == nil {
+			total += v
+		}
+	}
+	return total
+}
+
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
@@ -102,18 +169,10 @@ func TestSenderEndToEnd(t *testing.T) {
 	env := stacktest.Get(t)
 	cfg := testConfig(t, env)
 	user := testuser.Login(t, env, "snd_e2e")
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s, err := build(ctx, log, cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.close()
-	errc := make(chan error, 1)
-	go func() { errc <- s.run(ctx) }()
-
-	base := "http://" + s.dbg.Addr()
+	s := start(t, cfg, hooks{})
+	base := s.debug
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		code, body := get(t, base+"/readyz")
@@ -161,16 +220,11 @@ func TestSenderEndToEnd(t *testing.T) {
 	}
 
 	// Every offset committed, the bad ones after reaching the dead-letter topic.
-	kc := &kafka.Client{Addr: kafka.TCP(env.KafkaBrokers...), Timeout: 10 * time.Second}
 	group := cfg.Sender.GroupPrefix + "node1"
 	for {
-		resp, err := kc.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: {0, 1}}})
-		if err != nil {
-			t.Fatal(err)
-		}
 		total := int64(0)
-		for _, p := range resp.Topics[topic] {
-			total += max(p.CommittedOffset, 0)
+		for _, off := range kafkatest.Committed(t, env.KafkaBrokers, group, topic, 2) {
+			total += max(off, 0)
 		}
 		if total == int64(len(values)) {
 			break
@@ -200,21 +254,19 @@ func TestSenderEndToEnd(t *testing.T) {
 	for _, want := range []string{
 		`announcer_sender_connections_up{node="node1"} 2`,
 		`announcer_sender_stanzas_sent_total{node="node1"} 3`,
-		`announcer_sender_dead_letters_total{node="node1"} 2`,
+		`announcer_sender_dead_letters_total{node="node1",reason="template"} 1`,
+		`announcer_sender_dead_letters_total{node="node1",reason="undecodable"} 1`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
+	if n := sum(metrics, "announcer_sender_dead_letters_total"); n != 2 {
+		t.Errorf("%v dead letters, want 2", n)
+	}
 
-	cancel()
-	select {
-	case err := <-errc:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("sender did not stop")
+	if err := s.stop(); err != nil {
+		t.Fatalf("run: %v", err)
 	}
 }
 
@@ -233,19 +285,13 @@ func TestSenderClientModeEndToEnd(t *testing.T) {
 	if err := cfg.Validate(config.RoleSender); err != nil {
 		t.Fatal(err)
 	}
-	tweak := func(o *component.Options) {
+	tweak := func(o *xmpplink.Options) {
 		// Loopback stack, self-signed certificate.
-		o.Handshake = component.ClientHandshake(account+"@"+env.XMPPDomain, account, "announcer", &tls.Config{InsecureSkipVerify: true}) //nolint:gosec
+		o.Handshake = xmpplink.ClientHandshake(account+"@"+env.XMPPDomain, account, "announcer", &tls.Config{InsecureSkipVerify: true}) //nolint:gosec
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s, err := build(ctx, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), cfg, tweak)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.close()
-	errc := make(chan error, 1)
-	go func() { errc <- s.run(ctx) }()
+	s := start(t, cfg, hooks{links: tweak})
 
 	good := announcement.Batch{AnnouncementID: "cli", Node: "node1", Template: "<message to='%s' type='chat'><body>c2s [inc_id]</body></message>",
 		FirstIncID: 5, Recipients: []string{user.JID.String()}}
@@ -265,11 +311,11 @@ func TestSenderClientModeEndToEnd(t *testing.T) {
 	if m := msgs[0]; len(m.Bodies) != 1 || m.Bodies[0] != "c2s 5" || !strings.HasPrefix(m.From, account+"@"+env.XMPPDomain+"/announcer-") {
 		t.Fatalf("received %+v", m)
 	}
-	base := "http://" + s.dbg.Addr()
+	base := s.debug
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, metrics := get(t, base+"/metrics")
-		if strings.Contains(metrics, `announcer_sender_dead_letters_total{node="node1"} 1`) &&
+		if strings.Contains(metrics, `announcer_sender_dead_letters_total{node="node1",reason="template"} 1`) &&
 			strings.Contains(metrics, `announcer_sender_connections_up{node="node1"} 2`) {
 			break
 		}
@@ -278,18 +324,8 @@ func TestSenderClientModeEndToEnd(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	cancel()
-	if err := <-errc; err != nil {
+	if err := s.stop(); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestClientAccount(t *testing.T) {
-	if got := clientAccount(config.Client{Username: "admin", Domain: "example.de"}); got != "admin@example.de" {
-		t.Fatal(got)
-	}
-	if got := clientAccount(config.Client{Username: "admin@other.example", Domain: "example.de"}); got != "admin@other.example" {
-		t.Fatal(got)
 	}
 }
 

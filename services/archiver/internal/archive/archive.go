@@ -27,18 +27,18 @@ type Store interface {
 	Store(ctx context.Context, announcementID string, recs []Record) error
 }
 
-// BadBatchError means the batch can never be archived; the caller dead-letters it.
-type BadBatchError struct{ Reason string }
-
-func (e *BadBatchError) Error() string { return "unarchivable batch: " + e.Reason }
+// Templates parses a batch's template at most once per announcement under
+// the connection mode's rules, the sender's (a *stanza.Cache).
+type Templates interface {
+	Get(announcementID, raw string) (*stanza.Template, error)
+}
 
 // Options configure the use case.
 type Options struct {
-	UserDomain       string // completes bare usernames into JIDs
-	ComponentDomain  string // component mode: templates must come from this domain, as the sender requires
-	MaxTemplateBytes int
-	RetryMin         time.Duration
-	RetryMax         time.Duration
+	UserDomain string // completes bare usernames into JIDs
+	Templates  Templates
+	RetryMin   time.Duration
+	RetryMax   time.Duration
 }
 
 // Archiver archives batches.
@@ -61,20 +61,18 @@ func New(opt Options, store Store, log zerolog.Logger, m *Metrics) *Archiver {
 }
 
 // Archive stores b's rendered stanzas if b is to be persisted. It returns nil
-// once they are stored (or there is nothing to store), a *BadBatchError when
-// they never can be, or ctx's error.
-func (a *Archiver) Archive(ctx context.Context, b *announcement.Batch) error {
+// once they are stored (or there is nothing to store), a
+// *announcement.BadRecordError when they never can be, or ctx's error.
+func (a *Archiver) Archive(ctx context.Context, b announcement.Batch) error {
 	if !b.Persist {
 		a.m.batches.WithLabelValues("not_persisted").Inc()
 		return nil
 	}
-	tmpl, err := stanza.Parse([]byte(b.Template), stanza.Options{
-		MaxBytes: a.opt.MaxTemplateBytes, ComponentDomain: a.opt.ComponentDomain,
-	})
+	tmpl, err := a.opt.Templates.Get(b.AnnouncementID, b.Template)
 	if err != nil {
-		return &BadBatchError{Reason: err.Error()}
+		return &announcement.BadRecordError{Reason: "template: " + err.Error(), Label: "template"}
 	}
-	recs := a.render(tmpl, b)
+	recs := a.render(tmpl, &b)
 	if len(recs) == 0 {
 		a.m.batches.WithLabelValues("empty").Inc()
 		return nil
@@ -138,17 +136,18 @@ type Metrics struct {
 	batches     *prometheus.CounterVec
 }
 
-// NewMetrics registers the archive metrics on reg.
+// NewMetrics registers the archive metrics on reg (the service's, which names
+// them announcer_archiver_…).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	c := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "announcer", Subsystem: "archiver", Name: name, Help: help})
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 	}
 	m := &Metrics{
 		records:     c("records_stored_total", "Rendered stanzas stored (acknowledged by the storage cluster)."),
 		invalid:     c("invalid_recipients_total", "Recipients skipped because they are not valid JIDs."),
 		storeErrors: c("store_errors_total", "Failed storage writes (the batch is retried)."),
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "announcer", Subsystem: "archiver", Name: "batches_total",
+			Name: "batches_total",
 			Help: "Batches finished, by outcome (persisted, not_persisted, empty).",
 		}, []string{"outcome"}),
 	}

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/stanza"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -48,7 +49,7 @@ const tmpl = "<message to='%s' from='announcer.localhost' type='chat'><body>n=[i
 
 func newArchiver(s Store) (*Archiver, *Metrics) {
 	m := NewMetrics(prometheus.NewRegistry())
-	return New(Options{UserDomain: "localhost", ComponentDomain: "announcer.localhost",
+	return New(Options{UserDomain: "localhost", Templates: stanza.NewCache(stanza.Options{ComponentDomain: "announcer.localhost"}, 16),
 		RetryMin: time.Millisecond, RetryMax: 2 * time.Millisecond}, s, zerolog.Nop(), m), m
 }
 
@@ -59,7 +60,7 @@ func rendered(jid string, n int) string {
 func TestArchiveRendersOneRecordPerValidRecipient(t *testing.T) {
 	s := &fakeStore{}
 	a, m := newArchiver(s)
-	b := &announcement.Batch{AnnouncementID: "a1", Persist: true, Template: tmpl, FirstIncID: 7,
+	b := announcement.Batch{AnnouncementID: "a1", Persist: true, Template: tmpl, FirstIncID: 7,
 		Recipients: []string{"alice", "bad user", "bob@example.org/phone"}}
 	if err := a.Archive(context.Background(), b); err != nil {
 		t.Fatal(err)
@@ -82,7 +83,7 @@ func TestArchiveRendersOneRecordPerValidRecipient(t *testing.T) {
 func TestArchiveSkipsNonPersisted(t *testing.T) {
 	s := &fakeStore{}
 	a, m := newArchiver(s)
-	if err := a.Archive(context.Background(), &announcement.Batch{Template: tmpl, Recipients: []string{"alice"}}); err != nil {
+	if err := a.Archive(context.Background(), announcement.Batch{Template: tmpl, Recipients: []string{"alice"}}); err != nil {
 		t.Fatal(err)
 	}
 	if s.calls != 0 || testutil.ToFloat64(m.batches.WithLabelValues("not_persisted")) != 1 {
@@ -94,7 +95,7 @@ func TestArchiveSkipsNonPersisted(t *testing.T) {
 func TestArchiveRetriesUntilStored(t *testing.T) {
 	s := &fakeStore{failures: 5}
 	a, m := newArchiver(s)
-	b := &announcement.Batch{AnnouncementID: "a1", Persist: true, Template: tmpl, Recipients: []string{"alice"}}
+	b := announcement.Batch{AnnouncementID: "a1", Persist: true, Template: tmpl, Recipients: []string{"alice"}}
 	if err := a.Archive(context.Background(), b); err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +109,7 @@ func TestArchiveStopsWithContext(t *testing.T) {
 	a, _ := newArchiver(s)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	err := a.Archive(ctx, &announcement.Batch{AnnouncementID: "a1", Persist: true, Template: tmpl, Recipients: []string{"alice"}})
+	err := a.Archive(ctx, announcement.Batch{AnnouncementID: "a1", Persist: true, Template: tmpl, Recipients: []string{"alice"}})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v", err)
 	}
@@ -116,9 +117,9 @@ func TestArchiveStopsWithContext(t *testing.T) {
 
 func TestArchiveBadTemplate(t *testing.T) {
 	a, _ := newArchiver(&fakeStore{})
-	err := a.Archive(context.Background(), &announcement.Batch{Persist: true, Template: "<message to='%s' from='evil.example'/>", Recipients: []string{"alice"}})
-	var bad *BadBatchError
-	if !errors.As(err, &bad) {
-		t.Fatalf("got %v", err)
+	err := a.Archive(context.Background(), announcement.Batch{Persist: true, Template: "<message to='%s' from='evil.example'/>", Recipients: []string{"alice"}})
+	var bad *announcement.BadRecordError
+	if !errors.As(err, &bad) || bad.Label != "template" {
+		t.Fatalf("got %v, want a template BadRecordError", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
 )
@@ -134,7 +135,7 @@ func TestChannelOnlineMembersRoutedToTheirNode(t *testing.T) {
 			t.Fatalf("inc ids %v: want 1..%d", incs, len(incs))
 		}
 	}
-	if v := testutil.ToFloat64(counter(t, w.reg, "fanout_node_recipients_total", "node1")); v != float64(len(want1)) {
+	if v := testutil.ToFloat64(counter(t, w.reg, "node_recipients_total", "node1")); v != float64(len(want1)) {
 		t.Fatalf("node1 metric %v", v)
 	}
 }
@@ -170,7 +171,7 @@ func TestChannelRejected(t *testing.T) {
 	if len(w.sink.Batches) != 0 {
 		t.Fatalf("batches for rejected channels: %d", len(w.sink.Batches))
 	}
-	if v := testutil.ToFloat64(counter(t, w.reg, "fanout_rejected_total", audience.ReasonChannelNotFound)); v != 2 {
+	if v := testutil.ToFloat64(counter(t, w.reg, "rejected_total", audience.ReasonChannelNotFound)); v != 2 {
 		t.Fatalf("rejected metric %v", v)
 	}
 }
@@ -336,6 +337,33 @@ func TestUsersListDeliversOfflineToo(t *testing.T) {
 	}
 }
 
+// Users-list recipients arrive as usernames or JIDs; presence is keyed by
+// username: a JID of the users' domain (with a resource, too) is looked up
+// by its local part, one of another domain is not looked up at all.
+func TestUsersListLooksUpPresenceByUsername(t *testing.T) {
+	w := newWorld(t, func(c *audience.Config) { c.UserDomain = "localhost" })
+	ctx := context.Background()
+	_ = w.presence.SetOnline(ctx, "10.0.0.2", "dave", "erin")
+	_ = w.presence.SetOnline(ctx, "10.0.0.1", "frank")
+	users := []string{"dave@localhost/phone", "erin", "frank@LocalHost/tab"}
+	if _, err := w.r.Resolve(ctx, announcement.Event{ID: "u", Kind: announcement.KindUsers, Usernames: users, Template: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	got := w.sink.Recipients()
+	if !slices.Equal(got["node2"], []string{"dave@localhost/phone", "erin"}) || !slices.Equal(got["node1"], []string{"frank@LocalHost/tab"}) {
+		t.Fatalf("routed %v; want dave and erin on node2 and frank on node1, as given", got)
+	}
+	var asked []string
+	w.presence.Fail = func(op string) error { asked = append(asked, op); return nil }
+	res, err := w.r.Resolve(ctx, announcement.Event{ID: "v", Kind: announcement.KindUsers, Usernames: []string{"zed@other.example"}, Template: "x"})
+	if err != nil || res.Recipients != 1 {
+		t.Fatal(res, err)
+	}
+	if len(asked) != 0 {
+		t.Fatalf("presence asked %v for a JID of another domain", asked)
+	}
+}
+
 func TestUsersListWithoutPresenceRouting(t *testing.T) {
 	w := newWorld(t, func(c *audience.Config) { c.RouteUsers = false })
 	var lookups atomic.Int32
@@ -383,7 +411,7 @@ func TestTransientFailuresAreRetriedNotTreatedAsOffline(t *testing.T) {
 				t.Fatalf("recipients lost or changed after retries: %v", got)
 			}
 			dep := map[string]string{"channel": "mysql", "span": "mysql", "members": "mysql", "lookup": "presence", "batches": "kafka"}[op]
-			if v := testutil.ToFloat64(counter(t, w.reg, "fanout_retries_total", dep)); v != 3 {
+			if v := testutil.ToFloat64(counter(t, w.reg, "retries_total", dep)); v != 3 {
 				t.Fatalf("retries metric %v", v)
 			}
 		})
@@ -501,5 +529,40 @@ func (g gathered) Collect(ch chan<- prometheus.Metric) {
 				}
 			}
 		}
+	}
+}
+
+// templateRules is a Templates that refuses templates without "to=".
+type templateRules struct{ checked atomic.Int32 }
+
+func (c *templateRules) Get(_, raw string) (*stanza.Template, error) {
+	c.checked.Add(1)
+	if !strings.Contains(raw, "to=") {
+		return nil, errors.New("component mode: the root element needs a to attribute")
+	}
+	return nil, nil
+}
+
+// A template that breaks the rules is a bad record: nothing is resolved, the
+// consumer dead-letters it.
+func TestBadTemplateIsABadRecord(t *testing.T) {
+	rules := &templateRules{}
+	w := newWorld(t, func(c *audience.Config) { c.Templates = rules })
+	w.seedChannel(t, 1, audience.StateAccepted, 10)
+	ev := channelEvent(announcement.ChannelRef{ID: 1})
+	ev.Template = "<message from='announcer.localhost'/>"
+	_, err := w.r.Resolve(context.Background(), ev)
+	var bad *announcement.BadRecordError
+	if !errors.As(err, &bad) || bad.Label != "template" || !strings.Contains(bad.Reason, "to attribute") {
+		t.Fatalf("err = %v, want a BadRecordError about the template", err)
+	}
+	if n := len(w.sink.Recipients()); n != 0 {
+		t.Fatalf("batches written for a bad template: %v", w.sink.Recipients())
+	}
+	if _, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 1})); err != nil {
+		t.Fatal(err)
+	}
+	if rules.checked.Load() != 2 {
+		t.Fatalf("templates checked %d times, want once per event", rules.checked.Load())
 	}
 }

@@ -116,14 +116,16 @@ func (e *emitter) add(username, addr string, node int) {
 // template and recipients (field names, numbers, timestamp, key, headers).
 const batchOverhead = 512
 
-// jsonLen bounds the length of s as a JSON string: bytes that encoding/json
-// escapes (controls, quotes, backslash, <>&, invalid UTF-8) count 6.
+// jsonLen bounds the length of s as a JSON string: bytes that the batch
+// encoding escapes (controls, quotes, backslash; announcement.Batch.Encode
+// leaves <>& alone) count 6, and so do non-ASCII bytes, which an invalid
+// UTF-8 sequence turns into \ufffd.
 func jsonLen(s string) int {
 	n := 2
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		switch {
-		case c < 0x20 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' || c >= 0x80:
+		case c < 0x20 || c == '"' || c == '\\' || c >= 0x80:
 			n += 6
 		default:
 			n++

@@ -31,42 +31,42 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, nodes []string) (*metrics, error) {
 	m := &metrics{
 		audience: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "fanout_audience_total", Help: "Members read, users listed or online users scanned, by event kind.",
+			Name: "audience_total", Help: "Members read, users listed or online users scanned, by event kind.",
 		}, []string{"kind"}),
 		recipients: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "fanout_recipients_total", Help: "Recipients put in delivery batches (the online ones for channels), by event kind.",
+			Name: "recipients_total", Help: "Recipients put in delivery batches (the online ones for channels), by event kind.",
 		}, []string{"kind"}),
 		taskSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "fanout_task_audience", Help: "Audience size of one task (announcement or shard).",
+			Name: "task_audience", Help: "Audience size of one task (announcement or shard).",
 			Buckets: prometheus.ExponentialBuckets(1, 10, 8),
 		}, []string{"kind"}),
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "fanout_batches_total", Help: "Delivery batches acknowledged by Kafka, by node.",
+			Name: "batches_total", Help: "Delivery batches acknowledged by Kafka, by node.",
 		}, []string{"node"}),
 		perNode: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "fanout_node_recipients_total", Help: "Recipients routed to each node.",
+			Name: "node_recipients_total", Help: "Recipients routed to each node.",
 		}, []string{"node"}),
 		hashed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "fanout_hash_routed_total", Help: "Recipients whose presence named no configured node, routed by hash of the username.",
+			Name: "hash_routed_total", Help: "Recipients whose presence named no configured node, routed by hash of the username.",
 		}),
 		skipped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "fanout_skipped_empty_usernames_total", Help: "Empty usernames skipped (they can never form a JID).",
+			Name: "skipped_empty_usernames_total", Help: "Empty usernames skipped (they can never form a JID).",
 		}),
 		shards: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "fanout_shard_tasks_total", Help: "Shard tasks queued for giant channels.",
+			Name: "shard_tasks_total", Help: "Shard tasks queued for giant channels.",
 		}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "fanout_rejected_total", Help: "Announcements finished without recipients, by reason.",
+			Name: "rejected_total", Help: "Announcements finished without recipients, by reason.",
 		}, []string{"reason"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "fanout_retries_total", Help: "Transient dependency failures that were retried.",
+			Name: "retries_total", Help: "Transient dependency failures that were retried.",
 		}, []string{"dependency"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "fanout_task_seconds", Help: "Time to resolve one task until its output was acknowledged.",
+			Name: "task_seconds", Help: "Time to resolve one task until its output was acknowledged.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}, []string{"kind", "outcome"}),
 		age: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "fanout_announcement_age_seconds", Help: "Time from the announcement's acceptance to the end of one of its tasks (for shards, the last one is the announcement's completion).",
+			Name: "announcement_age_seconds", Help: "Time from the announcement's acceptance to the end of one of its tasks (for shards, the last one is the announcement's completion).",
 			Buckets: prometheus.ExponentialBuckets(0.01, 3, 10),
 		}, []string{"kind"}),
 	}

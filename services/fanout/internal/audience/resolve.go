@@ -11,6 +11,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/stanza"
 )
 
 // Node is one ejabberd node as routing sees it.
@@ -35,7 +36,19 @@ type Config struct {
 	// RouteUsers reads presence for users-list announcements, only to route them
 	// (off for a presence source that names no servers).
 	RouteUsers bool
+	// UserDomain is the users' XMPP domain: a users-list recipient of it is
+	// looked up by its local part, the key of the presence model.
+	UserDomain string
 	Retry      backoff.Policy
+	// Templates, when set, checks each announcement's template (once per
+	// announcement, cached): one that ejabberd would refuse must not become
+	// a million bad stanzas.
+	Templates Templates
+}
+
+// Templates checks a template under the connection mode's rules (a *stanza.Cache).
+type Templates interface {
+	Get(announcementID, raw string) (*stanza.Template, error)
 }
 
 func (c *Config) validate() error {
@@ -101,9 +114,16 @@ func New(cfg Config, members MemberStore, presence Presence, batches BatchSink, 
 }
 
 // Resolve handles one event. It returns nil error with the Result once the
-// event's output is acknowledged (or the event was rejected), and an error
-// only when ctx ended first: then nothing may be committed.
+// event's output is acknowledged (or the event was rejected), a
+// *announcement.BadRecordError for an event that can never be sent (its
+// template breaks the rules), and otherwise an error only when ctx ended
+// first: then nothing may be committed.
 func (r *Resolver) Resolve(ctx context.Context, ev announcement.Event) (Result, error) {
+	if r.cfg.Templates != nil {
+		if _, err := r.cfg.Templates.Get(ev.ID, ev.Template); err != nil {
+			return Result{}, &announcement.BadRecordError{Reason: fmt.Sprintf("announcement %s: template: %v", ev.ID, err), Label: "template"}
+		}
+	}
 	start := time.Now()
 	var (
 		res Result
@@ -357,13 +377,31 @@ func (r *Resolver) allOnline(ctx context.Context, ev *announcement.Event) (Resul
 func (r *Resolver) users(ctx context.Context, ev *announcement.Event) (Result, error) {
 	e := r.newEmitter(ctx, ev, 0, 1)
 	defer e.stop()
+	keys := make([]string, 0, r.cfg.PageSize)
+	at := make([]int, 0, r.cfg.PageSize)
+	found := make([]string, 0, r.cfg.PageSize)
 	where := make([]string, 0, r.cfg.PageSize)
 	for chunk := range chunks(ev.Usernames, r.cfg.PageSize) {
 		where = where[:len(chunk)]
 		clear(where)
-		if r.cfg.RouteUsers {
-			if err := r.retry(e.ctx, depPresence, func() error { return r.presence.Lookup(e.ctx, chunk, where) }); err != nil {
-				return Result{}, e.abort(err)
+		if r.cfg.RouteUsers && len(chunk) > 0 {
+			// Recipients are usernames or JIDs (the topics' one form); presence
+			// is keyed by username, and a JID of another domain has none.
+			keys, at = keys[:0], at[:0]
+			for i, u := range chunk {
+				if k, ok := stanza.PresenceKey(u, r.cfg.UserDomain); ok {
+					keys, at = append(keys, k), append(at, i)
+				}
+			}
+			found = found[:len(keys)]
+			clear(found)
+			if len(keys) > 0 {
+				if err := r.retry(e.ctx, depPresence, func() error { return r.presence.Lookup(e.ctx, keys, found) }); err != nil {
+					return Result{}, e.abort(err)
+				}
+			}
+			for j, i := range at {
+				where[i] = found[j]
 			}
 		}
 		e.res.Audience += len(chunk)

@@ -6,9 +6,9 @@
 //     returns at once (the ceiling without Kafka);
 //   - unbatched: the same stack writing through a kafka-go writer with
 //     BatchSize 1, i.e. one produce request per announcement;
-//   - ingress: the real service.Run (what the binary runs), on a loopback
-//     port with unique topics, batching concurrent requests into shared
-//     produce requests.
+//   - ingress: the real binary, built at the start and run as a process on
+//     loopback ports with unique topics, batching concurrent requests into
+//     shared produce requests.
 //
 // Afterwards it counts the records in the ingress run's topic: every 202
 // must be there. The topics it created are deleted at the end.
@@ -28,12 +28,15 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,7 +50,6 @@ import (
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 	"github.com/announcer/announcer/services/ingress/internal/httpapi"
 	"github.com/announcer/announcer/services/ingress/internal/publisher"
-	"github.com/announcer/announcer/services/ingress/internal/service"
 )
 
 func main() {
@@ -106,14 +108,19 @@ func bench(d time.Duration, conc int, brokers []string, users, rounds int, skipU
 	}
 
 	fmt.Printf("ingress-bench: POST %s, %d usernames (%d-byte body), concurrency %d, %d rounds of %s per run (+1 s warm-up), brokers %v, GOMAXPROCS %d, NumCPU %d, writer batch <= %d / %s linger, %d partitions\n",
-		httpapi.RouteUsers, users, len(body), conc, rounds, d, brokers, runtime.GOMAXPROCS(0), runtime.NumCPU(), service.WriterBatchSize, cfg.Bus.BatchTimeout.D(), cfg.Bus.Partitions)
+		httpapi.RouteUsers, users, len(body), conc, rounds, d, brokers, runtime.GOMAXPROCS(0), runtime.NumCPU(), writerBatchSize, cfg.Bus.BatchTimeout.D(), cfg.Bus.Partitions)
 	header()
 
 	// The runs of a round go back to back and rounds repeat, so a neighbour's
 	// load on the machine hits all kinds alike; the medians are the figures.
+	bin, err := buildIngress()
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(filepath.Dir(bin))
 	const (
 		validateOnly = "validate-only (no Kafka)"
-		ingress      = "ingress run() (batched, acks=all)"
+		ingress      = "ingress process (batched, acks=all)"
 		unbatched    = "unbatched (1 produce/request)"
 	)
 	kinds := []string{validateOnly, ingress}
@@ -130,7 +137,7 @@ func bench(d time.Duration, conc int, brokers []string, users, rounds int, skipU
 			case validateOnly:
 				res, err = runHandler(cfg, discard{}, body, d, conc)
 			case ingress:
-				res, err = runService(cfg, body, d, conc)
+				res, err = runService(bin, cfg, body, d, conc)
 				accepted += res.acceptedTotal
 			case unbatched:
 				res, err = runUnbatched(cfg, brokers, unbatchedTopic, body, d, conc)
@@ -164,41 +171,101 @@ func bench(d time.Duration, conc int, brokers []string, users, rounds int, skipU
 	return nil
 }
 
-// runService starts service.Run exactly as the binary does and loads it.
-func runService(cfg config.Config, body []byte, d time.Duration, conc int) (result, error) {
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	addrc := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- service.Run(ctx, zerolog.New(os.Stderr).Level(zerolog.WarnLevel), cfg, service.Options{
-			Listening: func(api, _ string) { addrc <- api },
-		})
-	}()
-	var addr string
-	select {
-	case addr = <-addrc:
-	case err := <-done:
+// writerBatchSize is the ingress's own cap on records per produce request (run.go).
+const writerBatchSize = 500
+
+// buildIngress builds the service binary into a temporary folder.
+func buildIngress() (string, error) {
+	dir, err := os.MkdirTemp("", "ingress-bench")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "announcer-ingress")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "github.com/announcer/announcer/services/ingress")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("build the ingress: %w", err)
+	}
+	return bin, nil
+}
+
+// runService runs the ingress binary with cfg's bus and topics, loads it, and stops it with SIGTERM.
+func runService(bin string, cfg config.Config, body []byte, d time.Duration, conc int) (result, error) {
+	api, dbg := freeAddr(), freeAddr()
+	toml := fmt.Sprintf(`rest_api_port = %q
+debug_port = %q
+[log]
+log_level = "warning"
+[component]
+name = %q
+domain = %q
+[auth]
+tokens = [%q]
+[bus]
+brokers = %q
+announcements_topic = %q
+dead_letter_topic = %q
+partitions = %d
+`, api, dbg, cfg.Component.Name, cfg.Component.Domain, cfg.Auth.Tokens[0].Value(), cfg.Bus.Brokers,
+		cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic, cfg.Bus.Partitions)
+	path := filepath.Join(filepath.Dir(bin), "ingress.toml")
+	if err := os.WriteFile(path, []byte(toml), 0o600); err != nil {
 		return result{}, err
 	}
-	res, err := load("http://"+addr+httpapi.RouteUsers, body, d, conc)
-	stop()
-	if rerr := <-done; rerr != nil && err == nil {
-		err = rerr
+	cmd := exec.Command(bin, "-config", path)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return result{}, err
+	}
+	stop := func() error {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		return cmd.Wait()
+	}
+	if err := waitReady("http://"+dbg+"/readyz", 60*time.Second); err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return result{}, err
+	}
+	res, err := load("http://"+api+httpapi.RouteUsers, body, d, conc)
+	if serr := stop(); serr != nil && err == nil {
+		err = fmt.Errorf("ingress exited: %w", serr)
 	}
 	return res, err
+}
+
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitReady(url string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %s", url, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // runUnbatched is the same API and use case on a writer that sends every
 // announcement in a produce request of its own.
 func runUnbatched(cfg config.Config, brokers []string, topic string, body []byte, d time.Duration, conc int) (result, error) {
-	tr := &kafka.Transport{}
-	defer tr.CloseIdleConnections()
-	w := kafkabus.NewWriter(brokers, kafkabus.WriterOptions{BatchTimeout: cfg.Bus.BatchTimeout.D(), WriteTimeout: cfg.Bus.WriteTimeout.D()})
-	w.BatchSize = 1
-	w.Transport = tr
+	w := kafkabus.NewWriter(brokers, kafkabus.WriterOptions{BatchTimeout: cfg.Bus.BatchTimeout.D(), WriteTimeout: cfg.Bus.WriteTimeout.D(), BatchSize: 1})
 	defer func() { _ = w.Close() }()
-	pub, err := publisher.New(w, publisher.Options{AnnouncementsTopic: topic, DeadLetterTopic: topic, MaxMessageBytes: cfg.Bus.MaxMessageBytes}, prometheus.NewRegistry())
+	pub, err := publisher.New(w, publisher.Options{AnnouncementsTopic: topic, MaxMessageBytes: cfg.Bus.MaxMessageBytes}, prometheus.NewRegistry())
 	if err != nil {
 		return result{}, err
 	}
@@ -219,7 +286,10 @@ func benchConfig(brokers []string) config.Config {
 // runHandler serves the API with pub behind it (no Kafka input, no debug port).
 func runHandler(cfg config.Config, pub announce.Publisher, body []byte, d time.Duration, conc int) (result, error) {
 	reg := prometheus.NewRegistry()
-	svc, err := announce.New(pub, service.Limits(cfg), reg)
+	svc, err := announce.New(pub, announce.Limits{
+		MaxBodyBytes: cfg.Ingress.MaxBodyBytes, MaxUsernames: cfg.Ingress.MaxUsernames, UserDomain: cfg.UserDomain(),
+		Template: cfg.TemplateRules(), PublishTimeout: cfg.Ingress.PublishTimeout.D(),
+	}, reg)
 	if err != nil {
 		return result{}, err
 	}
@@ -402,7 +472,8 @@ func requestBody(n int) []byte {
 func countRecords(brokers []string, topic string) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	c := kafkabus.NewClient(brokers, 10*time.Second)
+	defer c.Close()
 	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
 		return 0, err
@@ -430,7 +501,8 @@ func countRecords(brokers []string, topic string) (int, error) {
 func deleteTopics(brokers []string, topics ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	c := kafkabus.NewClient(brokers, 10*time.Second)
+	defer c.Close()
 	if _, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: topics}); err != nil {
 		fmt.Fprintln(os.Stderr, "ingress-bench: deleting topics:", err)
 	}

@@ -54,14 +54,14 @@ const maxChannelStringID = 255
 
 // Limits are the door's checks, from [ingress] and the XMPP settings.
 type Limits struct {
-	MaxBodyBytes     int64  // payload limit of the Kafka input (REST enforces it while reading)
-	MaxUsernames     int    // per users request
-	MaxTemplateBytes int    // decoded template
-	UserDomain       string // completes bare usernames
-	// ComponentDomain is the component's JID in component mode: a template's
-	// `from` must be inside it or ejabberd closes the stream. Empty in client mode.
-	ComponentDomain string
-	PublishTimeout  time.Duration
+	MaxBodyBytes int64  // payload limit of the Kafka input (REST enforces it while reading)
+	MaxUsernames int    // per users request
+	UserDomain   string // completes bare usernames
+	// Template are the rules of the connection mode (config.TemplateRules):
+	// the same ones the sender and archiver apply, so a template that would
+	// close ejabberd's stream is a 400 here, never a poison batch later.
+	Template       stanza.Options
+	PublishTimeout time.Duration
 }
 
 // Service validates and publishes announcements. It is safe for concurrent use.
@@ -86,15 +86,15 @@ func New(pub Publisher, lim Limits, reg prometheus.Registerer) (*Service, error)
 	}
 	m := metrics{
 		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ingress_announcements_accepted_total",
+			Name: "announcements_accepted_total",
 			Help: "Announcements durably published to the announcements topic.",
 		}, []string{"source", "kind"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ingress_announcements_rejected_total",
+			Name: "announcements_rejected_total",
 			Help: "Requests rejected by validation, by the field at fault.",
 		}, []string{"source", "field"}),
 		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ingress_announcements_publish_failed_total",
+			Name: "announcements_publish_failed_total",
 			Help: "Valid announcements that could not be published.",
 		}, []string{"source", "reason"}),
 	}
@@ -188,7 +188,7 @@ func (s *Service) build(req Request, source string) (announcement.Event, error) 
 	if err != nil {
 		return ev, fromStanza(err)
 	}
-	tpl, err := stanza.Parse(raw, stanza.Options{MaxBytes: s.lim.MaxTemplateBytes, ComponentDomain: s.lim.ComponentDomain})
+	tpl, err := stanza.Parse(raw, s.lim.Template)
 	if err != nil {
 		return ev, fromStanza(err)
 	}
@@ -203,8 +203,10 @@ func (s *Service) build(req Request, source string) (announcement.Event, error) 
 	return ev, nil
 }
 
-// normalizeUsers turns every username into a JID and drops repeats, so one
-// user gets one copy however often the list names them.
+// normalizeUsers puts every username in the one recipient form of the
+// topics (stanza.CanonicalRecipient: a bare username for an address of the
+// users' domain without a resource, else the full JID) and drops repeats, so
+// one user gets one copy however often, and in whatever form, the list names them.
 func (s *Service) normalizeUsers(names []string) ([]string, error) {
 	if len(names) == 0 {
 		return nil, invalid("usernames", "empty; want at least one username")
@@ -215,7 +217,7 @@ func (s *Service) normalizeUsers(names []string) ([]string, error) {
 	out := make([]string, 0, len(names))
 	seen := make(map[string]struct{}, len(names))
 	for i, u := range names {
-		jid, err := stanza.NormalizeJID(u, s.lim.UserDomain)
+		jid, err := stanza.CanonicalRecipient(u, s.lim.UserDomain)
 		if err != nil {
 			var ve *stanza.ValidationError
 			if errors.As(err, &ve) {

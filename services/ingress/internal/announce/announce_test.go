@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/stanza"
 )
 
 const goodTpl = `<message to='%s' from='announcer.localhost' type='chat'><body>hi [inc_id]</body></message>`
@@ -23,14 +24,15 @@ var goodMsg = b64(goodTpl)
 
 func testLimits() Limits {
 	return Limits{
-		MaxBodyBytes:     1 << 20,
-		MaxUsernames:     5,
-		MaxTemplateBytes: 1024,
-		UserDomain:       "localhost",
-		ComponentDomain:  "announcer.localhost",
-		PublishTimeout:   time.Second,
+		MaxBodyBytes:   1 << 20,
+		MaxUsernames:   5,
+		Template:       stanza.Options{MaxBytes: 1024, ComponentDomain: "announcer.localhost"},
+		UserDomain:     "localhost",
+		PublishTimeout: time.Second,
 	}
 }
+
+func clientMode(l *Limits) { l.Template = stanza.Options{MaxBytes: 1024, ClientJID: "admin@localhost"} }
 
 // memPublisher is an in-memory stand-in for the Kafka adapter.
 type memPublisher struct {
@@ -153,9 +155,9 @@ func TestPrepare(t *testing.T) {
 			name: "users: bare, full, resource; default persist true; repeats dropped",
 			req:  Request{Usernames: []string{"alice", "bob@example.org", "carol@localhost/phone", "alice@localhost"}, Message: goodMsg},
 			kind: announcement.KindUsers, persist: true,
-			users: []string{"alice@localhost", "bob@example.org", "carol@localhost/phone"},
+			users: []string{"alice", "bob@example.org", "carol@localhost/phone"},
 		},
-		{name: "users: persist false kept", req: Request{Usernames: []string{"a"}, Message: goodMsg, Persist: ptr(false)}, kind: announcement.KindUsers, users: []string{"a@localhost"}},
+		{name: "users: persist false kept", req: Request{Usernames: []string{"a@LOCALHOST"}, Message: goodMsg, Persist: ptr(false)}, kind: announcement.KindUsers, users: []string{"a"}},
 		{name: "users: empty list", req: Request{Usernames: []string{}, Message: goodMsg}, field: "usernames"},
 		{name: "users: over the limit", req: Request{Usernames: []string{"a", "b", "c", "d", "e", "f"}, Message: goodMsg}, field: "usernames"},
 		{name: "users: XML in a username", req: Request{Usernames: []string{"a'/><x"}, Message: goodMsg}, field: "usernames"},
@@ -173,8 +175,17 @@ func TestPrepare(t *testing.T) {
 		{name: "message: from outside the component domain", req: Request{Channel: ch(1), Message: b64(`<message to='%s' from='admin@localhost'><body>x</body></message>`)}, field: "message"},
 		{name: "message: no from in component mode", req: Request{Channel: ch(1), Message: b64(`<message to='%s'><body>x</body></message>`)}, field: "message"},
 		{
-			name: "message: any from in client mode", req: Request{Channel: ch(1), Message: b64(`<message to='%s' from='admin@localhost'><body>x</body></message>`)},
-			lim: func(l *Limits) { l.ComponentDomain = "" }, kind: announcement.KindChannel,
+			name: "message: the sending account's from in client mode", req: Request{Channel: ch(1), Message: b64(`<message to='%s' from='admin@localhost/x'><body>x</body></message>`)},
+			lim: clientMode, kind: announcement.KindChannel,
+		},
+		{
+			name: "message: no from in client mode", req: Request{Channel: ch(1), Message: b64(`<message to='%s'><body>x</body></message>`)},
+			lim: clientMode, kind: announcement.KindChannel,
+		},
+		{
+			// ejabberd's c2s would close the sending session: a 400 here, not a poison batch at the sender.
+			name: "message: another account's from in client mode", req: Request{Channel: ch(1), Message: b64(`<message to='%s' from='eve@localhost'><body>x</body></message>`)},
+			lim: clientMode, field: "message",
 		},
 	}
 	for _, tt := range tests {

@@ -94,7 +94,7 @@ func FuzzPrepare(f *testing.F) {
 		if !strings.Contains(ev.Template, "%s") {
 			t.Fatalf("accepted template without %%s: %q", ev.Template)
 		}
-		tpl, err := stanza.Parse([]byte(ev.Template), stanza.Options{MaxBytes: testLimits().MaxTemplateBytes, ComponentDomain: testLimits().ComponentDomain})
+		tpl, err := stanza.Parse([]byte(ev.Template), testLimits().Template)
 		if err != nil {
 			t.Fatalf("accepted template does not parse again: %v", err)
 		}

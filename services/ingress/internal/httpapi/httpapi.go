@@ -72,16 +72,16 @@ func New(svc Announcer, opt Options, log zerolog.Logger, reg prometheus.Register
 		opt: opt,
 		log: log.With().Str("component", "httpapi").Logger(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ingress_http_requests_total",
+			Name: "http_requests_total",
 			Help: "HTTP requests by route and status code.",
 		}, []string{"route", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "ingress_http_request_duration_seconds",
+			Name:    "http_request_duration_seconds",
 			Help:    "HTTP request handling time, including the wait for Kafka's ack.",
 			Buckets: []float64{.001, .002, .004, .008, .016, .032, .064, .128, .256, .512, 1, 2, 5, 10},
 		}, []string{"route"}),
 		panics: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ingress_http_panics_total",
+			Name: "http_panics_total",
 			Help: "Handler panics recovered into a 500.",
 		}),
 	}

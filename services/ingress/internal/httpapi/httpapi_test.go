@@ -22,6 +22,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/httpserver"
+	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
 
@@ -59,12 +60,11 @@ func newFixture(t *testing.T, tokens ...string) fixture {
 	reg := prometheus.NewRegistry()
 	pub := &memPublisher{}
 	svc, err := announce.New(pub, announce.Limits{
-		MaxBodyBytes:     4096,
-		MaxUsernames:     3,
-		MaxTemplateBytes: 1024,
-		UserDomain:       "localhost",
-		ComponentDomain:  "announcer.localhost",
-		PublishTimeout:   time.Second,
+		MaxBodyBytes:   4096,
+		MaxUsernames:   3,
+		Template:       stanza.Options{MaxBytes: 1024, ComponentDomain: "announcer.localhost"},
+		UserDomain:     "localhost",
+		PublishTimeout: time.Second,
 	}, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -216,12 +216,12 @@ func TestMetricsCountRequests(t *testing.T) {
 	do(t, f.h, "POST", RouteUsers, `{"usernames": [], "message": "`+goodMsg+`"}`)
 	do(t, f.h, "POST", "/nope", `{}`)
 	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(`
-# HELP ingress_http_requests_total HTTP requests by route and status code.
-# TYPE ingress_http_requests_total counter
-ingress_http_requests_total{code="202",route="/v1/announce/users"} 1
-ingress_http_requests_total{code="400",route="/v1/announce/users"} 1
-ingress_http_requests_total{code="404",route="unmatched"} 1
-`), "ingress_http_requests_total"); err != nil {
+# HELP http_requests_total HTTP requests by route and status code.
+# TYPE http_requests_total counter
+http_requests_total{code="202",route="/v1/announce/users"} 1
+http_requests_total{code="400",route="/v1/announce/users"} 1
+http_requests_total{code="404",route="unmatched"} 1
+`), "http_requests_total"); err != nil {
 		t.Error(err)
 	}
 }
@@ -243,10 +243,10 @@ func TestPanicIsA500(t *testing.T) {
 		t.Fatalf("status %d, want 500", r.code)
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
-# HELP ingress_http_panics_total Handler panics recovered into a 500.
-# TYPE ingress_http_panics_total counter
-ingress_http_panics_total 1
-`), "ingress_http_panics_total"); err != nil {
+# HELP http_panics_total Handler panics recovered into a 500.
+# TYPE http_panics_total counter
+http_panics_total 1
+`), "http_panics_total"); err != nil {
 		t.Error(err)
 	}
 }

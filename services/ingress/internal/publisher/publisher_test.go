@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
@@ -25,13 +24,8 @@ func TestMain(m *testing.M) {
 // newKafka returns the adapter on a writer of its own, closed when the test ends.
 func newKafka(t *testing.T, brokers []string, opt Options) *Kafka {
 	t.Helper()
-	tr := &kafka.Transport{}
 	w := kafkabus.NewWriter(brokers, kafkabus.WriterOptions{WriteTimeout: 5 * time.Second, MaxAttempts: 2})
-	w.Transport = tr
-	t.Cleanup(func() {
-		_ = w.Close()
-		tr.CloseIdleConnections()
-	})
+	t.Cleanup(func() { _ = w.Close() })
 	k, err := New(w, opt, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -49,8 +43,8 @@ func event(id string) announcement.Event {
 
 func TestPublishIsInTheTopicWhenItReturns(t *testing.T) {
 	env := stacktest.Get(t)
-	topics := kafkatest.Topics(t, env.KafkaBrokers, 3, "ingress_pub_ann", "ingress_pub_dlq")
-	k := newKafka(t, env.KafkaBrokers, Options{AnnouncementsTopic: topics[0], DeadLetterTopic: topics[1], MaxMessageBytes: 1 << 20})
+	topics := kafkatest.Topics(t, env.KafkaBrokers, 3, "ingress_pub_ann")
+	k := newKafka(t, env.KafkaBrokers, Options{AnnouncementsTopic: topics[0], MaxMessageBytes: 1 << 20})
 
 	want := event("01a2-test-id")
 	if err := k.Publish(context.Background(), want); err != nil {
@@ -73,40 +67,10 @@ func TestPublishIsInTheTopicWhenItReturns(t *testing.T) {
 	}
 }
 
-func TestDeadLetterKeepsTheRecordAndSaysWhy(t *testing.T) {
-	env := stacktest.Get(t)
-	topics := kafkatest.Topics(t, env.KafkaBrokers, 1, "ingress_pub_ann", "ingress_pub_dlq")
-	k := newKafka(t, env.KafkaBrokers, Options{AnnouncementsTopic: topics[0], DeadLetterTopic: topics[1], MaxMessageBytes: 8192})
-
-	src := kafka.Message{Topic: "input", Partition: 2, Offset: 41, Key: []byte("k1"), Value: []byte(`{"channel_id": "x"`),
-		Headers: []kafka.Header{{Key: "trace", Value: []byte("abc")}}}
-	if err := k.DeadLetter(context.Background(), src, "invalid body: truncated JSON"); err != nil {
-		t.Fatal(err)
-	}
-	big := kafka.Message{Topic: "input", Partition: 0, Offset: 7, Key: []byte("k2"), Value: []byte(strings.Repeat("x", 20000))}
-	if err := k.DeadLetter(context.Background(), big, "invalid body: 20000 bytes"); err != nil {
-		t.Fatalf("an oversized dead letter must be cut to fit, not fail: %v", err)
-	}
-
-	recs := kafkatest.ReadAll(t, env.KafkaBrokers, topics[1], 2, 5*time.Second)
-	if len(recs) != 2 {
-		t.Fatalf("found %d dead letters, want 2", len(recs))
-	}
-	r := recs[0]
-	if string(r.Value) != string(src.Value) || string(r.Key) != "k1" {
-		t.Errorf("dead letter %q/%q, want the raw input", r.Key, r.Value)
-	}
-	if r.Headers[kafkabus.HeaderReason] != "invalid body: truncated JSON" || r.Headers[kafkabus.HeaderSource] != "input/2/41" || r.Headers["trace"] != "abc" {
-		t.Errorf("headers %v", r.Headers)
-	}
-	r = recs[1]
-	if r.Headers[HeaderTruncated] != "20000" || len(r.Value) >= 20000 || len(r.Value) == 0 {
-		t.Errorf("oversized dead letter: %d bytes, headers %v", len(r.Value), r.Headers)
-	}
-}
-
 func TestPublishTooLargeIsNotRetryable(t *testing.T) {
-	k, err := New(kafkabus.NewWriter([]string{"127.0.0.1:1"}, kafkabus.WriterOptions{}), Options{AnnouncementsTopic: "a", DeadLetterTopic: "d", MaxMessageBytes: 8192}, prometheus.NewRegistry())
+	w := kafkabus.NewWriter([]string{"127.0.0.1:1"}, kafkabus.WriterOptions{})
+	defer w.Close()
+	k, err := New(w, Options{AnnouncementsTopic: "a", MaxMessageBytes: 8192}, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +87,7 @@ func TestPublishToUnreachableKafkaIsUnavailable(t *testing.T) {
 		"accept and close": kafkatest.AcceptAndClose(t),
 	} {
 		t.Run(name, func(t *testing.T) {
-			k := newKafka(t, []string{addr}, Options{AnnouncementsTopic: "a", DeadLetterTopic: "d", MaxMessageBytes: 1 << 20})
+			k := newKafka(t, []string{addr}, Options{AnnouncementsTopic: "a", MaxMessageBytes: 1 << 20})
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			if err := k.Publish(ctx, event("id")); !errors.Is(err, announce.ErrUnavailable) {
@@ -135,10 +99,10 @@ func TestPublishToUnreachableKafkaIsUnavailable(t *testing.T) {
 
 func TestNewValidates(t *testing.T) {
 	w := kafkabus.NewWriter([]string{"127.0.0.1:1"}, kafkabus.WriterOptions{})
+	defer w.Close()
 	for _, o := range []Options{
-		{DeadLetterTopic: "d", MaxMessageBytes: 1 << 20},
-		{AnnouncementsTopic: "a", MaxMessageBytes: 1 << 20},
-		{AnnouncementsTopic: "a", DeadLetterTopic: "d", MaxMessageBytes: 100},
+		{MaxMessageBytes: 1 << 20},
+		{AnnouncementsTopic: "a", MaxMessageBytes: 100},
 	} {
 		if _, err := New(w, o, prometheus.NewRegistry()); err == nil {
 			t.Errorf("New(%+v) accepted", o)

@@ -29,9 +29,9 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/stanza"
 
-	scomp "github.com/announcer/announcer/services/sender/internal/component"
 	"github.com/announcer/announcer/services/sender/internal/delivery"
 	"github.com/announcer/announcer/services/sender/internal/sink"
+	"github.com/announcer/announcer/services/sender/internal/xmpplink"
 )
 
 const (
@@ -112,16 +112,6 @@ func run(n, baseN, batchSize, inflight int) error {
 
 func rate(r result) float64 { return float64(r.stanzas) / r.wall.Seconds() }
 
-type links struct{ p *scomp.Pool }
-
-func (l links) Acquire(ctx context.Context) (delivery.Link, error) {
-	c, err := l.p.Acquire(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
 // hotPath delivers n stanzas in fenced batches through the real use case and
 // connection code, unlimited rate, inflight batches at a time.
 func hotPath(n, batchSize, inflight int) (result, error) {
@@ -131,9 +121,9 @@ func hotPath(n, batchSize, inflight int) (result, error) {
 	}
 	defer s.Close()
 	reg := prometheus.NewRegistry()
-	pool, err := scomp.NewPool(scomp.Options{
+	pool, err := xmpplink.NewPool(xmpplink.Options{
 		Node: "bench", Addr: s.Addr(), JID: domain, Secret: secret, ServerDomain: users, Conns: 1,
-	}, zerolog.Nop(), scomp.NewMetrics(reg, "bench"))
+	}, zerolog.Nop(), xmpplink.NewMetrics(reg))
 	if err != nil {
 		return result{}, err
 	}
@@ -146,8 +136,8 @@ func hotPath(n, batchSize, inflight int) (result, error) {
 	for pool.Up() < 1 {
 		time.Sleep(time.Millisecond)
 	}
-	uc := delivery.New(delivery.Options{UserDomain: users, ComponentDomain: domain, Conns: 1, RatePerConn: 0},
-		links{pool}, zerolog.Nop(), delivery.NewMetrics(reg, "bench"))
+	uc := delivery.New(delivery.Options{UserDomain: users, Templates: stanza.NewCache(stanza.Options{ComponentDomain: domain}, 16),
+		Conns: 1, RatePerConn: 0}, delivery.LinksOf(pool.Acquire), zerolog.Nop(), delivery.NewMetrics(reg))
 
 	batches := make([]*announcement.Batch, (n+batchSize-1)/batchSize)
 	for i := range batches {
@@ -165,7 +155,7 @@ func hotPath(n, batchSize, inflight int) (result, error) {
 	for range inflight {
 		workers.Go(func() {
 			for b := range work {
-				if err := uc.Deliver(ctx, b); err != nil {
+				if err := uc.Deliver(ctx, *b); err != nil {
 					errc <- err
 					return
 				}

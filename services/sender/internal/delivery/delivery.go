@@ -4,12 +4,9 @@
 package delivery
 
 import (
-	"bytes"
 	"context"
-	"encoding/xml"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -41,11 +38,25 @@ type Links interface {
 	Acquire(ctx context.Context) (Link, error)
 }
 
-// BadBatchError means the batch can never be delivered; the caller
-// dead-letters it with Reason.
-type BadBatchError struct{ Reason string }
+// LinksOf adapts a pool whose Acquire hands out a concrete link type (Go has
+// no covariant results, so *xmpplink.Pool is not a Links by itself).
+func LinksOf[L Link](acquire func(context.Context) (L, error)) Links { return linksFunc[L](acquire) }
 
-func (e *BadBatchError) Error() string { return "undeliverable batch: " + e.Reason }
+type linksFunc[L Link] func(context.Context) (L, error)
+
+func (f linksFunc[L]) Acquire(ctx context.Context) (Link, error) {
+	l, err := f(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Templates parses a batch's template at most once per announcement under
+// the connection mode's rules (a *stanza.Cache).
+type Templates interface {
+	Get(announcementID, raw string) (*stanza.Template, error)
+}
 
 // rejecter is implemented by link errors that say the server closed the
 // stream because of what was sent (not a network failure).
@@ -53,12 +64,10 @@ type rejecter interface{ Rejected() bool }
 
 // Options configure the use case.
 type Options struct {
-	UserDomain       string // completes bare usernames into JIDs
-	ComponentDomain  string // component mode: templates must come from this domain
-	ClientJID        string // client mode: the account's bare JID; a template's from must be empty or this account
-	MaxTemplateBytes int
-	Conns            int // connection slots (one limiter each)
-	RatePerConn      int // stanzas per second per connection; <= 0 = unlimited
+	UserDomain  string    // completes bare usernames into JIDs
+	Templates   Templates // the connection mode's template rules
+	Conns       int       // connection slots (one limiter each)
+	RatePerConn int       // stanzas per second per connection; <= 0 = unlimited
 	// Rejections is how often ejabberd may close the stream while a batch is in
 	// flight before the batch is declared poison and dead-lettered.
 	Rejections int
@@ -125,18 +134,11 @@ type scratch struct {
 }
 
 // Deliver sends b and returns nil once ejabberd has processed all of it, a
-// *BadBatchError when it never can be, or ctx's error.
-func (s *Sender) Deliver(ctx context.Context, b *announcement.Batch) error {
-	tmpl, err := stanza.Parse([]byte(b.Template), stanza.Options{
-		MaxBytes: s.opt.MaxTemplateBytes, ComponentDomain: s.opt.ComponentDomain,
-	})
+// *announcement.BadRecordError when it never can be, or ctx's error.
+func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
+	tmpl, err := s.opt.Templates.Get(b.AnnouncementID, b.Template)
 	if err != nil {
-		return &BadBatchError{Reason: err.Error()}
-	}
-	if s.opt.ClientJID != "" {
-		if err := checkClientFrom(tmpl.Raw(), s.opt.ClientJID); err != nil {
-			return &BadBatchError{Reason: err.Error()}
-		}
+		return &announcement.BadRecordError{Reason: "template: " + err.Error(), Label: "template"}
 	}
 	sc := s.bufs.Get().(*scratch)
 	defer s.bufs.Put(sc)
@@ -171,7 +173,7 @@ func (s *Sender) Deliver(ctx context.Context, b *announcement.Batch) error {
 		if err != nil {
 			return fmt.Errorf("delivery: no connection: %w", err)
 		}
-		err = s.send(ctx, link, tmpl, b, sc)
+		err = s.send(ctx, link, tmpl, &b, sc)
 		link.Release()
 		if err == nil {
 			s.m.batches.WithLabelValues("delivered").Inc()
@@ -185,8 +187,8 @@ func (s *Sender) Deliver(ctx context.Context, b *announcement.Batch) error {
 			rejections++
 			if rejections > s.opt.Rejections {
 				s.m.batches.WithLabelValues("poison").Inc()
-				return &BadBatchError{Reason: fmt.Sprintf(
-					"ejabberd closed the stream %d times while this batch was in flight, last: %v", rejections, err)}
+				return &announcement.BadRecordError{Reason: fmt.Sprintf(
+					"ejabberd closed the stream %d times while this batch was in flight, last: %v", rejections, err), Label: "poison"}
 			}
 		}
 		s.log.Debug().Err(err).Str("announcement", b.AnnouncementID).Int("seq", b.Seq).
@@ -262,13 +264,11 @@ type Metrics struct {
 	batches  *prometheus.CounterVec
 }
 
-// NewMetrics registers the delivery metrics for node on reg.
-func NewMetrics(reg prometheus.Registerer, node string) *Metrics {
-	l := prometheus.Labels{"node": node}
+// NewMetrics registers the delivery metrics on reg (the service's, which
+// names and labels them: announcer_sender_…{node}).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
 	c := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "announcer", Subsystem: "sender", Name: name, Help: help, ConstLabels: l,
-		})
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 	}
 	m := &Metrics{
 		sent:     c("stanzas_sent_total", "Stanzas written to ejabberd (resent ones included)."),
@@ -276,34 +276,9 @@ func NewMetrics(reg prometheus.Registerer, node string) *Metrics {
 		invalid:  c("invalid_recipients_total", "Recipients skipped because they are not valid JIDs."),
 		rateWait: c("rate_limit_wait_seconds_total", "Time spent waiting for the per-connection rate limit."),
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "announcer", Subsystem: "sender", Name: "batches_total",
-			Help: "Batches finished, by outcome (delivered, empty, poison).", ConstLabels: l,
+			Name: "batches_total", Help: "Batches finished, by outcome (delivered, empty, poison).",
 		}, []string{"outcome"}),
 	}
 	reg.MustRegister(m.sent, m.resends, m.invalid, m.rateWait, m.batches)
 	return m
-}
-
-// checkClientFrom enforces what ejabberd's c2s does with `from`: anything but
-// the session's own account closes the stream (invalid-from) for everything
-// queued behind the stanza.
-func checkClientFrom(raw []byte, account string) error {
-	tok, err := xml.NewDecoder(bytes.NewReader(raw)).Token()
-	if err != nil {
-		return fmt.Errorf("template: %w", err)
-	}
-	start, ok := tok.(xml.StartElement)
-	if !ok {
-		return errors.New("template: no root element")
-	}
-	for _, a := range start.Attr {
-		if a.Name.Space != "" || a.Name.Local != "from" || a.Value == "" {
-			continue
-		}
-		bare, _, _ := strings.Cut(a.Value, "/")
-		if !strings.EqualFold(bare, account) {
-			return fmt.Errorf("client mode: from %q is not the sending account %q (ejabberd would close the stream)", a.Value, account)
-		}
-	}
-	return nil
 }

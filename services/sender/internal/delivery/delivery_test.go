@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/stanza"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -92,16 +93,16 @@ func newSender(t *testing.T, links Links, opt Options) (*Sender, *Metrics) {
 	if opt.UserDomain == "" {
 		opt.UserDomain = "localhost"
 	}
-	if opt.ComponentDomain == "" {
-		opt.ComponentDomain = "announcer.localhost"
+	if opt.Templates == nil {
+		opt.Templates = stanza.NewCache(stanza.Options{ComponentDomain: "announcer.localhost"}, 16)
 	}
 	opt.RetryMin, opt.RetryMax = time.Millisecond, 2*time.Millisecond
-	m := NewMetrics(prometheus.NewRegistry(), "test")
+	m := NewMetrics(prometheus.NewRegistry())
 	return New(opt, links, zerolog.Nop(), m), m
 }
 
-func batch(recipients ...string) *announcement.Batch {
-	return &announcement.Batch{AnnouncementID: "a1", Template: tmpl, FirstIncID: 10, Recipients: recipients}
+func batch(recipients ...string) announcement.Batch {
+	return announcement.Batch{AnnouncementID: "a1", Template: tmpl, FirstIncID: 10, Recipients: recipients}
 }
 
 func stanzaFor(jid string, inc int) string {
@@ -178,9 +179,9 @@ func TestDeliverPoisonBatch(t *testing.T) {
 	fl := &fakeLinks{links: links}
 	s, m := newSender(t, fl, Options{Rejections: 2})
 	err := s.Deliver(context.Background(), batch("u1"))
-	var bad *BadBatchError
-	if !errors.As(err, &bad) {
-		t.Fatalf("got %v, want a BadBatchError", err)
+	var bad *announcement.BadRecordError
+	if !errors.As(err, &bad) || bad.Label != "poison" {
+		t.Fatalf("got %v, want a poison BadRecordError", err)
 	}
 	if fl.next != 3 {
 		t.Fatalf("%d attempts, want 3 (1 + 2 rejections tolerated)", fl.next)
@@ -216,9 +217,9 @@ func TestDeliverBadTemplate(t *testing.T) {
 		s, _ := newSender(t, fl, Options{})
 		b := batch("u1")
 		b.Template = tpl
-		var bad *BadBatchError
-		if err := s.Deliver(context.Background(), b); !errors.As(err, &bad) {
-			t.Fatalf("%s: got %v, want a BadBatchError", tpl, err)
+		var bad *announcement.BadRecordError
+		if err := s.Deliver(context.Background(), b); !errors.As(err, &bad) || bad.Label != "template" {
+			t.Fatalf("%s: got %v, want a template BadRecordError", tpl, err)
 		}
 		if fl.next != 0 {
 			t.Fatalf("%s: a connection was used for a bad template", tpl)
@@ -281,20 +282,28 @@ func TestChunkFor(t *testing.T) {
 	}
 }
 
-func TestCheckClientFrom(t *testing.T) {
+// Client mode's rules come with the template cache: a foreign from is a bad
+// record before any connection is used (ejabberd's c2s would close the stream).
+func TestDeliverClientModeFrom(t *testing.T) {
+	rules := stanza.NewCache(stanza.Options{ClientJID: "bot@example.org"}, 16)
 	for _, tt := range []struct {
 		tpl string
 		ok  bool
 	}{
 		{"<message to='%s'><body/></message>", true},
 		{"<message to='%s' from='Bot@Example.org/x'><body/></message>", true},
-		{"<message to='%s' from='bot@example.org'/>", true},
 		{"<message to='%s' from='other@example.org'/>", false},
-		{"<message to='%s' from='example.org'/>", false},
 	} {
-		err := checkClientFrom([]byte(tt.tpl), "bot@example.org")
+		fl := &fakeLinks{links: []*fakeLink{{}}}
+		s, _ := newSender(t, fl, Options{Templates: rules})
+		b := batch("u1")
+		b.AnnouncementID, b.Template = tt.tpl, tt.tpl
+		err := s.Deliver(context.Background(), b)
 		if (err == nil) != tt.ok {
 			t.Errorf("%s: %v", tt.tpl, err)
+		}
+		if !tt.ok && fl.next != 0 {
+			t.Errorf("%s: a connection was used", tt.tpl)
 		}
 	}
 }

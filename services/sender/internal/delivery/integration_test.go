@@ -12,27 +12,18 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/pkg/tcpproxy"
 	"github.com/announcer/announcer/pkg/xmpptest"
-	"github.com/announcer/announcer/services/sender/internal/component"
 	"github.com/announcer/announcer/services/sender/internal/delivery"
 	"github.com/announcer/announcer/services/sender/internal/testuser"
+	"github.com/announcer/announcer/services/sender/internal/xmpplink"
 )
-
-type links struct{ p *component.Pool }
-
-func (l links) Acquire(ctx context.Context) (delivery.Link, error) {
-	c, err := l.p.Acquire(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return c, nil
-}
 
 type rig struct {
 	env    stacktest.Env
 	domain string // the component domain this test uses alone
-	pool   *component.Pool
+	pool   *xmpplink.Pool
 	sender *delivery.Sender
 	reg    *prometheus.Registry
 }
@@ -47,12 +38,13 @@ func newRig(t *testing.T, addr string, conns, rate int) *rig {
 		addr = env.AddrFor(domain)
 	}
 	reg := prometheus.NewRegistry()
+	metrics := prometheus.WrapRegistererWithPrefix("announcer_sender_", reg)
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	pool, err := component.NewPool(component.Options{
+	pool, err := xmpplink.NewPool(xmpplink.Options{
 		Node: "n1", Addr: addr, JID: domain, Secret: env.SecretFor(domain),
 		ServerDomain: env.XMPPDomain, Conns: conns, PingTimeout: 10 * time.Second,
 		ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
-	}, log, component.NewMetrics(reg, "n1"))
+	}, log, xmpplink.NewMetrics(metrics))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,10 +53,10 @@ func newRig(t *testing.T, addr string, conns, rate int) *rig {
 	go func() { defer close(done); _ = pool.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	s := delivery.New(delivery.Options{
-		UserDomain: env.XMPPDomain, ComponentDomain: domain,
+		UserDomain: env.XMPPDomain, Templates: stanza.NewCache(stanza.Options{ComponentDomain: domain}, 64),
 		Conns: conns, RatePerConn: rate, Rejections: 3,
 		RetryMin: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
-	}, links{pool}, log, delivery.NewMetrics(reg, "n1"))
+	}, delivery.LinksOf(pool.Acquire), log, delivery.NewMetrics(metrics))
 	return &rig{env: env, domain: domain, pool: pool, sender: s, reg: reg}
 }
 
@@ -100,7 +92,7 @@ func deliver(t *testing.T, r *rig, b *announcement.Batch, timeout time.Duration)
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if err := r.sender.Deliver(ctx, b); err != nil {
+	if err := r.sender.Deliver(ctx, *b); err != nil {
 		t.Fatalf("deliver: %v", err)
 	}
 }
@@ -191,7 +183,7 @@ func TestRealRateLimitObserved(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		errc <- r.sender.Deliver(ctx, &announcement.Batch{AnnouncementID: "rate", Template: template(r.domain), Recipients: recipients})
+		errc <- r.sender.Deliver(ctx, announcement.Batch{AnnouncementID: "rate", Template: template(r.domain), Recipients: recipients})
 	}()
 	// The first chunk is the bucket's burst; measure from the skip-th arrival on.
 	wait(t, alice, skip, 10*time.Second)
@@ -228,7 +220,7 @@ func TestRealConnectionKilledMidBatch(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		errc <- r.sender.Deliver(ctx, &announcement.Batch{AnnouncementID: "kill", Template: template(r.domain), Recipients: recipients})
+		errc <- r.sender.Deliver(ctx, announcement.Batch{AnnouncementID: "kill", Template: template(r.domain), Recipients: recipients})
 	}()
 	// Kill once stanzas are flowing, well before the batch (1.5 s at 400/s) is done.
 	wait(t, alice, 100, 10*time.Second)
@@ -268,7 +260,7 @@ func TestRealDeliversOnceServerIsBack(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		errc <- r.sender.Deliver(ctx, &announcement.Batch{
+		errc <- r.sender.Deliver(ctx, announcement.Batch{
 			AnnouncementID: "back", Template: template(r.domain), Recipients: []string{alice.JID.String()},
 		})
 	}()
@@ -285,7 +277,7 @@ func TestRealDeliversOnceServerIsBack(t *testing.T) {
 	wait(t, alice, 1, 10*time.Second)
 }
 
-func waitUp(t *testing.T, p *component.Pool, n int) {
+func waitUp(t *testing.T, p *xmpplink.Pool, n int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for p.Up() < n {

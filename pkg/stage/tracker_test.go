@@ -1,4 +1,4 @@
-package kafkain
+package stage
 
 import (
 	"slices"
@@ -9,7 +9,7 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
-// step is one event: "f" fetched, "d" finished, "c" commit what is committable.
+// step is one event: "f" fetched (admitted unless a copy is known), "d" finished, "c" commit what is committable.
 type step struct {
 	op        string
 	partition int
@@ -43,9 +43,9 @@ func TestTrackerCommitsInPartitionOrder(t *testing.T) {
 			want:  []string{"0:13"},
 		},
 		{
-			name:  "an offset fetched twice (rebalance) is done when both copies are",
-			steps: []step{{"f", 0, 5}, {"f", 0, 6}, {"f", 0, 5}, {"d", 0, 5}, {"d", 0, 6}, {op: "c"}, {"d", 0, 5}, {op: "c"}},
-			want:  []string{"", "0:7"},
+			name:  "an offset fetched twice (rebalance) is handled once",
+			steps: []step{{"f", 0, 5}, {"f", 0, 6}, {"f", 0, 5}, {"d", 0, 5}, {"d", 0, 6}, {op: "c"}},
+			want:  []string{"0:7"},
 		},
 		{
 			name:  "nothing finished, nothing committed",
@@ -66,7 +66,7 @@ func TestTrackerCommitsInPartitionOrder(t *testing.T) {
 				m := kafka.Message{Topic: "t", Partition: s.partition, Offset: s.offset}
 				switch s.op {
 				case "f":
-					tr.fetched(m)
+					tr.admit(m)
 				case "d":
 					tr.finished(m)
 				case "c":
@@ -87,15 +87,46 @@ func TestTrackerCommitsInPartitionOrder(t *testing.T) {
 	}
 }
 
-func TestTrackerForgetsIdlePartitions(t *testing.T) {
+func TestTrackerFreesCommittedRecords(t *testing.T) {
 	tr := newTracker()
 	for p := range 100 {
 		m := kafka.Message{Topic: "t", Partition: p, Offset: 1}
-		tr.fetched(m)
+		tr.admit(m)
 		tr.finished(m)
 	}
-	tr.committed(tr.committable())
-	if len(tr.parts) != 0 {
-		t.Fatalf("%d partitions still tracked after everything was committed", len(tr.parts))
+	if freed := tr.committed(tr.committable()); freed != 100 {
+		t.Fatalf("commit freed %d records, want 100", freed)
+	}
+	if n := tr.uncommitted(); n != 0 {
+		t.Fatalf("%d records still uncommitted", n)
+	}
+}
+
+// After a broker restart kafka-go re-reads from the last commit: what this
+// process is handling, has handled or has committed is not handled again.
+func TestTrackerAdmitsEachRecordOnce(t *testing.T) {
+	tr := newTracker()
+	at := func(off int64) kafka.Message { return kafka.Message{Topic: "t", Partition: 0, Offset: off} }
+	for off := range int64(4) {
+		if !tr.admit(at(off)) {
+			t.Fatalf("first fetch of %d refused", off)
+		}
+	}
+	tr.finished(at(0))
+	tr.finished(at(1))
+	if freed := tr.committed(tr.committable()); freed != 2 {
+		t.Fatalf("freed %d, want 2", freed)
+	}
+	tr.finished(at(2))
+	for off, why := range map[int64]string{0: "committed", 1: "committed", 2: "done, not committed", 3: "in flight"} {
+		if tr.admit(at(off)) {
+			t.Errorf("offset %d (%s) admitted again", off, why)
+		}
+	}
+	if n := tr.uncommitted(); n != 2 {
+		t.Fatalf("%d uncommitted, want 2 (one done, one in flight)", n)
+	}
+	if !tr.admit(at(4)) {
+		t.Fatal("a new offset refused")
 	}
 }

@@ -1,10 +1,10 @@
-// Package component keeps a node's XEP-0114 component connections to ejabberd
-// up: dial, handshake (mellium), a read loop per connection, buffered writes
-// of pre-rendered stanzas, ping fences correlated across the node's
-// connections, keepalive, and reconnection with backoff — forever. The same
-// machinery drives c2s client sessions when Options.Handshake is
-// ClientHandshake ([sender] mode = "client").
-package component
+// Package xmpplink keeps a node's XMPP links to ejabberd up: XEP-0114
+// component connections, or c2s client sessions when Options.Handshake is
+// ClientHandshake ([sender] mode = "client"). It does the dial, the handshake
+// (mellium), a read loop per connection, buffered writes of pre-rendered
+// stanzas, ping fences correlated across the node's connections, keepalive,
+// and reconnection with backoff — forever.
+package xmpplink
 
 import (
 	"context"
@@ -28,7 +28,7 @@ import (
 )
 
 // ErrClosed is returned by Acquire once the pool has stopped.
-var ErrClosed = errors.New("component: pool closed")
+var ErrClosed = errors.New("xmpplink: pool closed")
 
 // Options configure the connections to one ejabberd node.
 type Options struct {
@@ -55,10 +55,10 @@ type Options struct {
 
 func (o *Options) defaults() error {
 	if o.Addr == "" || o.ServerDomain == "" {
-		return errors.New("component: Addr and ServerDomain are required")
+		return errors.New("xmpplink: Addr and ServerDomain are required")
 	}
 	if o.Handshake == nil && o.JID == "" {
-		return errors.New("component: JID is required for the component handshake")
+		return errors.New("xmpplink: JID is required for the component handshake")
 	}
 	if o.Conns < 1 {
 		o.Conns = 1
@@ -126,14 +126,14 @@ func NewPool(opt Options, log zerolog.Logger, m *Metrics) (*Pool, error) {
 	if opt.Handshake == nil {
 		var err error
 		if addr, err = jid.Parse(opt.JID); err != nil {
-			return nil, fmt.Errorf("component: JID %q: %w", opt.JID, err)
+			return nil, fmt.Errorf("xmpplink: JID %q: %w", opt.JID, err)
 		}
 	}
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
 	p := &Pool{
 		opt:  opt,
-		log:  log.With().Str("component", "component").Str("node", opt.Node).Logger(),
+		log:  log.With().Str("component", "xmpplink").Str("node", opt.Node).Logger(),
 		m:    m,
 		addr: addr,
 		// ejabberd spreads results over every connection of the domain — with the

@@ -1,4 +1,4 @@
-package component
+package xmpplink
 
 import (
 	"bufio"
@@ -52,7 +52,7 @@ func fakeServer(conn net.Conn, secret string, data []byte) {
 func readAll(t testing.TB, data []byte) (*Pool, *Metrics, error) {
 	client, server := net.Pipe()
 	go fakeServer(server, "s", data)
-	m := NewMetrics(prometheus.NewRegistry(), "fuzz")
+	m := NewMetrics(prometheus.NewRegistry())
 	p, err := NewPool(Options{
 		Addr: "pipe", JID: "c.example", Secret: "s", ServerDomain: "example",
 		HandshakeTimeout: 5 * time.Second,

@@ -1,9 +1,9 @@
-// Package kafkain is the Kafka transport of the ingress: the first generation's input topics
+// Package kafkainput is the Kafka transport of the ingress: the first generation's input topics
 // carry the same JSON as the REST bodies, and each record becomes an announcement event or,
-// when the record is bad, a dead letter. pkg/kafkain runs the consumer (bounded in flight,
+// when the record is bad, a dead letter. The stage runtime runs the consumer (bounded in flight,
 // offsets committed in partition order only after the event or dead letter is acknowledged);
 // this package only translates a record into the use case's terms.
-package kafkain
+package kafkainput
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
-	consumer "github.com/announcer/announcer/pkg/kafkain"
+	"github.com/announcer/announcer/pkg/stage"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
 
@@ -38,40 +38,29 @@ type Handler struct {
 }
 
 type metrics struct {
-	records     *prometheus.CounterVec // result: announced | dead_lettered
-	deadLetters *prometheus.CounterVec // reason: the field at fault, or too_large
-	retries     *prometheus.CounterVec // op: prepare | publish
+	retries *prometheus.CounterVec // op: prepare | publish
 }
 
-// New builds the handler; its metrics are registered on reg.
+// New builds the handler; its metrics are registered on reg. (Records handled
+// and dead-lettered, by reason, are the consumer's own metrics.)
 func New(a Announcer, retry backoff.Policy, log zerolog.Logger, reg prometheus.Registerer) (*Handler, error) {
 	h := &Handler{
 		a: a, retry: retry,
-		warn: log.With().Str("component", "kafkain").Logger().Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second}),
+		warn: log.With().Str("component", "kafkainput").Logger().Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second}),
 		m: metrics{
-			records: prometheus.NewCounterVec(prometheus.CounterOpts{
-				Name: "ingress_kafka_input_records_total",
-				Help: "Input records handled, by outcome.",
-			}, []string{"result"}),
-			deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
-				Name: "ingress_dead_letters_total",
-				Help: "Input records refused for the dead-letter topic, by the field at fault.",
-			}, []string{"reason"}),
 			retries: prometheus.NewCounterVec(prometheus.CounterOpts{
-				Name: "ingress_kafka_input_retries_total",
-				Help: "Attempts that failed and will be retried.",
+				Name: "kafka_input_retries_total",
+				Help: "Attempts that failed and will be retried, by operation.",
 			}, []string{"op"}),
 		},
 	}
-	for _, c := range []prometheus.Collector{h.m.records, h.m.deadLetters, h.m.retries} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("kafkain: metrics: %w", err)
-		}
+	if err := reg.Register(h.m.retries); err != nil {
+		return nil, fmt.Errorf("kafkainput: metrics: %w", err)
 	}
 	return h, nil
 }
 
-// Handle is a pkg/kafkain Handler.
+// Handle is a stage.Handler.
 func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
 	source := announce.SourceKafkaPrefix + m.Topic
 	var ev announcement.Event
@@ -103,17 +92,11 @@ func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
 	if errors.Is(err, announce.ErrTooLarge) {
 		return h.reject(err.Error(), "too_large")
 	}
-	if err != nil {
-		return err
-	}
-	h.m.records.WithLabelValues("announced").Inc()
-	return nil
+	return err
 }
 
 func (h *Handler) reject(reason, label string) error {
-	h.m.records.WithLabelValues("dead_lettered").Inc()
-	h.m.deadLetters.WithLabelValues(label).Inc()
-	return &consumer.Reject{Reason: reason}
+	return &stage.Reject{Reason: reason, Label: label}
 }
 
 func (h *Handler) retrying(op string) func(error, int) {

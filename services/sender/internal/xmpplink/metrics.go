@@ -1,4 +1,4 @@
-package component
+package xmpplink
 
 import "github.com/prometheus/client_golang/prometheus"
 
@@ -18,18 +18,16 @@ type Metrics struct {
 	writeStalls    prometheus.Counter
 }
 
-// NewMetrics registers the pool's metrics for node on reg.
-func NewMetrics(reg prometheus.Registerer, node string) *Metrics {
-	l := prometheus.Labels{"node": node}
+// NewMetrics registers the pool's metrics on reg (the service's, which names
+// and labels them: announcer_sender_…{node}).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
 	c := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "announcer", Subsystem: "sender", Name: name, Help: help, ConstLabels: l,
-		})
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 	}
 	m := &Metrics{
 		up: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "announcer", Subsystem: "sender", Name: "connections_up",
-			Help: "Component connections to the node whose handshake succeeded and that are alive.", ConstLabels: l,
+			Name: "connections_up",
+			Help: "Connections to the node whose handshake succeeded and that are alive.",
 		}),
 		reconnects:     c("reconnects_total", "Connections lost and replaced (or attempted to be)."),
 		dialFailures:   c("connect_failures_total", "Dials or handshakes that failed (including handshake timeouts)."),
@@ -42,9 +40,8 @@ func NewMetrics(reg prometheus.Registerer, node string) *Metrics {
 		repliesDropped: c("iq_replies_dropped_total", "IQ requests left unanswered because the reply queue was full."),
 		writeStalls:    c("write_stalls_total", "Connections declared dead because a write made no progress in time."),
 		inboundErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "announcer", Subsystem: "sender", Name: "inbound_errors_total",
-			Help:        "Error stanzas ejabberd sent back, by stanza kind and RFC 6120 condition.",
-			ConstLabels: l,
+			Name: "inbound_errors_total",
+			Help: "Error stanzas ejabberd sent back, by stanza kind and RFC 6120 condition.",
 		}, []string{"kind", "condition"}),
 	}
 	reg.MustRegister(m.up, m.reconnects, m.dialFailures, m.pings, m.fences, m.pingTimeouts,

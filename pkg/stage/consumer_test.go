@@ -1,4 +1,4 @@
-package kafkain
+package stage
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
 
+	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/stacktest"
 )
@@ -124,19 +126,19 @@ type running struct {
 }
 
 // run starts a consumer with h until the test ends.
-func (r *kafkaRig) run(t *testing.T, h Handler, opt Options) running {
+func (r *kafkaRig) run(t *testing.T, h Handler, opt ConsumerOptions) running {
 	t.Helper()
 	reader := kafkabus.NewReader(r.brokers, r.group, []string{r.topic}, kafkabus.ReaderOptions{MaxWait: 50 * time.Millisecond})
 	dlq := kafkabus.NewWriter(r.brokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
-	if opt.RetryMin == 0 {
-		opt.RetryMin, opt.RetryMax = 10*time.Millisecond, 50*time.Millisecond
+	if opt.Retry.Initial == 0 {
+		opt.Retry = backoff.Policy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 	}
-	c := New(reader, kafkabus.DeadLetters{W: dlq, Topic: r.dlq}, h, opt, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
-		NewMetrics(prometheus.NewRegistry(), "test", nil))
+	c := NewConsumer(&kafkabus.DeadLetters{W: dlq, Topic: r.dlq}, h, opt, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+		prometheus.NewRegistry())
 	ctx, cancel := context.WithCancel(context.Background())
 	var err error
 	done := make(chan struct{})
-	go func() { err = c.Run(ctx); close(done) }()
+	go func() { err = c.Run(ctx, reader); close(done) }()
 	var once sync.Once
 	stop := func() error {
 		once.Do(func() {
@@ -179,7 +181,7 @@ func TestConsumerHandlesAllAndCommitsToTheEnd(t *testing.T) {
 		seen[string(m.Value)]++
 		mu.Unlock()
 		return nil
-	}, Options{MaxInFlight: 4})
+	}, ConsumerOptions{MaxInFlight: 4})
 	r.waitCommitted(t, map[int]int64{0: n / 3, 1: n / 3, 2: n / 3})
 	if err := stop.stop(); err != nil {
 		t.Fatal(err)
@@ -216,7 +218,7 @@ func TestConsumerCommitWaitsForEarlierOffsets(t *testing.T) {
 		done++
 		mu.Unlock()
 		return nil
-	}, Options{MaxInFlight: 5})
+	}, ConsumerOptions{MaxInFlight: 5})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		mu.Lock()
@@ -248,7 +250,7 @@ func TestConsumerDeadLetters(t *testing.T) {
 			return &Reject{Reason: "not a batch"}
 		}
 		return nil
-	}, Options{MaxInFlight: 2})
+	}, ConsumerOptions{MaxInFlight: 2})
 	r.waitCommitted(t, map[int]int64{0: 3})
 	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: r.brokers, Topic: r.dlq, Partition: 0, MaxWait: 50 * time.Millisecond})
 	defer rd.Close()
@@ -268,7 +270,7 @@ func TestConsumerDeadLetters(t *testing.T) {
 }
 
 // On shutdown, a message in flight finishes (within the drain timeout) and
-// is committed; a handler failure stops the consumer and is reported.
+// is committed.
 func TestConsumerDrainsOnShutdown(t *testing.T) {
 	r := newKafkaRig(t, 1)
 	r.produce(t, "slow")
@@ -277,7 +279,7 @@ func TestConsumerDrainsOnShutdown(t *testing.T) {
 		close(started)
 		time.Sleep(300 * time.Millisecond)
 		return ctx.Err()
-	}, Options{MaxInFlight: 1, DrainTimeout: 10 * time.Second})
+	}, ConsumerOptions{MaxInFlight: 1, DrainTimeout: 10 * time.Second})
 	<-started
 	if err := stop.stop(); err != nil {
 		t.Fatal(err)
@@ -287,20 +289,28 @@ func TestConsumerDrainsOnShutdown(t *testing.T) {
 	}
 }
 
-func TestConsumerHandlerFailureStops(t *testing.T) {
+// A handler failure is not a reason to stop: the record is handled again,
+// with backoff, until it works, and only then committed.
+func TestConsumerRetriesHandlerFailures(t *testing.T) {
 	r := newKafkaRig(t, 1)
-	r.produce(t, "a")
-	boom := errors.New("boom")
-	c := r.run(t, func(ctx context.Context, m kafka.Message) error { return boom }, Options{MaxInFlight: 1})
+	r.produce(t, "a", "b")
+	var calls atomic.Int32
+	c := r.run(t, func(ctx context.Context, m kafka.Message) error {
+		if string(m.Value) == "a" && calls.Add(1) < 4 {
+			return errors.New("mysql: connection refused")
+		}
+		return nil
+	}, ConsumerOptions{MaxInFlight: 2})
+	r.waitCommitted(t, map[int]int64{0: 2})
 	select {
 	case <-c.done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("consumer did not stop after a handler failure")
+		t.Fatal("the consumer stopped")
+	default:
 	}
-	if err := c.stop(); !errors.Is(err, boom) {
-		t.Fatalf("Run returned %v, want boom", err)
+	if n := calls.Load(); n != 4 {
+		t.Fatalf("record a handled %d times, want 3 failures and 1 success", n)
 	}
-	if got := r.committed(t)[0]; got != -1 {
-		t.Fatalf("a failed message was committed (%d)", got)
+	if err := c.stop(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,4 +1,4 @@
-package service
+package main
 
 import (
 	"context"
@@ -61,8 +61,8 @@ func start(t *testing.T, cfg config.Config) *running {
 	addrs := make(chan [2]string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), cfg, Options{
-			Listening: func(api, debug string) { addrs <- [2]string{api, debug} },
+		done <- run(ctx, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), cfg, hooks{
+			listening: func(api, debug string) { addrs <- [2]string{api, debug} },
 		})
 	}()
 	r := &running{}
@@ -88,6 +88,22 @@ func start(t *testing.T, cfg config.Config) *running {
 	}
 	t.Cleanup(func() { _ = r.stop() })
 	return r
+}
+
+// waitReady waits until /readyz says ready (topics exist, Kafka answers).
+func (r *running) waitReady(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		a := do(t, mustGet(t, r.debug+"/readyz"))
+		if a.code == http.StatusOK {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready: %s", a.raw)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 type answer struct {
@@ -129,6 +145,7 @@ func TestAccepted202MeansTheEventIsInTheTopic(t *testing.T) {
 	cfg := baseConfig(env.KafkaBrokers)
 	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
 	svc := start(t, cfg)
+	svc.waitReady(t)
 
 	type want struct {
 		kind      announcement.Kind
@@ -144,7 +161,7 @@ func TestAccepted202MeansTheEventIsInTheTopic(t *testing.T) {
 		{"/v1/announce/channel", `{"channel_id": "news", "message": "` + b64(tpl) + `", "persist": true}`, want{kind: announcement.KindChannel, channel: `"news"`, persist: true}},
 		{"/v1/announce/channel", `{"channel_id": -1, "message": "` + b64(tpl) + `"}`, want{kind: announcement.KindAllOnline}},
 		{"/v1/announce/users", `{"usernames": ["alice", "bob@localhost", "carol@localhost/phone"], "message": "` + b64(tpl) + `"}`,
-			want{kind: announcement.KindUsers, usernames: []string{"alice@localhost", "bob@localhost", "carol@localhost/phone"}, persist: true}},
+			want{kind: announcement.KindUsers, usernames: []string{"alice", "bob", "carol@localhost/phone"}, persist: true}},
 	}
 	ids := map[string]want{}
 	for _, r := range requests {
@@ -269,8 +286,8 @@ func TestKafkaInput(t *testing.T) {
 			t.Fatal(err)
 		}
 		sources[ev.Source]++
-		if ev.Kind == announcement.KindUsers && (ev.Persist || ev.Usernames[0] != "alice@localhost") {
-			t.Errorf("users event %+v: want alice@localhost, persist false as sent", ev)
+		if ev.Kind == announcement.KindUsers && (ev.Persist || ev.Usernames[0] != "alice") {
+			t.Errorf("users event %+v: want alice, persist false as sent", ev)
 		}
 	}
 	if sources["kafka:"+inputs[0]] != 2 || sources["kafka:"+inputs[1]] != 1 {
@@ -329,7 +346,7 @@ func TestStartFailsOnTakenPort(t *testing.T) {
 	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
 	first := start(t, cfg)
 	cfg.RestAPIPort = strings.TrimPrefix(first.api, "http://")
-	err := Run(context.Background(), zerolog.Nop(), cfg, Options{})
+	err := run(context.Background(), zerolog.Nop(), cfg, hooks{})
 	if err == nil || !strings.Contains(err.Error(), "rest_api_port") {
 		t.Errorf("second instance on the same port: %v, want a rest_api_port error", err)
 	}
@@ -338,12 +355,12 @@ func TestStartFailsOnTakenPort(t *testing.T) {
 func TestLimitsFollowTheMode(t *testing.T) {
 	cfg := config.Default()
 	cfg.Component.Name, cfg.Component.Domain = "announcer", "example.org"
-	cfg.Client.Domain = "client.example.org"
-	if l := Limits(cfg); l.ComponentDomain != "announcer.example.org" || l.UserDomain != "example.org" {
+	cfg.Client = config.Client{Username: "admin", Domain: "client.example.org"}
+	if l := limits(cfg); l.Template.ComponentDomain != "announcer.example.org" || l.Template.ClientJID != "" || l.UserDomain != "example.org" {
 		t.Errorf("component mode: %+v", l)
 	}
 	cfg.Sender.Mode = config.ModeClient
-	if l := Limits(cfg); l.ComponentDomain != "" || l.UserDomain != "client.example.org" {
+	if l := limits(cfg); l.Template.ComponentDomain != "" || l.Template.ClientJID != "admin@client.example.org" || l.UserDomain != "client.example.org" {
 		t.Errorf("client mode: %+v", l)
 	}
 }

@@ -1,4 +1,4 @@
-package component
+package xmpplink
 
 import (
 	"context"
@@ -36,7 +36,7 @@ func startPool(t *testing.T, opt Options) *harness {
 		opt.Node = "test"
 	}
 	reg := prometheus.NewRegistry()
-	m := NewMetrics(reg, opt.Node)
+	m := NewMetrics(reg)
 	p, err := NewPool(opt, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), m)
 	if err != nil {
 		t.Fatal(err)

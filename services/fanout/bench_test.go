@@ -1,15 +1,16 @@
-// Command fanout-bench measures the fanout service on a giant channel: it seeds
+// The fanout benchmark measures the service on a giant channel: it seeds
 // a private database (N members) and a private Redis db (half of them online,
-// spread over two node addresses), runs the real fanout service in-process
-// against private topics, and times one announcement from publish until every
-// batch is acknowledged (each offset is committed right after). Then it measures the first
+// spread over two node addresses), runs the real fanout service (run, as the
+// binary does) in-process against private topics, and times one announcement
+// from publish until every batch is acknowledged (each offset is committed right after). Then it measures the first
 // generation's member paging (no ORDER BY, LIMIT offset,n + a Redis MGET per
 // page) on the same data, under a time cap, and prints the ratio.
 //
 // Everything it creates (database, topics, consumer group, Redis db keys) has a
-// unique name and is removed at the end. It needs the local stack:
+// unique name and is removed at the end. It needs the local stack; `make bench` runs it:
 //
-//	eval "$(bash scripts/stack/stack.sh env)"; cd services/fanout && go run ./cmd/fanout-bench
+//	eval "$(bash scripts/stack/stack.sh env)"; cd services/fanout && \
+//	  ANNOUNCER_BENCH=1 FANOUT_BENCH_ARGS="-members 100000" go test -run '^TestBenchGiantChannel$' -v .
 package main
 
 import (
@@ -31,9 +32,9 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
@@ -43,7 +44,6 @@ import (
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/stacktest"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
-	"github.com/announcer/announcer/services/fanout/internal/fanout"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore/mysqltest"
 )
@@ -71,9 +71,26 @@ type flags struct {
 	firstGenAskBuffer int
 }
 
-func main() {
+// TestBenchGiantChannel is the fanout figure of `make bench` (ANNOUNCER_BENCH=1);
+// FANOUT_BENCH_ARGS takes the flags below.
+func TestBenchGiantChannel(t *testing.T) {
+	if os.Getenv("ANNOUNCER_BENCH") != "1" {
+		t.Skip("a benchmark: make bench runs it (ANNOUNCER_BENCH=1)")
+	}
+	f, err := parseBenchFlags(strings.Fields(os.Getenv("FANOUT_BENCH_ARGS")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := bench(ctx, f); err != nil {
+		t.Fatalf("fanout-bench: %v", err)
+	}
+}
+
+func parseBenchFlags(args []string) (flags, error) {
 	var f flags
-	fs := flag.NewFlagSet("fanout-bench", flag.ExitOnError)
+	fs := flag.NewFlagSet("fanout-bench", flag.ContinueOnError)
 	fs.IntVar(&f.members, "members", 1_000_000, "channel members to seed")
 	fs.IntVar(&f.online, "online", -1, "members online (default: half); spread over two node addresses")
 	fs.StringVar(&f.configPath, "config", "", "announcer TOML for the fanout tuning keys (default: configs/announcer.toml found upward, else built-in defaults)")
@@ -98,20 +115,16 @@ func main() {
 	fs.BoolVar(&f.verbose, "v", false, "log the service at info level")
 	fs.StringVar(&f.serverPIDs, "server-pids", "", "comma-separated pids of the servers (mariadbd, redis, kafka) whose CPU time to report for the timed run")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed run to this file")
-	_ = fs.Parse(os.Args[1:])
+	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
 	if f.online < 0 {
 		f.online = f.members / 2
 	}
 	if f.online > f.members {
-		fmt.Fprintln(os.Stderr, "-online > -members")
-		os.Exit(2)
+		return f, errors.New("-online > -members")
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := bench(ctx, f); err != nil {
-		fmt.Fprintln(os.Stderr, "fanout-bench:", err)
-		os.Exit(1)
-	}
+	return f, nil
 }
 
 func env(k, def string) string {
@@ -193,11 +206,11 @@ func bench(ctx context.Context, f flags) error {
 	apply(&cfg.LogicProcessNumber, f.workers)
 	apply(&cfg.Bus.Partitions, f.partitions)
 
-	run := stacktest.Name("fanout_bench")
+	runID := stacktest.Name("fanout_bench")
 	prefix := "98912" // usernames 98912xxxxxxx
 
 	// --- MySQL: a private database with one channel of N members.
-	mcfg, drop, err := mysqltest.Create(ctx, f.dsn, run)
+	mcfg, drop, err := mysqltest.Create(ctx, f.dsn, runID)
 	if err != nil {
 		return fmt.Errorf("mysql: %w", err)
 	}
@@ -231,11 +244,11 @@ func bench(ctx context.Context, f flags) error {
 
 	// --- Kafka: private topics and group.
 	cfg.Bus.Brokers = f.brokers
-	cfg.Bus.AnnouncementsTopic = run + "_ann"
-	cfg.Bus.DeliveriesPrefix = run + "_del."
-	cfg.Bus.DeadLetterTopic = run + "_dlq"
+	cfg.Bus.AnnouncementsTopic = runID + "_ann"
+	cfg.Bus.DeliveriesPrefix = runID + "_del."
+	cfg.Bus.DeadLetterTopic = runID + "_dlq"
 	cfg.Bus.CreateTopics = true
-	cfg.Fanout.GroupName = run + "_group"
+	cfg.Fanout.GroupName = runID + "_group"
 	cfg.DebugPort = "127.0.0.1:0"
 	cfg.Nodes = []config.Node{
 		{Name: "node1", Address: "127.0.0.1:8889", PresenceAddresses: []string{nodeAddrs[0]}},
@@ -282,7 +295,7 @@ func bench(ctx context.Context, f flags) error {
 	sctx, stopService := context.WithCancel(ctx)
 	svcErr := make(chan error, 1)
 	go func() {
-		svcErr <- fanout.Run(sctx, log, cfg, fanout.Options{Registry: prometheus.NewRegistry(), Done: func(ev announcement.Event, res audience.Result) {
+		svcErr <- run(sctx, log, cfg, hooks{resolved: func(ev announcement.Event, res audience.Result) {
 			dones <- done{ev, res, time.Now()}
 		}})
 	}()
@@ -339,7 +352,7 @@ func bench(ctx context.Context, f flags) error {
 	}
 	tmpl := fmt.Sprintf("<message from='%s' to='%%s' type='chat'><body>bench [inc_id]</body></message>", cfg.Component.JID())
 	// Warm-up: joins the group and opens every connection before the clock starts.
-	warm := announcement.Event{ID: run + "-warmup", Kind: announcement.KindUsers, Usernames: []string{username(prefix, 0)}, Template: tmpl, CreatedAt: time.Now()}
+	warm := announcement.Event{ID: runID + "-warmup", Kind: announcement.KindUsers, Usernames: []string{username(prefix, 0)}, Template: tmpl, CreatedAt: time.Now()}
 	if err := publish(warm); err != nil {
 		return err
 	}
@@ -410,7 +423,7 @@ func bench(ctx context.Context, f flags) error {
 	fmt.Println("== fanout (this generation): announcement published → all batches acked")
 	var times []float64
 	for r := 1; r <= f.runs; r++ {
-		id := fmt.Sprintf("%s-run%d", run, r)
+		id := fmt.Sprintf("%s-run%d", runID, r)
 		res, err := timed(id)
 		if err != nil {
 			return err
@@ -444,7 +457,7 @@ func bench(ctx context.Context, f flags) error {
 	median := sorted[len(sorted)/2]
 	fmt.Printf("verified          every run: %d recipients, each once, on its node's topic\n", f.online)
 	fmt.Printf("seconds           median %.3f, best %.3f, worst %.3f of %d runs\n", median, sorted[0], sorted[len(sorted)-1], len(sorted))
-	fmt.Printf("members/s         %.0f (median run)\n", float64(f.members)/median)
+	fmt.Printf("members/s         %.0f (median runID)\n", float64(f.members)/median)
 	fmt.Printf("peak RSS          %.1f MiB over the runs (VmHWM reset after seeding; now %.1f MiB; seeding peak %.1f MiB)\n",
 		float64(hwm)/1024, float64(rss)/1024, float64(seedHWM)/1024)
 	elapsed := time.Duration(median * float64(time.Second))
@@ -814,7 +827,7 @@ func vmKB(field string) int64 {
 }
 
 // resetHWM makes VmHWM start again from the current RSS (Linux ≥ 4.0), so
-// the figure covers the fanout run, not the seeding.
+// the figure covers the fanout runID, not the seeding.
 func resetHWM() {
 	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil && !errors.Is(err, io.EOF) {
 		fmt.Fprintln(os.Stderr, "cannot reset VmHWM:", err)

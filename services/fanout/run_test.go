@@ -1,4 +1,4 @@
-package fanout
+package main
 
 import (
 	"context"
@@ -26,6 +26,7 @@ import (
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/kafkatest"
 	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/stage"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"
@@ -70,7 +71,7 @@ type harness struct {
 func newHarness(t *testing.T, mod func(*config.Config)) *harness {
 	t.Helper()
 	env := stacktest.Get(t)
-	h := &harness{t: t, env: env, reg: prometheus.NewRegistry(), done: map[string][]audience.Result{},
+	h := &harness{t: t, env: env, done: map[string][]audience.Result{},
 		cond: make(chan struct{}), prefix: stacktest.Name("ft") + ":"}
 	cfg := config.Default()
 	cfg.DebugPort = "127.0.0.1:0"
@@ -140,13 +141,20 @@ func (h *harness) start() {
 	h.errc = make(chan error, 1)
 	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.WarnLevel).With().Timestamp().Logger()
 	go func() {
-		h.errc <- Run(ctx, log, h.cfg, Options{Registry: h.reg, Done: func(ev announcement.Event, res audience.Result) {
-			h.mu.Lock()
-			h.done[ev.ID] = append(h.done[ev.ID], res)
-			close(h.cond)
-			h.cond = make(chan struct{})
-			h.mu.Unlock()
-		}})
+		h.errc <- run(ctx, log, h.cfg, hooks{
+			resolved: func(ev announcement.Event, res audience.Result) {
+				h.mu.Lock()
+				h.done[ev.ID] = append(h.done[ev.ID], res)
+				close(h.cond)
+				h.cond = make(chan struct{})
+				h.mu.Unlock()
+			},
+			runtime: func(rt *stage.Runtime) {
+				h.mu.Lock()
+				h.reg = rt.Registry()
+				h.mu.Unlock()
+			},
+		})
 	}()
 	h.write = &kafka.Writer{Addr: kafka.TCP(h.env.KafkaBrokers...), Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
 		BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}}
@@ -287,7 +295,13 @@ func (h *harness) population(id int64, strID, state string, n int) map[string][]
 
 func (h *harness) metric(name, label string) float64 {
 	h.t.Helper()
-	mfs, err := h.reg.Gather()
+	h.mu.Lock()
+	reg := h.reg
+	h.mu.Unlock()
+	if reg == nil {
+		return 0
+	}
+	mfs, err := reg.Gather()
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package kafkain
+package kafkainput
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
-	consumer "github.com/announcer/announcer/pkg/kafkain"
+	"github.com/announcer/announcer/pkg/stage"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
 
@@ -66,36 +66,33 @@ func TestValidRecordBecomesAnEvent(t *testing.T) {
 	if len(a.published) != 1 || a.published[0].ID != "e1" || a.published[0].Source != "kafka:in" {
 		t.Fatalf("published %+v", a.published)
 	}
-	if v := testutil.ToFloat64(h.m.records.WithLabelValues("announced")); v != 1 {
-		t.Errorf("announced = %v", v)
-	}
 }
 
 func TestBadRecordIsRejectedWithItsFieldCounted(t *testing.T) {
 	a := &fakeAnnouncer{}
 	h := newHandler(t, a)
 	err := h.Handle(context.Background(), kafka.Message{Topic: "in", Value: []byte("bad")})
-	var rej *consumer.Reject
+	var rej *stage.Reject
 	if !errors.As(err, &rej) || !strings.Contains(rej.Reason, "message") {
 		t.Fatalf("err = %v, want a Reject naming the field", err)
 	}
 	if len(a.published) != 0 {
 		t.Fatal("a bad record was published")
 	}
-	if v := testutil.ToFloat64(h.m.deadLetters.WithLabelValues(announce.FieldLabel("message"))); v != 1 {
-		t.Errorf("dead letters for message = %v", v)
+	if rej.Label != announce.FieldLabel("message") {
+		t.Errorf("dead letter label %q, want the field", rej.Label)
 	}
 }
 
 func TestTooLargeEventIsRejected(t *testing.T) {
 	a := &fakeAnnouncer{failFirst: 1, publishErr: announce.ErrTooLarge}
 	h := newHandler(t, a)
-	var rej *consumer.Reject
+	var rej *stage.Reject
 	if err := h.Handle(context.Background(), kafka.Message{Value: []byte("big")}); !errors.As(err, &rej) {
 		t.Fatalf("err = %v, want a Reject", err)
 	}
-	if v := testutil.ToFloat64(h.m.deadLetters.WithLabelValues("too_large")); v != 1 {
-		t.Errorf("too_large = %v", v)
+	if rej.Label != "too_large" {
+		t.Errorf("dead letter label %q, want too_large", rej.Label)
 	}
 }
 
@@ -119,7 +116,7 @@ func TestShutdownEndsTheWaitWithoutARejection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer cancel()
 	err := h.Handle(ctx, kafka.Message{Value: []byte("e1")})
-	var rej *consumer.Reject
+	var rej *stage.Reject
 	if err == nil || errors.As(err, &rej) {
 		t.Fatalf("err = %v, want the context's error (the record stays uncommitted)", err)
 	}

@@ -1,4 +1,4 @@
-package component
+package xmpplink
 
 import (
 	"bufio"
@@ -19,7 +19,7 @@ import (
 
 // ErrLost is wrapped by every error a connection returns once it is dead: what
 // was written on it but not fenced must be sent again elsewhere.
-var ErrLost = errors.New("component: connection lost")
+var ErrLost = errors.New("xmpplink: connection lost")
 
 var (
 	errPingTimeout = errors.New("no ping answered in time")

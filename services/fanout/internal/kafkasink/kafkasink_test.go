@@ -1,11 +1,11 @@
-package kafkaio
+package kafkasink
 
 import (
 	"context"
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
+	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/kafkabus"
@@ -13,16 +13,17 @@ import (
 	"github.com/announcer/announcer/pkg/stacktest"
 )
 
-func TestProducerAgainstKafka(t *testing.T) {
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestSinkAgainstKafka(t *testing.T) {
 	env := stacktest.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	topics := Topics{
 		Deliveries:    map[string]string{"n1": stacktest.Name("fanout_del_n1"), "n2": stacktest.Name("fanout_del_n2")},
 		Announcements: stacktest.Name("fanout_ann"),
-		DeadLetter:    stacktest.Name("fanout_dlq"),
 	}
-	all := []string{topics.Deliveries["n1"], topics.Deliveries["n2"], topics.Announcements, topics.DeadLetter}
+	all := []string{topics.Deliveries["n1"], topics.Deliveries["n2"], topics.Announcements}
 	var kt []kafkabus.Topic
 	for _, n := range all {
 		kt = append(kt, kafkabus.Topic{Name: n, Partitions: 4, ReplicationFactor: 1})
@@ -30,10 +31,13 @@ func TestProducerAgainstKafka(t *testing.T) {
 	if err := kafkabus.EnsureTopics(ctx, env.KafkaBrokers, kt...); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { deleteTopics(env.KafkaBrokers, all...) })
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, all...)
 
-	p := NewProducer(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second}, topics)
-	defer p.Close()
+	hashed := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
+	defer hashed.Close()
+	spread := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second, RoundRobin: true})
+	defer spread.Close()
+	p := New(hashed, spread, topics)
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	batches := []announcement.Batch{
 		{AnnouncementID: "a", Seq: 0, Node: "n1", Template: "<message to='%s'/>", Persist: true, FirstIncID: 1, Recipients: []string{"x", "y"}, CreatedAt: now},
@@ -78,28 +82,4 @@ func TestProducerAgainstKafka(t *testing.T) {
 	if len(perPartition) != 4 {
 		t.Fatalf("8 shard tasks on partitions %v, want all 4 used", perPartition)
 	}
-
-	bad := kafka.Message{Topic: "in", Partition: 2, Offset: 7, Key: []byte("k"), Value: []byte("{garbage"),
-		Headers: []kafka.Header{{Key: "h", Value: []byte("v")}}}
-	if err := p.DeadLetter(ctx, bad, "announcement event: unexpected EOF"); err != nil {
-		t.Fatal(err)
-	}
-	dl := kafkatest.ReadToEnd(t, env.KafkaBrokers, topics.DeadLetter)
-	if len(dl) != 1 || string(dl[0].Value) != "{garbage" || string(dl[0].Key) != "k" {
-		t.Fatalf("dead letters %+v", dl)
-	}
-	h := map[string]string{}
-	for _, x := range dl[0].Headers {
-		h[x.Key] = string(x.Value)
-	}
-	if h[kafkabus.HeaderReason] != "announcement event: unexpected EOF" || h[kafkabus.HeaderSource] != "in/2/7" || h["h"] != "v" {
-		t.Fatalf("headers %v", h)
-	}
-}
-
-func deleteTopics(brokers []string, topics ...string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c := &kafka.Client{Addr: kafka.TCP(brokers...)}
-	_, _ = c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: topics})
 }

@@ -1,0 +1,50 @@
+package kafkabus_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/kafkatest"
+	"github.com/announcer/announcer/pkg/stacktest"
+)
+
+// The one dead-letter writer on a real topic: the raw record with why and
+// where from, and a record too large for the topic cut to fit, not refused.
+func TestDeadLettersKeepTheRecordAndSayWhy(t *testing.T) {
+	env := stacktest.Get(t)
+	topic := kafkatest.Topics(t, env.KafkaBrokers, 1, "dlq")[0]
+	w := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 5 * time.Second})
+	defer w.Close()
+	dl := &kafkabus.DeadLetters{W: w, Topic: topic, MaxBytes: 8192}
+
+	src := kafka.Message{Topic: "input", Partition: 2, Offset: 41, Key: []byte("k1"), Value: []byte(`{"channel_id": "x"`),
+		Headers: []kafka.Header{{Key: "trace", Value: []byte("abc")}}}
+	if err := dl.DeadLetter(context.Background(), src, "invalid body: truncated JSON"); err != nil {
+		t.Fatal(err)
+	}
+	big := kafka.Message{Topic: "input", Partition: 0, Offset: 7, Key: []byte("k2"), Value: []byte(strings.Repeat("x", 20000))}
+	if err := dl.DeadLetter(context.Background(), big, "invalid body: 20000 bytes"); err != nil {
+		t.Fatalf("an oversized dead letter must be cut to fit, not fail: %v", err)
+	}
+
+	recs := kafkatest.ReadAll(t, env.KafkaBrokers, topic, 2, 5*time.Second)
+	if len(recs) != 2 {
+		t.Fatalf("found %d dead letters, want 2", len(recs))
+	}
+	r := recs[0]
+	if string(r.Value) != string(src.Value) || string(r.Key) != "k1" {
+		t.Errorf("dead letter %q/%q, want the raw input", r.Key, r.Value)
+	}
+	if r.Headers[kafkabus.HeaderReason] != "invalid body: truncated JSON" || r.Headers[kafkabus.HeaderSource] != "input/2/41" || r.Headers["trace"] != "abc" {
+		t.Errorf("headers %v", r.Headers)
+	}
+	r = recs[1]
+	if r.Headers[kafkabus.HeaderTruncated] != "20000" || len(r.Value) >= 20000 || len(r.Value) == 0 {
+		t.Errorf("oversized dead letter: %d bytes, headers %v", len(r.Value), r.Headers)
+	}
+}

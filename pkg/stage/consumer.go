@@ -1,0 +1,332 @@
+package stage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/kafkabus"
+)
+
+// Fetcher is the consumer-group reader (a *kafka.Reader).
+type Fetcher interface {
+	FetchMessage(ctx context.Context) (kafka.Message, error)
+	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+// DeadLetterer stores a refused message with the reason (kafkabus.DeadLetters); one attempt,
+// the consumer retries.
+type DeadLetterer interface {
+	DeadLetter(ctx context.Context, m kafka.Message, reason string) error
+}
+
+// Handler handles one message. It returns nil when the message's effect is
+// durable, an error with a RejectReason when the message can never be handled
+// (it is dead-lettered), or another error, after which the message is handled
+// again with backoff. It must return promptly once ctx ends.
+type Handler func(ctx context.Context, m kafka.Message) error
+
+// Rejection is a handler error that is the record's own fault: the record is
+// dead-lettered with RejectReason. *Reject is one; a use case may declare its own.
+type Rejection interface {
+	error
+	RejectReason() string
+}
+
+// Reject is the handler's verdict on bad input. Label, when set, is the
+// bounded reason label of the dead-letter metric (default "invalid").
+type Reject struct{ Reason, Label string }
+
+func (r *Reject) Error() string { return "rejected: " + r.Reason }
+
+// RejectReason implements Rejection.
+func (r *Reject) RejectReason() string { return r.Reason }
+
+// RejectLabel is the metric label of the rejection.
+func (r *Reject) RejectLabel() string { return r.Label }
+
+// ConsumerOptions tune a Consumer.
+type ConsumerOptions struct {
+	// MaxInFlight bounds the records fetched and not committed yet: being
+	// handled, or handled and waiting for their commit. While commits fail
+	// (a broker outage) the consumer takes no new work beyond it, so a crash
+	// then replays at most MaxInFlight records.
+	MaxInFlight  int
+	DrainTimeout time.Duration // how long records in flight may finish after ctx ends
+	Retry        backoff.Policy
+	// Dedupe remembers this many records (topic, key and value) and
+	// skips identical copies: a producer that retried a write whose ack was
+	// lost leaves such copies. Only for topics where two identical records
+	// are by construction the same piece of work.
+	Dedupe int
+}
+
+// Consumer runs the fetch → handle → commit loop of one consumer group. It
+// never stops on a Kafka error: fetches, commits and dead letters are retried
+// with backoff until ctx ends.
+type Consumer struct {
+	opt    ConsumerOptions
+	dlq    DeadLetterer
+	h      Handler
+	log    zerolog.Logger
+	warn   zerolog.Logger // sampled: an outage would log every attempt otherwise
+	m      *consumerMetrics
+	health *health
+
+	slots chan struct{} // one token per record fetched and not committed
+
+	mu      sync.Mutex
+	track   *tracker
+	seen    *recent
+	kick    chan struct{}
+	stopped chan struct{}
+}
+
+// NewConsumer builds a consumer; Run starts it on a reader. Its metrics are
+// registered on reg, whose names the caller prefixes (announcer_<service>_...).
+func NewConsumer(dlq DeadLetterer, h Handler, opt ConsumerOptions, log zerolog.Logger, reg prometheus.Registerer) *Consumer {
+	opt.MaxInFlight = max(opt.MaxInFlight, 1)
+	if opt.DrainTimeout <= 0 {
+		opt.DrainTimeout = 30 * time.Second
+	}
+	if opt.Retry.Initial <= 0 {
+		opt.Retry.Initial = 100 * time.Millisecond
+	}
+	if opt.Retry.Max < opt.Retry.Initial {
+		opt.Retry.Max = max(opt.Retry.Initial, 5*time.Second)
+	}
+	m := newConsumerMetrics(reg)
+	log = log.With().Str("component", "consumer").Logger()
+	return &Consumer{
+		opt: opt, dlq: dlq, h: h, m: m,
+		log:     log,
+		warn:    log.Sample(&zerolog.BurstSampler{Burst: 3, Period: 10 * time.Second}),
+		health:  newHealth(m, log),
+		slots:   make(chan struct{}, opt.MaxInFlight),
+		track:   newTracker(),
+		seen:    newRecent(opt.Dedupe),
+		kick:    make(chan struct{}, 1),
+		stopped: make(chan struct{}),
+	}
+}
+
+// Ready reports a Kafka operation that is failing right now (readiness).
+func (c *Consumer) Ready(context.Context) error { return c.health.err() }
+
+// Run fetches from r until ctx ends. Then it stops fetching, lets the records
+// in flight finish (up to DrainTimeout), commits what finished and returns.
+// A Consumer runs once.
+func (c *Consumer) Run(ctx context.Context, r Fetcher) error {
+	// Handlers outlive ctx by the drain timeout: a batch half-way through its
+	// fence should finish and be committed rather than be sent again.
+	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hcancel()
+
+	var commits sync.WaitGroup
+	commits.Go(func() { c.commitLoop(hctx, r) })
+
+	var handlers sync.WaitGroup
+	for failures := 0; ; {
+		select {
+		case c.slots <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			<-c.slots
+			if ctx.Err() != nil {
+				break
+			}
+			c.health.failed(opFetch, err)
+			if backoff.Sleep(ctx, c.opt.Retry.Delay(failures)) != nil {
+				break
+			}
+			failures++
+			continue
+		}
+		failures = 0
+		c.health.ok(opFetch)
+		c.m.fetched.Inc()
+		c.mu.Lock()
+		admitted := c.track.admit(m)
+		// Remembered at admission, not completion: the copy of a retried write
+		// usually arrives while the original is still being handled.
+		dup := admitted && c.seen.check(m)
+		c.m.inFlight.Set(float64(c.track.uncommitted()))
+		c.mu.Unlock()
+		switch {
+		case !admitted:
+			// A copy of a record this process has in hand (kafka-go re-read it after a rebalance).
+			<-c.slots
+			c.m.refetched.Inc()
+		case dup:
+			c.m.duplicates.Inc()
+			c.finish(m)
+		default:
+			handlers.Go(func() { c.process(hctx, m) })
+		}
+	}
+
+	drained := make(chan struct{})
+	go func() { handlers.Wait(); close(drained) }()
+	t := time.NewTimer(c.opt.DrainTimeout)
+	select {
+	case <-drained:
+	case <-t.C:
+		c.log.Warn().Dur("timeout", c.opt.DrainTimeout).Msg("records in flight did not finish in time; they stay uncommitted")
+		hcancel()
+		<-drained
+	}
+	t.Stop()
+	close(c.stopped)
+	commits.Wait()
+
+	// The final commit gets its own short deadline: the reader is still open.
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	defer ccancel()
+	if err := c.commit(cctx, r); err != nil {
+		return fmt.Errorf("final commit (the records after the last commit will be handled again): %w", err)
+	}
+	return nil
+}
+
+// process handles one record until its effect is durable or hctx ends.
+func (c *Consumer) process(ctx context.Context, m kafka.Message) {
+	for attempt := 0; ; attempt++ {
+		err := c.h(ctx, m)
+		if err == nil {
+			c.m.handled.Inc()
+			break
+		}
+		var rej Rejection
+		if errors.As(err, &rej) {
+			if c.deadLetter(ctx, m, rej) != nil {
+				return // shutting down: the record stays uncommitted
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		c.m.retries.Inc()
+		d := c.opt.Retry.Delay(attempt)
+		c.warn.Warn().Err(err).Str("source", kafkabus.Source(m)).Dur("retry_in", d).Msg("handling failed; retrying")
+		if backoff.Sleep(ctx, d) != nil {
+			return
+		}
+	}
+	c.finish(m)
+}
+
+func (c *Consumer) finish(m kafka.Message) {
+	c.mu.Lock()
+	c.track.finished(m)
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// deadLetter retries until the dead letter is written or ctx ends: bad input
+// is never committed without a trace.
+func (c *Consumer) deadLetter(ctx context.Context, m kafka.Message, rej Rejection) error {
+	label := "invalid"
+	if l, ok := rej.(interface{ RejectLabel() string }); ok && l.RejectLabel() != "" {
+		label = l.RejectLabel()
+	}
+	for attempt := 0; ; attempt++ {
+		err := c.dlq.DeadLetter(ctx, m, rej.RejectReason())
+		if err == nil {
+			c.health.ok(opDeadLetter)
+			c.m.deadLetters.WithLabelValues(label).Inc()
+			c.warn.Warn().Str("source", kafkabus.Source(m)).Str("reason", rej.RejectReason()).Msg("dead-lettered")
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.health.failed(opDeadLetter, err)
+		if err := backoff.Sleep(ctx, c.opt.Retry.Delay(attempt)); err != nil {
+			return err
+		}
+	}
+}
+
+const (
+	// commitTimeout bounds one commit (kafka-go blocks commits while the
+	// group has no generation, e.g. during a broker outage).
+	commitTimeout = 10 * time.Second
+	// maxCommitDelay caps the wait between commit retries: once the broker is
+	// back, what finished during the outage is committed within it.
+	maxCommitDelay = time.Second
+)
+
+// commitLoop commits whenever a handler finished, coalescing bursts; one
+// commit at a time keeps commit points monotonic.
+func (c *Consumer) commitLoop(ctx context.Context, r Fetcher) {
+	policy := c.opt.Retry
+	policy.Max = min(policy.Max, maxCommitDelay)
+	attempt := 0
+	for {
+		select {
+		case <-c.kick:
+		case <-c.stopped:
+			return
+		}
+		cctx, cancel := context.WithTimeout(ctx, commitTimeout)
+		err := c.commit(cctx, r)
+		cancel()
+		if err == nil {
+			attempt = 0
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		c.health.failed(opCommit, err)
+		d := policy.Delay(attempt)
+		attempt++
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+		select {
+		case <-time.After(d):
+		case <-c.stopped:
+			return
+		}
+	}
+}
+
+func (c *Consumer) commit(ctx context.Context, r Fetcher) error {
+	c.mu.Lock()
+	ms := c.track.committable()
+	c.mu.Unlock()
+	if len(ms) == 0 {
+		return nil
+	}
+	if err := r.CommitMessages(ctx, ms...); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	c.health.ok(opCommit)
+	c.m.commits.Inc()
+	c.mu.Lock()
+	freed := c.track.committed(ms)
+	c.m.inFlight.Set(float64(c.track.uncommitted()))
+	c.mu.Unlock()
+	for range freed {
+		<-c.slots
+	}
+	return nil
+}

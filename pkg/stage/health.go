@@ -1,0 +1,113 @@
+package stage
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Kafka operations whose failures are counted and reported.
+const (
+	opFetch      = "fetch"
+	opCommit     = "commit"
+	opDeadLetter = "dead_letter"
+)
+
+type consumerMetrics struct {
+	fetched, handled, refetched, duplicates, retries, commits prometheus.Counter
+	deadLetters                                               *prometheus.CounterVec // reason
+	kafkaErrors                                               *prometheus.CounterVec // op
+	outages                                                   prometheus.Counter
+	outageSeconds                                             prometheus.Counter
+	inFlight                                                  prometheus.Gauge
+}
+
+func newConsumerMetrics(reg prometheus.Registerer) *consumerMetrics {
+	c := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	}
+	m := &consumerMetrics{
+		fetched:    c("messages_fetched_total", "Kafka records fetched."),
+		handled:    c("messages_handled_total", "Kafka records handled successfully (dead letters not included)."),
+		refetched:  c("messages_refetched_total", "Records fetched again while this process had them in hand (after a rebalance); not handled twice."),
+		duplicates: c("duplicates_skipped_total", "Identical copies of records already handled (a producer's retried write); not handled twice."),
+		retries:    c("handler_retries_total", "Handler attempts that failed and were retried."),
+		commits:    c("commits_total", "Offset commits."),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dead_letters_total", Help: "Records written to the dead-letter topic, by reason.",
+		}, []string{"reason"}),
+		kafkaErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kafka_errors_total", Help: "Failed Kafka operations (retried with backoff), by operation.",
+		}, []string{"op"}),
+		outages:       c("kafka_outages_total", "Times a Kafka operation started failing after having worked."),
+		outageSeconds: c("kafka_outage_seconds_total", "Time during which a Kafka operation kept failing."),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "in_flight", Help: "Records fetched and not committed yet (being handled or waiting for their commit).",
+		}),
+	}
+	reg.MustRegister(m.fetched, m.handled, m.refetched, m.duplicates, m.retries, m.commits,
+		m.deadLetters, m.kafkaErrors, m.outages, m.outageSeconds, m.inFlight)
+	for _, op := range []string{opFetch, opCommit, opDeadLetter} {
+		m.kafkaErrors.WithLabelValues(op)
+	}
+	return m
+}
+
+// health remembers which Kafka operations are failing, since when and why,
+// for readiness, the outage metrics and one log line per transition.
+type health struct {
+	m   *consumerMetrics
+	log zerolog.Logger
+
+	mu      sync.Mutex
+	failing map[string]failure
+}
+
+type failure struct {
+	since time.Time
+	err   error
+}
+
+func newHealth(m *consumerMetrics, log zerolog.Logger) *health {
+	return &health{m: m, log: log, failing: map[string]failure{}}
+}
+
+func (h *health) failed(op string, err error) {
+	h.m.kafkaErrors.WithLabelValues(op).Inc()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f, was := h.failing[op]
+	if !was {
+		f.since = time.Now()
+		h.m.outages.Inc()
+		h.log.Warn().Err(err).Str("op", op).Msg("kafka: failing; retrying with backoff until it works again")
+	}
+	f.err = err
+	h.failing[op] = f
+}
+
+func (h *health) ok(op string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f, was := h.failing[op]
+	if !was {
+		return
+	}
+	delete(h.failing, op)
+	d := time.Since(f.since)
+	h.m.outageSeconds.Add(d.Seconds())
+	h.log.Warn().Str("op", op).Dur("after", d).Msg("kafka: working again")
+}
+
+// err names the failing operations, or is nil.
+func (h *health) err() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for op, f := range h.failing {
+		return fmt.Errorf("%s failing for %s: %w", op, time.Since(f.since).Round(time.Second), f.err)
+	}
+	return nil
+}

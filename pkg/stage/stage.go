@@ -1,0 +1,357 @@
+// Package stage is the runtime every announcer service is built on. A service
+// is one or more Kafka stages ("decode → handle → commit in order") plus, for
+// the ingress, an HTTP server; the runtime owns everything around them:
+//
+//   - the metrics registry (Go and process collectors) and the one naming
+//     convention, announcer_<service>_…;
+//   - the debug listener (/metrics, /healthz, /readyz, pprof), served from
+//     the start so an operator sees what a starting service waits for;
+//   - topics: created (or awaited) at start-up with backoff, saying what it waits for;
+//   - writers that own their connections, and the one dead-letter writer,
+//     whose records are always cut to fit the bus;
+//   - consumers with ordered commits that survive broker outages;
+//   - readiness, and the shutdown order: intake first, then the parts
+//     downstream of it, then the writers and the debug listener.
+//
+// A stage supplies only its decode and handle functions and its adapters.
+package stage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/config"
+	"github.com/announcer/announcer/pkg/debugserver"
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/lifecycle"
+)
+
+// Runtime is one service process.
+type Runtime struct {
+	service string
+	cfg     config.Config
+	log     zerolog.Logger
+	reg     *prometheus.Registry
+	metrics prometheus.Registerer
+	debug   *debugserver.Server
+	brokers []string
+
+	// ShutdownTimeout bounds the whole stop (intake, drain, downstream parts).
+	ShutdownTimeout time.Duration
+
+	intake, downstream []lifecycle.Part
+	closers            []func() error
+	debugDone          chan error
+	cancelDebug        context.CancelFunc
+	topics             []topicSet
+	setUp              chan struct{} // closed once every topic exists
+
+	mu      sync.Mutex
+	running bool
+	waiting string // what start-up waits for, if anything
+	dlq     *kafkabus.DeadLetters
+}
+
+// topicSet is what a service reads or writes on one Kafka cluster.
+type topicSet struct {
+	brokers []string
+	names   []string
+}
+
+// New builds the runtime of service ("ingress", "fanout", ...) and starts
+// serving the debug listener; Close stops it. A taken debug port fails here.
+func New(service string, cfg config.Config, log zerolog.Logger) (*Runtime, error) {
+	reg := prometheus.NewRegistry()
+	if err := errors.Join(
+		reg.Register(collectors.NewGoCollector()),
+		reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})),
+	); err != nil {
+		return nil, fmt.Errorf("%s: metrics: %w", service, err)
+	}
+	rt := &Runtime{
+		service:         service,
+		cfg:             cfg,
+		log:             log,
+		reg:             reg,
+		metrics:         prometheus.WrapRegistererWithPrefix("announcer_"+service+"_", reg),
+		brokers:         config.SplitList(cfg.Bus.Brokers),
+		ShutdownTimeout: 30 * time.Second,
+		setUp:           make(chan struct{}),
+	}
+	rt.debug = debugserver.New(config.ListenAddr(cfg.DebugPort), reg, cfg.Debug.Pprof,
+		debugserver.Check{Name: "service", Fn: rt.started},
+		debugserver.Check{Name: "kafka", Fn: func(ctx context.Context) error { return kafkabus.Ping(ctx, rt.brokers) }},
+	)
+	if err := rt.debug.Listen(); err != nil {
+		return nil, fmt.Errorf("%s: debug_port: %w", service, err)
+	}
+	dctx, cancel := context.WithCancel(context.Background())
+	rt.cancelDebug = cancel
+	rt.debugDone = make(chan error, 1)
+	go func() { rt.debugDone <- rt.debug.Run(dctx) }()
+	return rt, nil
+}
+
+// Log is the service's logger.
+func (rt *Runtime) Log() zerolog.Logger { return rt.log }
+
+// Metrics registers under announcer_<service>_: a package registers its
+// metrics with bare names ("batches_total") and the prefix makes them one family.
+func (rt *Runtime) Metrics() prometheus.Registerer { return rt.metrics }
+
+// Registry gathers everything the service exports.
+func (rt *Runtime) Registry() *prometheus.Registry { return rt.reg }
+
+// DebugAddr is the bound debug address.
+func (rt *Runtime) DebugAddr() string { return rt.debug.Addr() }
+
+// Check adds a readiness check (a dependency /readyz names when it fails).
+func (rt *Runtime) Check(name string, fn func(context.Context) error) {
+	rt.debug.AddCheck(debugserver.Check{Name: name, Fn: fn})
+}
+
+// OnClose runs fn when the runtime closes, after every part stopped (in
+// reverse order of registration, like defer).
+func (rt *Runtime) OnClose(fn func() error) { rt.closers = append(rt.closers, fn) }
+
+func (rt *Runtime) started(context.Context) error {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	switch {
+	case !rt.running:
+		return errors.New("starting")
+	case rt.waiting != "":
+		return errors.New(rt.waiting)
+	}
+	return nil
+}
+
+// Topics declares topics the service reads or writes on brokers. Run makes
+// sure they exist before any consumer starts: with [bus] create_topics they
+// are created when missing (with [bus] partitions and replication_factor),
+// else they are awaited. Kafka being unreachable is waited out with backoff,
+// saying what is awaited in the log and on /readyz; parts that need no topic
+// (the HTTP API, the XMPP connections) run meanwhile.
+func (rt *Runtime) Topics(brokers []string, names ...string) {
+	rt.topics = append(rt.topics, topicSet{brokers: brokers, names: names})
+}
+
+func (rt *Runtime) setUpTopics(ctx context.Context) error {
+	for _, ts := range rt.topics {
+		if err := rt.ensure(ctx, ts); err != nil {
+			return err
+		}
+	}
+	rt.mu.Lock()
+	rt.waiting = ""
+	rt.mu.Unlock()
+	close(rt.setUp)
+	return nil
+}
+
+func (rt *Runtime) ensure(ctx context.Context, ts topicSet) error {
+	if len(ts.names) == 0 {
+		return nil
+	}
+	topics := make([]kafkabus.Topic, len(ts.names))
+	for i, n := range ts.names {
+		topics[i] = kafkabus.Topic{Name: n, Partitions: rt.cfg.Bus.Partitions, ReplicationFactor: rt.cfg.Bus.ReplicationFactor}
+	}
+	verb := "creating"
+	if !rt.cfg.Bus.CreateTopics {
+		verb = "waiting for"
+	}
+	what := fmt.Sprintf("%s topics %s on Kafka %s", verb, strings.Join(ts.names, ", "), strings.Join(ts.brokers, ","))
+	rt.mu.Lock()
+	rt.waiting = what
+	rt.mu.Unlock()
+	return backoff.Retry(ctx, backoff.Policy{Initial: 200 * time.Millisecond, Max: 5 * time.Second}, func() error {
+		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if rt.cfg.Bus.CreateTopics {
+			return kafkabus.EnsureTopics(tctx, ts.brokers, topics...)
+		}
+		return kafkabus.AwaitTopics(tctx, ts.brokers, ts.names...)
+	}, func(err error, attempt int) {
+		if attempt == 1 || attempt%10 == 0 {
+			rt.log.Warn().Err(err).Int("attempt", attempt).Msg(what + "; retrying until Kafka answers")
+		}
+	})
+}
+
+// afterSetUp runs part once every declared topic exists (never, if ctx ends first).
+func (rt *Runtime) afterSetUp(part func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		select {
+		case <-rt.setUp:
+			return part(ctx)
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// Brokers are the [bus] brokers.
+func (rt *Runtime) Brokers() []string { return rt.brokers }
+
+// Writer returns a producer on brokers (acks=all) that the runtime closes
+// after every part stopped, so what is buffered is flushed.
+func (rt *Runtime) Writer(brokers []string, o kafkabus.WriterOptions) *kafkabus.Writer {
+	if o.BatchTimeout <= 0 {
+		o.BatchTimeout = rt.cfg.Bus.BatchTimeout.D()
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = rt.cfg.Bus.WriteTimeout.D()
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = int64(rt.cfg.Bus.MaxMessageBytes)
+	}
+	w := kafkabus.NewWriter(brokers, o)
+	rt.OnClose(w.Close)
+	return w
+}
+
+// DeadLetters is the service's one dead-letter writer: the [bus] dead-letter
+// topic, records cut to fit [bus] max_message_bytes.
+func (rt *Runtime) DeadLetters() *kafkabus.DeadLetters {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.dlq == nil {
+		rt.dlq = &kafkabus.DeadLetters{
+			W:        rt.Writer(rt.brokers, kafkabus.WriterOptions{}),
+			Topic:    rt.cfg.Bus.DeadLetterTopic,
+			MaxBytes: rt.cfg.Bus.MaxMessageBytes,
+		}
+	}
+	return rt.dlq
+}
+
+// Input is one consumer group a stage reads.
+type Input struct {
+	Name    string   // part name in logs ("deliveries")
+	Brokers []string // default: [bus] brokers
+	Group   string
+	Topics  []string
+	Handle  Handler
+	ConsumerOptions
+	// Prefix, when set, is put before the consumer's metric names
+	// ("kafka_input_" → announcer_ingress_kafka_input_messages_fetched_total).
+	Prefix string
+	// Labels are constant labels of the consumer's metrics (the sender's node).
+	Labels prometheus.Labels
+}
+
+// Consume builds the reader and the consumer of in, and runs it as intake
+// (the first thing stopped at shutdown) once the declared topics exist. Its
+// readiness joins /readyz.
+func (rt *Runtime) Consume(in Input) *Consumer {
+	brokers := in.Brokers
+	if len(brokers) == 0 {
+		brokers = rt.brokers
+	}
+	reg := prometheus.WrapRegistererWithPrefix(in.Prefix, prometheus.WrapRegistererWith(in.Labels, rt.metrics))
+	log := rt.log.With().Str("input", in.Name).Logger()
+	c := NewConsumer(rt.DeadLetters(), in.Handle, in.ConsumerOptions, log, reg)
+	var joined atomic.Bool
+	rt.Check(in.Name, func(ctx context.Context) error {
+		if !joined.Load() {
+			return fmt.Errorf("joining consumer group %s", in.Group)
+		}
+		return c.Ready(ctx)
+	})
+	rt.Intake(in.Name, rt.afterSetUp(func(ctx context.Context) error {
+		// kafka-go joins the group as soon as a reader exists: one made before
+		// its topics would be assigned nothing and stay that way.
+		reader := kafkabus.NewReader(brokers, in.Group, in.Topics, kafkabus.ReaderOptions{
+			QueueCapacity: max(in.MaxInFlight, 16),
+		})
+		defer func() {
+			if err := reader.Close(); err != nil {
+				log.Warn().Err(err).Msg("closing the reader")
+			}
+		}()
+		// Ready only once in a group generation: a process that says ready
+		// before its first join would take partitions (and in-flight work)
+		// from its peers right after.
+		wctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go func() {
+			for !joined.Load() {
+				select {
+				case <-time.After(50 * time.Millisecond):
+					joined.Store(reader.Stats().Rebalances > 0)
+				case <-wctx.Done():
+					return
+				}
+			}
+		}()
+		return c.Run(ctx, reader)
+	}))
+	log.Info().Strs("topics", in.Topics).Str("group", in.Group).Int("max_in_flight", in.MaxInFlight).Msg("consuming")
+	return c
+}
+
+// Intake adds a part that takes work in (a consumer, the HTTP API): intake
+// parts are stopped first at shutdown.
+func (rt *Runtime) Intake(name string, run func(context.Context) error) {
+	rt.intake = append(rt.intake, lifecycle.Part{Name: name, Run: run})
+}
+
+// Serve adds a part downstream of the intake (e.g. the connections a stage
+// delivers on): it is stopped only after every intake part returned.
+func (rt *Runtime) Serve(name string, run func(context.Context) error) {
+	rt.downstream = append(rt.downstream, lifecycle.Part{Name: name, Run: run})
+}
+
+// Run sets the topics up and runs the parts until ctx ends or one fails, then
+// stops them upstream first.
+func (rt *Runtime) Run(ctx context.Context) error {
+	rt.mu.Lock()
+	rt.running = true
+	rt.mu.Unlock()
+	rt.log.Info().Str("debug", rt.DebugAddr()).Msg(rt.service + " running")
+	setup := lifecycle.Part{Name: "topics", Run: func(ctx context.Context) error {
+		if err := rt.setUpTopics(ctx); err != nil && ctx.Err() == nil {
+			return err
+		}
+		return nil
+	}}
+	return lifecycle.Run(ctx, rt.log, rt.ShutdownTimeout, append([]lifecycle.Part{setup}, rt.intake...), rt.downstream)
+}
+
+// Close flushes and closes what the runtime built, then stops the debug
+// listener. What fails to close is logged: the process is ending anyway.
+func (rt *Runtime) Close() {
+	for i := len(rt.closers) - 1; i >= 0; i-- {
+		if err := rt.closers[i](); err != nil {
+			rt.log.Warn().Err(err).Msg("closing")
+		}
+	}
+	rt.cancelDebug()
+	if err := <-rt.debugDone; err != nil {
+		rt.log.Warn().Err(err).Msg("closing the debug listener")
+	}
+}
+
+// Decoded is the handler of a stage whose records decode into T: a decode
+// error dead-letters the record; handle owns the rest.
+func Decoded[T any](decode func([]byte) (T, error), handle func(context.Context, T) error) Handler {
+	return func(ctx context.Context, m kafka.Message) error {
+		v, err := decode(m.Value)
+		if err != nil {
+			return &Reject{Reason: err.Error(), Label: "undecodable"}
+		}
+		return handle(ctx, v)
+	}
+}

@@ -1,0 +1,169 @@
+package stage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/announcer/announcer/pkg/config"
+	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/kafkatest"
+	"github.com/announcer/announcer/pkg/stacktest"
+)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+type payload struct {
+	N int `json:"n"`
+}
+
+func decodePayload(b []byte) (payload, error) {
+	var p payload
+	if err := json.Unmarshal(b, &p); err != nil {
+		return p, err
+	}
+	if p.N < 0 {
+		return p, errors.New("n: negative")
+	}
+	return p, nil
+}
+
+// One stage on the runtime, as a service wires it: the debug listener serves
+// from the start and says what start-up waits for, topics appear at Run, a
+// record is decoded and handled, a bad one is dead-lettered with its reason,
+// metrics carry the service's name, and Close releases the port.
+func TestRuntimeRunsAStage(t *testing.T) {
+	env := stacktest.Get(t)
+	cfg := config.Default()
+	cfg.DebugPort = "127.0.0.1:0"
+	cfg.Bus.Brokers = strings.Join(env.KafkaBrokers, ",")
+	cfg.Bus.Partitions = 2
+	cfg.Bus.DeadLetterTopic = stacktest.Name("stage_dlq")
+	in := stacktest.Name("stage_in")
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, in, cfg.Bus.DeadLetterTopic)
+
+	rt, err := New("test", cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	debug := "http://" + rt.DebugAddr()
+	if code, body := get(t, debug+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "starting") {
+		t.Fatalf("/readyz before Run: %d %s", code, body)
+	}
+	if code, _ := get(t, debug+"/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz before Run: %d", code)
+	}
+
+	rt.Topics(rt.Brokers(), in, cfg.Bus.DeadLetterTopic)
+	handled := make(chan payload, 10)
+	rt.Consume(Input{
+		Name: "in", Group: stacktest.Name("stage_group"), Topics: []string{in},
+		Handle: Decoded(decodePayload, func(_ context.Context, p payload) error {
+			handled <- p
+			return nil
+		}),
+		ConsumerOptions: ConsumerOptions{MaxInFlight: 2},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- rt.Run(ctx) }()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for code, body := get(t, debug+"/readyz"); code != http.StatusOK; code, body = get(t, debug+"/readyz") {
+		if time.Now().After(deadline) {
+			t.Fatalf("never ready: %s", body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	kafkatest.Produce(t, env.KafkaBrokers, in,
+		kafka.Message{Key: []byte("a"), Value: []byte(`{"n": 7}`)},
+		kafka.Message{Key: []byte("b"), Value: []byte(`{"n": -1}`)})
+	select {
+	case p := <-handled:
+		if p.N != 7 {
+			t.Fatalf("handled %+v", p)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("nothing handled")
+	}
+	dl := kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.DeadLetterTopic, 1, 20*time.Second)
+	if len(dl) != 1 || string(dl[0].Key) != "b" || !strings.Contains(dl[0].Headers[kafkabus.HeaderReason], "negative") {
+		t.Fatalf("dead letters %+v", dl)
+	}
+	_, metrics := get(t, debug+"/metrics")
+	for _, want := range []string{
+		"announcer_test_messages_handled_total 1",
+		`announcer_test_dead_letters_total{reason="undecodable"} 1`,
+		"go_goroutines", "process_resident_memory_bytes",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	rt.Close()
+	if code, _ := get(t, debug+"/healthz"); code != 0 {
+		t.Fatalf("the debug listener still answers after Close (%d)", code)
+	}
+}
+
+// With Kafka unreachable, start-up waits (it does not fail) and says why;
+// ending ctx ends the wait without an error.
+func TestRuntimeWaitsForKafkaAtStart(t *testing.T) {
+	cfg := config.Default()
+	cfg.DebugPort = "127.0.0.1:0"
+	cfg.Bus.Brokers = kafkatest.ClosedPort(t)
+	rt, err := New("test", cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	rt.Topics(rt.Brokers(), "never")
+	rt.Consume(Input{Name: "in", Group: "g", Topics: []string{"never"},
+		Handle: func(context.Context, kafka.Message) error { return nil }})
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- rt.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := get(t, "http://"+rt.DebugAddr()+"/readyz")
+		if code == http.StatusServiceUnavailable && strings.Contains(body, "creating topics never") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz while Kafka is down: %d %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case err := <-errc:
+		t.Fatalf("Run ended while waiting: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}

@@ -1,0 +1,85 @@
+// Package kafkasink is fanout's Kafka adapter: it writes delivery batches to
+// each node's deliveries topic and shard tasks back to the announcements
+// topic, every write acknowledged by all in-sync replicas.
+package kafkasink
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/services/fanout/internal/audience"
+)
+
+// Writer is a producer (a *kafkabus.Writer).
+type Writer interface {
+	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+// Sink writes fanout's output.
+type Sink struct {
+	batches       Writer // hash of the key: spreads one announcement's batches over partitions
+	tasks         Writer // round robin: shard tasks land on different partitions, hence workers
+	deliveries    map[string]string
+	announcements string
+}
+
+var (
+	_ audience.BatchSink = (*Sink)(nil)
+	_ audience.TaskSink  = (*Sink)(nil)
+)
+
+// Topics names what the sink writes to.
+type Topics struct {
+	Deliveries    map[string]string // node name → deliveries topic
+	Announcements string            // shard tasks go back here
+}
+
+// New builds the sink on its two writers (batches: key hash; tasks: round robin).
+func New(batches, tasks Writer, t Topics) *Sink {
+	return &Sink{batches: batches, tasks: tasks, deliveries: t.Deliveries, announcements: t.Announcements}
+}
+
+// WriteBatches implements audience.BatchSink: each batch goes to its node's
+// deliveries topic, keyed by announcement/shard/seq.
+func (p *Sink) WriteBatches(ctx context.Context, batches []announcement.Batch) error {
+	msgs := make([]kafka.Message, len(batches))
+	for i := range batches {
+		b := &batches[i]
+		topic, ok := p.deliveries[b.Node]
+		if !ok {
+			return fmt.Errorf("kafka: no deliveries topic for node %q", b.Node)
+		}
+		v, err := b.Encode()
+		if err != nil {
+			return fmt.Errorf("kafka: encode batch: %w", err)
+		}
+		msgs[i] = kafka.Message{Topic: topic, Key: b.Key(), Value: v}
+	}
+	if err := p.batches.WriteMessages(ctx, msgs...); err != nil {
+		return fmt.Errorf("kafka: write %d batches: %w", len(msgs), err)
+	}
+	return nil
+}
+
+// WriteTasks implements audience.TaskSink.
+func (p *Sink) WriteTasks(ctx context.Context, tasks []announcement.Event) error {
+	msgs := make([]kafka.Message, len(tasks))
+	for i := range tasks {
+		v, err := tasks[i].Encode()
+		if err != nil {
+			return fmt.Errorf("kafka: encode shard task: %w", err)
+		}
+		key := tasks[i].ID
+		if s := tasks[i].Shard; s != nil {
+			key = fmt.Sprintf("%s/shard/%d", tasks[i].ID, s.Index)
+		}
+		msgs[i] = kafka.Message{Topic: p.announcements, Key: []byte(key), Value: v}
+	}
+	if err := p.tasks.WriteMessages(ctx, msgs...); err != nil {
+		return fmt.Errorf("kafka: write %d shard tasks: %w", len(msgs), err)
+	}
+	return nil
+}
