@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,8 +24,9 @@ import (
 
 	"github.com/announcer/announcer/pkg/channeldb"
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/stacktest"
-	"github.com/announcer/announcer/pkg/xmpptest"
+	"github.com/announcer/announcer/pkg/testkit"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 )
 
 var binDir string
@@ -150,7 +150,7 @@ func newSystem(t *testing.T, o options) *system {
 	s.rdb = redis.NewClient(&redis.Options{Addr: env.RedisAddr})
 	t.Cleanup(func() { s.rdb.Close() })
 
-	s.rest = freeAddr(t)
+	s.rest = testkit.FreeAddr(t)
 	// Each sender process connects as its own spare component domain, on that domain's own
 	// listener: ejabberd would spread fence results over every process sharing a domain.
 	senders := o.senders
@@ -298,7 +298,7 @@ func (s *system) start(name, cfg string, args []string) {
 	if i := strings.IndexByte(name, '-'); i > 0 {
 		bin = name[:i]
 	}
-	dbg := freeAddr(s.t)
+	dbg := testkit.FreeAddr(s.t)
 	s.debug[name] = dbg
 	cmd := exec.Command(filepath.Join(binDir, "announcer-"+bin), append([]string{"-config", cfg, "-debug-port", dbg}, args...)...)
 	buf := &bytes.Buffer{}
@@ -479,16 +479,6 @@ func (s *system) metric(service, name string, filters ...string) float64 {
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 func tail(s string, n int) string {
 	lines := strings.Split(s, "\n")

@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/announcer/announcer/pkg/xmpptest"
+	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 )
 
 // TestDeliveryThroughput measures a channel announcement through the whole system into real

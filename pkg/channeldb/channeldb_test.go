@@ -8,7 +8,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/announcer/announcer/pkg/channeldb"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
 
 // The schema applies to a fresh database, twice (idempotent), and gives keyset pages their index.

@@ -9,8 +9,8 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/kafkatest"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
 
 // The one dead-letter writer on a real topic: the raw record with why and

@@ -17,18 +17,11 @@ import (
 
 	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
 
-// kafka-go's DefaultTransport (used by kafka.Client and by writers without a
-// Transport, e.g. kafkabus.EnsureTopics) keeps a process-wide pool of broker
-// connections: not ours to close.
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
-		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type kafkaRig struct {
 	brokers []string
@@ -52,22 +45,14 @@ func newKafkaRig(t *testing.T, parts int) *kafkaRig {
 		kafkabus.Topic{Name: r.dlq, Partitions: 1, ReplicationFactor: 1}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		c := &kafka.Client{Addr: kafka.TCP(r.brokers...), Timeout: 10 * time.Second}
-		_, _ = c.DeleteTopics(context.Background(), &kafka.DeleteTopicsRequest{Topics: []string{r.topic, r.dlq}})
-	})
+	kafkatest.DeleteAtEnd(t, r.brokers, r.topic, r.dlq)
 	return r
 }
 
 // produce writes values to the topic; message i goes to partition i % parts.
 func (r *kafkaRig) produce(t *testing.T, values ...string) {
 	t.Helper()
-	// A transport of its own: the shared default one may hold metadata from
-	// before the topic existed.
-	tr := &kafka.Transport{}
-	defer tr.CloseIdleConnections()
-	w := &kafka.Writer{Addr: kafka.TCP(r.brokers...), Balancer: &kafka.RoundRobin{}, BatchTimeout: time.Millisecond,
-		RequiredAcks: kafka.RequireAll, Transport: tr}
+	w := kafkabus.NewWriter(r.brokers, kafkabus.WriterOptions{BatchTimeout: time.Millisecond, RoundRobin: true})
 	defer w.Close()
 	msgs := make([]kafka.Message, len(values))
 	for i, v := range values {
@@ -83,20 +68,7 @@ func (r *kafkaRig) produce(t *testing.T, values ...string) {
 // committed returns the group's committed offset per partition (-1 = none).
 func (r *kafkaRig) committed(t *testing.T) map[int]int64 {
 	t.Helper()
-	c := &kafka.Client{Addr: kafka.TCP(r.brokers...), Timeout: 10 * time.Second}
-	parts := make([]int, r.parts)
-	for i := range parts {
-		parts[i] = i
-	}
-	resp, err := c.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: r.group, Topics: map[string][]int{r.topic: parts}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[int]int64{}
-	for _, p := range resp.Topics[r.topic] {
-		out[p.Partition] = p.CommittedOffset
-	}
-	return out
+	return kafkatest.Committed(t, r.brokers, r.group, r.topic, r.parts)
 }
 
 func (r *kafkaRig) waitCommitted(t *testing.T, want map[int]int64) {

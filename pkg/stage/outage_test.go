@@ -13,6 +13,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/testkit"
 )
 
 // fakeBroker is a scripted consumer-group reader: what a real broker does
@@ -151,17 +152,6 @@ func startConsumer(t *testing.T, b *fakeBroker, h Handler, opt ConsumerOptions) 
 	return c, reg, stop
 }
 
-func eventually(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // During an outage the consumer neither exits nor gets ahead of its commits:
 // it takes at most MaxInFlight records, reports Kafka as failing, and once
 // the broker is back it commits what it finished at once and goes on.
@@ -174,7 +164,7 @@ func TestConsumerRidesOutAnOutageWithinItsBound(t *testing.T) {
 		return h.handle(ctx, m)
 	}
 	c, reg, _ := startConsumer(t, b, paced, ConsumerOptions{MaxInFlight: bound})
-	eventually(t, "the first records committed", func() bool { _, cm := b.state(); return cm >= 5 })
+	testkit.Eventually(t, 10*time.Second, "the first records committed", func() bool { _, cm := b.state(); return cm >= 5 })
 
 	// Commits fail first (the coordinator is gone) while fetches still work:
 	// the consumer must stop taking records at its bound.
@@ -197,11 +187,11 @@ func TestConsumerRidesOutAnOutageWithinItsBound(t *testing.T) {
 	}
 
 	b.setDown(false, false)
-	eventually(t, "everything committed after the outage", func() bool { _, cm := b.state(); return cm == 1000 })
+	testkit.Eventually(t, 10*time.Second, "everything committed after the outage", func() bool { _, cm := b.state(); return cm == 1000 })
 	if distinct, all := h.total(); distinct != 1000 || all != 1000 {
 		t.Fatalf("handled %d records (%d distinct), want each of 1000 once", all, distinct)
 	}
-	eventually(t, "ready again", func() bool { return c.Ready(context.Background()) == nil })
+	testkit.Eventually(t, 10*time.Second, "ready again", func() bool { return c.Ready(context.Background()) == nil })
 	if n := testutil.ToFloat64(c.m.outages); n < 1 {
 		t.Fatalf("outages %v", n)
 	}
@@ -225,14 +215,14 @@ func TestConsumerRestartedBrokerCausesNoDuplicates(t *testing.T) {
 		return h.handle(ctx, m)
 	}
 	c, _, _ := startConsumer(t, b, slow, ConsumerOptions{MaxInFlight: 4})
-	eventually(t, "offsets 0..9 committed", func() bool { _, cm := b.state(); return cm == 10 })
+	testkit.Eventually(t, 10*time.Second, "offsets 0..9 committed", func() bool { _, cm := b.state(); return cm == 10 })
 
 	b.setDown(true, true) // 10..13 are being handled
 	b.restart()           // the new generation starts again at offset 10
 	close(release)
 	time.Sleep(20 * time.Millisecond) // 10..13 finish while nothing can be committed
 	b.setDown(false, false)
-	eventually(t, "everything committed", func() bool { _, cm := b.state(); return cm == 20 })
+	testkit.Eventually(t, 10*time.Second, "everything committed", func() bool { _, cm := b.state(); return cm == 20 })
 	if distinct, all := h.total(); distinct != 20 || all != 20 {
 		t.Fatalf("handled %d records (%d distinct), want each of 20 once", all, distinct)
 	}
@@ -247,7 +237,7 @@ func TestConsumerSkipsIdenticalCopies(t *testing.T) {
 	b := newFakeBroker("a", "b", "a", "c", "b")
 	var h counting
 	c, _, _ := startConsumer(t, b, h.handle, ConsumerOptions{MaxInFlight: 2, Dedupe: 100})
-	eventually(t, "all committed", func() bool { _, cm := b.state(); return cm == 5 })
+	testkit.Eventually(t, 10*time.Second, "all committed", func() bool { _, cm := b.state(); return cm == 5 })
 	if distinct, all := h.total(); distinct != 3 || all != 3 {
 		t.Fatalf("handled %d (%d distinct), want a, b and c once", all, distinct)
 	}

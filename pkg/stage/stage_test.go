@@ -15,8 +15,9 @@ import (
 
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/kafkatest"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -134,7 +135,7 @@ func TestRuntimeRunsAStage(t *testing.T) {
 func TestRuntimeWaitsForKafkaAtStart(t *testing.T) {
 	cfg := config.Default()
 	cfg.DebugPort = "127.0.0.1:0"
-	cfg.Bus.Brokers = kafkatest.ClosedPort(t)
+	cfg.Bus.Brokers = testkit.FreeAddr(t)
 	rt, err := New("test", cfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)

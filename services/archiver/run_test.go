@@ -17,20 +17,15 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/kafkatest"
-	"github.com/announcer/announcer/pkg/stacktest"
 	"github.com/announcer/announcer/pkg/stage"
-	"github.com/announcer/announcer/pkg/tcpproxy"
+	"github.com/announcer/announcer/pkg/testkit"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
 	"github.com/announcer/announcer/services/archiver/internal/storage"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// kafka-go's DefaultTransport (kafka.Client, kafkabus.EnsureTopics) keeps process-wide connections.
-		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
-		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const tmpl = "<message to='%s' from='announcer.localhost' type='chat'><body>n=[inc_id]</body></message>"
 
@@ -73,12 +68,7 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	r.cfg = cfg
-	t.Cleanup(func() {
-		c := &kafka.Client{Addr: kafka.TCP(env.KafkaBrokers...), Timeout: 10 * time.Second}
-		_, _ = c.DeleteTopics(context.Background(), &kafka.DeleteTopicsRequest{Topics: []string{
-			cfg.DeliveriesTopic("node1"), cfg.DeliveriesTopic("node2"), cfg.Bus.DeadLetterTopic, r.storage,
-		}})
-	})
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.DeliveriesTopic("node1"), cfg.DeliveriesTopic("node2"), cfg.Bus.DeadLetterTopic, r.storage)
 	return r
 }
 
@@ -118,7 +108,7 @@ func (r *rig) start(t *testing.T) (*archiver, func() error) {
 		return <-errc
 	}
 	t.Cleanup(func() { _ = stop() })
-	waitFor(t, "ready", 30*time.Second, func() bool { c, _ := httpGet(t, a.debug+"/readyz"); return c == http.StatusOK })
+	testkit.Eventually(t, 30*time.Second, "ready", func() bool { c, _ := httpGet(t, a.debug+"/readyz"); return c == http.StatusOK })
 	return a, stop
 }
 
@@ -155,17 +145,6 @@ func (r *rig) committed(t *testing.T, node string) int64 {
 		total += max(off, 0)
 	}
 	return total
-}
-
-func waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // storageReader reads the storage topic directly (not through the proxy).
@@ -233,7 +212,7 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 	r.produce(t, "node2",
 		&announcement.Batch{AnnouncementID: "a2", Persist: false, Template: tmpl, Recipients: []string{"nobody"}})
 	sr.readUntil(t, 2, 20*time.Second)
-	waitFor(t, "node1 and node2 committed", 20*time.Second, func() bool {
+	testkit.Eventually(t, 20*time.Second, "node1 and node2 committed", func() bool {
 		return r.committed(t, "node1") == 2 && r.committed(t, "node2") == 1
 	})
 
@@ -242,7 +221,7 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 	r.proxy.KillAll()
 	r.produce(t, "node2",
 		&announcement.Batch{AnnouncementID: "a3", Persist: true, Template: tmpl, FirstIncID: 100, Recipients: []string{"v1", "v2", "v3"}})
-	waitFor(t, "storage errors", 20*time.Second, func() bool {
+	testkit.Eventually(t, 20*time.Second, "storage errors", func() bool {
 		return metric(t, a, "announcer_archiver_store_errors_total") >= 2
 	})
 	sr.readFor(t, 300*time.Millisecond)
@@ -261,7 +240,7 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 		}
 	})
 	sr.readUntil(t, 5, 30*time.Second)
-	waitFor(t, "node2 committed after the outage", 20*time.Second, func() bool { return r.committed(t, "node2") == 2 })
+	testkit.Eventually(t, 20*time.Second, "node2 committed after the outage", func() bool { return r.committed(t, "node2") == 2 })
 
 	want := map[string]string{
 		"u1@localhost":     rendered("u1@localhost", 0),
@@ -305,9 +284,9 @@ func TestArchiverReadiness(t *testing.T) {
 	r := newRig(t)
 	a, _ := r.start(t)
 	url := a.debug + "/readyz"
-	waitFor(t, "ready", 20*time.Second, func() bool { c, _ := httpGet(t, url); return c == http.StatusOK })
+	testkit.Eventually(t, 20*time.Second, "ready", func() bool { c, _ := httpGet(t, url); return c == http.StatusOK })
 	r.proxy.Set(tcpproxy.Refuse)
-	waitFor(t, "not ready", 20*time.Second, func() bool { c, _ := httpGet(t, url); return c == http.StatusServiceUnavailable })
+	testkit.Eventually(t, 20*time.Second, "not ready", func() bool { c, _ := httpGet(t, url); return c == http.StatusServiceUnavailable })
 }
 
 func httpGet(t *testing.T, url string) (int, string) {

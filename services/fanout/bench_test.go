@@ -42,7 +42,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/config"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore/mysqltest"

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -24,28 +22,17 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/kafkatest"
-	"github.com/announcer/announcer/pkg/stacktest"
 	"github.com/announcer/announcer/pkg/stage"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore/mysqltest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	// kafkabus.EnsureTopics and the test readers use kafka-go's shared default
-	// transport; its idle connections are not a leak of ours.
-	kafka.DefaultTransport.(*kafka.Transport).CloseIdleConnections()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const template = "<message from='announcer.localhost' to='%s' type='chat'><body>hi [inc_id]</body></message>"
 
@@ -119,17 +106,12 @@ func newHarness(t *testing.T, mod func(*config.Config)) *harness {
 		}
 		_ = h.rdb.Close()
 	})
-	t.Cleanup(func() {
-		topics := []string{cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic}
-		for _, n := range cfg.Nodes {
-			topics = append(topics, cfg.DeliveriesTopic(n.Name))
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		c := &kafka.Client{Addr: kafka.TCP(env.KafkaBrokers...)}
-		_, _ = c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: topics})
-		_, _ = c.DeleteGroups(ctx, &kafka.DeleteGroupsRequest{GroupIDs: []string{cfg.Fanout.GroupName}})
-	})
+	topics := []string{cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic}
+	for _, n := range cfg.Nodes {
+		topics = append(topics, cfg.DeliveriesTopic(n.Name))
+	}
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, topics...)
+	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, cfg.Fanout.GroupName)
 	return h
 }
 
@@ -518,73 +500,18 @@ func TestFanoutWithRedisPresence(t *testing.T) {
 	})
 }
 
-// proxy forwards TCP to target once started: "a server that comes up later".
-type proxy struct {
-	ln     net.Listener
-	target string
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  []net.Conn
-}
-
-func reservePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
-
-func startProxy(t *testing.T, addr, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target}
-	p.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", target)
-			if err != nil {
-				_ = c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, u)
-			p.mu.Unlock()
-			p.wg.Go(func() { _, _ = io.Copy(u, c); _ = u.Close() })
-			p.wg.Go(func() { _, _ = io.Copy(c, u); _ = c.Close() })
-		}
-	})
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *proxy) close() {
-	_ = p.ln.Close()
-	p.mu.Lock()
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
-}
-
 // MySQL and Redis are down when the announcement arrives: fanout waits and
 // retries instead of treating the members as absent or offline.
 func TestDependenciesDownAreWaitedFor(t *testing.T) {
-	mysqlAddr, redisAddr := reservePort(t), reservePort(t)
+	// Both behind proxies that refuse every connection until the test lets them through.
+	var mysqlProxy, redisProxy *tcpproxy.Proxy
 	var realMySQL string
 	h := newHarness(t, func(c *config.Config) {
 		realMySQL = c.MySQL.Address
-		c.MySQL.Address = mysqlAddr
-		c.UserActivityRedis.ClusterNodes = redisAddr
+		mysqlProxy = tcpproxy.New(t, realMySQL, tcpproxy.Refuse)
+		redisProxy = tcpproxy.New(t, c.UserActivityRedis.ClusterNodes, tcpproxy.Refuse)
+		c.MySQL.Address = mysqlProxy.Addr()
+		c.UserActivityRedis.ClusterNodes = redisProxy.Addr()
 	})
 	// Seed through the real server (the harness's seed pool dials the proxy address).
 	cfg := h.cfg.MySQL
@@ -609,7 +536,7 @@ func TestDependenciesDownAreWaitedFor(t *testing.T) {
 		}
 	}
 	waitMetric("mysql")
-	startProxy(t, mysqlAddr, realMySQL)
+	mysqlProxy.Set(tcpproxy.Forward)
 	waitMetric("presence")
 	h.mu.Lock()
 	early := len(h.done["wait"])
@@ -617,7 +544,7 @@ func TestDependenciesDownAreWaitedFor(t *testing.T) {
 	if early != 0 {
 		t.Fatal("announcement finished while Redis was down")
 	}
-	startProxy(t, redisAddr, h.env.RedisAddr)
+	redisProxy.Set(tcpproxy.Forward)
 	if res := h.results("wait", 1, 30*time.Second)[0]; res.Outcome != audience.Delivered || res.Recipients != 10 {
 		t.Fatalf("%+v", res)
 	}

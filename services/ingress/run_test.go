@@ -18,8 +18,10 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/kafkatest"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -220,10 +222,13 @@ func mustGet(t *testing.T, url string) *http.Request {
 	return req
 }
 
+// refusing is a broker that accepts connections and closes them at once.
+func refusing(t testing.TB) string { return tcpproxy.New(t, "127.0.0.1:1", tcpproxy.Refuse).Addr() }
+
 func TestKafkaDownAnswers503(t *testing.T) {
 	for name, addr := range map[string]func(testing.TB) string{
-		"closed port":      kafkatest.ClosedPort,
-		"accept and close": kafkatest.AcceptAndClose,
+		"closed port":      testkit.FreeAddr,
+		"accept and close": refusing,
 	} {
 		t.Run(name, func(t *testing.T) {
 			cfg := baseConfig([]string{addr(t)})

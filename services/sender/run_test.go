@@ -20,20 +20,15 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/kafkatest"
-	"github.com/announcer/announcer/pkg/stacktest"
 	"github.com/announcer/announcer/pkg/stage"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 
 	"github.com/announcer/announcer/services/sender/internal/testuser"
 	"github.com/announcer/announcer/services/sender/internal/xmpplink"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
-		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func testConfig(t *testing.T, env stacktest.Env) config.Config {
 	t.Helper()
@@ -58,12 +53,7 @@ func testConfig(t *testing.T, env stacktest.Env) config.Config {
 	if err := cfg.Validate(config.RoleSender); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		c := &kafka.Client{Addr: kafka.TCP(env.KafkaBrokers...), Timeout: 10 * time.Second}
-		_, _ = c.DeleteTopics(context.Background(), &kafka.DeleteTopicsRequest{
-			Topics: []string{cfg.DeliveriesTopic("node1"), cfg.Bus.DeadLetterTopic},
-		})
-	})
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.DeliveriesTopic("node1"), cfg.Bus.DeadLetterTopic)
 	return cfg
 }
 

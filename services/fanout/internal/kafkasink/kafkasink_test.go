@@ -9,8 +9,8 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/kafkatest"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

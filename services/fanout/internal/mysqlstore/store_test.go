@@ -9,7 +9,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"

@@ -21,7 +21,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/config"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
 )
@@ -124,7 +125,7 @@ func TestClusterSelection(t *testing.T) {
 
 // A Redis that does not answer is an error, never "everybody is offline".
 func TestRedisDownIsAnError(t *testing.T) {
-	r, err := NewRedis(config.UserActivityRedis{ClusterNodes: freeAddr(t), ReadTimeout: 100}, RedisOptions{})
+	r, err := NewRedis(config.UserActivityRedis{ClusterNodes: testkit.FreeAddr(t), ReadTimeout: 100}, RedisOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,17 +295,6 @@ func FuzzDecodeOnline(f *testing.F) {
 	})
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
-
 // startRedisCluster runs a private single-node Redis Cluster owning every slot.
 func startRedisCluster(t *testing.T) string {
 	t.Helper()
@@ -313,7 +303,7 @@ func startRedisCluster(t *testing.T) string {
 		t.Skip("redis-server not installed")
 	}
 	dir := t.TempDir()
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	_, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", port, "--dir", dir,
 		"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),

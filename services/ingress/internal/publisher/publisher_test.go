@@ -12,8 +12,10 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/kafkatest"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
 
@@ -83,8 +85,8 @@ func TestPublishTooLargeIsNotRetryable(t *testing.T) {
 
 func TestPublishToUnreachableKafkaIsUnavailable(t *testing.T) {
 	for name, addr := range map[string]string{
-		"closed port":      kafkatest.ClosedPort(t),
-		"accept and close": kafkatest.AcceptAndClose(t),
+		"closed port":      testkit.FreeAddr(t),
+		"accept and close": tcpproxy.New(t, "127.0.0.1:1", tcpproxy.Refuse).Addr(),
 	} {
 		t.Run(name, func(t *testing.T) {
 			k := newKafka(t, []string{addr}, Options{AnnouncementsTopic: "a", MaxMessageBytes: 1 << 20})

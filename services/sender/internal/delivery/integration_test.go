@@ -11,10 +11,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/announcer/announcer/pkg/announcement"
-	"github.com/announcer/announcer/pkg/stacktest"
 	"github.com/announcer/announcer/pkg/stanza"
-	"github.com/announcer/announcer/pkg/tcpproxy"
-	"github.com/announcer/announcer/pkg/xmpptest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
+	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 	"github.com/announcer/announcer/services/sender/internal/delivery"
 	"github.com/announcer/announcer/services/sender/internal/testuser"
 	"github.com/announcer/announcer/services/sender/internal/xmpplink"

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/announcer/announcer/pkg/stacktest"
-	"github.com/announcer/announcer/pkg/xmpptest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 )
 
 // Register creates a fresh user (password = name), removed at test end, and

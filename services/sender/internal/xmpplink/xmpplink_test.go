@@ -15,8 +15,8 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
-	"github.com/announcer/announcer/pkg/stacktest"
-	"github.com/announcer/announcer/pkg/tcpproxy"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
 	"github.com/announcer/announcer/services/sender/internal/sink"
 	"github.com/announcer/announcer/services/sender/internal/testuser"
 )

@@ -14,7 +14,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/channeldb"
 	"github.com/announcer/announcer/pkg/config"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"
 )
 

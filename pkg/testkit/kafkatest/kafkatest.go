@@ -7,16 +7,14 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"sort"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
 
 // Record is a topic record read back.
@@ -37,8 +35,7 @@ func client(t testing.TB, brokers []string) *kafka.Client {
 }
 
 // Topics creates a topic per prefix with a unique name and deletes them when
-// the test ends. (Not kafkabus.EnsureTopics: that one uses kafka-go's
-// process-wide transport, whose connections would outlive the test.)
+// the test ends.
 func Topics(t testing.TB, brokers []string, partitions int, prefixes ...string) []string {
 	t.Helper()
 	c := client(t, brokers)
@@ -96,6 +93,18 @@ func DeleteAtEnd(t testing.TB, brokers []string, names ...string) {
 		defer cancel()
 		if _, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: names}); err != nil {
 			t.Logf("delete topics %v: %v", names, err)
+		}
+	})
+}
+
+// DeleteGroupsAtEnd deletes consumer groups when the test ends.
+func DeleteGroupsAtEnd(t testing.TB, brokers []string, groups ...string) {
+	c := client(t, brokers)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := c.DeleteGroups(ctx, &kafka.DeleteGroupsRequest{GroupIDs: groups}); err != nil {
+			t.Logf("delete groups %v: %v", groups, err)
 		}
 	})
 }
@@ -214,43 +223,6 @@ func Committed(t testing.TB, brokers []string, group, topic string, partitions i
 		out[p.Partition] = p.CommittedOffset
 	}
 	return out
-}
-
-// ClosedPort returns a loopback address where nothing listens.
-func ClosedPort(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
-
-// AcceptAndClose starts a listener that accepts every connection and closes
-// it at once: a broker that is there but never answers.
-func AcceptAndClose(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	})
-	t.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().String()
 }
 
 // ReadToEnd reads every record of topic, all partitions, up to each partition's end offset

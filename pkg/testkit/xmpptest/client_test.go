@@ -10,8 +10,8 @@ import (
 	"mellium.im/xmpp/component"
 	"mellium.im/xmpp/jid"
 
-	"github.com/announcer/announcer/pkg/stacktest"
-	"github.com/announcer/announcer/pkg/xmpptest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

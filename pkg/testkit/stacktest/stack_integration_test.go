@@ -19,7 +19,7 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/announcer/announcer/pkg/kafkabus"
-	"github.com/announcer/announcer/pkg/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
 
 // These tests prove the local stack is real and shaped as the services expect.

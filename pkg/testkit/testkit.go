@@ -1,0 +1,41 @@
+// Package testkit is where announcer's test helpers live, apart from the
+// production packages: this package has the two every test needs (a free
+// loopback address, polling until a condition holds); its subpackages have
+// the local stack's addresses (stacktest), a Kafka test client (kafkatest), a
+// TCP proxy that produces network failures (tcpproxy) and a real XMPP client
+// (xmpptest).
+package testkit
+
+import (
+	"net"
+	"testing"
+	"time"
+)
+
+// FreeAddr returns a loopback address nothing listens on right now (for a
+// server the test starts, or one that comes up later).
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free address: %v", err)
+	}
+	addr := ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		t.Fatalf("free address: %v", err)
+	}
+	return addr
+}
+
+// Eventually polls ok every 20 ms until it holds, and fails the test naming
+// what it waited for after timeout.
+func Eventually(t testing.TB, timeout time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
