@@ -13,15 +13,12 @@ import (
 	"strings"
 	"testing"
 
-	"go.uber.org/goleak"
 	"gopkg.in/yaml.v3"
 
 	"github.com/announcer/announcer/pkg/config"
 )
 
 // The Zabbix test serves HTTP and runs commands: nothing may outlive the tests.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
 // repoRoot is where go.work, scripts/ and services/ are: the tests run in deployments/.
 const repoRoot = ".."
 

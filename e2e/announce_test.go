@@ -14,7 +14,6 @@ import (
 
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
-	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 )
 
@@ -158,15 +157,9 @@ func TestUsersOnlineAtOnceOfflineFromStorageAndPersisted(t *testing.T) {
 	}
 
 	// One rendered record per recipient on the storage topic.
-	r := kafkabus.NewReader(s.env.KafkaBrokers, stacktest.Name("e2e_storage"), []string{s.storage}, kafkabus.ReaderOptions{})
-	defer r.Close()
 	got := map[string]string{}
-	for len(got) < 2 {
-		m, err := r.FetchMessage(ctx)
-		if err != nil {
-			t.Fatalf("storage records %v: %v", got, err)
-		}
-		got[string(m.Key)] = string(m.Value)
+	for _, r := range kafkatest.ReadAll(t, s.env.KafkaBrokers, s.storage, 2, 60*time.Second) {
+		got[string(r.Key)] = string(r.Value)
 	}
 	for _, u := range []string{on, off} {
 		jid := u + "@" + s.domain

@@ -5,11 +5,7 @@ import (
 	"errors"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestRetryUntilSuccess(t *testing.T) {
 	calls, retried := 0, []int{}

@@ -23,237 +23,190 @@ const (
 	ModeClient    = "client"
 )
 
+// problems collects every finding of Validate, so all are reported at once.
+type problems struct{ errs []error }
+
+func (p *problems) bad(format string, a ...any) { p.errs = append(p.errs, fmt.Errorf(format, a...)) }
+
+func (p *problems) empty(key, v string) {
+	if v == "" {
+		p.bad("%s: empty", key)
+	}
+}
+
+// atLeast reports v < lo as "key v: want >= lo<unit>".
+func (p *problems) atLeast(key string, v, lo int, unit string) {
+	if v < lo {
+		p.bad("%s %d: want >= %d%s", key, v, lo, unit)
+	}
+}
+
+func (p *problems) positive(key string, d Duration) {
+	if d <= 0 {
+		p.bad("%s: want > 0", key)
+	}
+}
+
 // Validate reports every problem at once, for the sections the roles read.
 func (c *Config) Validate(roles ...Role) error {
-	var errs []error
-	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	p := &problems{}
 
 	switch c.Log.Level {
 	case "debug", "info", "warning", "warn", "error":
 	default:
-		bad("[log] log_level %q: want debug, info, warning or error", c.Log.Level)
+		p.bad("[log] log_level %q: want debug, info, warning or error", c.Log.Level)
 	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:
-		bad("[log] format %q: want text or json", c.Log.Format)
+		p.bad("[log] format %q: want text or json", c.Log.Format)
 	}
 	if err := checkListen(c.DebugPort); err != nil {
-		bad("debug_port: %v", err)
+		p.bad("debug_port: %v", err)
 	}
 	if len(SplitList(c.Bus.Brokers)) == 0 {
-		bad("[bus] brokers: empty")
+		p.bad("[bus] brokers: empty")
 	}
 	for _, b := range SplitList(c.Bus.Brokers) {
 		if _, _, err := net.SplitHostPort(b); err != nil {
-			bad("[bus] brokers: %q: %v", b, err)
+			p.bad("[bus] brokers: %q: %v", b, err)
 		}
 	}
-	if c.Bus.AnnouncementsTopic == "" {
-		bad("[bus] announcements_topic: empty")
-	}
-	if c.Bus.DeliveriesPrefix == "" {
-		bad("[bus] deliveries_topic_prefix: empty")
-	}
-	if c.Bus.DeadLetterTopic == "" {
-		bad("[bus] dead_letter_topic: empty")
-	}
-	if c.Bus.Partitions < 1 {
-		bad("[bus] partitions %d: want >= 1", c.Bus.Partitions)
-	}
-	if c.Bus.ReplicationFactor < 1 {
-		bad("[bus] replication_factor %d: want >= 1", c.Bus.ReplicationFactor)
-	}
-	if c.Bus.WriteTimeout <= 0 {
-		bad("[bus] write_timeout: want > 0")
-	}
-	if c.Bus.MaxMessageBytes < 1024 {
-		bad("[bus] max_message_bytes %d: want >= 1024", c.Bus.MaxMessageBytes)
-	}
+	p.empty("[bus] announcements_topic", c.Bus.AnnouncementsTopic)
+	p.empty("[bus] deliveries_topic_prefix", c.Bus.DeliveriesPrefix)
+	p.empty("[bus] dead_letter_topic", c.Bus.DeadLetterTopic)
+	p.atLeast("[bus] partitions", c.Bus.Partitions, 1, "")
+	p.atLeast("[bus] replication_factor", c.Bus.ReplicationFactor, 1, "")
+	p.positive("[bus] write_timeout", c.Bus.WriteTimeout)
+	p.atLeast("[bus] max_message_bytes", c.Bus.MaxMessageBytes, 1024, "")
 	for i, t := range c.Auth.Tokens {
 		if len(t) < 16 {
-			bad("[auth] tokens[%d]: shorter than 16 characters", i)
+			p.bad("[auth] tokens[%d]: shorter than 16 characters", i)
 		}
 	}
 
 	for _, r := range roles {
 		switch r {
 		case RoleIngress:
-			c.validateIngress(bad)
+			c.validateIngress(p)
 		case RoleFanout:
-			c.validateFanout(bad)
+			c.validateFanout(p)
 		case RoleSender:
-			c.validateSender(bad)
+			c.validateSender(p)
 		case RoleArchiver:
-			c.validateArchiver(bad)
+			c.validateArchiver(p)
 		default:
-			bad("unknown role %q", r)
+			p.bad("unknown role %q", r)
 		}
 	}
-	return errors.Join(errs...)
+	return errors.Join(p.errs...)
 }
 
-func (c *Config) validateIngress(bad func(string, ...any)) {
+func (c *Config) validateIngress(p *problems) {
 	if err := checkListen(c.RestAPIPort); err != nil {
-		bad("rest_api_port: %v", err)
+		p.bad("rest_api_port: %v", err)
 	}
-	if c.Ingress.MaxBodyBytes < 1024 {
-		bad("[ingress] max_body_bytes %d: want >= 1024", c.Ingress.MaxBodyBytes)
-	}
-	if c.Ingress.MaxUsernames < 1 {
-		bad("[ingress] max_usernames %d: want >= 1", c.Ingress.MaxUsernames)
-	}
-	if c.Ingress.MaxTemplateBytes < 64 {
-		bad("[ingress] max_template_bytes %d: want >= 64", c.Ingress.MaxTemplateBytes)
-	}
-	if c.Ingress.PublishTimeout <= 0 {
-		bad("[ingress] publish_timeout: want > 0")
-	}
+	p.atLeast("[ingress] max_body_bytes", int(c.Ingress.MaxBodyBytes), 1024, "")
+	p.atLeast("[ingress] max_usernames", c.Ingress.MaxUsernames, 1, "")
+	p.atLeast("[ingress] max_template_bytes", c.Ingress.MaxTemplateBytes, 64, "")
+	p.positive("[ingress] publish_timeout", c.Ingress.PublishTimeout)
 	if c.KafkaConsumer.Topics != "" && c.KafkaConsumer.GroupName == "" {
-		bad("[kafka-consumer] group_name: empty while topics are set")
+		p.bad("[kafka-consumer] group_name: empty while topics are set")
 	}
-	if c.KafkaConsumer.Buffer < 1 {
-		bad("[kafka-consumer] buffer %d: want >= 1", c.KafkaConsumer.Buffer)
-	}
-	c.validateUserDomain(bad)
+	p.atLeast("[kafka-consumer] buffer", c.KafkaConsumer.Buffer, 1, "")
+	c.validateUserDomain(p)
 }
 
-func (c *Config) validateFanout(bad func(string, ...any)) {
-	if c.MySQL.Address == "" {
-		bad("[mysql] address: empty")
-	}
-	if c.MySQL.DB == "" {
-		bad("[mysql] db: empty")
-	}
-	if c.MySQL.PaginationLength < 1 {
-		bad("[mysql] pagination_length %d: want >= 1", c.MySQL.PaginationLength)
-	}
-	if c.MySQL.MaxOpenConn < 1 {
-		bad("[mysql] max_open_conn %d: want >= 1", c.MySQL.MaxOpenConn)
-	}
-	if c.UserActivityAskBuffer < 1 {
-		bad("user_activity_ask_buffer %d: want >= 1", c.UserActivityAskBuffer)
-	}
+func (c *Config) validateFanout(p *problems) {
+	p.empty("[mysql] address", c.MySQL.Address)
+	p.empty("[mysql] db", c.MySQL.DB)
+	p.atLeast("[mysql] pagination_length", c.MySQL.PaginationLength, 1, "")
+	p.atLeast("[mysql] max_open_conn", c.MySQL.MaxOpenConn, 1, "")
+	p.atLeast("user_activity_ask_buffer", c.UserActivityAskBuffer, 1, "")
 	switch c.Fanout.Presence {
 	case "redis":
 		if len(SplitList(c.UserActivityRedis.ClusterNodes)) == 0 {
-			bad("[user-activity-redis] cluster_nodes: empty while [fanout] presence = \"redis\"")
+			p.bad("[user-activity-redis] cluster_nodes: empty while [fanout] presence = \"redis\"")
 		}
-		if c.UserActivityRedis.ReadTimeout < 1 {
-			bad("[user-activity-redis] read_timeout %d: want >= 1 (milliseconds)", c.UserActivityRedis.ReadTimeout)
-		}
+		p.atLeast("[user-activity-redis] read_timeout", c.UserActivityRedis.ReadTimeout, 1, " (milliseconds)")
 	case "rest":
 		if c.UserActivityREST.Address == "" {
-			bad("[user-activity-rest-api] address: empty while [fanout] presence = \"rest\"")
+			p.bad("[user-activity-rest-api] address: empty while [fanout] presence = \"rest\"")
 		}
-		if c.UserActivityREST.RequestTimeout < 1 {
-			bad("[user-activity-rest-api] request_timeout %d: want >= 1 (milliseconds)", c.UserActivityREST.RequestTimeout)
-		}
+		p.atLeast("[user-activity-rest-api] request_timeout", c.UserActivityREST.RequestTimeout, 1, " (milliseconds)")
 	default:
-		bad("[fanout] presence %q: want redis or rest", c.Fanout.Presence)
+		p.bad("[fanout] presence %q: want redis or rest", c.Fanout.Presence)
 	}
-	if c.Fanout.BatchSize < 1 {
-		bad("[fanout] batch_size %d: want >= 1", c.Fanout.BatchSize)
-	}
+	p.atLeast("[fanout] batch_size", c.Fanout.BatchSize, 1, "")
 	if c.Fanout.ShardSize < c.MySQL.PaginationLength {
-		bad("[fanout] shard_size %d: want >= [mysql] pagination_length %d", c.Fanout.ShardSize, c.MySQL.PaginationLength)
+		p.bad("[fanout] shard_size %d: want >= [mysql] pagination_length %d", c.Fanout.ShardSize, c.MySQL.PaginationLength)
 	}
-	if c.Fanout.GroupName == "" {
-		bad("[fanout] group_name: empty")
-	}
-	c.validateNodes(bad)
+	p.empty("[fanout] group_name", c.Fanout.GroupName)
+	c.validateNodes(p)
 }
 
-func (c *Config) validateSender(bad func(string, ...any)) {
-	c.validateNodes(bad)
+func (c *Config) validateSender(p *problems) {
+	c.validateNodes(p)
 	if c.Sender.Node != "" {
 		if _, ok := c.Node(c.Sender.Node); !ok {
-			bad("[sender] node %q: not one of the configured nodes %v", c.Sender.Node, c.nodeNames())
+			p.bad("[sender] node %q: not one of the configured nodes %v", c.Sender.Node, c.nodeNames())
 		}
 	}
-	if c.Ejabberd.RateLimit < 1 {
-		bad("[ejabberd] rate_limit %d: want >= 1 stanza/s", c.Ejabberd.RateLimit)
-	}
-	if c.Ejabberd.EachNodeConnNum < 1 {
-		bad("[ejabberd] each_node_conn_num %d: want >= 1", c.Ejabberd.EachNodeConnNum)
-	}
-	if c.Sender.FenceTimeout <= 0 {
-		bad("[sender] fence_timeout: want > 0")
-	}
-	if c.Sender.MaxInFlight < 1 {
-		bad("[sender] max_in_flight %d: want >= 1", c.Sender.MaxInFlight)
-	}
-	if c.Sender.GroupPrefix == "" {
-		bad("[sender] group_prefix: empty")
-	}
+	p.atLeast("[ejabberd] rate_limit", c.Ejabberd.RateLimit, 1, " stanza/s")
+	p.atLeast("[ejabberd] each_node_conn_num", c.Ejabberd.EachNodeConnNum, 1, "")
+	p.positive("[sender] fence_timeout", c.Sender.FenceTimeout)
+	p.atLeast("[sender] max_in_flight", c.Sender.MaxInFlight, 1, "")
+	p.empty("[sender] group_prefix", c.Sender.GroupPrefix)
 	switch c.Sender.Mode {
 	case ModeComponent:
-		if c.Component.Name == "" {
-			bad("[component] name: empty")
-		}
-		if c.Component.Secret == "" {
-			bad("[component] secret: empty")
-		}
-		if c.Component.PingInterval < 1 {
-			bad("[component] ping_interval %d: want >= 1 (seconds)", c.Component.PingInterval)
-		}
+		p.empty("[component] name", c.Component.Name)
+		p.empty("[component] secret", string(c.Component.Secret))
+		p.atLeast("[component] ping_interval", c.Component.PingInterval, 1, " (seconds)")
 	case ModeClient:
-		if c.Client.Username == "" {
-			bad("[client] username: empty")
-		}
-		if c.Client.Password == "" {
-			bad("[client] password: empty")
-		}
-		if c.Client.PingInterval < 1 {
-			bad("[client] ping_interval %d: want >= 1 (seconds)", c.Client.PingInterval)
-		}
+		p.empty("[client] username", c.Client.Username)
+		p.empty("[client] password", string(c.Client.Password))
+		p.atLeast("[client] ping_interval", c.Client.PingInterval, 1, " (seconds)")
 	default:
-		bad("[sender] mode %q: want component or client", c.Sender.Mode)
+		p.bad("[sender] mode %q: want component or client", c.Sender.Mode)
 	}
-	c.validateUserDomain(bad)
+	c.validateUserDomain(p)
 }
 
-func (c *Config) validateArchiver(bad func(string, ...any)) {
+func (c *Config) validateArchiver(p *problems) {
 	if len(SplitList(c.KafkaProducer.Brokers)) == 0 {
-		bad("[kafka-producer] brokers: empty")
+		p.bad("[kafka-producer] brokers: empty")
 	}
 	if len(SplitList(c.KafkaProducer.Topics)) == 0 {
-		bad("[kafka-producer] topics: empty (the storage topic persisted messages go to)")
+		p.bad("[kafka-producer] topics: empty (the storage topic persisted messages go to)")
 	}
-	if c.KafkaProducer.FlushFrequency < 0 {
-		bad("[kafka-producer] flush_frequency %d: want >= 0 (seconds)", c.KafkaProducer.FlushFrequency)
-	}
-	if c.KafkaProducer.MaxRetry < 0 {
-		bad("[kafka-producer] MaxRetry %d: want >= 0", c.KafkaProducer.MaxRetry)
-	}
-	if c.Archiver.GroupName == "" {
-		bad("[archiver] group_name: empty")
-	}
-	c.validateNodes(bad)
-	c.validateUserDomain(bad)
+	p.atLeast("[kafka-producer] flush_frequency", c.KafkaProducer.FlushFrequency, 0, " (seconds)")
+	p.atLeast("[kafka-producer] MaxRetry", c.KafkaProducer.MaxRetry, 0, "")
+	p.empty("[archiver] group_name", c.Archiver.GroupName)
+	c.validateNodes(p)
+	c.validateUserDomain(p)
 }
 
-func (c *Config) validateUserDomain(bad func(string, ...any)) {
+func (c *Config) validateUserDomain(p *problems) {
 	if c.UserDomain() == "" {
-		bad("users' XMPP domain: empty (set [component] domain, or [client] domain in client mode)")
+		p.bad("users' XMPP domain: empty (set [component] domain, or [client] domain in client mode)")
 	}
 }
 
-func (c *Config) validateNodes(bad func(string, ...any)) {
+func (c *Config) validateNodes(p *problems) {
 	if len(c.Nodes) == 0 {
-		bad("[ejabberd] cluster_nodes: empty and no [[node]] tables")
+		p.bad("[ejabberd] cluster_nodes: empty and no [[node]] tables")
 	}
 	seen := map[string]bool{}
 	for i, n := range c.Nodes {
 		if n.Name == "" || strings.ContainsAny(n.Name, " /\\,:") {
-			bad("[[node]] %d: name %q: want a non-empty name without spaces, slashes, commas or colons", i, n.Name)
+			p.bad("[[node]] %d: name %q: want a non-empty name without spaces, slashes, commas or colons", i, n.Name)
 		}
 		if seen[n.Name] {
-			bad("[[node]] %d: name %q: duplicate", i, n.Name)
+			p.bad("[[node]] %d: name %q: duplicate", i, n.Name)
 		}
 		seen[n.Name] = true
 		if _, _, err := net.SplitHostPort(n.Address); err != nil {
-			bad("[[node]] %q: address %q: %v", n.Name, n.Address, err)
+			p.bad("[[node]] %q: address %q: %v", n.Name, n.Address, err)
 		}
 	}
 }

@@ -7,11 +7,7 @@ import (
 	"net/http"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestServesThenDrainsInFlightRequests(t *testing.T) {
 	release := make(chan struct{})

@@ -13,15 +13,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
-	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type kafkaRig struct {
 	brokers []string

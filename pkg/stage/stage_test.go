@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -19,18 +18,6 @@ import (
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
-
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get(url)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
 
 type payload struct {
 	N int `json:"n"`
@@ -66,10 +53,10 @@ func TestRuntimeRunsAStage(t *testing.T) {
 		t.Fatal(err)
 	}
 	debug := "http://" + rt.DebugAddr()
-	if code, body := get(t, debug+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "starting") {
+	if code, body := testkit.Get(t, debug+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "starting") {
 		t.Fatalf("/readyz before Run: %d %s", code, body)
 	}
-	if code, _ := get(t, debug+"/healthz"); code != http.StatusOK {
+	if code, _ := testkit.Get(t, debug+"/healthz"); code != http.StatusOK {
 		t.Fatalf("/healthz before Run: %d", code)
 	}
 
@@ -88,7 +75,7 @@ func TestRuntimeRunsAStage(t *testing.T) {
 	go func() { errc <- rt.Run(ctx) }()
 
 	deadline := time.Now().Add(30 * time.Second)
-	for code, body := get(t, debug+"/readyz"); code != http.StatusOK; code, body = get(t, debug+"/readyz") {
+	for code, body := testkit.Get(t, debug+"/readyz"); code != http.StatusOK; code, body = testkit.Get(t, debug+"/readyz") {
 		if time.Now().After(deadline) {
 			t.Fatalf("never ready: %s", body)
 		}
@@ -109,7 +96,7 @@ func TestRuntimeRunsAStage(t *testing.T) {
 	if len(dl) != 1 || string(dl[0].Key) != "b" || !strings.Contains(dl[0].Headers[kafkabus.HeaderReason], "negative") {
 		t.Fatalf("dead letters %+v", dl)
 	}
-	_, metrics := get(t, debug+"/metrics")
+	_, metrics := testkit.Get(t, debug+"/metrics")
 	for _, want := range []string{
 		"announcer_test_messages_handled_total 1",
 		`announcer_test_dead_letters_total{reason="undecodable"} 1`,
@@ -125,7 +112,7 @@ func TestRuntimeRunsAStage(t *testing.T) {
 		t.Fatal(err)
 	}
 	rt.Close()
-	if code, _ := get(t, debug+"/healthz"); code != 0 {
+	if code, _ := testkit.Get(t, debug+"/healthz"); code != 0 {
 		t.Fatalf("the debug listener still answers after Close (%d)", code)
 	}
 }
@@ -149,7 +136,7 @@ func TestRuntimeWaitsForKafkaAtStart(t *testing.T) {
 	go func() { errc <- rt.Run(ctx) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		code, body := get(t, "http://"+rt.DebugAddr()+"/readyz")
+		code, body := testkit.Get(t, "http://"+rt.DebugAddr()+"/readyz")
 		if code == http.StatusServiceUnavailable && strings.Contains(body, "creating topics never") {
 			break
 		}

@@ -12,7 +12,7 @@ import (
 const maxPart = 1023
 
 func jidErr(username, reason string) error {
-	return &ValidationError{Field: "usernames", Reason: fmt.Sprintf("%q: %s", clip(username), reason)}
+	return &ValidationError{Field: "usernames", Reason: fmt.Sprintf("%q: %s", Clip(username), reason)}
 }
 
 // NormalizeJID returns "user@defaultDomain" for a bare username, else the

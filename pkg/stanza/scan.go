@@ -173,7 +173,7 @@ func (s *scanner) run() error {
 			s.pos++
 			top := stack[len(stack)-1]
 			if !bytes.Equal(name, top) {
-				return s.fail(fmt.Sprintf("end tag </%s> does not match <%s>", clip(string(name)), clip(string(top))))
+				return s.fail(fmt.Sprintf("end tag </%s> does not match <%s>", Clip(string(name)), Clip(string(top))))
 			}
 			stack = stack[:len(stack)-1]
 			rootDone = len(stack) == 0
@@ -211,7 +211,7 @@ func (s *scanner) run() error {
 		}
 	}
 	if len(stack) > 0 {
-		return s.fail(fmt.Sprintf("element <%s> is not closed", clip(string(stack[len(stack)-1]))))
+		return s.fail(fmt.Sprintf("element <%s> is not closed", Clip(string(stack[len(stack)-1]))))
 	}
 	if !rootDone {
 		return s.fail("no root element")
@@ -424,7 +424,7 @@ func (s *scanner) ref() error {
 	case "lt", "gt", "amp", "apos", "quot":
 		return nil
 	}
-	return s.failAt(start, fmt.Sprintf("unknown entity &%s; (only lt, gt, amp, apos and quot are allowed)", clip(name)))
+	return s.failAt(start, fmt.Sprintf("unknown entity &%s; (only lt, gt, amp, apos and quot are allowed)", Clip(name)))
 }
 
 func digitVal(c byte) uint64 {
@@ -503,7 +503,7 @@ func checkXML(doc []byte) (xml.StartElement, error) {
 				case a.Name.Space == "xmlns":
 					switch {
 					case a.Value == "":
-						return root, messageErr("namespace prefix %q cannot be bound to the empty name", clip(a.Name.Local))
+						return root, messageErr("namespace prefix %q cannot be bound to the empty name", Clip(a.Name.Local))
 					case a.Name.Local == "xmlns", a.Value == nsXMLNS:
 						return root, messageErr("the xmlns prefix and namespace are reserved")
 					case (a.Name.Local == "xml") != (a.Value == nsXML):
@@ -516,11 +516,11 @@ func checkXML(doc []byte) (xml.StartElement, error) {
 				return root, err
 			}
 			if t.Name.Space == "xmlns" {
-				return root, messageErr("element <xmlns:%s> uses the reserved xmlns prefix", clip(t.Name.Local))
+				return root, messageErr("element <xmlns:%s> uses the reserved xmlns prefix", Clip(t.Name.Local))
 			}
 			if t.Name.Space != "" {
 				if _, ok := uri(t.Name.Space); !ok {
-					return root, messageErr("namespace prefix %q of <%s:%s> is not declared", clip(t.Name.Space), clip(t.Name.Space), clip(t.Name.Local))
+					return root, messageErr("namespace prefix %q of <%s:%s> is not declared", Clip(t.Name.Space), Clip(t.Name.Space), Clip(t.Name.Local))
 				}
 			}
 			clear(seen)
@@ -536,18 +536,18 @@ func checkXML(doc []byte) (xml.StartElement, error) {
 				default:
 					u, ok := uri(a.Name.Space)
 					if !ok {
-						return root, messageErr("namespace prefix %q of attribute %s:%s is not declared", clip(a.Name.Space), clip(a.Name.Space), clip(a.Name.Local))
+						return root, messageErr("namespace prefix %q of attribute %s:%s is not declared", Clip(a.Name.Space), Clip(a.Name.Space), Clip(a.Name.Local))
 					}
 					key = u + "\x00" + a.Name.Local
 				}
 				if _, dup := seen[key]; dup {
-					return root, messageErr("duplicate attribute %q on <%s>", clip(qname(a.Name)), clip(qname(t.Name)))
+					return root, messageErr("duplicate attribute %q on <%s>", Clip(qname(a.Name)), Clip(qname(t.Name)))
 				}
 				seen[key] = struct{}{}
 			}
 		case xml.EndElement:
 			if len(stack) == 0 || stack[len(stack)-1] != t.Name {
-				return root, messageErr("end tag </%s> does not match", clip(qname(t.Name)))
+				return root, messageErr("end tag </%s> does not match", Clip(qname(t.Name)))
 			}
 			depth := len(stack)
 			for len(scope) > 0 && scope[len(scope)-1].depth == depth {
@@ -567,7 +567,7 @@ func checkXML(doc []byte) (xml.StartElement, error) {
 		}
 	}
 	if len(stack) > 0 {
-		return root, messageErr("element <%s> is not closed", clip(qname(stack[len(stack)-1])))
+		return root, messageErr("element <%s> is not closed", Clip(qname(stack[len(stack)-1])))
 	}
 	if roots == 0 {
 		return root, messageErr("no root element")
@@ -579,7 +579,7 @@ func checkXML(doc []byte) (xml.StartElement, error) {
 // names like "a:" or ":a", which are not namespace-well-formed.
 func checkQName(n xml.Name) error {
 	if strings.Contains(n.Local, ":") {
-		return messageErr("%q is not a valid qualified name", clip(qname(n)))
+		return messageErr("%q is not a valid qualified name", Clip(qname(n)))
 	}
 	return nil
 }

@@ -93,7 +93,7 @@ func (o Options) Validate() error {
 	}
 	if o.ClientJID != "" {
 		if reason := checkBareJID(o.ClientJID); reason != "" {
-			return fmt.Errorf("stanza: Options.ClientJID %q is not a bare JID: %s", clip(o.ClientJID), reason)
+			return fmt.Errorf("stanza: Options.ClientJID %q is not a bare JID: %s", Clip(o.ClientJID), reason)
 		}
 	}
 	return nil
@@ -265,7 +265,7 @@ func Parse(raw []byte, opt Options) (*Template, error) {
 	switch root.Name.Local {
 	case "message", "presence", "iq":
 	default:
-		return nil, messageErr("root element is <%s>; want message, presence or iq", clip(root.Name.Local))
+		return nil, messageErr("root element is <%s>; want message, presence or iq", Clip(root.Name.Local))
 	}
 
 	switch {
@@ -293,7 +293,7 @@ func Parse(raw []byte, opt Options) (*Template, error) {
 func checkComponent(sc *scanner, attrs []xmlAttr, domain string) error {
 	fromSpan, ok := sc.rootAttr("from")
 	if !ok {
-		return messageErr("component mode: the root element needs a from attribute in %q", clip(domain))
+		return messageErr("component mode: the root element needs a from attribute in %q", Clip(domain))
 	}
 	if _, ok := sc.rootAttr("to"); !ok {
 		return messageErr("component mode: the root element needs a to attribute (ejabberd closes the stream without one)")
@@ -304,10 +304,10 @@ func checkComponent(sc *scanner, attrs []xmlAttr, domain string) error {
 	from := attrByName(attrs, "from")
 	d, reason := jidDomain(from)
 	if reason != "" {
-		return messageErr("component mode: from %q is not a valid JID: %s", clip(from), reason)
+		return messageErr("component mode: from %q is not a valid JID: %s", Clip(from), reason)
 	}
 	if !strings.EqualFold(d, domain) {
-		return messageErr("component mode: from %q is not in the component domain %q", clip(from), clip(domain))
+		return messageErr("component mode: from %q is not in the component domain %q", Clip(from), Clip(domain))
 	}
 	return nil
 }
@@ -322,7 +322,7 @@ func checkClient(sc *scanner, attrs []xmlAttr, account string) error {
 		return nil
 	}
 	if sc.hasPlaceholderIn(fromSpan.start, fromSpan.end) {
-		return messageErr("client mode: the root's from attribute must not contain placeholders; drop it or set it to %q", clip(account))
+		return messageErr("client mode: the root's from attribute must not contain placeholders; drop it or set it to %q", Clip(account))
 	}
 	// The decoded value, as ejabberd sees it: entities are expanded.
 	from := attrByName(attrs, "from")
@@ -330,11 +330,11 @@ func checkClient(sc *scanner, attrs []xmlAttr, account string) error {
 		return nil
 	}
 	if _, reason := jidDomain(from); reason != "" {
-		return messageErr("client mode: from %q is not a valid JID: %s", clip(from), reason)
+		return messageErr("client mode: from %q is not a valid JID: %s", Clip(from), reason)
 	}
 	bare, _, _ := strings.Cut(from, "/")
 	if !equalFoldASCII(bare, account) {
-		return messageErr("client mode: from %q is not the sending account %q (ejabberd closes the stream for any other from); drop the attribute or set it to the account", clip(from), clip(account))
+		return messageErr("client mode: from %q is not the sending account %q (ejabberd closes the stream for any other from); drop the attribute or set it to the account", Clip(from), Clip(account))
 	}
 	return nil
 }
@@ -387,8 +387,9 @@ func findPlaceholders(src []byte, jidAt int) []placeholder {
 	return phs
 }
 
-// clip keeps error messages bounded when input is hostile.
-func clip(s string) string {
+// Clip keeps error messages bounded when input is hostile: at most 64 bytes,
+// cut at a rune boundary, with "…" when cut.
+func Clip(s string) string {
 	const max = 64
 	if len(s) <= max {
 		return s

@@ -7,7 +7,9 @@
 package testkit
 
 import (
+	"io"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -38,4 +40,21 @@ func Eventually(t testing.TB, timeout time.Duration, what string, ok func() bool
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Get fetches url without keeping the connection (nothing left for goleak)
+// and returns the status and body; a request that fails returns 0 and the error text.
+func Get(t testing.TB, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err.Error()
+	}
+	return resp.StatusCode, string(b)
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
-	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/config"
@@ -24,8 +22,6 @@ import (
 	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
 	"github.com/announcer/announcer/services/archiver/internal/storage"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const tmpl = "<message to='%s' from='announcer.localhost' type='chat'><body>n=[inc_id]</body></message>"
 
@@ -108,7 +104,7 @@ func (r *rig) start(t *testing.T) (*archiver, func() error) {
 		return <-errc
 	}
 	t.Cleanup(func() { _ = stop() })
-	testkit.Eventually(t, 30*time.Second, "ready", func() bool { c, _ := httpGet(t, a.debug+"/readyz"); return c == http.StatusOK })
+	testkit.Eventually(t, 30*time.Second, "ready", func() bool { c, _ := testkit.Get(t, a.debug+"/readyz"); return c == http.StatusOK })
 	return a, stop
 }
 
@@ -236,7 +232,7 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("committed node1 %d node2 %d; metrics:\n%s", r.committed(t, "node1"), r.committed(t, "node2"),
-				grep(func() string { _, b := httpGet(t, a.debug+"/metrics"); return b }(), "announcer_archiver"))
+				grep(func() string { _, b := testkit.Get(t, a.debug+"/metrics"); return b }(), "announcer_archiver"))
 		}
 	})
 	sr.readUntil(t, 5, 30*time.Second)
@@ -269,7 +265,7 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 	}
 	t.Logf("%d records for %d recipients (duplicates from retried writes are allowed)", sr.n, len(want))
 
-	code, body := httpGet(t, a.debug+"/metrics")
+	code, body := testkit.Get(t, a.debug+"/metrics")
 	if code != http.StatusOK || !strings.Contains(body, `announcer_archiver_batches_total{outcome="not_persisted"} 1`) ||
 		!strings.Contains(body, `announcer_archiver_dead_letters_total{reason="undecodable"} 1`) {
 		t.Errorf("metrics:\n%s", grep(body, "announcer_archiver"))
@@ -284,27 +280,15 @@ func TestArchiverReadiness(t *testing.T) {
 	r := newRig(t)
 	a, _ := r.start(t)
 	url := a.debug + "/readyz"
-	testkit.Eventually(t, 20*time.Second, "ready", func() bool { c, _ := httpGet(t, url); return c == http.StatusOK })
+	testkit.Eventually(t, 20*time.Second, "ready", func() bool { c, _ := testkit.Get(t, url); return c == http.StatusOK })
 	r.proxy.Set(tcpproxy.Refuse)
-	testkit.Eventually(t, 20*time.Second, "not ready", func() bool { c, _ := httpGet(t, url); return c == http.StatusServiceUnavailable })
-}
-
-func httpGet(t *testing.T, url string) (int, string) {
-	t.Helper()
-	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	testkit.Eventually(t, 20*time.Second, "not ready", func() bool { c, _ := testkit.Get(t, url); return c == http.StatusServiceUnavailable })
 }
 
 // metric reads one unlabelled sample from the archiver's /metrics.
 func metric(t *testing.T, a *archiver, name string) float64 {
 	t.Helper()
-	_, body := httpGet(t, a.debug+"/metrics")
+	_, body := testkit.Get(t, a.debug+"/metrics")
 	for _, line := range strings.Split(body, "\n") {
 		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			var f float64

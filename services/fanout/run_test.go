@@ -17,7 +17,6 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
-	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/config"
@@ -31,8 +30,6 @@ import (
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore/mysqltest"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const template = "<message from='announcer.localhost' to='%s' type='chat'><body>hi [inc_id]</body></message>"
 

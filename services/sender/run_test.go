@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"flag"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
-	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/config"
@@ -24,11 +22,10 @@ import (
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/services/sender/internal/testuser"
 	"github.com/announcer/announcer/services/sender/internal/xmpplink"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func testConfig(t *testing.T, env stacktest.Env) config.Config {
 	t.Helper()
@@ -113,7 +110,7 @@ func start(t *testing.T, cfg config.Config, h hooks) *started {
 	t.Cleanup(func() { _ = s.stop() })
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		code, body := get(t, s.debug+"/readyz")
+		code, body := testkit.Get(t, s.debug+"/readyz")
 		if code == http.StatusOK {
 			return s
 		}
@@ -139,18 +136,6 @@ func sum(metrics, name string) float64 {
 	return total
 }
 
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
 // The whole sender against the real Kafka and ejabberd: batches from the
 // node's deliveries topic reach a logged-in user, bad input is dead-lettered,
 // every offset ends committed, readiness and metrics tell the truth, and
@@ -165,7 +150,7 @@ func TestSenderEndToEnd(t *testing.T) {
 	base := s.debug
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		code, body := get(t, base+"/readyz")
+		code, body := testkit.Get(t, base+"/readyz")
 		if code == http.StatusOK {
 			break
 		}
@@ -224,23 +209,16 @@ func TestSenderEndToEnd(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	dlq := kafka.NewReader(kafka.ReaderConfig{Brokers: env.KafkaBrokers, GroupID: stacktest.Name("dlq"), Topic: cfg.Bus.DeadLetterTopic, MaxWait: 50 * time.Millisecond, StartOffset: kafka.FirstOffset})
-	defer dlq.Close()
 	reasons := map[string]bool{}
-	for len(reasons) < 2 {
-		m, err := dlq.FetchMessage(wctx)
-		if err != nil {
-			t.Fatalf("dead letters %v: %v", reasons, err)
-		}
-		for _, h := range m.Headers {
-			if h.Key == kafkabus.HeaderReason {
-				reasons[string(m.Value[:4])+": "+string(h.Value)] = true
-			}
-		}
+	for _, r := range kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.DeadLetterTopic, 2, 20*time.Second) {
+		reasons[string(r.Value[:4])+": "+r.Headers[kafkabus.HeaderReason]] = true
+	}
+	if len(reasons) != 2 {
+		t.Fatalf("dead letters %v, want the undecodable batch and the bad template", reasons)
 	}
 	t.Logf("dead letters: %v", reasons)
 
-	_, metrics := get(t, base+"/metrics")
+	_, metrics := testkit.Get(t, base+"/metrics")
 	for _, want := range []string{
 		`announcer_sender_connections_up{node="node1"} 2`,
 		`announcer_sender_stanzas_sent_total{node="node1"} 3`,
@@ -304,7 +282,7 @@ func TestSenderClientModeEndToEnd(t *testing.T) {
 	base := s.debug
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		_, metrics := get(t, base+"/metrics")
+		_, metrics := testkit.Get(t, base+"/metrics")
 		if strings.Contains(metrics, `announcer_sender_dead_letters_total{node="node1",reason="template"} 1`) &&
 			strings.Contains(metrics, `announcer_sender_connections_up{node="node1"} 2`) {
 			break

@@ -87,24 +87,28 @@ func leadersKnown(ctx context.Context, c *kafka.Client, names []string, partitio
 
 // DeleteAtEnd deletes topics (e.g. ones a service created) when the test ends.
 func DeleteAtEnd(t testing.TB, brokers []string, names ...string) {
-	c := client(t, brokers)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if _, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: names}); err != nil {
-			t.Logf("delete topics %v: %v", names, err)
-		}
+	atEnd(t, brokers, "delete topics", func(ctx context.Context, c *kafka.Client) error {
+		_, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: names})
+		return err
 	})
 }
 
 // DeleteGroupsAtEnd deletes consumer groups when the test ends.
 func DeleteGroupsAtEnd(t testing.TB, brokers []string, groups ...string) {
+	atEnd(t, brokers, "delete groups", func(ctx context.Context, c *kafka.Client) error {
+		_, err := c.DeleteGroups(ctx, &kafka.DeleteGroupsRequest{GroupIDs: groups})
+		return err
+	})
+}
+
+// atEnd runs a clean-up request when the test ends; a failure is only logged.
+func atEnd(t testing.TB, brokers []string, what string, do func(context.Context, *kafka.Client) error) {
 	c := client(t, brokers)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if _, err := c.DeleteGroups(ctx, &kafka.DeleteGroupsRequest{GroupIDs: groups}); err != nil {
-			t.Logf("delete groups %v: %v", groups, err)
+		if err := do(ctx, c); err != nil {
+			t.Logf("%s: %v", what, err)
 		}
 	})
 }

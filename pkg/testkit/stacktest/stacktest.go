@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/announcer/announcer/pkg/config"
 )
 
 // Env is where the real servers listen, from the variables `stack.sh env` prints.
@@ -34,7 +36,7 @@ type Env struct {
 func Get(t testing.TB) Env {
 	t.Helper()
 	e := Env{
-		KafkaBrokers:    split(os.Getenv("ANNOUNCER_KAFKA_BROKERS")),
+		KafkaBrokers:    config.SplitList(os.Getenv("ANNOUNCER_KAFKA_BROKERS")),
 		MySQLDSN:        os.Getenv("ANNOUNCER_MYSQL_DSN"),
 		RedisAddr:       os.Getenv("ANNOUNCER_REDIS_ADDR"),
 		C2SAddr:         os.Getenv("ANNOUNCER_XMPP_C2S"),
@@ -46,7 +48,7 @@ func Get(t testing.TB) Env {
 		EjabberdAPI:     os.Getenv("ANNOUNCER_EJABBERD_API"),
 		EjabberdCtl:     os.Getenv("ANNOUNCER_EJABBERDCTL"),
 	}
-	for _, pair := range split(os.Getenv("ANNOUNCER_COMPONENT_SPARES")) {
+	for _, pair := range config.SplitList(os.Getenv("ANNOUNCER_COMPONENT_SPARES")) {
 		d, rest, ok1 := strings.Cut(pair, "=")
 		secret, addr, ok2 := strings.Cut(rest, "@")
 		if ok1 && ok2 {
@@ -87,14 +89,4 @@ func Name(prefix string) string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return prefix + "_" + hex.EncodeToString(b[:])
-}
-
-func split(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }

@@ -6,15 +6,12 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"mellium.im/xmpp/component"
 	"mellium.im/xmpp/jid"
 
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // A message written on a component connection reaches a logged-in client, decoded.
 func TestClientReceivesFromComponent(t *testing.T) {

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
@@ -15,8 +13,6 @@ import (
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore/mysqltest"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type fixture struct {
 	*mysqlstore.Store

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/testkit"
@@ -26,8 +25,6 @@ import (
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // redisFixture seeds presence the way the presence tracker does.
 type redisFixture struct{ *Redis }

@@ -48,35 +48,22 @@ func NewRedis(c config.UserActivityRedis, o RedisOptions) (*Redis, error) {
 	}
 	rt := time.Duration(max(c.ReadTimeout, 1)) * time.Millisecond
 	r := &Redis{chunk: o.Chunk, cluster: len(addrs) > 1 || c.Cluster}
-	if r.cluster {
-		if c.DB != 0 {
-			return nil, fmt.Errorf("redis presence: db %d: Redis Cluster has only db 0", c.DB)
-		}
-		r.c = redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs:        addrs,
-			Password:     c.Password.Value(),
-			ReadTimeout:  rt,
-			WriteTimeout: rt,
-			DialTimeout:  2 * time.Second,
-			// One dial per call: the use case retries with its own backoff.
-			DialerRetries: 1,
-			MaxRetries:    c.MaxRetries,
-			PoolSize:      o.PoolSize,
-		})
-	} else {
-		r.c = redis.NewClient(&redis.Options{
-			Addr:         addrs[0],
-			Password:     c.Password.Value(),
-			DB:           c.DB,
-			ReadTimeout:  rt,
-			WriteTimeout: rt,
-			DialTimeout:  2 * time.Second,
-			// One dial per call: the use case retries with its own backoff.
-			DialerRetries: 1,
-			MaxRetries:    c.MaxRetries,
-			PoolSize:      o.PoolSize,
-		})
+	if r.cluster && c.DB != 0 {
+		return nil, fmt.Errorf("redis presence: db %d: Redis Cluster has only db 0", c.DB)
 	}
+	r.c = redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:         addrs,
+		IsClusterMode: r.cluster,
+		Password:      c.Password.Value(),
+		DB:            c.DB,
+		ReadTimeout:   rt,
+		WriteTimeout:  rt,
+		DialTimeout:   2 * time.Second,
+		// One dial per call: the use case retries with its own backoff.
+		DialerRetries: 1,
+		MaxRetries:    c.MaxRetries,
+		PoolSize:      o.PoolSize,
+	})
 	return r, nil
 }
 

@@ -308,16 +308,3 @@ func FieldLabel(field string) string {
 	}
 	return "other"
 }
-
-// clip bounds client-controlled text echoed in errors.
-func clip(s string) string {
-	const max = 64
-	if len(s) <= max {
-		return s
-	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
-}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/stanza"
 )
 
 // Request is one decoded body: a channel body (Channel set) or a users body
@@ -143,7 +144,7 @@ func jsonError(err error) error {
 	// encoding/json has no typed error for unknown fields.
 	if rest, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
 		if name := strings.Trim(rest, `"`); name != "" {
-			return invalid(clip(name), "unknown field")
+			return invalid(stanza.Clip(name), "unknown field")
 		}
 		return invalid("body", `unknown field ""`)
 	}
@@ -151,5 +152,5 @@ func jsonError(err error) error {
 	if strings.Contains(msg, "channel id") {
 		return invalid("channel_id", strings.TrimPrefix(msg, "channel id: "))
 	}
-	return invalid("body", clip(msg))
+	return invalid("body", stanza.Clip(msg))
 }

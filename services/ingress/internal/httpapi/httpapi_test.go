@@ -18,15 +18,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
-	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/httpserver"
 	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const testToken = "test-token-0123456789"
 

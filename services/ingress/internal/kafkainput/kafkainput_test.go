@@ -12,15 +12,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
-	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/stage"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // fakeAnnouncer refuses bodies that contain "bad" and fails Publish as told.
 type fakeAnnouncer struct {

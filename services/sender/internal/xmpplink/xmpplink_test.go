@@ -13,15 +13,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
-	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
 	"github.com/announcer/announcer/services/sender/internal/sink"
 	"github.com/announcer/announcer/services/sender/internal/testuser"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type harness struct {
 	pool *Pool
