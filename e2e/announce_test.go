@@ -309,3 +309,41 @@ func TestKafkaInputReachesClientsAndBadRecordsAreDeadLettered(t *testing.T) {
 	}
 	expectNothing(t, cm, 1)
 }
+
+// A users list through ingress and fanout: recipients given as bare JIDs or
+// full JIDs (a session's resource) are looked up in Redis by their username,
+// so each goes out through the sender of the node it is online on (not one
+// picked by hashing the JID).
+func TestUsersListIsRoutedByPresence(t *testing.T) {
+	s := newSystem(t, options{nodes: []string{"node1", "node2"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var list []string
+	clients := map[string]*xmpptest.Client{} // the address each was sent to
+	for i := range 10 {
+		node := "node2"
+		if i < 2 {
+			node = "node1"
+		}
+		u := s.user(fmt.Sprintf("routed%d", i), node)
+		c := s.login(ctx, u)
+		to := u + "@" + s.domain // ingress keeps the username of a bare JID of the domain
+		if i%2 == 1 {
+			to = c.JID.String() // and the whole JID when it names a resource
+		}
+		clients[to] = c
+		list = append(list, to)
+	}
+	s.announce("/v1/announce/users", map[string]any{"usernames": list, "message": b64(template(s.from)), "persist": false})
+	for to, c := range clients {
+		msgs, err := c.Wait(ctx, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkRendered(t, msgs[0], to, s.from)
+	}
+	sent := func(name string) float64 { return s.metric(name, "announcer_sender_stanzas_sent_total") }
+	if n1, n2 := sent("sender-node1-0"), sent("sender-node2-0"); n1 != 2 || n2 != 8 {
+		t.Fatalf("node1's sender sent %v and node2's %v stanzas, want 2 and 8 (each user through its own node)", n1, n2)
+	}
+}
