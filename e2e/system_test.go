@@ -72,8 +72,10 @@ type system struct {
 	rdb     *redis.Client
 	api     xmpptest.API
 	users   []string
+	brokers []string
 	mu      sync.Mutex
-	procs   []*exec.Cmd
+	procs   []*service // in start order
+	byName  map[string]*service
 	logs    map[string]*bytes.Buffer
 	nodes   []string
 	domain  string // users' domain
@@ -81,7 +83,17 @@ type system struct {
 	from    string // the component domain templates are sent from
 }
 
+// service is one process of the system: what started it, to start it again.
+type service struct {
+	cmd       *exec.Cmd
+	cfg       string
+	args      []string
+	exited    chan struct{} // closed once the process is gone
+	exitState string
+}
+
 type options struct {
+	brokers    []string       // the Kafka of every topic (default: the stack's)
 	nodes      []string       // node names; each gets presence address <p>-<node>
 	senders    map[string]int // sender processes per node (default 1)
 	rate       int            // [ejabberd] rate_limit per connection (default 2000)
@@ -110,10 +122,14 @@ func newSystem(t *testing.T, o options) *system {
 	}
 	s := &system{
 		t: t, env: env, p: stacktest.Name("e2e"), dir: t.TempDir(),
-		debug: map[string]string{}, logs: map[string]*bytes.Buffer{},
+		debug: map[string]string{}, logs: map[string]*bytes.Buffer{}, byName: map[string]*service{},
 		api: xmpptest.API{Base: env.EjabberdAPI}, nodes: o.nodes, domain: env.XMPPDomain,
 	}
 	s.storage = s.p + "_storage"
+	s.brokers = env.KafkaBrokers
+	if len(o.brokers) > 0 {
+		s.brokers = o.brokers
+	}
 	t.Cleanup(s.stop)
 
 	// Database of this system alone, with the first generation's schema.
@@ -193,7 +209,7 @@ func newSystem(t *testing.T, o options) *system {
 	config := func(self proc) string {
 		component := self.domain
 		return strings.NewReplacer(
-			"@REST@", s.rest, "@BROKERS@", strings.Join(env.KafkaBrokers, ","), "@P@", s.p,
+			"@REST@", s.rest, "@BROKERS@", strings.Join(s.brokers, ","), "@P@", s.p,
 			"@MYSQL@", dsn.Addr, "@MYSQL_USER@", dsn.User, "@MYSQL_PASS@", dsn.Passwd,
 			"@PAGE@", fmt.Sprint(o.pagination), "@REDIS@", env.RedisAddr, "@COMPONENT@", env.ComponentAddr,
 			"@COMPONENT_NAME@", component, "@SECRET@", env.SecretFor(component), "@DOMAIN@", env.XMPPDomain, "@FROM@", s.from,
@@ -271,7 +287,7 @@ group_name = "@P@_archiver"
 	// The operator's input topic exists before the ingress consumes it.
 	tctx, tcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer tcancel()
-	if err := kafkabus.EnsureTopics(tctx, env.KafkaBrokers, kafkabus.Topic{Name: s.p + "_input", Partitions: 2, ReplicationFactor: 1}); err != nil {
+	if err := kafkabus.EnsureTopics(tctx, s.brokers, kafkabus.Topic{Name: s.p + "_input", Partitions: 2, ReplicationFactor: 1}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -299,38 +315,76 @@ func (s *system) start(name, cfg string, args []string) {
 		bin = name[:i]
 	}
 	dbg := testkit.FreeAddr(s.t)
-	s.debug[name] = dbg
 	cmd := exec.Command(filepath.Join(binDir, "announcer-"+bin), append([]string{"-config", cfg, "-debug-port", dbg}, args...)...)
-	buf := &bytes.Buffer{}
+	s.mu.Lock()
+	buf := s.logs[name]
+	if buf == nil {
+		buf = &bytes.Buffer{}
+		s.logs[name] = buf
+	}
+	s.mu.Unlock()
 	w := &lockedWriter{mu: &s.mu, w: buf}
 	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
+	svc := &service{cmd: cmd, cfg: cfg, args: args, exited: make(chan struct{})}
+	go func() {
+		err := cmd.Wait()
+		svc.exitState = fmt.Sprint(err)
+		close(svc.exited)
+	}()
 	s.mu.Lock()
-	s.procs = append(s.procs, cmd)
-	s.logs[name] = buf
+	s.debug[name] = dbg
+	s.procs = append(s.procs, svc)
+	s.byName[name] = svc
 	s.mu.Unlock()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get("http://" + dbg + "/readyz")
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-			if time.Now().After(deadline) {
-				s.t.Fatalf("%s not ready: %s\n%s", name, body, s.log(name))
-			}
-		} else if time.Now().After(deadline) {
-			s.t.Fatalf("%s not ready: %v\n%s", name, err, s.log(name))
+		code, body := testkit.Get(s.t, "http://"+dbg+"/readyz")
+		if code == http.StatusOK {
+			return
 		}
-		if cmd.ProcessState != nil {
-			s.t.Fatalf("%s exited: %s", name, s.log(name))
+		select {
+		case <-svc.exited:
+			s.t.Fatalf("%s exited (%s): %s", name, svc.exitState, s.log(name))
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("%s not ready: %d %s\n%s", name, code, body, s.log(name))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// kill ends a service with SIGKILL, as a crash would, and waits until it is gone.
+func (s *system) kill(name string) {
+	s.t.Helper()
+	svc := s.byName[name]
+	if err := svc.cmd.Process.Kill(); err != nil {
+		s.t.Fatalf("kill -9 %s: %v", name, err)
+	}
+	<-svc.exited
+}
+
+// restart starts a service again the way it was started first.
+func (s *system) restart(name string) {
+	s.t.Helper()
+	svc := s.byName[name]
+	s.start(name, svc.cfg, svc.args)
+}
+
+// exited lists the services whose process is gone.
+func (s *system) exited() []string {
+	var out []string
+	for name, svc := range s.byName {
+		select {
+		case <-svc.exited:
+			out = append(out, name+" ("+svc.exitState+")")
+		default:
+		}
+	}
+	return out
 }
 
 func (s *system) log(name string) string {
@@ -346,15 +400,13 @@ func (s *system) log(name string) string {
 func (s *system) stop() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
 		p := s.procs[i]
-		_ = p.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- p.Wait() }()
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-done:
+		case <-p.exited:
 		case <-time.After(20 * time.Second):
-			_ = p.Process.Kill()
-			<-done
-			s.t.Errorf("%s did not stop within 20 s of SIGTERM", p.Path)
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+			s.t.Errorf("%s did not stop within 20 s of SIGTERM", p.cmd.Path)
 		}
 	}
 	if s.t.Failed() {

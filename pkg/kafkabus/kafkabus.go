@@ -91,17 +91,20 @@ type ReaderOptions struct {
 // so nothing accepted before the first start of a service is skipped.
 func NewReader(brokers []string, group string, topics []string, o ReaderOptions) *kafka.Reader {
 	cfg := kafka.ReaderConfig{
-		Brokers:                brokers,
-		GroupID:                group,
-		GroupTopics:            topics,
-		StartOffset:            kafka.FirstOffset,
-		MinBytes:               o.MinBytes,
-		MaxBytes:               o.MaxBytes,
-		MaxWait:                o.MaxWait,
-		QueueCapacity:          o.QueueCapacity,
-		CommitInterval:         0,
-		HeartbeatInterval:      time.Second,
-		SessionTimeout:         10 * time.Second,
+		Brokers:           brokers,
+		GroupID:           group,
+		GroupTopics:       topics,
+		StartOffset:       kafka.FirstOffset,
+		MinBytes:          o.MinBytes,
+		MaxBytes:          o.MaxBytes,
+		MaxWait:           o.MaxWait,
+		QueueCapacity:     o.QueueCapacity,
+		CommitInterval:    0,
+		HeartbeatInterval: time.Second,
+		// The broker's minimum (group.min.session.timeout.ms): after a broker
+		// restart kafka-go rejoins as a new member, and the group waits this
+		// long for the old one before it rebalances, so it is the recovery time.
+		SessionTimeout:         6 * time.Second,
 		RebalanceTimeout:       10 * time.Second,
 		JoinGroupBackoff:       time.Second,
 		ReadBackoffMin:         50 * time.Millisecond,

@@ -54,13 +54,17 @@ func (r *Reject) RejectLabel() string { return r.Label }
 
 // ConsumerOptions tune a Consumer.
 type ConsumerOptions struct {
-	// MaxInFlight bounds the records fetched and not committed yet: being
-	// handled, or handled and waiting for their commit. While commits fail
-	// (a broker outage) the consumer takes no new work beyond it, so a crash
-	// then replays at most MaxInFlight records.
-	MaxInFlight  int
-	DrainTimeout time.Duration // how long records in flight may finish after ctx ends
-	Retry        backoff.Policy
+	// MaxInFlight bounds the records being handled at once.
+	MaxInFlight int
+	// MaxUncommitted bounds the records fetched and not committed yet: being
+	// handled, or handled and waiting for their commit (default MaxInFlight).
+	// While commits fail (a broker outage) the consumer takes no new work
+	// beyond it, so a crash then replays at most MaxUncommitted records. Above
+	// MaxInFlight it lets handlers go on while an earlier, slower record of a
+	// partition holds its commit back.
+	MaxUncommitted int
+	DrainTimeout   time.Duration // how long records in flight may finish after ctx ends
+	Retry          backoff.Policy
 	// Dedupe remembers this many records (topic, key and value) and
 	// skips identical copies: a producer that retried a write whose ack was
 	// lost leaves such copies. Only for topics where two identical records
@@ -80,7 +84,8 @@ type Consumer struct {
 	m      *consumerMetrics
 	health *health
 
-	slots chan struct{} // one token per record fetched and not committed
+	slots   chan struct{} // one token per record fetched and not committed
+	working chan struct{} // one token per record being handled
 
 	mu      sync.Mutex
 	track   *tracker
@@ -93,6 +98,7 @@ type Consumer struct {
 // registered on reg, whose names the caller prefixes (announcer_<service>_...).
 func NewConsumer(dlq DeadLetterer, h Handler, opt ConsumerOptions, log zerolog.Logger, reg prometheus.Registerer) *Consumer {
 	opt.MaxInFlight = max(opt.MaxInFlight, 1)
+	opt.MaxUncommitted = max(opt.MaxUncommitted, opt.MaxInFlight)
 	if opt.DrainTimeout <= 0 {
 		opt.DrainTimeout = 30 * time.Second
 	}
@@ -109,7 +115,8 @@ func NewConsumer(dlq DeadLetterer, h Handler, opt ConsumerOptions, log zerolog.L
 		log:     log,
 		warn:    log.Sample(&zerolog.BurstSampler{Burst: 3, Period: 10 * time.Second}),
 		health:  newHealth(m, log),
-		slots:   make(chan struct{}, opt.MaxInFlight),
+		slots:   make(chan struct{}, opt.MaxUncommitted),
+		working: make(chan struct{}, opt.MaxInFlight),
 		track:   newTracker(),
 		seen:    newRecent(opt.Dedupe),
 		kick:    make(chan struct{}, 1),
@@ -134,15 +141,12 @@ func (c *Consumer) Run(ctx context.Context, r Fetcher) error {
 
 	var handlers sync.WaitGroup
 	for failures := 0; ; {
-		select {
-		case c.slots <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
+		if !c.acquire(ctx) {
 			break
 		}
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
+			<-c.working
 			<-c.slots
 			if ctx.Err() != nil {
 				break
@@ -167,13 +171,18 @@ func (c *Consumer) Run(ctx context.Context, r Fetcher) error {
 		switch {
 		case !admitted:
 			// A copy of a record this process has in hand (kafka-go re-read it after a rebalance).
+			<-c.working
 			<-c.slots
 			c.m.refetched.Inc()
 		case dup:
 			c.m.duplicates.Inc()
+			<-c.working
 			c.finish(m)
 		default:
-			handlers.Go(func() { c.process(hctx, m) })
+			handlers.Go(func() {
+				c.process(hctx, m)
+				<-c.working
+			})
 		}
 	}
 
@@ -198,6 +207,23 @@ func (c *Consumer) Run(ctx context.Context, r Fetcher) error {
 		return fmt.Errorf("final commit (the records after the last commit will be handled again): %w", err)
 	}
 	return nil
+}
+
+// acquire takes a slot of the uncommitted bound, then one of the handlers,
+// or reports that ctx ended first.
+func (c *Consumer) acquire(ctx context.Context) bool {
+	select {
+	case c.slots <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	select {
+	case c.working <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		<-c.slots
+		return false
+	}
 }
 
 // process handles one record until its effect is durable or hctx ends.

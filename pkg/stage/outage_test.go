@@ -269,3 +269,29 @@ func TestRecentIsBounded(t *testing.T) {
 		t.Fatal("key d taken for value d")
 	}
 }
+
+// A slow record holds its partition's commit back, not the handlers: up to
+// MaxUncommitted records are taken meanwhile, no more.
+func TestConsumerSlowRecordHoldsOnlyItsCommit(t *testing.T) {
+	b := newFakeBroker(values(20)...)
+	var h counting
+	release := make(chan struct{})
+	slowFirst := func(ctx context.Context, m kafka.Message) error {
+		if m.Offset == 0 {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return h.handle(ctx, m)
+	}
+	startConsumer(t, b, slowFirst, ConsumerOptions{MaxInFlight: 2, MaxUncommitted: 6})
+	testkit.Eventually(t, 10*time.Second, "the records behind the slow one handled", func() bool { _, all := h.total(); return all == 5 })
+	time.Sleep(50 * time.Millisecond)
+	if next, committed := b.state(); next != 6 || committed != -1 {
+		t.Fatalf("fetched up to %d, committed %d while offset 0 is in flight; want 6 fetched, nothing committed", next, committed)
+	}
+	close(release)
+	testkit.Eventually(t, 10*time.Second, "everything committed", func() bool { _, cm := b.state(); return cm == 20 })
+}

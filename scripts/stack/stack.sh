@@ -7,6 +7,9 @@
 #   stack.sh status             one line per server; exit 0 when all are up, 3 otherwise
 #   stack.sh env                `export ANNOUNCER_...=` lines for tests:  eval "$(stack.sh env)"
 #   stack.sh restart-ejabberd   stop and start our ejabberd node, wait until ready
+#   stack.sh kafka-up|kafka-down|kafka-pid
+#                               only the Kafka broker (tests run a private one: STACK_DIR, KAFKA_PORT,
+#                               KAFKA_CONTROLLER_PORT and KAFKA_LIBS_DIR name it; kafka-pid prints its pid)
 #
 # Settings (environment): STACK_DIR, STACK_TIMEOUT (s per server, default 120), STACK_STOP_TIMEOUT
 # (s before SIGKILL, default 30), KAFKA_PORT, KAFKA_CONTROLLER_PORT, MYSQL_PORT, REDIS_PORT,
@@ -30,7 +33,7 @@ STACK_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 SERVICES=(kafka mariadb redis ejabberd)
 
 usage() {
-  sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 # One `up`/`down`/`restart-ejabberd` at a time (tests may call `up` concurrently).
@@ -136,6 +139,9 @@ cmd_env() {
   env_line ANNOUNCER_XMPP_DOMAIN "$XMPP_DOMAIN"
   env_line ANNOUNCER_EJABBERD_API "$(ejabberd_api_url)"
   env_line ANNOUNCER_EJABBERDCTL "$(ejabberd_ctl_line)"
+  # For tests that run a broker of their own (kafka-up with another STACK_DIR and ports).
+  env_line ANNOUNCER_STACK_SCRIPT "$STACK_SCRIPTS/stack.sh"
+  env_line ANNOUNCER_KAFKA_LIBS_DIR "$(kafka_libs_dir)"
 }
 
 cmd_restart_ejabberd() {
@@ -148,6 +154,17 @@ cmd_restart_ejabberd() {
   log "ejabberd restarted in $((SECONDS - t0))s"
 }
 
+cmd_kafka_up() {
+  take_lock
+  kafka_preflight || die "cannot start kafka: port(s) taken by processes that are not ours"
+  kafka_start || die "kafka did not come up"
+}
+
+cmd_kafka_down() {
+  take_lock
+  kafka_stop
+}
+
 main() {
   case "${1:-}" in
     up) cmd_up ;;
@@ -155,6 +172,9 @@ main() {
     status) cmd_status ;;
     env) cmd_env ;;
     restart-ejabberd) cmd_restart_ejabberd ;;
+    kafka-up) cmd_kafka_up ;;
+    kafka-down) cmd_kafka_down ;;
+    kafka-pid) kafka_pid ;;
     -h | --help | help) usage ;;
     *)
       usage

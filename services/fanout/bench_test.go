@@ -457,7 +457,7 @@ func bench(ctx context.Context, f flags) error {
 	median := sorted[len(sorted)/2]
 	fmt.Printf("verified          every run: %d recipients, each once, on its node's topic\n", f.online)
 	fmt.Printf("seconds           median %.3f, best %.3f, worst %.3f of %d runs\n", median, sorted[0], sorted[len(sorted)-1], len(sorted))
-	fmt.Printf("members/s         %.0f (median runID)\n", float64(f.members)/median)
+	fmt.Printf("members/s         %.0f (median run)\n", float64(f.members)/median)
 	fmt.Printf("peak RSS          %.1f MiB over the runs (VmHWM reset after seeding; now %.1f MiB; seeding peak %.1f MiB)\n",
 		float64(hwm)/1024, float64(rss)/1024, float64(seedHWM)/1024)
 	elapsed := time.Duration(median * float64(time.Second))

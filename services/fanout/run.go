@@ -118,7 +118,12 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		}),
 		ConsumerOptions: stage.ConsumerOptions{
 			MaxInFlight: max(cfg.LogicProcessNumber, 1), DrainTimeout: drainTimeout,
-			Retry: backoff.Policy{Initial: 100 * time.Millisecond, Max: cfg.Fanout.RetryMax.D()},
+			// Shard tasks of one channel share partitions: a finished task may
+			// wait for an earlier, longer one's commit without idling a worker.
+			// A crash re-resolves at most these tasks (the batches come out
+			// identical, and the senders skip identical copies).
+			MaxUncommitted: 4 * max(cfg.LogicProcessNumber, 1),
+			Retry:          backoff.Policy{Initial: 100 * time.Millisecond, Max: cfg.Fanout.RetryMax.D()},
 			// An identical event is the same announcement (or shard task) written twice.
 			Dedupe: 4096,
 		},

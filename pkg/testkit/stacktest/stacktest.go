@@ -29,6 +29,8 @@ type Env struct {
 	XMPPDomain      string
 	EjabberdAPI     string
 	EjabberdCtl     string // full ejabberdctl command line of the stack's instance
+	StackScript     string // scripts/stack/stack.sh, for tests that run a server of their own
+	KafkaLibsDir    string // the Kafka jars the stack's broker runs from
 }
 
 // Get returns the stack's addresses. Without them the test is skipped, unless
@@ -47,6 +49,8 @@ func Get(t testing.TB) Env {
 		XMPPDomain:      os.Getenv("ANNOUNCER_XMPP_DOMAIN"),
 		EjabberdAPI:     os.Getenv("ANNOUNCER_EJABBERD_API"),
 		EjabberdCtl:     os.Getenv("ANNOUNCER_EJABBERDCTL"),
+		StackScript:     os.Getenv("ANNOUNCER_STACK_SCRIPT"),
+		KafkaLibsDir:    os.Getenv("ANNOUNCER_KAFKA_LIBS_DIR"),
 	}
 	for _, pair := range config.SplitList(os.Getenv("ANNOUNCER_COMPONENT_SPARES")) {
 		d, rest, ok1 := strings.Cut(pair, "=")

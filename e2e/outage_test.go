@@ -1,0 +1,197 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/announcer/announcer/pkg/testkit"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/xmpptest"
+)
+
+// Sizes of the outage test: small enough for make test, large enough that a
+// fault lands in the middle of a delivery.
+const (
+	outageUsers  = 200
+	outageRounds = 15  // announcements per phase
+	outageBatch  = 100 // [fanout] batch_size
+	outageRate   = 300 // [ejabberd] rate_limit per connection (2 connections)
+	maxInFlight  = 4   // [sender] max_in_flight (the default)
+)
+
+// audienceRig is a system on a private broker with a channel of logged-in members.
+type audienceRig struct {
+	t       *testing.T
+	s       *system
+	kafka   *stacktest.Kafka
+	clients []*xmpptest.Client
+}
+
+// phase is what one fault run delivered.
+type phase struct {
+	name       string
+	want, got  int // stanzas that should arrive once, stanzas that arrived
+	duplicates int
+	lost       int
+}
+
+// announce posts rounds announcements of phase name to the channel.
+func (r *audienceRig) announce(name string) {
+	for i := range outageRounds {
+		tmpl := "<message to='%s' from='" + r.s.from + "' type='chat'><body>" + fmt.Sprintf("%s %d", name, i) + "</body></message>"
+		r.s.announce("/v1/announce/channel", map[string]any{"channel_id": 50, "message": b64(tmpl)})
+	}
+}
+
+// received counts the stanzas of phase name that arrived, and the distinct ones.
+func (r *audienceRig) received(name string) (all, distinct int) {
+	for _, c := range r.clients {
+		seen := map[string]bool{}
+		for _, m := range c.Messages() {
+			if len(m.Bodies) == 1 && strings.HasPrefix(m.Bodies[0], name+" ") {
+				all++
+				if !seen[m.Bodies[0]] {
+					seen[m.Bodies[0]] = true
+					distinct++
+				}
+			}
+		}
+	}
+	return all, distinct
+}
+
+// waitFraction waits until at least frac of the phase arrived.
+func (r *audienceRig) waitFraction(name string, frac float64) {
+	want := int(frac * outageUsers * outageRounds)
+	testkit.Eventually(r.t, 60*time.Second, fmt.Sprintf("%.0f%% of %s delivered", 100*frac, name), func() bool {
+		_, d := r.received(name)
+		return d >= want
+	})
+}
+
+// settle waits until every member has every announcement of the phase, then
+// a quiet period for late duplicates, and counts.
+func (r *audienceRig) settle(name string, timeout time.Duration) phase {
+	want := outageUsers * outageRounds
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, d := r.received(name); d == want || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(quiet)
+	all, distinct := r.received(name)
+	return phase{name: name, want: want, got: all, duplicates: all - distinct, lost: want - distinct}
+}
+
+// firstProgress returns how long after start the phase's count first grew past from.
+func (r *audienceRig) firstProgress(name string, from int, start time.Time) time.Duration {
+	testkit.Eventually(r.t, 90*time.Second, name+" progressing again", func() bool {
+		all, _ := r.received(name)
+		return all > from
+	})
+	return time.Since(start)
+}
+
+// readyNamesKafka checks that a service's /readyz says not ready and names Kafka.
+func (r *audienceRig) readyNamesKafka(name string) {
+	testkit.Eventually(r.t, 20*time.Second, name+" /readyz naming kafka", func() bool {
+		code, body := testkit.Get(r.t, "http://"+r.s.debug[name]+"/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, `"kafka"`)
+	})
+}
+
+// A real broker outage and real crashes, with every service running as a
+// process and every member logged in over c2s: the broker is killed with
+// SIGKILL and restarted while announcements are being delivered, the sender
+// is killed with SIGKILL during normal running and during a broker outage.
+// Nothing is lost, no service exits on its own, the ingress answers 503 while
+// it cannot publish, and duplicates stay within the bounds the README states.
+func TestBrokerOutageAndCrashes(t *testing.T) {
+	env := stacktest.Get(t)
+	kafka := stacktest.PrivateKafka(t, env)
+	s := newSystem(t, options{brokers: kafka.Brokers(), rate: outageRate, batch: outageBatch, pagination: 100, shard: 100000})
+	r := &audienceRig{t: t, s: s, kafka: kafka}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var members []string
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range outageUsers {
+		u := s.user(fmt.Sprintf("o%d", i), "node1")
+		members = append(members, u)
+		wg.Go(func() {
+			c := s.login(ctx, u)
+			mu.Lock()
+			r.clients = append(r.clients, c)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	s.channel(50, s.p+"-outage", "ACCEPTED", members...)
+	bound := maxInFlight * outageBatch // stanzas: what one sender holds uncommitted, at most
+
+	// A: the broker dies and comes back while every service keeps running.
+	r.announce("A")
+	r.waitFraction("A", 0.3)
+	kafka.Kill()
+	down := time.Now()
+	code, body := s.post("/v1/announce/channel", map[string]any{"channel_id": 50, "message": b64(template(s.from))})
+	if code != http.StatusServiceUnavailable || body["error"] == nil {
+		t.Errorf("POST while the broker is down: %d %v, want 503 with a JSON reason", code, body)
+	}
+	for _, name := range []string{"ingress", "fanout", "sender-node1-0", "archiver"} {
+		r.readyNamesKafka(name)
+	}
+	time.Sleep(2 * time.Second) // every consumer sees failing fetches and commits
+	before, _ := r.received("A")
+	kafka.Start()
+	back := time.Now()
+	resumed := r.firstProgress("A", before, back)
+	a := r.settle("A", 120*time.Second)
+	recovered := time.Since(back) - quiet
+	if gone := s.exited(); len(gone) > 0 {
+		t.Fatalf("services exited during the broker outage: %v", gone)
+	}
+	t.Logf("A broker restart, services up: %d of %d delivered, %d lost, %d duplicates (bound %d); broker down %.1fs; "+
+		"first stanza %.1fs after the broker was back, all delivered after %.1fs",
+		a.got-a.duplicates, a.want, a.lost, a.duplicates, bound, back.Sub(down).Seconds(), resumed.Seconds(), recovered.Seconds())
+
+	// B: the sender is killed in the middle of a delivery, and restarted.
+	r.announce("B")
+	r.waitFraction("B", 0.3)
+	s.kill("sender-node1-0")
+	s.restart("sender-node1-0")
+	b := r.settle("B", 120*time.Second)
+	t.Logf("B sender kill -9: %d lost, %d duplicates (bound %d)", b.lost, b.duplicates, bound)
+
+	// C: the sender is killed while the broker is down (what it did meanwhile
+	// cannot be committed), then both come back.
+	r.announce("C")
+	r.waitFraction("C", 0.3)
+	kafka.Kill()
+	time.Sleep(2 * time.Second) // the sender finishes what it holds, and cannot commit it
+	s.kill("sender-node1-0")
+	kafka.Start()
+	s.restart("sender-node1-0")
+	c := r.settle("C", 120*time.Second)
+	t.Logf("C sender kill -9 during a broker outage: %d lost, %d duplicates (bound %d)", c.lost, c.duplicates, bound)
+
+	for _, p := range []phase{a, b, c} {
+		if p.lost != 0 {
+			t.Errorf("phase %s: %d of %d stanzas lost", p.name, p.lost, p.want)
+		}
+		if p.duplicates > bound {
+			t.Errorf("phase %s: %d duplicates, over the bound of %d (max_in_flight × batch_size)", p.name, p.duplicates, bound)
+		}
+	}
+	if gone := s.exited(); len(gone) > 0 {
+		t.Fatalf("services exited: %v", gone)
+	}
+}

@@ -1,0 +1,86 @@
+package stacktest
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/announcer/announcer/pkg/testkit"
+)
+
+// Kafka is a private single-node broker a test may kill and restart, on
+// ports and a data directory of its own, from the stack's jars: the stack's
+// shared broker stays up for every other test.
+type Kafka struct {
+	t      testing.TB
+	env    []string
+	script string
+	addr   string
+}
+
+// PrivateKafka starts a broker for this test alone; it is stopped when the test ends.
+func PrivateKafka(t testing.TB, e Env) *Kafka {
+	t.Helper()
+	if e.StackScript == "" || e.KafkaLibsDir == "" {
+		t.Fatal("a private broker needs ANNOUNCER_STACK_SCRIPT and ANNOUNCER_KAFKA_LIBS_DIR (stack.sh env)")
+	}
+	port, cport := freePort(t), freePort(t)
+	k := &Kafka{
+		t: t, script: e.StackScript, addr: "127.0.0.1:" + port,
+		env: append(os.Environ(), "STACK_DIR="+t.TempDir(), "KAFKA_PORT="+port, "KAFKA_CONTROLLER_PORT="+cport,
+			"KAFKA_LIBS_DIR="+e.KafkaLibsDir, "STACK_STOP_TIMEOUT=10"),
+	}
+	t.Cleanup(func() { k.stack("kafka-down") })
+	k.Start()
+	return k
+}
+
+// Brokers are the broker's bootstrap addresses.
+func (k *Kafka) Brokers() []string { return []string{k.addr} }
+
+// Start starts the broker (again) and returns once it is ready; its data survives restarts.
+func (k *Kafka) Start() {
+	k.t.Helper()
+	if out, err := k.stack("kafka-up"); err != nil {
+		k.t.Fatalf("kafka-up: %v\n%s", err, out)
+	}
+}
+
+// Kill ends the broker with SIGKILL, as a crash would, and waits until it is gone.
+func (k *Kafka) Kill() {
+	k.t.Helper()
+	c := exec.Command("bash", k.script, "kafka-pid")
+	c.Env = k.env
+	b, err := c.Output()
+	out := string(b)
+	pid, perr := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil || perr != nil {
+		k.t.Fatalf("kafka-pid: %v %v: %q", err, perr, out)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		k.t.Fatalf("kill -9 %d: %v", pid, err)
+	}
+	for syscall.Kill(pid, 0) == nil {
+		if b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); strings.Contains(string(b), ") Z ") {
+			break // a zombie until the script's parent reaps it: dead all the same
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (k *Kafka) stack(cmd string) (string, error) {
+	c := exec.Command("bash", k.script, cmd)
+	c.Env = k.env
+	b, err := c.CombinedOutput()
+	return string(b), err
+}
+
+func freePort(t testing.TB) string {
+	_, port, _ := net.SplitHostPort(testkit.FreeAddr(t))
+	return port
+}
