@@ -263,6 +263,9 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 	reg := prometheus.WrapRegistererWithPrefix(in.Prefix, prometheus.WrapRegistererWith(in.Labels, rt.metrics))
 	log := rt.log.With().Str("input", in.Name).Logger()
 	c := NewConsumer(rt.DeadLetters(), in.Handle, in.ConsumerOptions, log, reg)
+	if strings.Join(brokers, ",") != strings.Join(rt.brokers, ",") {
+		rt.Check(in.Name+" brokers", func(ctx context.Context) error { return kafkabus.Ping(ctx, brokers) })
+	}
 	var joined atomic.Bool
 	rt.Check(in.Name, func(ctx context.Context) error {
 		if !joined.Load() {
