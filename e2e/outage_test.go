@@ -195,3 +195,36 @@ func TestBrokerOutageAndCrashes(t *testing.T) {
 		t.Fatalf("services exited: %v", gone)
 	}
 }
+
+// The queue in front of a node is visible: while its sender is stopped a
+// channel announcement waits in the node's topic, and the sender's
+// consumer_lag gauge shows it when the sender is back, then falls to 0 as
+// the sender catches up.
+func TestConsumerLagOfAStoppedSender(t *testing.T) {
+	s := newSystem(t, options{rate: 20}) // 40 stanzas/s on 2 connections: catching up takes seconds
+	var members []string
+	for i := range 100 {
+		members = append(members, s.user(fmt.Sprintf("lag%d", i), "node1"))
+	}
+	s.channel(60, s.p+"-lag", "ACCEPTED", members...)
+	const sender = "sender-node1-0"
+	lag := func() float64 { return s.metric(sender, "announcer_sender_consumer_lag") }
+	testkit.Eventually(t, 10*time.Second, "the sender's lag gauge at 0", func() bool { return lag() == 0 })
+
+	s.stopService(sender)
+	s.announce("/v1/announce/channel", map[string]any{"channel_id": 60, "message": b64(template(s.from))})
+	// fanout has written the batches (2 recipients each) when its committed offsets cover the event.
+	testkit.Eventually(t, 30*time.Second, "fanout done", func() bool {
+		return s.metric("fanout", "announcer_fanout_batches_total") >= 50
+	})
+	s.restart(sender)
+	peak := lag()
+	if peak < 10 {
+		t.Fatalf("lag %v right after the sender came back, want most of the 50 batches", peak)
+	}
+	testkit.Eventually(t, 60*time.Second, "the lag back to 0", func() bool { return lag() == 0 })
+	if sent := s.metric(sender, "announcer_sender_stanzas_sent_total"); sent != 100 {
+		t.Fatalf("the sender sent %v stanzas after its restart, want 100", sent)
+	}
+	t.Logf("lag %v batches when the sender came back, 0 once it caught up", peak)
+}

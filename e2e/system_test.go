@@ -367,6 +367,20 @@ func (s *system) kill(name string) {
 	<-svc.exited
 }
 
+// stopService ends a service with SIGTERM, as an operator would, and waits until it is gone.
+func (s *system) stopService(name string) {
+	s.t.Helper()
+	svc := s.byName[name]
+	if err := svc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		s.t.Fatalf("stop %s: %v", name, err)
+	}
+	select {
+	case <-svc.exited:
+	case <-time.After(30 * time.Second):
+		s.t.Fatalf("%s did not stop within 30 s of SIGTERM", name)
+	}
+}
+
 // restart starts a service again the way it was started first.
 func (s *system) restart(name string) {
 	s.t.Helper()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -166,7 +167,7 @@ func (c *Consumer) Run(ctx context.Context, r Fetcher) error {
 		// Remembered at admission, not completion: the copy of a retried write
 		// usually arrives while the original is still being handled.
 		dup := admitted && c.seen.check(m)
-		c.m.inFlight.Set(float64(c.track.uncommitted()))
+		c.setInFlight(m.Topic, m.Partition)
 		c.mu.Unlock()
 		switch {
 		case !admitted:
@@ -207,6 +208,15 @@ func (c *Consumer) Run(ctx context.Context, r Fetcher) error {
 		return fmt.Errorf("final commit (the records after the last commit will be handled again): %w", err)
 	}
 	return nil
+}
+
+// setInFlight publishes what a partition holds uncommitted; c.mu is held.
+func (c *Consumer) setInFlight(topic string, partition int) {
+	p := c.track.parts[topicPartition{topic, partition}]
+	if p == nil {
+		return
+	}
+	c.m.inFlight.WithLabelValues(topic, strconv.Itoa(partition)).Set(float64(len(p.pending) + len(p.done)))
 }
 
 // acquire takes a slot of the uncommitted bound, then one of the handlers,
@@ -349,7 +359,9 @@ func (c *Consumer) commit(ctx context.Context, r Fetcher) error {
 	c.m.commits.Inc()
 	c.mu.Lock()
 	freed := c.track.committed(ms)
-	c.m.inFlight.Set(float64(c.track.uncommitted()))
+	for _, m := range ms {
+		c.setInFlight(m.Topic, m.Partition)
+	}
 	c.mu.Unlock()
 	for range freed {
 		<-c.slots

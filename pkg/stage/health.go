@@ -22,7 +22,8 @@ type consumerMetrics struct {
 	kafkaErrors                                               *prometheus.CounterVec // op
 	outages                                                   prometheus.Counter
 	outageSeconds                                             prometheus.Counter
-	inFlight                                                  prometheus.Gauge
+	inFlight                                                  *prometheus.GaugeVec // topic, partition
+	lag                                                       *prometheus.GaugeVec // topic, partition
 }
 
 func newConsumerMetrics(reg prometheus.Registerer) *consumerMetrics {
@@ -44,12 +45,15 @@ func newConsumerMetrics(reg prometheus.Registerer) *consumerMetrics {
 		}, []string{"op"}),
 		outages:       c("kafka_outages_total", "Times a Kafka operation started failing after having worked."),
 		outageSeconds: c("kafka_outage_seconds_total", "Time during which a Kafka operation kept failing."),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "in_flight", Help: "Records fetched and not committed yet (being handled or waiting for their commit).",
-		}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "in_flight", Help: "Records fetched and not committed yet (being handled or waiting for their commit), by partition.",
+		}, []string{"topic", "partition"}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "consumer_lag", Help: "Records of the partition the consumer group has not committed yet (log end minus committed offset), refreshed every [monitoring] buffer_report_duration.",
+		}, []string{"topic", "partition"}),
 	}
 	reg.MustRegister(m.fetched, m.handled, m.refetched, m.duplicates, m.retries, m.commits,
-		m.deadLetters, m.kafkaErrors, m.outages, m.outageSeconds, m.inFlight)
+		m.deadLetters, m.kafkaErrors, m.outages, m.outageSeconds, m.inFlight, m.lag)
 	for _, op := range []string{opFetch, opCommit, opDeadLetter} {
 		m.kafkaErrors.WithLabelValues(op)
 	}

@@ -284,12 +284,16 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 				log.Warn().Err(err).Msg("closing the reader")
 			}
 		}()
+		client := kafkabus.NewClient(brokers, 10*time.Second)
+		defer client.Close()
+		wctx, stop := context.WithCancel(ctx)
+		var watchers sync.WaitGroup
+		defer watchers.Wait()
+		defer stop()
 		// Ready only once in a group generation: a process that says ready
 		// before its first join would take partitions (and in-flight work)
 		// from its peers right after.
-		wctx, stop := context.WithCancel(ctx)
-		defer stop()
-		go func() {
+		watchers.Go(func() {
 			for !joined.Load() {
 				select {
 				case <-time.After(50 * time.Millisecond):
@@ -298,11 +302,20 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 					return
 				}
 			}
-		}()
+		})
+		watchers.Go(func() {
+			c.reportDepth(wctx, &depth{group: in.Group, topics: in.Topics, client: client}, rt.reportEvery())
+		})
 		return c.Run(ctx, reader)
 	}))
 	log.Info().Strs("topics", in.Topics).Str("group", in.Group).Int("max_in_flight", in.MaxInFlight).Msg("consuming")
 	return c
+}
+
+// reportEvery is [monitoring] buffer_report_duration, the first generation's
+// queue report period, in seconds.
+func (rt *Runtime) reportEvery() time.Duration {
+	return time.Duration(max(rt.cfg.Monitoring.BufferReportDuration, 1)) * time.Second
 }
 
 // Intake adds a part that takes work in (a consumer, the HTTP API): intake

@@ -155,3 +155,53 @@ func TestRuntimeWaitsForKafkaAtStart(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 }
+
+// The lag of a group is what it has not committed, partition by partition;
+// a group that never committed is behind by everything retained.
+func TestDepthMeasuresLagPerPartition(t *testing.T) {
+	env := stacktest.Get(t)
+	topic := kafkatest.Topics(t, env.KafkaBrokers, 2, "depth")[0]
+	w := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{RoundRobin: true})
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := w.WriteMessages(ctx, kafka.Message{Topic: topic, Value: []byte("a")}, kafka.Message{Topic: topic, Value: []byte("b")},
+		kafka.Message{Topic: topic, Value: []byte("c")}, kafka.Message{Topic: topic, Value: []byte("d")}); err != nil {
+		t.Fatal(err)
+	}
+	client := kafkabus.NewClient(env.KafkaBrokers, 10*time.Second)
+	defer client.Close()
+	group := stacktest.Name("depth_group")
+	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, group)
+	d := &depth{group: group, topics: []string{topic}, client: client}
+	lags := func() map[int]int64 {
+		t.Helper()
+		parts, err := d.measure(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[int]int64{}
+		for _, p := range parts {
+			out[p.partition] = p.lag
+		}
+		return out
+	}
+	if got := lags(); got[0] != 2 || got[1] != 2 {
+		t.Fatalf("lag of a new group %v, want 2 and 2", got)
+	}
+	resp, err := client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: group, GenerationID: -1,
+		Topics: map[string][]kafka.OffsetCommit{topic: {{Partition: 0, Offset: 2}, {Partition: 1, Offset: 1}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ps := range resp.Topics {
+		for _, p := range ps {
+			if p.Error != nil {
+				t.Fatal(p.Error)
+			}
+		}
+	}
+	if got := lags(); got[0] != 0 || got[1] != 1 {
+		t.Fatalf("lag after committing 2 and 1: %v, want 0 and 1", got)
+	}
+}

@@ -90,6 +90,16 @@ func TestDecodeRejects(t *testing.T) {
 		{"any: no audience", Decode, `{"message": "x"}`, "body"},
 		{"any: missing message", Decode, `{"usernames": ["a"]}`, "message"},
 		{"any: unknown field", Decode, `{"usernames": ["a"], "message": "x", "to": "y"}`, "to"},
+		// What the API document allows and encoding/json alone would not hold to:
+		{"channel: null persist", DecodeChannel, `{"channel_id": 1, "message": "x", "persist": null}`, "persist"},
+		{"users: null persist", DecodeUsers, `{"usernames": ["a"], "message": "x", "persist": null}`, "persist"},
+		{"users: null usernames", DecodeUsers, `{"usernames": null, "message": "x"}`, "usernames"},
+		{"any: null message", Decode, `{"usernames": ["a"], "message": null}`, "message"},
+		{"channel: a key twice", DecodeChannel, `{"channel_id": 1, "channel_id": 2, "message": "x"}`, "channel_id"},
+		{"users: a key twice, last valid", DecodeUsers, `{"usernames": ["a"], "message": 5, "message": "x"}`, "message"},
+		{"channel: a case-variant name", DecodeChannel, `{"Channel_ID": 1, "message": "x"}`, "Channel_ID"},
+		{"users: a case-variant name", DecodeUsers, `{"usernames": ["a"], "Message": "x"}`, "Message"},
+		{"any: a case-variant name", Decode, `{"usernames": ["a"], "message": "x", "PERSIST": true}`, "PERSIST"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

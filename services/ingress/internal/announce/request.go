@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/announcer/announcer/pkg/announcement"
@@ -43,10 +44,17 @@ type anyBody struct {
 	Persist   *bool                    `json:"persist"`
 }
 
+// Field names of the bodies, exactly as the API document spells them.
+var (
+	channelFields = []string{"channel_id", "message", "persist"}
+	usersFields   = []string{"usernames", "message", "persist"}
+	anyFields     = []string{"channel_id", "usernames", "message", "persist"}
+)
+
 // DecodeChannel parses a POST /v1/announce/channel body.
 func DecodeChannel(body []byte) (Request, error) {
 	var b channelBody
-	if err := decodeStrict(body, &b); err != nil {
+	if err := decodeStrict(body, &b, channelFields); err != nil {
 		return Request{}, err
 	}
 	if b.ChannelID == nil {
@@ -61,7 +69,7 @@ func DecodeChannel(body []byte) (Request, error) {
 // DecodeUsers parses a POST /v1/announce/users body.
 func DecodeUsers(body []byte) (Request, error) {
 	var b usersBody
-	if err := decodeStrict(body, &b); err != nil {
+	if err := decodeStrict(body, &b, usersFields); err != nil {
 		return Request{}, err
 	}
 	if b.Usernames == nil {
@@ -77,7 +85,7 @@ func DecodeUsers(body []byte) (Request, error) {
 // channel_id is a channel body, one with usernames a users body.
 func Decode(body []byte) (Request, error) {
 	var b anyBody
-	if err := decodeStrict(body, &b); err != nil {
+	if err := decodeStrict(body, &b, anyFields); err != nil {
 		return Request{}, err
 	}
 	switch {
@@ -106,7 +114,9 @@ func nonNil(s []string) []string {
 
 // decodeStrict decodes exactly one JSON object, rejecting unknown fields and
 // trailing data, and turns encoding/json's errors into ones that name the field.
-func decodeStrict(body []byte, v any) error {
+// Beyond encoding/json it holds the body to the API document: field names match
+// exactly (not case-insensitively), none is given twice, and none is null.
+func decodeStrict(body []byte, v any, fields []string) error {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
 		return invalid("body", "empty; want a JSON object")
@@ -122,8 +132,43 @@ func decodeStrict(body []byte, v any) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return invalid("body", "trailing data after the JSON object")
 	}
+	return checkFields(trimmed, fields)
+}
+
+// checkFields walks the top-level members of a well-formed object: encoding/json
+// lets the last of two equal keys win, matches names case-insensitively and
+// takes null for "absent", and the document allows none of that.
+func checkFields(object []byte, fields []string) error {
+	dec := json.NewDecoder(bytes.NewReader(object))
+	if _, err := dec.Token(); err != nil { // {
+		return invalid("body", "want a JSON object")
+	}
+	seen := make(map[string]bool, len(fields))
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return invalid("body", clipErr(err))
+		}
+		key, _ := tok.(string)
+		if !slices.Contains(fields, key) {
+			return invalid(stanza.Clip(key), "unknown field (names are case-sensitive)")
+		}
+		if seen[key] {
+			return invalid(key, "given twice")
+		}
+		seen[key] = true
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return invalid(key, clipErr(err))
+		}
+		if string(value) == "null" {
+			return invalid(key, "null; leave the field out instead")
+		}
+	}
 	return nil
 }
+
+func clipErr(err error) string { return stanza.Clip(err.Error()) }
 
 func jsonError(err error) error {
 	var syn *json.SyntaxError

@@ -34,6 +34,9 @@ type operation struct {
 	RequestBody struct {
 		Content map[string]struct {
 			Examples map[string]example `yaml:"examples"`
+			// Rejected are requests the server refuses: kept apart, so a tool
+			// that reads examples as valid requests is not misled.
+			Rejected map[string]example `yaml:"x-rejected-examples"`
 		} `yaml:"content"`
 	} `yaml:"requestBody"`
 	Responses map[string]docResponse `yaml:"responses"`
@@ -189,7 +192,20 @@ func TestOpenAPIExamples(t *testing.T) {
 	for path, ops := range s.Paths {
 		for method, op := range ops {
 			for _, content := range op.RequestBody.Content {
+				all := map[string]example{}
 				for name, ex := range content.Examples {
+					if ex.ExpectedStatus != http.StatusAccepted {
+						t.Errorf("%s %s: example %s expects %d: a refused request belongs in x-rejected-examples", method, path, name, ex.ExpectedStatus)
+					}
+					all[name] = ex
+				}
+				for name, ex := range content.Rejected {
+					if ex.ExpectedStatus < 400 {
+						t.Errorf("%s %s: rejected example %s expects %d", method, path, name, ex.ExpectedStatus)
+					}
+					all[name] = ex
+				}
+				for name, ex := range all {
 					n++
 					t.Run(path+"/"+name, func(t *testing.T) {
 						if ex.ExpectedStatus == 0 {

@@ -1,0 +1,140 @@
+package stage
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/announcer/announcer/pkg/kafkabus"
+)
+
+// depth is the queue depth of one consumer group, partition by partition:
+// what the first generation reported every buffer_report_duration for its
+// in-memory queues, now that the queues are Kafka topics.
+type depth struct {
+	group  string
+	topics []string
+	client *kafkabus.Client
+}
+
+// partitionDepth is one partition's lag (records behind the log end).
+type partitionDepth struct {
+	topic     string
+	partition int
+	lag       int64
+}
+
+// measure asks Kafka for the log end and the group's committed offset of
+// every partition of the topics. A partition the group never committed is
+// behind by everything it retains (a new group starts at the oldest record).
+func (d *depth) measure(ctx context.Context) ([]partitionDepth, error) {
+	md, err := d.client.Metadata(ctx, &kafka.MetadataRequest{Topics: d.topics})
+	if err != nil {
+		return nil, fmt.Errorf("metadata: %w", err)
+	}
+	ends := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+	starts := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+	fetch := &kafka.OffsetFetchRequest{GroupID: d.group, Topics: map[string][]int{}}
+	for _, t := range md.Topics {
+		if t.Error != nil {
+			return nil, fmt.Errorf("metadata of %s: %w", t.Name, t.Error)
+		}
+		for _, p := range t.Partitions {
+			ends.Topics[t.Name] = append(ends.Topics[t.Name], kafka.LastOffsetOf(p.ID))
+			starts.Topics[t.Name] = append(starts.Topics[t.Name], kafka.FirstOffsetOf(p.ID))
+			fetch.Topics[t.Name] = append(fetch.Topics[t.Name], p.ID)
+		}
+	}
+	end, err := d.client.ListOffsets(ctx, ends)
+	if err != nil {
+		return nil, fmt.Errorf("log end offsets: %w", err)
+	}
+	start, err := d.client.ListOffsets(ctx, starts)
+	if err != nil {
+		return nil, fmt.Errorf("log start offsets: %w", err)
+	}
+	committed, err := d.client.OffsetFetch(ctx, fetch)
+	if err == nil && committed.Error != nil {
+		err = committed.Error
+	}
+	if err != nil {
+		return nil, fmt.Errorf("committed offsets of %s: %w", d.group, err)
+	}
+	first := map[topicPartition]int64{}
+	for topic, ps := range start.Topics {
+		for _, p := range ps {
+			first[topicPartition{topic, p.Partition}] = p.FirstOffset
+		}
+	}
+	done := map[topicPartition]int64{}
+	for topic, ps := range committed.Topics {
+		for _, p := range ps {
+			done[topicPartition{topic, p.Partition}] = p.CommittedOffset
+		}
+	}
+	var out []partitionDepth
+	for topic, ps := range end.Topics {
+		for _, p := range ps {
+			if p.Error != nil {
+				return nil, fmt.Errorf("log end of %s/%d: %w", topic, p.Partition, p.Error)
+			}
+			k := topicPartition{topic, p.Partition}
+			from, ok := done[k]
+			if !ok || from < 0 {
+				from = first[k]
+			}
+			out = append(out, partitionDepth{topic: topic, partition: p.Partition, lag: max(p.LastOffset-from, 0)})
+		}
+	}
+	slices.SortFunc(out, func(a, b partitionDepth) int {
+		if c := strings.Compare(a.topic, b.topic); c != 0 {
+			return c
+		}
+		return a.partition - b.partition
+	})
+	return out, nil
+}
+
+// reportDepth refreshes the lag gauges every period until ctx
+// ends, and logs one info line a period while the group is behind.
+func (c *Consumer) reportDepth(ctx context.Context, d *depth, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		c.refreshDepth(ctx, d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (c *Consumer) refreshDepth(ctx context.Context, d *depth) {
+	mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	parts, err := d.measure(mctx)
+	if err != nil {
+		// Kafka is unreachable: the outage is counted and reported elsewhere;
+		// the gauges keep their last values rather than claim an empty queue.
+		c.warn.Debug().Err(err).Msg("consumer lag unknown")
+		return
+	}
+	var total int64
+	var behind []string
+	for _, p := range parts {
+		c.m.lag.WithLabelValues(p.topic, strconv.Itoa(p.partition)).Set(float64(p.lag))
+		total += p.lag
+		if p.lag > 0 {
+			behind = append(behind, p.topic+"/"+strconv.Itoa(p.partition)+"="+strconv.FormatInt(p.lag, 10))
+		}
+	}
+	if total > 0 {
+		c.log.Info().Str("group", d.group).Int64("lag", total).Strs("partitions", behind).Msg("consumer lag")
+	}
+}
