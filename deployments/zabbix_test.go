@@ -5,7 +5,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -138,5 +140,55 @@ func TestReadmeShowsZabbixItems(t *testing.T) {
 		if line := "UserParameter=" + key + "," + cmd; !strings.Contains(readme, line) {
 			t.Errorf("README.md does not show %s as in %s", key, zabbixConf)
 		}
+	}
+}
+
+// The first generation's conn.len[<address>] item keeps its meaning: the
+// script writes what the senders report per ejabberd address, the item reads
+// it, and a sender that stops answering falls to 0 instead of going stale.
+func TestFirstGenerationConnLenItem(t *testing.T) {
+	for _, tool := range []string{"bash", "sh", "curl", "awk", "sort", "mktemp"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	connLen, ok := userParameters(t)["conn.len[*]"]
+	if !ok {
+		t.Fatalf("no conn.len[*] in %s", zabbixConf)
+	}
+	sender := func(node, address string, up float64) *httptest.Server {
+		reg := prometheus.NewRegistry()
+		labels := prometheus.Labels{"node": node}
+		g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "announcer", Subsystem: "sender", Name: "connections_up", Help: "h", ConstLabels: labels})
+		g.Set(up)
+		info := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "announcer", Subsystem: "sender", Name: "node_address_info", Help: "h",
+			ConstLabels: prometheus.Labels{"node": node, "address": address}})
+		info.Set(1)
+		reg.MustRegister(g, info)
+		return httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	}
+	one, two := sender("node1", "10.0.0.1:8889", 4), sender("node2", "10.0.0.2:8889", 1)
+	defer two.Close()
+	port := func(u string) string { p, _ := url.Parse(u); return p.Port() }
+	file := filepath.Join(t.TempDir(), "connections")
+	report := func() {
+		t.Helper()
+		cmd := exec.Command("bash", "zabbix/get_conn_len.sh", port(one.URL), port(two.URL))
+		cmd.Env = append(os.Environ(), "ANNOUNCER_CONNECTIONS_FILE="+file)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("get_conn_len.sh: %v\n%s", err, out)
+		}
+	}
+	item := func(address string) string {
+		return runItem(t, strings.ReplaceAll(connLen, "/etc/zabbix/connections", file), address)
+	}
+	report()
+	if a, b := item("10.0.0.1:8889"), item("10.0.0.2:8889"); a != "4" || b != "1" {
+		t.Fatalf("conn.len %q and %q, want 4 and 1", a, b)
+	}
+	one.Close()
+	report()
+	if a := item("10.0.0.1:8889"); a != "0" {
+		t.Fatalf("conn.len of a sender that stopped answering: %q, want 0", a)
 	}
 }

@@ -88,6 +88,7 @@ type service struct {
 	cmd       *exec.Cmd
 	cfg       string
 	args      []string
+	env       []string
 	exited    chan struct{} // closed once the process is gone
 	exitState string
 }
@@ -104,7 +105,6 @@ type options struct {
 
 func newSystem(t *testing.T, o options) *system {
 	t.Helper()
-	env := stacktest.Get(t)
 	if len(o.nodes) == 0 {
 		o.nodes = []string{"node1"}
 	}
@@ -120,6 +120,15 @@ func newSystem(t *testing.T, o options) *system {
 	if o.rate == 0 {
 		o.rate = 2000
 	}
+	s := newBareSystem(t, o)
+	s.startServices(o)
+	return s
+}
+
+// newBareSystem is a system's database, Redis and XMPP users, no service started yet.
+func newBareSystem(t *testing.T, o options) *system {
+	t.Helper()
+	env := stacktest.Get(t)
 	s := &system{
 		t: t, env: env, p: stacktest.Name("e2e"), dir: t.TempDir(),
 		debug: map[string]string{}, logs: map[string]*bytes.Buffer{}, byName: map[string]*service{},
@@ -166,6 +175,16 @@ func newSystem(t *testing.T, o options) *system {
 	s.rdb = redis.NewClient(&redis.Options{Addr: env.RedisAddr})
 	t.Cleanup(func() { s.rdb.Close() })
 
+	return s
+}
+
+// startServices writes the system's config and starts the four services, downstream first.
+func (s *system) startServices(o options) {
+	t, env := s.t, s.env
+	dsn, err := mysql.ParseDSN(env.MySQLDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
 	s.rest = testkit.FreeAddr(t)
 	// Each sender process connects as its own spare component domain, on that domain's own
 	// listener: ejabberd would spread fence results over every process sharing a domain.
@@ -302,13 +321,15 @@ group_name = "@P@_archiver"
 	}
 	s.start("fanout", s.cfg, nil)
 	s.start("ingress", s.cfg, nil)
-	return s
 }
 
 func (s *system) presence(node string) string { return s.p + "-" + node }
 
 // start runs one service binary and waits for its /readyz.
-func (s *system) start(name, cfg string, args []string) {
+func (s *system) start(name, cfg string, args []string) { s.startEnv(name, cfg, args, nil) }
+
+// startEnv is start with variables added to the process's environment.
+func (s *system) startEnv(name, cfg string, args, env []string) {
 	s.t.Helper()
 	bin := name
 	if i := strings.IndexByte(name, '-'); i > 0 {
@@ -325,10 +346,13 @@ func (s *system) start(name, cfg string, args []string) {
 	s.mu.Unlock()
 	w := &lockedWriter{mu: &s.mu, w: buf}
 	cmd.Stdout, cmd.Stderr = w, w
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
-	svc := &service{cmd: cmd, cfg: cfg, args: args, exited: make(chan struct{})}
+	svc := &service{cmd: cmd, cfg: cfg, args: args, env: env, exited: make(chan struct{})}
 	go func() {
 		err := cmd.Wait()
 		svc.exitState = fmt.Sprint(err)
@@ -385,7 +409,7 @@ func (s *system) stopService(name string) {
 func (s *system) restart(name string) {
 	s.t.Helper()
 	svc := s.byName[name]
-	s.start(name, svc.cfg, svc.args)
+	s.startEnv(name, svc.cfg, svc.args, svc.env)
 }
 
 // exited lists the services whose process is gone.

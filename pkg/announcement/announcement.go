@@ -94,6 +94,9 @@ type Event struct {
 	CreatedAt time.Time   `json:"created_at"`
 	Source    string      `json:"source"` // "rest" or "kafka:<topic>"
 	Shard     *Shard      `json:"shard,omitempty"`
+	// Version is the version a reader must understand (Version when written
+	// by this code; absent in records of earlier versions, meaning 1).
+	Version int `json:"version,omitempty"`
 }
 
 // Batch is up to [fanout] batch_size recipients of one announcement on one node.
@@ -107,6 +110,7 @@ type Batch struct {
 	FirstIncID     uint64    `json:"first_inc_id"` // recipient i gets [inc_id] = FirstIncID + i
 	Recipients     []string  `json:"recipients"`
 	CreatedAt      time.Time `json:"created_at"`
+	Version        int       `json:"version,omitempty"` // as Event.Version
 }
 
 // Key spreads batches of one announcement over partitions (and so over sender replicas).
@@ -114,10 +118,20 @@ func (b *Batch) Key() []byte {
 	return fmt.Appendf(nil, "%s/%d/%d", b.AnnouncementID, b.Shard, b.Seq)
 }
 
+// Version is the record version this code writes and understands. Writers
+// add fields without raising it (readers ignore fields they do not know, so
+// a rolling upgrade goes through); it is raised only for a change an older
+// reader would act on wrongly if it ignored it.
+const Version = 1
+
 // Encode returns the JSON form: one JSON value, no trailing newline, '<',
-// '>' and '&' left as they are (see encodeJSON).
+// '>' and '&' left as they are (see encodeJSON), Version stamped.
 func (e *Event) Encode() ([]byte, error) {
-	p, err := encodeJSON(e)
+	c := *e
+	if c.Version == 0 {
+		c.Version = Version
+	}
+	p, err := encodeJSON(&c)
 	if err != nil {
 		return nil, fmt.Errorf("announcement event: %w", err)
 	}
@@ -126,7 +140,11 @@ func (e *Event) Encode() ([]byte, error) {
 
 // Encode returns the JSON form, as Event.Encode does.
 func (b *Batch) Encode() ([]byte, error) {
-	p, err := encodeJSON(b)
+	c := *b
+	if c.Version == 0 {
+		c.Version = Version
+	}
+	p, err := encodeJSON(&c)
 	if err != nil {
 		return nil, fmt.Errorf("delivery batch: %w", err)
 	}
@@ -151,18 +169,23 @@ func encodeJSON(v any) ([]byte, error) {
 // MaxIDLen bounds announcement ids.
 const MaxIDLen = 128
 
-// DecodeEvent parses and checks an event.
+// DecodeEvent parses and checks an event. Fields it does not know are
+// ignored (a newer writer's, during a rolling upgrade); Decoder counts them.
 func DecodeEvent(p []byte) (Event, error) {
+	e, _, err := decodeEvent(p)
+	return e, err
+}
+
+func decodeEvent(p []byte) (Event, []string, error) {
 	var e Event
-	dec := json.NewDecoder(bytes.NewReader(p))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&e); err != nil {
-		return Event{}, fmt.Errorf("announcement event: %w", err)
+	unknown, err := decodeTolerant(p, &e, eventFields)
+	if err != nil {
+		return Event{}, nil, fmt.Errorf("announcement event: %w", err)
 	}
-	if dec.More() {
-		return Event{}, errors.New("announcement event: trailing data")
+	if e.Version > Version {
+		return Event{}, nil, &NewerVersionError{Version: e.Version}
 	}
-	return e, e.Check()
+	return e, unknown, e.Check()
 }
 
 // Check reports what makes the event unusable.
@@ -202,16 +225,20 @@ func (e *Event) Check() error {
 	return nil
 }
 
-// DecodeBatch parses and checks a delivery batch.
+// DecodeBatch parses and checks a delivery batch, tolerantly as DecodeEvent.
 func DecodeBatch(p []byte) (Batch, error) {
+	b, _, err := decodeBatch(p)
+	return b, err
+}
+
+func decodeBatch(p []byte) (Batch, []string, error) {
 	var b Batch
-	dec := json.NewDecoder(bytes.NewReader(p))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&b); err != nil {
-		return Batch{}, fmt.Errorf("delivery batch: %w", err)
+	unknown, err := decodeTolerant(p, &b, batchFields)
+	if err != nil {
+		return Batch{}, nil, fmt.Errorf("delivery batch: %w", err)
 	}
-	if dec.More() {
-		return Batch{}, errors.New("delivery batch: trailing data")
+	if b.Version > Version {
+		return Batch{}, nil, &NewerVersionError{Version: b.Version}
 	}
 	var errs []error
 	if b.AnnouncementID == "" || len(b.AnnouncementID) > MaxIDLen {
@@ -227,7 +254,7 @@ func DecodeBatch(p []byte) (Batch, error) {
 		errs = append(errs, errors.New("seq/shard: negative"))
 	}
 	if len(errs) > 0 {
-		return Batch{}, fmt.Errorf("delivery batch: %w", errors.Join(errs...))
+		return Batch{}, nil, fmt.Errorf("delivery batch: %w", errors.Join(errs...))
 	}
-	return b, nil
+	return b, unknown, nil
 }

@@ -3,10 +3,14 @@ package announcement
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestEventRoundTrip(t *testing.T) {
@@ -27,6 +31,7 @@ func TestEventRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", p, err)
 		}
+		want.Version = Version // stamped by Encode
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("round trip:\n got %+v\nwant %+v", got, want)
 		}
@@ -56,7 +61,6 @@ func TestDecodeEventRejects(t *testing.T) {
 		`{"id":"x","kind":"nope","template":"t"}`,
 		`{"id":"","kind":"all_online","template":"t"}`,
 		`{"id":"x","kind":"all_online","template":""}`,
-		`{"id":"x","kind":"all_online","template":"t","extra":1}`,
 		`{"id":"x","kind":"all_online","template":"t"}{}`,
 		`{"id":"x","kind":"channel_shard","template":"t","shard":{"index":2,"count":2}}`,
 		`{"id":"` + strings.Repeat("x", MaxIDLen+1) + `","kind":"all_online","template":"t"}`,
@@ -68,7 +72,7 @@ func TestDecodeEventRejects(t *testing.T) {
 }
 
 func TestDecodeBatch(t *testing.T) {
-	b := Batch{AnnouncementID: "a", Seq: 3, Node: "node1", Template: "t", Recipients: []string{"alice@localhost"}, FirstIncID: 7}
+	b := Batch{AnnouncementID: "a", Seq: 3, Node: "node1", Template: "t", Recipients: []string{"alice@localhost"}, FirstIncID: 7, Version: Version}
 	p, _ := b.Encode()
 	got, err := DecodeBatch(p)
 	if err != nil || !reflect.DeepEqual(got, b) {
@@ -138,8 +142,8 @@ const htmlTemplate = `<message to='%s' id='a&amp;b'><body>1 &lt; 2 && 3 > 2</bod
 
 func TestEncodeDoesNotEscapeHTML(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
-	ev := Event{ID: "a<1>", Kind: KindChannel, Channel: &ChannelRef{StringID: "<&>", IsString: true}, Template: htmlTemplate, CreatedAt: now, Source: "rest"}
-	b := Batch{AnnouncementID: "a<1>", Node: "n&1", Template: htmlTemplate, Recipients: []string{"alice", "bob@x/<r>"}, CreatedAt: now}
+	ev := Event{ID: "a<1>", Kind: KindChannel, Channel: &ChannelRef{StringID: "<&>", IsString: true}, Template: htmlTemplate, CreatedAt: now, Source: "rest", Version: Version}
+	b := Batch{AnnouncementID: "a<1>", Node: "n&1", Template: htmlTemplate, Recipients: []string{"alice", "bob@x/<r>"}, CreatedAt: now, Version: Version}
 	for _, tt := range []struct {
 		name string
 		v    any
@@ -179,7 +183,7 @@ func TestEncodeDoesNotEscapeHTML(t *testing.T) {
 // must decode to what the new ones decode to.
 func TestDecodeBothEscapings(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
-	ev := Event{ID: "a1", Kind: KindUsers, Usernames: []string{"alice", "bob@x/<&>"}, Template: htmlTemplate, Persist: true, CreatedAt: now, Source: "kafka:in"}
+	ev := Event{ID: "a1", Kind: KindUsers, Usernames: []string{"alice", "bob@x/<&>"}, Template: htmlTemplate, Persist: true, CreatedAt: now, Source: "kafka:in", Version: Version}
 	escaped, err := json.Marshal(&ev)
 	if err != nil {
 		t.Fatal(err)
@@ -198,7 +202,7 @@ func TestDecodeBothEscapings(t *testing.T) {
 		}
 	}
 
-	b := Batch{AnnouncementID: "a1", Shard: 1, Seq: 2, Node: "n1", Template: htmlTemplate, Persist: true, FirstIncID: 9, Recipients: []string{"alice", "bob@x/<&>"}, CreatedAt: now}
+	b := Batch{AnnouncementID: "a1", Shard: 1, Seq: 2, Node: "n1", Template: htmlTemplate, Persist: true, FirstIncID: 9, Recipients: []string{"alice", "bob@x/<&>"}, CreatedAt: now, Version: Version}
 	escaped, err = json.Marshal(&b)
 	if err != nil {
 		t.Fatal(err)
@@ -224,5 +228,44 @@ func TestChannelRefMarshalEscaping(t *testing.T) {
 	}
 	if want := `{"C":"\u003c\u0026\u003e"}`; string(p) != want {
 		t.Errorf("json.Marshal = %s, want %s", p, want)
+	}
+}
+
+// A rolling upgrade: a newer writer adds fields; this version reads the
+// record, ignores them and counts them, instead of dead-lettering it.
+func TestNewerFieldsAreIgnoredAndCounted(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	d := NewDecoder(reg)
+	b, err := d.Batch([]byte(`{"announcement_id":"a","seq":1,"node":"n1","template":"<message to='%s'/>","recipients":["u"],` +
+		`"priority":"high","trace":{"id":"x"},"version":1}`))
+	if err != nil || b.AnnouncementID != "a" || b.Recipients[0] != "u" {
+		t.Fatalf("batch %+v, err %v", b, err)
+	}
+	ev, err := d.Event([]byte(`{"id":"e","kind":"all_online","template":"<message to='%s'/>","lane":"urgent"}`))
+	if err != nil || ev.ID != "e" || ev.Version != 0 {
+		t.Fatalf("event %+v, err %v (a record of an earlier version has no version)", ev, err)
+	}
+	if n := testutil.ToFloat64(d.unknown); n != 3 {
+		t.Fatalf("%v unknown fields counted, want 3", n)
+	}
+	if _, err := d.Batch([]byte(`{"announcement_id":"a","template":"t","recipients":["u"]} {}`)); err == nil {
+		t.Fatal("trailing data accepted")
+	}
+}
+
+// A record for a later version is not acted on, and not the record's fault:
+// it waits for a newer reader.
+func TestNewerVersionWaits(t *testing.T) {
+	_, err := DecodeBatch([]byte(`{"announcement_id":"a","template":"t","recipients":["u"],"version":2}`))
+	var newer *NewerVersionError
+	if !errors.As(err, &newer) || newer.Version != 2 || !newer.Retryable() {
+		t.Fatalf("err = %v, want a NewerVersionError", err)
+	}
+	if _, err := DecodeEvent([]byte(`{"id":"e","kind":"all_online","template":"t","version":7}`)); !errors.As(err, &newer) {
+		t.Fatalf("event: err = %v", err)
+	}
+	v, err := (&Batch{AnnouncementID: "a", Template: "t", Recipients: []string{"u"}}).Encode()
+	if err != nil || !bytes.Contains(v, []byte(`"version":1`)) {
+		t.Fatalf("Encode does not stamp the version: %s %v", v, err)
 	}
 }

@@ -53,6 +53,9 @@ func Main[H any](role config.Role, args []string, stderr io.Writer, run RunFunc[
 		return 2
 	}
 	if *check {
+		for _, n := range cfg.Notes {
+			fmt.Fprintln(stderr, "note:", n)
+		}
 		for _, w := range cfg.Warnings {
 			fmt.Fprintln(stderr, "warning:", w)
 		}
@@ -66,6 +69,9 @@ func Main[H any](role config.Role, args []string, stderr io.Writer, run RunFunc[
 		return 2
 	}
 	defer func() { _ = closeLog() }()
+	for _, n := range cfg.Notes {
+		log.Info().Msg(n)
+	}
 	for _, w := range cfg.Warnings {
 		log.Warn().Msg(w)
 	}

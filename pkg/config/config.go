@@ -52,6 +52,8 @@ type Config struct {
 
 	// Warnings collects non-fatal findings of Load (e.g. a ZooKeeper-only consumer).
 	Warnings []string `toml:"-"`
+	// Notes say how a first-generation file was read (a section alias, a mode chosen from the sections).
+	Notes []string `toml:"-"`
 	// present records which optional sections the file named.
 	present map[string]bool
 }
@@ -147,6 +149,10 @@ type Component struct {
 	// fence results to it alone) keeps sending from the shared announcer domain; its
 	// ejabberd listener then needs check_from: false.
 	FromDomain string `toml:"from_domain"`
+	// New: false when the ejabberd listener has check_from: false, which lets a
+	// template's from be any address (the first generation's documented sample
+	// sends from a user's).
+	CheckFrom bool `toml:"check_from"`
 }
 
 // TemplateDomain is the domain templates' `from` must be in.
@@ -276,7 +282,7 @@ func Default() Config {
 		KafkaProducer:         KafkaProducer{Brokers: "127.0.0.1:9092", FlushFrequency: 5, MaxRetry: 5},
 		Ejabberd:              Ejabberd{RateLimit: 1000, SendRetry: 6, EachNodeConnNum: 1},
 		Client:                Client{PingInterval: 30, Resource: "announcer"},
-		Component:             Component{PingInterval: 30, MaxConnCheckRetry: 10000, ConnReqCheckInterval: 10},
+		Component:             Component{PingInterval: 30, MaxConnCheckRetry: 10000, ConnReqCheckInterval: 10, CheckFrom: true},
 		Bus: Bus{
 			Brokers:            "127.0.0.1:9092",
 			AnnouncementsTopic: "announcements",
@@ -326,42 +332,68 @@ func Load(path string) (Config, error) {
 }
 
 // Parse decodes TOML text over the defaults and resolves derived values.
+// The first generation's other spellings are read as this generation's
+// (migrate); Notes and Warnings say how.
 func Parse(b []byte) (Config, error) {
+	var raw map[string]any
+	if err := toml.Unmarshal(b, &raw); err != nil {
+		return Config{}, decodeError(err)
+	}
+	notes, warnings, changed, err := migrate(raw)
+	if err != nil {
+		return Config{}, err
+	}
+	if changed {
+		if b, err = toml.Marshal(raw); err != nil {
+			return Config{}, fmt.Errorf("config: %w", err)
+		}
+	}
 	cfg := Default()
 	dec := toml.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cfg); err != nil {
-		var strict *toml.StrictMissingError
-		if errors.As(err, &strict) {
-			var keys []string
-			for _, e := range strict.Errors {
-				keys = append(keys, strings.Join(e.Key(), "."))
-			}
-			return Config{}, fmt.Errorf("config: unknown keys: %s", strings.Join(keys, ", "))
-		}
-		var de *toml.DecodeError
-		if errors.As(err, &de) {
-			row, col := de.Position()
-			return Config{}, fmt.Errorf("config: line %d column %d: %s", row, col, de.Error())
-		}
-		return Config{}, fmt.Errorf("config: %w", err)
+		return Config{}, decodeError(err)
 	}
-	cfg.present = sections(b)
+	cfg.Notes, cfg.Warnings = notes, warnings
+	cfg.present = make(map[string]bool, len(raw))
+	for k := range raw {
+		cfg.present[k] = true
+	}
+	cfg.chooseSources(raw)
 	cfg.resolve()
 	return cfg, nil
 }
 
-// sections lists the tables the file names, to tell "absent" from "empty".
-func sections(b []byte) map[string]bool {
-	var raw map[string]any
-	if err := toml.Unmarshal(b, &raw); err != nil {
-		return nil
+func decodeError(err error) error {
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) {
+		var keys []string
+		for _, e := range strict.Errors {
+			keys = append(keys, strings.Join(e.Key(), "."))
+		}
+		return fmt.Errorf("config: unknown keys: %s", strings.Join(keys, ", "))
 	}
-	out := make(map[string]bool, len(raw))
-	for k := range raw {
-		out[k] = true
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, col := de.Position()
+		return fmt.Errorf("config: line %d column %d: %s", row, col, de.Error())
 	}
-	return out
+	return fmt.Errorf("config: %w", err)
+}
+
+// chooseSources picks what the first generation chose from the sections a
+// file has, where this generation's keys do not say: client mode for a file
+// with [client] and no [component], REST presence for one with the REST
+// section and no Redis section.
+func (c *Config) chooseSources(raw map[string]any) {
+	if !has(raw, "sender", "mode") && c.present["client"] && !c.present["component"] {
+		c.Sender.Mode = ModeClient
+		c.Notes = append(c.Notes, "client mode: the file has [client] and no [component]")
+	}
+	if !has(raw, "fanout", "presence") && c.present["user-activity-rest-api"] && !c.present["user-activity-redis"] {
+		c.Fanout.Presence = "rest"
+		c.Notes = append(c.Notes, "presence from the user-activity REST API: the file has [user-activity-rest-api] and no Redis section")
+	}
 }
 
 // Has reports whether the file named the section (e.g. "client", "user-activity-rest-api").
@@ -404,6 +436,7 @@ func (c *Config) TemplateRules() stanza.Options {
 		o.ClientJID = c.Client.JID()
 	} else {
 		o.ComponentDomain = c.Component.TemplateDomain()
+		o.AnyFrom = !c.Component.CheckFrom
 	}
 	return o
 }

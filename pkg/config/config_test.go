@@ -260,8 +260,12 @@ func TestTemplateRulesFollowTheMode(t *testing.T) {
 		t.Errorf("component mode: %+v", r)
 	}
 	cfg.Component.FromDomain = "shared.example.org"
-	if r := cfg.TemplateRules(); r.ComponentDomain != "shared.example.org" {
+	if r := cfg.TemplateRules(); r.ComponentDomain != "shared.example.org" || r.AnyFrom {
 		t.Errorf("a replica with from_domain: %+v", r)
+	}
+	cfg.Component.CheckFrom = false
+	if r := cfg.TemplateRules(); !r.AnyFrom {
+		t.Errorf("check_from = false: %+v", r)
 	}
 	cfg.Sender.Mode = ModeClient
 	if r := cfg.TemplateRules(); r.ComponentDomain != "" || r.ClientJID != "admin@client.example.org" {

@@ -361,10 +361,16 @@ func (rt *Runtime) Close() {
 }
 
 // Decoded is the handler of a stage whose records decode into T: a decode
-// error dead-letters the record; handle owns the rest.
+// error dead-letters the record, unless it says it is Retryable (a record
+// for a newer reader, during a rolling upgrade: handled again later); handle
+// owns the rest.
 func Decoded[T any](decode func([]byte) (T, error), handle func(context.Context, T) error) Handler {
 	return func(ctx context.Context, m kafka.Message) error {
 		v, err := decode(m.Value)
+		var later interface{ Retryable() bool }
+		if errors.As(err, &later) && later.Retryable() {
+			return err
+		}
 		if err != nil {
 			return &Reject{Reason: err.Error(), Label: "undecodable"}
 		}

@@ -80,6 +80,10 @@ type Options struct {
 	MaxBytes        int    // decoded template size limit; <= 0 means DefaultMaxBytes
 	ComponentDomain string // non-empty in component mode: the root's `from` must be a JID whose domain part equals this domain
 	ClientJID       string // non-empty in client mode: the sending account's bare JID ("announcer@localhost"); the root's `from` must be absent, empty or this account
+	// AnyFrom, in component mode, lets `from` be any valid JID: what an
+	// ejabberd listener with check_from: false accepts. A `from` and a `to`
+	// are still required.
+	AnyFrom bool
 }
 
 // Validate reports options no template could be checked against: both
@@ -270,7 +274,7 @@ func Parse(raw []byte, opt Options) (*Template, error) {
 
 	switch {
 	case opt.ComponentDomain != "":
-		if err := checkComponent(sc, root.Attr, opt.ComponentDomain); err != nil {
+		if err := checkComponent(sc, root.Attr, opt.ComponentDomain, opt.AnyFrom); err != nil {
 			return nil, err
 		}
 	case opt.ClientJID != "":
@@ -290,7 +294,7 @@ func Parse(raw []byte, opt Options) (*Template, error) {
 // checkComponent enforces what ejabberd's check_from does on a XEP-0114
 // stream: a missing or foreign `from`, or a missing `to`, closes the
 // connection for every stanza queued behind this one.
-func checkComponent(sc *scanner, attrs []xmlAttr, domain string) error {
+func checkComponent(sc *scanner, attrs []xmlAttr, domain string, anyFrom bool) error {
 	fromSpan, ok := sc.rootAttr("from")
 	if !ok {
 		return messageErr("component mode: the root element needs a from attribute in %q", Clip(domain))
@@ -306,8 +310,9 @@ func checkComponent(sc *scanner, attrs []xmlAttr, domain string) error {
 	if reason != "" {
 		return messageErr("component mode: from %q is not a valid JID: %s", Clip(from), reason)
 	}
-	if !strings.EqualFold(d, domain) {
-		return messageErr("component mode: from %q is not in the component domain %q", Clip(from), Clip(domain))
+	if !anyFrom && !strings.EqualFold(d, domain) {
+		return messageErr("component mode: from %q is not in the component domain %q "+
+			"(an ejabberd listener with check_from: false accepts it: say so with [component] check_from = false)", Clip(from), Clip(domain))
 	}
 	return nil
 }

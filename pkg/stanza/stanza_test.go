@@ -578,3 +578,26 @@ func TestOptionsValidate(t *testing.T) {
 		})
 	}
 }
+
+// The first generation's documented template sends from a user's address,
+// which only an ejabberd listener with check_from: false lets through.
+func TestAnyFromIsCheckFromFalse(t *testing.T) {
+	sample := `<message xml:lang='en' to='%s' from="USERNAME@s/announcer" type='chat' id='ID_NUMBER' xmlns='jabber:client'><body>MESSAGE_CONTENT</body><body xml:lang='MAJOR_TYPE'>SIMPLE_CHAT</body></message>`
+	_, err := stanza.Parse([]byte(sample), stanza.Options{ComponentDomain: "announcer.soroush.ir"})
+	var ve *stanza.ValidationError
+	if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "check_from = false") {
+		t.Fatalf("err = %v, want a 400 naming the option that allows it", err)
+	}
+	if _, err := stanza.Parse([]byte(sample), stanza.Options{ComponentDomain: "announcer.soroush.ir", AnyFrom: true}); err != nil {
+		t.Fatalf("with check_from false: %v", err)
+	}
+	for _, bad := range []string{
+		`<message to='%s'><body>x</body></message>`,              // ejabberd still closes the stream without a from
+		`<message from='a@b'><body>%s</body></message>`,          // or without a to
+		`<message to='%s' from='a@b@c'><body>x</body></message>`, // or with a from that is no JID
+	} {
+		if _, err := stanza.Parse([]byte(bad), stanza.Options{ComponentDomain: "announcer.soroush.ir", AnyFrom: true}); err == nil {
+			t.Errorf("%s accepted with check_from false", bad)
+		}
+	}
+}

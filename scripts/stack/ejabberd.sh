@@ -9,7 +9,8 @@ EJABBERD_LOGS="$EJABBERD_DIR/logs"
 EJABBERD_RUN="$EJABBERD_DIR/run"
 EJABBERD_PIDFILE="$EJABBERD_RUN/ejabberd.pid" # written by ejabberd itself (EJABBERD_PID_PATH)
 EJABBERD_EPMD_PIDFILE="$EJABBERD_RUN/epmd.pid" # only when this script started epmd
-EJABBERD_CERT="$EJABBERD_CONF/localhost.pem"
+EJABBERD_CERT="$EJABBERD_CONF/localhost.pem" # certificate and key, for ejabberd
+EJABBERD_CA="$EJABBERD_CONF/localhost.crt"   # the certificate alone, for clients that verify it
 EJABBERD_NODE="${EJABBERD_NODE:-announcer@localhost}"
 XMPP_DOMAIN=localhost
 COMPONENT_DOMAIN=announcer.localhost
@@ -66,7 +67,11 @@ INETRC
 
 # Self-signed certificate for localhost (and its subdomains), made once.
 ejabberd_ensure_cert() {
-  [[ -s "$EJABBERD_CERT" ]] && return 0
+  if [[ -s "$EJABBERD_CERT" ]]; then
+    [[ -s "$EJABBERD_CA" ]] || openssl x509 -in "$EJABBERD_CERT" -out "$EJABBERD_CA" >/dev/null 2>&1 ||
+      die "ejabberd: could not extract the certificate from $EJABBERD_CERT"
+    return 0
+  fi
   log "ejabberd: generating a self-signed certificate for $XMPP_DOMAIN"
   local tmp="$EJABBERD_CONF/cert.tmp.$$"
   mkdir -p "$tmp"
@@ -76,6 +81,7 @@ ejabberd_ensure_cert() {
     -keyout "$tmp/key.pem" -out "$tmp/cert.pem" >"$EJABBERD_LOGS/openssl.log" 2>&1 ||
     die "ejabberd: openssl failed (see $EJABBERD_LOGS/openssl.log)"
   (umask 077 && cat "$tmp/cert.pem" "$tmp/key.pem" >"$EJABBERD_CERT")
+  cp "$tmp/cert.pem" "$EJABBERD_CA"
   rm -rf "$tmp"
 }
 
@@ -183,6 +189,7 @@ ejabberd_start() {
       log "ejabberd: pid $pid is ours but not ready yet; waiting"
       wait_ready ejabberd "$pid" "$EJABBERD_LOGS/ejabberd.log" ejabberd_ready || return 1
     fi
+    ejabberd_ensure_cert
     ejabberd_provision
     return 0
   fi

@@ -139,6 +139,7 @@ cmd_env() {
   env_line ANNOUNCER_XMPP_DOMAIN "$XMPP_DOMAIN"
   env_line ANNOUNCER_EJABBERD_API "$(ejabberd_api_url)"
   env_line ANNOUNCER_EJABBERDCTL "$(ejabberd_ctl_line)"
+  env_line ANNOUNCER_XMPP_CA "$EJABBERD_CA"
   # For tests that run a broker of their own (kafka-up with another STACK_DIR and ports).
   env_line ANNOUNCER_STACK_SCRIPT "$STACK_SCRIPTS/stack.sh"
   env_line ANNOUNCER_KAFKA_LIBS_DIR "$(kafka_libs_dir)"

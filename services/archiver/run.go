@@ -64,7 +64,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 
 	rt.Consume(stage.Input{
 		Name: "deliveries", Group: cfg.Archiver.GroupName, Topics: deliveries,
-		Handle: stage.Decoded(announcement.DecodeBatch, archiver.Archive),
+		Handle: stage.Decoded(announcement.NewDecoder(rt.Metrics()).Batch, archiver.Archive),
 		ConsumerOptions: stage.ConsumerOptions{
 			MaxInFlight: maxInFlight, DrainTimeout: drainTimeout,
 			Retry: backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second},

@@ -109,7 +109,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 
 	rt.Consume(stage.Input{
 		Name: "announcements", Group: cfg.Fanout.GroupName, Topics: []string{cfg.Bus.AnnouncementsTopic},
-		Handle: stage.Decoded(announcement.DecodeEvent, func(ctx context.Context, ev announcement.Event) error {
+		Handle: stage.Decoded(announcement.NewDecoder(rt.Metrics()).Event, func(ctx context.Context, ev announcement.Event) error {
 			res, err := resolver.Resolve(ctx, ev)
 			if err == nil && h.resolved != nil {
 				h.resolved(ev, res)

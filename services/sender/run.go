@@ -84,7 +84,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 
 	rt.Consume(stage.Input{
 		Name: "deliveries", Group: cfg.Sender.GroupPrefix + node.Name, Topics: []string{topic},
-		Handle: stage.Decoded(announcement.DecodeBatch, sender.Deliver),
+		Handle: stage.Decoded(announcement.NewDecoder(metrics).Batch, sender.Deliver),
 		Labels: prometheus.Labels{"node": node.Name},
 		ConsumerOptions: stage.ConsumerOptions{
 			MaxInFlight: cfg.Sender.MaxInFlight, DrainTimeout: cfg.Sender.FenceTimeout.D(),

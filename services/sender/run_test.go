@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -169,6 +170,10 @@ func TestSenderEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if i == 1 {
+			// Written by a newer fanout during a rolling upgrade: delivered, its new field ignored.
+			v = append(bytes.TrimSuffix(v, []byte("}")), `,"priority":"urgent"}`...)
+		}
 		values = append(values, v)
 	}
 	bad := announcement.Batch{AnnouncementID: "e2e", Seq: 9, Template: strings.Replace(tmpl, cfg.Component.JID(), "evil.example", 1),
@@ -224,6 +229,7 @@ func TestSenderEndToEnd(t *testing.T) {
 		`announcer_sender_stanzas_sent_total{node="node1"} 3`,
 		`announcer_sender_dead_letters_total{node="node1",reason="template"} 1`,
 		`announcer_sender_dead_letters_total{node="node1",reason="undecodable"} 1`,
+		`announcer_sender_unknown_fields_total{node="node1"} 1`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q", want)

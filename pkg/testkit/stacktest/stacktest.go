@@ -29,6 +29,7 @@ type Env struct {
 	XMPPDomain      string
 	EjabberdAPI     string
 	EjabberdCtl     string // full ejabberdctl command line of the stack's instance
+	XMPPCA          string // the certificate ejabberd's c2s presents (self-signed), for clients that verify it
 	StackScript     string // scripts/stack/stack.sh, for tests that run a server of their own
 	KafkaLibsDir    string // the Kafka jars the stack's broker runs from
 }
@@ -49,6 +50,7 @@ func Get(t testing.TB) Env {
 		XMPPDomain:      os.Getenv("ANNOUNCER_XMPP_DOMAIN"),
 		EjabberdAPI:     os.Getenv("ANNOUNCER_EJABBERD_API"),
 		EjabberdCtl:     os.Getenv("ANNOUNCER_EJABBERDCTL"),
+		XMPPCA:          os.Getenv("ANNOUNCER_XMPP_CA"),
 		StackScript:     os.Getenv("ANNOUNCER_STACK_SCRIPT"),
 		KafkaLibsDir:    os.Getenv("ANNOUNCER_KAFKA_LIBS_DIR"),
 	}

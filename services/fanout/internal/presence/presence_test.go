@@ -30,28 +30,36 @@ import (
 type redisFixture struct{ *Redis }
 
 func (f redisFixture) SetOnline(ctx context.Context, address string, usernames ...string) error {
-	pipe := f.c.Pipeline()
+	c, err := f.Client(ctx)
+	if err != nil {
+		return err
+	}
+	pipe := c.Pipeline()
 	for _, u := range usernames {
 		pipe.Set(ctx, u, address, 0)
 		pipe.SAdd(ctx, address, u)
 	}
-	_, err := pipe.Exec(ctx)
+	_, err = pipe.Exec(ctx)
 	return err
 }
 
 func (f redisFixture) SetOffline(ctx context.Context, usernames ...string) error {
+	c, err := f.Client(ctx)
+	if err != nil {
+		return err
+	}
 	for _, u := range usernames {
-		addr, err := f.c.Get(ctx, u).Result()
+		addr, err := c.Get(ctx, u).Result()
 		if errors.Is(err, redis.Nil) {
 			continue
 		}
 		if err != nil {
 			return err
 		}
-		if err := f.c.SRem(ctx, addr, u).Err(); err != nil {
+		if err := c.SRem(ctx, addr, u).Err(); err != nil {
 			return err
 		}
-		if err := f.c.Del(ctx, u).Err(); err != nil {
+		if err := c.Del(ctx, u).Err(); err != nil {
 			return err
 		}
 	}
@@ -90,6 +98,31 @@ func TestRedisClusterContract(t *testing.T) {
 		t.Fatalf("server is not enforcing cluster slots: %v", err)
 	}
 	audiencetest.PresenceContract(t, redisFixture{r}, audiencetest.PresenceCaps{NamesServer: true, CanScan: true}, "")
+}
+
+// One seed, no cluster key: the server says it is a cluster member, and the
+// cluster client is used (a plain client's MGET would fail with CROSSSLOT).
+func TestRedisClusterFoundFromOneSeed(t *testing.T) {
+	env := stacktest.Get(t)
+	addr := startRedisCluster(t)
+	r, err := NewRedis(config.UserActivityRedis{ClusterNodes: addr, ReadTimeout: 1000}, RedisOptions{Chunk: 700})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	if cluster, err := r.Cluster(context.Background()); err != nil || !cluster {
+		t.Fatalf("cluster %v, err %v: a cluster member behind one seed was not recognised", cluster, err)
+	}
+	audiencetest.PresenceContract(t, redisFixture{r}, audiencetest.PresenceCaps{NamesServer: true, CanScan: true}, "")
+
+	plain, err := NewRedis(config.UserActivityRedis{ClusterNodes: env.RedisAddr, ReadTimeout: 1000}, RedisOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = plain.Close() })
+	if cluster, err := plain.Cluster(context.Background()); err != nil || cluster {
+		t.Fatalf("the stack's standalone Redis taken for a cluster (%v, %v)", cluster, err)
+	}
 }
 
 func TestClusterSelection(t *testing.T) {

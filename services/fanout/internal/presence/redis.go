@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -20,9 +22,13 @@ import (
 
 // Redis is the Redis (or Redis Cluster) presence source.
 type Redis struct {
-	c       redis.UniversalClient
+	chunk int // keys per MGET
+	opts  *redis.UniversalOptions
+
+	mu      sync.Mutex
+	c       redis.UniversalClient // nil until the kind of server is known
 	cluster bool
-	chunk   int // keys per MGET
+	known   bool // cluster is decided: several seeds, cluster = true, or the server said
 }
 
 var _ audience.Presence = (*Redis)(nil)
@@ -36,8 +42,10 @@ type RedisOptions struct {
 }
 
 // NewRedis connects lazily. Several cluster_nodes (or cluster = true) select the
-// cluster client; then lookups are pipelined GETs, because one MGET may not
-// span hash slots.
+// cluster client; a single seed is asked on first use whether it is a Redis
+// Cluster member (INFO cluster), so a cluster behind one address works
+// without the key. With the cluster client lookups are pipelined GETs,
+// because one MGET may not span hash slots.
 func NewRedis(c config.UserActivityRedis, o RedisOptions) (*Redis, error) {
 	addrs := config.SplitList(c.ClusterNodes)
 	if len(addrs) == 0 {
@@ -46,25 +54,60 @@ func NewRedis(c config.UserActivityRedis, o RedisOptions) (*Redis, error) {
 	if o.Chunk < 1 {
 		o.Chunk = 1000
 	}
-	rt := time.Duration(max(c.ReadTimeout, 1)) * time.Millisecond
-	r := &Redis{chunk: o.Chunk, cluster: len(addrs) > 1 || c.Cluster}
-	if r.cluster && c.DB != 0 {
+	cluster := len(addrs) > 1 || c.Cluster
+	if cluster && c.DB != 0 {
 		return nil, fmt.Errorf("redis presence: db %d: Redis Cluster has only db 0", c.DB)
 	}
-	r.c = redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:         addrs,
-		IsClusterMode: r.cluster,
-		Password:      c.Password.Value(),
-		DB:            c.DB,
-		ReadTimeout:   rt,
-		WriteTimeout:  rt,
-		DialTimeout:   2 * time.Second,
-		// One dial per call: the use case retries with its own backoff.
-		DialerRetries: 1,
-		MaxRetries:    c.MaxRetries,
-		PoolSize:      o.PoolSize,
-	})
-	return r, nil
+	rt := time.Duration(max(c.ReadTimeout, 1)) * time.Millisecond
+	return &Redis{
+		chunk: o.Chunk, cluster: cluster, known: cluster,
+		opts: &redis.UniversalOptions{
+			Addrs:        addrs,
+			Password:     c.Password.Value(),
+			DB:           c.DB,
+			ReadTimeout:  rt,
+			WriteTimeout: rt,
+			DialTimeout:  2 * time.Second,
+			// One dial per call: the use case retries with its own backoff.
+			DialerRetries: 1,
+			MaxRetries:    c.MaxRetries,
+			PoolSize:      o.PoolSize,
+		},
+	}, nil
+}
+
+// client returns the client for the kind of server, asking a single seed
+// once. A seed that does not answer is an error (retried by the caller),
+// never a guess.
+func (r *Redis) client(ctx context.Context) (redis.UniversalClient, bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.c != nil {
+		return r.c, r.cluster, nil
+	}
+	if !r.known {
+		probe := redis.NewClient(r.opts.Simple())
+		info, err := probe.Info(ctx, "cluster").Result()
+		_ = probe.Close()
+		if err != nil {
+			return nil, false, fmt.Errorf("redis presence: asking %s whether it is a cluster: %w", r.opts.Addrs[0], err)
+		}
+		r.cluster = strings.Contains(info, "cluster_enabled:1")
+		if r.cluster && r.opts.DB != 0 {
+			return nil, false, fmt.Errorf("redis presence: %s is a Redis Cluster member, which has only db 0, not db %d", r.opts.Addrs[0], r.opts.DB)
+		}
+		r.known = true
+	}
+	opts := *r.opts
+	opts.IsClusterMode = r.cluster
+	r.c = redis.NewUniversalClient(&opts)
+	return r.c, r.cluster, nil
+}
+
+// Cluster reports whether the server is a Redis Cluster, asking it if need be.
+func (r *Redis) Cluster(ctx context.Context) (bool, error) {
+	_, cluster, err := r.client(ctx)
+	return cluster, err
 }
 
 // Logger adapts zerolog to go-redis, whose logger is process-wide (redis.SetLogger).
@@ -77,13 +120,29 @@ func (l Logger) Printf(_ context.Context, format string, v ...any) {
 }
 
 // Client is the underlying client (tests seed through it).
-func (r *Redis) Client() redis.UniversalClient { return r.c }
+func (r *Redis) Client(ctx context.Context) (redis.UniversalClient, error) {
+	c, _, err := r.client(ctx)
+	return c, err
+}
 
 // Close closes the connections.
-func (r *Redis) Close() error { return r.c.Close() }
+func (r *Redis) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.c == nil {
+		return nil
+	}
+	return r.c.Close()
+}
 
 // Ping is the readiness check.
-func (r *Redis) Ping(ctx context.Context) error { return r.c.Ping(ctx).Err() }
+func (r *Redis) Ping(ctx context.Context) error {
+	c, _, err := r.client(ctx)
+	if err != nil {
+		return err
+	}
+	return c.Ping(ctx).Err()
+}
 
 // Lookup implements audience.Presence: all chunks go out in one pipeline, so a
 // page of 5,000 users costs one round trip.
@@ -94,10 +153,14 @@ func (r *Redis) Lookup(ctx context.Context, usernames []string, where []string) 
 	if len(where) != len(usernames) {
 		return fmt.Errorf("redis presence: %d slots for %d users", len(where), len(usernames))
 	}
-	if r.cluster {
-		return r.lookupCluster(ctx, usernames, where)
+	c, cluster, err := r.client(ctx)
+	if err != nil {
+		return err
 	}
-	pipe := r.c.Pipeline()
+	if cluster {
+		return lookupCluster(ctx, c, r.chunk, usernames, where)
+	}
+	pipe := c.Pipeline()
 	cmds := make([]*redis.SliceCmd, 0, (len(usernames)+r.chunk-1)/r.chunk)
 	for off := 0; off < len(usernames); off += r.chunk {
 		end := min(off+r.chunk, len(usernames))
@@ -120,10 +183,10 @@ func (r *Redis) Lookup(ctx context.Context, usernames []string, where []string) 
 	return nil
 }
 
-func (r *Redis) lookupCluster(ctx context.Context, usernames []string, where []string) error {
-	for off := 0; off < len(usernames); off += r.chunk {
-		end := min(off+r.chunk, len(usernames))
-		pipe := r.c.Pipeline()
+func lookupCluster(ctx context.Context, c redis.UniversalClient, chunk int, usernames []string, where []string) error {
+	for off := 0; off < len(usernames); off += chunk {
+		end := min(off+chunk, len(usernames))
+		pipe := c.Pipeline()
 		cmds := make([]*redis.StringCmd, end-off)
 		for i, u := range usernames[off:end] {
 			cmds[i] = pipe.Get(ctx, u)
@@ -159,7 +222,11 @@ func addr(v any) string {
 
 // Scan implements audience.Presence with SSCAN on the server's set.
 func (r *Redis) Scan(ctx context.Context, address string, cursor uint64, count int) ([]string, uint64, error) {
-	names, next, err := r.c.SScan(ctx, address, cursor, "", int64(count)).Result()
+	c, _, err := r.client(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	names, next, err := c.SScan(ctx, address, cursor, "", int64(count)).Result()
 	if err != nil {
 		return nil, 0, fmt.Errorf("redis presence: sscan %s: %w", address, err)
 	}

@@ -16,6 +16,7 @@ type Metrics struct {
 	replies        prometheus.Counter
 	repliesDropped prometheus.Counter
 	writeStalls    prometheus.Counter
+	address        *prometheus.GaugeVec // address: 1 for the node's listener
 }
 
 // NewMetrics registers the pool's metrics on reg (the service's, which names
@@ -39,12 +40,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		replies:        c("iq_replies_total", "Answers to IQ requests addressed to the component."),
 		repliesDropped: c("iq_replies_dropped_total", "IQ requests left unanswered because the reply queue was full."),
 		writeStalls:    c("write_stalls_total", "Connections declared dead because a write made no progress in time."),
+		address: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "node_address_info",
+			Help: "1, labelled with the listener address the node's connections go to (what the first generation's conn.len[<address>] item names).",
+		}, []string{"address"}),
 		inboundErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "inbound_errors_total",
 			Help: "Error stanzas ejabberd sent back, by stanza kind and RFC 6120 condition.",
 		}, []string{"kind", "condition"}),
 	}
-	reg.MustRegister(m.up, m.reconnects, m.dialFailures, m.pings, m.fences, m.pingTimeouts,
+	reg.MustRegister(m.up, m.address, m.reconnects, m.dialFailures, m.pings, m.fences, m.pingTimeouts,
 		m.inboundErrors, m.unknownResults, m.ignored, m.replies, m.repliesDropped, m.writeStalls)
 	return m
 }

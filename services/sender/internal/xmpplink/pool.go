@@ -150,6 +150,7 @@ func NewPool(opt Options, log zerolog.Logger, m *Metrics) (*Pool, error) {
 		changed:  make(chan struct{}),
 		done:     make(chan struct{}),
 	}
+	m.address.WithLabelValues(opt.Addr).Set(1)
 	p.pingHead = []byte("<iq type='get' id='")
 	tail := append([]byte("' to='"), stanza.AppendEscaped(nil, opt.ServerDomain)...)
 	if opt.JID != "" { // a c2s session's from is filled in by the server
