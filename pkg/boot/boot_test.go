@@ -52,3 +52,18 @@ func TestMainRunsTheServiceWithoutHooks(t *testing.T) {
 		t.Fatalf("exit %d, called %v: %s", code, called, stderr.String())
 	}
 }
+
+// -check-config says how a first-generation file was read.
+func TestCheckConfigShowsTheMapping(t *testing.T) {
+	var stderr bytes.Buffer
+	code := Main(config.RoleFanout, []string{"-config", "../config/testdata/old-section-names.toml", "-check-config"}, &stderr, mustNotRun(t), nil)
+	out := stderr.String()
+	for _, want := range []string{"note: [kafka] read as [kafka-consumer]", "warning: [user-activity-redis] set_prefix is no longer needed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("exit %d, output lacks %q:\n%s", code, want, out)
+		}
+	}
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+}
