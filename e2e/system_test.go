@@ -245,6 +245,7 @@ format = "json"
 brokers = "@BROKERS@"
 topics = "@P@_input"
 group_name = "@P@_input"
+start_offset = "earliest"
 
 [mysql]
 address = "@MYSQL@"

@@ -74,6 +74,9 @@ type KafkaConsumer struct {
 	Topics    string `toml:"topics"`    // comma-separated
 	GroupName string `toml:"group_name"`
 	Buffer    int    `toml:"buffer"`
+	// New: where a group with no committed offset starts: "latest" (only what
+	// is produced from now on) or "earliest" (the topic's whole retained history).
+	StartOffset string `toml:"start_offset"`
 }
 
 type MySQL struct {
@@ -275,7 +278,7 @@ func Default() Config {
 		UserActivityAskBuffer: 1000,
 		Monitoring:            Monitoring{BufferReportDuration: 1},
 		Log:                   Log{Level: "warning", Format: "text"},
-		KafkaConsumer:         KafkaConsumer{GroupName: "announcer", Buffer: 1000},
+		KafkaConsumer:         KafkaConsumer{GroupName: "announcer", Buffer: 1000, StartOffset: "latest"},
 		MySQL:                 MySQL{PaginationLength: 100, MaxIdleConn: 10, MaxOpenConn: 10},
 		UserActivityRedis:     UserActivityRedis{ReadTimeout: 1000, OfflineHash: "offline-users"},
 		UserActivityREST:      UserActivityREST{RequestTimeout: 500, IdleConnTimeout: 90, MaxIdleConn: 100, MaxRetry: 3},

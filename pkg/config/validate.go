@@ -114,6 +114,9 @@ func (c *Config) validateIngress(p *problems) {
 		p.bad("[kafka-consumer] group_name: empty while topics are set")
 	}
 	p.atLeast("[kafka-consumer] buffer", c.KafkaConsumer.Buffer, 1, "")
+	if s := c.KafkaConsumer.StartOffset; s != "latest" && s != "earliest" {
+		p.bad("[kafka-consumer] start_offset %q: want latest or earliest", s)
+	}
 	c.validateUserDomain(p)
 }
 

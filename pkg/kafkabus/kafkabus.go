@@ -84,11 +84,14 @@ type ReaderOptions struct {
 	MaxWait  time.Duration
 	// QueueCapacity bounds messages prefetched per reader.
 	QueueCapacity int
+	// StartAtEnd makes a group with no committed offset start at the end of
+	// the topics (input that existed before the service) instead of their beginning.
+	StartAtEnd bool
 }
 
 // NewReader returns a group consumer for explicit commits (CommitInterval 0 = synchronous
-// commits, only when the caller calls CommitMessages). New groups start at the oldest record,
-// so nothing accepted before the first start of a service is skipped.
+// commits, only when the caller calls CommitMessages). New groups start at the oldest record
+// (unless StartAtEnd), so nothing accepted before the first start of a service is skipped.
 func NewReader(brokers []string, group string, topics []string, o ReaderOptions) *kafka.Reader {
 	cfg := kafka.ReaderConfig{
 		Brokers:           brokers,
@@ -123,6 +126,9 @@ func NewReader(brokers []string, group string, topics []string, o ReaderOptions)
 	}
 	if cfg.QueueCapacity <= 0 {
 		cfg.QueueCapacity = 100
+	}
+	if o.StartAtEnd {
+		cfg.StartOffset = kafka.LastOffset
 	}
 	return kafka.NewReader(cfg)
 }

@@ -250,6 +250,9 @@ type Input struct {
 	Prefix string
 	// Labels are constant labels of the consumer's metrics (the sender's node).
 	Labels prometheus.Labels
+	// StartAtEnd starts a group with no committed offset at the end of the
+	// topics: for input the service did not write itself.
+	StartAtEnd bool
 }
 
 // Consume builds the reader and the consumer of in, and runs it as intake
@@ -278,6 +281,7 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 		// its topics would be assigned nothing and stay that way.
 		reader := kafkabus.NewReader(brokers, in.Group, in.Topics, kafkabus.ReaderOptions{
 			QueueCapacity: max(in.MaxInFlight, 16),
+			StartAtEnd:    in.StartAtEnd,
 		})
 		defer func() {
 			if err := reader.Close(); err != nil {

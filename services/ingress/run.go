@@ -77,6 +77,9 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		rt.Consume(stage.Input{
 			Name: "kafka-input", Brokers: config.SplitList(cfg.KafkaConsumer.Brokers),
 			Group: cfg.KafkaConsumer.GroupName, Topics: topics, Handle: input.Handle, Prefix: "kafka_input_",
+			// A new group must not announce the topic's history again (an operator
+			// pointing the ingress at the first generation's input, say).
+			StartAtEnd:      cfg.KafkaConsumer.StartOffset == "latest",
 			ConsumerOptions: stage.ConsumerOptions{MaxInFlight: cfg.KafkaConsumer.Buffer, DrainTimeout: cfg.Ingress.ShutdownTimeout.D()},
 		})
 	}

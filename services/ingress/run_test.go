@@ -262,8 +262,9 @@ func TestKafkaInput(t *testing.T) {
 	cfg.KafkaConsumer.Brokers = strings.Join(env.KafkaBrokers, ",")
 	cfg.KafkaConsumer.GroupName = stacktest.Name("ingress_group")
 	cfg.KafkaConsumer.Buffer = 16
+	cfg.KafkaConsumer.StartOffset = "earliest"
 
-	// Records produced before the service starts: a new group starts at the oldest record.
+	// Records produced before the service starts: with start_offset earliest a new group starts at the oldest record.
 	kafkatest.Produce(t, env.KafkaBrokers, inputs[0],
 		kafka.Message{Key: []byte("a"), Value: []byte(`{"channel_id": 7, "message": "` + b64(tpl) + `"}`)},
 		kafka.Message{Key: []byte("b"), Value: []byte(`{"usernames": ["alice"], "message": "` + b64(tpl) + `", "persist": false}`)},
@@ -339,6 +340,34 @@ func TestKafkaInput(t *testing.T) {
 	// Nothing is announced twice by this run.
 	if again := kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, 4, time.Second); len(again) != 3 {
 		t.Errorf("%d events after shutdown, want still 3", len(again))
+	}
+}
+
+// By default a new input group starts at the end of its topics: pointing the
+// ingress at a topic with history (the first generation's input, say) does
+// not announce that history again.
+func TestKafkaInputNewGroupStartsAtTheEnd(t *testing.T) {
+	env := stacktest.Get(t)
+	input := kafkatest.Topics(t, env.KafkaBrokers, 2, "ingress_in_latest")[0]
+	cfg := baseConfig(env.KafkaBrokers)
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
+	cfg.KafkaConsumer.Topics = input
+	cfg.KafkaConsumer.GroupName = stacktest.Name("ingress_group")
+	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, cfg.KafkaConsumer.GroupName)
+	old := `{"usernames": ["history"], "message": "` + b64(tpl) + `"}`
+	kafkatest.Produce(t, env.KafkaBrokers, input, kafka.Message{Value: []byte(old)}, kafka.Message{Value: []byte(old)})
+
+	svc := start(t, cfg)
+	svc.waitReady(t)
+	time.Sleep(2 * time.Second) // the group's partition readers resolve "the end" after the join
+	kafkatest.Produce(t, env.KafkaBrokers, input, kafka.Message{Value: []byte(`{"usernames": ["fresh"], "message": "` + b64(tpl) + `"}`)})
+
+	events := kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, 3, 15*time.Second)
+	if len(events) != 1 {
+		t.Fatalf("%d events, want only the one produced after the start", len(events))
+	}
+	if ev, err := announcement.DecodeEvent(events[0].Value); err != nil || ev.Usernames[0] != "fresh" {
+		t.Fatalf("event %+v %v, want the fresh one", ev, err)
 	}
 }
 
