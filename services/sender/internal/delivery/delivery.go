@@ -33,19 +33,23 @@ type Link interface {
 	Release()
 }
 
-// Links hands out live connections, waiting for one to come up.
+// Links hands out live connections, waiting for one to come up. With alone,
+// the connection is the caller's alone until Release: nothing else is
+// written on it meanwhile.
 type Links interface {
-	Acquire(ctx context.Context) (Link, error)
+	Acquire(ctx context.Context, alone bool) (Link, error)
 }
 
 // LinksOf adapts a pool whose Acquire hands out a concrete link type (Go has
 // no covariant results, so *xmpplink.Pool is not a Links by itself).
-func LinksOf[L Link](acquire func(context.Context) (L, error)) Links { return linksFunc[L](acquire) }
+func LinksOf[L Link](acquire func(context.Context, bool) (L, error)) Links {
+	return linksFunc[L](acquire)
+}
 
-type linksFunc[L Link] func(context.Context) (L, error)
+type linksFunc[L Link] func(context.Context, bool) (L, error)
 
-func (f linksFunc[L]) Acquire(ctx context.Context) (Link, error) {
-	l, err := f(ctx)
+func (f linksFunc[L]) Acquire(ctx context.Context, alone bool) (Link, error) {
+	l, err := f(ctx, alone)
 	if err != nil {
 		return nil, err
 	}
@@ -158,6 +162,10 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 
 	policy := backoff.Policy{Initial: s.opt.RetryMin, Max: s.opt.RetryMax}
 	rejections := 0
+	// After ejabberd closed a stream, every batch that was in flight on it is
+	// sent again alone on a connection: only a batch that closes the stream
+	// on its own counts as poison, never its neighbours.
+	alone := false
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			s.m.resends.Inc()
@@ -169,7 +177,7 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 				}
 			}
 		}
-		link, err := s.links.Acquire(ctx)
+		link, err := s.links.Acquire(ctx, alone)
 		if err != nil {
 			return fmt.Errorf("delivery: no connection: %w", err)
 		}
@@ -184,6 +192,11 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 		}
 		var rj rejecter
 		if errors.As(err, &rj) && rj.Rejected() {
+			if !alone {
+				alone = true
+				s.m.isolated.Inc()
+				continue
+			}
 			rejections++
 			if rejections > s.opt.Rejections {
 				s.m.batches.WithLabelValues("poison").Inc()
@@ -261,6 +274,7 @@ type Metrics struct {
 	resends  prometheus.Counter
 	invalid  prometheus.Counter
 	rateWait prometheus.Counter
+	isolated prometheus.Counter
 	batches  *prometheus.CounterVec
 }
 
@@ -275,10 +289,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		resends:  c("resends_total", "Batches sent again because their connection died before the fence."),
 		invalid:  c("invalid_recipients_total", "Recipients skipped because they are not valid JIDs."),
 		rateWait: c("rate_limit_wait_seconds_total", "Time spent waiting for the per-connection rate limit."),
+		isolated: c("isolated_resends_total", "Batches sent again alone on a connection after ejabberd closed a stream they shared."),
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "batches_total", Help: "Batches finished, by outcome (delivered, empty, poison).",
 		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.sent, m.resends, m.invalid, m.rateWait, m.batches)
+	reg.MustRegister(m.sent, m.resends, m.invalid, m.rateWait, m.isolated, m.batches)
 	return m
 }

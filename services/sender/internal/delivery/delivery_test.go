@@ -63,10 +63,12 @@ type fakeLinks struct {
 	mu    sync.Mutex
 	links []*fakeLink
 	next  int
+	alone []bool // what each Acquire asked for
 }
 
-func (f *fakeLinks) Acquire(ctx context.Context) (Link, error) {
+func (f *fakeLinks) Acquire(ctx context.Context, alone bool) (Link, error) {
 	f.mu.Lock()
+	f.alone = append(f.alone, alone)
 	if f.next < len(f.links) {
 		l := f.links[f.next]
 		f.next++
@@ -180,8 +182,12 @@ func TestDeliverPoisonBatch(t *testing.T) {
 	if !errors.As(err, &bad) || bad.Label != "poison" {
 		t.Fatalf("got %v, want a poison BadRecordError", err)
 	}
-	if fl.next != 3 {
-		t.Fatalf("%d attempts, want 3 (1 + 2 rejections tolerated)", fl.next)
+	// The first loss was shared (the batch is not blamed yet); then alone: 1 + 2 tolerated + 1.
+	if fl.next != 4 {
+		t.Fatalf("%d attempts, want 4 (one shared, then alone: 2 rejections tolerated, the third is poison)", fl.next)
+	}
+	if want := []bool{false, true, true, true}; fmt.Sprint(fl.alone) != fmt.Sprint(want) {
+		t.Fatalf("acquired alone %v, want %v", fl.alone, want)
 	}
 	if got := testutil.ToFloat64(m.batches.WithLabelValues("poison")); got != 1 {
 		t.Fatalf("poison = %v", got)

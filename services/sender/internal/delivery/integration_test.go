@@ -2,8 +2,11 @@ package delivery_test
 
 import (
 	"context"
+	"errors"
 	"reflect"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/stanza"
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
 	"github.com/announcer/announcer/pkg/testkit/xmpptest"
@@ -285,5 +289,70 @@ func waitUp(t *testing.T, p *xmpplink.Pool, n int) {
 			t.Fatalf("%d connections up, want %d", p.Up(), n)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// One poison batch among valid ones on a single connection: the sender
+// believes ejabberd does not check from (it does, check_from: true on the
+// stack's main listener), so one batch's from closes the stream every time.
+// The valid batches in flight with it are sent again alone and delivered;
+// only the poison one is dead-lettered.
+func TestPoisonBatchIsIsolated(t *testing.T) {
+	env := stacktest.Get(t)
+	domain := env.ComponentDomain
+	reg := prometheus.NewRegistry()
+	metrics := prometheus.WrapRegistererWithPrefix("announcer_sender_", reg)
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)
+	pool, err := xmpplink.NewPool(xmpplink.Options{
+		Node: "n1", Addr: env.ComponentAddr, JID: domain, Secret: env.ComponentSecret,
+		ServerDomain: env.XMPPDomain, Conns: 1, PingTimeout: 10 * time.Second,
+		ReconnectMin: 20 * time.Millisecond, ReconnectMax: 100 * time.Millisecond,
+	}, log, xmpplink.NewMetrics(metrics))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = pool.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	s := delivery.New(delivery.Options{
+		UserDomain: env.XMPPDomain, Templates: stanza.NewCache(stanza.Options{ComponentDomain: domain, AnyFrom: true}, 16),
+		Conns: 1, Rejections: 2, RetryMin: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond,
+	}, delivery.LinksOf(pool.Acquire), log, delivery.NewMetrics(metrics))
+	user := testuser.Login(t, env, "poison")
+
+	batch := func(seq int, from, body string) announcement.Batch {
+		return announcement.Batch{AnnouncementID: "poison-test", Seq: seq, Recipients: []string{user.JID.String()},
+			Template: "<message to='%s' from='" + from + "' type='chat'><body>" + body + "</body></message>"}
+	}
+	batches := []announcement.Batch{
+		batch(0, domain, "valid 0"), batch(1, domain, "valid 1"),
+		batch(2, "intruder@"+env.XMPPDomain, "poison"), batch(3, domain, "valid 3"),
+	}
+	errs := make([]error, len(batches))
+	var wg sync.WaitGroup
+	for i, b := range batches {
+		wg.Go(func() { errs[i] = s.Deliver(ctx, b) }) // all in flight at once, as max_in_flight allows
+	}
+	wg.Wait()
+	for i, err := range errs {
+		var bad *announcement.BadRecordError
+		switch {
+		case i == 2 && (!errors.As(err, &bad) || bad.Label != "poison"):
+			t.Errorf("the poison batch: %v, want it dead-lettered as poison", err)
+		case i != 2 && err != nil:
+			t.Errorf("valid batch %d: %v (dead-lettered because of its neighbour)", i, err)
+		}
+	}
+	got := map[string]bool{}
+	testkit.Eventually(t, 20*time.Second, "the three valid batches", func() bool {
+		for _, m := range user.Messages() {
+			got[strings.Join(m.Bodies, "")] = true
+		}
+		return got["valid 0"] && got["valid 1"] && got["valid 3"]
+	})
+	if got["poison"] {
+		t.Error("the poison stanza was delivered")
 	}
 }

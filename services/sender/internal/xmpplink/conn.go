@@ -79,8 +79,9 @@ type Conn struct {
 	outstanding []outPing
 	pingsClosed bool
 
-	users   atomic.Int32
-	replies chan inbound
+	users     atomic.Int32
+	exclusive bool // held alone by one caller (under pool.mu)
+	replies   chan inbound
 }
 
 func newConn(p *Pool, slot int, nc net.Conn, sess *xmpp.Session) *Conn {
@@ -102,7 +103,7 @@ func newConn(p *Pool, slot int, nc net.Conn, sess *xmpp.Session) *Conn {
 func (c *Conn) Slot() int { return c.slot }
 
 // Release ends one Acquire.
-func (c *Conn) Release() { c.users.Add(-1) }
+func (c *Conn) Release() { c.pool.release(c) }
 
 func (c *Conn) isDead() bool {
 	select {

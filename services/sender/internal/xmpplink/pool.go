@@ -110,11 +110,12 @@ type Pool struct {
 	regMu sync.Mutex
 	pings map[string]pingRef // every unanswered ping of every live connection
 
-	mu      sync.Mutex
-	conns   []*Conn // live connection per slot, nil while down
-	changed chan struct{}
-	rr      int
-	done    chan struct{}
+	mu           sync.Mutex
+	conns        []*Conn // live connection per slot, nil while down
+	changed      chan struct{}
+	waitingAlone int // callers waiting for a connection to themselves
+	rr           int
+	done         chan struct{}
 }
 
 // NewPool checks the options; Run brings the connections up.
@@ -325,8 +326,7 @@ func (p *Pool) setLive(slot int, c *Conn) {
 		}
 	}
 	p.m.up.Set(float64(up))
-	close(p.changed)
-	p.changed = make(chan struct{})
+	p.wake()
 }
 
 // Up counts the live connections.
@@ -343,28 +343,49 @@ func (p *Pool) Up() int {
 }
 
 // Acquire returns the live connection with the fewest users, waiting for one
-// to come up. Call Release on it when done.
-func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+// to come up. With alone, it waits for a connection nobody uses and keeps
+// it for the caller alone until Release: what the caller writes is then the
+// only thing ejabberd can close the stream for. Call Release when done.
+func (p *Pool) Acquire(ctx context.Context, alone bool) (*Conn, error) {
+	p.mu.Lock()
+	if alone {
+		p.waitingAlone++
+		defer func() {
+			p.mu.Lock()
+			p.waitingAlone--
+			p.wake() // shared callers held back for this one may go on
+			p.mu.Unlock()
+		}()
+	}
+	p.mu.Unlock()
 	for {
 		p.mu.Lock()
 		var best *Conn
 		n := len(p.conns)
-		for i := range n {
-			c := p.conns[(p.rr+i)%n]
-			if c == nil || c.isDead() {
-				continue
-			}
-			if best == nil || c.users.Load() < best.users.Load() {
-				best = c
+		// Shared use yields while someone waits to be alone, or that one would starve.
+		if alone || p.waitingAlone == 0 {
+			for i := range n {
+				c := p.conns[(p.rr+i)%n]
+				if c == nil || c.isDead() || c.exclusive {
+					continue
+				}
+				if alone && c.users.Load() > 0 {
+					continue
+				}
+				if best == nil || c.users.Load() < best.users.Load() {
+					best = c
+				}
 			}
 		}
 		p.rr++
-		ch := p.changed
-		p.mu.Unlock()
 		if best != nil {
 			best.users.Add(1)
+			best.exclusive = alone
+			p.mu.Unlock()
 			return best, nil
 		}
+		ch := p.changed
+		p.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
@@ -373,4 +394,22 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			return nil, ErrClosed
 		}
 	}
+}
+
+// release ends one Acquire of c; a connection that became free (or is no
+// longer held alone) wakes the callers waiting for one.
+func (p *Pool) release(c *Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	held := c.exclusive
+	c.exclusive = false
+	if c.users.Add(-1) == 0 || held {
+		p.wake()
+	}
+}
+
+// wake tells every waiting Acquire to look again; p.mu is held.
+func (p *Pool) wake() {
+	close(p.changed)
+	p.changed = make(chan struct{})
 }

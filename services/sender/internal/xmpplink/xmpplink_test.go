@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
 	"github.com/announcer/announcer/services/sender/internal/sink"
@@ -77,7 +78,7 @@ func fence(t *testing.T, h *harness) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := h.pool.Acquire(ctx)
+	c, err := h.pool.Acquire(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +212,7 @@ func TestRealFenceOnKilledConnection(t *testing.T) {
 	h.waitUp(t, 1, 10*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := h.pool.Acquire(ctx)
+	c, err := h.pool.Acquire(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +244,7 @@ func TestRealErrorsCountedConnectionSurvives(t *testing.T) {
 	h.waitUp(t, 1, 10*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := h.pool.Acquire(ctx)
+	c, err := h.pool.Acquire(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +347,7 @@ func TestSinkRoundTrip(t *testing.T) {
 	h.waitUp(t, 2, 5*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := h.pool.Acquire(ctx)
+	c, err := h.pool.Acquire(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -406,7 +407,7 @@ func TestRealClientSessions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for range 2 {
-		c, err := h.pool.Acquire(ctx)
+		c, err := h.pool.Acquire(ctx, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -431,5 +432,62 @@ func TestRealClientSessions(t *testing.T) {
 	}
 	if !from[account+"/announcer-0"] || !from[account+"/announcer-1"] {
 		t.Fatalf("messages from %v: want one from each connection's resource announcer-0 and announcer-1", from)
+	}
+}
+
+// A caller that asks to be alone gets a connection nobody else writes on: it
+// waits for the users of the connection to leave, shared callers wait behind
+// it (or it would starve), and they go on once it released the connection.
+func TestAcquireAlone(t *testing.T) {
+	env := stacktest.Get(t)
+	h := startPool(t, realOptions(env, 1))
+	h.waitUp(t, 1, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	shared, err := h.pool.Acquire(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aloneGot := make(chan *Conn, 1)
+	go func() {
+		c, err := h.pool.Acquire(ctx, true)
+		if err != nil {
+			t.Error(err)
+		}
+		aloneGot <- c
+	}()
+	testkit.Eventually(t, 5*time.Second, "the alone caller waiting", func() bool {
+		h.pool.mu.Lock()
+		defer h.pool.mu.Unlock()
+		return h.pool.waitingAlone == 1
+	})
+	sharedGot := make(chan *Conn, 1)
+	go func() {
+		c, err := h.pool.Acquire(ctx, false)
+		if err != nil {
+			t.Error(err)
+		}
+		sharedGot <- c
+	}()
+	select {
+	case <-aloneGot:
+		t.Fatal("alone while another caller holds the connection")
+	case <-sharedGot:
+		t.Fatal("a shared caller went ahead of one waiting to be alone")
+	case <-time.After(200 * time.Millisecond):
+	}
+	shared.Release()
+	alone := <-aloneGot
+	select {
+	case <-sharedGot:
+		t.Fatal("a shared caller got the connection while it is held alone")
+	case <-time.After(200 * time.Millisecond):
+	}
+	alone.Release()
+	select {
+	case c := <-sharedGot:
+		c.Release()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the shared caller never got the connection back")
 	}
 }
