@@ -289,6 +289,9 @@ func (h *harness) metric(name, label string) float64 {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if label == "" && len(m.GetLabel()) == 0 {
+				return m.GetCounter().GetValue()
+			}
 			for _, l := range m.GetLabel() {
 				if l.GetValue() == label {
 					return m.GetCounter().GetValue()
@@ -603,5 +606,38 @@ func TestFanoutWithRESTPresence(t *testing.T) {
 	}
 	if res := h.results("rest-all", 1, 30*time.Second)[0]; res.Outcome != audience.Rejected || res.Reason != audience.ReasonScanUnsupported {
 		t.Fatalf("all-online with REST presence: %+v", res)
+	}
+}
+
+// A production schema that allows a NULL username: the channel with such a
+// row is announced to its other members (the NULL one skipped and counted),
+// and a healthy announcement posted after it is not held back, even with a
+// single fanout worker.
+func TestNullMemberRowHoldsNothingBack(t *testing.T) {
+	h := newHarness(t, func(c *config.Config) { c.LogicProcessNumber = 1 })
+	ctx := context.Background()
+	if _, err := h.seed.DB.ExecContext(ctx, "ALTER TABLE ws_channel_members MODIFY member_username VARCHAR(191) NULL"); err != nil {
+		t.Fatal(err)
+	}
+	want := h.population(1, "with-null", audience.StateAccepted, 6)
+	if _, err := h.seed.DB.ExecContext(ctx, "INSERT INTO ws_channel_members (member_channelid, member_username) VALUES (1, NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	healthy := h.population(2, "healthy", audience.StateAccepted, 6)
+	h.start()
+	start := time.Now()
+	h.announce(announcement.Event{ID: "null-row", Kind: announcement.KindChannel, Channel: &announcement.ChannelRef{ID: 1}})
+	h.announce(announcement.Event{ID: "after-it", Kind: announcement.KindChannel, Channel: &announcement.ChannelRef{ID: 2}})
+	if res := h.results("null-row", 1, 30*time.Second)[0]; res.Outcome != audience.Delivered || res.Recipients != len(want["node1"])+len(want["node2"]) {
+		t.Fatalf("the channel with a NULL row: %+v", res)
+	}
+	if res := h.results("after-it", 1, 30*time.Second)[0]; res.Outcome != audience.Delivered || res.Recipients != len(healthy["node1"])+len(healthy["node2"]) {
+		t.Fatalf("the announcement after it: %+v", res)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("both took %s", d)
+	}
+	if n := h.metric("announcer_fanout_skipped_empty_usernames_total", ""); n != 1 {
+		t.Fatalf("skipped %v empty usernames, want the NULL one", n)
 	}
 }

@@ -30,6 +30,15 @@ const NoAddress = "?"
 // ErrChannelNotFound is returned by a MemberStore for an unknown channel.
 var ErrChannelNotFound = errors.New("channel not found")
 
+// ErrPermanent marks a failure that retrying cannot cure (the database lacks a
+// table or column the store reads): after a few tries the announcement is
+// dead-lettered with the reason instead of holding its partition forever.
+var ErrPermanent = errors.New("permanent failure")
+
+// permanentTries is how often an ErrPermanent failure is tried before giving
+// up: a schema being migrated under us gets a few seconds.
+const permanentTries = 4
+
 // ErrScanUnsupported is returned by a Presence that cannot list online users.
 var ErrScanUnsupported = errors.New("presence source cannot list online users")
 

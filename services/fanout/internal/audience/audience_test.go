@@ -563,3 +563,31 @@ func TestBadTemplateIsABadRecord(t *testing.T) {
 		t.Fatalf("templates checked %d times, want once per event", rules.checked.Load())
 	}
 }
+
+// A failure no retry can cure ends the announcement as a bad record after a
+// few tries, instead of holding its partition (and every announcement behind
+// it) forever; a transient one is still retried until it works.
+func TestPermanentFailureIsABadRecordAfterAFewTries(t *testing.T) {
+	w := newWorld(t, nil)
+	w.seedChannel(t, 1, audience.StateAccepted, 10)
+	var tries atomic.Int32
+	w.members.Fail = func(op string) error {
+		if op == "members" {
+			tries.Add(1)
+			return fmt.Errorf("%w: Error 1054: Unknown column 'member_username'", audience.ErrPermanent)
+		}
+		return nil
+	}
+	start := time.Now()
+	_, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 1}))
+	var bad *announcement.BadRecordError
+	if !errors.As(err, &bad) || bad.Label != "permanent" || !strings.Contains(bad.Reason, "Unknown column") {
+		t.Fatalf("err = %v, want a permanent BadRecordError", err)
+	}
+	if n := tries.Load(); n < 2 || n > 10 {
+		t.Fatalf("tried %d times, want a few", n)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("gave up after %s, want seconds at most", d)
+	}
+}

@@ -141,6 +141,9 @@ func (r *Resolver) Resolve(ctx context.Context, ev announcement.Event) (Result, 
 	default:
 		res = Result{Outcome: Rejected, Reason: ReasonUnknownKind}
 	}
+	if errors.Is(err, ErrPermanent) && ctx.Err() == nil {
+		return Result{}, &announcement.BadRecordError{Reason: fmt.Sprintf("announcement %s: %v", ev.ID, err), Label: "permanent"}
+	}
 	if err != nil {
 		return res, err
 	}
@@ -164,11 +167,22 @@ func (c channelRef) String() string {
 func channelOf(ev *announcement.Event) fmt.Stringer { return channelRef{ev.Channel} }
 
 // retry runs op until it succeeds or ctx ends, counting and (sparsely) logging failures.
+// Transient failures are retried until ctx ends; ErrPermanent ones only
+// permanentTries times.
 func (r *Resolver) retry(ctx context.Context, dep string, op func() error) error {
-	return backoff.Retry(ctx, r.cfg.Retry, op, func(err error, attempt int) {
+	permanent := 0
+	return backoff.Retry(ctx, r.cfg.Retry, func() error {
+		err := op()
+		if errors.Is(err, ErrPermanent) {
+			if permanent++; permanent >= permanentTries {
+				return backoff.Permanent(err)
+			}
+		}
+		return err
+	}, func(err error, attempt int) {
 		r.m.retries.WithLabelValues(dep).Inc()
 		if attempt == 1 || attempt%10 == 0 {
-			r.log.Warn().Err(err).Str("dependency", dep).Int("attempt", attempt).Msg("transient failure, retrying")
+			r.log.Warn().Err(err).Str("dependency", dep).Int("attempt", attempt).Msg("failure, retrying")
 		}
 	})
 }
@@ -276,6 +290,10 @@ func (r *Resolver) shard(ctx context.Context, ev *announcement.Event, s announce
 	for page := range pages {
 		names = names[:0]
 		for _, m := range page {
+			if m.Username == "" { // a NULL row of a schema that allows it: no address to send to
+				e.skip++
+				continue
+			}
 			names = append(names, m.Username)
 		}
 		where = where[:len(names)]

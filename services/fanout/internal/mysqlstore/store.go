@@ -81,13 +81,15 @@ func (s *Store) Channel(ctx context.Context, ref announcement.ChannelRef) (audie
 			"SELECT channel_id, channel_state FROM ws_channel_data WHERE channel_id = ?", ref.ID)
 	}
 	var c audience.Channel
-	err := row.Scan(&c.ID, &c.State)
+	var state sql.NullString // NULL in a schema that allows it: not ACCEPTED
+	err := row.Scan(&c.ID, &state)
 	if errors.Is(err, sql.ErrNoRows) {
 		return audience.Channel{}, audience.ErrChannelNotFound
 	}
 	if err != nil {
-		return audience.Channel{}, fmt.Errorf("mysql: channel %s: %w", ref, err)
+		return audience.Channel{}, fmt.Errorf("mysql: channel %s: %w", ref, classify(err))
 	}
+	c.State = state.String
 	return c, nil
 }
 
@@ -114,14 +116,19 @@ func (s *Store) Members(ctx context.Context, channelID, afterID, beforeID int64,
 		rows, err = s.db.QueryContext(ctx, membersQuery, channelID, afterID, limit)
 	}
 	if err != nil {
-		return dst, fmt.Errorf("mysql: members of %d after %d: %w", channelID, afterID, err)
+		return dst, fmt.Errorf("mysql: members of %d after %d: %w", channelID, afterID, classify(err))
 	}
 	defer rows.Close()
+	var name sql.NullString
 	for rows.Next() {
 		var m audience.Member
-		if err := rows.Scan(&m.ID, &m.Username); err != nil {
-			return dst[:0], fmt.Errorf("mysql: members of %d: %w", channelID, err)
+		if err := rows.Scan(&m.ID, &name); err != nil {
+			return dst[:0], fmt.Errorf("mysql: members of %d: %w", channelID, classify(err))
 		}
+		// A NULL username (a schema that allows it) is kept as "": the page
+		// keeps its length and last id for the keyset, and the empty name is
+		// skipped and counted downstream.
+		m.Username = name.String
 		dst = append(dst, m)
 	}
 	if err := rows.Err(); err != nil {
@@ -135,7 +142,24 @@ func (s *Store) Members(ctx context.Context, channelID, afterID, beforeID int64,
 func (s *Store) Span(ctx context.Context, channelID int64) (count, minID, maxID int64, err error) {
 	err = s.db.QueryRowContext(ctx, spanQuery, channelID).Scan(&count, &minID, &maxID)
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("mysql: span of channel %d: %w", channelID, err)
+		return 0, 0, 0, fmt.Errorf("mysql: span of channel %d: %w", channelID, classify(err))
 	}
 	return count, minID, maxID, nil
+}
+
+// classify marks the server's answers that no retry can change: the schema
+// lacks what the queries read, or the account may not read it.
+func classify(err error) error {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		switch me.Number {
+		case 1054, // unknown column
+			1146, // no such table
+			1064, // syntax (a server that is not MariaDB/MySQL-compatible enough)
+			1142, // command denied
+			1143: // column access denied
+			return fmt.Errorf("%w: %w", audience.ErrPermanent, err)
+		}
+	}
+	return err
 }

@@ -104,3 +104,36 @@ func TestMembersQueryUsesTheIndexRange(t *testing.T) {
 }
 
 func audienceRef(id int64) announcement.ChannelRef { return announcement.ChannelRef{ID: id} }
+
+// A production schema may allow NULL where ours does not: a NULL username is
+// read as "" (skipped and counted downstream, the keyset page intact), a NULL
+// state as a channel that is not ACCEPTED. A schema without a column the
+// store reads is a permanent failure, not one to retry forever.
+func TestNullsAndMissingColumns(t *testing.T) {
+	f := newFixture(t).(fixture)
+	ctx := context.Background()
+	for _, q := range []string{
+		"ALTER TABLE ws_channel_members MODIFY member_username VARCHAR(191) NULL",
+		"ALTER TABLE ws_channel_data MODIFY channel_state VARCHAR(32) NULL",
+		"INSERT INTO ws_channel_data (channel_id, channel_channelid, channel_state) VALUES (1, 'one', 'ACCEPTED'), (2, 'two', NULL)",
+		"INSERT INTO ws_channel_members (member_id, member_channelid, member_username) VALUES (1, 1, 'a'), (2, 1, NULL), (3, 1, 'c')",
+	} {
+		if _, err := f.Store.DB().ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	page, err := f.Members(ctx, 1, 0, 0, 10, nil)
+	if err != nil || len(page) != 3 || page[1].ID != 2 || page[1].Username != "" || page[2].Username != "c" {
+		t.Fatalf("members %+v, err %v; want the NULL row as an empty name, in its place", page, err)
+	}
+	ch, err := f.Channel(ctx, announcement.ChannelRef{ID: 2})
+	if err != nil || ch.State == audience.StateAccepted {
+		t.Fatalf("channel with a NULL state: %+v %v", ch, err)
+	}
+	if _, err := f.Store.DB().ExecContext(ctx, "ALTER TABLE ws_channel_members DROP COLUMN member_username"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Members(ctx, 1, 0, 0, 10, nil); !errors.Is(err, audience.ErrPermanent) {
+		t.Fatalf("a missing column: %v, want ErrPermanent", err)
+	}
+}
