@@ -16,6 +16,7 @@ package audience
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/announcer/announcer/pkg/announcement"
 )
@@ -77,9 +78,24 @@ type Presence interface {
 }
 
 // BatchSink stores delivery batches durably (Kafka acks=all); it returns when all are acknowledged.
+// When only some were, it returns a *PartialWriteError naming the others.
 type BatchSink interface {
 	WriteBatches(ctx context.Context, batches []announcement.Batch) error
 }
+
+// PartialWriteError is a write of which only some batches were acknowledged:
+// Failed are the indices of the others. Only those are written again, so a
+// partial failure does not duplicate what is already durable.
+type PartialWriteError struct {
+	Failed []int
+	Err    error
+}
+
+func (e *PartialWriteError) Error() string {
+	return fmt.Sprintf("%d batches not acknowledged: %v", len(e.Failed), e.Err)
+}
+
+func (e *PartialWriteError) Unwrap() error { return e.Err }
 
 // TaskSink queues shard tasks for any fanout worker; it returns when all are acknowledged.
 type TaskSink interface {

@@ -591,3 +591,36 @@ func TestPermanentFailureIsABadRecordAfterAFewTries(t *testing.T) {
 		t.Fatalf("gave up after %s, want seconds at most", d)
 	}
 }
+
+// A write of which Kafka acknowledged only some batches: only the others are
+// written again, so a partial failure duplicates nothing.
+func TestPartialWriteRewritesOnlyWhatFailed(t *testing.T) {
+	w := newWorld(t, nil)
+	w.seedChannel(t, 1, audience.StateAccepted, 40) // one shard; its last write carries both nodes' batches
+	var once atomic.Bool
+	w.sink.Partial = func(batches []announcement.Batch) []int {
+		if len(batches) > 1 && once.CompareAndSwap(false, true) {
+			return []int{1} // the second batch of the first multi-batch write is not acknowledged
+		}
+		return nil
+	}
+	res, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 1}))
+	if err != nil || res.Outcome != audience.Delivered {
+		t.Fatal(res, err)
+	}
+	if !once.Load() {
+		t.Fatal("no write carried several batches: the test did not exercise a partial failure")
+	}
+	seen := map[string]int{}
+	for _, b := range w.sink.Batches {
+		seen[string(b.Key())]++
+	}
+	if len(seen) != res.Batches {
+		t.Fatalf("%d distinct batches stored, %d made", len(seen), res.Batches)
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Fatalf("batch %s stored %d times", k, n)
+		}
+	}
+}

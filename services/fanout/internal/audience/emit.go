@@ -161,7 +161,20 @@ func (e *emitter) send() {
 	batches := e.ready
 	e.ready = nil
 	e.g.Go(func() error {
-		err := e.r.retry(e.ctx, depKafka, func() error { return e.r.batches.WriteBatches(e.ctx, batches) })
+		pending := batches
+		err := e.r.retry(e.ctx, depKafka, func() error {
+			err := e.r.batches.WriteBatches(e.ctx, pending)
+			var partial *PartialWriteError
+			if errors.As(err, &partial) {
+				// What was acknowledged is durable: only the rest goes again.
+				rest := make([]announcement.Batch, 0, len(partial.Failed))
+				for _, i := range partial.Failed {
+					rest = append(rest, pending[i])
+				}
+				pending = rest
+			}
+			return err
+		})
 		if err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ package kafkasink
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/segmentio/kafka-go"
@@ -59,6 +60,16 @@ func (p *Sink) WriteBatches(ctx context.Context, batches []announcement.Batch) e
 		msgs[i] = kafka.Message{Topic: topic, Key: b.Key(), Value: v}
 	}
 	if err := p.batches.WriteMessages(ctx, msgs...); err != nil {
+		var we kafka.WriteErrors
+		if errors.As(err, &we) && len(we) == len(msgs) {
+			partial := &audience.PartialWriteError{Err: fmt.Errorf("kafka: write %d batches: %w", len(msgs), err)}
+			for i, e := range we {
+				if e != nil {
+					partial.Failed = append(partial.Failed, i)
+				}
+			}
+			return partial
+		}
 		return fmt.Errorf("kafka: write %d batches: %w", len(msgs), err)
 	}
 	return nil

@@ -2,13 +2,19 @@ package kafkasink
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
+	"github.com/announcer/announcer/services/fanout/internal/audience"
 )
 
 func TestSinkAgainstKafka(t *testing.T) {
@@ -77,5 +83,42 @@ func TestSinkAgainstKafka(t *testing.T) {
 	}
 	if len(perPartition) != 4 {
 		t.Fatalf("8 shard tasks on partitions %v, want all 4 used", perPartition)
+	}
+}
+
+// Kafka acknowledges the batches of a write partition by partition: when
+// some fail (here, one too large for its topic's max.message.bytes) the sink
+// says which, and the others are in their topic already.
+func TestPartialWriteNamesTheFailedBatches(t *testing.T) {
+	env := stacktest.Get(t)
+	good := kafkatest.Topics(t, env.KafkaBrokers, 1, "fanout_partial")[0]
+	small := stacktest.Name("fanout_small")
+	c := kafkabus.NewClient(env.KafkaBrokers, 10*time.Second)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{Topic: small, NumPartitions: 1, ReplicationFactor: 1,
+		ConfigEntries: []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: "2048"}}}}})
+	if err != nil || resp.Errors[small] != nil {
+		t.Fatalf("create %s: %v %v", small, err, resp)
+	}
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, small)
+	if err := kafkabus.AwaitTopics(ctx, env.KafkaBrokers, small); err != nil {
+		t.Fatal(err)
+	}
+	w := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 5 * time.Second, MaxAttempts: 1})
+	defer w.Close()
+	p := New(w, w, Topics{Deliveries: map[string]string{"n1": good, "n2": small}})
+	err = p.WriteBatches(ctx, []announcement.Batch{
+		{AnnouncementID: "p", Seq: 0, Node: "n1", Template: "t", Recipients: []string{"a"}},
+		{AnnouncementID: "p", Seq: 1, Node: "n2", Template: "t", Recipients: []string{strings.Repeat("b", 4096)}},
+		{AnnouncementID: "p", Seq: 2, Node: "n1", Template: "t", Recipients: []string{"c"}},
+	})
+	var partial *audience.PartialWriteError
+	if !errors.As(err, &partial) || fmt.Sprint(partial.Failed) != "[1]" {
+		t.Fatalf("err = %v, want a partial failure of batch 1", err)
+	}
+	if got := kafkatest.ReadAll(t, env.KafkaBrokers, good, 2, 10*time.Second); len(got) != 2 {
+		t.Fatalf("%d batches in n1's topic, want the 2 acknowledged", len(got))
 	}
 }

@@ -5,6 +5,7 @@ package audiencetest
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sort"
 	"strconv"
@@ -208,6 +209,9 @@ type Sink struct {
 	Tasks   []announcement.Event
 	// Fail, when set, is called before every write; a non-nil result fails it (nothing recorded).
 	Fail func(op string) error
+	// Partial, when set, names the batches of a write that fail (the others are
+	// recorded, as Kafka keeps what it acknowledged).
+	Partial func(batches []announcement.Batch) []int
 	// Block, when set, receives before every write returns (tests hold writes in flight).
 	Block chan struct{}
 	inFly int
@@ -254,11 +258,21 @@ func (s *Sink) WriteBatches(ctx context.Context, batches []announcement.Batch) e
 			return err
 		}
 	}
+	var failed []int
+	if s.Partial != nil {
+		failed = s.Partial(batches)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, b := range batches {
+	for i, b := range batches {
+		if slices.Contains(failed, i) {
+			continue
+		}
 		b.Recipients = slices.Clone(b.Recipients)
 		s.Batches = append(s.Batches, b)
+	}
+	if len(failed) > 0 {
+		return &audience.PartialWriteError{Failed: failed, Err: errors.New("leader not available")}
 	}
 	return nil
 }
