@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -55,8 +54,7 @@ func expectNothing(t *testing.T, c *xmpptest.Client, already int) {
 
 func TestChannelReachesExactlyTheOnlineMembers(t *testing.T) {
 	s := newSystem(t, options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := s.deadline(90 * time.Second)
 	from := s.from
 	var online []string
 	for i := range 5 {
@@ -104,8 +102,7 @@ func TestChannelReachesExactlyTheOnlineMembers(t *testing.T) {
 
 func TestAllOnlineUsers(t *testing.T) {
 	s := newSystem(t, options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := s.deadline(90 * time.Second)
 	from := s.from
 	a, b := s.user("a", "node1"), s.user("b", "node1")
 	ca, cb := s.login(ctx, a), s.login(ctx, b)
@@ -121,8 +118,7 @@ func TestAllOnlineUsers(t *testing.T) {
 
 func TestUsersOnlineAtOnceOfflineFromStorageAndPersisted(t *testing.T) {
 	s := newSystem(t, options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := s.deadline(90 * time.Second)
 	from := s.from
 	on := s.user("on", "")
 	off := s.user("off", "")
@@ -172,8 +168,7 @@ func TestUsersOnlineAtOnceOfflineFromStorageAndPersisted(t *testing.T) {
 
 func TestCraftedUsernamesCannotInjectXML(t *testing.T) {
 	s := newSystem(t, options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := s.deadline(90 * time.Second)
 	from := s.from
 	member := s.user("member", "node1")
 	victim := s.user("victim", "node1")
@@ -209,8 +204,7 @@ func TestCraftedUsernamesCannotInjectXML(t *testing.T) {
 
 func TestPendingAndUnknownChannelsDeliverNothing(t *testing.T) {
 	s := newSystem(t, options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := s.deadline(90 * time.Second)
 	from := s.from
 	m := s.user("m", "node1")
 	cm := s.login(ctx, m)
@@ -231,8 +225,7 @@ func TestPendingAndUnknownChannelsDeliverNothing(t *testing.T) {
 // Two nodes each get their own users, and two sender replicas of one node share its work.
 func TestTwoNodesAndSenderReplicas(t *testing.T) {
 	s := newSystem(t, options{nodes: []string{"node1", "node2"}, senders: map[string]int{"node1": 2, "node2": 1}, batch: 2})
-	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
-	defer cancel()
+	ctx := s.deadline(150 * time.Second)
 	from := s.from
 	var members []string
 	on := map[string][]string{}
@@ -287,8 +280,7 @@ func TestTwoNodesAndSenderReplicas(t *testing.T) {
 // members; a bad one lands on the dead-letter topic with the reason, and neither blocks the other.
 func TestKafkaInputReachesClientsAndBadRecordsAreDeadLettered(t *testing.T) {
 	s := newSystem(t, options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := s.deadline(90 * time.Second)
 	m := s.user("m", "node1")
 	cm := s.login(ctx, m)
 	s.channel(60, s.p+"-kin", "ACCEPTED", m)
@@ -316,8 +308,7 @@ func TestKafkaInputReachesClientsAndBadRecordsAreDeadLettered(t *testing.T) {
 // picked by hashing the JID).
 func TestUsersListIsRoutedByPresence(t *testing.T) {
 	s := newSystem(t, options{nodes: []string{"node1", "node2"}})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := s.deadline(90 * time.Second)
 	var list []string
 	clients := map[string]*xmpptest.Client{} // the address each was sent to
 	for i := range 10 {

@@ -79,8 +79,7 @@ resource="announcer"
 // announcement reaches a real client through the sending account's c2s session.
 func TestFirstGenerationClientConfigDelivers(t *testing.T) {
 	s := newBareSystem(t, options{nodes: []string{"node1"}})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := s.deadline(90 * time.Second)
 	account := s.user("sender", "")
 	member := s.user("member", "")
 	// The first generation's presence model: the node's presence address is its host.

@@ -103,6 +103,13 @@ type options struct {
 	shard      int
 }
 
+// deadline bounds the rest of the test.
+func (s *system) deadline(d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	s.t.Cleanup(cancel)
+	return ctx
+}
+
 func newSystem(t *testing.T, o options) *system {
 	t.Helper()
 	if len(o.nodes) == 0 {

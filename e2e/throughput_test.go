@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -31,8 +30,7 @@ func TestDeliveryThroughput(t *testing.T) {
 		n = v
 	}
 	s := newSystem(t, options{batch: 500, pagination: 5000, shard: 100000, rate: 50000})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	ctx := s.deadline(5 * time.Minute)
 
 	start := time.Now()
 	users := make([]string, n)

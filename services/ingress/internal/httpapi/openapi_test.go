@@ -82,26 +82,24 @@ func loadSpec(t *testing.T) spec {
 
 func (s spec) resolveResponse(t *testing.T, r docResponse) docResponse {
 	t.Helper()
-	if r.Ref == "" {
-		return r
-	}
-	name, ok := strings.CutPrefix(r.Ref, "#/components/responses/")
-	res, found := s.Components.Responses[name]
-	if !ok || !found {
-		t.Fatalf("unresolvable response %s", r.Ref)
-	}
-	return res
+	return resolve(t, r, r.Ref, "#/components/responses/", s.Components.Responses)
 }
 
 func (s spec) resolveSchema(t *testing.T, sc schema) schema {
 	t.Helper()
-	if sc.Ref == "" {
-		return sc
+	return resolve(t, sc, sc.Ref, "#/components/schemas/", s.Components.Schemas)
+}
+
+// resolve follows a local $ref under prefix; v without a ref is itself.
+func resolve[T any](t *testing.T, v T, ref, prefix string, defs map[string]T) T {
+	t.Helper()
+	if ref == "" {
+		return v
 	}
-	name, ok := strings.CutPrefix(sc.Ref, "#/components/schemas/")
-	res, found := s.Components.Schemas[name]
+	name, ok := strings.CutPrefix(ref, prefix)
+	res, found := defs[name]
 	if !ok || !found {
-		t.Fatalf("unresolvable schema %s", sc.Ref)
+		t.Fatalf("unresolvable %s", ref)
 	}
 	return res
 }

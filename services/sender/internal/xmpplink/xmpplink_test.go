@@ -74,6 +74,34 @@ func realOptions(env stacktest.Env, conns int) Options {
 	}
 }
 
+// acquire takes a shared connection for the rest of the test; the context
+// bounds what the test does with it.
+func (h *harness) acquire(t *testing.T, timeout time.Duration) (context.Context, *Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	c, err := h.pool.Acquire(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Release)
+	return ctx, c
+}
+
+// proxied runs a one-connection pool to the stack's ejabberd through a TCP
+// proxy the test can freeze, blackhole or cut.
+func proxied(t *testing.T, mode tcpproxy.Mode, tweak func(*Options)) (*harness, *tcpproxy.Proxy) {
+	t.Helper()
+	env := stacktest.Get(t)
+	proxy := tcpproxy.New(t, env.AddrFor(testuser.ComponentDomain(env, 0)), mode)
+	opt := realOptions(env, 1)
+	opt.Addr = proxy.Addr()
+	if tweak != nil {
+		tweak(&opt)
+	}
+	return startPool(t, opt), proxy
+}
+
 func fence(t *testing.T, h *harness) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -133,13 +161,9 @@ func TestRealWrongSecretKeepsRetrying(t *testing.T) {
 	opt := realOptions(env, 1)
 	opt.Secret = "wrong-" + env.ComponentSecret
 	h := startPool(t, opt)
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(h.m.dialFailures) < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %v failed attempts", testutil.ToFloat64(h.m.dialFailures))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "three failed attempts", func() bool {
+		return testutil.ToFloat64(h.m.dialFailures) >= 3
+	})
 	if h.pool.Up() != 0 {
 		t.Fatal("a connection with a wrong secret counts as up")
 	}
@@ -149,19 +173,10 @@ func TestRealWrongSecretKeepsRetrying(t *testing.T) {
 // pool: handshakes time out, and once the real ejabberd is behind the address,
 // the connection comes up.
 func TestRealHandshakeNeverAnsweredThenRecovers(t *testing.T) {
-	env := stacktest.Get(t)
-	proxy := tcpproxy.New(t, env.AddrFor(testuser.ComponentDomain(env, 0)), tcpproxy.Blackhole)
-	opt := realOptions(env, 1)
-	opt.Addr = proxy.Addr()
-	opt.HandshakeTimeout = 300 * time.Millisecond
-	h := startPool(t, opt)
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(h.m.dialFailures) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("handshake against a silent server did not time out")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	h, proxy := proxied(t, tcpproxy.Blackhole, func(o *Options) { o.HandshakeTimeout = 300 * time.Millisecond })
+	testkit.Eventually(t, 10*time.Second, "handshakes against a silent server to time out", func() bool {
+		return testutil.ToFloat64(h.m.dialFailures) >= 2
+	})
 	if h.pool.Up() != 0 {
 		t.Fatal("up without a handshake")
 	}
@@ -175,23 +190,16 @@ func TestRealHandshakeNeverAnsweredThenRecovers(t *testing.T) {
 // A connection whose peer stops answering is detected by the keepalive ping
 // timeout and replaced.
 func TestRealDeadConnectionReplaced(t *testing.T) {
-	env := stacktest.Get(t)
-	proxy := tcpproxy.New(t, env.AddrFor(testuser.ComponentDomain(env, 0)), tcpproxy.Forward)
-	opt := realOptions(env, 1)
-	opt.Addr = proxy.Addr()
-	opt.PingInterval = 200 * time.Millisecond
-	opt.PingTimeout = 600 * time.Millisecond
-	h := startPool(t, opt)
+	h, proxy := proxied(t, tcpproxy.Forward, func(o *Options) {
+		o.PingInterval = 200 * time.Millisecond
+		o.PingTimeout = 600 * time.Millisecond
+	})
 	h.waitUp(t, 1, 10*time.Second)
 	proxy.Freeze()
 	proxy.Set(tcpproxy.Refuse)
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(h.m.pingTimeouts) < 1 || h.pool.Up() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("frozen connection not detected: timeouts %v, up %d", testutil.ToFloat64(h.m.pingTimeouts), h.pool.Up())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "the frozen connection to be detected by a ping timeout", func() bool {
+		return testutil.ToFloat64(h.m.pingTimeouts) >= 1 && h.pool.Up() == 0
+	})
 	proxy.KillAll()
 	proxy.Thaw()
 	proxy.Set(tcpproxy.Forward)
@@ -204,27 +212,16 @@ func TestRealDeadConnectionReplaced(t *testing.T) {
 // A fence on a connection killed before the ping is answered reports the
 // loss (so the caller resends) rather than success or a hang.
 func TestRealFenceOnKilledConnection(t *testing.T) {
-	env := stacktest.Get(t)
-	proxy := tcpproxy.New(t, env.AddrFor(testuser.ComponentDomain(env, 0)), tcpproxy.Forward)
-	opt := realOptions(env, 1)
-	opt.Addr = proxy.Addr()
-	h := startPool(t, opt)
+	h, proxy := proxied(t, tcpproxy.Forward, nil)
 	h.waitUp(t, 1, 10*time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := h.pool.Acquire(ctx, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Release()
+	ctx, c := h.acquire(t, 10*time.Second)
 	proxy.Freeze() // the ping is written but never reaches ejabberd
 	errc := make(chan error, 1)
 	go func() { errc <- c.Fence(ctx) }()
 	time.Sleep(100 * time.Millisecond)
 	proxy.KillAll()
 	proxy.Thaw()
-	err = <-errc
-	if !isLost(err) {
+	if err := <-errc; !isLost(err) {
 		t.Fatalf("fence on a killed connection: %v, want ErrLost", err)
 	}
 	if err := c.Write([]byte("<message/>")); !isLost(err) {
@@ -242,13 +239,7 @@ func TestRealErrorsCountedConnectionSurvives(t *testing.T) {
 	opt.Addr = env.AddrFor(opt.JID)
 	h := startPool(t, opt)
 	h.waitUp(t, 1, 10*time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c, err := h.pool.Acquire(ctx, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Release()
+	ctx, c := h.acquire(t, 60*time.Second)
 	// ejabberd may route a bounce to any connection of any domain of the
 	// listener (global_routes), including other processes': send rounds until
 	// each kind was seen here at least once.
@@ -290,7 +281,7 @@ func TestRealErrorsCountedConnectionSurvives(t *testing.T) {
 	if err := c.Write([]byte("<message to='alice@" + env.XMPPDomain + "'><body>x</body></message>")); err != nil {
 		t.Fatal(err)
 	}
-	err = c.Fence(ctx)
+	err := c.Fence(ctx)
 	var lost *LostError
 	if !asLost(err, &lost) || !lost.Rejected() {
 		t.Fatalf("after a stanza without from: %v, want a rejected LostError", err)
@@ -345,13 +336,7 @@ func TestSinkRoundTrip(t *testing.T) {
 	defer s.Close()
 	h := startPool(t, Options{Addr: s.Addr(), JID: "c.example", Secret: "secret", ServerDomain: "example", Conns: 2})
 	h.waitUp(t, 2, 5*time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := h.pool.Acquire(ctx, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Release()
+	ctx, c := h.acquire(t, 5*time.Second)
 	for range 100 {
 		if err := c.Write([]byte("<message to='u@example' from='c.example'><body>b</body></message>")); err != nil {
 			t.Fatal(err)
@@ -374,13 +359,9 @@ func TestSinkWrongSecret(t *testing.T) {
 	defer s.Close()
 	h := startPool(t, Options{Addr: s.Addr(), JID: "c.example", Secret: "nope", ServerDomain: "example",
 		ReconnectMin: 10 * time.Millisecond, ReconnectMax: 20 * time.Millisecond})
-	deadline := time.Now().Add(5 * time.Second)
-	for testutil.ToFloat64(h.m.dialFailures) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("no retry after a failed handshake")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, "a retry after a failed handshake", func() bool {
+		return testutil.ToFloat64(h.m.dialFailures) >= 2
+	})
 	if h.pool.Up() != 0 {
 		t.Fatal("up after a failed handshake")
 	}
