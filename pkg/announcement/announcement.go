@@ -94,6 +94,11 @@ type Event struct {
 	CreatedAt time.Time   `json:"created_at"`
 	Source    string      `json:"source"` // "rest" or "kafka:<topic>"
 	Shard     *Shard      `json:"shard,omitempty"`
+	// Priority is PriorityHigh for the priority lane ("" = normal).
+	Priority string `json:"priority,omitempty"`
+	// DryRun asks fanout to count the audience and send nothing. A reader
+	// that ignored it would send, so such events carry version 2.
+	DryRun bool `json:"dry_run,omitempty"`
 	// Version is the version a reader must understand (Version when written
 	// by this code; absent in records of earlier versions, meaning 1).
 	Version int `json:"version,omitempty"`
@@ -118,18 +123,36 @@ func (b *Batch) Key() []byte {
 	return fmt.Appendf(nil, "%s/%d/%d", b.AnnouncementID, b.Shard, b.Seq)
 }
 
-// Version is the record version this code writes and understands. Writers
-// add fields without raising it (readers ignore fields they do not know, so
-// a rolling upgrade goes through); it is raised only for a change an older
-// reader would act on wrongly if it ignored it.
-const Version = 1
+// Version is the record version this code understands. Writers add fields
+// without raising a record's version (readers ignore fields they do not
+// know, so a rolling upgrade goes through); a record carries a higher
+// version only when an older reader would act on it wrongly by ignoring a
+// field: version 2 is a dry run, which a version-1 reader would send.
+const Version = 2
+
+// BatchVersion is the delivery batch version this code writes and understands.
+const BatchVersion = 1
+
+// Priorities of an event.
+const (
+	PriorityNormal = "normal"
+	PriorityHigh   = "high"
+)
+
+// minVersion is the lowest version a reader of e must understand.
+func (e *Event) minVersion() int {
+	if e.DryRun {
+		return 2
+	}
+	return 1
+}
 
 // Encode returns the JSON form: one JSON value, no trailing newline, '<',
 // '>' and '&' left as they are (see encodeJSON), Version stamped.
 func (e *Event) Encode() ([]byte, error) {
 	c := *e
 	if c.Version == 0 {
-		c.Version = Version
+		c.Version = e.minVersion()
 	}
 	p, err := encodeJSON(&c)
 	if err != nil {
@@ -142,7 +165,7 @@ func (e *Event) Encode() ([]byte, error) {
 func (b *Batch) Encode() ([]byte, error) {
 	c := *b
 	if c.Version == 0 {
-		c.Version = Version
+		c.Version = BatchVersion
 	}
 	p, err := encodeJSON(&c)
 	if err != nil {
@@ -183,7 +206,7 @@ func decodeEvent(p []byte) (Event, []string, error) {
 		return Event{}, nil, fmt.Errorf("announcement event: %w", err)
 	}
 	if e.Version > Version {
-		return Event{}, nil, &NewerVersionError{Version: e.Version}
+		return Event{}, nil, &NewerVersionError{Version: e.Version, Understood: Version}
 	}
 	return e, unknown, e.Check()
 }
@@ -196,6 +219,9 @@ func (e *Event) Check() error {
 	}
 	if e.Template == "" {
 		errs = append(errs, errors.New("template: empty"))
+	}
+	if e.Priority != "" && e.Priority != PriorityNormal && e.Priority != PriorityHigh {
+		errs = append(errs, fmt.Errorf("priority %q: want normal or high", e.Priority))
 	}
 	switch e.Kind {
 	case KindChannel:
@@ -237,8 +263,8 @@ func decodeBatch(p []byte) (Batch, []string, error) {
 	if err != nil {
 		return Batch{}, nil, fmt.Errorf("delivery batch: %w", err)
 	}
-	if b.Version > Version {
-		return Batch{}, nil, &NewerVersionError{Version: b.Version}
+	if b.Version > BatchVersion {
+		return Batch{}, nil, &NewerVersionError{Version: b.Version, Understood: BatchVersion}
 	}
 	var errs []error
 	if b.AnnouncementID == "" || len(b.AnnouncementID) > MaxIDLen {

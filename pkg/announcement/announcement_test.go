@@ -21,6 +21,7 @@ func TestEventRoundTrip(t *testing.T) {
 		{ID: "a3", Kind: KindAllOnline, Template: "<message to='%s'/>", CreatedAt: now},
 		{ID: "a4", Kind: KindUsers, Usernames: []string{"u1", "u2@d/r"}, Template: "x", Persist: true, CreatedAt: now},
 		{ID: "a5", Kind: KindShard, Shard: &Shard{ChannelID: 1, Index: 1, Count: 3, FromMemberID: 10, ToMemberID: 20}, Template: "x", CreatedAt: now},
+		{ID: "a6", Kind: KindUsers, Usernames: []string{"u1"}, Template: "x", CreatedAt: now, Priority: PriorityHigh, DryRun: true},
 	}
 	for _, want := range cases {
 		p, err := want.Encode()
@@ -31,7 +32,11 @@ func TestEventRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", p, err)
 		}
-		want.Version = Version // stamped by Encode
+		// Stamped by Encode: the lowest version that reads the event right.
+		want.Version = 1
+		if want.DryRun {
+			want.Version = 2
+		}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("round trip:\n got %+v\nwant %+v", got, want)
 		}
@@ -72,7 +77,7 @@ func TestDecodeEventRejects(t *testing.T) {
 }
 
 func TestDecodeBatch(t *testing.T) {
-	b := Batch{AnnouncementID: "a", Seq: 3, Node: "node1", Template: "t", Recipients: []string{"alice@localhost"}, FirstIncID: 7, Version: Version}
+	b := Batch{AnnouncementID: "a", Seq: 3, Node: "node1", Template: "t", Recipients: []string{"alice@localhost"}, FirstIncID: 7, Version: BatchVersion}
 	p, _ := b.Encode()
 	got, err := DecodeBatch(p)
 	if err != nil || !reflect.DeepEqual(got, b) {
@@ -202,7 +207,7 @@ func TestDecodeBothEscapings(t *testing.T) {
 		}
 	}
 
-	b := Batch{AnnouncementID: "a1", Shard: 1, Seq: 2, Node: "n1", Template: htmlTemplate, Persist: true, FirstIncID: 9, Recipients: []string{"alice", "bob@x/<&>"}, CreatedAt: now, Version: Version}
+	b := Batch{AnnouncementID: "a1", Shard: 1, Seq: 2, Node: "n1", Template: htmlTemplate, Persist: true, FirstIncID: 9, Recipients: []string{"alice", "bob@x/<&>"}, CreatedAt: now, Version: BatchVersion}
 	escaped, err = json.Marshal(&b)
 	if err != nil {
 		t.Fatal(err)

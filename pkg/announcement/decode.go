@@ -12,7 +12,7 @@ import (
 
 // Top-level fields of the records, as this version writes them.
 var (
-	eventFields = []string{"id", "kind", "channel_id", "usernames", "template", "persist", "created_at", "source", "shard", "version"}
+	eventFields = []string{"id", "kind", "channel_id", "usernames", "template", "persist", "created_at", "source", "shard", "priority", "dry_run", "version"}
 	batchFields = []string{"announcement_id", "shard", "seq", "node", "template", "persist", "first_inc_id", "recipients", "created_at", "version"}
 )
 
@@ -20,10 +20,10 @@ var (
 // process must not act on it, nor dead-letter it. Its consumer retries it
 // (the record stays uncommitted) until a process of the newer version, rolled
 // out meanwhile, takes the partition over.
-type NewerVersionError struct{ Version int }
+type NewerVersionError struct{ Version, Understood int }
 
 func (e *NewerVersionError) Error() string {
-	return fmt.Sprintf("record version %d: this process understands up to %d; waiting for a newer one to take it", e.Version, Version)
+	return fmt.Sprintf("record version %d: this process understands up to %d; waiting for a newer one to take it", e.Version, e.Understood)
 }
 
 // Retryable says the record is not at fault: it is handled again later.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/announcer/announcer/pkg/redisconn"
 	"github.com/announcer/announcer/pkg/stanza"
 )
 
@@ -47,6 +48,7 @@ type Config struct {
 	Fanout   Fanout   `toml:"fanout"`
 	Sender   Sender   `toml:"sender"`
 	Archiver Archiver `toml:"archiver"`
+	Progress Progress `toml:"progress"`
 	Debug    Debug    `toml:"debug"`
 	Nodes    []Node   `toml:"node"`
 
@@ -187,6 +189,10 @@ type Bus struct {
 	WriteTimeout       Duration `toml:"write_timeout"`
 	BatchTimeout       Duration `toml:"batch_timeout"` // producer linger
 	MaxMessageBytes    int      `toml:"max_message_bytes"`
+	// PrioritySuffix names the priority lane's topics: the announcements
+	// topic and each deliveries topic + suffix. Users announcements and
+	// "priority": "high" ones go there, never behind bulk channel batches.
+	PrioritySuffix string `toml:"priority_suffix"`
 }
 
 type Auth struct {
@@ -199,6 +205,9 @@ type Ingress struct {
 	MaxTemplateBytes int      `toml:"max_template_bytes"`
 	PublishTimeout   Duration `toml:"publish_timeout"`
 	ShutdownTimeout  Duration `toml:"shutdown_timeout"`
+	// PreviewTimeout bounds how long a dry run waits for fanout's count
+	// (a 504 names the id to poll after it).
+	PreviewTimeout Duration `toml:"preview_timeout"`
 }
 
 type Fanout struct {
@@ -217,10 +226,36 @@ type Sender struct {
 	MaxInFlight      int      `toml:"max_in_flight"` // batches fetched but not yet fenced
 	WriteBufferBytes int      `toml:"write_buffer_bytes"`
 	ReconnectMax     Duration `toml:"reconnect_max"`
+	// ProgressInterval is how long a batch is sent between fences: a slow
+	// (rate-limited) batch is fenced and its progress recorded this often,
+	// so a restart resends it from its last fence, not from its start.
+	ProgressInterval Duration `toml:"progress_interval"`
 }
 
 type Archiver struct {
 	GroupName string `toml:"group_name"`
+}
+
+// Progress is where announcements' progress, cancellations and idempotency
+// keys live: a Redis (or Redis Cluster) every stage can reach. Without
+// redis_nodes, the [user-activity-redis] servers; with neither, there is no
+// progress store and the control routes answer 501.
+type Progress struct {
+	RedisNodes  string `toml:"redis_nodes"` // comma-separated
+	Password    Secret `toml:"password"`
+	DB          int    `toml:"db"`
+	Cluster     bool   `toml:"cluster"`
+	ReadTimeout int    `toml:"read_timeout"` // milliseconds
+	KeyPrefix   string `toml:"key_prefix"`
+	// TTL is how long an announcement's record is kept after its last update.
+	TTL Duration `toml:"ttl"`
+	// IdempotencyWindow is how long an Idempotency-Key (or a Kafka input
+	// record key) maps to its announcement.
+	IdempotencyWindow Duration `toml:"idempotency_window"`
+	// CancelCheck is how stale a stage's cached "not cancelled" may be.
+	CancelCheck Duration `toml:"cancel_check"`
+	// Disabled turns the store off even where a Redis is configured.
+	Disabled bool `toml:"disabled"`
 }
 
 type Debug struct {
@@ -297,6 +332,7 @@ func Default() Config {
 			WriteTimeout:       Duration(10 * time.Second),
 			BatchTimeout:       Duration(2 * time.Millisecond),
 			MaxMessageBytes:    1 << 20,
+			PrioritySuffix:     ".priority",
 		},
 		Ingress: Ingress{
 			MaxBodyBytes:     1 << 20,
@@ -304,6 +340,7 @@ func Default() Config {
 			MaxTemplateBytes: 65536,
 			PublishTimeout:   Duration(5 * time.Second),
 			ShutdownTimeout:  Duration(10 * time.Second),
+			PreviewTimeout:   Duration(30 * time.Second),
 		},
 		Fanout: Fanout{
 			GroupName: "announcer-fanout",
@@ -319,9 +356,17 @@ func Default() Config {
 			MaxInFlight:      4,
 			WriteBufferBytes: 64 << 10,
 			ReconnectMax:     Duration(30 * time.Second),
+			ProgressInterval: Duration(time.Second),
 		},
 		Archiver: Archiver{GroupName: "announcer-archiver"},
-		Debug:    Debug{Pprof: true},
+		Progress: Progress{
+			ReadTimeout:       1000,
+			KeyPrefix:         "announcer:",
+			TTL:               Duration(7 * 24 * time.Hour),
+			IdempotencyWindow: Duration(24 * time.Hour),
+			CancelCheck:       Duration(500 * time.Millisecond),
+		},
+		Debug: Debug{Pprof: true},
 	}
 }
 
@@ -468,12 +513,43 @@ func (c *Config) Node(name string) (Node, bool) {
 // DeliveriesTopic is the topic that carries the delivery batches of one node.
 func (c *Config) DeliveriesTopic(node string) string { return c.Bus.DeliveriesPrefix + node }
 
+// PriorityTopic is topic's priority lane.
+func (c *Config) PriorityTopic(topic string) string { return topic + c.Bus.PrioritySuffix }
+
+// Options are the presence servers for redisconn.
+func (c UserActivityRedis) Options(poolSize int) redisconn.Options {
+	return redisconn.Options{
+		Addrs: SplitList(c.ClusterNodes), Password: c.Password.Value(), DB: c.DB, Cluster: c.Cluster,
+		Timeout: time.Duration(max(c.ReadTimeout, 1)) * time.Millisecond, MaxRetries: c.MaxRetries, PoolSize: poolSize,
+	}
+}
+
+// ProgressRedis is the progress store's Redis: [progress] redis_nodes, else
+// the presence servers. ok is false when there is none (or it is disabled).
+func (c *Config) ProgressRedis() (o redisconn.Options, ok bool) {
+	p := c.Progress
+	if p.Disabled {
+		return o, false
+	}
+	timeout := time.Duration(max(p.ReadTimeout, 1)) * time.Millisecond
+	if nodes := SplitList(p.RedisNodes); len(nodes) > 0 {
+		return redisconn.Options{Addrs: nodes, Password: p.Password.Value(), DB: p.DB, Cluster: p.Cluster, Timeout: timeout}, true
+	}
+	if len(SplitList(c.UserActivityRedis.ClusterNodes)) == 0 {
+		return o, false
+	}
+	o = c.UserActivityRedis.Options(0)
+	o.Timeout = timeout
+	return o, true
+}
+
 // String prints the effective configuration as TOML with secrets masked.
 func (c Config) String() string {
 	// go-toml encodes string kinds directly, so mask on a copy.
 	mask := func(s *Secret) { *s = Secret(s.String()) }
 	mask(&c.MySQL.Password)
 	mask(&c.UserActivityRedis.Password)
+	mask(&c.Progress.Password)
 	mask(&c.Client.Password)
 	mask(&c.Component.Secret)
 	c.Auth.Tokens = append([]Secret(nil), c.Auth.Tokens...)

@@ -79,6 +79,8 @@ func (c *Config) Validate(roles ...Role) error {
 	p.atLeast("[bus] replication_factor", c.Bus.ReplicationFactor, 1, "")
 	p.positive("[bus] write_timeout", c.Bus.WriteTimeout)
 	p.atLeast("[bus] max_message_bytes", c.Bus.MaxMessageBytes, 1024, "")
+	p.empty("[bus] priority_suffix", c.Bus.PrioritySuffix)
+	c.validateProgress(p)
 	for i, t := range c.Auth.Tokens {
 		if len(t) < 16 {
 			p.bad("[auth] tokens[%d]: shorter than 16 characters", i)
@@ -110,6 +112,7 @@ func (c *Config) validateIngress(p *problems) {
 	p.atLeast("[ingress] max_usernames", c.Ingress.MaxUsernames, 1, "")
 	p.atLeast("[ingress] max_template_bytes", c.Ingress.MaxTemplateBytes, 64, "")
 	p.positive("[ingress] publish_timeout", c.Ingress.PublishTimeout)
+	p.positive("[ingress] preview_timeout", c.Ingress.PreviewTimeout)
 	if c.KafkaConsumer.Topics != "" && c.KafkaConsumer.GroupName == "" {
 		p.bad("[kafka-consumer] group_name: empty while topics are set")
 	}
@@ -159,6 +162,7 @@ func (c *Config) validateSender(p *problems) {
 	p.atLeast("[ejabberd] each_node_conn_num", c.Ejabberd.EachNodeConnNum, 1, "")
 	p.positive("[sender] fence_timeout", c.Sender.FenceTimeout)
 	p.atLeast("[sender] max_in_flight", c.Sender.MaxInFlight, 1, "")
+	p.positive("[sender] progress_interval", c.Sender.ProgressInterval)
 	p.empty("[sender] group_prefix", c.Sender.GroupPrefix)
 	switch c.Sender.Mode {
 	case ModeComponent:
@@ -187,6 +191,23 @@ func (c *Config) validateArchiver(p *problems) {
 	p.empty("[archiver] group_name", c.Archiver.GroupName)
 	c.validateNodes(p)
 	c.validateUserDomain(p)
+}
+
+func (c *Config) validateProgress(p *problems) {
+	o, ok := c.ProgressRedis()
+	if !ok {
+		return
+	}
+	if len(o.Addrs) > 1 || o.Cluster {
+		if o.DB != 0 {
+			p.bad("[progress] db %d: Redis Cluster has only db 0", o.DB)
+		}
+	}
+	p.empty("[progress] key_prefix", c.Progress.KeyPrefix)
+	p.positive("[progress] ttl", c.Progress.TTL)
+	p.positive("[progress] idempotency_window", c.Progress.IdempotencyWindow)
+	p.positive("[progress] cancel_check", c.Progress.CancelCheck)
+	p.atLeast("[progress] read_timeout", c.Progress.ReadTimeout, 1, " (milliseconds)")
 }
 
 func (c *Config) validateUserDomain(p *problems) {

@@ -11,6 +11,7 @@ import (
 	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/redisconn"
 	"github.com/announcer/announcer/pkg/stage"
 	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
@@ -74,7 +75,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		source = presence.NewREST(cfg.UserActivityREST, cfg.UserActivityAskBuffer)
 	default:
 		// go-redis logs through a process-wide logger; route it to ours.
-		redis.SetLogger(presence.Logger{Log: log.With().Str("component", "redis").Logger()})
+		redis.SetLogger(redisconn.Logger{Log: log.With().Str("component", "redis").Logger()})
 		r, err := presence.NewRedis(cfg.UserActivityRedis, presence.RedisOptions{Chunk: cfg.UserActivityAskBuffer})
 		if err != nil {
 			return err

@@ -1,18 +1,12 @@
 package presence
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -82,14 +76,14 @@ func TestRedisContract(t *testing.T) {
 // so a single-node cluster proves the cluster client's lookups are slot-safe.
 func TestRedisClusterContract(t *testing.T) {
 	stacktest.Get(t) // integration test: runs with the stack
-	addr := startRedisCluster(t)
+	addr := stacktest.RedisCluster(t)
 	r, err := NewRedis(config.UserActivityRedis{ClusterNodes: addr, Cluster: true, ReadTimeout: 1000}, RedisOptions{Chunk: 700})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = r.Close() })
-	if !r.cluster {
-		t.Fatal("cluster = true did not select the cluster client")
+	if cluster, err := r.Cluster(context.Background()); err != nil || !cluster {
+		t.Fatalf("cluster = true did not select the cluster client (%v)", err)
 	}
 	// A plain client shows the server really is a cluster: cross-slot MGET fails.
 	plain := redis.NewClient(&redis.Options{Addr: addr})
@@ -104,7 +98,7 @@ func TestRedisClusterContract(t *testing.T) {
 // cluster client is used (a plain client's MGET would fail with CROSSSLOT).
 func TestRedisClusterFoundFromOneSeed(t *testing.T) {
 	env := stacktest.Get(t)
-	addr := startRedisCluster(t)
+	addr := stacktest.RedisCluster(t)
 	r, err := NewRedis(config.UserActivityRedis{ClusterNodes: addr, ReadTimeout: 1000}, RedisOptions{Chunk: 700})
 	if err != nil {
 		t.Fatal(err)
@@ -122,34 +116,6 @@ func TestRedisClusterFoundFromOneSeed(t *testing.T) {
 	t.Cleanup(func() { _ = plain.Close() })
 	if cluster, err := plain.Cluster(context.Background()); err != nil || cluster {
 		t.Fatalf("the stack's standalone Redis taken for a cluster (%v, %v)", cluster, err)
-	}
-}
-
-func TestClusterSelection(t *testing.T) {
-	for _, tc := range []struct {
-		nodes   string
-		cluster bool
-		db      int
-		want    bool
-		wantErr bool
-	}{
-		{"127.0.0.1:6379", false, 0, false, false},
-		{"127.0.0.1:6379", true, 0, true, false},
-		{"127.0.0.1:7000,127.0.0.1:7001", false, 0, true, false},
-		{"127.0.0.1:7000,127.0.0.1:7001", false, 3, false, true}, // cluster has only db 0
-		{"", false, 0, false, true},
-	} {
-		r, err := NewRedis(config.UserActivityRedis{ClusterNodes: tc.nodes, Cluster: tc.cluster, DB: tc.db, ReadTimeout: 100}, RedisOptions{})
-		if (err != nil) != tc.wantErr {
-			t.Errorf("%+v: err %v", tc, err)
-			continue
-		}
-		if err == nil {
-			if r.cluster != tc.want {
-				t.Errorf("%+v: cluster %v", tc, r.cluster)
-			}
-			_ = r.Close()
-		}
 	}
 }
 
@@ -326,65 +292,3 @@ func FuzzDecodeOnline(f *testing.F) {
 }
 
 // startRedisCluster runs a private single-node Redis Cluster owning every slot.
-func startRedisCluster(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Skip("redis-server not installed")
-	}
-	dir := t.TempDir()
-	addr := testkit.FreeAddr(t)
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", port, "--dir", dir,
-		"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", filepath.Join(dir, "redis.log"))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		})
-	}
-	t.Cleanup(stop)
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	for c.Ping(ctx).Err() != nil {
-		if ctx.Err() != nil {
-			logTail(t, filepath.Join(dir, "redis.log"))
-			t.Fatal("cluster node did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err := c.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, 16383).Err(); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		info, err := c.ClusterInfo(ctx).Result()
-		if err == nil && strings.Contains(info, "cluster_state:ok") {
-			return addr
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("cluster not ok: %v %s", err, info)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func logTail(t *testing.T, path string) {
-	f, err := os.Open(path)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	var lines []string
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		lines = append(lines, s.Text())
-	}
-	t.Log(strings.Join(lines[max(0, len(lines)-20):], "\n"))
-}

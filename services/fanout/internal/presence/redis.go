@@ -9,26 +9,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
-	"sync"
-	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/rs/zerolog"
 
 	"github.com/announcer/announcer/pkg/config"
+	"github.com/announcer/announcer/pkg/redisconn"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 )
 
 // Redis is the Redis (or Redis Cluster) presence source.
 type Redis struct {
 	chunk int // keys per MGET
-	opts  *redis.UniversalOptions
-
-	mu      sync.Mutex
-	c       redis.UniversalClient // nil until the kind of server is known
-	cluster bool
-	known   bool // cluster is decided: several seeds, cluster = true, or the server said
+	conn  *redisconn.Conn
 }
 
 var _ audience.Presence = (*Redis)(nil)
@@ -41,108 +33,31 @@ type RedisOptions struct {
 	PoolSize int
 }
 
-// NewRedis connects lazily. Several cluster_nodes (or cluster = true) select the
-// cluster client; a single seed is asked on first use whether it is a Redis
-// Cluster member (INFO cluster), so a cluster behind one address works
-// without the key. With the cluster client lookups are pipelined GETs,
+// NewRedis connects lazily (redisconn: a single seed is asked whether it is a
+// cluster member). With the cluster client lookups are pipelined GETs,
 // because one MGET may not span hash slots.
 func NewRedis(c config.UserActivityRedis, o RedisOptions) (*Redis, error) {
-	addrs := config.SplitList(c.ClusterNodes)
-	if len(addrs) == 0 {
-		return nil, errors.New("redis presence: no cluster_nodes")
-	}
 	if o.Chunk < 1 {
 		o.Chunk = 1000
 	}
-	cluster := len(addrs) > 1 || c.Cluster
-	if cluster && c.DB != 0 {
-		return nil, fmt.Errorf("redis presence: db %d: Redis Cluster has only db 0", c.DB)
+	conn, err := redisconn.New("redis presence", c.Options(o.PoolSize))
+	if err != nil {
+		return nil, err
 	}
-	rt := time.Duration(max(c.ReadTimeout, 1)) * time.Millisecond
-	return &Redis{
-		chunk: o.Chunk, cluster: cluster, known: cluster,
-		opts: &redis.UniversalOptions{
-			Addrs:        addrs,
-			Password:     c.Password.Value(),
-			DB:           c.DB,
-			ReadTimeout:  rt,
-			WriteTimeout: rt,
-			DialTimeout:  2 * time.Second,
-			// One dial per call: the use case retries with its own backoff.
-			DialerRetries: 1,
-			MaxRetries:    c.MaxRetries,
-			PoolSize:      o.PoolSize,
-		},
-	}, nil
-}
-
-// client returns the client for the kind of server, asking a single seed
-// once. A seed that does not answer is an error (retried by the caller),
-// never a guess.
-func (r *Redis) client(ctx context.Context) (redis.UniversalClient, bool, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.c != nil {
-		return r.c, r.cluster, nil
-	}
-	if !r.known {
-		probe := redis.NewClient(r.opts.Simple())
-		info, err := probe.Info(ctx, "cluster").Result()
-		_ = probe.Close()
-		if err != nil {
-			return nil, false, fmt.Errorf("redis presence: asking %s whether it is a cluster: %w", r.opts.Addrs[0], err)
-		}
-		r.cluster = strings.Contains(info, "cluster_enabled:1")
-		if r.cluster && r.opts.DB != 0 {
-			return nil, false, fmt.Errorf("redis presence: %s is a Redis Cluster member, which has only db 0, not db %d", r.opts.Addrs[0], r.opts.DB)
-		}
-		r.known = true
-	}
-	opts := *r.opts
-	opts.IsClusterMode = r.cluster
-	r.c = redis.NewUniversalClient(&opts)
-	return r.c, r.cluster, nil
+	return &Redis{chunk: o.Chunk, conn: conn}, nil
 }
 
 // Cluster reports whether the server is a Redis Cluster, asking it if need be.
-func (r *Redis) Cluster(ctx context.Context) (bool, error) {
-	_, cluster, err := r.client(ctx)
-	return cluster, err
-}
-
-// Logger adapts zerolog to go-redis, whose logger is process-wide (redis.SetLogger).
-// Its dial failures go to debug: the use case already logs each retried failure.
-type Logger struct{ Log zerolog.Logger }
-
-// Printf implements go-redis's internal.Logging.
-func (l Logger) Printf(_ context.Context, format string, v ...any) {
-	l.Log.Debug().Msgf(format, v...)
-}
+func (r *Redis) Cluster(ctx context.Context) (bool, error) { return r.conn.Cluster(ctx) }
 
 // Client is the underlying client (tests seed through it).
-func (r *Redis) Client(ctx context.Context) (redis.UniversalClient, error) {
-	c, _, err := r.client(ctx)
-	return c, err
-}
+func (r *Redis) Client(ctx context.Context) (redis.UniversalClient, error) { return r.conn.Client(ctx) }
 
 // Close closes the connections.
-func (r *Redis) Close() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.c == nil {
-		return nil
-	}
-	return r.c.Close()
-}
+func (r *Redis) Close() error { return r.conn.Close() }
 
 // Ping is the readiness check.
-func (r *Redis) Ping(ctx context.Context) error {
-	c, _, err := r.client(ctx)
-	if err != nil {
-		return err
-	}
-	return c.Ping(ctx).Err()
-}
+func (r *Redis) Ping(ctx context.Context) error { return r.conn.Ping(ctx) }
 
 // Lookup implements audience.Presence: all chunks go out in one pipeline, so a
 // page of 5,000 users costs one round trip.
@@ -153,7 +68,11 @@ func (r *Redis) Lookup(ctx context.Context, usernames []string, where []string) 
 	if len(where) != len(usernames) {
 		return fmt.Errorf("redis presence: %d slots for %d users", len(where), len(usernames))
 	}
-	c, cluster, err := r.client(ctx)
+	c, err := r.conn.Client(ctx)
+	if err != nil {
+		return err
+	}
+	cluster, err := r.conn.Cluster(ctx)
 	if err != nil {
 		return err
 	}
@@ -222,7 +141,7 @@ func addr(v any) string {
 
 // Scan implements audience.Presence with SSCAN on the server's set.
 func (r *Redis) Scan(ctx context.Context, address string, cursor uint64, count int) ([]string, uint64, error) {
-	c, _, err := r.client(ctx)
+	c, err := r.conn.Client(ctx)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -1,0 +1,429 @@
+package progress
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/redisconn"
+	"github.com/announcer/announcer/pkg/testkit"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
+	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
+)
+
+// fixture is a store on its own key prefix and a running tracker.
+type fixture struct {
+	store   *Store
+	tracker *Tracker
+	reg     *prometheus.Registry
+}
+
+func newFixture(t *testing.T, addr string, cluster bool) *fixture {
+	t.Helper()
+	conn, err := redisconn.New("progress test", redisconn.Options{Addrs: []string{addr}, Cluster: cluster, Timeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	store := NewStore(conn, Options{Prefix: "test:" + hex.EncodeToString(b) + ":", TTL: time.Hour, IdempotencyWindow: time.Minute})
+	reg := prometheus.NewRegistry()
+	tr := NewTracker(store, TrackerOptions{CancelCheck: 100 * time.Millisecond}, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), reg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = tr.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return &fixture{store: store, tracker: tr, reg: reg}
+}
+
+func (f *fixture) get(t *testing.T, id string) Announcement {
+	t.Helper()
+	a, err := f.store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// until polls the announcement until ok holds.
+func (f *fixture) until(t *testing.T, id, what string, ok func(Announcement) bool) Announcement {
+	t.Helper()
+	var a Announcement
+	testkit.Eventually(t, 5*time.Second, what, func() bool {
+		var err error
+		a, err = f.store.Get(context.Background(), id)
+		return err == nil && ok(a)
+	})
+	return a
+}
+
+func event(id string, kind announcement.Kind) *announcement.Event {
+	ev := &announcement.Event{ID: id, Kind: kind, Template: "<message to='%s'/>", Source: "rest",
+		CreatedAt: time.Now().UTC().Truncate(time.Millisecond)}
+	if kind == announcement.KindChannel {
+		ev.Channel = &announcement.ChannelRef{ID: 7}
+	}
+	return ev
+}
+
+func shardTask(ev *announcement.Event, i, n int) *announcement.Event {
+	s := *ev
+	s.Kind = announcement.KindShard
+	s.Shard = &announcement.Shard{ChannelID: 7, Index: i, Count: n}
+	return &s
+}
+
+func batch(id string, shard, seq int, recipients ...string) *announcement.Batch {
+	return &announcement.Batch{AnnouncementID: id, Shard: shard, Seq: seq, Recipients: recipients}
+}
+
+// whole fences a batch in one step.
+func whole(b *announcement.Batch) Step {
+	return Step{Batch: BatchKey(b), Pos: len(b.Recipients), Len: len(b.Recipients), Confirmed: len(b.Recipients),
+		Written: len(b.Recipients), Digest: Digest(b)}
+}
+
+// A channel in three shards goes accepted → resolving → sending → done, and
+// done waits for the last shard and the last batch. Replays of every update
+// (a redelivered task, a resent batch) count once.
+func TestShardedChannelLifecycle(t *testing.T) {
+	env := stacktest.Get(t)
+	f := newFixture(t, env.RedisAddr, false)
+	ctx := context.Background()
+	ev := event("sharded", announcement.KindChannel)
+	if err := f.store.Accept(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if a := f.get(t, ev.ID); a.State != StateAccepted || a.Kind != "channel" || string(a.ChannelID) != "7" || a.Times.Accepted == nil {
+		t.Fatalf("after accept: %+v", a)
+	}
+	state, finished, err := f.store.Begin(ctx, ev)
+	if err != nil || state != StateResolving || finished {
+		t.Fatalf("begin: %q %v %v", state, finished, err)
+	}
+	if err := f.store.Plan(ctx, ev.ID, 3, true); err != nil {
+		t.Fatal(err)
+	}
+	// A copy of the top-level event finds the split done.
+	if _, finished, _ := f.store.Begin(ctx, ev); !finished {
+		t.Fatal("a copy of a split event is not recognised")
+	}
+	batches := map[int][]*announcement.Batch{}
+	for i := range 3 {
+		task := shardTask(ev, i, 3)
+		if _, finished, err := f.store.Begin(ctx, task); err != nil || finished {
+			t.Fatalf("shard %d: %v %v", i, finished, err)
+		}
+		for seq := range 2 {
+			batches[i] = append(batches[i], batch(ev.ID, i, seq, fmt.Sprintf("u%d-%d-a", i, seq), fmt.Sprintf("u%d-%d-b", i, seq)))
+		}
+		f.tracker.Emitted(ev.ID, i, 1)
+		f.tracker.Emitted(ev.ID, i, 2)
+		f.tracker.Emitted(ev.ID, i, 1) // late, out of order: a maximum
+	}
+	counts := ShardCounts{Members: 10, Online: 4, Recipients: 4, Batches: 2, PerNode: map[string]int{"node1": 3, "node2": 1}}
+	f.tracker.ShardDone(ev.ID, 0, counts)
+	f.tracker.ShardDone(ev.ID, 1, counts)
+	f.tracker.ShardDone(ev.ID, 1, counts) // a redelivered shard task
+	a := f.until(t, ev.ID, "two shards counted", func(a Announcement) bool { return a.Shards.Done == 2 })
+	if a.State != StateSending || a.Audience.Members != 20 || a.Audience.Recipients != 8 || a.Batches.Emitted != 6 || a.Times.Resolved != nil {
+		t.Fatalf("after two shards: %+v", a)
+	}
+	if _, finished, _ := f.store.Begin(ctx, shardTask(ev, 1, 3)); !finished {
+		t.Fatal("a copy of a finished shard task is not recognised")
+	}
+
+	for i := range 3 {
+		for _, b := range batches[i] {
+			f.tracker.Fenced(ev.ID, whole(b))
+			f.tracker.Fenced(ev.ID, whole(b)) // a redelivered batch
+		}
+	}
+	f.tracker.Resent(ev.ID, 2)
+	a = f.until(t, ev.ID, "every batch fenced", func(a Announcement) bool { return a.Batches.Done == 6 })
+	if a.State != StateSending {
+		t.Fatalf("done before the last shard was resolved: %+v", a)
+	}
+	f.tracker.ShardDone(ev.ID, 2, counts)
+	a = f.until(t, ev.ID, "done", func(a Announcement) bool { return a.State == StateDone })
+	want := Audience{Members: 30, Online: 12, Recipients: 12, PerNode: map[string]int64{"node1": 9, "node2": 3}}
+	if fmt.Sprint(a.Audience) != fmt.Sprint(want) || a.Batches != (Batches{Planned: 6, Emitted: 6, Done: 6, Resent: 1}) ||
+		a.Stanzas.Confirmed != 12 || a.Stanzas.Sent != 26 || a.Shards != (Shards{Total: 3, Done: 3}) {
+		t.Fatalf("final: %+v", a)
+	}
+	for name, tm := range map[string]*time.Time{"accepted": a.Times.Accepted, "resolving": a.Times.Resolving,
+		"sending": a.Times.Sending, "resolved": a.Times.Resolved, "done": a.Times.Done} {
+		if tm == nil {
+			t.Errorf("no %s time", name)
+		}
+	}
+	if a.Times.Done.Before(*a.Times.Accepted) {
+		t.Errorf("done %v before accepted %v", a.Times.Done, a.Times.Accepted)
+	}
+}
+
+// A slow batch fenced in steps: confirmed grows step by step, a replayed
+// step counts once, and Position says where a restart resumes — only for
+// the same recipients.
+func TestStepsAndResumePosition(t *testing.T) {
+	env := stacktest.Get(t)
+	f := newFixture(t, env.RedisAddr, false)
+	ctx := context.Background()
+	ev := event("steps", announcement.KindUsers)
+	if _, _, err := f.store.Begin(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Plan(ctx, ev.ID, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	b := batch(ev.ID, 0, 0, "a", "b", "c", "d", "e")
+	key, digest := BatchKey(b), Digest(b)
+	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 5, Recipients: 5, Batches: 1})
+	f.tracker.Fenced(ev.ID, Step{Batch: key, Pos: 2, Len: 5, Confirmed: 2, Written: 2, Digest: digest})
+	f.tracker.Fenced(ev.ID, Step{Batch: key, Pos: 2, Len: 5, Confirmed: 2, Written: 0, Digest: digest}) // replayed
+	f.until(t, ev.ID, "the first step", func(a Announcement) bool { return a.Stanzas.Confirmed == 2 })
+	if pos, err := f.store.Position(ctx, ev.ID, key, digest); err != nil || pos != 2 {
+		t.Fatalf("position %d, %v; want 2", pos, err)
+	}
+	if pos, _ := f.store.Position(ctx, ev.ID, key, Digest(batch(ev.ID, 0, 0, "other", "b", "c", "d", "e"))); pos != 0 {
+		t.Fatalf("position %d for other recipients under the same key; want 0", pos)
+	}
+	f.tracker.Fenced(ev.ID, Step{Batch: key, Pos: 5, Len: 5, Confirmed: 2, Invalid: 1, Written: 3, Digest: digest})
+	a := f.until(t, ev.ID, "done", func(a Announcement) bool { return a.State == StateDone })
+	if a.Stanzas.Confirmed != 4 || a.Stanzas.Invalid != 1 || a.Batches.Done != 1 {
+		t.Fatalf("final: %+v", a.Stanzas)
+	}
+}
+
+// A dead-lettered batch ends what it had not fenced as dead-lettered, once,
+// and counts as done.
+func TestDeadLetteredBatchCountsAsDone(t *testing.T) {
+	env := stacktest.Get(t)
+	f := newFixture(t, env.RedisAddr, false)
+	ctx := context.Background()
+	ev := event("dead", announcement.KindAllOnline)
+	if _, _, err := f.store.Begin(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Plan(ctx, ev.ID, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	good, bad := batch(ev.ID, 0, 0, "a", "b"), batch(ev.ID, 0, 1, "c", "d", "e")
+	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 5, Online: 5, Recipients: 5, Batches: 2})
+	f.tracker.Fenced(ev.ID, whole(good))
+	f.tracker.Fenced(ev.ID, Step{Batch: BatchKey(bad), Pos: 1, Len: 3, Confirmed: 1, Written: 1, Digest: Digest(bad)})
+	f.tracker.Dead(ev.ID, BatchKey(bad), 3)
+	f.tracker.Dead(ev.ID, BatchKey(bad), 3)
+	f.tracker.Persisted(ev.ID, BatchKey(good), 2)
+	f.tracker.Persisted(ev.ID, BatchKey(good), 2)
+	a := f.until(t, ev.ID, "done", func(a Announcement) bool { return a.State == StateDone })
+	if a.Stanzas != (Stanzas{Sent: 3, Confirmed: 3, DeadLettered: 2, Persisted: 2}) || a.Batches.Done != 2 {
+		t.Fatalf("final: %+v %+v", a.Stanzas, a.Batches)
+	}
+}
+
+// Cancel: unknown is ErrNotFound, a running announcement becomes cancelled
+// (and stays so whatever comes later), an ended one keeps its state; the
+// tracker's cached check sees the cancel within CancelCheck.
+func TestCancel(t *testing.T) {
+	env := stacktest.Get(t)
+	f := newFixture(t, env.RedisAddr, false)
+	ctx := context.Background()
+	if _, err := f.store.Cancel(ctx, "nobody", "x"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("cancel of an unknown id: %v", err)
+	}
+	ev := event("to-cancel", announcement.KindChannel)
+	if err := f.store.Accept(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if f.tracker.Cancelled(ctx, ev.ID) {
+		t.Fatal("cancelled before the cancel")
+	}
+	if st, err := f.store.Cancel(ctx, ev.ID, "cancelled by request"); err != nil || st != StateCancelled {
+		t.Fatalf("cancel: %q %v", st, err)
+	}
+	testkit.Eventually(t, time.Second, "the cached check to see the cancel", func() bool { return f.tracker.Cancelled(ctx, ev.ID) })
+	if st, _, _ := f.store.Begin(ctx, ev); st != StateCancelled {
+		t.Fatalf("begin after a cancel: state %q", st)
+	}
+	if err := f.store.Plan(ctx, ev.ID, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 1, Recipients: 1, Batches: 1})
+	f.tracker.Fenced(ev.ID, whole(batch(ev.ID, 0, 0, "a")))
+	a := f.until(t, ev.ID, "the late fence counted", func(a Announcement) bool { return a.Stanzas.Confirmed == 1 })
+	if a.State != StateCancelled || a.Reason != "cancelled by request" || a.Times.Cancelled == nil {
+		t.Fatalf("after a cancel: %+v", a)
+	}
+	if st, _ := f.store.Cancel(ctx, ev.ID, "again"); st != StateCancelled {
+		t.Fatalf("second cancel: %q", st)
+	}
+
+	done := event("finished", announcement.KindUsers)
+	if _, _, err := f.store.Begin(ctx, done); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.store.Plan(ctx, done.ID, 1, false)
+	f.tracker.Finish(done.ID, StateRejected, "channel_not_accepted")
+	f.until(t, done.ID, "rejected", func(a Announcement) bool { return a.State == StateRejected })
+	if st, err := f.store.Cancel(ctx, done.ID, "x"); err != nil || st != StateRejected {
+		t.Fatalf("cancel of a rejected one: %q %v", st, err)
+	}
+}
+
+// List is newest first, filters by state and honours the limit.
+func TestList(t *testing.T) {
+	env := stacktest.Get(t)
+	f := newFixture(t, env.RedisAddr, false)
+	ctx := context.Background()
+	base := time.Now().UTC().Truncate(time.Millisecond)
+	for i := range 5 {
+		ev := event(fmt.Sprintf("l%d", i), announcement.KindUsers)
+		ev.CreatedAt = base.Add(time.Duration(i) * time.Second)
+		if err := f.store.Accept(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.store.Cancel(ctx, "l1", "x"); err != nil {
+		t.Fatal(err)
+	}
+	all, err := f.store.List(ctx, "", 3)
+	if err != nil || len(all) != 3 || all[0].ID != "l4" || all[2].ID != "l2" {
+		t.Fatalf("list: %v %v", ids(all), err)
+	}
+	cancelled, err := f.store.List(ctx, StateCancelled, 10)
+	if err != nil || len(cancelled) != 1 || cancelled[0].ID != "l1" {
+		t.Fatalf("cancelled: %v %v", ids(cancelled), err)
+	}
+}
+
+func ids(as []Announcement) []string {
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = a.ID
+	}
+	return out
+}
+
+// An idempotency key maps to the first request's announcement; another
+// request under the same key is a conflict.
+func TestIdempotencyClaims(t *testing.T) {
+	env := stacktest.Get(t)
+	f := newFixture(t, env.RedisAddr, false)
+	ctx := context.Background()
+	first := IdempotencyClaim{Digest: "d1", ID: "id-1", CreatedAt: time.Now().UTC()}
+	got, fresh, err := f.store.Claim(ctx, "rest", "k", first)
+	if err != nil || !fresh || got != first {
+		t.Fatalf("first claim: %+v %v %v", got, fresh, err)
+	}
+	got, fresh, err = f.store.Claim(ctx, "rest", "k", IdempotencyClaim{Digest: "d1", ID: "id-2", CreatedAt: time.Now()})
+	if err != nil || fresh || got.ID != "id-1" || !got.CreatedAt.Equal(first.CreatedAt) {
+		t.Fatalf("replayed claim: %+v %v %v", got, fresh, err)
+	}
+	if _, _, err := f.store.Claim(ctx, "rest", "k", IdempotencyClaim{Digest: "d2", ID: "id-3"}); !errors.Is(err, ErrKeyReused) {
+		t.Fatalf("another body under the key: %v", err)
+	}
+	if _, fresh, err := f.store.Claim(ctx, "kafka:in", "k", IdempotencyClaim{Digest: "d2", ID: "id-4"}); err != nil || !fresh {
+		t.Fatalf("the same key in another scope: %v %v", fresh, err)
+	}
+}
+
+// While Redis cannot be reached, updates wait in the queue (counted as
+// errors), and every one lands once it is back.
+func TestTrackerWaitsOutARedisOutage(t *testing.T) {
+	env := stacktest.Get(t)
+	proxy := tcpproxy.New(t, env.RedisAddr, tcpproxy.Forward)
+	f := newFixture(t, proxy.Addr(), false)
+	ctx := context.Background()
+	ev := event("outage", announcement.KindUsers)
+	if _, _, err := f.store.Begin(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Plan(ctx, ev.ID, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Set(tcpproxy.Refuse)
+	proxy.KillAll()
+	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 3, Recipients: 3, Batches: 3})
+	for i := range 3 {
+		f.tracker.Fenced(ev.ID, whole(batch(ev.ID, 0, i, fmt.Sprint("u", i))))
+	}
+	testkit.Eventually(t, 5*time.Second, "failed updates counted", func() bool {
+		return testutil.ToFloat64(f.tracker.m.errors) > 0
+	})
+	if f.tracker.Cancelled(ctx, ev.ID) {
+		t.Fatal("an unreachable store reads as cancelled")
+	}
+	proxy.Set(tcpproxy.Forward)
+	a := f.until(t, ev.ID, "done after the outage", func(a Announcement) bool { return a.State == StateDone })
+	if a.Stanzas.Confirmed != 3 || testutil.ToFloat64(f.tracker.m.dropped) != 0 {
+		t.Fatalf("after the outage: %+v, dropped %v", a.Stanzas, testutil.ToFloat64(f.tracker.m.dropped))
+	}
+}
+
+// Every script keeps to its record's slot: the lifecycle runs on a Redis
+// Cluster, which refuses a script touching keys of two slots.
+func TestOnARedisCluster(t *testing.T) {
+	stacktest.Get(t)
+	f := newFixture(t, stacktest.RedisCluster(t), true)
+	ctx := context.Background()
+	ev := event("clustered", announcement.KindChannel)
+	if err := f.store.Accept(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.store.Begin(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Plan(ctx, ev.ID, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	b := batch(ev.ID, 0, 0, "a", "b")
+	f.tracker.Emitted(ev.ID, 0, 1)
+	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 2, Online: 2, Recipients: 2, Batches: 1, PerNode: map[string]int{"n": 2}})
+	f.tracker.Fenced(ev.ID, whole(b))
+	f.tracker.Persisted(ev.ID, BatchKey(b), 2)
+	f.until(t, ev.ID, "done", func(a Announcement) bool { return a.State == StateDone && a.Stanzas.Persisted == 2 })
+	if l, err := f.store.List(ctx, StateDone, 5); err != nil || len(l) != 1 {
+		t.Fatalf("list on a cluster: %v %v", ids(l), err)
+	}
+	if _, fresh, err := f.store.Claim(ctx, "rest", "k", IdempotencyClaim{Digest: "d", ID: ev.ID}); err != nil || !fresh {
+		t.Fatalf("claim on a cluster: %v %v", fresh, err)
+	}
+}
+
+// Without a store the tracker does nothing and never reads as cancelled.
+func TestTrackerWithoutAStore(t *testing.T) {
+	tr := NewTracker(nil, TrackerOptions{}, zerolog.Nop(), prometheus.NewRegistry())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx) }()
+	tr.Fenced("x", Step{})
+	if tr.Cancelled(ctx, "x") || tr.Enabled() {
+		t.Fatal("a tracker without a store reads as cancelled or enabled")
+	}
+	if st, finished, err := tr.Begin(ctx, event("x", announcement.KindUsers)); st != "" || finished || err != nil {
+		t.Fatalf("begin without a store: %q %v %v", st, finished, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Digest tells apart recipient lists that concatenate alike.
+func TestDigest(t *testing.T) {
+	a, b := Digest(batch("x", 0, 0, "ab", "c")), Digest(batch("x", 0, 0, "a", "bc"))
+	if a == b || a != Digest(batch("y", 1, 1, "ab", "c")) {
+		t.Fatalf("digests %s %s", a, b)
+	}
+}

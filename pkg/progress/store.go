@@ -1,0 +1,376 @@
+// Package progress keeps each announcement's record in Redis: its state,
+// what fanout resolved, what the senders fenced, what was dead-lettered or
+// persisted, when each stage began, and whether it was cancelled; plus the
+// idempotency keys of the ingress.
+//
+// Every stage writes to it per batch (never per stanza) through a Tracker,
+// which queues counter updates and sends them in pipelines off the hot path;
+// the ingress reads it for the API. A Redis outage never stops delivery: the
+// updates wait in a bounded queue, and what overflows is counted.
+package progress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/redisconn"
+)
+
+// States of an announcement.
+const (
+	StateAccepted  = "accepted"
+	StateResolving = "resolving"
+	StateSending   = "sending"
+	StateDone      = "done"
+	StateCancelled = "cancelled"
+	StateRejected  = "rejected"
+	StateFailed    = "failed"
+)
+
+// States lists every state, in lifecycle order.
+var States = []string{StateAccepted, StateResolving, StateSending, StateDone, StateCancelled, StateRejected, StateFailed}
+
+// Terminal reports whether nothing changes an announcement's state any more.
+func Terminal(state string) bool {
+	switch state {
+	case StateDone, StateCancelled, StateRejected, StateFailed:
+		return true
+	}
+	return false
+}
+
+// ErrNotFound is returned for an id the store has no record of (never
+// accepted, or older than the TTL).
+var ErrNotFound = errors.New("no such announcement")
+
+// Options tune a Store.
+type Options struct {
+	Prefix            string        // before every key
+	TTL               time.Duration // a record lives this long after its last update
+	IdempotencyWindow time.Duration
+}
+
+// Store is the Redis side. It is safe for concurrent use.
+type Store struct {
+	conn *redisconn.Conn
+	o    Options
+	now  func() time.Time
+}
+
+// NewStore uses conn (which it does not close).
+func NewStore(conn *redisconn.Conn, o Options) *Store {
+	if o.TTL <= 0 {
+		o.TTL = 7 * 24 * time.Hour
+	}
+	if o.IdempotencyWindow <= 0 {
+		o.IdempotencyWindow = 24 * time.Hour
+	}
+	return &Store{conn: conn, o: o, now: time.Now}
+}
+
+// Ping is a readiness check.
+func (s *Store) Ping(ctx context.Context) error { return s.conn.Ping(ctx) }
+
+// key is the record's key; the id is its hash tag, so every script's keys
+// share a cluster slot.
+func (s *Store) key(id string) string { return s.o.Prefix + "{" + id + "}" }
+
+func (s *Store) indexKey() string { return s.o.Prefix + "index" }
+
+func (s *Store) head() []any {
+	return []any{s.o.TTL.Milliseconds(), s.now().UnixMilli()}
+}
+
+func (s *Store) run(ctx context.Context, sc *redis.Script, id string, args ...any) (any, error) {
+	c, err := s.conn.Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	v, err := sc.Run(ctx, c, []string{s.key(id)}, append(s.head(), args...)...).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	return v, err
+}
+
+// describe is the record's description of ev, written where absent.
+func describe(ev *announcement.Event) []any {
+	d := []any{
+		"kind", string(ev.Kind),
+		"source", ev.Source,
+		"priority", priorityOf(ev),
+		"persist", flag(ev.Persist),
+		"dry_run", flag(ev.DryRun),
+		"created", ev.CreatedAt.UnixMilli(),
+	}
+	if ev.Channel != nil {
+		b, err := ev.Channel.MarshalJSON()
+		if err == nil {
+			d = append(d, "channel", string(b))
+		}
+	}
+	if ev.Kind == announcement.KindUsers {
+		d = append(d, "listed", len(ev.Usernames))
+	}
+	return d
+}
+
+func priorityOf(ev *announcement.Event) string {
+	if ev.Priority == "" {
+		return announcement.PriorityNormal
+	}
+	return ev.Priority
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// Accept records ev as accepted (the ingress, once Kafka acknowledged it)
+// and lists it. A record that exists keeps its progress.
+func (s *Store) Accept(ctx context.Context, ev *announcement.Event) error {
+	v, err := s.run(ctx, scriptAccept, ev.ID, describe(ev)...)
+	if err != nil {
+		return fmt.Errorf("progress: accept %s: %w", ev.ID, err)
+	}
+	if vs, ok := v.([]any); ok && len(vs) == 2 && vs[1] == int64(1) {
+		return s.index(ctx, ev)
+	}
+	return nil
+}
+
+func (s *Store) index(ctx context.Context, ev *announcement.Event) error {
+	c, err := s.conn.Client(ctx)
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	_, err = c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAdd(ctx, s.indexKey(), redis.Z{Score: float64(ev.CreatedAt.UnixMilli()), Member: ev.ID})
+		p.ZRemRangeByScore(ctx, s.indexKey(), "-inf", strconv.FormatInt(now.Add(-s.o.TTL).UnixMilli(), 10))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("progress: index %s: %w", ev.ID, err)
+	}
+	return nil
+}
+
+// Unit names what one fanout task resolves: the whole announcement (a
+// channel's top-level event, a users list, all online) or one shard.
+func Unit(ev *announcement.Event) string {
+	if ev.Shard != nil && ev.Kind == announcement.KindShard {
+		return "s:" + strconv.Itoa(ev.Shard.Index)
+	}
+	return "top"
+}
+
+// Begin marks ev's announcement as resolving and returns its state and
+// whether the task's unit was already finished (this event is a copy).
+func (s *Store) Begin(ctx context.Context, ev *announcement.Event) (state string, finished bool, err error) {
+	args := append([]any{Unit(ev)}, describe(ev)...)
+	v, err := s.run(ctx, scriptBegin, ev.ID, args...)
+	if err != nil {
+		return "", false, fmt.Errorf("progress: begin %s: %w", ev.ID, err)
+	}
+	vs, ok := v.([]any)
+	if !ok || len(vs) != 3 {
+		return "", false, fmt.Errorf("progress: begin %s: unexpected answer %v", ev.ID, v)
+	}
+	state, _ = vs[0].(string)
+	if vs[1] == int64(1) {
+		if err := s.index(ctx, ev); err != nil {
+			return state, false, err
+		}
+	}
+	return state, vs[2] == int64(1), nil
+}
+
+// Plan records how many shards the announcement has; split says they were
+// queued as tasks (a copy of the top-level event then has nothing to do).
+func (s *Store) Plan(ctx context.Context, id string, shards int, split bool) error {
+	if _, err := s.run(ctx, scriptPlan, id, shards, flag(split)); err != nil {
+		return fmt.Errorf("progress: plan %s: %w", id, err)
+	}
+	return nil
+}
+
+// Cancel marks the announcement cancelled unless it already ended; it
+// returns the state after the call (ErrNotFound for an unknown id).
+func (s *Store) Cancel(ctx context.Context, id, reason string) (string, error) {
+	v, err := s.run(ctx, scriptCancel, id, reason)
+	if err != nil {
+		return "", fmt.Errorf("progress: cancel %s: %w", id, err)
+	}
+	st, ok := v.(string)
+	if !ok {
+		return "", ErrNotFound
+	}
+	return st, nil
+}
+
+// State is the announcement's state ("" when there is no record).
+func (s *Store) State(ctx context.Context, id string) (string, error) {
+	c, err := s.conn.Client(ctx)
+	if err != nil {
+		return "", err
+	}
+	st, err := c.HGet(ctx, s.key(id), "state").Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	return st, err
+}
+
+// Position is how far a batch was fenced before ("" digest matches any):
+// the recipients before it need not be sent again.
+func (s *Store) Position(ctx context.Context, id, batch, digest string) (int, error) {
+	c, err := s.conn.Client(ctx)
+	if err != nil {
+		return 0, err
+	}
+	v, err := c.HGet(ctx, s.key(id), "b:"+batch).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	pos, d, ok := strings.Cut(v, ":")
+	if !ok || d != digest {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(pos)
+	if err != nil {
+		return 0, nil
+	}
+	return n, nil
+}
+
+// Get reads one announcement.
+func (s *Store) Get(ctx context.Context, id string) (Announcement, error) {
+	c, err := s.conn.Client(ctx)
+	if err != nil {
+		return Announcement{}, err
+	}
+	h, err := c.HGetAll(ctx, s.key(id)).Result()
+	if err != nil {
+		return Announcement{}, fmt.Errorf("progress: get %s: %w", id, err)
+	}
+	if len(h) == 0 {
+		return Announcement{}, ErrNotFound
+	}
+	return fromRecord(id, h), nil
+}
+
+// maxScan bounds how many listed ids one List call reads while filtering by state.
+const maxScan = 10000
+
+// List returns up to limit announcements, newest first; state filters when set.
+func (s *Store) List(ctx context.Context, state string, limit int) ([]Announcement, error) {
+	c, err := s.conn.Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Announcement, 0, limit)
+	page := int64(max(limit, 100))
+	for off := int64(0); len(out) < limit && off < maxScan; off += page {
+		ids, err := c.ZRevRange(ctx, s.indexKey(), off, off+page-1).Result()
+		if err != nil {
+			return nil, fmt.Errorf("progress: list: %w", err)
+		}
+		if len(ids) == 0 {
+			break
+		}
+		cmds := make([]*redis.MapStringStringCmd, len(ids))
+		_, err = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range ids {
+				cmds[i] = p.HGetAll(ctx, s.key(id))
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("progress: list: %w", err)
+		}
+		var gone []any
+		for i, cmd := range cmds {
+			h := cmd.Val()
+			if len(h) == 0 {
+				gone = append(gone, ids[i]) // expired: its index entry goes too
+				continue
+			}
+			a := fromRecord(ids[i], h)
+			if (state == "" || a.State == state) && len(out) < limit {
+				out = append(out, a)
+			}
+		}
+		if len(gone) > 0 {
+			c.ZRem(ctx, s.indexKey(), gone...)
+		}
+	}
+	return out, nil
+}
+
+// Claim binds an idempotency key of scope ("rest", "kafka:<topic>") to a
+// request digest and the announcement the request creates. For a key seen
+// within the window it returns the first request's claim: same digest, the
+// same announcement; another digest, a conflict (ErrKeyReused).
+func (s *Store) Claim(ctx context.Context, scope, key string, want IdempotencyClaim) (IdempotencyClaim, bool, error) {
+	c, err := s.conn.Client(ctx)
+	if err != nil {
+		return IdempotencyClaim{}, false, err
+	}
+	k := s.o.Prefix + "idem:" + scope + ":" + key
+	v, err := scriptClaim.Run(ctx, c, []string{k}, want.encode(), s.o.IdempotencyWindow.Milliseconds()).Result()
+	if errors.Is(err, redis.Nil) {
+		return want, true, nil
+	}
+	if err != nil {
+		return IdempotencyClaim{}, false, fmt.Errorf("progress: idempotency key: %w", err)
+	}
+	str, _ := v.(string)
+	got, err := decodeClaim(str)
+	if err != nil {
+		return IdempotencyClaim{}, false, fmt.Errorf("progress: idempotency key %q: %w", key, err)
+	}
+	if got.Digest != want.Digest {
+		return got, false, ErrKeyReused
+	}
+	return got, false, nil
+}
+
+// ErrKeyReused is an idempotency key presented again with another request.
+var ErrKeyReused = errors.New("idempotency key already used for another request")
+
+// IdempotencyClaim is what an idempotency key stands for.
+type IdempotencyClaim struct {
+	Digest    string    // of the request, hex
+	ID        string    // the announcement
+	CreatedAt time.Time // the event's, so a retried publish writes the identical event
+}
+
+func (c IdempotencyClaim) encode() string {
+	return c.Digest + " " + strconv.FormatInt(c.CreatedAt.UnixNano(), 10) + " " + c.ID
+}
+
+func decodeClaim(v string) (IdempotencyClaim, error) {
+	parts := strings.SplitN(v, " ", 3)
+	if len(parts) != 3 {
+		return IdempotencyClaim{}, fmt.Errorf("malformed claim %q", v)
+	}
+	ns, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil {
+		return IdempotencyClaim{}, fmt.Errorf("malformed claim %q", v)
+	}
+	return IdempotencyClaim{Digest: parts[0], CreatedAt: time.Unix(0, ns).UTC(), ID: parts[2]}, nil
+}
