@@ -1,6 +1,6 @@
 # announcer — the two commands: `make run` (whole system on loopback) and `make test` (every test).
 SHELL   := /bin/bash
-MODULES := pkg services/ingress services/fanout services/sender services/archiver e2e
+MODULES := pkg services/ingress services/fanout services/sender services/archiver clients/cli e2e
 # deployments/ is its own module outside go.work: its tests parse compose files and Dockerfiles
 # with heavy libraries that must not leak into the services' module graph.
 ISOLATED := deployments
@@ -16,6 +16,7 @@ all: build
 build:
 	@mkdir -p bin
 	@for s in $(SERVICES); do echo "build $$s"; (cd services/$$s && go build -trimpath -o ../../bin/announcer-$$s .) || exit 1; done
+	@echo "build announcer (the operator CLI)"; cd clients/cli && go build -trimpath -o ../../bin/announcer .
 
 ## test: brings the stack up, lints, then runs every module's tests (unit + integration) with the race detector.
 test: stack-up lint

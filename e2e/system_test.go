@@ -300,6 +300,9 @@ fence_timeout = "5s"
 [archiver]
 group_name = "@P@_archiver"
 
+[progress]
+key_prefix = "@P@:"
+
 @NODES@`)
 	}
 	write := func(name, text string) string {

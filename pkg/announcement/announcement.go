@@ -115,7 +115,8 @@ type Batch struct {
 	FirstIncID     uint64    `json:"first_inc_id"` // recipient i gets [inc_id] = FirstIncID + i
 	Recipients     []string  `json:"recipients"`
 	CreatedAt      time.Time `json:"created_at"`
-	Version        int       `json:"version,omitempty"` // as Event.Version
+	Priority       string    `json:"priority,omitempty"` // PriorityHigh: the priority lane
+	Version        int       `json:"version,omitempty"`  // as Event.Version
 }
 
 // Key spreads batches of one announcement over partitions (and so over sender replicas).

@@ -242,7 +242,7 @@ func TestNewerFieldsAreIgnoredAndCounted(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	d := NewDecoder(reg)
 	b, err := d.Batch([]byte(`{"announcement_id":"a","seq":1,"node":"n1","template":"<message to='%s'/>","recipients":["u"],` +
-		`"priority":"high","trace":{"id":"x"},"version":1}`))
+		`"lane":"fast","trace":{"id":"x"},"version":1}`))
 	if err != nil || b.AnnouncementID != "a" || b.Recipients[0] != "u" {
 		t.Fatalf("batch %+v, err %v", b, err)
 	}

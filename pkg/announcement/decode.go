@@ -13,7 +13,7 @@ import (
 // Top-level fields of the records, as this version writes them.
 var (
 	eventFields = []string{"id", "kind", "channel_id", "usernames", "template", "persist", "created_at", "source", "shard", "priority", "dry_run", "version"}
-	batchFields = []string{"announcement_id", "shard", "seq", "node", "template", "persist", "first_inc_id", "recipients", "created_at", "version"}
+	batchFields = []string{"announcement_id", "shard", "seq", "node", "template", "persist", "first_inc_id", "recipients", "created_at", "priority", "version"}
 )
 
 // NewerVersionError is a record written for readers of a later version: this

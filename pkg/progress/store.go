@@ -64,7 +64,7 @@ type Store struct {
 	now  func() time.Time
 }
 
-// NewStore uses conn (which it does not close).
+// NewStore uses conn, which Close closes.
 func NewStore(conn *redisconn.Conn, o Options) *Store {
 	if o.TTL <= 0 {
 		o.TTL = 7 * 24 * time.Hour
@@ -77,6 +77,9 @@ func NewStore(conn *redisconn.Conn, o Options) *Store {
 
 // Ping is a readiness check.
 func (s *Store) Ping(ctx context.Context) error { return s.conn.Ping(ctx) }
+
+// Close closes the connections.
+func (s *Store) Close() error { return s.conn.Close() }
 
 // key is the record's key; the id is its hash tag, so every script's keys
 // share a cluster slot.

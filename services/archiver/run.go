@@ -45,9 +45,13 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 
 	var deliveries []string
 	for _, n := range cfg.Nodes {
-		deliveries = append(deliveries, cfg.DeliveriesTopic(n.Name))
+		deliveries = append(deliveries, cfg.DeliveriesTopic(n.Name), cfg.PriorityTopic(cfg.DeliveriesTopic(n.Name)))
 	}
 	rt.Topics(rt.Brokers(), append([]string{cfg.Bus.DeadLetterTopic}, deliveries...)...)
+	tracker, err := rt.Progress()
+	if err != nil {
+		return err
+	}
 	storeBrokers, storeTopics := config.SplitList(cfg.KafkaProducer.Brokers), config.SplitList(cfg.KafkaProducer.Topics)
 	rt.Topics(storeBrokers, storeTopics...)
 	rt.Check("storage", func(ctx context.Context) error { return kafkabus.Ping(ctx, storeBrokers) })
@@ -60,6 +64,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	archiver := archive.New(archive.Options{
 		UserDomain: cfg.UserDomain(),
 		Templates:  stanza.NewCache(cfg.TemplateRules(), 1024),
+		Progress:   tracker,
 	}, store, log, archive.NewMetrics(rt.Metrics()))
 
 	rt.Consume(stage.Input{

@@ -52,15 +52,23 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	defer rt.Close()
 	rt.ShutdownTimeout = drainTimeout + 10*time.Second
 
-	deliveries := make(map[string]string, len(cfg.Nodes))
+	lanes := kafkasink.Topics{
+		Announcements: cfg.Bus.AnnouncementsTopic, PriorityAnnouncements: cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic),
+		Deliveries: make(map[string]string, len(cfg.Nodes)), PriorityDeliveries: make(map[string]string, len(cfg.Nodes)),
+	}
 	nodes := make([]audience.Node, len(cfg.Nodes))
-	topics := []string{cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic}
+	topics := []string{lanes.Announcements, lanes.PriorityAnnouncements, cfg.Bus.DeadLetterTopic}
 	for i, n := range cfg.Nodes {
-		deliveries[n.Name] = cfg.DeliveriesTopic(n.Name)
+		lanes.Deliveries[n.Name] = cfg.DeliveriesTopic(n.Name)
+		lanes.PriorityDeliveries[n.Name] = cfg.PriorityTopic(cfg.DeliveriesTopic(n.Name))
 		nodes[i] = audience.Node{Name: n.Name, PresenceAddresses: n.PresenceAddresses}
-		topics = append(topics, deliveries[n.Name])
+		topics = append(topics, lanes.Deliveries[n.Name], lanes.PriorityDeliveries[n.Name])
 	}
 	rt.Topics(rt.Brokers(), topics...)
+	tracker, err := rt.Progress()
+	if err != nil {
+		return err
+	}
 
 	store, err := mysqlstore.Open(cfg.MySQL)
 	if err != nil {
@@ -88,7 +96,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	sink := kafkasink.New(
 		rt.Writer(rt.Brokers(), kafkabus.WriterOptions{}),
 		rt.Writer(rt.Brokers(), kafkabus.WriterOptions{RoundRobin: true}),
-		kafkasink.Topics{Deliveries: deliveries, Announcements: cfg.Bus.AnnouncementsTopic})
+		lanes)
 
 	resolver, err := audience.New(audience.Config{
 		Nodes:       nodes,
@@ -103,31 +111,39 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		UserDomain:    cfg.UserDomain(),
 		Retry:         backoff.Policy{Initial: 100 * time.Millisecond, Max: cfg.Fanout.RetryMax.D()},
 		Templates:     stanza.NewCache(cfg.TemplateRules(), 1024),
+		Progress:      tracker,
 	}, store, source, sink, sink, log.With().Str("component", "audience").Logger(), rt.Metrics())
 	if err != nil {
 		return err
 	}
 
+	handle := stage.Decoded(announcement.NewDecoder(rt.Metrics()).Event, func(ctx context.Context, ev announcement.Event) error {
+		res, err := resolver.Resolve(ctx, ev)
+		if err == nil && h.resolved != nil {
+			h.resolved(ev, res)
+		}
+		return err
+	})
+	consumer := stage.ConsumerOptions{
+		MaxInFlight: max(cfg.LogicProcessNumber, 1), DrainTimeout: drainTimeout,
+		// Shard tasks of one channel share partitions: a finished task may
+		// wait for an earlier, longer one's commit without idling a worker.
+		// A crash re-resolves at most these tasks (the batches come out
+		// identical, and the senders skip identical copies).
+		MaxUncommitted: 4 * max(cfg.LogicProcessNumber, 1),
+		Retry:          backoff.Policy{Initial: 100 * time.Millisecond, Max: cfg.Fanout.RetryMax.D()},
+		// An identical event is the same announcement (or shard task) written twice.
+		Dedupe: 4096,
+	}
 	rt.Consume(stage.Input{
-		Name: "announcements", Group: cfg.Fanout.GroupName, Topics: []string{cfg.Bus.AnnouncementsTopic},
-		Handle: stage.Decoded(announcement.NewDecoder(rt.Metrics()).Event, func(ctx context.Context, ev announcement.Event) error {
-			res, err := resolver.Resolve(ctx, ev)
-			if err == nil && h.resolved != nil {
-				h.resolved(ev, res)
-			}
-			return err
-		}),
-		ConsumerOptions: stage.ConsumerOptions{
-			MaxInFlight: max(cfg.LogicProcessNumber, 1), DrainTimeout: drainTimeout,
-			// Shard tasks of one channel share partitions: a finished task may
-			// wait for an earlier, longer one's commit without idling a worker.
-			// A crash re-resolves at most these tasks (the batches come out
-			// identical, and the senders skip identical copies).
-			MaxUncommitted: 4 * max(cfg.LogicProcessNumber, 1),
-			Retry:          backoff.Policy{Initial: 100 * time.Millisecond, Max: cfg.Fanout.RetryMax.D()},
-			// An identical event is the same announcement (or shard task) written twice.
-			Dedupe: 4096,
-		},
+		Name: "announcements", Group: cfg.Fanout.GroupName, Topics: []string{lanes.Announcements},
+		Handle: handle, ConsumerOptions: consumer,
+	})
+	// The priority lane has workers of its own: a users announcement or a
+	// preview never waits behind a giant channel's pages.
+	rt.Consume(stage.Input{
+		Name: "priority", Group: cfg.Fanout.GroupName + cfg.Bus.PrioritySuffix, Topics: []string{lanes.PriorityAnnouncements},
+		Handle: handle, ConsumerOptions: consumer, Prefix: "priority_",
 	})
 	if h.runtime != nil {
 		h.runtime(rt)

@@ -60,8 +60,11 @@ var (
 		b64raw("<message to='%s' from='announcer.localhost'>"),               // not well-formed
 		raw("<message to='%s'/>"), raw(""), "5", "null",
 	}
-	persistValues = []string{"true", "false", "null", raw("yes"), "0"}
-	extraNames    = []string{"Channel_ID", "Message", "PERSIST", "persit", "to", "channel"}
+	persistValues  = []string{"true", "false", "null", raw("yes"), "0"}
+	priorityValues = []string{raw("normal"), raw("high"), raw("urgent"), raw(""), raw("HIGH"), "1", "null"}
+	// A dry run waits for fanout, which this test does not run: only false, and wrong values.
+	dryRunValues = []string{"false", "null", raw("true"), "0"}
+	extraNames   = []string{"Channel_ID", "Message", "PERSIST", "persit", "to", "channel"}
 )
 
 // Values the server accepts.
@@ -70,6 +73,8 @@ var (
 	goodUsers    = userValues[:2]
 	goodMessages = messageValues[:2]
 	goodPersist  = persistValues[:2]
+	goodPriority = priorityValues[:2]
+	goodDryRun   = dryRunValues[:1]
 )
 
 // genBody draws a valid request for the route, then up to two mutations: a
@@ -86,7 +91,14 @@ func genBody(t *rapid.T, usersRoute bool) []byte {
 	if rapid.Bool().Draw(t, "persist given") {
 		fields = append(fields, field{"persist", rapid.SampledFrom(goodPersist).Draw(t, "persist")})
 	}
-	anyValue := map[string][]string{"channel_id": channelValues, "usernames": userValues, "message": messageValues, "persist": persistValues}
+	if rapid.Bool().Draw(t, "priority given") {
+		fields = append(fields, field{"priority", rapid.SampledFrom(goodPriority).Draw(t, "priority")})
+	}
+	if rapid.IntRange(0, 3).Draw(t, "dry_run given") == 0 {
+		fields = append(fields, field{"dry_run", rapid.SampledFrom(goodDryRun).Draw(t, "dry_run")})
+	}
+	anyValue := map[string][]string{"channel_id": channelValues, "usernames": userValues, "message": messageValues,
+		"persist": persistValues, "priority": priorityValues, "dry_run": dryRunValues}
 	for m := rapid.IntRange(0, 2).Draw(t, "mutations"); m > 0; m-- {
 		i := rapid.IntRange(0, len(fields)-1).Draw(t, "field")
 		switch rapid.IntRange(0, 4).Draw(t, "mutation") {
@@ -164,7 +176,7 @@ func TestLiveIngressKeepsTheContract(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := baseConfig(env.KafkaBrokers)
-	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, lanes(cfg)[0], lanes(cfg)[1], cfg.Bus.DeadLetterTopic)
 	svc := start(t, cfg)
 	svc.waitReady(t)
 

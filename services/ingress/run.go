@@ -38,14 +38,26 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	}
 	defer rt.Close()
 	rt.ShutdownTimeout = cfg.Ingress.ShutdownTimeout.D()
-	rt.Topics(rt.Brokers(), cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
+	priority := cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic)
+	rt.Topics(rt.Brokers(), cfg.Bus.AnnouncementsTopic, priority, cfg.Bus.DeadLetterTopic)
 
-	pub, err := publisher.New(rt.Writer(rt.Brokers(), kafkabus.WriterOptions{BatchSize: writerBatchSize}),
-		publisher.Options{AnnouncementsTopic: cfg.Bus.AnnouncementsTopic, MaxMessageBytes: cfg.Bus.MaxMessageBytes}, rt.Metrics())
+	// A write gives up when the request does: a 503 must not hide a write
+	// still trying for seconds after it (a retry with the same
+	// Idempotency-Key is safe either way).
+	pub, err := publisher.New(rt.Writer(rt.Brokers(), kafkabus.WriterOptions{BatchSize: writerBatchSize,
+		WriteTimeout: min(cfg.Bus.WriteTimeout.D(), cfg.Ingress.PublishTimeout.D())}),
+		publisher.Options{AnnouncementsTopic: cfg.Bus.AnnouncementsTopic, PriorityTopic: priority, MaxMessageBytes: cfg.Bus.MaxMessageBytes}, rt.Metrics())
 	if err != nil {
 		return err
 	}
-	svc, err := announce.New(pub, limits(cfg), rt.Metrics())
+	var records announce.Records // nil interface without a store
+	if store, err := stage.ProgressStore(cfg, log); err != nil {
+		return err
+	} else if store != nil {
+		rt.OnClose(store.Close)
+		records = store
+	}
+	svc, err := announce.New(pub, records, limits(cfg), rt.Metrics())
 	if err != nil {
 		return err
 	}
@@ -99,5 +111,6 @@ func limits(cfg config.Config) announce.Limits {
 		UserDomain:     cfg.UserDomain(),
 		Template:       cfg.TemplateRules(),
 		PublishTimeout: cfg.Ingress.PublishTimeout.D(),
+		PreviewTimeout: cfg.Ingress.PreviewTimeout.D(),
 	}
 }

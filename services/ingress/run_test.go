@@ -142,7 +142,7 @@ func do(t *testing.T, req *http.Request) answer {
 func TestAccepted202MeansTheEventIsInTheTopic(t *testing.T) {
 	env := stacktest.Get(t)
 	cfg := baseConfig(env.KafkaBrokers)
-	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, lanes(cfg)[0], lanes(cfg)[1], cfg.Bus.DeadLetterTopic)
 	svc := start(t, cfg)
 	svc.waitReady(t)
 
@@ -177,7 +177,7 @@ func TestAccepted202MeansTheEventIsInTheTopic(t *testing.T) {
 	}
 
 	// Every 202 is already durable: the records are there without waiting for more.
-	recs := kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, len(ids), 5*time.Second)
+	recs := kafkatest.ReadTopics(t, env.KafkaBrokers, lanes(cfg), len(ids), 5*time.Second)
 	if len(recs) != len(ids) {
 		t.Fatalf("topic holds %d records, want exactly the %d accepted", len(recs), len(ids))
 	}
@@ -257,7 +257,7 @@ func TestKafkaInput(t *testing.T) {
 	env := stacktest.Get(t)
 	inputs := kafkatest.Topics(t, env.KafkaBrokers, 2, "ingress_in_a", "ingress_in_b")
 	cfg := baseConfig(env.KafkaBrokers)
-	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, lanes(cfg)[0], lanes(cfg)[1], cfg.Bus.DeadLetterTopic)
 	cfg.KafkaConsumer.Topics = strings.Join(inputs, ", ")
 	cfg.KafkaConsumer.Brokers = strings.Join(env.KafkaBrokers, ",")
 	cfg.KafkaConsumer.GroupName = stacktest.Name("ingress_group")
@@ -277,7 +277,7 @@ func TestKafkaInput(t *testing.T) {
 		kafka.Message{Key: []byte("f"), Value: []byte(`{"usernames": ["bob"], "channel_id": 1, "message": "` + b64(tpl) + `"}`)},
 	)
 
-	events := kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, 3, 40*time.Second)
+	events := kafkatest.ReadTopics(t, env.KafkaBrokers, lanes(cfg), 3, 40*time.Second)
 	dead := kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.DeadLetterTopic, 3, 20*time.Second)
 	if len(events) != 3 || len(dead) != 3 {
 		t.Fatalf("%d events and %d dead letters, want 3 and 3", len(events), len(dead))
@@ -338,7 +338,7 @@ func TestKafkaInput(t *testing.T) {
 	}
 
 	// Nothing is announced twice by this run.
-	if again := kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, 4, time.Second); len(again) != 3 {
+	if again := kafkatest.ReadTopics(t, env.KafkaBrokers, lanes(cfg), 4, time.Second); len(again) != 3 {
 		t.Errorf("%d events after shutdown, want still 3", len(again))
 	}
 }
@@ -350,7 +350,7 @@ func TestKafkaInputNewGroupStartsAtTheEnd(t *testing.T) {
 	env := stacktest.Get(t)
 	input := kafkatest.Topics(t, env.KafkaBrokers, 2, "ingress_in_latest")[0]
 	cfg := baseConfig(env.KafkaBrokers)
-	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, lanes(cfg)[0], lanes(cfg)[1], cfg.Bus.DeadLetterTopic)
 	cfg.KafkaConsumer.Topics = input
 	cfg.KafkaConsumer.GroupName = stacktest.Name("ingress_group")
 	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, cfg.KafkaConsumer.GroupName)
@@ -362,7 +362,7 @@ func TestKafkaInputNewGroupStartsAtTheEnd(t *testing.T) {
 	time.Sleep(2 * time.Second) // the group's partition readers resolve "the end" after the join
 	kafkatest.Produce(t, env.KafkaBrokers, input, kafka.Message{Value: []byte(`{"usernames": ["fresh"], "message": "` + b64(tpl) + `"}`)})
 
-	events := kafkatest.ReadAll(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, 3, 15*time.Second)
+	events := kafkatest.ReadTopics(t, env.KafkaBrokers, lanes(cfg), 3, 15*time.Second)
 	if len(events) != 1 {
 		t.Fatalf("%d events, want only the one produced after the start", len(events))
 	}
@@ -374,7 +374,7 @@ func TestKafkaInputNewGroupStartsAtTheEnd(t *testing.T) {
 func TestStartFailsOnTakenPort(t *testing.T) {
 	env := stacktest.Get(t)
 	cfg := baseConfig(env.KafkaBrokers)
-	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic)
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, lanes(cfg)[0], lanes(cfg)[1], cfg.Bus.DeadLetterTopic)
 	first := start(t, cfg)
 	cfg.RestAPIPort = strings.TrimPrefix(first.api, "http://")
 	err := run(context.Background(), zerolog.Nop(), cfg, hooks{})
@@ -394,4 +394,10 @@ func TestLimitsFollowTheMode(t *testing.T) {
 	if l := limits(cfg); l.Template.ComponentDomain != "" || l.Template.ClientJID != "admin@client.example.org" || l.UserDomain != "client.example.org" {
 		t.Errorf("client mode: %+v", l)
 	}
+}
+
+// lanes are the announcements topic and its priority lane (users
+// announcements take the latter).
+func lanes(cfg config.Config) []string {
+	return []string{cfg.Bus.AnnouncementsTopic, cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic)}
 }

@@ -59,7 +59,12 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	rt.ShutdownTimeout = cfg.Sender.FenceTimeout.D() + 15*time.Second
 	metrics := prometheus.WrapRegistererWith(prometheus.Labels{"node": node.Name}, rt.Metrics())
 	topic := cfg.DeliveriesTopic(node.Name)
-	rt.Topics(rt.Brokers(), topic, cfg.Bus.DeadLetterTopic)
+	priority := cfg.PriorityTopic(topic)
+	rt.Topics(rt.Brokers(), topic, priority, cfg.Bus.DeadLetterTopic)
+	tracker, err := rt.Progress()
+	if err != nil {
+		return err
+	}
 
 	pool, err := xmpplink.NewPool(links, log, xmpplink.NewMetrics(metrics))
 	if err != nil {
@@ -74,24 +79,33 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	})
 
 	sender := delivery.New(delivery.Options{
-		UserDomain:  cfg.UserDomain(),
-		Templates:   stanza.NewCache(cfg.TemplateRules(), 1024),
-		Conns:       cfg.Ejabberd.EachNodeConnNum,
-		RatePerConn: cfg.Ejabberd.RateLimit,
-		Rejections:  cfg.Ejabberd.SendRetry,
-		RetryMax:    cfg.Sender.ReconnectMax.D(),
+		UserDomain:   cfg.UserDomain(),
+		Templates:    stanza.NewCache(cfg.TemplateRules(), 1024),
+		Conns:        cfg.Ejabberd.EachNodeConnNum,
+		RatePerConn:  cfg.Ejabberd.RateLimit,
+		Rejections:   cfg.Ejabberd.SendRetry,
+		RetryMax:     cfg.Sender.ReconnectMax.D(),
+		StepInterval: cfg.Sender.ProgressInterval.D(),
+		Progress:     tracker,
 	}, delivery.LinksOf(pool.Acquire), log, delivery.NewMetrics(metrics))
 
+	handle := stage.Decoded(announcement.NewDecoder(metrics).Batch, sender.Deliver)
+	consumer := stage.ConsumerOptions{
+		MaxInFlight: cfg.Sender.MaxInFlight, DrainTimeout: cfg.Sender.FenceTimeout.D(),
+		Retry: backoff.Policy{Initial: 100 * time.Millisecond, Max: cfg.Sender.ReconnectMax.D()},
+		// An identical batch is the same batch written twice (fanout retried a write).
+		Dedupe: 4096,
+	}
 	rt.Consume(stage.Input{
 		Name: "deliveries", Group: cfg.Sender.GroupPrefix + node.Name, Topics: []string{topic},
-		Handle: stage.Decoded(announcement.NewDecoder(metrics).Batch, sender.Deliver),
-		Labels: prometheus.Labels{"node": node.Name},
-		ConsumerOptions: stage.ConsumerOptions{
-			MaxInFlight: cfg.Sender.MaxInFlight, DrainTimeout: cfg.Sender.FenceTimeout.D(),
-			Retry: backoff.Policy{Initial: 100 * time.Millisecond, Max: cfg.Sender.ReconnectMax.D()},
-			// An identical batch is the same batch written twice (fanout retried a write).
-			Dedupe: 4096,
-		},
+		Handle: handle, Labels: prometheus.Labels{"node": node.Name}, ConsumerOptions: consumer,
+	})
+	// The priority lane has in-flight slots of its own on the same links: its
+	// batches never wait for bulk ones to be fetched, only for a few chunks'
+	// worth of the rate limit.
+	rt.Consume(stage.Input{
+		Name: "priority", Group: cfg.Sender.GroupPrefix + node.Name + cfg.Bus.PrioritySuffix, Topics: []string{priority},
+		Handle: handle, Labels: prometheus.Labels{"node": node.Name}, ConsumerOptions: consumer, Prefix: "priority_",
 	})
 	if h.runtime != nil {
 		h.runtime(rt)

@@ -172,7 +172,7 @@ func TestSenderEndToEnd(t *testing.T) {
 		}
 		if i == 1 {
 			// Written by a newer fanout during a rolling upgrade: delivered, its new field ignored.
-			v = append(bytes.TrimSuffix(v, []byte("}")), `,"priority":"urgent"}`...)
+			v = append(bytes.TrimSuffix(v, []byte("}")), `,"urgency":"now"}`...)
 		}
 		values = append(values, v)
 	}

@@ -19,6 +19,7 @@ import (
 
 // Record is a topic record read back.
 type Record struct {
+	Topic     string
 	Partition int
 	Offset    int64
 	Key       []byte
@@ -117,21 +118,35 @@ func atEnd(t testing.TB, brokers []string, what string, do func(context.Context,
 // least want records or timeout passes, and returns the records found.
 func ReadAll(t testing.TB, brokers []string, topic string, want int, timeout time.Duration) []Record {
 	t.Helper()
+	return ReadTopics(t, brokers, []string{topic}, want, timeout)
+}
+
+// ReadTopics is ReadAll over several topics (an announcements topic and its
+// priority lane, say).
+func ReadTopics(t testing.TB, brokers []string, topics []string, want int, timeout time.Duration) []Record {
+	t.Helper()
 	c := client(t, brokers)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	next := map[int]int64{}
+	type part struct {
+		topic string
+		id    int
+	}
+	next := map[part]int64{}
 	var out []Record
 	for {
-		md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-		if err == nil && len(md.Topics) == 1 {
-			for _, p := range md.Topics[0].Partitions {
-				recs, off, err := fetch(ctx, c, topic, p.ID, next[p.ID])
-				if err != nil && ctx.Err() == nil {
-					t.Logf("fetch %s/%d: %v", topic, p.ID, err)
+		md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+		if err == nil {
+			for _, tp := range md.Topics {
+				for _, p := range tp.Partitions {
+					k := part{tp.Name, p.ID}
+					recs, off, err := fetch(ctx, c, tp.Name, p.ID, next[k])
+					if err != nil && ctx.Err() == nil {
+						t.Logf("fetch %s/%d: %v", tp.Name, p.ID, err)
+					}
+					out = append(out, recs...)
+					next[k] = off
 				}
-				out = append(out, recs...)
-				next[p.ID] = off
 			}
 		}
 		if len(out) >= want {
@@ -139,7 +154,7 @@ func ReadAll(t testing.TB, brokers []string, topic string, want int, timeout tim
 		}
 		select {
 		case <-ctx.Done():
-			t.Logf("read %d of %d wanted records from %s before the timeout", len(out), want, topic)
+			t.Logf("read %d of %d wanted records from %v before the timeout", len(out), want, topics)
 			return sorted(out)
 		case <-time.After(50 * time.Millisecond):
 		}
@@ -149,6 +164,9 @@ func ReadAll(t testing.TB, brokers []string, topic string, want int, timeout tim
 
 func sorted(rs []Record) []Record {
 	sort.Slice(rs, func(i, j int) bool {
+		if rs[i].Topic != rs[j].Topic {
+			return rs[i].Topic < rs[j].Topic
+		}
 		if rs[i].Partition != rs[j].Partition {
 			return rs[i].Partition < rs[j].Partition
 		}
@@ -178,7 +196,7 @@ func fetch(ctx context.Context, c *kafka.Client, topic string, partition int, fr
 		if r.Offset < from {
 			continue
 		}
-		rec := Record{Partition: partition, Offset: r.Offset, Headers: map[string]string{}}
+		rec := Record{Topic: topic, Partition: partition, Offset: r.Offset, Headers: map[string]string{}}
 		if r.Key != nil {
 			rec.Key, _ = io.ReadAll(r.Key)
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/pkg/stanza"
 )
 
@@ -33,12 +34,26 @@ type Templates interface {
 	Get(announcementID, raw string) (*stanza.Template, error)
 }
 
+// Progress is the announcements' progress store as the archiver uses it (a
+// *progress.Tracker). Its failures never stop archiving.
+type Progress interface {
+	Persisted(id, batch string, n int)
+	Cancelled(ctx context.Context, id string) bool
+}
+
+type noProgress struct{}
+
+func (noProgress) Persisted(string, string, int)          {}
+func (noProgress) Cancelled(context.Context, string) bool { return false }
+
 // Options configure the use case.
 type Options struct {
 	UserDomain string // completes bare usernames into JIDs
 	Templates  Templates
 	RetryMin   time.Duration
 	RetryMax   time.Duration
+	// Progress records what was persisted (nil: nothing is recorded).
+	Progress Progress
 }
 
 // Archiver archives batches.
@@ -57,6 +72,9 @@ func New(opt Options, store Store, log zerolog.Logger, m *Metrics) *Archiver {
 	if opt.RetryMax < opt.RetryMin {
 		opt.RetryMax = max(opt.RetryMin, 30*time.Second)
 	}
+	if opt.Progress == nil {
+		opt.Progress = noProgress{}
+	}
 	return &Archiver{opt: opt, store: store, log: log.With().Str("component", "archive").Logger(), m: m}
 }
 
@@ -66,6 +84,12 @@ func New(opt Options, store Store, log zerolog.Logger, m *Metrics) *Archiver {
 func (a *Archiver) Archive(ctx context.Context, b announcement.Batch) error {
 	if !b.Persist {
 		a.m.batches.WithLabelValues("not_persisted").Inc()
+		return nil
+	}
+	// A cancelled announcement's batches not stored yet are skipped, as the
+	// senders skip those not sent yet.
+	if a.opt.Progress.Cancelled(ctx, b.AnnouncementID) {
+		a.m.batches.WithLabelValues("cancelled").Inc()
 		return nil
 	}
 	tmpl, err := a.opt.Templates.Get(b.AnnouncementID, b.Template)
@@ -83,6 +107,7 @@ func (a *Archiver) Archive(ctx context.Context, b announcement.Batch) error {
 		if err == nil {
 			a.m.records.Add(float64(len(recs)))
 			a.m.batches.WithLabelValues("persisted").Inc()
+			a.opt.Progress.Persisted(b.AnnouncementID, progress.BatchKey(&b), len(recs))
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -148,7 +173,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		storeErrors: c("store_errors_total", "Failed storage writes (the batch is retried)."),
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "batches_total",
-			Help: "Batches finished, by outcome (persisted, not_persisted, empty).",
+			Help: "Batches finished, by outcome (persisted, not_persisted, empty, cancelled).",
 		}, []string{"outcome"}),
 	}
 	reg.MustRegister(m.records, m.invalid, m.storeErrors, m.batches)

@@ -19,6 +19,7 @@ import (
 	"fmt"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/progress"
 )
 
 // StateAccepted is the only channel state whose members are announced to.
@@ -102,6 +103,21 @@ type TaskSink interface {
 	WriteTasks(ctx context.Context, tasks []announcement.Event) error
 }
 
+// Progress is the announcements' progress store as fanout uses it (a
+// *progress.Tracker): where a task starts, what it resolved, whether the
+// announcement was cancelled. Its failures never stop a task.
+type Progress interface {
+	// Begin marks the announcement resolving; finished says this task's
+	// unit was done before (the event is a copy).
+	Begin(ctx context.Context, ev *announcement.Event) (state string, finished bool, err error)
+	// Plan records the announcement's shard count; split once they are queued.
+	Plan(ctx context.Context, id string, shards int, split bool) error
+	Emitted(id string, shard, batches int)
+	ShardDone(id string, shard int, c progress.ShardCounts)
+	Finish(id, state, reason string)
+	Cancelled(ctx context.Context, id string) bool
+}
+
 // Outcome is how a task ended.
 type Outcome string
 
@@ -109,6 +125,9 @@ const (
 	Delivered Outcome = "delivered" // every batch acknowledged
 	Split     Outcome = "split"     // every shard task acknowledged
 	Rejected  Outcome = "rejected"  // finished without recipients, for Reason
+	Counted   Outcome = "counted"   // a dry run: counted, nothing written
+	Cancelled Outcome = "cancelled" // the announcement was cancelled: stopped between pages
+	Duplicate Outcome = "duplicate" // a copy of a task already finished: nothing done
 )
 
 // Rejection reasons (metric label values).
@@ -125,6 +144,8 @@ type Result struct {
 	Reason  string // when Rejected
 	// Audience is the members read, users listed or online users scanned.
 	Audience int
+	// Online is how many of them presence says are online.
+	Online int
 	// Recipients is how many were put in batches (the online ones, for channels).
 	Recipients int
 	Batches    int

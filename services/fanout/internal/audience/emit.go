@@ -3,6 +3,7 @@ package audience
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
@@ -63,6 +64,7 @@ type emitter struct {
 	res    Result
 	hashed int
 	skip   int
+	acked  atomic.Int64 // batches acknowledged so far
 }
 
 func (r *Resolver) newEmitter(ctx context.Context, ev *announcement.Event, shard int, firstInc uint64) *emitter {
@@ -145,6 +147,7 @@ func (e *emitter) cut(node int, recipients []string) {
 		FirstIncID:     e.inc,
 		Recipients:     recipients,
 		CreatedAt:      e.ev.CreatedAt,
+		Priority:       e.ev.Priority,
 	})
 	e.seq++
 	e.inc += uint64(len(recipients))
@@ -160,6 +163,9 @@ func (e *emitter) send() {
 	}
 	batches := e.ready
 	e.ready = nil
+	if e.ev.DryRun {
+		return // counted by cut, never written
+	}
 	e.g.Go(func() error {
 		pending := batches
 		err := e.r.retry(e.ctx, depKafka, func() error {
@@ -182,6 +188,7 @@ func (e *emitter) send() {
 			e.r.m.batches.WithLabelValues(batches[i].Node).Inc()
 			e.r.m.perNode.WithLabelValues(batches[i].Node).Add(float64(len(batches[i].Recipients)))
 		}
+		e.r.progress.Emitted(e.ev.ID, e.shard, int(e.acked.Add(int64(len(batches)))))
 		return nil
 	})
 }
@@ -205,8 +212,19 @@ func (e *emitter) finish() (Result, error) {
 	e.r.m.hashed.Add(float64(e.hashed))
 	e.r.m.skipped.Add(float64(e.skip))
 	e.res.Outcome = Delivered
+	if e.ev.DryRun {
+		e.res.Outcome = Counted
+	}
 	e.res.Batches = e.seq
 	return e.res, nil
+}
+
+// cancelled stops the task of a cancelled announcement between pages: what
+// was written stays written (the senders skip it), nothing more is read.
+func (e *emitter) cancelled() (Result, error) {
+	e.cancel()
+	_ = e.g.Wait()
+	return Result{Outcome: Cancelled, Audience: e.res.Audience}, nil
 }
 
 // abort stops the writes and returns the error that ended the task: a write's

@@ -14,18 +14,19 @@ const (
 )
 
 type metrics struct {
-	audience   *prometheus.CounterVec   // kind
-	recipients *prometheus.CounterVec   // kind
-	taskSize   *prometheus.HistogramVec // kind
-	batches    *prometheus.CounterVec   // node
-	perNode    *prometheus.CounterVec   // node
-	hashed     prometheus.Counter
-	skipped    prometheus.Counter
-	shards     prometheus.Counter
-	rejected   *prometheus.CounterVec   // reason
-	retries    *prometheus.CounterVec   // dependency
-	duration   *prometheus.HistogramVec // kind, outcome
-	age        *prometheus.HistogramVec // kind
+	audience       *prometheus.CounterVec   // kind
+	recipients     *prometheus.CounterVec   // kind
+	taskSize       *prometheus.HistogramVec // kind
+	batches        *prometheus.CounterVec   // node
+	perNode        *prometheus.CounterVec   // node
+	hashed         prometheus.Counter
+	skipped        prometheus.Counter
+	shards         prometheus.Counter
+	rejected       *prometheus.CounterVec // reason
+	retries        *prometheus.CounterVec // dependency
+	progressErrors prometheus.Counter
+	duration       *prometheus.HistogramVec // kind, outcome
+	age            *prometheus.HistogramVec // kind
 }
 
 func newMetrics(reg prometheus.Registerer, nodes []string) (*metrics, error) {
@@ -58,6 +59,9 @@ func newMetrics(reg prometheus.Registerer, nodes []string) (*metrics, error) {
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rejected_total", Help: "Announcements finished without recipients, by reason.",
 		}, []string{"reason"}),
+		progressErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "progress_errors_total", Help: "Tasks whose start or shard count could not be recorded in the progress store (they went on).",
+		}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "retries_total", Help: "Transient dependency failures that were retried.",
 		}, []string{"dependency"}),
@@ -71,7 +75,7 @@ func newMetrics(reg prometheus.Registerer, nodes []string) (*metrics, error) {
 		}, []string{"kind"}),
 	}
 	for _, c := range []prometheus.Collector{m.audience, m.recipients, m.taskSize, m.batches, m.perNode, m.hashed,
-		m.skipped, m.shards, m.rejected, m.retries, m.duration, m.age} {
+		m.skipped, m.shards, m.rejected, m.retries, m.duration, m.age, m.progressErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/pkg/stanza"
 )
 
@@ -44,6 +45,8 @@ type Config struct {
 	// announcement, cached): one that ejabberd would refuse must not become
 	// a million bad stanzas.
 	Templates Templates
+	// Progress records what each task resolved (nil: nothing is recorded).
+	Progress Progress
 }
 
 // Templates checks a template under the connection mode's rules (a *stanza.Cache).
@@ -78,12 +81,14 @@ func (c *Config) validate() error {
 // Resolve call is one task with its own state.
 type Resolver struct {
 	cfg      Config
+	progress Progress
 	members  MemberStore
 	presence Presence
 	batches  BatchSink
 	tasks    TaskSink
 	route    *router
 	log      zerolog.Logger
+	warn     zerolog.Logger // sampled: a progress store outage would log per task
 	m        *metrics
 }
 
@@ -107,11 +112,27 @@ func New(cfg Config, members MemberStore, presence Presence, batches BatchSink, 
 	if err != nil {
 		return nil, fmt.Errorf("audience: metrics: %w", err)
 	}
+	p := cfg.Progress
+	if p == nil {
+		p = noProgress{}
+	}
 	return &Resolver{
-		cfg: cfg, members: members, presence: presence, batches: batches, tasks: tasks,
+		cfg: cfg, progress: p, members: members, presence: presence, batches: batches, tasks: tasks,
 		route: newRouter(cfg.Nodes), log: log, m: m,
+		warn: log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second}),
 	}, nil
 }
+
+type noProgress struct{}
+
+func (noProgress) Begin(context.Context, *announcement.Event) (string, bool, error) {
+	return "", false, nil
+}
+func (noProgress) Plan(context.Context, string, int, bool) error { return nil }
+func (noProgress) Emitted(string, int, int)                      {}
+func (noProgress) ShardDone(string, int, progress.ShardCounts)   {}
+func (noProgress) Finish(string, string, string)                 {}
+func (noProgress) Cancelled(context.Context, string) bool        { return false }
 
 // Resolve handles one event. It returns nil error with the Result once the
 // event's output is acknowledged (or the event was rejected), a
@@ -121,38 +142,79 @@ func New(cfg Config, members MemberStore, presence Presence, batches BatchSink, 
 func (r *Resolver) Resolve(ctx context.Context, ev announcement.Event) (Result, error) {
 	if r.cfg.Templates != nil {
 		if _, err := r.cfg.Templates.Get(ev.ID, ev.Template); err != nil {
-			return Result{}, &announcement.BadRecordError{Reason: fmt.Sprintf("announcement %s: template: %v", ev.ID, err), Label: "template"}
+			reason := "template: " + err.Error()
+			r.progress.Finish(ev.ID, progress.StateFailed, reason)
+			return Result{}, &announcement.BadRecordError{Reason: fmt.Sprintf("announcement %s: %s", ev.ID, reason), Label: "template"}
 		}
 	}
 	start := time.Now()
-	var (
-		res Result
-		err error
-	)
+	state, finished, err := r.progress.Begin(ctx, &ev)
+	if err != nil {
+		r.m.progressErrors.Inc()
+		r.warn.Warn().Err(err).Str("announcement", ev.ID).Msg("progress store: the task goes on unrecorded")
+	}
+	switch {
+	case state == progress.StateCancelled:
+		r.m.observe(kindLabel(&ev), Result{Outcome: Cancelled}, time.Since(start), ev.CreatedAt)
+		return Result{Outcome: Cancelled}, nil
+	case finished:
+		r.m.observe(kindLabel(&ev), Result{Outcome: Duplicate}, time.Since(start), ev.CreatedAt)
+		return Result{Outcome: Duplicate}, nil
+	}
+	var res Result
 	switch ev.Kind {
 	case announcement.KindChannel:
 		res, err = r.channel(ctx, &ev)
 	case announcement.KindShard:
 		res, err = r.shard(ctx, &ev, *ev.Shard)
 	case announcement.KindAllOnline:
+		r.plan(ctx, &ev, 1, false)
 		res, err = r.allOnline(ctx, &ev)
 	case announcement.KindUsers:
+		r.plan(ctx, &ev, 1, false)
 		res, err = r.users(ctx, &ev)
 	default:
 		res = Result{Outcome: Rejected, Reason: ReasonUnknownKind}
 	}
 	if errors.Is(err, ErrPermanent) && ctx.Err() == nil {
+		r.progress.Finish(ev.ID, progress.StateFailed, err.Error())
 		return Result{}, &announcement.BadRecordError{Reason: fmt.Sprintf("announcement %s: %v", ev.ID, err), Label: "permanent"}
 	}
 	if err != nil {
 		return res, err
 	}
-	if res.Outcome == Rejected {
+	switch res.Outcome {
+	case Rejected:
+		r.progress.Finish(ev.ID, progress.StateRejected, res.Reason)
 		r.log.Warn().Str("announcement", ev.ID).Str("kind", string(ev.Kind)).Str("reason", res.Reason).
 			Stringer("channel", channelOf(&ev)).Msg("announcement rejected")
+	case Delivered, Counted:
+		index := 0
+		if ev.Shard != nil {
+			index = ev.Shard.Index
+		}
+		r.progress.ShardDone(ev.ID, index, progress.ShardCounts{Members: res.Audience, Online: res.Online,
+			Recipients: res.Recipients, Batches: res.Batches, PerNode: res.PerNode})
 	}
-	r.m.observe(string(ev.Kind), res, time.Since(start), ev.CreatedAt)
+	r.m.observe(kindLabel(&ev), res, time.Since(start), ev.CreatedAt)
 	return res, nil
+}
+
+// kindLabel is the event's kind, or dry_run: a preview sends nothing and
+// must not count as recipients reached.
+func kindLabel(ev *announcement.Event) string {
+	if ev.DryRun {
+		return "dry_run"
+	}
+	return string(ev.Kind)
+}
+
+// plan records the shard count; a failure only leaves the record behind.
+func (r *Resolver) plan(ctx context.Context, ev *announcement.Event, shards int, split bool) {
+	if err := r.progress.Plan(ctx, ev.ID, shards, split); err != nil {
+		r.m.progressErrors.Inc()
+		r.warn.Warn().Err(err).Str("announcement", ev.ID).Msg("progress store: shard count not recorded")
+	}
 }
 
 type channelRef struct{ c *announcement.ChannelRef }
@@ -209,6 +271,7 @@ func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result,
 	if err != nil {
 		return Result{}, err
 	}
+	r.plan(ctx, ev, len(shards), false)
 	if len(shards) == 1 {
 		// Small channel: no round trip through the announcements topic.
 		return r.shard(ctx, ev, shards[0])
@@ -218,11 +281,13 @@ func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result,
 		tasks[i] = announcement.Event{
 			ID: ev.ID, Kind: announcement.KindShard, Channel: ev.Channel, Template: ev.Template,
 			Persist: ev.Persist, CreatedAt: ev.CreatedAt, Source: ev.Source, Shard: &shards[i],
+			Priority: ev.Priority, DryRun: ev.DryRun,
 		}
 	}
 	if err := r.retry(ctx, depKafka, func() error { return r.tasks.WriteTasks(ctx, tasks) }); err != nil {
 		return Result{}, err
 	}
+	r.plan(ctx, ev, len(shards), true)
 	return Result{Outcome: Split, Shards: len(shards)}, nil
 }
 
@@ -288,6 +353,9 @@ func (r *Resolver) shard(ctx context.Context, ev *announcement.Event, s announce
 	names := make([]string, 0, r.cfg.PageSize)
 	where := make([]string, 0, r.cfg.PageSize)
 	for page := range pages {
+		if r.progress.Cancelled(e.ctx, ev.ID) {
+			return e.cancelled()
+		}
 		names = names[:0]
 		for _, m := range page {
 			if m.Username == "" { // a NULL row of a schema that allows it: no address to send to
@@ -304,6 +372,7 @@ func (r *Resolver) shard(ctx context.Context, ev *announcement.Event, s announce
 		e.res.Audience += len(names)
 		for i, addr := range where {
 			if addr != "" {
+				e.res.Online++
 				e.add(names[i], addr, -1)
 			}
 		}
@@ -378,12 +447,16 @@ func (r *Resolver) allOnline(ctx context.Context, ev *announcement.Event) (Resul
 					return Result{}, e.abort(err)
 				}
 				e.res.Audience += len(names)
+				e.res.Online += len(names)
 				for _, u := range names {
 					e.add(u, addr, node)
 				}
 				e.send()
 				if next == 0 {
 					break
+				}
+				if r.progress.Cancelled(e.ctx, ev.ID) {
+					return e.cancelled()
 				}
 				cursor = next
 			}
@@ -400,6 +473,9 @@ func (r *Resolver) users(ctx context.Context, ev *announcement.Event) (Result, e
 	found := make([]string, 0, r.cfg.PageSize)
 	where := make([]string, 0, r.cfg.PageSize)
 	for chunk := range chunks(ev.Usernames, r.cfg.PageSize) {
+		if r.progress.Cancelled(e.ctx, ev.ID) {
+			return e.cancelled()
+		}
 		where = where[:len(chunk)]
 		clear(where)
 		if r.cfg.RouteUsers && len(chunk) > 0 {
@@ -424,6 +500,9 @@ func (r *Resolver) users(ctx context.Context, ev *announcement.Event) (Result, e
 		}
 		e.res.Audience += len(chunk)
 		for i, u := range chunk {
+			if where[i] != "" {
+				e.res.Online++
+			}
 			// Offline users are delivered too (ejabberd stores them); "" routes by hash.
 			e.add(u, where[i], -1)
 		}

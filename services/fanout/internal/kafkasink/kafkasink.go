@@ -21,10 +21,9 @@ type Writer interface {
 
 // Sink writes fanout's output.
 type Sink struct {
-	batches       Writer // hash of the key: spreads one announcement's batches over partitions
-	tasks         Writer // round robin: shard tasks land on different partitions, hence workers
-	deliveries    map[string]string
-	announcements string
+	batches Writer // hash of the key: spreads one announcement's batches over partitions
+	tasks   Writer // round robin: shard tasks land on different partitions, hence workers
+	t       Topics
 }
 
 var (
@@ -32,15 +31,19 @@ var (
 	_ audience.TaskSink  = (*Sink)(nil)
 )
 
-// Topics names what the sink writes to.
+// Topics names what the sink writes to: the bulk lane, and the priority
+// lane for high-priority announcements (empty: none, everything goes bulk).
 type Topics struct {
 	Deliveries    map[string]string // node name → deliveries topic
 	Announcements string            // shard tasks go back here
+	// The priority lane's topics.
+	PriorityDeliveries    map[string]string
+	PriorityAnnouncements string
 }
 
 // New builds the sink on its two writers (batches: key hash; tasks: round robin).
 func New(batches, tasks Writer, t Topics) *Sink {
-	return &Sink{batches: batches, tasks: tasks, deliveries: t.Deliveries, announcements: t.Announcements}
+	return &Sink{batches: batches, tasks: tasks, t: t}
 }
 
 // WriteBatches implements audience.BatchSink: each batch goes to its node's
@@ -49,7 +52,11 @@ func (p *Sink) WriteBatches(ctx context.Context, batches []announcement.Batch) e
 	msgs := make([]kafka.Message, len(batches))
 	for i := range batches {
 		b := &batches[i]
-		topic, ok := p.deliveries[b.Node]
+		deliveries := p.t.Deliveries
+		if b.Priority == announcement.PriorityHigh && p.t.PriorityDeliveries != nil {
+			deliveries = p.t.PriorityDeliveries
+		}
+		topic, ok := deliveries[b.Node]
 		if !ok {
 			return fmt.Errorf("kafka: no deliveries topic for node %q", b.Node)
 		}
@@ -87,7 +94,11 @@ func (p *Sink) WriteTasks(ctx context.Context, tasks []announcement.Event) error
 		if s := tasks[i].Shard; s != nil {
 			key = fmt.Sprintf("%s/shard/%d", tasks[i].ID, s.Index)
 		}
-		msgs[i] = kafka.Message{Topic: p.announcements, Key: []byte(key), Value: v}
+		topic := p.t.Announcements
+		if tasks[i].Priority == announcement.PriorityHigh && p.t.PriorityAnnouncements != "" {
+			topic = p.t.PriorityAnnouncements
+		}
+		msgs[i] = kafka.Message{Topic: topic, Key: []byte(key), Value: v}
 	}
 	if err := p.tasks.WriteMessages(ctx, msgs...); err != nil {
 		return fmt.Errorf("kafka: write %d shard tasks: %w", len(msgs), err)

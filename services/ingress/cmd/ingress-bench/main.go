@@ -286,7 +286,7 @@ func benchConfig(brokers []string) config.Config {
 // runHandler serves the API with pub behind it (no Kafka input, no debug port).
 func runHandler(cfg config.Config, pub announce.Publisher, body []byte, d time.Duration, conc int) (result, error) {
 	reg := prometheus.NewRegistry()
-	svc, err := announce.New(pub, announce.Limits{
+	svc, err := announce.New(pub, nil, announce.Limits{
 		MaxBodyBytes: cfg.Ingress.MaxBodyBytes, MaxUsernames: cfg.Ingress.MaxUsernames, UserDomain: cfg.UserDomain(),
 		Template: cfg.TemplateRules(), PublishTimeout: cfg.Ingress.PublishTimeout.D(),
 	}, reg)

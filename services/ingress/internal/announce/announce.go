@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/pkg/stanza"
 )
 
@@ -31,6 +32,11 @@ var (
 	// ErrTooLarge means the encoded event exceeds what the bus accepts; a
 	// retry cannot succeed (REST: 413).
 	ErrTooLarge = errors.New("announcement too large for the bus")
+	// ErrKeyReused is an idempotency key presented with another request (REST: 409).
+	ErrKeyReused = errors.New("this Idempotency-Key was already used for another request")
+	// ErrNoStore means the feature needs the progress store, and none is
+	// configured (REST: 501).
+	ErrNoStore = errors.New("no progress store is configured ([progress] or [user-activity-redis])")
 )
 
 // ValidationError is a rejection of the request itself; Field names the body
@@ -62,27 +68,44 @@ type Limits struct {
 	// close ejabberd's stream is a 400 here, never a poison batch later.
 	Template       stanza.Options
 	PublishTimeout time.Duration
+	PreviewTimeout time.Duration // how long a dry run waits for fanout's count
+}
+
+// Records is the progress store as the ingress uses it (a *progress.Store).
+type Records interface {
+	Accept(ctx context.Context, ev *announcement.Event) error
+	Claim(ctx context.Context, scope, key string, want progress.IdempotencyClaim) (progress.IdempotencyClaim, bool, error)
+	Get(ctx context.Context, id string) (progress.Announcement, error)
+	List(ctx context.Context, state string, limit int) ([]progress.Announcement, error)
+	Cancel(ctx context.Context, id, reason string) (string, error)
 }
 
 // Service validates and publishes announcements. It is safe for concurrent use.
 type Service struct {
-	pub   Publisher
-	lim   Limits
-	newID func() (string, error)
-	now   func() time.Time
-	m     metrics
+	pub     Publisher
+	records Records // nil: no progress store
+	lim     Limits
+	newID   func() (string, error)
+	now     func() time.Time
+	m       metrics
 }
 
 type metrics struct {
-	accepted *prometheus.CounterVec // source, kind
-	rejected *prometheus.CounterVec // source, field
-	failed   *prometheus.CounterVec // source, reason
+	accepted     *prometheus.CounterVec // source, kind
+	rejected     *prometheus.CounterVec // source, field
+	failed       *prometheus.CounterVec // source, reason
+	replays      prometheus.Counter
+	recordErrors prometheus.Counter
 }
 
-// New builds the use case; its counters are registered on reg.
-func New(pub Publisher, lim Limits, reg prometheus.Registerer) (*Service, error) {
+// New builds the use case; records may be nil (no progress store: no
+// idempotency, previews or progress). Its counters are registered on reg.
+func New(pub Publisher, records Records, lim Limits, reg prometheus.Registerer) (*Service, error) {
 	if lim.PublishTimeout <= 0 {
 		return nil, errors.New("announce: publish timeout must be > 0")
+	}
+	if lim.PreviewTimeout <= 0 {
+		lim.PreviewTimeout = 30 * time.Second
 	}
 	m := metrics{
 		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -97,13 +120,21 @@ func New(pub Publisher, lim Limits, reg prometheus.Registerer) (*Service, error)
 			Name: "announcements_publish_failed_total",
 			Help: "Valid announcements that could not be published.",
 		}, []string{"source", "reason"}),
+		replays: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "idempotent_replays_total",
+			Help: "Requests whose idempotency key named an announcement already accepted: answered with its id, not published again.",
+		}),
+		recordErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "progress_record_errors_total",
+			Help: "Accepted announcements whose progress record could not be written (fanout writes it when it starts).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.accepted, m.rejected, m.failed} {
+	for _, c := range []prometheus.Collector{m.accepted, m.rejected, m.failed, m.replays, m.recordErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("announce: metrics: %w", err)
 		}
 	}
-	return &Service{pub: pub, lim: lim, newID: newID, now: time.Now, m: m}, nil
+	return &Service{pub: pub, records: records, lim: lim, newID: newID, now: time.Now, m: m}, nil
 }
 
 // newID is time-ordered so ids sort by acceptance and index well downstream.
@@ -115,17 +146,13 @@ func newID() (string, error) {
 	return id.String(), nil
 }
 
-// Announce validates req, publishes it and returns the announcement id once
-// the event is durable.
-func (s *Service) Announce(ctx context.Context, req Request, source string) (string, error) {
+// Announce validates req and submits it (see Submit).
+func (s *Service) Announce(ctx context.Context, req Request, source string, key Key) (Outcome, error) {
 	ev, err := s.Prepare(req, source)
 	if err != nil {
-		return "", err
+		return Outcome{}, err
 	}
-	if err := s.Publish(ctx, ev); err != nil {
-		return "", err
-	}
-	return ev.ID, nil
+	return s.Submit(ctx, &ev, key)
 }
 
 // PrepareJSON is Prepare for a raw body of either kind, as the Kafka input
@@ -193,6 +220,24 @@ func (s *Service) build(req Request, source string) (announcement.Event, error) 
 		return ev, fromStanza(err)
 	}
 	ev.Template = string(tpl.Raw())
+
+	switch {
+	case req.Priority == nil:
+		// A users list is addressed to people, not to a crowd: it never
+		// waits behind a giant channel's batches.
+		if ev.Kind == announcement.KindUsers {
+			ev.Priority = announcement.PriorityHigh
+		}
+	case *req.Priority == announcement.PriorityHigh:
+		ev.Priority = announcement.PriorityHigh
+	case *req.Priority != announcement.PriorityNormal:
+		return ev, invalid("priority", fmt.Sprintf("%q: want normal or high", stanza.Clip(*req.Priority)))
+	}
+	if req.DryRun {
+		ev.DryRun = true
+		// A preview answers a waiting client: it takes the priority lane.
+		ev.Priority = announcement.PriorityHigh
+	}
 
 	id, err := s.newID()
 	if err != nil {
@@ -303,7 +348,7 @@ func sourceLabel(source string) string {
 // rejections name whatever the client sent, which must not become a label.
 func FieldLabel(field string) string {
 	switch field {
-	case "body", "message", "channel_id", "usernames", "persist":
+	case "body", "message", "channel_id", "usernames", "persist", "priority", "dry_run", "Idempotency-Key":
 		return field
 	}
 	return "other"

@@ -50,7 +50,7 @@ func (p *memPublisher) Publish(_ context.Context, e announcement.Event) error {
 
 func newService(t *testing.T, pub Publisher, lim Limits) *Service {
 	t.Helper()
-	s, err := New(pub, lim, prometheus.NewRegistry())
+	s, err := New(pub, nil, lim, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,10 +273,11 @@ func TestPrepareJSON(t *testing.T) {
 func TestAnnouncePublishes(t *testing.T) {
 	pub := &memPublisher{}
 	s := newService(t, pub, testLimits())
-	id, err := s.Announce(context.Background(), Request{Usernames: []string{"alice"}, Message: goodMsg}, SourceREST)
+	out, err := s.Announce(context.Background(), Request{Usernames: []string{"alice"}, Message: goodMsg}, SourceREST, Key{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	id := out.ID
 	if len(pub.events) != 1 || pub.events[0].ID != id {
 		t.Fatalf("published %+v, want one event with id %s", pub.events, id)
 	}
@@ -299,9 +300,9 @@ func TestAnnounceMapsPublishErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newService(t, &memPublisher{err: tt.pubErr}, testLimits())
-			id, err := s.Announce(context.Background(), Request{Channel: &announcement.ChannelRef{ID: 1}, Message: goodMsg}, SourceREST)
-			if !errors.Is(err, tt.want) || id != "" {
-				t.Errorf("Announce = %q, %v; want %v", id, err, tt.want)
+			out, err := s.Announce(context.Background(), Request{Channel: &announcement.ChannelRef{ID: 1}, Message: goodMsg}, SourceREST, Key{})
+			if !errors.Is(err, tt.want) || out.ID != "" {
+				t.Errorf("Announce = %q, %v; want %v", out.ID, err, tt.want)
 			}
 		})
 	}
@@ -337,14 +338,14 @@ func TestNewIDIsTimeOrdered(t *testing.T) {
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
-	if _, err := New(&memPublisher{}, Limits{}, prometheus.NewRegistry()); err == nil {
+	if _, err := New(&memPublisher{}, nil, Limits{}, prometheus.NewRegistry()); err == nil {
 		t.Error("zero publish timeout accepted")
 	}
 	reg := prometheus.NewRegistry()
-	if _, err := New(&memPublisher{}, testLimits(), reg); err != nil {
+	if _, err := New(&memPublisher{}, nil, testLimits(), reg); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(&memPublisher{}, testLimits(), reg); err == nil {
+	if _, err := New(&memPublisher{}, nil, testLimits(), reg); err == nil {
 		t.Error("registering the metrics twice did not fail")
 	}
 }

@@ -19,7 +19,9 @@ type Request struct {
 	Channel   *announcement.ChannelRef
 	Usernames []string
 	Message   string
-	Persist   *bool // nil = the body type's default (channel false, users true)
+	Persist   *bool   // nil = the body type's default (channel false, users true)
+	Priority  *string // nil = the body type's default (channel normal, users high)
+	DryRun    bool    // count the audience, send nothing
 }
 
 // channelBody and usersBody are the wire forms of the two REST bodies. Pointers
@@ -28,12 +30,16 @@ type channelBody struct {
 	ChannelID *announcement.ChannelRef `json:"channel_id"`
 	Message   *string                  `json:"message"`
 	Persist   *bool                    `json:"persist"`
+	Priority  *string                  `json:"priority"`
+	DryRun    *bool                    `json:"dry_run"`
 }
 
 type usersBody struct {
 	Usernames *[]string `json:"usernames"`
 	Message   *string   `json:"message"`
 	Persist   *bool     `json:"persist"`
+	Priority  *string   `json:"priority"`
+	DryRun    *bool     `json:"dry_run"`
 }
 
 // anyBody is the union the Kafka input accepts: the field present says which body it is.
@@ -42,13 +48,15 @@ type anyBody struct {
 	Usernames *[]string                `json:"usernames"`
 	Message   *string                  `json:"message"`
 	Persist   *bool                    `json:"persist"`
+	Priority  *string                  `json:"priority"`
+	DryRun    *bool                    `json:"dry_run"`
 }
 
 // Field names of the bodies, exactly as the API document spells them.
 var (
-	channelFields = []string{"channel_id", "message", "persist"}
-	usersFields   = []string{"usernames", "message", "persist"}
-	anyFields     = []string{"channel_id", "usernames", "message", "persist"}
+	channelFields = []string{"channel_id", "message", "persist", "priority", "dry_run"}
+	usersFields   = []string{"usernames", "message", "persist", "priority", "dry_run"}
+	anyFields     = []string{"channel_id", "usernames", "message", "persist", "priority", "dry_run"}
 )
 
 // DecodeChannel parses a POST /v1/announce/channel body.
@@ -63,8 +71,10 @@ func DecodeChannel(body []byte) (Request, error) {
 	if b.Message == nil {
 		return Request{}, invalid("message", "required: the base64 of one XML stanza containing %s")
 	}
-	return Request{Channel: b.ChannelID, Message: *b.Message, Persist: b.Persist}, nil
+	return Request{Channel: b.ChannelID, Message: *b.Message, Persist: b.Persist, Priority: b.Priority, DryRun: isTrue(b.DryRun)}, nil
 }
+
+func isTrue(b *bool) bool { return b != nil && *b }
 
 // DecodeUsers parses a POST /v1/announce/users body.
 func DecodeUsers(body []byte) (Request, error) {
@@ -78,7 +88,7 @@ func DecodeUsers(body []byte) (Request, error) {
 	if b.Message == nil {
 		return Request{}, invalid("message", "required: the base64 of one XML stanza containing %s")
 	}
-	return Request{Usernames: nonNil(*b.Usernames), Message: *b.Message, Persist: b.Persist}, nil
+	return Request{Usernames: nonNil(*b.Usernames), Message: *b.Message, Persist: b.Persist, Priority: b.Priority, DryRun: isTrue(b.DryRun)}, nil
 }
 
 // Decode parses either body, as the Kafka input receives them: a body with
@@ -97,7 +107,7 @@ func Decode(body []byte) (Request, error) {
 	if b.Message == nil {
 		return Request{}, invalid("message", "required: the base64 of one XML stanza containing %s")
 	}
-	r := Request{Channel: b.ChannelID, Message: *b.Message, Persist: b.Persist}
+	r := Request{Channel: b.ChannelID, Message: *b.Message, Persist: b.Persist, Priority: b.Priority, DryRun: isTrue(b.DryRun)}
 	if b.Usernames != nil {
 		r.Usernames = nonNil(*b.Usernames)
 	}

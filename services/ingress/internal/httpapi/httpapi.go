@@ -20,18 +20,31 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
 
 // Routes of the API; api/openapi.yaml documents them and a test holds the two together.
 const (
-	RouteChannel = "/v1/announce/channel"
-	RouteUsers   = "/v1/announce/users"
+	RouteChannel       = "/v1/announce/channel"
+	RouteUsers         = "/v1/announce/users"
+	RouteAnnouncements = "/v1/announcements"
+	RouteAnnouncement  = "/v1/announcements/:id"
+)
+
+// HeaderIdempotencyKey makes a POST safe to retry; HeaderReplayed marks the
+// answer to a key seen before.
+const (
+	HeaderIdempotencyKey = "Idempotency-Key"
+	HeaderReplayed       = "Idempotent-Replayed"
 )
 
 // Announcer is what the transport needs from the use case.
 type Announcer interface {
-	Announce(ctx context.Context, req announce.Request, source string) (string, error)
+	Announce(ctx context.Context, req announce.Request, source string, key announce.Key) (announce.Outcome, error)
+	Status(ctx context.Context, id string) (progress.Announcement, error)
+	List(ctx context.Context, state string, limit int) ([]progress.Announcement, error)
+	Cancel(ctx context.Context, id string) (progress.Announcement, error)
 }
 
 // Options configure the API.
@@ -45,7 +58,17 @@ type Options struct {
 type ErrorBody struct {
 	Error string `json:"error"`
 	Field string `json:"field,omitempty"`
+	// ID names the announcement a 504 (preview still computing) is about.
+	ID string `json:"id,omitempty"`
 }
+
+// ListBody is the answer to GET /v1/announcements.
+type ListBody struct {
+	Announcements []progress.Announcement `json:"announcements"`
+}
+
+// defaultListLimit is GET /v1/announcements without limit.
+const defaultListLimit = 20
 
 // AcceptedBody is the 202 answer.
 type AcceptedBody struct {
@@ -110,12 +133,57 @@ func New(svc Announcer, opt Options, log zerolog.Logger, reg prometheus.Register
 		fail(c, http.StatusMethodNotAllowed, "method", "method "+clip(c.Request.Method)+" is not allowed here; allowed: "+c.Writer.Header().Get("Allow"))
 	})
 	v1 := r.Group("/v1", a.auth)
-	v1.POST(strings.TrimPrefix(RouteChannel, "/v1"), a.handle(announce.DecodeChannel))
-	v1.POST(strings.TrimPrefix(RouteUsers, "/v1"), a.handle(announce.DecodeUsers))
+	v1.POST(strings.TrimPrefix(RouteChannel, "/v1"), a.handle(RouteChannel, announce.DecodeChannel))
+	v1.POST(strings.TrimPrefix(RouteUsers, "/v1"), a.handle(RouteUsers, announce.DecodeUsers))
+	v1.GET(strings.TrimPrefix(RouteAnnouncements, "/v1"), a.list)
+	v1.GET(strings.TrimPrefix(RouteAnnouncement, "/v1"), a.status)
+	v1.DELETE(strings.TrimPrefix(RouteAnnouncement, "/v1"), a.cancel)
 	return r, nil
 }
 
-func (a *api) handle(decode func([]byte) (announce.Request, error)) gin.HandlerFunc {
+func (a *api) status(c *gin.Context) {
+	id := c.Param("id")
+	ann, err := a.svc.Status(c.Request.Context(), id)
+	if err != nil {
+		a.failWith(c, err, id)
+		return
+	}
+	c.JSON(http.StatusOK, ann)
+}
+
+func (a *api) cancel(c *gin.Context) {
+	id := c.Param("id")
+	ann, err := a.svc.Cancel(c.Request.Context(), id)
+	if errors.Is(err, announce.ErrEnded) {
+		fail(c, http.StatusConflict, "state", "announcement "+clip(id)+" is already "+ann.State)
+		return
+	}
+	if err != nil {
+		a.failWith(c, err, id)
+		return
+	}
+	c.JSON(http.StatusOK, ann)
+}
+
+func (a *api) list(c *gin.Context) {
+	limit := defaultListLimit
+	if v, ok := c.GetQuery("limit"); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			fail(c, http.StatusBadRequest, "limit", "limit "+strconv.Quote(clip(v))+": want an integer 1.."+strconv.Itoa(announce.MaxListLimit))
+			return
+		}
+		limit = n
+	}
+	l, err := a.svc.List(c.Request.Context(), c.Query("state"), limit)
+	if err != nil {
+		a.failWith(c, err, "")
+		return
+	}
+	c.JSON(http.StatusOK, ListBody{Announcements: l})
+}
+
+func (a *api) handle(route string, decode func([]byte) (announce.Request, error)) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, a.opt.MaxBodyBytes))
 		if err != nil {
@@ -128,23 +196,44 @@ func (a *api) handle(decode func([]byte) (announce.Request, error)) gin.HandlerF
 			return
 		}
 		req, err := decode(body)
+		var key announce.Key
 		if err == nil {
-			var id string
-			id, err = a.svc.Announce(c.Request.Context(), req, announce.SourceREST)
-			if err == nil {
-				c.JSON(http.StatusAccepted, AcceptedBody{ID: id})
-				return
-			}
+			key, err = announce.NewKey(announce.SourceREST, c.GetHeader(HeaderIdempotencyKey), route, body)
 		}
-		code, field, msg := statusOf(err)
-		if code >= 500 && code != http.StatusServiceUnavailable {
-			a.log.Error().Err(err).Msg("announce failed")
+		var out announce.Outcome
+		if err == nil {
+			out, err = a.svc.Announce(c.Request.Context(), req, announce.SourceREST, key)
 		}
-		if code == http.StatusServiceUnavailable {
-			c.Header("Retry-After", "1")
+		if out.Replayed {
+			c.Header(HeaderReplayed, "true")
 		}
-		fail(c, code, field, msg)
+		switch {
+		case err != nil:
+			a.failWith(c, err, out.ID)
+		case out.Preview != nil:
+			c.JSON(http.StatusOK, out.Preview)
+		default:
+			c.JSON(http.StatusAccepted, AcceptedBody{ID: out.ID})
+		}
 	}
+}
+
+// failWith answers err; id names the announcement it is about, if any.
+func (a *api) failWith(c *gin.Context, err error, id string) {
+	code, field, msg := statusOf(err)
+	if code >= 500 && code != http.StatusServiceUnavailable && code != http.StatusNotImplemented && code != http.StatusGatewayTimeout {
+		a.log.Error().Err(err).Msg("request failed")
+	}
+	switch code {
+	case http.StatusServiceUnavailable:
+		c.Header("Retry-After", "1")
+	case http.StatusNotFound:
+		msg = "no announcement " + clip(id)
+	case http.StatusGatewayTimeout:
+		c.AbortWithStatusJSON(code, ErrorBody{Error: msg + "; poll GET " + RouteAnnouncements + "/" + id, ID: id})
+		return
+	}
+	fail(c, code, field, msg)
 }
 
 // statusOf is the one place that maps use-case outcomes to HTTP.
@@ -157,6 +246,16 @@ func statusOf(err error) (code int, field, msg string) {
 		return http.StatusRequestEntityTooLarge, "body", err.Error()
 	case errors.Is(err, announce.ErrUnavailable):
 		return http.StatusServiceUnavailable, "", "not accepted, retry later: " + err.Error()
+	case errors.Is(err, announce.ErrStoreDown):
+		return http.StatusServiceUnavailable, "", "unavailable, retry later: " + err.Error()
+	case errors.Is(err, announce.ErrKeyReused):
+		return http.StatusConflict, HeaderIdempotencyKey, err.Error()
+	case errors.Is(err, announce.ErrNoStore):
+		return http.StatusNotImplemented, "", err.Error()
+	case errors.Is(err, progress.ErrNotFound):
+		return http.StatusNotFound, "id", err.Error()
+	case errors.Is(err, announce.ErrPreviewTimeout):
+		return http.StatusGatewayTimeout, "", err.Error()
 	}
 	return http.StatusInternalServerError, "", "internal error"
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/httpserver"
+	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
@@ -47,21 +48,39 @@ func (p *memPublisher) Publish(_ context.Context, e announcement.Event) error {
 }
 
 type fixture struct {
-	h   *gin.Engine
-	pub *memPublisher
-	reg *prometheus.Registry
+	h       *gin.Engine
+	pub     *memPublisher
+	records *memRecords // nil: no progress store
+	reg     *prometheus.Registry
 }
 
+// newFixture is the API without a progress store.
 func newFixture(t *testing.T, tokens ...string) fixture {
+	t.Helper()
+	return buildFixture(t, nil, tokens...)
+}
+
+// newStoreFixture is the API with a progress store.
+func newStoreFixture(t *testing.T, tokens ...string) fixture {
+	t.Helper()
+	return buildFixture(t, newMemRecords(), tokens...)
+}
+
+func buildFixture(t *testing.T, records *memRecords, tokens ...string) fixture {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	pub := &memPublisher{}
-	svc, err := announce.New(pub, announce.Limits{
+	var r announce.Records
+	if records != nil {
+		r = records
+	}
+	svc, err := announce.New(pub, r, announce.Limits{
 		MaxBodyBytes:   4096,
 		MaxUsernames:   3,
 		Template:       stanza.Options{MaxBytes: 1024, ComponentDomain: "announcer.localhost"},
 		UserDomain:     "localhost",
 		PublishTimeout: time.Second,
+		PreviewTimeout: 200 * time.Millisecond,
 	}, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +89,7 @@ func newFixture(t *testing.T, tokens ...string) fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fixture{h: h, pub: pub, reg: reg}
+	return fixture{h: h, pub: pub, records: records, reg: reg}
 }
 
 type response struct {
@@ -225,9 +244,15 @@ http_requests_total{code="404",route="unmatched"} 1
 
 type panicking struct{}
 
-func (panicking) Announce(context.Context, announce.Request, string) (string, error) {
+func (panicking) Announce(context.Context, announce.Request, string, announce.Key) (announce.Outcome, error) {
 	panic("boom")
 }
+
+func (panicking) Status(context.Context, string) (progress.Announcement, error) { panic("boom") }
+
+func (panicking) List(context.Context, string, int) ([]progress.Announcement, error) { panic("boom") }
+
+func (panicking) Cancel(context.Context, string) (progress.Announcement, error) { panic("boom") }
 
 func TestPanicIsA500(t *testing.T) {
 	reg := prometheus.NewRegistry()
@@ -248,16 +273,32 @@ http_panics_total 1
 	}
 }
 
+// noStore is a use case without a progress store.
+type noStore struct{}
+
+func (noStore) Status(context.Context, string) (progress.Announcement, error) {
+	return progress.Announcement{}, announce.ErrNoStore
+}
+
+func (noStore) List(context.Context, string, int) ([]progress.Announcement, error) {
+	return nil, announce.ErrNoStore
+}
+
+func (noStore) Cancel(context.Context, string) (progress.Announcement, error) {
+	return progress.Announcement{}, announce.ErrNoStore
+}
+
 // slowAnnouncer answers after release is closed.
 type slowAnnouncer struct {
+	noStore
 	started chan struct{}
 	release chan struct{}
 }
 
-func (s slowAnnouncer) Announce(context.Context, announce.Request, string) (string, error) {
+func (s slowAnnouncer) Announce(context.Context, announce.Request, string, announce.Key) (announce.Outcome, error) {
 	close(s.started)
 	<-s.release
-	return "drained", nil
+	return announce.Outcome{ID: "drained"}, nil
 }
 
 func TestServerDrainsInFlightRequests(t *testing.T) {
@@ -329,5 +370,72 @@ func TestStatusOfUnknownErrorIs500(t *testing.T) {
 	code, _, msg := statusOf(errors.New("surprise"))
 	if code != 500 || strings.Contains(msg, "surprise") {
 		t.Errorf("statusOf = %d %q: want 500 without internals", code, msg)
+	}
+}
+
+// An Idempotency-Key makes a POST safe to retry: a retry after a failed
+// publish publishes the identical event (same id, same time), a retry after
+// success publishes nothing and answers the same id, and the key with
+// another body is a 409.
+func TestIdempotencyKey(t *testing.T) {
+	f := newStoreFixture(t)
+	body := `{"usernames": ["alice"], "message": "` + goodMsg + `"}`
+	f.pub.err = fmt.Errorf("%w: timed out", announce.ErrUnavailable)
+	if r := do(t, f.h, "POST", RouteUsers, body, HeaderIdempotencyKey, "retry-1"); r.code != http.StatusServiceUnavailable {
+		t.Fatalf("first attempt: %d %s", r.code, r.raw)
+	}
+	f.pub.err = nil
+	first := do(t, f.h, "POST", RouteUsers, body, HeaderIdempotencyKey, "retry-1")
+	again := do(t, f.h, "POST", RouteUsers, body, HeaderIdempotencyKey, "retry-1")
+	if first.code != http.StatusAccepted || again.code != http.StatusAccepted || first.body["id"] != again.body["id"] {
+		t.Fatalf("answers %d %s and %d %s: want one id", first.code, first.raw, again.code, again.raw)
+	}
+	if first.header.Get(HeaderReplayed) != "true" || again.header.Get(HeaderReplayed) != "true" {
+		t.Errorf("replays not marked: %q %q", first.header.Get(HeaderReplayed), again.header.Get(HeaderReplayed))
+	}
+	if len(f.pub.events) != 1 || f.pub.events[0].ID != first.body["id"] {
+		t.Fatalf("published %d events, want the one retried after the failure", len(f.pub.events))
+	}
+	other := do(t, f.h, "POST", RouteUsers, strings.Replace(body, "alice", "bob", 1), HeaderIdempotencyKey, "retry-1")
+	if other.code != http.StatusConflict || other.body["field"] != HeaderIdempotencyKey {
+		t.Fatalf("another body under the key: %d %s", other.code, other.raw)
+	}
+	fresh := do(t, f.h, "POST", RouteUsers, body)
+	if fresh.code != http.StatusAccepted || fresh.body["id"] == first.body["id"] || fresh.header.Get(HeaderReplayed) != "" {
+		t.Fatalf("without a key: %d %s", fresh.code, fresh.raw)
+	}
+	if bad := do(t, f.h, "POST", RouteUsers, body, HeaderIdempotencyKey, strings.Repeat("k", 256)); bad.code != http.StatusBadRequest {
+		t.Fatalf("a 256-byte key: %d %s", bad.code, bad.raw)
+	}
+}
+
+// Priority: users lists and "priority": "high" take the priority lane; a
+// dry run answers the count and is marked as one.
+func TestPriorityAndDryRun(t *testing.T) {
+	f := newStoreFixture(t)
+	for _, tc := range []struct {
+		path, body string
+		want       string
+	}{
+		{RouteChannel, `{"channel_id": 1, "message": "` + goodMsg + `"}`, ""},
+		{RouteChannel, `{"channel_id": 1, "message": "` + goodMsg + `", "priority": "high"}`, announcement.PriorityHigh},
+		{RouteUsers, `{"usernames": ["a"], "message": "` + goodMsg + `"}`, announcement.PriorityHigh},
+		{RouteUsers, `{"usernames": ["a"], "message": "` + goodMsg + `", "priority": "normal"}`, ""},
+	} {
+		f.pub.events = nil
+		if r := do(t, f.h, "POST", tc.path, tc.body); r.code != http.StatusAccepted {
+			t.Fatalf("%s: %d %s", tc.body, r.code, r.raw)
+		}
+		if got := f.pub.events[0].Priority; got != tc.want {
+			t.Errorf("%s: priority %q, want %q", tc.body, got, tc.want)
+		}
+	}
+	f.pub.events = nil
+	r := do(t, f.h, "POST", RouteChannel, `{"channel_id": 1, "message": "`+goodMsg+`", "dry_run": true}`)
+	if r.code != http.StatusOK || r.body["dry_run"] != true || r.body["state"] != "done" {
+		t.Fatalf("dry run: %d %s", r.code, r.raw)
+	}
+	if ev := f.pub.events[0]; !ev.DryRun || ev.Priority != announcement.PriorityHigh {
+		t.Fatalf("dry-run event %+v: want dry_run on the priority lane", ev)
 	}
 }

@@ -7,6 +7,8 @@ package kafkainput
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -18,13 +20,14 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/stage"
+	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
 
-// Announcer is the use case: validate a raw body, publish its event.
+// Announcer is the use case: validate a raw body, submit its event.
 type Announcer interface {
 	PrepareJSON(body []byte, source string) (announcement.Event, error)
-	Publish(ctx context.Context, ev announcement.Event) error
+	Submit(ctx context.Context, ev *announcement.Event, key announce.Key) (announce.Outcome, error)
 }
 
 // Handler turns one input record into an event. Kafka refusing the event is retried with
@@ -73,6 +76,9 @@ func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
 		}
 		return err // anything else is not the record's fault (e.g. no randomness for an id)
 	}, h.retrying("prepare"))
+	if err == nil && ev.DryRun {
+		err = &announce.ValidationError{Field: "dry_run", Reason: "a preview needs someone to answer: use the REST API"}
+	}
 	var ve *announce.ValidationError
 	if errors.As(err, &ve) {
 		return h.reject(ve.Error(), announce.FieldLabel(ve.Field))
@@ -80,17 +86,30 @@ func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
 	if err != nil {
 		return err
 	}
+	// The record key is the idempotency key: a producer that wrote the same
+	// announcement twice (a retry) announces it once. Keys are any bytes, so
+	// they are used by their digest.
+	var key announce.Key
+	if len(m.Key) > 0 {
+		sum := sha256.Sum256(m.Key)
+		if key, err = announce.NewKey(source, hex.EncodeToString(sum[:]), m.Topic, m.Value); err != nil {
+			return err
+		}
+	}
 	err = backoff.Retry(ctx, h.retry, func() error {
 		// The attempt itself is not cancelled at shutdown (the use case bounds it):
 		// abandoning a write halfway would only make a duplicate more likely.
-		err := h.a.Publish(context.WithoutCancel(ctx), ev)
-		if errors.Is(err, announce.ErrTooLarge) {
+		_, err := h.a.Submit(context.WithoutCancel(ctx), &ev, key)
+		if errors.Is(err, announce.ErrTooLarge) || errors.Is(err, announce.ErrKeyReused) {
 			return backoff.Permanent(err)
 		}
 		return err
 	}, h.retrying("publish"))
-	if errors.Is(err, announce.ErrTooLarge) {
+	switch {
+	case errors.Is(err, announce.ErrTooLarge):
 		return h.reject(err.Error(), "too_large")
+	case errors.Is(err, announce.ErrKeyReused):
+		return h.reject("record key "+stanza.Clip(string(m.Key))+": "+err.Error(), "key_reused")
 	}
 	return err
 }

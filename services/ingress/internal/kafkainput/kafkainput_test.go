@@ -25,6 +25,7 @@ type fakeAnnouncer struct {
 	failFirst  int   // Publish fails this many times first
 	publishErr error // error of those failures
 	published  []announcement.Event
+	keys       []announce.Key
 }
 
 func (f *fakeAnnouncer) PrepareJSON(body []byte, source string) (announcement.Event, error) {
@@ -34,15 +35,16 @@ func (f *fakeAnnouncer) PrepareJSON(body []byte, source string) (announcement.Ev
 	return announcement.Event{ID: string(body), Source: source}, nil
 }
 
-func (f *fakeAnnouncer) Publish(_ context.Context, ev announcement.Event) error {
+func (f *fakeAnnouncer) Submit(_ context.Context, ev *announcement.Event, key announce.Key) (announce.Outcome, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failFirst > 0 {
 		f.failFirst--
-		return f.publishErr
+		return announce.Outcome{}, f.publishErr
 	}
-	f.published = append(f.published, ev)
-	return nil
+	f.published = append(f.published, *ev)
+	f.keys = append(f.keys, key)
+	return announce.Outcome{ID: ev.ID}, nil
 }
 
 func newHandler(t *testing.T, a Announcer) *Handler {
@@ -62,6 +64,33 @@ func TestValidRecordBecomesAnEvent(t *testing.T) {
 	}
 	if len(a.published) != 1 || a.published[0].ID != "e1" || a.published[0].Source != "kafka:in" {
 		t.Fatalf("published %+v", a.published)
+	}
+}
+
+// The record key is the idempotency key, by digest (keys are any bytes),
+// scoped by topic; a key reused for another body is a dead letter.
+func TestRecordKeyIsTheIdempotencyKey(t *testing.T) {
+	a := &fakeAnnouncer{}
+	h := newHandler(t, a)
+	for _, m := range []kafka.Message{
+		{Topic: "in", Key: []byte("k\x00\xff"), Value: []byte("e1")},
+		{Topic: "in", Value: []byte("e2")},
+	} {
+		if err := h.Handle(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if k := a.keys[0]; k.Scope != "kafka:in" || len(k.Value) != 64 || k.Digest == "" {
+		t.Fatalf("keyed record: %+v", k)
+	}
+	if k := a.keys[1]; k.Value != "" {
+		t.Fatalf("unkeyed record got key %+v", k)
+	}
+	a.failFirst, a.publishErr = 1, announce.ErrKeyReused
+	err := h.Handle(context.Background(), kafka.Message{Topic: "in", Key: []byte("k"), Value: []byte("e3")})
+	var rej *stage.Reject
+	if !errors.As(err, &rej) || rej.Label != "key_reused" {
+		t.Fatalf("reused key: %v, want a dead letter", err)
 	}
 }
 

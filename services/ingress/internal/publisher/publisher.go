@@ -22,10 +22,12 @@ import (
 // checking a value against the bus's message size limit.
 const recordOverhead = kafkabus.RecordOverhead
 
-// Options name the topic and the bus's message size limit.
+// Options name the topics and the bus's message size limit.
 type Options struct {
 	AnnouncementsTopic string
-	MaxMessageBytes    int
+	// PriorityTopic is the priority lane (events with priority high); empty = none.
+	PriorityTopic   string
+	MaxMessageBytes int
 }
 
 // Kafka publishes on w. Many goroutines may call it at once: concurrent
@@ -67,7 +69,7 @@ func New(w Writer, opt Options, reg prometheus.Registerer) (*Kafka, error) {
 
 var _ announce.Publisher = (*Kafka)(nil)
 
-// Publish writes e to the announcements topic keyed by its id and returns once
+// Publish writes e to the announcements topic (or its priority lane) keyed by its id and returns once
 // it is acknowledged. Errors wrap announce.ErrTooLarge or announce.ErrUnavailable.
 func (k *Kafka) Publish(ctx context.Context, e announcement.Event) error {
 	v, err := e.Encode()
@@ -77,8 +79,12 @@ func (k *Kafka) Publish(ctx context.Context, e announcement.Event) error {
 	if limit := k.opt.MaxMessageBytes - recordOverhead; len(v) > limit {
 		return fmt.Errorf("%w: the event is %d bytes, the bus takes %d", announce.ErrTooLarge, len(v), limit)
 	}
+	topic := k.opt.AnnouncementsTopic
+	if e.Priority == announcement.PriorityHigh && k.opt.PriorityTopic != "" {
+		topic = k.opt.PriorityTopic
+	}
 	start := time.Now()
-	err = k.w.WriteMessages(ctx, kafka.Message{Topic: k.opt.AnnouncementsTopic, Key: []byte(e.ID), Value: v})
+	err = k.w.WriteMessages(ctx, kafka.Message{Topic: topic, Key: []byte(e.ID), Value: v})
 	switch {
 	case err == nil:
 		k.latency.Observe(time.Since(start).Seconds())

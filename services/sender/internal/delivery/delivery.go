@@ -17,6 +17,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/pkg/stanza"
 )
 
@@ -62,6 +63,26 @@ type Templates interface {
 	Get(announcementID, raw string) (*stanza.Template, error)
 }
 
+// Progress is the announcements' progress store as the sender uses it (a
+// *progress.Tracker): it records fenced steps, resends and dead letters,
+// says where a slow batch was fenced before, and whether an announcement
+// was cancelled. Its failures never stop a delivery.
+type Progress interface {
+	Fenced(id string, s progress.Step)
+	Resent(id string, written int)
+	Dead(id, batch string, length int)
+	Position(ctx context.Context, id, batch, digest string) (int, error)
+	Cancelled(ctx context.Context, id string) bool
+}
+
+type noProgress struct{}
+
+func (noProgress) Fenced(string, progress.Step)                                  {}
+func (noProgress) Resent(string, int)                                            {}
+func (noProgress) Dead(string, string, int)                                      {}
+func (noProgress) Position(context.Context, string, string, string) (int, error) { return 0, nil }
+func (noProgress) Cancelled(context.Context, string) bool                        { return false }
+
 // rejecter is implemented by link errors that say the server closed the
 // stream because of what was sent (not a network failure).
 type rejecter interface{ Rejected() bool }
@@ -77,6 +98,12 @@ type Options struct {
 	Rejections int
 	RetryMin   time.Duration
 	RetryMax   time.Duration
+	// StepInterval is how long a batch is sent between fences: a batch the
+	// rate limit makes slower than this is fenced in steps, each recorded,
+	// so that a restart resumes it at its last step (0 = 1 s).
+	StepInterval time.Duration
+	// Progress records deliveries (nil: nothing is recorded).
+	Progress Progress
 }
 
 // Sender delivers batches.
@@ -111,6 +138,12 @@ func New(opt Options, links Links, log zerolog.Logger, m *Metrics) *Sender {
 	if opt.RetryMax < opt.RetryMin {
 		opt.RetryMax = max(opt.RetryMin, 10*time.Second)
 	}
+	if opt.StepInterval <= 0 {
+		opt.StepInterval = time.Second
+	}
+	if opt.Progress == nil {
+		opt.Progress = noProgress{}
+	}
 	s := &Sender{
 		opt:   opt,
 		log:   log.With().Str("component", "delivery").Logger(),
@@ -137,11 +170,18 @@ type scratch struct {
 	jid []byte
 }
 
-// Deliver sends b and returns nil once ejabberd has processed all of it, a
-// *announcement.BadRecordError when it never can be, or ctx's error.
+// Deliver sends b and returns nil once ejabberd has processed all of it (or
+// the announcement was cancelled), a *announcement.BadRecordError when it
+// never can be, or ctx's error.
 func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
+	p := s.opt.Progress
+	if p.Cancelled(ctx, b.AnnouncementID) {
+		s.m.batches.WithLabelValues("cancelled").Inc()
+		return nil
+	}
 	tmpl, err := s.opt.Templates.Get(b.AnnouncementID, b.Template)
 	if err != nil {
+		p.Dead(b.AnnouncementID, progress.BatchKey(&b), len(b.Recipients))
 		return &announcement.BadRecordError{Reason: "template: " + err.Error(), Label: "template"}
 	}
 	sc := s.bufs.Get().(*scratch)
@@ -155,9 +195,24 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 	if invalid := len(b.Recipients) - valid; invalid > 0 {
 		s.m.invalid.Add(float64(invalid))
 	}
+	st := &steps{batch: &b, key: progress.BatchKey(&b), digest: "-"}
 	if valid == 0 {
+		st.invalid = len(b.Recipients)
+		st.done(p, len(b.Recipients))
 		s.m.batches.WithLabelValues("empty").Inc()
 		return nil
+	}
+	// A batch the rate limit makes slow is fenced in steps, and resumes at
+	// the step a previous attempt (another process's, before a crash) fenced.
+	if s.opt.RatePerConn > 0 && time.Duration(len(b.Recipients))*time.Second/time.Duration(s.opt.RatePerConn) >= s.opt.StepInterval {
+		st.slow, st.digest = true, progress.Digest(&b)
+		pctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		pos, err := p.Position(pctx, b.AnnouncementID, st.key, st.digest)
+		cancel()
+		if err == nil && pos > 0 && pos <= len(b.Recipients) {
+			st.from = pos
+			s.m.resumed.Add(float64(pos))
+		}
 	}
 
 	policy := backoff.Policy{Initial: s.opt.RetryMin, Max: s.opt.RetryMax}
@@ -169,6 +224,8 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			s.m.resends.Inc()
+			p.Resent(b.AnnouncementID, st.written)
+			st.written = 0
 			// The first resend goes out at once on another connection; repeated
 			// losses (ejabberd down) back off.
 			if attempt > 1 {
@@ -181,10 +238,14 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 		if err != nil {
 			return fmt.Errorf("delivery: no connection: %w", err)
 		}
-		err = s.send(ctx, link, tmpl, &b, sc)
+		err = s.send(ctx, link, tmpl, st, sc)
 		link.Release()
 		if err == nil {
-			s.m.batches.WithLabelValues("delivered").Inc()
+			if st.cancelled {
+				s.m.batches.WithLabelValues("cancelled").Inc()
+			} else {
+				s.m.batches.WithLabelValues("delivered").Inc()
+			}
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -200,19 +261,42 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 			rejections++
 			if rejections > s.opt.Rejections {
 				s.m.batches.WithLabelValues("poison").Inc()
+				p.Dead(b.AnnouncementID, st.key, len(b.Recipients))
 				return &announcement.BadRecordError{Reason: fmt.Sprintf(
 					"ejabberd closed the stream %d times while this batch was in flight, last: %v", rejections, err), Label: "poison"}
 			}
 		}
 		s.log.Debug().Err(err).Str("announcement", b.AnnouncementID).Int("seq", b.Seq).
-			Int("attempt", attempt+1).Msg("connection lost before the fence; resending the batch")
+			Int("attempt", attempt+1).Msg("connection lost before the fence; resending from the last fence")
 	}
 }
 
-// send renders b chunk by chunk onto link, paced by the link's limiter, then
-// fences. Invalid recipients are skipped (they were counted by Deliver): a
-// username is never sent raw.
-func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, b *announcement.Batch, sc *scratch) error {
+// steps is a batch's way through its fences: recipients before from are
+// fenced (processed by ejabberd), and every fence is recorded as a step.
+type steps struct {
+	batch     *announcement.Batch
+	key       string
+	digest    string // "-": a fast batch, whose steps are never resumed
+	slow      bool   // fenced in steps, cancellable between chunks
+	from      int
+	sent      int // valid stanzas written since the last fence
+	invalid   int // invalid recipients passed since the last fence
+	written   int // stanzas written since the last fence, for the record of a resend
+	cancelled bool
+}
+
+// done records the fence of everything up to pos.
+func (st *steps) done(p Progress, pos int) {
+	p.Fenced(st.batch.AnnouncementID, progress.Step{Batch: st.key, Pos: pos, Len: len(st.batch.Recipients),
+		Confirmed: st.sent, Invalid: st.invalid, Written: st.written, Digest: st.digest})
+	st.from, st.sent, st.invalid, st.written = pos, 0, 0, 0
+}
+
+// send renders the batch from its last fence chunk by chunk onto link,
+// paced by the link's limiter, and fences (in steps when it is slow).
+// Invalid recipients are skipped (counted by Deliver): a username is never
+// sent raw.
+func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st *steps, sc *scratch) error {
 	lim := s.limiters[link.Slot()%len(s.limiters)]
 	var timer *time.Timer
 	defer func() {
@@ -220,14 +304,33 @@ func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, b *
 			timer.Stop()
 		}
 	}()
+	b := st.batch
 	n := len(b.Recipients)
-	for i := 0; i < n; {
+	st.sent, st.invalid = 0, 0
+	lastFence := time.Now()
+	i := st.from
+	for i < n {
+		if st.slow {
+			if s.opt.Progress.Cancelled(ctx, b.AnnouncementID) {
+				// What went out is fenced, so the record says exactly what was sent.
+				st.cancelled = true
+				break
+			}
+			if i > st.from && time.Since(lastFence) >= s.opt.StepInterval {
+				if err := link.Fence(ctx); err != nil {
+					return err
+				}
+				st.done(s.opt.Progress, i)
+				lastFence = time.Now()
+			}
+		}
 		sc.buf = sc.buf[:0]
 		k := 0
 		for ; i < n && k < s.chunk; i++ {
 			var err error
 			sc.jid, err = stanza.AppendJID(sc.jid[:0], b.Recipients[i], s.opt.UserDomain)
 			if err != nil || len(sc.jid) == 0 {
+				st.invalid++
 				continue
 			}
 			// AppendRender only reads the JID during the call, so a view of the
@@ -263,9 +366,16 @@ func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, b *
 		if err := link.Write(sc.buf); err != nil {
 			return err
 		}
+		st.sent += k
+		st.written += k
 		s.m.sent.Add(float64(k))
 	}
-	return link.Fence(ctx)
+	if err := link.Fence(ctx); err != nil {
+		return err
+	}
+	// i is n, or where a cancel stopped the batch.
+	st.done(s.opt.Progress, i)
+	return nil
 }
 
 // Metrics of the use case.
@@ -275,6 +385,7 @@ type Metrics struct {
 	invalid  prometheus.Counter
 	rateWait prometheus.Counter
 	isolated prometheus.Counter
+	resumed  prometheus.Counter
 	batches  *prometheus.CounterVec
 }
 
@@ -290,10 +401,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		invalid:  c("invalid_recipients_total", "Recipients skipped because they are not valid JIDs."),
 		rateWait: c("rate_limit_wait_seconds_total", "Time spent waiting for the per-connection rate limit."),
 		isolated: c("isolated_resends_total", "Batches sent again alone on a connection after ejabberd closed a stream they shared."),
+		resumed:  c("resumed_recipients_total", "Recipients not sent again because an earlier attempt (before a restart) had fenced them."),
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "batches_total", Help: "Batches finished, by outcome (delivered, empty, poison).",
+			Name: "batches_total", Help: "Batches finished, by outcome (delivered, empty, poison, cancelled).",
 		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.sent, m.resends, m.invalid, m.rateWait, m.isolated, m.batches)
+	reg.MustRegister(m.sent, m.resends, m.invalid, m.rateWait, m.isolated, m.resumed, m.batches)
 	return m
 }

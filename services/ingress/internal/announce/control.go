@@ -1,0 +1,205 @@
+package announce
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/progress"
+)
+
+// Key is an idempotency key: the REST Idempotency-Key header, or a Kafka
+// input record's key. Scope keeps the sources' keys apart.
+type Key struct {
+	Scope  string // "rest", "kafka:<topic>"
+	Value  string // "" = none
+	Digest string // of the request: the same key with another request is a conflict
+}
+
+// MaxKeyLen bounds idempotency keys.
+const MaxKeyLen = 255
+
+// NewKey checks value and digests the request (what identifies it: the
+// route, or the topic, and the body's bytes).
+func NewKey(scope, value, what string, body []byte) (Key, error) {
+	if value == "" {
+		return Key{}, nil
+	}
+	if len(value) > MaxKeyLen {
+		return Key{}, invalid("Idempotency-Key", fmt.Sprintf("%d bytes, the limit is %d", len(value), MaxKeyLen))
+	}
+	for i := 0; i < len(value); i++ {
+		if c := value[i]; c < 0x20 || c > 0x7e {
+			return Key{}, invalid("Idempotency-Key", "want printable ASCII")
+		}
+	}
+	h := sha256.New()
+	h.Write([]byte(what))
+	h.Write([]byte{0})
+	h.Write(body)
+	return Key{Scope: scope, Value: value, Digest: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// Outcome is what a submitted announcement came to.
+type Outcome struct {
+	ID string
+	// Replayed: the idempotency key named an announcement already submitted;
+	// this is its id.
+	Replayed bool
+	// Preview is a dry run's count (nil otherwise).
+	Preview *progress.Announcement
+}
+
+// ErrPreviewTimeout is a dry run fanout did not finish within the preview
+// timeout; the id can be polled (REST: 504).
+var ErrPreviewTimeout = errors.New("the preview is still being computed")
+
+// ErrStoreDown means the progress store did not answer; retry (REST: 503).
+var ErrStoreDown = errors.New("progress store unavailable")
+
+// ErrEnded is a cancel of an announcement that already ended (REST: 409).
+var ErrEnded = errors.New("the announcement already ended")
+
+// Submit publishes ev once per idempotency key and records it as accepted.
+// With a key seen before, ev takes the first request's id and time: when
+// that announcement's record exists it was published, and nothing is
+// published again; otherwise (the first attempt failed, or its answer was
+// lost) the identical event is published again, which fanout recognises.
+// A dry run then waits for fanout's count.
+func (s *Service) Submit(ctx context.Context, ev *announcement.Event, key Key) (Outcome, error) {
+	if ev.DryRun && s.records == nil {
+		return Outcome{}, fmt.Errorf("dry_run: %w", ErrNoStore)
+	}
+	out := Outcome{ID: ev.ID}
+	if key.Value != "" && s.records != nil {
+		claim, fresh, err := s.records.Claim(ctx, key.Scope, key.Value,
+			progress.IdempotencyClaim{Digest: key.Digest, ID: ev.ID, CreatedAt: ev.CreatedAt})
+		switch {
+		case errors.Is(err, progress.ErrKeyReused):
+			return out, ErrKeyReused
+		case err != nil:
+			return out, fmt.Errorf("%w: idempotency keys: %w", ErrStoreDown, err)
+		}
+		if !fresh {
+			ev.ID, ev.CreatedAt = claim.ID, claim.CreatedAt
+			out.ID, out.Replayed = claim.ID, true
+			if _, err := s.records.Get(ctx, ev.ID); err == nil {
+				s.m.replays.Inc()
+				return s.preview(ctx, ev, out)
+			}
+		}
+	}
+	if err := s.Publish(ctx, *ev); err != nil {
+		return Outcome{Replayed: out.Replayed}, err
+	}
+	s.record(ctx, ev)
+	return s.preview(ctx, ev, out)
+}
+
+// recordTimeout bounds writing the accepted record: the announcement is
+// already durable, and fanout writes the record when it starts anyway.
+const recordTimeout = time.Second
+
+func (s *Service) record(ctx context.Context, ev *announcement.Event) {
+	if s.records == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	if err := s.records.Accept(ctx, ev); err != nil {
+		s.m.recordErrors.Inc()
+	}
+}
+
+// preview waits for a dry run's count.
+func (s *Service) preview(ctx context.Context, ev *announcement.Event, out Outcome) (Outcome, error) {
+	if !ev.DryRun {
+		return out, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.lim.PreviewTimeout)
+	defer cancel()
+	wait := 20 * time.Millisecond
+	for {
+		a, err := s.records.Get(ctx, ev.ID)
+		if err == nil && progress.Terminal(a.State) {
+			out.Preview = &a
+			return out, nil
+		}
+		select {
+		case <-ctx.Done():
+			return out, ErrPreviewTimeout
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 250*time.Millisecond)
+	}
+}
+
+// Status reads one announcement.
+func (s *Service) Status(ctx context.Context, id string) (progress.Announcement, error) {
+	if s.records == nil {
+		return progress.Announcement{}, ErrNoStore
+	}
+	a, err := s.records.Get(ctx, id)
+	return a, storeError(err)
+}
+
+// MaxListLimit bounds List.
+const MaxListLimit = 1000
+
+// List returns recent announcements, newest first, in state when it is set.
+func (s *Service) List(ctx context.Context, state string, limit int) ([]progress.Announcement, error) {
+	if s.records == nil {
+		return nil, ErrNoStore
+	}
+	if state != "" && !validState(state) {
+		return nil, invalid("state", fmt.Sprintf("%q: want one of %v", state, progress.States))
+	}
+	if limit < 1 || limit > MaxListLimit {
+		return nil, invalid("limit", fmt.Sprintf("%d: want 1..%d", limit, MaxListLimit))
+	}
+	l, err := s.records.List(ctx, state, limit)
+	return l, storeError(err)
+}
+
+func validState(state string) bool {
+	for _, s := range progress.States {
+		if s == state {
+			return true
+		}
+	}
+	return false
+}
+
+// Cancel stops an announcement: fanout stops between pages and shards, the
+// senders and the archiver skip its batches that have not started, and the
+// record keeps the counts of what went out. Cancelling twice is fine; an
+// announcement that already ended is ErrEnded (with its record).
+func (s *Service) Cancel(ctx context.Context, id string) (progress.Announcement, error) {
+	if s.records == nil {
+		return progress.Announcement{}, ErrNoStore
+	}
+	st, err := s.records.Cancel(ctx, id, "cancelled by request")
+	if err != nil {
+		return progress.Announcement{}, storeError(err)
+	}
+	a, err := s.records.Get(ctx, id)
+	if err != nil {
+		return progress.Announcement{}, storeError(err)
+	}
+	if st != progress.StateCancelled {
+		return a, ErrEnded
+	}
+	return a, nil
+}
+
+// storeError keeps "not found" and makes everything else a retryable outage.
+func storeError(err error) error {
+	if err == nil || errors.Is(err, progress.ErrNotFound) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrStoreDown, err)
+}
