@@ -3,6 +3,7 @@ package deployments
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"net"
 	"net/url"
 	"os"
@@ -206,7 +207,7 @@ func TestComposeServicesExist(t *testing.T) {
 	f := loadCompose(t)
 	cfg := loadComposeConfig(t)
 	want := []string{"kafka", "mariadb", "redis", "ejabberd", "redis-seed", "ejabberd-register",
-		"ingress", "fanout", "archiver"}
+		"ingress", "fanout", "archiver", "prometheus", "grafana"}
 	for _, n := range cfg.Nodes {
 		want = append(want, "sender-"+n.Name)
 	}
@@ -634,4 +635,371 @@ func TestComposeKafka(t *testing.T) {
 			t.Errorf("%s = %v: a single broker needs 1", k, kafka.Environment[k])
 		}
 	}
+}
+
+// Every image names a version: an unpinned image (no tag, or latest) changes under the demo.
+func TestComposeImagesPinned(t *testing.T) {
+	for name, svc := range loadCompose(t).Services {
+		ref := svc.Image
+		tag := ""
+		if i := strings.LastIndexByte(ref, ':'); i > strings.LastIndexByte(ref, '/') {
+			tag = ref[i+1:]
+		}
+		switch {
+		case tag == "" || tag == "latest":
+			t.Errorf("service %s: image %q is not pinned to a version", name, ref)
+		case svc.Build == nil && !strings.ContainsAny(tag, "0123456789"):
+			t.Errorf("service %s: image %q: tag %q names no version", name, ref, tag)
+		}
+	}
+}
+
+// prometheusConfig is the part of prometheus.yml the compose file relies on (strict: a key
+// Prometheus would not know fails here).
+type prometheusConfig struct {
+	Global struct {
+		ScrapeInterval     string `yaml:"scrape_interval"`
+		ScrapeTimeout      string `yaml:"scrape_timeout"`
+		EvaluationInterval string `yaml:"evaluation_interval"`
+	} `yaml:"global"`
+	ScrapeConfigs []struct {
+		JobName       string `yaml:"job_name"`
+		MetricsPath   string `yaml:"metrics_path"`
+		StaticConfigs []struct {
+			Targets []string          `yaml:"targets"`
+			Labels  map[string]string `yaml:"labels"`
+		} `yaml:"static_configs"`
+	} `yaml:"scrape_configs"`
+}
+
+type grafanaDatasources struct {
+	APIVersion  int `yaml:"apiVersion"`
+	Datasources []struct {
+		Name      string         `yaml:"name"`
+		UID       string         `yaml:"uid"`
+		Type      string         `yaml:"type"`
+		Access    string         `yaml:"access"`
+		URL       string         `yaml:"url"`
+		IsDefault bool           `yaml:"isDefault"`
+		Editable  bool           `yaml:"editable"`
+		JSONData  map[string]any `yaml:"jsonData"`
+	} `yaml:"datasources"`
+}
+
+type grafanaDashboardProviders struct {
+	APIVersion int `yaml:"apiVersion"`
+	Providers  []struct {
+		Name                  string `yaml:"name"`
+		OrgID                 int    `yaml:"orgId"`
+		Folder                string `yaml:"folder"`
+		Type                  string `yaml:"type"`
+		DisableDeletion       bool   `yaml:"disableDeletion"`
+		AllowUIUpdates        bool   `yaml:"allowUiUpdates"`
+		UpdateIntervalSeconds int    `yaml:"updateIntervalSeconds"`
+		Options               struct {
+			Path                      string `yaml:"path"`
+			FoldersFromFilesStructure bool   `yaml:"foldersFromFilesStructure"`
+		} `yaml:"options"`
+	} `yaml:"providers"`
+}
+
+// grafanaDashboard is what these tests read of a dashboard JSON (the e2e test checks its
+// queries against the services' real /metrics).
+type grafanaDashboard struct {
+	UID        string `json:"uid"`
+	Title      string `json:"title"`
+	Templating struct {
+		List []struct {
+			Name       string             `json:"name"`
+			Type       string             `json:"type"`
+			Query      any                `json:"query"`
+			Datasource *grafanaDatasource `json:"datasource"`
+			Current    struct {
+				Value any `json:"value"`
+			} `json:"current"`
+		} `json:"list"`
+	} `json:"templating"`
+	Panels []grafanaPanel `json:"panels"`
+}
+
+type grafanaPanel struct {
+	Type       string             `json:"type"`
+	Title      string             `json:"title"`
+	Datasource *grafanaDatasource `json:"datasource"`
+	Targets    []struct {
+		Expr       string             `json:"expr"`
+		Datasource *grafanaDatasource `json:"datasource"`
+	} `json:"targets"`
+	Panels []grafanaPanel `json:"panels"` // of a collapsed row
+}
+
+type grafanaDatasource struct {
+	Type string `json:"type"`
+	UID  string `json:"uid"`
+}
+
+// hostPath is the repository file a service sees at path inside its container, through its
+// bind mounts.
+func hostPath(t *testing.T, svc composeService, path string) (string, bool) {
+	t.Helper()
+	for _, m := range svc.bindMounts(t) {
+		if rest, ok := strings.CutPrefix(path, m.target); ok && (rest == "" || strings.HasPrefix(rest, "/")) {
+			return filepath.Join(m.source, rest), true
+		}
+	}
+	return "", false
+}
+
+// flagValue is the value of --name=value in a command.
+func flagValue(cmd []string, name string) string {
+	for _, a := range cmd {
+		if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func loadPrometheusConfig(t *testing.T, f composeFile) prometheusConfig {
+	t.Helper()
+	prom, ok := f.Services["prometheus"]
+	if !ok {
+		t.Fatal("no prometheus service")
+	}
+	in := flagValue(prom.Command, "config.file")
+	if in == "" {
+		t.Fatalf("prometheus command %q: no --config.file", prom.Command)
+	}
+	path, ok := hostPath(t, prom, in)
+	if !ok {
+		t.Fatalf("prometheus --config.file %s is not a mounted file of the repository (volumes %q)", in, prom.Volumes)
+	}
+	var c prometheusConfig
+	decodeYAML(t, path, &c)
+	return c
+}
+
+// Prometheus scrapes every announcer service of the compose file, at the debug port the service
+// really listens on, as job announcer-<role>, and nothing else.
+func TestComposePrometheusScrapesEveryService(t *testing.T) {
+	f := loadCompose(t)
+	prom := f.Services["prometheus"]
+	c := loadPrometheusConfig(t, f)
+	want := map[string]string{} // target → job
+	for _, s := range announcerServices(t, f) {
+		cfg, err := effectiveConfig(composeConfigPath, s.role, s.flags)
+		if err != nil {
+			t.Fatalf("service %s: %v", s.name, err)
+		}
+		want[s.name+":"+portOf(t, cfg.DebugPort)] = "announcer-" + string(s.role)
+	}
+	got := map[string]string{}
+	for _, sc := range c.ScrapeConfigs {
+		if sc.MetricsPath != "" && sc.MetricsPath != "/metrics" {
+			t.Errorf("job %s scrapes %s; the services serve /metrics", sc.JobName, sc.MetricsPath)
+		}
+		for _, st := range sc.StaticConfigs {
+			for _, target := range st.Targets {
+				if other, dup := got[target]; dup {
+					t.Errorf("target %s scraped by both %s and %s", target, other, sc.JobName)
+				}
+				got[target] = sc.JobName
+			}
+		}
+	}
+	for target, job := range want {
+		if got[target] != job {
+			t.Errorf("%s is not scraped as job %s (scraped as %q)", target, job, got[target])
+		}
+	}
+	for target, job := range got {
+		if _, ok := want[target]; !ok {
+			t.Errorf("job %s scrapes %s, which is no announcer service's debug port", job, target)
+		}
+	}
+	if _, err := time.ParseDuration(c.Global.ScrapeInterval); err != nil {
+		t.Errorf("scrape_interval %q: %v", c.Global.ScrapeInterval, err)
+	}
+	// The TSDB is the one place Prometheus writes: a named volume, on a read-only container.
+	data := flagValue(prom.Command, "storage.tsdb.path")
+	named := false
+	for _, v := range prom.Volumes {
+		if src, target, _ := strings.Cut(v, ":"); target == data && !strings.HasPrefix(src, ".") && !strings.HasPrefix(src, "/") {
+			if _, ok := f.Volumes[src]; ok {
+				named = true
+			}
+		}
+	}
+	if data == "" || !named {
+		t.Errorf("--storage.tsdb.path %q is not a declared named volume (volumes %q)", data, prom.Volumes)
+	}
+	if !prom.ReadOnly || !contains(prom.CapDrop, "ALL") || !contains(prom.SecurityOpt, "no-new-privileges:true") {
+		t.Errorf("prometheus hardening: read_only %v, cap_drop %q, security_opt %q", prom.ReadOnly, prom.CapDrop, prom.SecurityOpt)
+	}
+}
+
+var jobMatcher = regexp.MustCompile(`job=~"([^"]*)"`)
+
+// Grafana's provisioning, as the files mounted into its container say: the data source is the
+// compose Prometheus, the dashboards directory is the one the provider reads, every panel queries
+// that data source, and the dashboard's job selectors match the jobs Prometheus scrapes.
+func TestComposeGrafanaProvisioning(t *testing.T) {
+	f := loadCompose(t)
+	g, ok := f.Services["grafana"]
+	if !ok {
+		t.Fatal("no grafana service")
+	}
+	if d := g.DependsOn["prometheus"]; d.Condition != "service_healthy" {
+		t.Errorf("grafana does not wait for prometheus to be healthy (depends_on %v)", g.DependsOn)
+	}
+	provisioned := func(kind string) []string {
+		t.Helper()
+		dir, ok := hostPath(t, g, "/etc/grafana/provisioning/"+kind)
+		if !ok {
+			t.Fatalf("/etc/grafana/provisioning/%s is not mounted from the repository (volumes %q)", kind, g.Volumes)
+		}
+		files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+		if err != nil || len(files) == 0 {
+			t.Fatalf("no %s provisioning files in %s (%v)", kind, dir, err)
+		}
+		return files
+	}
+
+	// The data source: the prometheus service, on a port it listens on.
+	prom := f.Services["prometheus"]
+	promCfg := loadPrometheusConfig(t, f)
+	uids := map[string]bool{}
+	for _, file := range provisioned("datasources") {
+		var ds grafanaDatasources
+		decodeYAML(t, file, &ds)
+		for _, d := range ds.Datasources {
+			if d.Type != "prometheus" {
+				continue
+			}
+			uids[d.UID] = true
+			u, err := url.Parse(d.URL)
+			if err != nil {
+				t.Fatalf("%s: data source url %q: %v", file, d.URL, err)
+			}
+			if _, ok := f.Services[u.Hostname()]; !ok || u.Hostname() != "prometheus" {
+				t.Errorf("%s: data source %s points at %q, not the prometheus service", file, d.Name, d.URL)
+			}
+			if !prom.publishes(t, u.Port()) {
+				t.Errorf("%s: data source port %s: prometheus listens on %q", file, u.Port(), prom.Ports)
+			}
+			// $__rate_interval is computed from this: it must be the real scrape interval.
+			if ti, _ := d.JSONData["timeInterval"].(string); ti != promCfg.Global.ScrapeInterval {
+				t.Errorf("%s: jsonData.timeInterval %q, prometheus scrapes every %q", file, ti, promCfg.Global.ScrapeInterval)
+			}
+		}
+	}
+	if len(uids) == 0 {
+		t.Fatal("no prometheus data source provisioned")
+	}
+
+	var jobs []string
+	for _, sc := range promCfg.ScrapeConfigs {
+		if strings.HasPrefix(sc.JobName, "announcer-") {
+			jobs = append(jobs, sc.JobName)
+		}
+	}
+
+	// The dashboards: what the file provider reads, mounted from grafana/dashboards.
+	dashboards := 0
+	for _, file := range provisioned("dashboards") {
+		var p grafanaDashboardProviders
+		decodeYAML(t, file, &p)
+		for _, pr := range p.Providers {
+			if pr.Type != "file" {
+				t.Errorf("%s: provider %s of type %q, want file", file, pr.Name, pr.Type)
+				continue
+			}
+			dir, ok := hostPath(t, g, pr.Options.Path)
+			if !ok {
+				t.Errorf("%s: provider %s reads %s, which is not mounted (volumes %q)", file, pr.Name, pr.Options.Path, g.Volumes)
+				continue
+			}
+			files, _ := filepath.Glob(filepath.Join(dir, "*.json"))
+			if len(files) == 0 {
+				t.Errorf("%s: provider %s: no dashboards in %s", file, pr.Name, dir)
+			}
+			for _, df := range files {
+				dashboards++
+				checkDashboard(t, df, uids, jobs)
+			}
+		}
+	}
+	if dashboards == 0 {
+		t.Fatal("no dashboard provisioned")
+	}
+	if home, _ := g.Environment["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"].(string); home != "" {
+		if path, ok := hostPath(t, g, home); !ok {
+			t.Errorf("home dashboard %s is not a mounted file", home)
+		} else if _, err := os.Stat(path); err != nil {
+			t.Errorf("home dashboard %s: %v", home, err)
+		}
+	}
+}
+
+func checkDashboard(t *testing.T, path string, uids map[string]bool, jobs []string) {
+	t.Helper()
+	var d grafanaDashboard
+	if err := json.Unmarshal(readFile(t, path), &d); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if d.UID == "" || d.Title == "" {
+		t.Errorf("%s: uid %q, title %q: want both", path, d.UID, d.Title)
+	}
+	// A data source is the provisioned uid, or ${VAR} of a datasource variable whose default is it.
+	dsVars := map[string]bool{}
+	for _, v := range d.Templating.List {
+		if v.Type != "datasource" {
+			continue
+		}
+		if q, _ := v.Query.(string); q != "prometheus" {
+			t.Errorf("%s: datasource variable %s selects %v, want prometheus", path, v.Name, v.Query)
+		}
+		if cur, _ := v.Current.Value.(string); !uids[cur] {
+			t.Errorf("%s: datasource variable %s defaults to %q, not a provisioned data source %v", path, v.Name, cur, uids)
+		}
+		dsVars["${"+v.Name+"}"] = true
+	}
+	ok := func(ds *grafanaDatasource) bool {
+		return ds != nil && ds.Type == "prometheus" && (uids[ds.UID] || dsVars[ds.UID])
+	}
+	for _, v := range d.Templating.List {
+		if v.Type == "query" && !ok(v.Datasource) {
+			t.Errorf("%s: variable %s: data source %+v is not the provisioned Prometheus", path, v.Name, v.Datasource)
+		}
+	}
+	var walk func([]grafanaPanel)
+	walk = func(panels []grafanaPanel) {
+		for _, p := range panels {
+			walk(p.Panels)
+			if p.Type == "row" {
+				continue
+			}
+			if !ok(p.Datasource) {
+				t.Errorf("%s: panel %q: data source %+v is not the provisioned Prometheus", path, p.Title, p.Datasource)
+			}
+			for _, tg := range p.Targets {
+				if !ok(tg.Datasource) {
+					t.Errorf("%s: panel %q: a target's data source %+v is not the provisioned Prometheus", path, p.Title, tg.Datasource)
+				}
+				for _, m := range jobMatcher.FindAllStringSubmatch(tg.Expr, -1) {
+					re, err := regexp.Compile("^(?:" + m[1] + ")$")
+					if err != nil {
+						t.Errorf("%s: panel %q: job=~%q: %v", path, p.Title, m[1], err)
+						continue
+					}
+					for _, job := range jobs {
+						if !re.MatchString(job) {
+							t.Errorf("%s: panel %q: job=~%q leaves out job %s", path, p.Title, m[1], job)
+						}
+					}
+				}
+			}
+		}
+	}
+	walk(d.Panels)
 }
