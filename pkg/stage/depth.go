@@ -115,6 +115,11 @@ func (c *Consumer) reportDepth(ctx context.Context, d *depth, every time.Duratio
 	}
 }
 
+// fetchQuiet is how long after its last error a fetch counts as working
+// again once the broker answers: kafka-go reports a failing fetch at least
+// every second or so (its read backoff).
+const fetchQuiet = 3 * time.Second
+
 func (c *Consumer) refreshDepth(ctx context.Context, d *depth) {
 	mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -125,6 +130,9 @@ func (c *Consumer) refreshDepth(ctx context.Context, d *depth) {
 		c.warn.Debug().Err(err).Msg("consumer lag unknown")
 		return
 	}
+	// The broker and the group answer; a fetch that has not failed since
+	// kafka-go reconnected is waiting for a record, not failing.
+	c.health.quietFor(opFetch, fetchQuiet)
 	var total int64
 	var behind []string
 	for _, p := range parts {

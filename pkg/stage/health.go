@@ -71,8 +71,8 @@ type health struct {
 }
 
 type failure struct {
-	since time.Time
-	err   error
+	since, last time.Time
+	err         error
 }
 
 func newHealth(m *consumerMetrics, log zerolog.Logger) *health {
@@ -89,8 +89,20 @@ func (h *health) failed(op string, err error) {
 		h.m.outages.Inc()
 		h.log.Warn().Err(err).Str("op", op).Msg("kafka: failing; retrying with backoff until it works again")
 	}
-	f.err = err
+	f.err, f.last = err, time.Now()
 	h.failing[op] = f
+}
+
+// quietFor ends op's outage when it last failed at least quiet ago. An idle
+// consumer's fetch never succeeds visibly (it waits for a record), so the
+// depth reporter, which just reached the broker and the group, calls this.
+func (h *health) quietFor(op string, quiet time.Duration) {
+	h.mu.Lock()
+	f, was := h.failing[op]
+	h.mu.Unlock()
+	if was && time.Since(f.last) >= quiet {
+		h.ok(op)
+	}
 }
 
 func (h *health) ok(op string) {

@@ -205,3 +205,44 @@ func TestDepthMeasuresLagPerPartition(t *testing.T) {
 		t.Fatalf("lag after committing 2 and 1: %v, want 0 and 1", got)
 	}
 }
+
+// An idle stage is ready again once the broker is back: its fetch waits for
+// a record rather than succeeding, so readiness must not wait for traffic.
+func TestIdleStageIsReadyAfterABrokerRestart(t *testing.T) {
+	env := stacktest.Get(t)
+	broker := stacktest.PrivateKafka(t, env)
+	cfg := config.Default()
+	cfg.DebugPort = "127.0.0.1:0"
+	cfg.Bus.Brokers = strings.Join(broker.Brokers(), ",")
+	cfg.Bus.Partitions = 1
+	in := stacktest.Name("stage_idle")
+	rt, err := New("test", cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	rt.Topics(rt.Brokers(), in)
+	rt.Consume(Input{Name: "in", Group: stacktest.Name("stage_idle"), Topics: []string{in},
+		Handle: func(context.Context, kafka.Message) error { return nil }})
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- rt.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}()
+	readyz := func() (int, string) { return testkit.Get(t, "http://"+rt.DebugAddr()+"/readyz") }
+	testkit.Eventually(t, 60*time.Second, "ready", func() bool { code, _ := readyz(); return code == http.StatusOK })
+	broker.Kill()
+	testkit.Eventually(t, 30*time.Second, "not ready while the broker is down", func() bool {
+		code, _ := readyz()
+		return code == http.StatusServiceUnavailable
+	})
+	broker.Start()
+	testkit.Eventually(t, 60*time.Second, "ready again with no record produced", func() bool {
+		code, _ := readyz()
+		return code == http.StatusOK
+	})
+}
