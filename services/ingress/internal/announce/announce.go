@@ -155,6 +155,20 @@ func (s *Service) Announce(ctx context.Context, req Request, source string, key 
 	return s.Submit(ctx, &ev, key)
 }
 
+// DecodeChannel decodes a REST channel body, counting a rejection.
+func (s *Service) DecodeChannel(body []byte) (Request, error) {
+	req, err := DecodeChannel(body)
+	s.countRejection(SourceREST, err)
+	return req, err
+}
+
+// DecodeUsers decodes a REST users body, counting a rejection.
+func (s *Service) DecodeUsers(body []byte) (Request, error) {
+	req, err := DecodeUsers(body)
+	s.countRejection(SourceREST, err)
+	return req, err
+}
+
 // PrepareJSON is Prepare for a raw body of either kind, as the Kafka input
 // receives it.
 func (s *Service) PrepareJSON(body []byte, source string) (announcement.Event, error) {

@@ -41,6 +41,9 @@ const (
 
 // Announcer is what the transport needs from the use case.
 type Announcer interface {
+	// DecodeChannel and DecodeUsers decode the two bodies (a refused one is counted).
+	DecodeChannel(body []byte) (announce.Request, error)
+	DecodeUsers(body []byte) (announce.Request, error)
 	Announce(ctx context.Context, req announce.Request, source string, key announce.Key) (announce.Outcome, error)
 	Status(ctx context.Context, id string) (progress.Announcement, error)
 	List(ctx context.Context, state string, limit int) ([]progress.Announcement, error)
@@ -133,8 +136,8 @@ func New(svc Announcer, opt Options, log zerolog.Logger, reg prometheus.Register
 		fail(c, http.StatusMethodNotAllowed, "method", "method "+clip(c.Request.Method)+" is not allowed here; allowed: "+c.Writer.Header().Get("Allow"))
 	})
 	v1 := r.Group("/v1", a.auth)
-	v1.POST(strings.TrimPrefix(RouteChannel, "/v1"), a.handle(RouteChannel, announce.DecodeChannel))
-	v1.POST(strings.TrimPrefix(RouteUsers, "/v1"), a.handle(RouteUsers, announce.DecodeUsers))
+	v1.POST(strings.TrimPrefix(RouteChannel, "/v1"), a.handle(RouteChannel, svc.DecodeChannel))
+	v1.POST(strings.TrimPrefix(RouteUsers, "/v1"), a.handle(RouteUsers, svc.DecodeUsers))
 	v1.GET(strings.TrimPrefix(RouteAnnouncements, "/v1"), a.list)
 	v1.GET(strings.TrimPrefix(RouteAnnouncement, "/v1"), a.status)
 	v1.DELETE(strings.TrimPrefix(RouteAnnouncement, "/v1"), a.cancel)

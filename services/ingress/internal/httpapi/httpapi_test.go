@@ -242,17 +242,11 @@ http_requests_total{code="404",route="unmatched"} 1
 	}
 }
 
-type panicking struct{}
+type panicking struct{ noStore }
 
 func (panicking) Announce(context.Context, announce.Request, string, announce.Key) (announce.Outcome, error) {
 	panic("boom")
 }
-
-func (panicking) Status(context.Context, string) (progress.Announcement, error) { panic("boom") }
-
-func (panicking) List(context.Context, string, int) ([]progress.Announcement, error) { panic("boom") }
-
-func (panicking) Cancel(context.Context, string) (progress.Announcement, error) { panic("boom") }
 
 func TestPanicIsA500(t *testing.T) {
 	reg := prometheus.NewRegistry()
@@ -275,6 +269,9 @@ http_panics_total 1
 
 // noStore is a use case without a progress store.
 type noStore struct{}
+
+func (noStore) DecodeChannel(b []byte) (announce.Request, error) { return announce.DecodeChannel(b) }
+func (noStore) DecodeUsers(b []byte) (announce.Request, error)   { return announce.DecodeUsers(b) }
 
 func (noStore) Status(context.Context, string) (progress.Announcement, error) {
 	return progress.Announcement{}, announce.ErrNoStore
@@ -437,5 +434,21 @@ func TestPriorityAndDryRun(t *testing.T) {
 	}
 	if ev := f.pub.events[0]; !ev.DryRun || ev.Priority != announcement.PriorityHigh {
 		t.Fatalf("dry-run event %+v: want dry_run on the priority lane", ev)
+	}
+}
+
+// A body refused while decoding counts as a rejection of its field, as one
+// refused by validation does.
+func TestDecodeRejectionsAreCounted(t *testing.T) {
+	f := newFixture(t)
+	do(t, f.h, "POST", RouteChannel, `{"message": "`+goodMsg+`"}`)
+	do(t, f.h, "POST", RouteUsers, `{"usernames": ["a"], "message": "`+goodMsg+`", "persist": null}`)
+	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(`
+# HELP announcements_rejected_total Requests rejected by validation, by the field at fault.
+# TYPE announcements_rejected_total counter
+announcements_rejected_total{field="channel_id",source="rest"} 1
+announcements_rejected_total{field="persist",source="rest"} 1
+`), "announcements_rejected_total"); err != nil {
+		t.Error(err)
 	}
 }
