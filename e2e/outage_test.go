@@ -30,6 +30,7 @@ type audienceRig struct {
 	s       *system
 	kafka   *stacktest.Kafka
 	clients []*xmpptest.Client
+	ids     map[string][]string // announcement ids by phase
 }
 
 // phase is what one fault run delivered.
@@ -44,7 +45,18 @@ type phase struct {
 func (r *audienceRig) announce(name string) {
 	for i := range outageRounds {
 		tmpl := "<message to='%s' from='" + r.s.from + "' type='chat'><body>" + fmt.Sprintf("%s %d", name, i) + "</body></message>"
-		r.s.announce("/v1/announce/channel", map[string]any{"channel_id": 50, "message": b64(tmpl)})
+		r.ids[name] = append(r.ids[name], r.s.announce("/v1/announce/channel", map[string]any{"channel_id": 50, "message": b64(tmpl)}))
+	}
+}
+
+// exact checks that every announcement of the phase is done and that its
+// record counts each member once, duplicates and resends notwithstanding.
+func (r *audienceRig) exact(name string) {
+	for _, id := range r.ids[name] {
+		a := r.s.until(id, name+" recorded as done", 30*time.Second, isDone)
+		if a.Stanzas.Confirmed != outageUsers || a.Audience.Recipients != outageUsers || a.Batches.Done != a.Batches.Planned {
+			r.t.Errorf("phase %s, %s: record %+v %+v %+v, want %d confirmed once each", name, id, a.Audience, a.Batches, a.Stanzas, outageUsers)
+		}
 	}
 }
 
@@ -117,7 +129,7 @@ func TestBrokerOutageAndCrashes(t *testing.T) {
 	env := stacktest.Get(t)
 	kafka := stacktest.PrivateKafka(t, env)
 	s := newSystem(t, options{brokers: kafka.Brokers(), rate: outageRate, batch: outageBatch, pagination: 100, shard: 100000})
-	r := &audienceRig{t: t, s: s, kafka: kafka}
+	r := &audienceRig{t: t, s: s, kafka: kafka, ids: map[string][]string{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var members []string
@@ -184,6 +196,7 @@ func TestBrokerOutageAndCrashes(t *testing.T) {
 	t.Logf("C sender kill -9 during a broker outage: %d lost, %d duplicates (bound %d)", c.lost, c.duplicates, bound)
 
 	for _, p := range []phase{a, b, c} {
+		r.exact(p.name)
 		if p.lost != 0 {
 			t.Errorf("phase %s: %d of %d stanzas lost", p.name, p.lost, p.want)
 		}
@@ -227,4 +240,41 @@ func TestConsumerLagOfAStoppedSender(t *testing.T) {
 		t.Fatalf("the sender sent %v stanzas after its restart, want 100", sent)
 	}
 	t.Logf("lag %v batches when the sender came back, 0 once it caught up", peak)
+}
+
+// A sender killed with SIGKILL in the middle of a slow batch (rate-limited:
+// it takes seconds) resumes it after the restart at its last fenced step,
+// not at its first recipient: the duplicates are what it sent after that
+// step, not the whole batch.
+func TestSlowBatchResumesAtItsLastStep(t *testing.T) {
+	// One connection at 10 stanzas/s: the batch of 100 takes 10 s, fenced every second.
+	s := newSystem(t, options{rate: 10, batch: 100, pagination: 100, shard: 1000, conns: 1})
+	ctx := s.deadline(150 * time.Second)
+	users, clients := s.loginAll(ctx, "slow", "node1", 100)
+	s.channel(85, s.p+"-slow", "ACCEPTED", users...)
+	id := s.announce("/v1/announce/channel", map[string]any{"channel_id": 85, "message": b64(template(s.from))})
+	testkit.Eventually(t, 30*time.Second, "40 stanzas out", func() bool { return received(clients) >= 40 })
+	before := received(clients)
+	s.kill("sender-node1-0")
+	s.restart("sender-node1-0")
+	testkit.Eventually(t, 60*time.Second, "every member reached", func() bool {
+		for _, c := range clients {
+			if len(c.Messages()) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(quiet)
+	all := received(clients)
+	dups := all - len(clients)
+	resumed := s.metric("sender-node1-0", "announcer_sender_resumed_recipients_total")
+	t.Logf("killed after %d of 100 stanzas; the restarted sender skipped %v fenced recipients; %d duplicates", before, resumed, dups)
+	if resumed == 0 || dups > 20 {
+		t.Fatalf("%d duplicates, %v resumed: the batch was sent again from its start (up to %d), not from its last step", dups, resumed, before)
+	}
+	a := s.until(id, "done", 30*time.Second, isDone)
+	if a.Stanzas.Confirmed != 100 {
+		t.Fatalf("record: %+v, want 100 confirmed once each", a.Stanzas)
+	}
 }

@@ -98,6 +98,7 @@ type options struct {
 	nodes      []string       // node names; each gets presence address <p>-<node>
 	senders    map[string]int // sender processes per node (default 1)
 	rate       int            // [ejabberd] rate_limit per connection (default 2000)
+	conns      int            // [ejabberd] each_node_conn_num (default 2)
 	pagination int
 	batch      int
 	shard      int
@@ -126,6 +127,9 @@ func newSystem(t *testing.T, o options) *system {
 	}
 	if o.rate == 0 {
 		o.rate = 2000
+	}
+	if o.conns == 0 {
+		o.conns = 2
 	}
 	s := newBareSystem(t, o)
 	s.startServices(o)
@@ -239,7 +243,7 @@ func (s *system) startServices(o options) {
 			"@MYSQL@", dsn.Addr, "@MYSQL_USER@", dsn.User, "@MYSQL_PASS@", dsn.Passwd,
 			"@PAGE@", fmt.Sprint(o.pagination), "@REDIS@", env.RedisAddr, "@COMPONENT@", env.ComponentAddr,
 			"@COMPONENT_NAME@", component, "@SECRET@", env.SecretFor(component), "@DOMAIN@", env.XMPPDomain, "@FROM@", s.from,
-			"@BATCH@", fmt.Sprint(o.batch), "@RATE@", fmt.Sprint(o.rate), "@SHARD@", fmt.Sprint(o.shard), "@NODES@", nodes(self),
+			"@BATCH@", fmt.Sprint(o.batch), "@RATE@", fmt.Sprint(o.rate), "@CONNS@", fmt.Sprint(o.conns), "@SHARD@", fmt.Sprint(o.shard), "@NODES@", nodes(self),
 		).Replace(`rest_api_port = "@REST@"
 debug_port = "127.0.0.1:0"
 user_activity_ask_buffer = 3
@@ -272,7 +276,7 @@ flush_frequency = 1
 [ejabberd]
 cluster_nodes = "@COMPONENT@"
 rate_limit = @RATE@
-each_node_conn_num = 2
+each_node_conn_num = @CONNS@
 
 [component]
 name = "@COMPONENT_NAME@"

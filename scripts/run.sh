@@ -57,11 +57,14 @@ for s in "${ORDER[@]}"; do
 	say "$s ready (debug, metrics, pprof on 127.0.0.1:${DEBUG[$s]})"
 done
 
-msg=$(printf '%s' "<message to='%s' from='announcer.localhost' type='chat'><body>Hello from announcer #[inc_id]</body></message>" | base64 -w0)
+tmpl="<message to='%s' from='announcer.localhost' type='chat'><body>Hello from announcer #[inc_id]</body></message>"
+msg=$(printf '%s' "$tmpl" | base64 -w0)
+demo_msg=.stack/demo-message.xml
+printf '%s' "$tmpl" > "$demo_msg"
 cat <<INFO
 
 [run] announcer is up. Endpoints:
-  REST API      http://$REST  (POST /v1/announce/channel, /v1/announce/users)
+  REST API      http://$REST  (POST /v1/announce/channel, /v1/announce/users; GET/DELETE /v1/announcements/{id})
   metrics       http://127.0.0.1:6060/metrics (ingress), :6061 fanout, :6062 sender, :6063 archiver
   Kafka         127.0.0.1:9092   MariaDB 127.0.0.1:3306 (announcer/announcer)   Redis 127.0.0.1:6379
   ejabberd      c2s 127.0.0.1:5222 (STARTTLS), component 127.0.0.1:8889, HTTP API http://127.0.0.1:5280/api
@@ -71,6 +74,12 @@ Announce to the demo channel (paste this):
 
   curl -sS -X POST http://$REST/v1/announce/channel -H 'Content-Type: application/json' \\
     -d '{"channel_id": 1, "message": "$msg"}'
+
+Or with the operator CLI (bin/announcer), which follows the announcement with a progress bar:
+
+  bin/announcer send --channel demo --file $demo_msg
+  bin/announcer preview --channel demo --file $demo_msg     # who would get it, per node; sends nothing
+  bin/announcer list                                        # recent announcements; status ID, cancel ID
 
 Build your own message:  printf '%s' "<message to='%s' ...>...</message>" | base64 -w0
 Ctrl-C stops the services.

@@ -64,6 +64,7 @@ func newHarness(t *testing.T, mod func(*config.Config)) *harness {
 	cfg.MySQL = mysqltest.New(t, env)
 	cfg.MySQL.PaginationLength = 10
 	cfg.UserActivityRedis.ClusterNodes = env.RedisAddr
+	cfg.Progress.KeyPrefix = h.prefix + "progress:" // ids repeat across runs
 	cfg.Bus.Brokers = strings.Join(env.KafkaBrokers, ",")
 	cfg.Bus.AnnouncementsTopic = stacktest.Name("fanout_ann")
 	cfg.Bus.DeliveriesPrefix = stacktest.Name("fanout_del") + "."

@@ -51,8 +51,8 @@ func (k *Kafka) Start() {
 	}
 }
 
-// Kill ends the broker with SIGKILL, as a crash would, and waits until it is gone.
-func (k *Kafka) Kill() {
+// pid is the broker's process id.
+func (k *Kafka) pid() int {
 	k.t.Helper()
 	c := exec.Command("bash", k.script, "kafka-pid")
 	c.Env = k.env
@@ -62,6 +62,34 @@ func (k *Kafka) Kill() {
 	if err != nil || perr != nil {
 		k.t.Fatalf("kafka-pid: %v %v: %q", err, perr, out)
 	}
+	return pid
+}
+
+// Pause freezes the broker (SIGSTOP): connections stay open and nothing is
+// answered, as with a broker stuck in a long GC pause. Resume thaws it.
+func (k *Kafka) Pause() {
+	k.t.Helper()
+	pid := k.pid()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		k.t.Fatalf("kill -STOP %d: %v", pid, err)
+	}
+	// A test that fails while the broker is frozen must not leave it so.
+	k.t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+}
+
+// Resume thaws a paused broker.
+func (k *Kafka) Resume() {
+	k.t.Helper()
+	pid := k.pid()
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		k.t.Fatalf("kill -CONT %d: %v", pid, err)
+	}
+}
+
+// Kill ends the broker with SIGKILL, as a crash would, and waits until it is gone.
+func (k *Kafka) Kill() {
+	k.t.Helper()
+	pid := k.pid()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		k.t.Fatalf("kill -9 %d: %v", pid, err)
 	}

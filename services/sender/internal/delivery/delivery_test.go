@@ -27,6 +27,10 @@ type fakeLink struct {
 	fenceErr error
 	writeErr error
 	released bool
+	// failFence fails the fence of this number (1 = the first) with fenceErr,
+	// and only it; 0 fails every fence with fenceErr.
+	failFence int
+	fences    int
 }
 
 func (l *fakeLink) Slot() int { return l.slot }
@@ -53,6 +57,10 @@ func (l *fakeLink) Fence(context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.ops = append(l.ops, "fence")
+	l.fences++
+	if l.failFence > 0 && l.fences != l.failFence {
+		return nil
+	}
 	return l.fenceErr
 }
 

@@ -1,0 +1,152 @@
+package audience_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/progress"
+	"github.com/announcer/announcer/services/fanout/internal/audience"
+)
+
+// recorder is the progress store as a test sees it: what fanout recorded,
+// and a cancel that lands after a number of checks.
+type recorder struct {
+	mu          sync.Mutex
+	state       string // Begin's answer
+	finished    bool
+	cancelAfter int // Cancelled says true from this check on (0 = never)
+	checks      int
+	plans       []int
+	shards      map[int]progress.ShardCounts
+	finish      []string
+	emitted     map[int]int
+}
+
+func newRecorder() *recorder {
+	return &recorder{shards: map[int]progress.ShardCounts{}, emitted: map[int]int{}}
+}
+
+func (r *recorder) Begin(context.Context, *announcement.Event) (string, bool, error) {
+	return r.state, r.finished, nil
+}
+
+func (r *recorder) Plan(_ context.Context, _ string, shards int, _ bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.plans = append(r.plans, shards)
+	return nil
+}
+
+func (r *recorder) Emitted(_ string, shard, n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.emitted[shard] = max(r.emitted[shard], n)
+}
+
+func (r *recorder) ShardDone(_ string, shard int, c progress.ShardCounts) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.shards[shard] = c
+}
+
+func (r *recorder) Finish(_, state, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.finish = append(r.finish, state+":"+reason)
+}
+
+func (r *recorder) Cancelled(context.Context, string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.checks++
+	return r.cancelAfter > 0 && r.checks >= r.cancelAfter
+}
+
+// What a task resolved is recorded once per shard: members read, online,
+// recipients, batches and the split per node; emitted follows the acks.
+func TestProgressRecordsEachShard(t *testing.T) {
+	rec := newRecorder()
+	w := newWorld(t, func(c *audience.Config) { c.Progress = rec })
+	want1, want2 := w.seedChannel(t, 1, audience.StateAccepted, 40)
+	res, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 1}))
+	if err != nil || res.Outcome != audience.Delivered {
+		t.Fatal(res, err)
+	}
+	got := rec.shards[0]
+	if len(rec.plans) != 1 || rec.plans[0] != 1 || got.Members != 40 || got.Online != len(want1)+len(want2) ||
+		got.Recipients != got.Online || got.Batches != len(w.sink.Batches) || got.PerNode["node1"] != len(want1) {
+		t.Fatalf("plans %v, shard %+v", rec.plans, got)
+	}
+	if rec.emitted[0] != len(w.sink.Batches) {
+		t.Fatalf("emitted %d of %d batches", rec.emitted[0], len(w.sink.Batches))
+	}
+	rej := newRecorder()
+	w = newWorld(t, func(c *audience.Config) { c.Progress = rej })
+	w.seedChannel(t, 2, "PENDING", 3)
+	if _, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 2})); err != nil {
+		t.Fatal(err)
+	}
+	if len(rej.finish) != 1 || rej.finish[0] != "rejected:"+audience.ReasonChannelNotAccepted {
+		t.Fatalf("finish %v", rej.finish)
+	}
+}
+
+// A cancel stops a task between pages: nothing more is read or written.
+func TestCancelStopsBetweenPages(t *testing.T) {
+	rec := newRecorder()
+	rec.cancelAfter = 2 // the second page finds the announcement cancelled
+	w := newWorld(t, func(c *audience.Config) { c.Progress = rec; c.BatchSize = 2 })
+	w.seedChannel(t, 1, audience.StateAccepted, 49) // 7 pages of 7
+	res, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 1}))
+	if err != nil || res.Outcome != audience.Cancelled {
+		t.Fatalf("%+v %v, want cancelled", res, err)
+	}
+	sent := 0
+	for _, b := range w.sink.Batches {
+		sent += len(b.Recipients)
+	}
+	if sent > 7 || res.Audience > 7 {
+		t.Fatalf("%d recipients written, %d members read after a cancel on the second page: want at most the first page", sent, res.Audience)
+	}
+	if len(rec.shards) != 0 {
+		t.Fatalf("a cancelled shard was recorded as resolved: %v", rec.shards)
+	}
+
+	// Cancelled before it started: nothing is read at all.
+	before := newRecorder()
+	before.state = progress.StateCancelled
+	w = newWorld(t, func(c *audience.Config) { c.Progress = before })
+	w.seedChannel(t, 1, audience.StateAccepted, 20)
+	if res, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 1})); err != nil ||
+		res.Outcome != audience.Cancelled || len(w.sink.Batches) != 0 {
+		t.Fatalf("%+v %v, %d batches", res, err, len(w.sink.Batches))
+	}
+}
+
+// A dry run counts what a send would reach and writes nothing; a copy of a
+// task already finished does nothing.
+func TestDryRunAndCopies(t *testing.T) {
+	rec := newRecorder()
+	w := newWorld(t, func(c *audience.Config) { c.Progress = rec })
+	want1, want2 := w.seedChannel(t, 1, audience.StateAccepted, 30)
+	ev := channelEvent(announcement.ChannelRef{ID: 1})
+	ev.DryRun = true
+	res, err := w.r.Resolve(context.Background(), ev)
+	if err != nil || res.Outcome != audience.Counted || len(w.sink.Batches) != 0 {
+		t.Fatalf("%+v %v, %d batches written", res, err, len(w.sink.Batches))
+	}
+	if c := rec.shards[0]; c.Recipients != len(want1)+len(want2) || c.PerNode["node2"] != len(want2) || c.Batches == 0 {
+		t.Fatalf("dry-run counts %+v", c)
+	}
+
+	dup := newRecorder()
+	dup.finished = true
+	w = newWorld(t, func(c *audience.Config) { c.Progress = dup })
+	w.seedChannel(t, 1, audience.StateAccepted, 30)
+	if res, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 1})); err != nil ||
+		res.Outcome != audience.Duplicate || len(w.sink.Batches) != 0 {
+		t.Fatalf("%+v %v, %d batches", res, err, len(w.sink.Batches))
+	}
+}
