@@ -9,7 +9,7 @@ STACK   := bash scripts/stack/stack.sh
 # Integration tests fail (not skip) when the stack is missing.
 TESTENV := eval "$$($(STACK) env)" && export ANNOUNCER_REQUIRE_STACK=1
 
-.PHONY: all build test unit lint fmt vet staticcheck run bench fuzz stack-up stack-down stack-status tidy clean
+.PHONY: all build test unit lint fmt vet staticcheck run bench bench-compare fuzz stack-up stack-down stack-status tidy clean
 
 all: build
 
@@ -51,14 +51,22 @@ staticcheck: bin/staticcheck
 run:
 	@bash scripts/run.sh
 
-## bench: figures for each stage, each against a baseline measured in the same run.
+## bench: figures for each stage and for the whole pipeline, each against a baseline measured in the
+## same run; every figure also goes to bench/latest.json and bench/run-<UTC time>.json (git-ignored).
+BENCH_RUN := bench/run-$(shell date -u +%Y%m%dT%H%M%SZ).json
 bench: stack-up
-	@$(TESTENV) && \
-	(cd pkg && go test -run '^$$' -bench . -benchmem ./stanza/ ./announcement/) && \
+	@set -o pipefail; mkdir -p bench && rm -f $(BENCH_RUN) && export ANNOUNCER_BENCH_OUT=$(CURDIR)/$(BENCH_RUN) && $(TESTENV) && \
+	(cd pkg && go test -run '^$$' -bench . -benchmem ./stanza/ ./announcement/ | go run ./benchreport/cmd/bench-report gotest) && \
 	(cd services/ingress && go run ./cmd/ingress-bench) && \
 	(cd services/fanout && ANNOUNCER_BENCH=1 go test -count=1 -timeout 30m -run '^TestBenchGiantChannel$$' -v .) && \
 	(cd services/sender && go run ./cmd/sender-bench) && \
-	(cd e2e && ANNOUNCER_BENCH=1 go test -count=1 -timeout 10m -run '^TestDeliveryThroughput$$' -v .)
+	(cd e2e && ANNOUNCER_BENCH=1 go test -count=1 -timeout 40m -run '^(TestDeliveryThroughput|TestBenchPipeline)$$' -v .) && \
+	cp $(BENCH_RUN) bench/latest.json && echo "figures: bench/latest.json ($(BENCH_RUN))" && \
+	if [ "$$(ls bench/run-*.json | wc -l)" -ge 2 ]; then $(MAKE) --no-print-directory bench-compare; fi
+
+## bench-compare: the two newest runs side by side (or OLD=... NEW=... run files).
+bench-compare:
+	@cd pkg && go run ./benchreport/cmd/bench-report compare $(if $(OLD),$(abspath $(OLD)) $(abspath $(NEW)),$(CURDIR)/bench)
 
 ## fuzz: a short run of every fuzz target (each FUZZTIME).
 FUZZTIME ?= 10s

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/announcer/announcer/pkg/benchreport"
 	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 )
 
@@ -162,4 +163,12 @@ func TestDeliveryThroughput(t *testing.T) {
 	fmt.Printf("  announcer: POST → every client received      %8s  %8.0f stanzas/s\n", ours.Round(time.Millisecond), rate(ours))
 	fmt.Printf("  baseline: ejabberd HTTP API send_message x%d  %8s  %8.0f stanzas/s\n", n, theirs.Round(time.Millisecond), rate(theirs))
 	fmt.Printf("  speed-up: %.1fx\n", theirs.Seconds()/ours.Seconds())
+	if err := benchreport.Record(map[string]benchreport.Figure{
+		"ejabberd_clients_seconds":                      {Value: ours.Seconds(), Note: fmt.Sprintf("POST until each of %d logged-in c2s clients has the stanza, real ejabberd", n)},
+		"ejabberd_clients_stanzas_per_second":           {Value: rate(ours)},
+		"ejabberd_http_api_baseline_seconds":            {Value: theirs.Seconds(), Note: "baseline: ejabberd's HTTP API send_message, one call per user, same clients"},
+		"ejabberd_http_api_baseline_stanzas_per_second": {Value: rate(theirs)},
+	}); err != nil {
+		t.Fatal(err)
+	}
 }

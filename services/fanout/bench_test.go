@@ -41,6 +41,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/benchreport"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
@@ -461,6 +462,20 @@ func bench(ctx context.Context, f flags) error {
 	fmt.Printf("peak RSS          %.1f MiB over the runs (VmHWM reset after seeding; now %.1f MiB; seeding peak %.1f MiB)\n",
 		float64(hwm)/1024, float64(rss)/1024, float64(seedHWM)/1024)
 	elapsed := time.Duration(median * float64(time.Second))
+	size := fmt.Sprintf("%dk", f.members/1000)
+	if f.members%1_000_000 == 0 {
+		size = fmt.Sprintf("%dm", f.members/1_000_000)
+	}
+	figures := map[string]benchreport.Figure{
+		"fanout_" + size + "_seconds": {Value: median, Note: fmt.Sprintf("median of %d: channel event published until every batch is acked, %d members, %d online on 2 nodes; runs %v", len(sorted), f.members, f.online, times)},
+		"fanout_members_per_second":   {Value: float64(f.members) / median},
+		"fanout_peak_rss_mib":         {Value: float64(hwm) / 1024, Note: "VmHWM over the timed runs, in-process"},
+	}
+	defer func() {
+		if err := benchreport.Record(figures); err != nil {
+			fmt.Fprintln(os.Stderr, "bench report:", err)
+		}
+	}()
 
 	if f.skipFirstGen {
 		return nil
@@ -472,6 +487,11 @@ func bench(ctx context.Context, f flags) error {
 		return fmt.Errorf("first generation: %w", err)
 	}
 	fmt.Printf("pages             %d of %d (%d members, %d online) in %.1fs\n", fg.pages, fg.totalPages, fg.rows, fg.online, fg.elapsed.Seconds())
+	if fg.complete {
+		figures["fanout_first_generation_seconds"] = benchreport.Figure{Value: fg.elapsed.Seconds(), Note: "baseline: the first generation's paging, measured"}
+	} else {
+		figures["fanout_first_generation_seconds"] = benchreport.Figure{Value: fg.estimate, Note: fmt.Sprintf("baseline: the first generation's paging, %d of %d pages measured, the rest extrapolated", fg.pages, fg.totalPages)}
+	}
 	if fg.complete {
 		fmt.Printf("seconds           %.1f (complete, measured)\n", fg.elapsed.Seconds())
 		fmt.Printf("ratio             %.0fx slower than this generation's median\n", fg.elapsed.Seconds()/elapsed.Seconds())

@@ -44,6 +44,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/benchreport"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/httpserver"
 	"github.com/announcer/announcer/pkg/kafkabus"
@@ -155,10 +156,28 @@ func bench(d time.Duration, conc int, brokers []string, users, rounds int, skipU
 			median(all[kind]).print(kind)
 		}
 	}
-
-	n, err := countRecords(brokers, cfg.Bus.AnnouncementsTopic)
-	if err != nil {
+	figures := map[string]benchreport.Figure{}
+	for kind, prefix := range map[string]string{ingress: "ingress", validateOnly: "ingress_validate_only", unbatched: "ingress_unbatched"} {
+		if rs := all[kind]; len(rs) > 0 {
+			m := median(rs)
+			note := fmt.Sprintf("%s; median of %d rounds, %d concurrent POST %s", kind, len(rs), conc, httpapi.RouteUsers)
+			figures[prefix+"_accepted_per_second"] = benchreport.Figure{Value: m.rate, Note: note}
+			figures[prefix+"_p99_ms"] = benchreport.Figure{Value: float64(m.p99.Microseconds()) / 1000, Note: note}
+			figures[prefix+"_p50_ms"] = benchreport.Figure{Value: float64(m.p50.Microseconds()) / 1000, Note: note}
+		}
+	}
+	if err := benchreport.Record(figures); err != nil {
 		return err
+	}
+
+	// Users announcements take the priority lane.
+	n := 0
+	for _, topic := range []string{cfg.Bus.AnnouncementsTopic, cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic)} {
+		c, err := countRecords(brokers, topic)
+		if err != nil {
+			return err
+		}
+		n += c
 	}
 	verdict := "ok"
 	if n < accepted {

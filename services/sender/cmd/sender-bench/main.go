@@ -27,10 +27,12 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/benchreport"
+	"github.com/announcer/announcer/pkg/progress"
+	"github.com/announcer/announcer/pkg/redisconn"
 	"github.com/announcer/announcer/pkg/stanza"
-
+	"github.com/announcer/announcer/pkg/testkit/xmppsink"
 	"github.com/announcer/announcer/services/sender/internal/delivery"
-	"github.com/announcer/announcer/services/sender/internal/sink"
 	"github.com/announcer/announcer/services/sender/internal/xmpplink"
 )
 
@@ -90,13 +92,27 @@ func run(n, baseN, batchSize, inflight int) error {
 	fmt.Printf("sender hot path, 1 component connection into a counting sink, %d-byte stanzas, GOMAXPROCS=%d, %s\n",
 		len(tmpl.AppendRender(nil, "user123456@"+users, 123456)), runtime.GOMAXPROCS(0), runtime.Version())
 
-	ours1, err := hotPath(n, batchSize, 1)
+	ours1, err := hotPath(n, batchSize, 1, nil)
 	if err != nil {
 		return err
 	}
-	oursN, err := hotPath(n, batchSize, inflight)
+	oursN, err := hotPath(n, batchSize, inflight, nil)
 	if err != nil {
 		return err
+	}
+	// The same with its bookkeeping: each batch's fence recorded in the
+	// progress store (Redis), as a deployed sender does.
+	var tracked result
+	if addr := os.Getenv("ANNOUNCER_REDIS_ADDR"); addr != "" {
+		tr, stop, err := tracker(addr)
+		if err != nil {
+			return err
+		}
+		tracked, err = hotPath(n, batchSize, inflight, tr)
+		stop()
+		if err != nil {
+			return err
+		}
 	}
 	base, err := baseline(tmpl, baseN)
 	if err != nil {
@@ -104,18 +120,45 @@ func run(n, baseN, batchSize, inflight int) error {
 	}
 	ours1.print()
 	oursN.print()
+	if tracked.stanzas > 0 {
+		tracked.print()
+	}
 	base.print()
 	fmt.Printf("  speed-up over the baseline: %.1fx (1 batch in flight), %.1fx (%d in flight)\n",
 		rate(ours1)/rate(base), rate(oursN)/rate(base), inflight)
-	return nil
+	figures := map[string]benchreport.Figure{
+		"sender_stanzas_per_second":                  {Value: rate(oursN), Note: oursN.name},
+		"sender_one_in_flight_stanzas_per_second":    {Value: rate(ours1), Note: ours1.name},
+		"sender_baseline_mellium_stanzas_per_second": {Value: rate(base), Note: base.name},
+	}
+	if tracked.stanzas > 0 {
+		fmt.Printf("  progress bookkeeping costs %.1f%% of the hot path's rate (%d in flight)\n", 100*(1-rate(tracked)/rate(oursN)), inflight)
+		figures["sender_with_progress_stanzas_per_second"] = benchreport.Figure{Value: rate(tracked), Note: tracked.name}
+	}
+	return benchreport.Record(figures)
+}
+
+// tracker is a progress tracker on the Redis at addr, under a key prefix of
+// its own whose records expire within a minute.
+func tracker(addr string) (*progress.Tracker, func(), error) {
+	conn, err := redisconn.New("bench progress", redisconn.Options{Addrs: []string{addr}})
+	if err != nil {
+		return nil, nil, err
+	}
+	store := progress.NewStore(conn, progress.Options{Prefix: fmt.Sprintf("sender-bench:%d:", time.Now().UnixNano()), TTL: time.Minute})
+	tr := progress.NewTracker(store, progress.TrackerOptions{}, zerolog.Nop(), prometheus.NewRegistry())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = tr.Run(ctx) }()
+	return tr, func() { cancel(); <-done; _ = store.Close() }, nil
 }
 
 func rate(r result) float64 { return float64(r.stanzas) / r.wall.Seconds() }
 
 // hotPath delivers n stanzas in fenced batches through the real use case and
 // connection code, unlimited rate, inflight batches at a time.
-func hotPath(n, batchSize, inflight int) (result, error) {
-	s, err := sink.Start(secret)
+func hotPath(n, batchSize, inflight int, tr *progress.Tracker) (result, error) {
+	s, err := xmppsink.Start(secret)
 	if err != nil {
 		return result{}, err
 	}
@@ -136,8 +179,12 @@ func hotPath(n, batchSize, inflight int) (result, error) {
 	for pool.Up() < 1 {
 		time.Sleep(time.Millisecond)
 	}
-	uc := delivery.New(delivery.Options{UserDomain: users, Templates: stanza.NewCache(stanza.Options{ComponentDomain: domain}, 16),
-		Conns: 1, RatePerConn: 0}, delivery.LinksOf(pool.Acquire), zerolog.Nop(), delivery.NewMetrics(reg))
+	opt := delivery.Options{UserDomain: users, Templates: stanza.NewCache(stanza.Options{ComponentDomain: domain}, 16),
+		Conns: 1, RatePerConn: 0}
+	if tr != nil {
+		opt.Progress = tr
+	}
+	uc := delivery.New(opt, delivery.LinksOf(pool.Acquire), zerolog.Nop(), delivery.NewMetrics(reg))
 
 	batches := make([]*announcement.Batch, (n+batchSize-1)/batchSize)
 	for i := range batches {
@@ -174,13 +221,16 @@ func hotPath(n, batchSize, inflight int) (result, error) {
 	default:
 	}
 	name := fmt.Sprintf("pre-rendered + bufio, fenced batches of %d, %d in flight", batchSize, inflight)
+	if tr != nil {
+		name += ", progress recorded"
+	}
 	return result{name: name, stanzas: n, wall: wall, cpu: cpu, received: s.Stanzas()}, nil
 }
 
 // baseline sends each rendered stanza with mellium's Session.Send (XML
 // tokens re-encoded, one flush per stanza), the first generation's way.
 func baseline(tmpl *stanza.Template, n int) (result, error) {
-	s, err := sink.Start(secret)
+	s, err := xmppsink.Start(secret)
 	if err != nil {
 		return result{}, err
 	}

@@ -17,7 +17,7 @@ import (
 	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
-	"github.com/announcer/announcer/services/sender/internal/sink"
+	"github.com/announcer/announcer/pkg/testkit/xmppsink"
 	"github.com/announcer/announcer/services/sender/internal/testuser"
 )
 
@@ -329,7 +329,7 @@ func TestRealAnswersIQ(t *testing.T) {
 
 // The counting sink speaks enough XEP-0114 for the pool: handshake, stanzas, fences.
 func TestSinkRoundTrip(t *testing.T) {
-	s, err := sink.Start("secret")
+	s, err := xmppsink.Start("secret")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +352,7 @@ func TestSinkRoundTrip(t *testing.T) {
 
 // A wrong secret against the sink: not up, retried.
 func TestSinkWrongSecret(t *testing.T) {
-	s, err := sink.Start("secret")
+	s, err := xmppsink.Start("secret")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,8 @@
-// Package sink is a counting stand-in for ejabberd's component listener: it
-// performs the XEP-0114 handshake, counts the <message/> stanzas it receives
-// and answers pings. Benchmarks use it to measure the sender's side alone.
-package sink
+// Package xmppsink is a counting stand-in for ejabberd's component listener:
+// it performs the XEP-0114 handshake, counts the <message/> stanzas it
+// receives (and, when asked, hands each one's `to` to a callback) and
+// answers pings. Benchmarks use it to measure announcer's side alone.
+package xmppsink
 
 import (
 	"bufio"
@@ -20,6 +21,8 @@ import (
 type Sink struct {
 	ln     net.Listener
 	secret string
+	// onTo, when set, gets each message's `to` attribute (valid during the call).
+	onTo func(to []byte)
 
 	stanzas atomic.Int64
 	pings   atomic.Int64
@@ -31,12 +34,17 @@ type Sink struct {
 }
 
 // Start listens on a free loopback port; secret is the component secret.
-func Start(secret string) (*Sink, error) {
+func Start(secret string) (*Sink, error) { return StartRecording(secret, nil) }
+
+// StartRecording is Start with onTo called for every message stanza with its
+// `to` attribute, from the connection's goroutine (it must be safe for
+// concurrent use when the sender has several connections).
+func StartRecording(secret string, onTo func(to []byte)) (*Sink, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	s := &Sink{ln: ln, secret: secret, conns: map[net.Conn]struct{}{}}
+	s := &Sink{ln: ln, secret: secret, onTo: onTo, conns: map[net.Conn]struct{}{}}
 	s.wg.Go(s.accept)
 	return s, nil
 }
@@ -86,8 +94,33 @@ func (s *Sink) accept() {
 
 var (
 	msgEnd   = []byte("</message>")
+	msgHead  = []byte("<message")
 	pingHead = []byte("<iq type='get' id='")
 )
+
+// eachTo calls fn with the `to` of every message start tag in p.
+func eachTo(p []byte, fn func([]byte)) {
+	for {
+		i := bytes.Index(p, msgHead)
+		if i < 0 {
+			return
+		}
+		p = p[i+len(msgHead):]
+		end := bytes.IndexByte(p, '>')
+		if end < 0 {
+			return
+		}
+		tag := p[:end]
+		if j := bytes.Index(tag, []byte(" to=")); j >= 0 && j+5 < len(tag) {
+			q := tag[j+4]
+			v := tag[j+5:]
+			if k := bytes.IndexByte(v, q); k >= 0 {
+				fn(v[:k])
+			}
+		}
+		p = p[end:]
+	}
+}
 
 func (s *Sink) serve(c net.Conn) error {
 	br := bufio.NewReaderSize(c, 64<<10)
@@ -136,6 +169,9 @@ func (s *Sink) serve(c net.Conn) error {
 			if last >= 0 {
 				done := buf[:last+1]
 				s.stanzas.Add(int64(bytes.Count(done, msgEnd)))
+				if s.onTo != nil {
+					eachTo(done, s.onTo)
+				}
 				reply = reply[:0]
 				for rest := done; ; {
 					i := bytes.Index(rest, pingHead)

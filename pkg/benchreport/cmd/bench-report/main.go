@@ -1,0 +1,74 @@
+// Command bench-report is `make bench`'s bookkeeping:
+//
+//	bench-report gotest < go-test-bench-output   # record go test -bench figures in $ANNOUNCER_BENCH_OUT
+//	bench-report compare OLD.json NEW.json       # two runs side by side
+//	bench-report compare DIR                     # the two newest runs in DIR
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/announcer/announcer/pkg/benchreport"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-report:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdin io.Reader, stdout io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("usage: bench-report gotest | compare OLD NEW | compare DIR")
+	}
+	switch args[0] {
+	case "gotest":
+		b, err := io.ReadAll(stdin)
+		if err != nil {
+			return err
+		}
+		_, _ = stdout.Write(b) // the figures stay visible in the terminal
+		return benchreport.Record(benchreport.GoBench(string(b)))
+	case "compare":
+		paths := args[1:]
+		if len(paths) == 1 {
+			var err error
+			if paths, err = newestTwo(paths[0]); err != nil {
+				return err
+			}
+		}
+		if len(paths) != 2 {
+			return fmt.Errorf("compare takes two run files, or a directory")
+		}
+		a, err := benchreport.Load(paths[0])
+		if err != nil {
+			return err
+		}
+		b, err := benchreport.Load(paths[1])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s → %s\n", paths[0], paths[1])
+		return benchreport.Compare(stdout, a, b)
+	}
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+// newestTwo are the two newest timestamped runs in dir (run-*.json).
+func newestTwo(dir string) ([]string, error) {
+	m, err := filepath.Glob(filepath.Join(dir, "run-*.json"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(m) // the names carry a sortable UTC timestamp
+	if len(m) < 2 {
+		return nil, fmt.Errorf("%s holds %d runs (%s); run make bench twice", dir, len(m), strings.Join(m, ", "))
+	}
+	return m[len(m)-2:], nil
+}
