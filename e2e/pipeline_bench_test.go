@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -89,14 +90,17 @@ func TestBenchPipeline(t *testing.T) {
 	b.startServices(1_000_000)
 	const runs = 3
 	var took, firstAt []float64
+	procs := b.processes()
 	for run := range runs + 1 { // run 0 warms up (connections, caches, JIT of the servers)
+		cpu0 := cpuOf(procs)
 		d, first := b.announce(ctx, fmt.Sprintf("run %d", run), b.onlineCount(), 3*time.Minute)
 		if run == 0 {
 			t.Logf("warm-up: %.2fs", d.Seconds())
 			continue
 		}
 		took, firstAt = append(took, d.Seconds()), append(firstAt, first.Seconds())
-		t.Logf("run %d: POST → last of %d stanzas counted %.3fs (first after %.3fs), each recipient once", run, b.onlineCount(), d.Seconds(), first.Seconds())
+		t.Logf("run %d: POST → last of %d stanzas counted %.3fs (first after %.3fs), each recipient once; CPU seconds: %s",
+			run, b.onlineCount(), d.Seconds(), first.Seconds(), cpuDiff(procs, cpu0, cpuOf(procs)))
 	}
 	rss := b.peakRSS()
 	slices.Sort(took)
@@ -159,6 +163,11 @@ func (b *pipelineBench) seed(ctx context.Context) {
 		})
 	}
 	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	// Fresh statistics, as a table that grew over time has: the keyset pages
+	// must use the channel's index.
+	if _, err := s.db.ExecContext(ctx, "ANALYZE TABLE ws_channel_members"); err != nil {
 		t.Fatal(err)
 	}
 	pipe := b.rdb.Pipeline()
@@ -333,9 +342,16 @@ func (b *pipelineBench) announce(ctx context.Context, label string, want int, ti
 	start := time.Now()
 	b.s.announce("/v1/announce/channel", map[string]any{"channel_id": 1, "message": b64(fmt.Sprintf(benchTemplate, label))})
 	deadline := start.Add(timeout)
+	trace := os.Getenv("ANNOUNCER_BENCH_TRACE") != ""
+	next := start.Add(250 * time.Millisecond)
 	for b.total.Load() < int64(want) {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			b.t.Fatalf("%s: %d of %d stanzas after %s", label, b.total.Load(), want, timeout)
+		}
+		if trace && time.Now().After(next) {
+			b.t.Logf("%s +%.2fs: %d stanzas; fanout tasks done %v, batches acked %v", label, time.Since(start).Seconds(), b.total.Load(),
+				b.s.metric("fanout", "announcer_fanout_task_seconds_count"), b.s.metric("fanout", "announcer_fanout_batches_total"))
+			next = next.Add(250 * time.Millisecond)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -378,6 +394,64 @@ func (b *pipelineBench) midway(ctx context.Context, priority string, rate int) t
 	took := time.Since(start)
 	testkit.Eventually(b.t, 5*time.Minute, "the rest of the channel", func() bool { return b.total.Load() >= int64(want) })
 	return took
+}
+
+// processes are the pids whose CPU time a run reports: the services, the
+// stack's servers, and this test process (the sinks and their counting).
+func (b *pipelineBench) processes() map[string]int {
+	out := map[string]int{"bench+sinks": os.Getpid()}
+	for name, svc := range b.s.byName {
+		out[name] = svc.cmd.Process.Pid
+	}
+	if b.s.env.StackScript != "" {
+		st, err := exec.Command("bash", b.s.env.StackScript, "status").Output()
+		if err == nil {
+			for _, line := range strings.Split(string(st), "\n") {
+				f := strings.Fields(line)
+				if len(f) >= 4 && f[2] == "pid" {
+					if pid, err := strconv.Atoi(f[3]); err == nil {
+						out[f[0]] = pid
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+// cpuOf reads utime+stime (seconds) of each process.
+func cpuOf(procs map[string]int) map[string]float64 {
+	out := map[string]float64{}
+	for name, pid := range procs {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(raw)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		out[name] = (ut + st) / 100
+	}
+	return out
+}
+
+func cpuDiff(procs map[string]int, a, b map[string]float64) string {
+	names := make([]string, 0, len(procs))
+	for n := range procs {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var parts []string
+	for _, n := range names {
+		if d := b[n] - a[n]; d >= 0.01 {
+			parts = append(parts, fmt.Sprintf("%s %.2f", n, d))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // peakRSS reads each service's VmHWM (KiB) from /proc.

@@ -119,6 +119,11 @@ type Batch struct {
 	Version        int       `json:"version,omitempty"`  // as Event.Version
 }
 
+// HeaderPersist repeats a delivery batch's persist flag ("1" or "0") in a
+// record header, so the archiver passes over the batches it does not store
+// without decoding them. The value's field stays the reference.
+const HeaderPersist = "x-announcer-persist"
+
 // Key spreads batches of one announcement over partitions (and so over sender replicas).
 func (b *Batch) Key() []byte {
 	return fmt.Appendf(nil, "%s/%d/%d", b.AnnouncementID, b.Shard, b.Seq)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
@@ -67,9 +68,18 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		Progress:   tracker,
 	}, store, log, archive.NewMetrics(rt.Metrics()))
 
+	decoded := stage.Decoded(announcement.NewDecoder(rt.Metrics()).Batch, archiver.Archive)
 	rt.Consume(stage.Input{
 		Name: "deliveries", Group: cfg.Archiver.GroupName, Topics: deliveries,
-		Handle: stage.Decoded(announcement.NewDecoder(rt.Metrics()).Batch, archiver.Archive),
+		Handle: func(ctx context.Context, m kafka.Message) error {
+			// Most batches are not persisted: their header says so, and
+			// decoding a thousand recipients to learn it is wasted work.
+			if persisted(m) == "0" {
+				archiver.NotPersisted()
+				return nil
+			}
+			return decoded(ctx, m)
+		},
 		ConsumerOptions: stage.ConsumerOptions{
 			MaxInFlight: maxInFlight, DrainTimeout: drainTimeout,
 			Retry: backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second},
@@ -82,4 +92,14 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	}
 	log.Info().Strs("topics", deliveries).Strs("storage", storeTopics).Msg("archiver configured")
 	return rt.Run(ctx)
+}
+
+// persisted is the batch's persist header ("" for records written before it existed).
+func persisted(m kafka.Message) string {
+	for _, h := range m.Headers {
+		if h.Key == announcement.HeaderPersist {
+			return string(h.Value)
+		}
+	}
+	return ""
 }

@@ -123,6 +123,10 @@ func (r *rig) produce(t *testing.T, node string, batches ...any) {
 			}
 		case string:
 			v = []byte(b)
+		case kafka.Message: // as it is, headers included
+			b.Topic = r.cfg.DeliveriesTopic(node)
+			msgs = append(msgs, b)
+			continue
 		}
 		msgs = append(msgs, kafka.Message{Topic: r.cfg.DeliveriesTopic(node), Key: []byte(node), Value: v})
 	}
@@ -206,10 +210,13 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 			Recipients: []string{"u1", "not valid", "u3@example.org/r"}},
 		"{not json")
 	r.produce(t, "node2",
-		&announcement.Batch{AnnouncementID: "a2", Persist: false, Template: tmpl, Recipients: []string{"nobody"}})
+		&announcement.Batch{AnnouncementID: "a2", Persist: false, Template: tmpl, Recipients: []string{"nobody"}},
+		// A batch whose header says "not persisted" is passed over without being decoded.
+		kafka.Message{Key: []byte("node2"), Value: []byte("{not decoded"),
+			Headers: []kafka.Header{{Key: announcement.HeaderPersist, Value: []byte("0")}}})
 	sr.readUntil(t, 2, 20*time.Second)
 	testkit.Eventually(t, 20*time.Second, "node1 and node2 committed", func() bool {
-		return r.committed(t, "node1") == 2 && r.committed(t, "node2") == 1
+		return r.committed(t, "node1") == 2 && r.committed(t, "node2") == 2
 	})
 
 	// Outage: no storage connection can be made, existing ones are cut.
@@ -224,8 +231,8 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 	if len(sr.got) != 2 {
 		t.Fatalf("records appeared during the outage: %v", sr.got)
 	}
-	if got := r.committed(t, "node2"); got != 1 {
-		t.Fatalf("node2 committed %d during the outage, want 1 (the batch must wait)", got)
+	if got := r.committed(t, "node2"); got != 2 {
+		t.Fatalf("node2 committed %d during the outage, want 2 (the batch must wait)", got)
 	}
 
 	r.proxy.Set(tcpproxy.Forward)
@@ -236,7 +243,7 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 		}
 	})
 	sr.readUntil(t, 5, 30*time.Second)
-	testkit.Eventually(t, 20*time.Second, "node2 committed after the outage", func() bool { return r.committed(t, "node2") == 2 })
+	testkit.Eventually(t, 20*time.Second, "node2 committed after the outage", func() bool { return r.committed(t, "node2") == 3 })
 
 	want := map[string]string{
 		"u1@localhost":     rendered("u1@localhost", 0),
@@ -266,7 +273,7 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 	t.Logf("%d records for %d recipients (duplicates from retried writes are allowed)", sr.n, len(want))
 
 	code, body := testkit.Get(t, a.debug+"/metrics")
-	if code != http.StatusOK || !strings.Contains(body, `announcer_archiver_batches_total{outcome="not_persisted"} 1`) ||
+	if code != http.StatusOK || !strings.Contains(body, `announcer_archiver_batches_total{outcome="not_persisted"} 2`) ||
 		!strings.Contains(body, `announcer_archiver_dead_letters_total{reason="undecodable"} 1`) {
 		t.Errorf("metrics:\n%s", grep(body, "announcer_archiver"))
 	}

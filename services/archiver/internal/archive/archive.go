@@ -78,6 +78,10 @@ func New(opt Options, store Store, log zerolog.Logger, m *Metrics) *Archiver {
 	return &Archiver{opt: opt, store: store, log: log.With().Str("component", "archive").Logger(), m: m}
 }
 
+// NotPersisted counts a batch passed over without being decoded (its
+// record header says it is not to be persisted).
+func (a *Archiver) NotPersisted() { a.m.batches.WithLabelValues("not_persisted").Inc() }
+
 // Archive stores b's rendered stanzas if b is to be persisted. It returns nil
 // once they are stored (or there is nothing to store), a
 // *announcement.BadRecordError when they never can be, or ctx's error.

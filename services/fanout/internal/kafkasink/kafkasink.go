@@ -14,6 +14,8 @@ import (
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 )
 
+var persistYes, persistNo = []byte("1"), []byte("0")
+
 // Writer is a producer (a *kafkabus.Writer).
 type Writer interface {
 	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
@@ -64,7 +66,12 @@ func (p *Sink) WriteBatches(ctx context.Context, batches []announcement.Batch) e
 		if err != nil {
 			return fmt.Errorf("kafka: encode batch: %w", err)
 		}
-		msgs[i] = kafka.Message{Topic: topic, Key: b.Key(), Value: v}
+		persist := persistNo
+		if b.Persist {
+			persist = persistYes
+		}
+		msgs[i] = kafka.Message{Topic: topic, Key: b.Key(), Value: v,
+			Headers: []kafka.Header{{Key: announcement.HeaderPersist, Value: persist}}}
 	}
 	if err := p.batches.WriteMessages(ctx, msgs...); err != nil {
 		var we kafka.WriteErrors

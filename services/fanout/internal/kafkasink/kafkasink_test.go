@@ -63,6 +63,10 @@ func TestSinkAgainstKafka(t *testing.T) {
 		if string(msgs[0].Key) != string(batches[i].Key()) || b.Seq != batches[i].Seq || len(b.Recipients) != len(batches[i].Recipients) || !b.CreatedAt.Equal(now) {
 			t.Fatalf("%s: got %+v key %s", node, b, msgs[0].Key)
 		}
+		want := map[bool]string{true: "1", false: "0"}[b.Persist]
+		if len(msgs[0].Headers) != 1 || msgs[0].Headers[0].Key != announcement.HeaderPersist || string(msgs[0].Headers[0].Value) != want {
+			t.Fatalf("%s: headers %v, want %s = %q", node, msgs[0].Headers, announcement.HeaderPersist, want)
+		}
 	}
 
 	// Shard tasks spread over the partitions (round robin), so several workers share a channel.
