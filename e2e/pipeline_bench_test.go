@@ -120,6 +120,18 @@ func TestBenchPipeline(t *testing.T) {
 	t.Logf("pipeline, %d members (%d online, 2 nodes): median %.3fs, first stanza %.3fs; peak RSS %v KiB",
 		members, b.onlineCount(), took[runs/2], firstAt[runs/2], rss)
 
+	// A preview of the same channel: counted by fanout, nothing sent.
+	b.reset()
+	pstart := time.Now()
+	code, _, raw := s.call("POST", "/v1/announce/channel", map[string]any{"channel_id": 1, "dry_run": true,
+		"message": b64(fmt.Sprintf(benchTemplate, "preview"))})
+	preview := time.Since(pstart)
+	if code != 200 || !strings.Contains(string(raw), fmt.Sprintf(`"online":%d`, b.onlineCount())) || b.total.Load() != 0 {
+		t.Fatalf("preview: %d %s (%d stanzas sent)", code, raw, b.total.Load())
+	}
+	figures["preview_"+label+"_seconds"] = benchreport.Figure{Value: preview.Seconds(), Note: "POST with dry_run until the 200 with members, online and per-node counts"}
+	t.Logf("preview of the %d-member channel answered in %.3fs", members, preview.Seconds())
+
 	// The priority lane: senders rate-limited so that the channel takes ~8 s.
 	rate := max(b.onlineCount()/16/2, 100) // per connection: 2 connections on each of 2 nodes
 	b.restartSenders(rate)

@@ -159,22 +159,31 @@ func GoBench(out string) map[string]Figure {
 	return figures
 }
 
-// snake turns CamelCase and punctuation into lower_snake_case.
+// snake turns CamelCase (acronyms kept whole: JIDAndRender is
+// jid_and_render) and punctuation into lower_snake_case.
 func snake(s string) string {
+	r := []rune(s)
 	var b strings.Builder
-	for i, c := range s {
+	sep := func() {
+		if b.Len() > 0 && !strings.HasSuffix(b.String(), "_") {
+			b.WriteByte('_')
+		}
+	}
+	upper := func(c rune) bool { return c >= 'A' && c <= 'Z' }
+	lower := func(c rune) bool { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') }
+	for i, c := range r {
 		switch {
-		case c >= 'A' && c <= 'Z':
-			if i > 0 && !strings.HasSuffix(b.String(), "_") {
-				b.WriteByte('_')
+		case upper(c):
+			// A word starts at an upper case letter after a lower case one, or
+			// at the last capital of an acronym followed by lower case.
+			if i > 0 && (lower(r[i-1]) || (upper(r[i-1]) && i+1 < len(r) && lower(r[i+1]))) {
+				sep()
 			}
 			b.WriteRune(c + 'a' - 'A')
-		case (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'):
+		case lower(c):
 			b.WriteRune(c)
 		default:
-			if b.Len() > 0 && !strings.HasSuffix(b.String(), "_") {
-				b.WriteByte('_')
-			}
+			sep()
 		}
 	}
 	return strings.Trim(b.String(), "_")

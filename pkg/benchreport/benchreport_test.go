@@ -37,6 +37,15 @@ func TestRecordMergesAndCompares(t *testing.T) {
 	}
 }
 
+func TestSnake(t *testing.T) {
+	for in, want := range map[string]string{"AppendJIDAndRender": "append_jid_and_render", "MB_per_s": "mb_per_s",
+		"ns_per_op": "ns_per_op", "RenderSprintfReplaceAll": "render_sprintf_replace_all", "Parse2X": "parse2_x"} {
+		if got := snake(in); got != want {
+			t.Errorf("snake(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 func TestGoBench(t *testing.T) {
 	got := GoBench("goos: linux\nBenchmarkRenderTemplate-2   \t 2000000\t 59.10 ns/op\t 0 B/op\t 0 allocs/op\nPASS\n")
 	if got["go_render_template_ns_per_op"].Value != 59.1 || got["go_render_template_allocs_per_op"].Value != 0 ||
