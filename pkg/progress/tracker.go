@@ -216,6 +216,9 @@ func (t *Tracker) evictLocked(now time.Time) {
 // pipelineOps bounds the updates sent in one pipeline.
 const pipelineOps = 256
 
+// lingerFor is how long an update waits for others to share its pipeline.
+const lingerFor = 5 * time.Millisecond
+
 // Run sends queued updates until ctx ends, then flushes what is queued
 // (bounded by FlushTimeout). Failed updates are retried with backoff.
 func (t *Tracker) Run(ctx context.Context) error {
@@ -225,6 +228,8 @@ func (t *Tracker) Run(ctx context.Context) error {
 	}
 	batch := make([]op, 0, pipelineOps)
 	policy := backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -232,7 +237,21 @@ func (t *Tracker) Run(ctx context.Context) error {
 		case o := <-t.ops:
 			batch = append(batch[:0], o)
 		}
-		batch = t.drain(batch)
+		// Updates come one per batch: waiting a few milliseconds for more
+		// turns a round trip per batch into one per pipeline.
+		linger.Reset(lingerFor)
+	collect:
+		for len(batch) < pipelineOps {
+			select {
+			case o := <-t.ops:
+				batch = append(batch, o)
+			case <-linger.C:
+				break collect
+			case <-ctx.Done():
+				break collect
+			}
+		}
+		linger.Stop()
 		for attempt := 0; len(batch) > 0; attempt++ {
 			batch = t.send(ctx, batch)
 			if len(batch) == 0 {

@@ -186,17 +186,10 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 	}
 	sc := s.bufs.Get().(*scratch)
 	defer s.bufs.Put(sc)
-	valid := 0
-	for _, user := range b.Recipients {
-		if j, err := stanza.AppendJID(sc.jid[:0], user, s.opt.UserDomain); err == nil && len(j) > 0 {
-			valid++
-		}
-	}
-	if invalid := len(b.Recipients) - valid; invalid > 0 {
-		s.m.invalid.Add(float64(invalid))
-	}
-	st := &steps{batch: &b, key: progress.BatchKey(&b), digest: "-"}
-	if valid == 0 {
+	st := &steps{batch: &b, key: progress.BatchKey(&b), digest: "-", m: s.m}
+	// A batch with no valid recipient needs no connection. Looking for the
+	// first valid one costs one JID for a normal batch.
+	if !anyValid(b.Recipients, s.opt.UserDomain, sc) {
 		st.invalid = len(b.Recipients)
 		st.done(p, len(b.Recipients))
 		s.m.batches.WithLabelValues("empty").Inc()
@@ -271,6 +264,15 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 	}
 }
 
+func anyValid(recipients []string, domain string, sc *scratch) bool {
+	for _, user := range recipients {
+		if j, err := stanza.AppendJID(sc.jid[:0], user, domain); err == nil && len(j) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // steps is a batch's way through its fences: recipients before from are
 // fenced (processed by ejabberd), and every fence is recorded as a step.
 type steps struct {
@@ -283,19 +285,24 @@ type steps struct {
 	invalid   int // invalid recipients passed since the last fence
 	written   int // stanzas written since the last fence, for the record of a resend
 	cancelled bool
+	m         *Metrics
 }
 
-// done records the fence of everything up to pos.
+// done records the fence of everything up to pos; the invalid recipients
+// of the step are counted here, once, whatever the attempts before.
 func (st *steps) done(p Progress, pos int) {
 	p.Fenced(st.batch.AnnouncementID, progress.Step{Batch: st.key, Pos: pos, Len: len(st.batch.Recipients),
 		Confirmed: st.sent, Invalid: st.invalid, Written: st.written, Digest: st.digest})
+	if st.invalid > 0 {
+		st.m.invalid.Add(float64(st.invalid))
+	}
 	st.from, st.sent, st.invalid, st.written = pos, 0, 0, 0
 }
 
 // send renders the batch from its last fence chunk by chunk onto link,
-// paced by the link's limiter, and fences (in steps when it is slow).
-// Invalid recipients are skipped (counted by Deliver): a username is never
-// sent raw.
+// paced by the link's limiter, and fences (in steps when it is slow). Each
+// recipient's JID is built once per attempt; an invalid one is skipped and
+// counted with its step: a username is never sent raw.
 func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st *steps, sc *scratch) error {
 	lim := s.limiters[link.Slot()%len(s.limiters)]
 	var timer *time.Timer
@@ -370,8 +377,12 @@ func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st 
 		st.written += k
 		s.m.sent.Add(float64(k))
 	}
-	if err := link.Fence(ctx); err != nil {
-		return err
+	// Nothing written since the last fence (every recipient invalid, say):
+	// nothing to prove.
+	if st.written > 0 {
+		if err := link.Fence(ctx); err != nil {
+			return err
+		}
 	}
 	// i is n, or where a cancel stopped the batch.
 	st.done(s.opt.Progress, i)
