@@ -9,7 +9,7 @@ STACK   := bash scripts/stack/stack.sh
 # Integration tests fail (not skip) when the stack is missing.
 TESTENV := eval "$$($(STACK) env)" && export ANNOUNCER_REQUIRE_STACK=1
 
-.PHONY: all build test unit lint fmt vet staticcheck run bench bench-compare fuzz stack-up stack-down stack-status tidy clean
+.PHONY: all build test unit lint fmt vet staticcheck run bench bench-compare faults fuzz stack-up stack-down stack-status tidy clean
 
 all: build
 
@@ -67,6 +67,15 @@ bench: stack-up
 ## bench-compare: the two newest runs side by side (or OLD=... NEW=... run files).
 bench-compare:
 	@cd pkg && go run ./benchreport/cmd/bench-report compare $(if $(OLD),$(abspath $(OLD)) $(abspath $(NEW)),$(CURDIR)/bench)
+
+## faults: every process killed (-9) and every dependency of the stack really restarted during a delivery,
+## plus a frozen connection, at two scales; prints the table and writes faults/latest.json (git-ignored).
+## About 10 minutes; it restarts the stack's own Kafka, MariaDB, Redis and ejabberd.
+FAULTS_RUN := faults/run-$(shell date -u +%Y%m%dT%H%M%SZ).json
+faults: stack-up
+	@mkdir -p faults && $(TESTENV) && \
+	(cd e2e && ANNOUNCER_FAULTS=1 ANNOUNCER_FAULTS_OUT=$(CURDIR)/$(FAULTS_RUN) go test -count=1 -timeout 20m -run '^TestFaults$$' -v .) && \
+	cp $(FAULTS_RUN) faults/latest.json && echo "fault table: faults/latest.json ($(FAULTS_RUN))"
 
 ## fuzz: a short run of every fuzz target (each FUZZTIME).
 FUZZTIME ?= 10s

@@ -48,12 +48,17 @@ type pipelineBench struct {
 	rdb     *redis.Client
 
 	sinks []*xmppsink.Sink
-	got   []atomic.Int32 // member index → stanzas received this run
-	vips  atomic.Int32   // stanzas for the VIP users received
-	first atomic.Int64   // unix ns of the first stanza of the run
-	total atomic.Int64
-	dups  atomic.Int64
-	other atomic.Int64 // stanzas for nobody of this benchmark
+	// Set by the fault suite (zero: the benchmark's values): each node's
+	// address when it is not its sink's, and the sizes of the config.
+	addrs              []string
+	page, batch, shard int
+	fenceTimeout       string
+	got                []atomic.Int32 // member index → stanzas received this run
+	vips               atomic.Int32   // stanzas for the VIP users received
+	first              atomic.Int64   // unix ns of the first stanza of the run
+	total              atomic.Int64
+	dups               atomic.Int64
+	other              atomic.Int64 // stanzas for nobody of this benchmark
 }
 
 func envInt(name string, def int) int {
@@ -252,7 +257,21 @@ func (b *pipelineBench) config(rate int) string {
 	}
 	var nodes strings.Builder
 	for i, sk := range b.sinks {
-		fmt.Fprintf(&nodes, "[[node]]\nname = \"node%d\"\naddress = %q\npresence_addresses = [%q]\n\n", i+1, sk.Addr(), benchAddr(i))
+		addr := sk.Addr()
+		if i < len(b.addrs) {
+			addr = b.addrs[i]
+		}
+		fmt.Fprintf(&nodes, "[[node]]\nname = \"node%d\"\naddress = %q\npresence_addresses = [%q]\n\n", i+1, addr, benchAddr(i))
+	}
+	or := func(v, def int) int {
+		if v > 0 {
+			return v
+		}
+		return def
+	}
+	fence := b.fenceTimeout
+	if fence == "" {
+		fence = "30s"
 	}
 	return fmt.Sprintf(`rest_api_port = %q
 debug_port = "127.0.0.1:0"
@@ -268,7 +287,7 @@ address = %q
 username = %q
 password = %q
 db = %q
-pagination_length = 5000
+pagination_length = %d
 
 [user-activity-redis]
 cluster_nodes = %q
@@ -297,11 +316,12 @@ partitions = 6
 
 [fanout]
 group_name = "%s_fanout"
-batch_size = 1000
-shard_size = 100000
+batch_size = %d
+shard_size = %d
 
 [sender]
 group_prefix = "%s_sender_"
+fence_timeout = %q
 
 [archiver]
 group_name = "%s_archiver"
@@ -309,8 +329,8 @@ group_name = "%s_archiver"
 [progress]
 key_prefix = "%s:"
 
-%s`, s.rest, dsn.Addr, dsn.User, dsn.Passwd, s.p, s.env.RedisAddr, benchRedisDB, strings.Join(s.brokers, ","), s.p,
-		rate, benchSecret, strings.Join(s.brokers, ","), s.p, s.p, s.p, s.p, s.p, s.p, s.p, nodes.String())
+%s`, s.rest, dsn.Addr, dsn.User, dsn.Passwd, s.p, or(b.page, 5000), s.env.RedisAddr, benchRedisDB, strings.Join(s.brokers, ","), s.p,
+		rate, benchSecret, strings.Join(s.brokers, ","), s.p, s.p, s.p, s.p, or(b.batch, 1000), or(b.shard, 100000), s.p, fence, s.p, s.p, nodes.String())
 }
 
 func (b *pipelineBench) writeConfig(name, text string) string {

@@ -40,9 +40,9 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		binDir = dir
-		// Tests run the services with the race detector; the benchmark as they run in production.
+		// Tests run the services with the race detector; the benchmark and the fault suite as they run in production.
 		race := []string{"-race"}
-		if os.Getenv("ANNOUNCER_BENCH") == "1" {
+		if os.Getenv("ANNOUNCER_BENCH") == "1" || os.Getenv("ANNOUNCER_FAULTS") == "1" {
 			race = nil
 		}
 		for _, s := range []string{"ingress", "fanout", "sender", "archiver"} {
@@ -102,6 +102,9 @@ type options struct {
 	pagination int
 	batch      int
 	shard      int
+	// via, when set, gives the address a sender dials for a node's listener
+	// (a proxy in front of it).
+	via func(addr string) string
 }
 
 // deadline bounds the rest of the test.
@@ -229,6 +232,9 @@ func (s *system) startServices(o options) {
 			}
 			if self.node == n {
 				addr = env.AddrFor(self.domain)
+			}
+			if o.via != nil {
+				addr = o.via(addr)
 			}
 			fmt.Fprintf(&b, "[[node]]\nname = %q\naddress = %q\npresence_addresses = [%q]\n\n", n, addr, s.presence(n))
 		}

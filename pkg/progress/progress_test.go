@@ -371,6 +371,59 @@ func TestTrackerWaitsOutARedisOutage(t *testing.T) {
 	}
 }
 
+// A fanout task that starts while Redis is away goes on without the store's
+// answers; its begin and shard count wait in the queue, so the record is
+// created, listed and reaches done once Redis is back, whatever the order in
+// which the queued updates land.
+func TestBeginAndPlanDuringARedisOutage(t *testing.T) {
+	env := stacktest.Get(t)
+	proxy := tcpproxy.New(t, env.RedisAddr, tcpproxy.Forward)
+	f := newFixture(t, proxy.Addr(), false)
+	ctx := context.Background()
+	ev := event("begin-outage", announcement.KindChannel)
+	proxy.Set(tcpproxy.Refuse)
+	proxy.KillAll()
+	if _, _, err := f.tracker.Begin(ctx, ev); err == nil {
+		t.Fatal("begin succeeded with Redis away")
+	}
+	if err := f.tracker.Plan(ctx, ev.ID, 1, false); err == nil {
+		t.Fatal("plan succeeded with Redis away")
+	}
+	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 2, Online: 2, Recipients: 2, Batches: 1})
+	f.tracker.Emitted(ev.ID, 0, 1)
+	f.tracker.Fenced(ev.ID, whole(batch(ev.ID, 0, 0, "u1", "u2")))
+	proxy.Set(tcpproxy.Forward)
+	a := f.until(t, ev.ID, "done after the outage", func(a Announcement) bool { return a.State == StateDone })
+	if a.Stanzas.Confirmed != 2 || a.Times.Resolving == nil || a.Kind != "channel" {
+		t.Fatalf("after the outage: %+v", a)
+	}
+	list, err := f.store.List(ctx, "", 10)
+	if err != nil || len(list) != 1 || list[0].ID != ev.ID {
+		t.Fatalf("list after the outage: %v %+v", err, list)
+	}
+
+	// The plan may land after everything else: it completes the record itself.
+	late := event("plan-last", announcement.KindUsers)
+	if _, _, err := f.store.Begin(ctx, late); err != nil {
+		t.Fatal(err)
+	}
+	f.tracker.ShardDone(late.ID, 0, ShardCounts{Members: 1, Online: 1, Recipients: 1, Batches: 1})
+	f.tracker.Emitted(late.ID, 0, 1)
+	f.tracker.Fenced(late.ID, whole(batch(late.ID, 0, 0, "u1")))
+	testkit.Eventually(t, 5*time.Second, "the updates before the plan", func() bool {
+		return f.get(t, late.ID).Stanzas.Confirmed == 1
+	})
+	if a := f.get(t, late.ID); a.State == StateDone {
+		t.Fatalf("done without a shard count: %+v", a)
+	}
+	if err := f.store.Plan(ctx, late.ID, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if a := f.get(t, late.ID); a.State != StateDone {
+		t.Fatalf("a late plan left the record %s", a.State)
+	}
+}
+
 // Every script keeps to its record's slot: the lifecycle runs on a Redis
 // Cluster, which refuses a script touching keys of two slots.
 func TestOnARedisCluster(t *testing.T) {

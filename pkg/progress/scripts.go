@@ -76,6 +76,7 @@ return {redis.call('HGET', rec, 'state'), created, done}
 var scriptPlan = redis.NewScript(prelude + `
 redis.call('HSETNX', rec, 'shards_total', ARGV[3])
 if ARGV[4] == '1' then redis.call('HSET', rec, 'split', '1') end
+complete() -- a plan queued while Redis was away may arrive after the rest
 touch()
 return 1
 `)

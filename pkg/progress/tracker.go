@@ -46,6 +46,9 @@ type op struct {
 	script *redis.Script
 	id     string
 	args   []any
+	// indexAt, when set, also lists the announcement (created at that unix
+	// millisecond) in the index: a record first written by a queued update.
+	indexAt int64
 }
 
 type cancelEntry struct {
@@ -87,8 +90,12 @@ func (t *Tracker) enqueue(sc *redis.Script, id string, args ...any) {
 	if t.store == nil {
 		return
 	}
+	t.enqueueOp(op{script: sc, id: id, args: append(t.store.head(), args...)})
+}
+
+func (t *Tracker) enqueueOp(o op) {
 	select {
-	case t.ops <- op{script: sc, id: id, args: append(t.store.head(), args...)}:
+	case t.ops <- o:
 	default:
 		t.m.dropped.Inc()
 	}
@@ -139,20 +146,33 @@ func (t *Tracker) Persisted(id, batch string, n int) { t.enqueue(scriptPersisted
 // Finish ends an announcement as rejected or failed, with the reason.
 func (t *Tracker) Finish(id, state, reason string) { t.enqueue(scriptFinish, id, state, reason) }
 
-// Begin is Store.Begin; without a store it says "go on".
+// Begin is Store.Begin; without a store it says "go on". When the store
+// fails, the task goes on without its answer (at-least-once: a copy is then
+// resolved again) and the update waits in the queue, so the record still
+// says resolving, and is listed, once Redis is back.
 func (t *Tracker) Begin(ctx context.Context, ev *announcement.Event) (state string, finished bool, err error) {
 	if t.store == nil {
 		return "", false, nil
 	}
-	return t.store.Begin(ctx, ev)
+	state, finished, err = t.store.Begin(ctx, ev)
+	if err != nil {
+		t.enqueueOp(op{script: scriptBegin, id: ev.ID, args: append(append(t.store.head(), Unit(ev)), describe(ev)...),
+			indexAt: max(ev.CreatedAt.UnixMilli(), 1)})
+	}
+	return state, finished, err
 }
 
-// Plan is Store.Plan.
+// Plan is Store.Plan; a failed one waits in the queue (without the shard
+// count the record could never be done).
 func (t *Tracker) Plan(ctx context.Context, id string, shards int, split bool) error {
 	if t.store == nil {
 		return nil
 	}
-	return t.store.Plan(ctx, id, shards, split)
+	err := t.store.Plan(ctx, id, shards, split)
+	if err != nil {
+		t.enqueue(scriptPlan, id, shards, flag(split))
+	}
+	return err
 }
 
 // Position is Store.Position; 0 without a store.
@@ -305,9 +325,13 @@ func (t *Tracker) send(ctx context.Context, batch []op) []op {
 	}
 	for try := 0; try < 2; try++ {
 		cmds := make([]*redis.Cmd, len(batch))
+		index := make([]*redis.IntCmd, len(batch))
 		_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, o := range batch {
 				cmds[i] = o.script.EvalSha(ctx, p, []string{t.store.key(o.id)}, o.args...)
+				if o.indexAt != 0 {
+					index[i] = p.ZAdd(ctx, t.store.indexKey(), redis.Z{Score: float64(o.indexAt), Member: o.id})
+				}
 			}
 			return nil
 		})
@@ -315,7 +339,11 @@ func (t *Tracker) send(ctx context.Context, batch []op) []op {
 		noScript := false
 		var last error
 		for i, cmd := range cmds {
-			if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			err := cmd.Err()
+			if err == nil && index[i] != nil {
+				err = index[i].Err()
+			}
+			if err != nil && !errors.Is(err, redis.Nil) {
 				rest = append(rest, batch[i])
 				last = err
 				noScript = noScript || strings.HasPrefix(err.Error(), "NOSCRIPT")

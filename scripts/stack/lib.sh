@@ -56,50 +56,54 @@ read_pid() {
 # pid_cmdline PID: the process's argv joined with spaces.
 pid_cmdline() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true; }
 
-# port_open PORT: a TCP connect to 127.0.0.1:PORT succeeds.
+# port_open PORT [HOST]: a TCP connect to HOST (default 127.0.0.1):PORT succeeds.
 port_open() {
-  timeout 2 bash -c "exec 3<>/dev/tcp/$STACK_HOST/$1" 2>/dev/null
+  timeout 2 bash -c "exec 3<>/dev/tcp/${2:-$STACK_HOST}/$1" 2>/dev/null
 }
 
-# port_listeners PORT: ss lines of every TCP listener on PORT (any address).
+# port_listeners PORT [HOST]: ss lines of every TCP listener on PORT (any address, or HOST's only).
 port_listeners() {
-  ss -Hltnp "( sport = :$1 )" 2>/dev/null || true
+  if [[ -n "${2:-}" ]]; then
+    ss -Hltnp "( src $2:$1 )" 2>/dev/null || true
+  else
+    ss -Hltnp "( sport = :$1 )" 2>/dev/null || true
+  fi
 }
 
-# port_pids PORT: pids listening on PORT, one per line.
+# port_pids PORT [HOST]: pids listening on PORT, one per line.
 port_pids() {
-  port_listeners "$1" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u || true
+  port_listeners "$1" "${2:-}" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u || true
 }
 
-# describe_port PORT: human-readable "who holds this port".
+# describe_port PORT [HOST]: human-readable "who holds this port".
 describe_port() {
   local lines pid desc=""
-  lines=$(port_listeners "$1")
+  lines=$(port_listeners "$1" "${2:-}")
   if [[ -z "$lines" ]]; then
     printf 'nothing listening'
     return
   fi
-  for pid in $(port_pids "$1"); do
+  for pid in $(port_pids "$1" "${2:-}"); do
     desc+="pid $pid ($(pid_cmdline "$pid" | tr -s ' ' | sed 's/ $//' | cut -c1-160)); "
   done
   printf '%s | %s' "$(tr -s ' ' <<<"$lines" | tr '\n' ';')" "${desc:-process unknown}"
 }
 
-# check_port_free PORT WHAT [OURPID]: fails with a clear message when PORT is taken by a process
-# that is not OURPID (or by anything, when OURPID is empty).
+# check_port_free PORT WHAT [OURPID] [HOST]: fails with a clear message when PORT (on HOST only,
+# when given) is taken by a process that is not OURPID (or by anything, when OURPID is empty).
 check_port_free() {
-  local port="$1" what="$2" ourpid="${3:-}" listeners pid
-  listeners=$(port_listeners "$port")
+  local port="$1" what="$2" ourpid="${3:-}" host="${4:-}" listeners pid
+  listeners=$(port_listeners "$port" "$host")
   [[ -z "$listeners" ]] && return 0
-  for pid in $(port_pids "$port"); do
+  for pid in $(port_pids "$port" "$host"); do
     [[ -n "$ourpid" && "$pid" == "$ourpid" ]] && continue
     log "ERROR: port $port (needed by $what) is already in use by a process that is not ours:"
-    log "  $(describe_port "$port")"
+    log "  $(describe_port "$port" "$host")"
     return 1
   done
   # Listeners without a visible pid (another namespace or a kernel socket): not ours either.
-  if [[ -z "$(port_pids "$port")" ]]; then
-    log "ERROR: port $port (needed by $what) is already in use: $(describe_port "$port")"
+  if [[ -z "$(port_pids "$port" "$host")" ]]; then
+    log "ERROR: port $port (needed by $what) is already in use: $(describe_port "$port" "$host")"
     return 1
   fi
   return 0

@@ -33,7 +33,10 @@ type Proxy struct {
 	frozen bool
 	conns  map[net.Conn]struct{}
 	thaw   chan struct{}
-	wg     sync.WaitGroup
+	// stalled connections are never read or relayed again, until Close.
+	stalled map[net.Conn]bool
+	closed  chan struct{}
+	wg      sync.WaitGroup
 }
 
 // New listens on a free loopback port and relays to target in mode.
@@ -43,7 +46,8 @@ func New(t testing.TB, target string, mode Mode) *Proxy {
 	if err != nil {
 		t.Fatalf("proxy: %v", err)
 	}
-	p := &Proxy{ln: ln, target: target, mode: mode, conns: map[net.Conn]struct{}{}, thaw: make(chan struct{})}
+	p := &Proxy{ln: ln, target: target, mode: mode, conns: map[net.Conn]struct{}{}, thaw: make(chan struct{}),
+		stalled: map[net.Conn]bool{}, closed: make(chan struct{})}
 	p.wg.Go(p.accept)
 	t.Cleanup(p.Close)
 	return p
@@ -86,9 +90,29 @@ func (p *Proxy) Thaw() {
 	p.mu.Unlock()
 }
 
+// Stall makes every open connection a peer that accepted and never reads
+// again: what it relayed so far stays relayed, nothing more goes through in
+// either direction, and it is not closed (the client must notice by itself).
+// New connections are relayed as before.
+func (p *Proxy) Stall() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		p.stalled[c] = true
+	}
+	return len(p.conns)
+}
+
 // Close stops listening and closes every connection.
 func (p *Proxy) Close() {
 	_ = p.ln.Close()
+	p.mu.Lock()
+	select {
+	case <-p.closed:
+	default:
+		close(p.closed)
+	}
+	p.mu.Unlock()
 	p.KillAll()
 	p.Thaw()
 	p.wg.Wait()
@@ -107,6 +131,7 @@ func (p *Proxy) track(c net.Conn) bool {
 func (p *Proxy) untrack(c net.Conn) {
 	p.mu.Lock()
 	delete(p.conns, c)
+	delete(p.stalled, c)
 	p.mu.Unlock()
 	_ = c.Close()
 }
@@ -153,8 +178,12 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		if n > 0 {
 			for {
 				p.mu.Lock()
-				frozen, thaw := p.frozen, p.thaw
+				frozen, thaw, stalled := p.frozen, p.thaw, p.stalled[src] || p.stalled[dst]
 				p.mu.Unlock()
+				if stalled {
+					<-p.closed
+					return
+				}
 				if !frozen {
 					break
 				}

@@ -21,8 +21,8 @@ import (
 type Sink struct {
 	ln     net.Listener
 	secret string
-	// onTo, when set, gets each message's `to` attribute (valid during the call).
-	onTo func(to []byte)
+	// onMessage, when set, gets each message's `to` and `from` attributes (valid during the call).
+	onMessage func(to, from []byte)
 
 	stanzas atomic.Int64
 	pings   atomic.Int64
@@ -40,11 +40,20 @@ func Start(secret string) (*Sink, error) { return StartRecording(secret, nil) }
 // `to` attribute, from the connection's goroutine (it must be safe for
 // concurrent use when the sender has several connections).
 func StartRecording(secret string, onTo func(to []byte)) (*Sink, error) {
+	if onTo == nil {
+		return StartTagged(secret, nil)
+	}
+	return StartTagged(secret, func(to, _ []byte) { onTo(to) })
+}
+
+// StartTagged is StartRecording with the message's `from` as well: a test
+// that labels each announcement with a from resource tells them apart.
+func StartTagged(secret string, onMessage func(to, from []byte)) (*Sink, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	s := &Sink{ln: ln, secret: secret, onTo: onTo, conns: map[net.Conn]struct{}{}}
+	s := &Sink{ln: ln, secret: secret, onMessage: onMessage, conns: map[net.Conn]struct{}{}}
 	s.wg.Go(s.accept)
 	return s, nil
 }
@@ -98,8 +107,9 @@ var (
 	pingHead = []byte("<iq type='get' id='")
 )
 
-// eachTo calls fn with the `to` of every message start tag in p.
-func eachTo(p []byte, fn func([]byte)) {
+// eachMessage calls fn with the `to` and `from` (nil when absent) of every
+// message start tag in p that has a `to`.
+func eachMessage(p []byte, fn func(to, from []byte)) {
 	for {
 		i := bytes.Index(p, msgHead)
 		if i < 0 {
@@ -111,15 +121,26 @@ func eachTo(p []byte, fn func([]byte)) {
 			return
 		}
 		tag := p[:end]
-		if j := bytes.Index(tag, []byte(" to=")); j >= 0 && j+5 < len(tag) {
-			q := tag[j+4]
-			v := tag[j+5:]
-			if k := bytes.IndexByte(v, q); k >= 0 {
-				fn(v[:k])
-			}
+		if to := attr(tag, " to="); to != nil {
+			fn(to, attr(tag, " from="))
 		}
 		p = p[end:]
 	}
+}
+
+// attr is the value of the attribute that starts with name (" to=") in a
+// start tag, in either quote style, or nil.
+func attr(tag []byte, name string) []byte {
+	j := bytes.Index(tag, []byte(name))
+	if j < 0 || j+len(name)+1 >= len(tag) {
+		return nil
+	}
+	q := tag[j+len(name)]
+	v := tag[j+len(name)+1:]
+	if k := bytes.IndexByte(v, q); k >= 0 {
+		return v[:k]
+	}
+	return nil
 }
 
 func (s *Sink) serve(c net.Conn) error {
@@ -169,8 +190,8 @@ func (s *Sink) serve(c net.Conn) error {
 			if last >= 0 {
 				done := buf[:last+1]
 				s.stanzas.Add(int64(bytes.Count(done, msgEnd)))
-				if s.onTo != nil {
-					eachTo(done, s.onTo)
+				if s.onMessage != nil {
+					eachMessage(done, s.onMessage)
 				}
 				reply = reply[:0]
 				for rest := done; ; {

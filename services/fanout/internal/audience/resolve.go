@@ -151,7 +151,7 @@ func (r *Resolver) Resolve(ctx context.Context, ev announcement.Event) (Result, 
 	state, finished, err := r.progress.Begin(ctx, &ev)
 	if err != nil {
 		r.m.progressErrors.Inc()
-		r.warn.Warn().Err(err).Str("announcement", ev.ID).Msg("progress store: the task goes on unrecorded")
+		r.warn.Warn().Err(err).Str("announcement", ev.ID).Msg("progress store: the task goes on; its record is updated once the store is back")
 	}
 	switch {
 	case state == progress.StateCancelled:
@@ -213,7 +213,7 @@ func kindLabel(ev *announcement.Event) string {
 func (r *Resolver) plan(ctx context.Context, ev *announcement.Event, shards int, split bool) {
 	if err := r.progress.Plan(ctx, ev.ID, shards, split); err != nil {
 		r.m.progressErrors.Inc()
-		r.warn.Warn().Err(err).Str("announcement", ev.ID).Msg("progress store: shard count not recorded")
+		r.warn.Warn().Err(err).Str("announcement", ev.ID).Msg("progress store: the shard count waits in the queue")
 	}
 }
 

@@ -1,0 +1,490 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/announcer/announcer/pkg/testkit"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
+	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
+	"github.com/announcer/announcer/pkg/testkit/xmppsink"
+	"github.com/announcer/announcer/pkg/testkit/xmpptest"
+)
+
+// The fault suite (make faults): each fault is injected into a delivery in
+// progress, then the suite waits until every expected recipient has the
+// announcement and counts what arrived. Two scales: a channel of
+// ANNOUNCER_FAULTS_MEMBERS (100,000) members, half of them online over two
+// nodes, into counting XEP-0114 sinks that record every (announcement,
+// recipient); and the real ejabberd with ANNOUNCER_FAULTS_CLIENTS (1,000)
+// users logged in over c2s. Without ANNOUNCER_FAULTS=1 (make test) it runs a
+// short slice: the sink scale with 10,000 members, kill -9 of fanout and of
+// the sender.
+
+// faultRow is one line of the table (and of faults/latest.json).
+type faultRow struct {
+	Fault      string  `json:"fault"`
+	Scale      string  `json:"scale"`
+	Expected   int     `json:"expected"`
+	Received   int     `json:"received"` // distinct recipients that got it
+	Lost       int     `json:"lost"`
+	Duplicates int     `json:"duplicates"`
+	Bound      int     `json:"duplicate_bound"`
+	Recover    float64 `json:"recover_seconds"` // end of the fault → the last recipient served
+	Total      float64 `json:"total_seconds"`   // POST → the last recipient served
+	Detail     string  `json:"detail"`
+}
+
+const faultQuiet = 2 * time.Second // after the last recipient: late duplicates show here
+
+func TestFaults(t *testing.T) {
+	full := os.Getenv("ANNOUNCER_FAULTS") == "1"
+	var rows []faultRow
+	t.Run("Sink", func(t *testing.T) { rows = append(rows, sinkFaults(t, full)...) })
+	if full {
+		t.Run("Ejabberd", func(t *testing.T) { rows = append(rows, ejabberdFaults(t)...) })
+	}
+	var table bytes.Buffer
+	w := tabwriter.NewWriter(&table, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "fault\tscale\texpected\treceived\tlost\tduplicates\tbound\trecover s\ttotal s\t")
+	for _, r := range rows {
+		times := fmt.Sprintf("%.1f\t%.1f", r.Recover, r.Total)
+		if r.Total == 0 {
+			times = "-\t-" // a figure of the row above (the archiver's storage records)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t\n", r.Fault, r.Scale, r.Expected, r.Received, r.Lost, r.Duplicates, r.Bound, times)
+	}
+	_ = w.Flush()
+	t.Logf("fault table:\n%s", table.String())
+	for _, r := range rows {
+		t.Logf("%s: %s", r.Fault, r.Detail)
+	}
+	if out := os.Getenv("ANNOUNCER_FAULTS_OUT"); out != "" {
+		host, _ := os.Hostname()
+		b, err := json.MarshalIndent(map[string]any{"at": time.Now().UTC().Format(time.RFC3339), "host": host, "full": full, "rows": rows}, "", "  ")
+		if err == nil {
+			err = os.WriteFile(out, append(b, '\n'), 0o644)
+		}
+		if err != nil {
+			t.Errorf("write %s: %v", out, err)
+		}
+	}
+}
+
+// check fails the test when the row lost anything or exceeded its bound.
+func (r faultRow) check(t *testing.T) {
+	t.Helper()
+	if r.Lost != 0 || r.Duplicates > r.Bound {
+		t.Errorf("%s (%s): %d lost, %d duplicates (bound %d): %s", r.Fault, r.Scale, r.Lost, r.Duplicates, r.Bound, r.Detail)
+	}
+}
+
+// sinkRun counts one announcement's stanzas per member.
+type sinkRun struct {
+	got      []atomic.Int32
+	distinct atomic.Int64
+	total    atomic.Int64
+	astray   atomic.Int64 // stanzas for members that are offline
+	last     atomic.Int64 // unix ns of the latest first arrival
+}
+
+// sinkRig is the sink-scale system: the pipeline benchmark's seeded channel
+// and services, node1's sink behind a proxy that can stall its connections.
+type sinkRig struct {
+	t     *testing.T
+	b     *pipelineBench
+	s     *system
+	proxy *tcpproxy.Proxy
+	rate  int
+
+	mu     sync.RWMutex
+	runs   map[string]*sinkRun
+	nobody atomic.Int64 // stanzas of no run of this suite
+}
+
+func (r *sinkRig) onMessage(to, from []byte) {
+	_, label, _ := bytes.Cut(from, []byte("/"))
+	r.mu.RLock()
+	run := r.runs[string(label)]
+	r.mu.RUnlock()
+	local, _, _ := bytes.Cut(to, []byte("@"))
+	i, err := strconv.Atoi(string(bytes.TrimPrefix(local, []byte("bm"))))
+	if run == nil || err != nil || i < 0 || i >= len(run.got) {
+		r.nobody.Add(1)
+		return
+	}
+	run.total.Add(1)
+	if r.b.online[i] == 0 {
+		run.astray.Add(1)
+	}
+	if run.got[i].Add(1) == 1 {
+		run.distinct.Add(1)
+		run.last.Store(time.Now().UnixNano())
+	}
+}
+
+func sinkFaults(t *testing.T, full bool) []faultRow {
+	members := envInt("ANNOUNCER_FAULTS_MEMBERS", 100_000)
+	if !full {
+		members = 10_000
+	}
+	s := newBareSystem(t, options{nodes: []string{"node1", "node2"}})
+	ctx := s.deadline(20 * time.Minute)
+	b := &pipelineBench{t: t, s: s, members: members, got: make([]atomic.Int32, 0),
+		page: 200, batch: 500, shard: members / 10, fenceTimeout: "5s"}
+	b.rdb = redis.NewClient(&redis.Options{Addr: s.env.RedisAddr, DB: benchRedisDB})
+	t.Cleanup(func() { _ = b.rdb.FlushDB(context.Background()).Err(); _ = b.rdb.Close() })
+	r := &sinkRig{t: t, b: b, s: s, runs: map[string]*sinkRun{}}
+	b.seed(ctx)
+	for range 2 {
+		sk, err := xmppsink.StartTagged(benchSecret, r.onMessage)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sk.Close() })
+		b.sinks = append(b.sinks, sk)
+	}
+	r.proxy = tcpproxy.New(t, b.sinks[0].Addr(), tcpproxy.Forward)
+	b.addrs = []string{r.proxy.Addr(), b.sinks[1].Addr()}
+	// Paced so that the channel takes ~8 s: 2 nodes × 2 connections.
+	r.rate = max(b.onlineCount()/4/8, 50)
+	b.startServices(r.rate)
+
+	const (
+		inFlight = 4 // [sender] max_in_flight
+		logic    = 2 // logic_process_number
+	)
+	perShard := b.onlineCount() / 10
+	scale := fmt.Sprintf("sink %dk", members/1000)
+	var rows []faultRow
+	add := func(row faultRow) {
+		row.Scale = scale
+		row.check(t)
+		rows = append(rows, row)
+	}
+
+	add(r.run("kill -9 fanout mid-channel", false, logic*perShard, func(post func()) (string, time.Time) {
+		post()
+		batches := r.pollUntil(30*time.Second, func() float64 { return s.metric("fanout", "announcer_fanout_batches_total") }, 1)
+		s.kill("fanout")
+		s.restart("fanout")
+		return fmt.Sprintf("killed after %.0f batches were written (10 shard tasks)", batches), time.Now()
+	}))
+	add(r.run("kill -9 sender mid-batch", false, inFlight*b.batch, func(post func()) (string, time.Time) {
+		post()
+		r.waitFraction(0.3)
+		s.kill("sender-node1-0")
+		s.restart("sender-node1-0")
+		return fmt.Sprintf("node1's sender killed at 30%%, %d stanzas/s per connection", r.rate), time.Now()
+	}))
+	if !full {
+		return rows
+	}
+	add(r.run("kill -9 ingress after its 202", false, 0, func(post func()) (string, time.Time) {
+		post()
+		s.kill("ingress")
+		s.restart("ingress")
+		return "killed as the 202 arrived, restarted", time.Now()
+	}))
+	var stored int
+	add(r.run("kill -9 archiver mid-write", true, 0, func(post func()) (string, time.Time) {
+		post()
+		n := r.pollUntil(60*time.Second, func() float64 { return s.metric("archiver", "announcer_archiver_records_stored_total") }, 1)
+		s.kill("archiver")
+		s.restart("archiver")
+		stored = int(n)
+		return "persist: true; the archiver killed once it had stored a batch (its records: next row)", time.Now()
+	}))
+	// The archiver's own figures: the storage records of that announcement.
+	if last := &rows[len(rows)-1]; last.Fault == "kill -9 archiver mid-write" {
+		srow := r.storageRow(stored, 8*b.batch)
+		srow.Scale = scale
+		srow.check(t)
+		rows = append(rows, srow)
+	}
+	add(r.run("Kafka broker restart", false, 0, func(post func()) (string, time.Time) {
+		post()
+		r.waitFraction(0.3)
+		took := r.stack("restart", "kafka", "3")
+		return fmt.Sprintf("the stack's broker stopped (SIGTERM), down 3 s, started again; the restart took %.1fs", took.Seconds()), time.Now()
+	}))
+	for _, dep := range []string{"mariadb", "redis"} {
+		add(r.run(dep+" down at the POST, restarted", false, 0, func(post func()) (string, time.Time) {
+			done := make(chan time.Duration, 1)
+			go func() { done <- r.stack("restart", dep, "4") }()
+			addr := s.env.RedisAddr
+			if dep == "mariadb" {
+				addr = mysqlAddr(t, s.env.MySQLDSN)
+			}
+			testkit.Eventually(t, 60*time.Second, dep+" down", func() bool {
+				c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+				if err == nil {
+					_ = c.Close()
+				}
+				return err != nil
+			})
+			post()
+			took := <-done
+			return fmt.Sprintf("the announcement was posted while %s was down; back after %.1fs", dep, took.Seconds()), time.Now()
+		}))
+	}
+	add(r.run("frozen ejabberd connection", false, inFlight*b.batch, func(post func()) (string, time.Time) {
+		post()
+		r.waitFraction(0.3)
+		n := r.proxy.Stall()
+		return fmt.Sprintf("node1's %d connections accept and never read again (fence_timeout 5 s)", n/2), time.Now()
+	}))
+	return rows
+}
+
+// run posts one announcement of the channel through fault and measures it.
+// fault posts (when it chooses) and returns a detail and when the fault ended.
+func (r *sinkRig) run(name string, persist bool, bound int, fault func(post func()) (string, time.Time)) faultRow {
+	r.t.Helper()
+	label := strings.NewReplacer(" ", "-", "'", "").Replace(name)
+	run := &sinkRun{got: make([]atomic.Int32, r.b.members)}
+	r.mu.Lock()
+	r.runs[label] = run
+	r.mu.Unlock()
+	var start time.Time
+	var id string
+	post := func() {
+		start = time.Now()
+		tmpl := fmt.Sprintf("<message to='%%s' from='announcer.localhost/%s' type='headline'><body>%s</body></message>", label, name)
+		id = r.s.announce("/v1/announce/channel", map[string]any{"channel_id": 1, "persist": persist, "message": b64(tmpl)})
+	}
+	detail, end := fault(post)
+	want := int64(r.b.onlineCount())
+	deadline := time.Now().Add(3 * time.Minute)
+	for run.distinct.Load() < want && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(faultQuiet)
+	last := time.Unix(0, run.last.Load())
+	row := faultRow{
+		Fault: name, Expected: int(want), Received: int(run.distinct.Load()), Lost: int(want - run.distinct.Load()),
+		Duplicates: int(run.total.Load() - run.distinct.Load()), Bound: bound,
+		Recover: max(last.Sub(end), 0).Seconds(), Total: last.Sub(start).Seconds(), Detail: detail,
+	}
+	if a := run.astray.Load(); a > 0 {
+		r.t.Errorf("%s: %d stanzas for offline members", name, a)
+	}
+	if gone := r.s.exited(); len(gone) > 0 {
+		r.t.Errorf("%s: services exited: %v", name, gone)
+	}
+	// The record agrees: every recipient confirmed once, whatever was resent.
+	a := r.s.until(id, name+" recorded as done", 60*time.Second, isDone)
+	if a.Stanzas.Confirmed != want {
+		r.t.Errorf("%s: the record confirms %d stanzas, want %d (%+v)", name, a.Stanzas.Confirmed, want, a.Stanzas)
+	}
+	row.Detail += fmt.Sprintf("; record: %d confirmed, %d of %d batches resent", a.Stanzas.Confirmed, a.Batches.Resent, a.Batches.Planned)
+	r.t.Logf("%s: %d/%d, %d lost, %d duplicates (bound %d), recovered %.1fs after the fault, %s", name,
+		row.Received, row.Expected, row.Lost, row.Duplicates, bound, row.Recover, detail)
+	return row
+}
+
+// storageRow counts the storage records of the archiver's fault run.
+func (r *sinkRig) storageRow(atKill, bound int) faultRow {
+	want := r.b.onlineCount()
+	label := "kill--9-archiver-mid-write"
+	var keys map[string]int
+	total := 0
+	// The archiver may still be catching up after its restart: read the topic
+	// to its end until every recipient is there, or for a minute.
+	for deadline := time.Now().Add(time.Minute); ; {
+		keys, total = map[string]int{}, 0
+		for _, m := range kafkatest.ReadToEnd(r.t, r.s.brokers, r.s.storage) {
+			if bytes.Contains(m.Value, []byte("/"+label+"'")) {
+				keys[string(m.Key)]++
+				total++
+			}
+		}
+		if len(keys) >= want || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	return faultRow{Fault: "kill -9 archiver mid-write: storage records", Expected: want, Received: len(keys),
+		Lost: want - len(keys), Duplicates: total - len(keys), Bound: bound,
+		Detail: fmt.Sprintf("killed after %d records were stored; each online recipient's rendered stanza on the storage topic", atKill)}
+}
+
+// waitFraction waits until frac of every run in progress arrived (the latest run).
+func (r *sinkRig) waitFraction(frac float64) {
+	r.t.Helper()
+	r.mu.RLock()
+	var run *sinkRun
+	for _, x := range r.runs {
+		if x.distinct.Load() < int64(r.b.onlineCount()) {
+			run = x
+		}
+	}
+	r.mu.RUnlock()
+	want := int64(frac * float64(r.b.onlineCount()))
+	testkit.Eventually(r.t, 2*time.Minute, fmt.Sprintf("%.0f%% delivered", 100*frac), func() bool { return run.distinct.Load() >= want })
+}
+
+// pollUntil polls v every few milliseconds until it reaches at least min, and returns it.
+func (r *sinkRig) pollUntil(timeout time.Duration, v func() float64, min float64) float64 {
+	r.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if x := v(); x >= min {
+			return x
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("still below %v after %s", min, timeout)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// stack runs the stack script (a real restart of one of its servers) and returns how long it took.
+func (r *sinkRig) stack(args ...string) time.Duration { return stackCmd(r.t, r.s, args...) }
+
+func stackCmd(t *testing.T, s *system, args ...string) time.Duration {
+	t.Helper()
+	if s.env.StackScript == "" {
+		t.Fatal("the dependency faults need ANNOUNCER_STACK_SCRIPT (stack.sh env)")
+	}
+	start := time.Now()
+	out, err := exec.Command("bash", append([]string{s.env.StackScript}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("stack.sh %v: %v\n%s", args, err, out)
+	}
+	return time.Since(start)
+}
+
+func mysqlAddr(t *testing.T, dsn string) string {
+	t.Helper()
+	i, j := strings.Index(dsn, "tcp("), strings.Index(dsn, ")/")
+	if i < 0 || j < i {
+		t.Fatalf("no tcp address in %q", dsn)
+	}
+	return dsn[i+4 : j]
+}
+
+// ejabberdFaults: the real ejabberd, every member logged in over c2s.
+func ejabberdFaults(t *testing.T) []faultRow {
+	n := envInt("ANNOUNCER_FAULTS_CLIENTS", 1000)
+	// node1's sender reaches its listener through a proxy that can stall.
+	proxies := map[string]*tcpproxy.Proxy{}
+	const batch, rate = 50, 100 // 2 connections: 1,000 recipients take ~5 s
+	s := newSystem(t, options{rate: rate, batch: batch, pagination: 200, shard: 100000,
+		via: func(addr string) string {
+			if proxies[addr] == nil {
+				proxies[addr] = tcpproxy.New(t, addr, tcpproxy.Forward)
+			}
+			return proxies[addr].Addr()
+		}})
+	ctx := s.deadline(10 * time.Minute)
+	users, clients := s.loginAll(ctx, "f", "node1", n)
+	s.channel(60, s.p+"-faults", "ACCEPTED", users...)
+	var mu sync.Mutex
+	history := map[string][]*xmpptest.Client{} // user → every session it had (a restart logs them in again)
+	for u, c := range clients {
+		history[u] = []*xmpptest.Client{c}
+	}
+	scale := fmt.Sprintf("ejabberd, %d c2s clients", n)
+	var rows []faultRow
+	runCase := func(name string, bound int, fault func() time.Time) {
+		label := strings.NewReplacer(" ", "-", "'", "").Replace(name)
+		tmpl := "<message to='%s' from='" + s.from + "' type='chat'><body>" + label + "</body></message>"
+		start := time.Now()
+		id := s.announce("/v1/announce/channel", map[string]any{"channel_id": 60, "message": b64(tmpl)})
+		count := func() (distinct, all int, last time.Time) {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, cs := range history {
+				got := 0
+				for _, c := range cs {
+					for _, m := range c.Messages() {
+						if len(m.Bodies) == 1 && m.Bodies[0] == label {
+							got++
+						}
+					}
+				}
+				all += got
+				if got > 0 {
+					distinct++
+				}
+			}
+			return distinct, all, time.Now()
+		}
+		testkit.Eventually(t, 2*time.Minute, name+": 30% delivered", func() bool { d, _, _ := count(); return d >= n*3/10 })
+		end := fault()
+		var last time.Time
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			d, _, at := count()
+			if d >= n {
+				last = at
+				break
+			}
+			if time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(faultQuiet)
+		d, all, _ := count()
+		if last.IsZero() {
+			last = time.Now()
+		}
+		row := faultRow{Fault: name, Scale: scale, Expected: n, Received: d, Lost: n - d, Duplicates: all - d, Bound: bound,
+			Recover: last.Sub(end).Seconds(), Total: last.Sub(start).Seconds()}
+		a := s.until(id, name+" recorded as done", 60*time.Second, isDone)
+		row.Detail = fmt.Sprintf("record: %d confirmed, %d batches resent", a.Stanzas.Confirmed, a.Batches.Resent)
+		row.check(t)
+		if gone := s.exited(); len(gone) > 0 {
+			t.Errorf("%s: services exited: %v", name, gone)
+		}
+		t.Logf("%s: %d/%d, %d lost, %d duplicates (bound %d), recovered %.1fs after the fault", name, d, n, row.Lost, row.Duplicates, bound, row.Recover)
+		rows = append(rows, row)
+	}
+	const inFlight = 4
+	runCase("kill -9 sender", inFlight*batch, func() time.Time {
+		s.kill("sender-node1-0")
+		s.restart("sender-node1-0")
+		return time.Now()
+	})
+	runCase("frozen ejabberd connection", inFlight*batch, func() time.Time {
+		for _, p := range proxies {
+			p.Stall()
+		}
+		return time.Now()
+	})
+	runCase("ejabberd restart", inFlight*batch, func() time.Time {
+		took := stackCmd(t, s, "restart", "ejabberd", "2")
+		back := time.Now()
+		// Everyone logs in again: ejabberd kept what arrived while they were away.
+		relog := time.Now()
+		var wg sync.WaitGroup
+		for _, u := range users {
+			wg.Go(func() {
+				c := s.login(ctx, u)
+				mu.Lock()
+				history[u] = append(history[u], c)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		t.Logf("ejabberd restarted in %.1fs (down 2 s); %d clients logged in again in %.1fs", took.Seconds(), n, time.Since(relog).Seconds())
+		return back
+	})
+	return rows
+}
