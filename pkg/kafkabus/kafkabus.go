@@ -87,6 +87,8 @@ type ReaderOptions struct {
 	// StartAtEnd makes a group with no committed offset start at the end of
 	// the topics (input that existed before the service) instead of their beginning.
 	StartAtEnd bool
+	// ClientID names the member to the group (DescribeGroups shows it); empty: kafka-go's.
+	ClientID string
 }
 
 // NewReader returns a group consumer for explicit commits (CommitInterval 0 = synchronous
@@ -130,6 +132,9 @@ func NewReader(brokers []string, group string, topics []string, o ReaderOptions)
 	if o.StartAtEnd {
 		cfg.StartOffset = kafka.LastOffset
 	}
+	if o.ClientID != "" {
+		cfg.Dialer = &kafka.Dialer{ClientID: o.ClientID, Timeout: 10 * time.Second, DualStack: true}
+	}
 	return kafka.NewReader(cfg)
 }
 
@@ -148,6 +153,25 @@ func NewClient(brokers []string, timeout time.Duration) *Client {
 
 // Close releases the client's connections.
 func (c *Client) Close() { c.transport.CloseIdleConnections() }
+
+// Members returns the client ids of a consumer group's members (none for a
+// group that is empty or unknown).
+func (c *Client) Members(ctx context.Context, group string) ([]string, error) {
+	res, err := c.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+	if err != nil {
+		return nil, fmt.Errorf("describe group %s: %w", group, err)
+	}
+	var ids []string
+	for _, g := range res.Groups {
+		if g.Error != nil {
+			return nil, fmt.Errorf("describe group %s: %w", group, g.Error)
+		}
+		for _, m := range g.Members {
+			ids = append(ids, m.ClientID)
+		}
+	}
+	return ids, nil
+}
 
 // Topic is a topic to create if missing.
 type Topic struct {

@@ -424,6 +424,39 @@ func TestBeginAndPlanDuringARedisOutage(t *testing.T) {
 	}
 }
 
+// Sync returns once what was queued before it is in Redis, so a stage that
+// commits after it cannot lose the record of committed work in a crash; with
+// Redis failing it does not wait.
+func TestSyncWaitsForQueuedUpdates(t *testing.T) {
+	env := stacktest.Get(t)
+	proxy := tcpproxy.New(t, env.RedisAddr, tcpproxy.Forward)
+	f := newFixture(t, proxy.Addr(), false)
+	ctx := context.Background()
+	ev := event("sync", announcement.KindUsers)
+	if _, _, err := f.store.Begin(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		f.tracker.Fenced(ev.ID, whole(batch(ev.ID, 0, i, fmt.Sprint("u", i))))
+	}
+	f.tracker.Sync(ctx)
+	if a := f.get(t, ev.ID); a.Stanzas.Confirmed != 50 {
+		t.Fatalf("after Sync: %d confirmed, want 50", a.Stanzas.Confirmed)
+	}
+
+	proxy.Set(tcpproxy.Refuse)
+	proxy.KillAll()
+	f.tracker.Fenced(ev.ID, whole(batch(ev.ID, 0, 99, "late")))
+	testkit.Eventually(t, 5*time.Second, "the failure seen", func() bool { return f.tracker.failing.Load() })
+	start := time.Now()
+	f.tracker.Sync(ctx)
+	if took := time.Since(start); took > 100*time.Millisecond {
+		t.Fatalf("Sync waited %s for a failing Redis", took)
+	}
+	proxy.Set(tcpproxy.Forward)
+	f.until(t, ev.ID, "the late update after the outage", func(a Announcement) bool { return a.Stanzas.Confirmed == 51 })
+}
+
 // Every script keeps to its record's slot: the lifecycle runs on a Redis
 // Cluster, which refuses a script touching keys of two slots.
 func TestOnARedisCluster(t *testing.T) {

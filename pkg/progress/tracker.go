@@ -3,9 +3,11 @@ package progress
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +42,8 @@ type Tracker struct {
 
 	mu      sync.Mutex
 	cancels map[string]cancelEntry
+
+	failing atomic.Bool // the last pipeline failed: Sync does not wait
 }
 
 type op struct {
@@ -49,6 +53,9 @@ type op struct {
 	// indexAt, when set, also lists the announcement (created at that unix
 	// millisecond) in the index: a record first written by a queued update.
 	indexAt int64
+	// barrier, when set, makes the op a marker (nothing is sent): it is
+	// closed once every update queued before it reached Redis.
+	barrier chan struct{}
 }
 
 type cancelEntry struct {
@@ -98,6 +105,33 @@ func (t *Tracker) enqueueOp(o op) {
 	case t.ops <- o:
 	default:
 		t.m.dropped.Inc()
+	}
+}
+
+// syncWait bounds Sync: a slow Redis delays commits by at most this.
+const syncWait = 250 * time.Millisecond
+
+// Sync waits until the updates queued before the call reached Redis, for at
+// most syncWait, and not at all while Redis is failing. A stage calls it
+// before committing its offsets: a crash right after a commit would
+// otherwise lose the records of the work that commit covers (a shard
+// resolved, a batch fenced), and the announcement could never be done.
+func (t *Tracker) Sync(ctx context.Context) {
+	if t.store == nil || t.failing.Load() {
+		return
+	}
+	done := make(chan struct{})
+	select {
+	case t.ops <- op{barrier: done}:
+	default:
+		return
+	}
+	timer := time.NewTimer(syncWait)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+	case <-ctx.Done():
 	}
 }
 
@@ -306,9 +340,10 @@ func (t *Tracker) flush(batch []op) error {
 			return nil
 		}
 		if rest := t.send(ctx, batch); len(rest) > 0 || ctx.Err() != nil {
-			t.m.dropped.Add(float64(len(rest)))
-			if len(rest) > 0 {
-				t.log.Warn().Int("updates", len(rest)).Msg("progress updates lost at shutdown: Redis did not take them in time")
+			lost := len(rest) - len(slices.DeleteFunc(rest, func(o op) bool { return o.barrier == nil }))
+			t.m.dropped.Add(float64(lost))
+			if lost > 0 {
+				t.log.Warn().Int("updates", lost).Msg("progress updates lost at shutdown: Redis did not take them in time")
 			}
 			return nil
 		}
@@ -316,8 +351,33 @@ func (t *Tracker) flush(batch []op) error {
 	}
 }
 
-// send runs batch in one pipeline and returns the updates that failed.
+// send runs batch in one pipeline and returns the updates that failed;
+// its barriers are released once nothing before them is left.
 func (t *Tracker) send(ctx context.Context, batch []op) []op {
+	var barriers []op
+	batch = slices.DeleteFunc(batch, func(o op) bool {
+		if o.barrier != nil {
+			barriers = append(barriers, o)
+			return true
+		}
+		return false
+	})
+	rest := t.sendOps(ctx, batch)
+	if len(rest) > 0 {
+		t.failing.Store(true)
+		return append(rest, barriers...)
+	}
+	t.failing.Store(false)
+	for _, b := range barriers {
+		close(b.barrier)
+	}
+	return nil
+}
+
+func (t *Tracker) sendOps(ctx context.Context, batch []op) []op {
+	if len(batch) == 0 {
+		return nil
+	}
 	c, err := t.store.conn.Client(ctx)
 	if err != nil {
 		t.failed(err, len(batch))

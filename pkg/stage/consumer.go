@@ -71,6 +71,10 @@ type ConsumerOptions struct {
 	// lost leaves such copies. Only for topics where two identical records
 	// are by construction the same piece of work.
 	Dedupe int
+	// BeforeCommit runs before each commit (bounded by itself): the stage's
+	// progress tracker makes sure the records of the committed work reached
+	// its store first.
+	BeforeCommit func(context.Context)
 }
 
 // Consumer runs the fetch → handle → commit loop of one consumer group. It
@@ -130,8 +134,15 @@ func (c *Consumer) Ready(context.Context) error { return c.health.err() }
 
 // Run fetches from r until ctx ends. Then it stops fetching, lets the records
 // in flight finish (up to DrainTimeout), commits what finished and returns.
-// A Consumer runs once.
+// A Consumer may run again after Run returned, on a new reader (a gated
+// input that reopens): each run starts with nothing in hand.
 func (c *Consumer) Run(ctx context.Context, r Fetcher) error {
+	return c.run(ctx, r, func() time.Duration { return c.opt.DrainTimeout })
+}
+
+// run is Run with the drain timeout chosen when ctx ends.
+func (c *Consumer) run(ctx context.Context, r Fetcher, drain func() time.Duration) error {
+	c.reset()
 	// Handlers outlive ctx by the drain timeout: a batch half-way through its
 	// fence should finish and be committed rather than be sent again.
 	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -189,11 +200,12 @@ func (c *Consumer) Run(ctx context.Context, r Fetcher) error {
 
 	drained := make(chan struct{})
 	go func() { handlers.Wait(); close(drained) }()
-	t := time.NewTimer(c.opt.DrainTimeout)
+	timeout := drain()
+	t := time.NewTimer(timeout)
 	select {
 	case <-drained:
 	case <-t.C:
-		c.log.Warn().Dur("timeout", c.opt.DrainTimeout).Msg("records in flight did not finish in time; they stay uncommitted")
+		c.log.Warn().Dur("timeout", timeout).Msg("records in flight did not finish in time; they stay uncommitted")
 		hcancel()
 		<-drained
 	}
@@ -208,6 +220,24 @@ func (c *Consumer) Run(ctx context.Context, r Fetcher) error {
 		return fmt.Errorf("final commit (the records after the last commit will be handled again): %w", err)
 	}
 	return nil
+}
+
+// reset forgets what an earlier run held: its uncommitted records are
+// handled again by whoever reads them next. The duplicate memory goes too,
+// since a record an earlier run abandoned mid-way was never handled.
+func (c *Consumer) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.track = newTracker()
+	c.seen = newRecent(c.opt.Dedupe)
+	c.stopped = make(chan struct{})
+	c.slots = make(chan struct{}, c.opt.MaxUncommitted)
+	c.working = make(chan struct{}, c.opt.MaxInFlight)
+	select {
+	case <-c.kick:
+	default:
+	}
+	c.m.inFlight.Reset()
 }
 
 // setInFlight publishes what a partition holds uncommitted; c.mu is held.
@@ -351,6 +381,9 @@ func (c *Consumer) commit(ctx context.Context, r Fetcher) error {
 	c.mu.Unlock()
 	if len(ms) == 0 {
 		return nil
+	}
+	if c.opt.BeforeCommit != nil {
+		c.opt.BeforeCommit(ctx)
 	}
 	if err := r.CommitMessages(ctx, ms...); err != nil {
 		return fmt.Errorf("commit: %w", err)

@@ -42,5 +42,6 @@ func (rt *Runtime) Progress() (*progress.Tracker, error) {
 	}
 	t := progress.NewTracker(store, progress.TrackerOptions{CancelCheck: rt.cfg.Progress.CancelCheck.D()}, rt.log, rt.metrics)
 	rt.Serve("progress", t.Run)
+	rt.tracker = t
 	return t, nil
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/announcer/announcer/pkg/debugserver"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/lifecycle"
+	"github.com/announcer/announcer/pkg/progress"
 )
 
 // Runtime is one service process.
@@ -61,6 +62,7 @@ type Runtime struct {
 	running bool
 	waiting string // what start-up waits for, if anything
 	dlq     *kafkabus.DeadLetters
+	tracker *progress.Tracker // set by Progress: consumers sync with it before committing
 }
 
 // topicSet is what a service reads or writes on one Kafka cluster.
@@ -253,6 +255,70 @@ type Input struct {
 	// StartAtEnd starts a group with no committed offset at the end of the
 	// topics: for input the service did not write itself.
 	StartAtEnd bool
+	// Gate, when set, runs the input only while it is open: closing it stops
+	// fetching, lets the records in flight finish for up to GateDrain, commits
+	// what finished and leaves the group, whose partitions then go to its
+	// other members. A closed input is idle by design: it is ready.
+	Gate      *Gate
+	GateDrain time.Duration
+	// ClientID names the process to the group's other members (kafka-go's default otherwise).
+	ClientID string
+}
+
+// Gate opens and closes an input while the stage runs (a sender that hands
+// its node's topic over, or takes another node's).
+type Gate struct {
+	mu      sync.Mutex
+	open    bool
+	changed chan struct{} // closed and replaced at every change
+}
+
+// NewGate makes a gate, open or closed.
+func NewGate(open bool) *Gate { return &Gate{open: open, changed: make(chan struct{})} }
+
+// Set opens or closes the gate and reports whether that changed it.
+func (g *Gate) Set(open bool) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.open == open {
+		return false
+	}
+	g.open = open
+	close(g.changed)
+	g.changed = make(chan struct{})
+	return true
+}
+
+// Open reports whether the gate is open.
+func (g *Gate) Open() bool {
+	open, _ := g.state()
+	return open
+}
+
+func (g *Gate) state() (bool, <-chan struct{}) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.open, g.changed
+}
+
+// whileOpen returns a context that ends with ctx or when the gate closes.
+func (g *Gate) whileOpen(ctx context.Context) (context.Context, context.CancelFunc) {
+	gctx, cancel := context.WithCancel(ctx)
+	go func() {
+		for {
+			open, changed := g.state()
+			if !open {
+				cancel()
+				return
+			}
+			select {
+			case <-changed:
+			case <-gctx.Done():
+				return
+			}
+		}
+	}()
+	return gctx, cancel
 }
 
 // Consume builds the reader and the consumer of in, and runs it as intake
@@ -263,6 +329,11 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 	if len(brokers) == 0 {
 		brokers = rt.brokers
 	}
+	if in.BeforeCommit == nil && rt.tracker != nil {
+		// What a committed record did must be in the progress store before
+		// the commit: after a crash the record is not handled again.
+		in.BeforeCommit = rt.tracker.Sync
+	}
 	reg := prometheus.WrapRegistererWithPrefix(in.Prefix, prometheus.WrapRegistererWith(in.Labels, rt.metrics))
 	log := rt.log.With().Str("input", in.Name).Logger()
 	c := NewConsumer(rt.DeadLetters(), in.Handle, in.ConsumerOptions, log, reg)
@@ -271,17 +342,23 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 	}
 	var joined atomic.Bool
 	rt.Check(in.Name, func(ctx context.Context) error {
+		if in.Gate != nil && !in.Gate.Open() {
+			return nil
+		}
 		if !joined.Load() {
 			return fmt.Errorf("joining consumer group %s", in.Group)
 		}
 		return c.Ready(ctx)
 	})
-	rt.Intake(in.Name, rt.afterSetUp(func(ctx context.Context) error {
+	// session reads the group from joining until ctx ends, then leaves it.
+	session := func(ctx context.Context, drain func() time.Duration) error {
+		joined.Store(false)
 		// kafka-go joins the group as soon as a reader exists: one made before
 		// its topics would be assigned nothing and stay that way.
 		reader := kafkabus.NewReader(brokers, in.Group, in.Topics, kafkabus.ReaderOptions{
 			QueueCapacity: max(in.MaxInFlight, 16),
 			StartAtEnd:    in.StartAtEnd,
+			ClientID:      in.ClientID,
 		})
 		defer func() {
 			if err := reader.Close(); err != nil {
@@ -310,7 +387,44 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 		watchers.Go(func() {
 			c.reportDepth(wctx, &depth{group: in.Group, topics: in.Topics, client: client}, rt.reportEvery())
 		})
-		return c.Run(ctx, reader)
+		return c.run(ctx, reader, drain)
+	}
+	rt.Intake(in.Name, rt.afterSetUp(func(ctx context.Context) error {
+		if in.Gate == nil {
+			return session(ctx, func() time.Duration { return c.opt.DrainTimeout })
+		}
+		gateDrain := in.GateDrain
+		if gateDrain <= 0 {
+			gateDrain = c.opt.DrainTimeout
+		}
+		for {
+			open, changed := in.Gate.state()
+			if !open {
+				select {
+				case <-changed:
+					continue
+				case <-ctx.Done():
+					return nil
+				}
+			}
+			log.Info().Str("group", in.Group).Msg("gate open: joining the group")
+			gctx, cancel := in.Gate.whileOpen(ctx)
+			err := session(gctx, func() time.Duration {
+				if ctx.Err() != nil {
+					return c.opt.DrainTimeout
+				}
+				return gateDrain
+			})
+			cancel()
+			if ctx.Err() != nil {
+				return err
+			}
+			if err != nil {
+				log.Warn().Err(err).Msg("gate closed; leaving the group")
+			} else {
+				log.Info().Str("group", in.Group).Msg("gate closed: left the group")
+			}
+		}
 	}))
 	log.Info().Strs("topics", in.Topics).Str("group", in.Group).Int("max_in_flight", in.MaxInFlight).Msg("consuming")
 	return c

@@ -221,9 +221,33 @@ func Produce(t testing.TB, brokers []string, topic string, msgs ...kafka.Message
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := w.WriteMessages(ctx, msgs...); err != nil {
-		t.Fatalf("produce to %s: %v", topic, err)
+	for {
+		err := w.WriteMessages(ctx, msgs...)
+		if err == nil {
+			return
+		}
+		// A topic created a moment ago may not be known to the broker's
+		// metadata yet: wait for it rather than fail.
+		if !unknownTopic(err) || ctx.Err() != nil {
+			t.Fatalf("produce to %s: %v", topic, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// unknownTopic reports an error that only says the broker does not know the
+// topic (yet), for every message of the write.
+func unknownTopic(err error) bool {
+	var we kafka.WriteErrors
+	if errors.As(err, &we) {
+		for _, e := range we {
+			if e != nil && !errors.Is(e, kafka.UnknownTopicOrPartition) {
+				return false
+			}
+		}
+		return true
+	}
+	return errors.Is(err, kafka.UnknownTopicOrPartition)
 }
 
 // Committed returns the group's committed offset per partition of topic (-1 = none).
