@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -105,6 +106,11 @@ type options struct {
 	// via, when set, gives the address a sender dials for a node's listener
 	// (a proxy in front of it).
 	via func(addr string) string
+	// hosts puts a node's listeners on another ejabberd node of the cluster
+	// (node → its IP, 127.0.0.2 for the stack's node 2).
+	hosts map[string]string
+	// failover is [sender] failover_after (default 30s).
+	failover string
 }
 
 // deadline bounds the rest of the test.
@@ -133,6 +139,9 @@ func newSystem(t *testing.T, o options) *system {
 	}
 	if o.conns == 0 {
 		o.conns = 2
+	}
+	if o.failover == "" {
+		o.failover = "30s"
 	}
 	s := newBareSystem(t, o)
 	s.startServices(o)
@@ -233,6 +242,10 @@ func (s *system) startServices(o options) {
 			if self.node == n {
 				addr = env.AddrFor(self.domain)
 			}
+			if h := o.hosts[n]; h != "" {
+				_, port, _ := net.SplitHostPort(addr)
+				addr = net.JoinHostPort(h, port)
+			}
 			if o.via != nil {
 				addr = o.via(addr)
 			}
@@ -249,7 +262,7 @@ func (s *system) startServices(o options) {
 			"@MYSQL@", dsn.Addr, "@MYSQL_USER@", dsn.User, "@MYSQL_PASS@", dsn.Passwd,
 			"@PAGE@", fmt.Sprint(o.pagination), "@REDIS@", env.RedisAddr, "@COMPONENT@", env.ComponentAddr,
 			"@COMPONENT_NAME@", component, "@SECRET@", env.SecretFor(component), "@DOMAIN@", env.XMPPDomain, "@FROM@", s.from,
-			"@BATCH@", fmt.Sprint(o.batch), "@RATE@", fmt.Sprint(o.rate), "@CONNS@", fmt.Sprint(o.conns), "@SHARD@", fmt.Sprint(o.shard), "@NODES@", nodes(self),
+			"@FAILOVER@", o.failover, "@BATCH@", fmt.Sprint(o.batch), "@RATE@", fmt.Sprint(o.rate), "@CONNS@", fmt.Sprint(o.conns), "@SHARD@", fmt.Sprint(o.shard), "@NODES@", nodes(self),
 		).Replace(`rest_api_port = "@REST@"
 debug_port = "127.0.0.1:0"
 user_activity_ask_buffer = 3
@@ -306,6 +319,8 @@ shard_size = @SHARD@
 [sender]
 group_prefix = "@P@_sender_"
 fence_timeout = "5s"
+reconnect_max = "2s"
+failover_after = "@FAILOVER@"
 
 [archiver]
 group_name = "@P@_archiver"

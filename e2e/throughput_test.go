@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -14,12 +16,16 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/announcer/announcer/pkg/benchreport"
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 )
 
-// TestDeliveryThroughput measures a channel announcement through the whole system into real
-// logged-in clients, against ejabberd's own tool for the same job (its HTTP API send_message,
-// one call per user, 4 keep-alive connections) measured in the same run. It is a benchmark:
+// TestDeliveryThroughput measures channel announcements through the whole system into real
+// logged-in clients, against two baselines measured in the same run into the same clients:
+// the same stanzas pre-rendered and written over one XEP-0114 connection straight to ejabberd
+// (what ejabberd can take; the goal is the announcer at ≥ 95 % of its rate), and ejabberd's own
+// tool for the job (its HTTP API send_message, one call per user, 4 keep-alive connections).
+// It also reads ejabberd's CPU per stanza delivered in both component modes. It is a benchmark:
 // `make bench` runs it with ANNOUNCER_BENCH=1 (users: ANNOUNCER_BENCH_USERS, default 5000);
 // it prints figures and fails only if a message is missing.
 func TestDeliveryThroughput(t *testing.T) {
@@ -32,6 +38,10 @@ func TestDeliveryThroughput(t *testing.T) {
 	}
 	s := newSystem(t, options{batch: 500, pagination: 5000, shard: 100000, rate: 50000})
 	ctx := s.deadline(5 * time.Minute)
+	// The raw writer takes the last spare component domain: the system's sender has the first.
+	if len(s.env.ComponentSpares) < 2 {
+		t.Fatalf("the raw writer needs a spare component domain no sender uses, got %v", s.env.ComponentSpares)
+	}
 
 	start := time.Now()
 	users := make([]string, n)
@@ -100,31 +110,139 @@ func TestDeliveryThroughput(t *testing.T) {
 	}
 	t.Logf("setup: %d users registered, online and logged in in %s", n, time.Since(start).Round(time.Millisecond))
 
-	// waitAll returns when every client holds want messages.
-	waitAll := func(want int) time.Duration {
-		t0 := time.Now()
-		for {
-			missing := 0
-			for _, c := range clients {
-				if len(c.Messages()) < want {
-					missing++
-				}
+	// The measured modes send each member rounds stanzas, one body per round, so that the
+	// first→last span lasts long enough to time and the rounds are told apart.
+	const rounds = 4
+	bodies := func(label string) []string {
+		out := make([]string, rounds)
+		for k := range out {
+			out[k] = fmt.Sprintf("%s round %d", label, k+1)
+		}
+		return out
+	}
+	// Both modes send this stanza, their labels of one length: the announcer as the template
+	// (to '%s'), the raw writer rendered.
+	message := func(to, body string) string {
+		return "<message to='" + to + "' from='" + s.from + "' type='chat'><body>" + body + "</body></message>"
+	}
+	// received returns when c had each of bodies (zero: not yet).
+	received := func(c *xmpptest.Client, bodies []string) []time.Time {
+		at := make([]time.Time, len(bodies))
+		for _, a := range c.Arrivals() {
+			if len(a.Bodies) == 0 {
+				continue
 			}
-			if missing == 0 {
-				return time.Since(t0)
+			if k := slices.Index(bodies, a.Bodies[0]); k >= 0 && at[k].IsZero() {
+				at[k] = a.At
+			}
+		}
+		return at
+	}
+	// waitBodies returns when every client holds a message with each of bodies, with the
+	// first and the last time one of them arrived; a missing one fails the test.
+	waitBodies := func(bodies []string) (first, last time.Time) {
+		pending := slices.Clone(clients)
+		for {
+			pending = slices.DeleteFunc(pending, func(c *xmpptest.Client) bool {
+				return !slices.ContainsFunc(received(c, bodies), time.Time.IsZero)
+			})
+			if len(pending) == 0 {
+				break
 			}
 			if ctx.Err() != nil {
-				t.Fatalf("%d of %d clients still without message %d", missing, n, want)
+				t.Fatalf("%d of %d clients still without one of %q", len(pending), n, bodies)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+		for _, c := range clients {
+			for _, at := range received(c, bodies) {
+				if first.IsZero() || at.Before(first) {
+					first = at
+				}
+				if at.After(last) {
+					last = at
+				}
+			}
+		}
+		return first, last
+	}
+	// ejabberd's CPU seconds (utime+stime of its VM), from the stack script's pid.
+	ejabberdPID, haveCPU := (&pipelineBench{s: s}).processes()["ejabberd"]
+	ejabberdCPU := func() float64 { return cpuOf(map[string]int{"ejabberd": ejabberdPID})["ejabberd"] }
+	if !haveCPU {
+		t.Log("no ejabberd pid from the stack script: its CPU is not measured")
+	}
+	// mode is what a measured mode took: start → every client has every round (e2e), the
+	// first → last stanza received (span), and ejabberd's CPU µs per stanza delivered.
+	type mode struct {
+		e2e, span time.Duration
+		cpuUS     float64
+	}
+	stanzas := float64(rounds * n)
+	measure := func(t0 time.Time, cpu0 float64, bodies []string) mode {
+		first, last := waitBodies(bodies)
+		return mode{e2e: last.Sub(t0), span: last.Sub(first), cpuUS: (ejabberdCPU() - cpu0) / stanzas * 1e6}
 	}
 
-	// announcer: one POST, the whole pipeline, real ejabberd.
-	t0 := time.Now()
-	s.announce("/v1/announce/channel", map[string]any{"channel_id": 50, "message": b64(template(s.from))})
-	waitAll(1)
-	ours := time.Since(t0)
+	// announcer: rounds POSTs back to back, the whole pipeline, real ejabberd.
+	cpu0, t0 := ejabberdCPU(), time.Now()
+	t0First := t0
+	for _, b := range bodies("announcer") {
+		s.announce("/v1/announce/channel", map[string]any{"channel_id": 50, "message": b64(message("%s", b))})
+	}
+	ours := measure(t0, cpu0, bodies("announcer"))
+	_, firstRound := waitBodies(bodies("announcer")[:1]) // the first POST's own figure, as before rounds
+
+	// announcer in multicast mode: the same sender restarted with [sender] multicast = "auto";
+	// each batch goes out as XEP-0033 multicasts to ejabberd's mod_multicast, which copies them.
+	svc := s.byName["sender-node1-0"]
+	conf, err := os.ReadFile(svc.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.cfg = filepath.Join(s.dir, "sender-multicast.toml")
+	if err := os.WriteFile(svc.cfg, bytes.Replace(conf, []byte("[sender]\n"), []byte("[sender]\nmulticast = \"auto\"\nmulticast_max = 500\n"), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.stopService("sender-node1-0")
+	s.restart("sender-node1-0")
+	testkit.Eventually(t, time.Minute, "the sender's multicast probe", func() bool {
+		return s.metric("sender-node1-0", "announcer_sender_multicast_enabled") == 1
+	})
+	cpu0, t0 = ejabberdCPU(), time.Now()
+	for _, b := range bodies("multicast") {
+		s.announce("/v1/announce/channel", map[string]any{"channel_id": 50, "message": b64(message("%s", b))})
+	}
+	mc := measure(t0, cpu0, bodies("multicast"))
+	multicasts := s.metric("sender-node1-0", "announcer_sender_multicasts_sent_total")
+
+	// raw writer: the same stanzas pre-rendered, written over one component connection of a
+	// spare domain no sender uses, straight to ejabberd: what one connection can push.
+	spare := s.env.ComponentSpares[len(s.env.ComponentSpares)-1]
+	rc, err := dialRawComponent(ctx, s.env.AddrFor(spare), spare, s.env.SecretFor(spare))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rc.conn.Close() })
+	var rendered [][]byte
+	for _, b := range bodies("rawwriter") {
+		for _, u := range users {
+			rendered = append(rendered, []byte(message(u+"@"+s.domain, b)))
+		}
+	}
+	cpu0, t0 = ejabberdCPU(), time.Now()
+	for _, st := range rendered {
+		if _, err := rc.Write(st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	raw := measure(t0, cpu0, bodies("rawwriter"))
+	if err := rc.Close(); err != nil {
+		t.Logf("raw component close: %v", err)
+	}
 
 	// ejabberd's own tool: send_message over its HTTP API, one call per user.
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
@@ -155,20 +273,55 @@ func TestDeliveryThroughput(t *testing.T) {
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	waitAll(2)
+	waitBodies([]string{"n=1 for %s"})
 	theirs := time.Since(t0)
 
-	rate := func(d time.Duration) float64 { return float64(n) / d.Seconds() }
+	rate := func(stanzas float64, d time.Duration) float64 { return stanzas / d.Seconds() }
+	ratio := rate(stanzas, ours.span) / rate(stanzas, raw.span)
+	mcRatio := rate(stanzas, mc.span) / rate(stanzas, ours.span)
 	fmt.Printf("delivery-bench: %d online channel members, logged in over c2s, 2 cores shared by ejabberd, the services and the clients\n", n)
-	fmt.Printf("  announcer: POST → every client received      %8s  %8.0f stanzas/s\n", ours.Round(time.Millisecond), rate(ours))
-	fmt.Printf("  baseline: ejabberd HTTP API send_message x%d  %8s  %8.0f stanzas/s\n", n, theirs.Round(time.Millisecond), rate(theirs))
-	fmt.Printf("  speed-up: %.1fx\n", theirs.Seconds()/ours.Seconds())
-	if err := benchreport.Record(map[string]benchreport.Figure{
-		"ejabberd_clients_seconds":                      {Value: ours.Seconds(), Note: fmt.Sprintf("POST until each of %d logged-in c2s clients has the stanza, real ejabberd", n)},
-		"ejabberd_clients_stanzas_per_second":           {Value: rate(ours)},
+	fmt.Printf("  announcer: %d POSTs → every client has all    %8s  %8.0f stanzas/s; first→last received %8s  %8.0f stanzas/s\n",
+		rounds, ours.e2e.Round(time.Millisecond), rate(stanzas, ours.e2e), ours.span.Round(time.Millisecond), rate(stanzas, ours.span))
+	fmt.Printf("  raw writer: %dx%d stanzas, one component conn  %8s  %8.0f stanzas/s; first→last received %8s  %8.0f stanzas/s\n",
+		rounds, n, raw.e2e.Round(time.Millisecond), rate(stanzas, raw.e2e), raw.span.Round(time.Millisecond), rate(stanzas, raw.span))
+	fmt.Printf("  multicast: %d POSTs, %.0f XEP-0033 stanzas       %8s  %8.0f stanzas/s; first→last received %8s  %8.0f stanzas/s\n",
+		rounds, multicasts, mc.e2e.Round(time.Millisecond), rate(stanzas, mc.e2e), mc.span.Round(time.Millisecond), rate(stanzas, mc.span))
+	fmt.Printf("  announcer ÷ raw writer (first→last): %.3f (goal ≥ 0.95); multicast ÷ unicast: %.3f (goal ≥ 1.15)\n", ratio, mcRatio)
+	if haveCPU {
+		fmt.Printf("  ejabberd CPU per stanza delivered: announcer %.1f µs, multicast %.1f µs, raw writer %.1f µs\n", ours.cpuUS, mc.cpuUS, raw.cpuUS)
+	}
+	fmt.Printf("  baseline: ejabberd HTTP API send_message x%d  %8s  %8.0f stanzas/s\n", n, theirs.Round(time.Millisecond), rate(float64(n), theirs))
+	fmt.Printf("  speed-up: %.1fx\n", rate(stanzas, ours.e2e)/rate(float64(n), theirs))
+	figures := map[string]benchreport.Figure{
+		"ejabberd_clients_seconds": {Value: firstRound.Sub(t0First).Seconds(),
+			Note: fmt.Sprintf("POST until each of %d logged-in c2s clients has the stanza, real ejabberd (the first of the rounds)", n)},
+		"ejabberd_clients_stanzas_per_second": {Value: float64(n) / firstRound.Sub(t0First).Seconds()},
+		"ejabberd_rounds_seconds": {Value: ours.e2e.Seconds(),
+			Note: fmt.Sprintf("%d channel announcements posted back to back until each of %d clients has all of them", rounds, n)},
+		"ejabberd_multicast_stanzas_per_second": {Value: rate(stanzas, mc.span),
+			Note: fmt.Sprintf("[sender] multicast = auto (XEP-0033, %.0f multicasts of up to 500 recipients): stanzas delivered ÷ first-to-last received, same clients", multicasts)},
+		"ejabberd_multicast_vs_unicast_ratio": {Value: mcRatio,
+			Note: "ejabberd_multicast_stanzas_per_second ÷ ejabberd_announcer_stanzas_per_second, same run, same clients; goal ≥ 1.15"},
+		"ejabberd_announcer_stanzas_per_second": {Value: rate(stanzas, ours.span),
+			Note: fmt.Sprintf("%d×%d stanzas delivered ÷ time from the first to the last received by any client", rounds, n)},
+		"ejabberd_raw_writer_seconds": {Value: raw.e2e.Seconds(),
+			Note: fmt.Sprintf("baseline: %d×%d pre-rendered stanzas through one XEP-0114 connection, no Kafka, no services: first write until every client has all", rounds, n)},
+		"ejabberd_raw_writer_stanzas_per_second": {Value: rate(stanzas, raw.span),
+			Note: "baseline: the raw writer's stanzas delivered ÷ time from the first to the last received by any client"},
+		"ejabberd_announcer_vs_raw_ratio": {Value: ratio,
+			Note: "ejabberd_announcer_stanzas_per_second ÷ ejabberd_raw_writer_stanzas_per_second, same run, same clients; goal ≥ 0.95"},
 		"ejabberd_http_api_baseline_seconds":            {Value: theirs.Seconds(), Note: "baseline: ejabberd's HTTP API send_message, one call per user, same clients"},
-		"ejabberd_http_api_baseline_stanzas_per_second": {Value: rate(theirs)},
-	}); err != nil {
+		"ejabberd_http_api_baseline_stanzas_per_second": {Value: rate(float64(n), theirs)},
+	}
+	if haveCPU {
+		figures["ejabberd_cpu_us_per_stanza_announcer"] = benchreport.Figure{Value: ours.cpuUS,
+			Note: "utime+stime of ejabberd's VM from before the announcer's POSTs until every client had every stanza, ÷ stanzas delivered"}
+		figures["ejabberd_cpu_us_per_stanza_multicast"] = benchreport.Figure{Value: mc.cpuUS,
+			Note: "the same for the multicast rounds (mod_multicast's copying included)"}
+		figures["ejabberd_cpu_us_per_stanza_raw"] = benchreport.Figure{Value: raw.cpuUS,
+			Note: "the same for the raw writer, from its first write (after the handshake) until every client had every stanza"}
+	}
+	if err := benchreport.Record(figures); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -7,7 +7,27 @@ cd "$(dirname "$0")/.."
 CONFIG=${ANNOUNCER_CONFIG:-configs/announcer.toml}
 REST=127.0.0.1:8080
 declare -A DEBUG=([ingress]=6060 [fanout]=6061 [sender]=6062 [archiver]=6063)
+declare -A ARGS=()
 ORDER=(archiver sender fanout ingress) # downstream first, so nothing waits on a missing consumer
+
+# STACK_NODES=2: a two-node ejabberd cluster (node 2 on 127.0.0.2, same ports) and one sender per node.
+NODES=${STACK_NODES:-1}
+export STACK_NODES=$NODES
+if ((NODES > 1)); then
+	cluster=.stack/announcer-cluster.toml
+	mkdir -p .stack
+	nodes=127.0.0.1:8889
+	for ((n = 2; n <= NODES; n++)); do nodes+=",127.0.0.$n:8889"; done
+	# The same config with every node listed; each node's presence address is its IP.
+	sed -e "s|^cluster_nodes = \"127.0.0.1:8889\"|cluster_nodes = \"$nodes\"|" "$CONFIG" >"$cluster"
+	for ((n = 2; n <= NODES; n++)); do
+		printf '\n[[node]]\nname = "node%d"\naddress = "127.0.0.%d:8889"\npresence_addresses = ["127.0.0.%d"]\n' "$n" "$n" "$n" >>"$cluster"
+		DEBUG[sender$n]=$((6062 + 2 * n - 2)) # 6064, 6066, …
+		ARGS[sender$n]="-node node$n"
+		ORDER=("${ORDER[0]}" "sender$n" "${ORDER[@]:1}")
+	done
+	CONFIG=$cluster
+fi
 
 say() { printf '[run] %s\n' "$*"; }
 
@@ -39,7 +59,8 @@ trap 'stop_all; exit 130' INT TERM
 trap stop_all EXIT
 
 for s in "${ORDER[@]}"; do
-	bin/announcer-"$s" -config "$CONFIG" -debug-port "127.0.0.1:${DEBUG[$s]}" \
+	# shellcheck disable=SC2086 # ARGS holds whole flags
+	bin/announcer-"${s%%[0-9]*}" -config "$CONFIG" -debug-port "127.0.0.1:${DEBUG[$s]}" ${ARGS[$s]:-} \
 		> >(sed -u "s/^/[$s] /") 2>&1 &
 	pids+=($!)
 done
@@ -67,7 +88,9 @@ cat <<INFO
   REST API      http://$REST  (POST /v1/announce/channel, /v1/announce/users; GET/DELETE /v1/announcements/{id})
   metrics       http://127.0.0.1:6060/metrics (ingress), :6061 fanout, :6062 sender, :6063 archiver
   Kafka         127.0.0.1:9092   MariaDB 127.0.0.1:3306 (announcer/announcer)   Redis 127.0.0.1:6379
-  ejabberd      c2s 127.0.0.1:5222 (STARTTLS), component 127.0.0.1:8889, HTTP API http://127.0.0.1:5280/api
+  ejabberd      c2s 127.0.0.1:5222 (STARTTLS), component 127.0.0.1:8889, HTTP API http://127.0.0.1:5280/api$(
+	((NODES > 1)) && printf '\n  cluster       %d ejabberd nodes: node N on 127.0.0.N (same ports), one sender each (debug :%s); config %s' \
+		"$NODES" "$(for ((n = 2; n <= NODES; n++)); do printf '%s ' "${DEBUG[sender$n]}"; done)" "$CONFIG")
   demo          channel 1 ("demo"): alice, bob (online in Redis), carol (offline); users log in as user/user
 
 Announce to the demo channel (paste this):

@@ -230,6 +230,17 @@ type Sender struct {
 	// (rate-limited) batch is fenced and its progress recorded this often,
 	// so a restart resends it from its last fence, not from its start.
 	ProgressInterval Duration `toml:"progress_interval"`
+	// FailoverAfter is how long a node may stay unreachable before its
+	// topic moves to the other nodes' senders (half of it for its own
+	// sender to hand the topic over, half for the others to take it); 0
+	// turns failover off.
+	FailoverAfter Duration `toml:"failover_after"`
+	// Multicast is "auto" (templates whose only placeholder is the whole
+	// `to` go out as XEP-0033 multicasts, once the service proved it takes
+	// MulticastMax addresses from us) or "off".
+	Multicast        string `toml:"multicast"`
+	MulticastService string `toml:"multicast_service"` // default "multicast.<users' domain>"
+	MulticastMax     int    `toml:"multicast_max"`     // recipients per multicast
 }
 
 type Archiver struct {
@@ -357,6 +368,9 @@ func Default() Config {
 			WriteBufferBytes: 64 << 10,
 			ReconnectMax:     Duration(30 * time.Second),
 			ProgressInterval: Duration(time.Second),
+			FailoverAfter:    Duration(30 * time.Second),
+			Multicast:        MulticastOff,
+			MulticastMax:     500,
 		},
 		Archiver: Archiver{GroupName: "announcer-archiver"},
 		Progress: Progress{
@@ -465,6 +479,20 @@ func (c *Config) resolve() {
 			c.Nodes = append(c.Nodes, n)
 		}
 	}
+}
+
+// [sender] multicast values.
+const (
+	MulticastOff  = "off"
+	MulticastAuto = "auto"
+)
+
+// MulticastJID is the XEP-0033 service multicasts go to.
+func (c *Config) MulticastJID() string {
+	if c.Sender.MulticastService != "" {
+		return c.Sender.MulticastService
+	}
+	return "multicast." + c.UserDomain()
 }
 
 // UserDomain completes bare usernames into JIDs: the domain of the connection mode in use.

@@ -169,6 +169,37 @@ rate_limit = 0
 		"[fanout] presence", "[sender] mode", "[sender] node", "rate_limit", "cluster_nodes", "[kafka-producer] topics")
 }
 
+func TestSenderMulticastAndFailoverKeys(t *testing.T) {
+	c, err := Parse([]byte(`
+[sender]
+multicast = "sometimes"
+failover_after = "-1s"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustName(t, c.Validate(RoleSender), "[sender] multicast \"sometimes\"", "[sender] failover_after")
+	c, err = Parse([]byte(`
+[sender]
+mode = "client"
+multicast = "auto"
+multicast_max = 0
+[client]
+username = "announcer"
+password = "x"
+domain = "localhost"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustName(t, c.Validate(RoleSender), "[sender] multicast_max", "needs [sender] mode = \"component\"")
+	d := Default()
+	d.Component.Domain = "localhost"
+	if d.Sender.Multicast != MulticastOff || d.MulticastJID() != "multicast.localhost" || d.Sender.FailoverAfter.D() != 30*time.Second {
+		t.Fatalf("defaults: multicast %q to %q, failover_after %s", d.Sender.Multicast, d.MulticastJID(), d.Sender.FailoverAfter.D())
+	}
+}
+
 func TestSecretsAreMaskedWhenPrinted(t *testing.T) {
 	c, err := Parse([]byte(`
 [mysql]

@@ -163,7 +163,20 @@ func (c *Config) validateSender(p *problems) {
 	p.positive("[sender] fence_timeout", c.Sender.FenceTimeout)
 	p.atLeast("[sender] max_in_flight", c.Sender.MaxInFlight, 1, "")
 	p.positive("[sender] progress_interval", c.Sender.ProgressInterval)
+	if c.Sender.FailoverAfter < 0 {
+		p.bad("[sender] failover_after: %s is negative (0 turns failover off)", c.Sender.FailoverAfter.D())
+	}
 	p.empty("[sender] group_prefix", c.Sender.GroupPrefix)
+	switch c.Sender.Multicast {
+	case MulticastOff:
+	case MulticastAuto:
+		p.atLeast("[sender] multicast_max", c.Sender.MulticastMax, 1, " recipients")
+		if c.Sender.Mode == ModeClient {
+			p.bad("[sender] multicast = \"auto\" needs [sender] mode = \"component\" (its fences come back to the component)")
+		}
+	default:
+		p.bad("[sender] multicast %q: want auto or off", c.Sender.Multicast)
+	}
 	switch c.Sender.Mode {
 	case ModeComponent:
 		p.empty("[component] name", c.Component.Name)

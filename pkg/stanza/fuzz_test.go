@@ -102,6 +102,9 @@ func FuzzParse(f *testing.F) {
 			if out := tpl.AppendRender(nil, user, incID); stanza.WellFormed(out) != nil {
 				t.Fatalf("template %q, raw user %q: rendered %q is not well-formed", tpl.Raw(), user, out)
 			}
+			if tpl.Multicast() {
+				checkMulticast(t, tpl, append(jids, user))
+			}
 		}
 		checkClientModel(t, raw)
 	})

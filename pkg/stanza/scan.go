@@ -34,6 +34,10 @@ type scanner struct {
 	marks []hole // marks[i] = placeholder starting at i; nil when there are none
 
 	rootAttrs []rawAttr
+	// rootOpen is the offset just past the root's start tag; rootEmpty says
+	// it was self-closing ("/>").
+	rootOpen  int
+	rootEmpty bool
 }
 
 func newScanner(src []byte, base int, phs []placeholder) *scanner {
@@ -202,6 +206,9 @@ func (s *scanner) run() error {
 			selfClosing, err := s.attributes(root)
 			if err != nil {
 				return err
+			}
+			if root {
+				s.rootOpen, s.rootEmpty = s.pos, selfClosing
 			}
 			if !selfClosing {
 				stack = append(stack, name)

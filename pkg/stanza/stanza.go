@@ -160,6 +160,10 @@ type Template struct {
 	static   int // total literal bytes
 	nInc     int
 	onlyInTo bool
+	// open is where the root's children start in the literal after the
+	// recipient (segs[1].lit), for a multicast's <addresses/>; -1 when the
+	// template cannot go out as a multicast.
+	open int
 }
 
 // Raw returns the template as validated: the decoded bytes with the
@@ -175,6 +179,38 @@ func (t *Template) HasIncID() bool { return t.nInc > 0 }
 // recipient gets the same payload and the stanza can go out as one XEP-0033
 // multicast instead of one copy per recipient.
 func (t *Template) RecipientOnlyInTo() bool { return t.onlyInTo }
+
+// NSAddress is XEP-0033's namespace.
+const NSAddress = "http://jabber.org/protocol/address"
+
+// Multicast reports whether the template can go out as one XEP-0033
+// multicast for many recipients: a <message> (with children) whose only
+// placeholder is the whole `to`.
+func (t *Template) Multicast() bool { return t.open >= 0 }
+
+// AppendMulticastHead starts a multicast of the template: the root start
+// tag addressed to service (the multicast service's JID), then the opening
+// of its <addresses/> block. Append each recipient with AppendBcc, then
+// close with AppendMulticastTail. Only for templates where Multicast holds.
+func (t *Template) AppendMulticastHead(dst []byte, service string) []byte {
+	dst = append(dst, t.segs[0].lit...)
+	dst = AppendEscaped(dst, service)
+	dst = append(dst, t.segs[1].lit[:t.open]...)
+	return append(dst, "<addresses xmlns='"+NSAddress+"'>"...)
+}
+
+// AppendBcc appends one blind-copy recipient of a multicast.
+func AppendBcc(dst []byte, jid string) []byte {
+	dst = append(dst, "<address type='bcc' jid='"...)
+	dst = AppendEscaped(dst, jid)
+	return append(dst, "'/>"...)
+}
+
+// AppendMulticastTail closes the <addresses/> block and the rest of the template.
+func (t *Template) AppendMulticastTail(dst []byte) []byte {
+	dst = append(dst, "</addresses>"...)
+	return append(dst, t.segs[1].lit[t.open:]...)
+}
 
 // AppendRender appends the stanza for one recipient: the first %s becomes
 // the XML-escaped jid, every [inc_id] the decimal incID. It does not
@@ -283,10 +319,14 @@ func Parse(raw []byte, opt Options) (*Template, error) {
 		}
 	}
 
+	t.open = -1
 	if to, ok := sc.rootAttr("to"); ok && t.nInc == 0 &&
 		bytes.Count(src, []byte(PlaceholderJID)) == 1 &&
 		to.start == jidAt && to.end == jidAt+len(PlaceholderJID) {
 		t.onlyInTo = true
+		if !sc.rootEmpty && root.Name.Local == "message" {
+			t.open = sc.rootOpen - (jidAt + len(PlaceholderJID))
+		}
 	}
 	return t, nil
 }

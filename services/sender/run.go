@@ -13,14 +13,21 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/config"
+	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/stage"
 	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/sender/internal/delivery"
+	"github.com/announcer/announcer/services/sender/internal/failover"
 	"github.com/announcer/announcer/services/sender/internal/xmpplink"
 )
 
 // handshakeTimeout bounds dial + handshake; there is no config key for it.
 const handshakeTimeout = 10 * time.Second
+
+// handOverDrain is how long the batches in flight may go on once this
+// sender hands its node's topic over (its node has been unreachable for a
+// while: they are not going anywhere).
+const handOverDrain = 2 * time.Second
 
 // hooks let tests steer the service; main passes none.
 type hooks struct {
@@ -61,6 +68,16 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	topic := cfg.DeliveriesTopic(node.Name)
 	priority := cfg.PriorityTopic(topic)
 	rt.Topics(rt.Brokers(), topic, priority, cfg.Bus.DeadLetterTopic)
+	// With failover, this sender also waits for the other nodes' topics: it may have to take them.
+	var peers []config.Node
+	if cfg.Sender.FailoverAfter > 0 {
+		for _, n := range cfg.Nodes {
+			if n.Name != node.Name {
+				peers = append(peers, n)
+				rt.Topics(rt.Brokers(), cfg.DeliveriesTopic(n.Name), cfg.PriorityTopic(cfg.DeliveriesTopic(n.Name)))
+			}
+		}
+	}
 	tracker, err := rt.Progress()
 	if err != nil {
 		return err
@@ -78,6 +95,11 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		return nil
 	})
 
+	var multicast *delivery.Multicast
+	if cfg.Sender.Multicast == config.MulticastAuto {
+		multicast = &delivery.Multicast{Service: cfg.MulticastJID(), Max: cfg.Sender.MulticastMax}
+		rt.Serve("multicast probe", probeMulticast(pool, multicast, log, metrics))
+	}
 	sender := delivery.New(delivery.Options{
 		UserDomain:   cfg.UserDomain(),
 		Templates:    stanza.NewCache(cfg.TemplateRules(), 1024),
@@ -87,6 +109,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		RetryMax:     cfg.Sender.ReconnectMax.D(),
 		StepInterval: cfg.Sender.ProgressInterval.D(),
 		Progress:     tracker,
+		Multicast:    multicast,
 	}, delivery.LinksOf(pool.Acquire), log, delivery.NewMetrics(metrics))
 
 	handle := stage.Decoded(announcement.NewDecoder(metrics).Batch, sender.Deliver)
@@ -96,22 +119,83 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		// An identical batch is the same batch written twice (fanout retried a write).
 		Dedupe: 4096,
 	}
-	rt.Consume(stage.Input{
-		Name: "deliveries", Group: cfg.Sender.GroupPrefix + node.Name, Topics: []string{topic},
-		Handle: handle, Labels: prometheus.Labels{"node": node.Name}, ConsumerOptions: consumer,
-	})
-	// The priority lane has in-flight slots of its own on the same links: its
-	// batches never wait for bulk ones to be fetched, only for a few chunks'
-	// worth of the rate limit.
-	rt.Consume(stage.Input{
-		Name: "priority", Group: cfg.Sender.GroupPrefix + node.Name + cfg.Bus.PrioritySuffix, Topics: []string{priority},
-		Handle: handle, Labels: prometheus.Labels{"node": node.Name}, ConsumerOptions: consumer, Prefix: "priority_",
-	})
+	// Both lanes of a node's topic open and close together; only with
+	// failover are they gated.
+	var own *stage.Gate
+	if len(peers) > 0 {
+		own = stage.NewGate(true)
+	}
+	lanes := func(name, priorityName, of string, gate *stage.Gate, drain time.Duration, clientID, prefix string) {
+		deliveries := cfg.DeliveriesTopic(of)
+		rt.Consume(stage.Input{
+			Name: name, Group: cfg.Sender.GroupPrefix + of, Topics: []string{deliveries},
+			Handle: handle, Labels: prometheus.Labels{"node": of}, ConsumerOptions: consumer, Prefix: prefix,
+			Gate: gate, GateDrain: drain, ClientID: clientID,
+		})
+		// The priority lane has in-flight slots of its own on the same links: its
+		// batches never wait for bulk ones to be fetched, only for a few chunks'
+		// worth of the rate limit.
+		rt.Consume(stage.Input{
+			Name: priorityName, Group: cfg.Sender.GroupPrefix + of + cfg.Bus.PrioritySuffix, Topics: []string{cfg.PriorityTopic(deliveries)},
+			Handle: handle, Labels: prometheus.Labels{"node": of}, ConsumerOptions: consumer, Prefix: prefix + "priority_",
+			Gate: gate, GateDrain: drain, ClientID: clientID,
+		})
+	}
+	// Handing over: what is in flight waits for a node that is gone, so it
+	// is left (uncommitted) for the sender that takes the topic.
+	lanes("deliveries", "priority", node.Name, own, handOverDrain, failover.ClientID(node.Name), "")
+	if len(peers) > 0 {
+		var ps []failover.Peer
+		for _, p := range peers {
+			gate := stage.NewGate(false)
+			// Giving back: the batches in flight go through a live node; let them finish.
+			lanes("takeover "+p.Name, "takeover "+p.Name+" priority", p.Name, gate, cfg.Sender.FenceTimeout.D(), failover.TakeoverClientID(node.Name, p.Name), "takeover_")
+			ps = append(ps, failover.Peer{Node: p.Name, Group: cfg.Sender.GroupPrefix + p.Name, Gates: []failover.Gate{gate}})
+		}
+		groups := kafkabus.NewClient(rt.Brokers(), 5*time.Second)
+		rt.OnClose(func() error { groups.Close(); return nil })
+		watcher := failover.New(failover.Options{Node: node.Name, After: cfg.Sender.FailoverAfter.D()},
+			func() bool { return pool.Up() > 0 }, []failover.Gate{own}, ps, groups, log, failover.NewMetrics(metrics))
+		rt.Serve("failover", watcher.Run)
+	}
 	if h.runtime != nil {
 		h.runtime(rt)
 	}
 	log.Info().Str("topic", topic).Str("ejabberd", node.Address).Int("connections", links.Conns).Msg("sender configured")
 	return rt.Run(ctx)
+}
+
+// probeMulticast switches multicast on once the service copied one message
+// to Max addresses of ours: a service whose limits are lower would refuse
+// (or cut) real multicasts. It tries again with backoff until it works.
+func probeMulticast(pool *xmpplink.Pool, mc *delivery.Multicast, log zerolog.Logger, reg prometheus.Registerer) func(context.Context) error {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "multicast_enabled",
+		Help: "1 while batches go out as XEP-0033 multicasts: the service took a probe of [sender] multicast_max addresses, and has refused none since."},
+		func() float64 {
+			if mc.Enabled() {
+				return 1
+			}
+			return 0
+		}))
+	return func(ctx context.Context) error {
+		policy := backoff.Policy{Initial: time.Second, Max: 5 * time.Minute}
+		for attempt := 0; ; attempt++ {
+			err := pool.ProbeMulticast(ctx, mc.Max)
+			if err == nil {
+				mc.Enable(true)
+				log.Info().Str("service", mc.Service).Int("max", mc.Max).Msg("multicast on: the service took a probe of max addresses")
+				<-ctx.Done()
+				return nil
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			log.Warn().Err(err).Msg("multicast stays off for now (one stanza per recipient); probing again")
+			if backoff.Sleep(ctx, policy.Delay(attempt)) != nil {
+				return nil
+			}
+		}
+	}
 }
 
 // linkOptions are the connections to node in the configured mode.
@@ -129,6 +213,9 @@ func linkOptions(cfg config.Config, node config.Node) (xmpplink.Options, error) 
 	switch cfg.Sender.Mode {
 	case config.ModeComponent:
 		o.JID = cfg.Component.JID()
+		if cfg.Sender.Multicast == config.MulticastAuto {
+			o.MulticastService = cfg.MulticastJID()
+		}
 		o.Secret = cfg.Component.Secret.Value()
 		o.PingInterval = time.Duration(cfg.Component.PingInterval) * time.Second
 	case config.ModeClient:

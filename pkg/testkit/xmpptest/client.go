@@ -34,12 +34,20 @@ type Message struct {
 	Children int
 }
 
+// Arrival is a message with the time the client had it decoded: benchmarks
+// measure delivery rates from these. It is apart from Message so that tests
+// comparing whole messages stay exact.
+type Arrival struct {
+	Message
+	At time.Time
+}
+
 // Client is one logged-in user.
 type Client struct {
 	JID  jid.JID
 	s    *xmpp.Session
 	mu   sync.Mutex
-	msgs []Message
+	msgs []Arrival
 	seen chan struct{}
 	done chan error
 }
@@ -140,8 +148,9 @@ func (c *Client) handle(t xmlstream.TokenReadEncoder, start *xml.StartElement) e
 			break
 		}
 	}
+	at := time.Now()
 	c.mu.Lock()
-	c.msgs = append(c.msgs, m)
+	c.msgs = append(c.msgs, Arrival{Message: m, At: at})
 	c.mu.Unlock()
 	select {
 	case c.seen <- struct{}{}:
@@ -154,7 +163,18 @@ func (c *Client) handle(t xmlstream.TokenReadEncoder, start *xml.StartElement) e
 func (c *Client) Messages() []Message {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]Message(nil), c.msgs...)
+	var out []Message
+	for _, a := range c.msgs {
+		out = append(out, a.Message)
+	}
+	return out
+}
+
+// Arrivals returns what arrived so far, each with when.
+func (c *Client) Arrivals() []Arrival {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Arrival(nil), c.msgs...)
 }
 
 // Wait returns once at least n messages arrived, or with what arrived when ctx ends.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -31,8 +32,33 @@ type Link interface {
 	Flush() error
 	// Fence returns nil once ejabberd processed everything written before it.
 	Fence(ctx context.Context) error
+	// FenceMulticast returns nil once ejabberd's multicast service handled
+	// every multicast written before it.
+	FenceMulticast(ctx context.Context) error
+	// MulticastRefusals counts the multicasts the service refused as a whole.
+	MulticastRefusals() int64
 	Release()
 }
+
+// Multicast is the XEP-0033 mode: a batch whose template allows it
+// (stanza.Template.Multicast) goes out as multicasts to Service of up to
+// Max recipients each. The sender switches it on once the service proved
+// it takes Max addresses from us, and off if it ever refuses one.
+type Multicast struct {
+	Service string
+	Max     int
+	on      atomic.Bool
+}
+
+// Enable switches the mode on or off for the batches that start from now on.
+func (m *Multicast) Enable(on bool) { m.on.Store(on) }
+
+// Enabled reports whether batches go out as multicasts.
+func (m *Multicast) Enabled() bool { return m != nil && m.on.Load() && m.Max > 0 }
+
+// errRefused: the multicast service refused a multicast while the batch was
+// in flight; the batch goes again one stanza per recipient.
+var errRefused = errors.New("delivery: the multicast service refused a multicast")
 
 // Links hands out live connections, waiting for one to come up. With alone,
 // the connection is the caller's alone until Release: nothing else is
@@ -104,6 +130,8 @@ type Options struct {
 	StepInterval time.Duration
 	// Progress records deliveries (nil: nothing is recorded).
 	Progress Progress
+	// Multicast, when set and enabled, sends batches as XEP-0033 multicasts.
+	Multicast *Multicast
 }
 
 // Sender delivers batches.
@@ -209,6 +237,7 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 	}
 
 	policy := backoff.Policy{Initial: s.opt.RetryMin, Max: s.opt.RetryMax}
+	multicast := s.opt.Multicast.Enabled() && tmpl.Multicast()
 	rejections := 0
 	// After ejabberd closed a stream, every batch that was in flight on it is
 	// sent again alone on a connection: only a batch that closes the stream
@@ -231,8 +260,17 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 		if err != nil {
 			return fmt.Errorf("delivery: no connection: %w", err)
 		}
-		err = s.send(ctx, link, tmpl, st, sc)
+		err = s.send(ctx, link, tmpl, st, sc, multicast)
 		link.Release()
+		if errors.Is(err, errRefused) {
+			// Everything since the last fence goes again, one stanza per recipient.
+			multicast = false
+			s.opt.Multicast.Enable(false)
+			s.m.multicastOff.Inc()
+			s.log.Error().Str("announcement", b.AnnouncementID).
+				Msg("the multicast service refused a multicast: sending one stanza per recipient from now on (raise mod_multicast limits, then restart the sender)")
+			continue
+		}
 		if err == nil {
 			if st.cancelled {
 				s.m.batches.WithLabelValues("cancelled").Inc()
@@ -303,7 +341,7 @@ func (st *steps) done(p Progress, pos int) {
 // paced by the link's limiter, and fences (in steps when it is slow). Each
 // recipient's JID is built once per attempt; an invalid one is skipped and
 // counted with its step: a username is never sent raw.
-func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st *steps, sc *scratch) error {
+func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st *steps, sc *scratch, multicast bool) error {
 	lim := s.limiters[link.Slot()%len(s.limiters)]
 	var timer *time.Timer
 	defer func() {
@@ -311,6 +349,22 @@ func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st 
 			timer.Stop()
 		}
 	}()
+	fence, chunk := link.Fence, s.chunk
+	var refusals int64
+	if multicast {
+		fence, chunk = link.FenceMulticast, s.opt.Multicast.Max
+		refusals = link.MulticastRefusals()
+		inner := fence
+		fence = func(ctx context.Context) error {
+			if err := inner(ctx); err != nil {
+				return err
+			}
+			if link.MulticastRefusals() != refusals {
+				return errRefused
+			}
+			return nil
+		}
+	}
 	b := st.batch
 	n := len(b.Recipients)
 	st.sent, st.invalid = 0, 0
@@ -324,7 +378,7 @@ func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st 
 				break
 			}
 			if i > st.from && time.Since(lastFence) >= s.opt.StepInterval {
-				if err := link.Fence(ctx); err != nil {
+				if err := fence(ctx); err != nil {
 					return err
 				}
 				st.done(s.opt.Progress, i)
@@ -332,43 +386,37 @@ func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st 
 			}
 		}
 		sc.buf = sc.buf[:0]
+		if multicast {
+			sc.buf = tmpl.AppendMulticastHead(sc.buf, s.opt.Multicast.Service)
+		}
 		k := 0
-		for ; i < n && k < s.chunk; i++ {
+		for ; i < n && k < chunk; i++ {
 			var err error
 			sc.jid, err = stanza.AppendJID(sc.jid[:0], b.Recipients[i], s.opt.UserDomain)
 			if err != nil || len(sc.jid) == 0 {
 				st.invalid++
 				continue
 			}
-			// AppendRender only reads the JID during the call, so a view of the
+			// The renderers only read the JID during the call, so a view of the
 			// scratch buffer saves an allocation per recipient.
-			sc.buf = tmpl.AppendRender(sc.buf, unsafe.String(&sc.jid[0], len(sc.jid)), b.FirstIncID+uint64(i))
+			jid := unsafe.String(&sc.jid[0], len(sc.jid))
+			if multicast {
+				sc.buf = stanza.AppendBcc(sc.buf, jid)
+			} else {
+				sc.buf = tmpl.AppendRender(sc.buf, jid, b.FirstIncID+uint64(i))
+			}
 			k++
 		}
 		if k == 0 {
 			continue
 		}
-		if lim != nil {
-			res := lim.ReserveN(time.Now(), k)
-			if d := res.Delay(); d > 0 {
-				// What is buffered goes out before we sleep, so the pacing shows on the wire.
-				if err := link.Flush(); err != nil {
-					res.Cancel()
-					return err
-				}
-				if timer == nil {
-					timer = time.NewTimer(d)
-				} else {
-					timer.Reset(d)
-				}
-				select {
-				case <-timer.C:
-					s.m.rateWait.Add(d.Seconds())
-				case <-ctx.Done():
-					res.Cancel()
-					return ctx.Err()
-				}
-			}
+		if multicast {
+			sc.buf = tmpl.AppendMulticastTail(sc.buf)
+			s.m.multicasts.Inc()
+		}
+		// The rate limit counts recipients, whatever the stanzas that carry them.
+		if err := s.pace(ctx, lim, k, link, &timer); err != nil {
+			return err
 		}
 		if err := link.Write(sc.buf); err != nil {
 			return err
@@ -380,12 +428,48 @@ func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st 
 	// Nothing written since the last fence (every recipient invalid, say):
 	// nothing to prove.
 	if st.written > 0 {
-		if err := link.Fence(ctx); err != nil {
+		if err := fence(ctx); err != nil {
 			return err
 		}
 	}
 	// i is n, or where a cancel stopped the batch.
 	st.done(s.opt.Progress, i)
+	return nil
+}
+
+// pace waits until the connection's limiter allows k more recipients,
+// flushing what is buffered first so the pacing shows on the wire. A
+// reservation is at most the limiter's burst, so a large multicast is
+// paid for in several.
+func (s *Sender) pace(ctx context.Context, lim *rate.Limiter, k int, link Link, timer **time.Timer) error {
+	if lim == nil {
+		return nil
+	}
+	for k > 0 {
+		n := min(k, lim.Burst())
+		k -= n
+		res := lim.ReserveN(time.Now(), n)
+		d := res.Delay()
+		if d <= 0 {
+			continue
+		}
+		if err := link.Flush(); err != nil {
+			res.Cancel()
+			return err
+		}
+		if *timer == nil {
+			*timer = time.NewTimer(d)
+		} else {
+			(*timer).Reset(d)
+		}
+		select {
+		case <-(*timer).C:
+			s.m.rateWait.Add(d.Seconds())
+		case <-ctx.Done():
+			res.Cancel()
+			return ctx.Err()
+		}
+	}
 	return nil
 }
 
@@ -398,6 +482,9 @@ type Metrics struct {
 	isolated prometheus.Counter
 	resumed  prometheus.Counter
 	batches  *prometheus.CounterVec
+
+	multicasts   prometheus.Counter
+	multicastOff prometheus.Counter
 }
 
 // NewMetrics registers the delivery metrics on reg (the service's, which
@@ -407,7 +494,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 	}
 	m := &Metrics{
-		sent:     c("stanzas_sent_total", "Stanzas written to ejabberd (resent ones included)."),
+		sent:     c("stanzas_sent_total", "Stanzas written to ejabberd, resent ones included (in multicast mode: recipients addressed)."),
 		resends:  c("resends_total", "Batches sent again because their connection died before the fence."),
 		invalid:  c("invalid_recipients_total", "Recipients skipped because they are not valid JIDs."),
 		rateWait: c("rate_limit_wait_seconds_total", "Time spent waiting for the per-connection rate limit."),
@@ -416,7 +503,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "batches_total", Help: "Batches finished, by outcome (delivered, empty, poison, cancelled).",
 		}, []string{"outcome"}),
+		multicasts:   c("multicasts_sent_total", "XEP-0033 multicast stanzas written (each carries up to [sender] multicast_max recipients)."),
+		multicastOff: c("multicast_fallbacks_total", "Batches sent again one stanza per recipient because the multicast service refused a multicast (multicast is then off)."),
 	}
-	reg.MustRegister(m.sent, m.resends, m.invalid, m.rateWait, m.isolated, m.resumed, m.batches)
+	reg.MustRegister(m.sent, m.resends, m.invalid, m.rateWait, m.isolated, m.resumed, m.batches, m.multicasts, m.multicastOff)
 	return m
 }

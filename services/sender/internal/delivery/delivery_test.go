@@ -31,6 +31,7 @@ type fakeLink struct {
 	// and only it; 0 fails every fence with fenceErr.
 	failFence int
 	fences    int
+	refusals  int64 // what MulticastRefusals says
 }
 
 func (l *fakeLink) Slot() int { return l.slot }
@@ -62,6 +63,19 @@ func (l *fakeLink) Fence(context.Context) error {
 		return nil
 	}
 	return l.fenceErr
+}
+
+func (l *fakeLink) FenceMulticast(ctx context.Context) error {
+	l.mu.Lock()
+	l.ops = append(l.ops, "echo")
+	l.mu.Unlock()
+	return l.Fence(ctx)
+}
+
+func (l *fakeLink) MulticastRefusals() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.refusals
 }
 
 func (l *fakeLink) Release() { l.released = true }

@@ -54,6 +54,27 @@ type outPing struct {
 	seq uint64
 }
 
+// lane is a kind of fence, with its own sequence: an XEP-0199 ping proves
+// ejabberd routed what the connection sent before it; an echo (a multicast
+// addressed back to us) proves its multicast service handled the multicasts
+// before it. A ping's answer says nothing about multicasts, so the two never
+// confirm each other.
+type lane int
+
+const (
+	lanePing lane = iota
+	laneEcho
+	lanes
+)
+
+// fenceState is one lane's sequence: the last fence written, the highest
+// answered, and the unanswered ones.
+type fenceState struct {
+	sent, confirmed uint64
+	confirmCh       chan struct{}
+	outstanding     []outPing
+}
+
 // Conn is one established XEP-0114 connection. Stanza bytes go through a
 // buffered writer straight to the socket; a read loop runs for the whole life
 // of the connection so ejabberd can never block writing to us.
@@ -73,10 +94,7 @@ type Conn struct {
 	deadErr error
 
 	pmu         sync.Mutex
-	sent        uint64 // sequence number of the last ping written
-	confirmed   uint64 // highest sequence number whose result arrived
-	confirmCh   chan struct{}
-	outstanding []outPing
+	fences      [lanes]fenceState
 	pingsClosed bool
 
 	users     atomic.Int32
@@ -86,15 +104,18 @@ type Conn struct {
 
 func newConn(p *Pool, slot int, nc net.Conn, sess *xmpp.Session) *Conn {
 	return &Conn{
-		pool:      p,
-		slot:      slot,
-		nc:        nc,
-		wc:        sess.Conn(),
-		sess:      sess,
-		bw:        bufio.NewWriterSize(sess.Conn(), p.opt.WriteBufferBytes),
-		dead:      make(chan struct{}),
-		confirmCh: make(chan struct{}),
-		replies:   make(chan inbound, 64),
+		pool: p,
+		slot: slot,
+		nc:   nc,
+		wc:   sess.Conn(),
+		sess: sess,
+		bw:   bufio.NewWriterSize(sess.Conn(), p.opt.WriteBufferBytes),
+		dead: make(chan struct{}),
+		fences: [lanes]fenceState{
+			lanePing: {confirmCh: make(chan struct{})},
+			laneEcho: {confirmCh: make(chan struct{})},
+		},
+		replies: make(chan inbound, 64),
 	}
 }
 
@@ -125,10 +146,12 @@ func (c *Conn) kill(err error) {
 		_ = c.nc.Close()
 		c.pmu.Lock()
 		c.pingsClosed = true
-		for _, o := range c.outstanding {
-			c.pool.forget(o.id)
+		for l := range c.fences {
+			for _, o := range c.fences[l].outstanding {
+				c.pool.forget(o.id)
+			}
+			c.fences[l].outstanding = nil
 		}
-		c.outstanding = nil
 		c.pmu.Unlock()
 	})
 }
@@ -178,20 +201,38 @@ func (c *Conn) Flush() error {
 // connection before the call: it sends an XEP-0199 ping and waits for its
 // result, which may arrive on any connection of the pool. A connection that
 // dies first returns an error wrapping ErrLost.
-func (c *Conn) Fence(ctx context.Context) error {
-	seq, err := c.sendPing()
+func (c *Conn) Fence(ctx context.Context) error { return c.fence(ctx, lanePing) }
+
+// FenceMulticast returns nil once ejabberd's multicast service (XEP-0033)
+// has handled every multicast written on this connection before the call:
+// it sends a multicast whose only address is this component and waits for
+// that copy to come back (on any connection of the pool). The service
+// handles one sender's multicasts in order, as a connection's stanzas are
+// routed in order, so the echo comes back after the earlier ones went out.
+func (c *Conn) FenceMulticast(ctx context.Context) error {
+	if c.pool.echoHead == nil {
+		return errors.New("xmpplink: no multicast service configured")
+	}
+	return c.fence(ctx, laneEcho)
+}
+
+// MulticastRefusals is the pool's count of multicasts refused as a whole.
+func (c *Conn) MulticastRefusals() int64 { return c.pool.MulticastRefusals() }
+
+func (c *Conn) fence(ctx context.Context, l lane) error {
+	seq, err := c.sendPing(l)
 	if err != nil {
 		return err
 	}
-	if err := c.await(ctx, seq); err != nil {
+	if err := c.await(ctx, l, seq); err != nil {
 		return err
 	}
 	c.pool.m.fences.Inc()
 	return nil
 }
 
-// sendPing writes and flushes a ping; its result confirms sequence number seq.
-func (c *Conn) sendPing() (seq uint64, err error) {
+// sendPing writes and flushes a fence of lane l; its answer confirms sequence number seq.
+func (c *Conn) sendPing(l lane) (seq uint64, err error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.isDead() {
@@ -202,13 +243,14 @@ func (c *Conn) sendPing() (seq uint64, err error) {
 		c.pmu.Unlock()
 		return 0, c.lost()
 	}
-	c.sent++
-	seq = c.sent
-	id := c.pool.remember(c, seq)
-	c.outstanding = append(c.outstanding, outPing{id: id, seq: seq})
+	f := &c.fences[l]
+	f.sent++
+	seq = f.sent
+	id := c.pool.remember(c, l, seq)
+	f.outstanding = append(f.outstanding, outPing{id: id, seq: seq})
 	c.pmu.Unlock()
 
-	c.scratch = c.pool.appendPing(c.scratch[:0], id)
+	c.scratch = c.pool.appendFence(c.scratch[:0], l, id)
 	_ = c.wc.SetWriteDeadline(time.Now().Add(c.pool.opt.PingTimeout))
 	if _, err := c.bw.Write(c.scratch); err != nil {
 		return 0, c.failWrite(err)
@@ -220,16 +262,16 @@ func (c *Conn) sendPing() (seq uint64, err error) {
 	return seq, nil
 }
 
-// await waits until ping seq (or a later one) is answered.
-func (c *Conn) await(ctx context.Context, seq uint64) error {
+// await waits until fence seq of lane l (or a later one) is answered.
+func (c *Conn) await(ctx context.Context, l lane, seq uint64) error {
 	deadline := time.NewTimer(c.pool.opt.PingTimeout)
 	defer deadline.Stop()
 	retransmit := time.NewTimer(c.pool.retransmit)
 	defer retransmit.Stop()
 	for {
 		c.pmu.Lock()
-		ok := c.confirmed >= seq
-		ch := c.confirmCh
+		ok := c.fences[l].confirmed >= seq
+		ch := c.fences[l].confirmCh
 		c.pmu.Unlock()
 		if ok {
 			return nil
@@ -238,7 +280,7 @@ func (c *Conn) await(ctx context.Context, seq uint64) error {
 		case <-ch:
 		case <-c.dead:
 			c.pmu.Lock()
-			ok := c.confirmed >= seq
+			ok := c.fences[l].confirmed >= seq
 			c.pmu.Unlock()
 			if ok {
 				return nil
@@ -250,7 +292,7 @@ func (c *Conn) await(ctx context.Context, seq uint64) error {
 			// The result may have been routed to another process that shares the
 			// component domain; ejabberd answers in order, so any later result
 			// confirms this ping too.
-			if _, err := c.sendPing(); err != nil {
+			if _, err := c.sendPing(l); err != nil {
 				return err
 			}
 			retransmit.Reset(c.pool.retransmit)
@@ -262,21 +304,22 @@ func (c *Conn) await(ctx context.Context, seq uint64) error {
 	}
 }
 
-// confirm records that ping seq was answered: every earlier one is answered too.
-func (c *Conn) confirm(seq uint64) {
+// confirm records that fence seq of lane l was answered: every earlier one is answered too.
+func (c *Conn) confirm(l lane, seq uint64) {
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
-	if seq > c.confirmed {
-		c.confirmed = seq
-		close(c.confirmCh)
-		c.confirmCh = make(chan struct{})
+	f := &c.fences[l]
+	if seq > f.confirmed {
+		f.confirmed = seq
+		close(f.confirmCh)
+		f.confirmCh = make(chan struct{})
 	}
 	i := 0
-	for i < len(c.outstanding) && c.outstanding[i].seq <= c.confirmed {
-		c.pool.forget(c.outstanding[i].id)
+	for i < len(f.outstanding) && f.outstanding[i].seq <= f.confirmed {
+		c.pool.forget(f.outstanding[i].id)
 		i++
 	}
-	c.outstanding = append(c.outstanding[:0], c.outstanding[i:]...)
+	f.outstanding = append(f.outstanding[:0], f.outstanding[i:]...)
 }
 
 // serve runs the connection until it dies or ctx ends: the read loop, the
@@ -309,8 +352,8 @@ loop:
 				keepalive = true
 				wg.Go(func() {
 					// A failure kills the connection, which this loop sees on c.dead.
-					if seq, err := c.sendPing(); err == nil {
-						_ = c.await(ctx, seq)
+					if seq, err := c.sendPing(lanePing); err == nil {
+						_ = c.await(ctx, lanePing, seq)
 					}
 					kaDone <- struct{}{}
 				})

@@ -69,8 +69,8 @@ func readAll(t testing.TB, data []byte) (*Pool, *Metrics, error) {
 	defer c.kill(errClosing)
 	// One ping outstanding, id f-1, as if written before the server's answer.
 	c.pmu.Lock()
-	c.sent = 1
-	c.outstanding = append(c.outstanding, outPing{id: p.remember(c, 1), seq: 1})
+	c.fences[lanePing].sent = 1
+	c.fences[lanePing].outstanding = append(c.fences[lanePing].outstanding, outPing{id: p.remember(c, lanePing, 1), seq: 1})
 	c.pmu.Unlock()
 	done := make(chan error, 1)
 	go func() { done <- c.readLoop() }()

@@ -4,19 +4,21 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Metrics are the connection-level counters of one node's pool.
 type Metrics struct {
-	up             prometheus.Gauge
-	reconnects     prometheus.Counter
-	dialFailures   prometheus.Counter
-	pings          prometheus.Counter
-	fences         prometheus.Counter
-	pingTimeouts   prometheus.Counter
-	inboundErrors  *prometheus.CounterVec
-	unknownResults prometheus.Counter
-	ignored        prometheus.Counter
-	replies        prometheus.Counter
-	repliesDropped prometheus.Counter
-	writeStalls    prometheus.Counter
-	address        *prometheus.GaugeVec // address: 1 for the node's listener
+	up               prometheus.Gauge
+	reconnects       prometheus.Counter
+	dialFailures     prometheus.Counter
+	pings            prometheus.Counter
+	fences           prometheus.Counter
+	pingTimeouts     prometheus.Counter
+	inboundErrors    *prometheus.CounterVec
+	unknownResults   prometheus.Counter
+	ignored          prometheus.Counter
+	replies          prometheus.Counter
+	repliesDropped   prometheus.Counter
+	writeStalls      prometheus.Counter
+	echoes           prometheus.Counter
+	multicastRefused prometheus.Counter
+	address          *prometheus.GaugeVec // address: 1 for the node's listener
 }
 
 // NewMetrics registers the pool's metrics on reg (the service's, which names
@@ -40,6 +42,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		replies:        c("iq_replies_total", "Answers to IQ requests addressed to the component."),
 		repliesDropped: c("iq_replies_dropped_total", "IQ requests left unanswered because the reply queue was full."),
 		writeStalls:    c("write_stalls_total", "Connections declared dead because a write made no progress in time."),
+		echoes:         c("multicast_echoes_total", "Multicast fences come back: XEP-0033 multicasts addressed to this component, proving the service handled the ones before."),
+		multicastRefused: c("multicast_refused_total",
+			"Multicasts the multicast service refused as a whole (too many addresses for its limits): sent again one stanza per recipient."),
 		address: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "node_address_info",
 			Help: "1, labelled with the listener address the node's connections go to (what the first generation's conn.len[<address>] item names).",
@@ -50,6 +55,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"kind", "condition"}),
 	}
 	reg.MustRegister(m.up, m.address, m.reconnects, m.dialFailures, m.pings, m.fences, m.pingTimeouts,
-		m.inboundErrors, m.unknownResults, m.ignored, m.replies, m.repliesDropped, m.writeStalls)
+		m.inboundErrors, m.unknownResults, m.ignored, m.replies, m.repliesDropped, m.writeStalls, m.echoes, m.multicastRefused)
 	return m
 }

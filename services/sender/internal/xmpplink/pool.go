@@ -46,6 +46,10 @@ type Options struct {
 	ReconnectMax     time.Duration
 	WriteBufferBytes int
 
+	// MulticastService is the JID of ejabberd's XEP-0033 service
+	// ("multicast.<domain>"): where multicast fences go. Empty: no multicast.
+	MulticastService string
+
 	// Dial replaces net.Dialer (tests route through proxies).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Handshake opens the XMPP session on a new connection of slot; nil means
@@ -89,8 +93,9 @@ func (o *Options) defaults() error {
 }
 
 type pingRef struct {
-	c   *Conn
-	seq uint64
+	c    *Conn
+	lane lane
+	seq  uint64
 }
 
 // Pool holds a node's connections.
@@ -102,13 +107,16 @@ type Pool struct {
 	retransmit time.Duration
 
 	pingHead, pingTail []byte // a ping stanza is head + id + tail
+	echoHead, echoTail []byte // a multicast fence: head + id + tail (nil without a service)
 	idPrefix           string
 	nextID             atomic.Uint64
 
 	crossResults atomic.Int64 // ping results that arrived on another connection (tests)
+	refusals     atomic.Int64 // multicasts the service refused as a whole
 
-	regMu sync.Mutex
-	pings map[string]pingRef // every unanswered ping of every live connection
+	regMu  sync.Mutex
+	pings  map[string]pingRef // every unanswered ping of every live connection
+	probes map[string]*probe  // multicast probes waiting for their copies
 
 	mu           sync.Mutex
 	conns        []*Conn // live connection per slot, nil while down
@@ -147,6 +155,7 @@ func NewPool(opt Options, log zerolog.Logger, m *Metrics) (*Pool, error) {
 		// A per-process prefix keeps other replicas' ids from matching ours.
 		idPrefix: "a" + hex.EncodeToString(rnd[:]) + "-",
 		pings:    make(map[string]pingRef),
+		probes:   make(map[string]*probe),
 		conns:    make([]*Conn, opt.Conns),
 		changed:  make(chan struct{}),
 		done:     make(chan struct{}),
@@ -159,19 +168,120 @@ func NewPool(opt Options, log zerolog.Logger, m *Metrics) (*Pool, error) {
 		tail = stanza.AppendEscaped(tail, opt.JID)
 	}
 	p.pingTail = append(tail, "'><ping xmlns='urn:xmpp:ping'/></iq>"...)
+	if opt.MulticastService != "" && opt.JID != "" {
+		me := stanza.AppendEscaped(nil, opt.JID)
+		p.echoHead = append(append(append([]byte("<message to='"), stanza.AppendEscaped(nil, opt.MulticastService)...), "' from='"...), me...)
+		p.echoHead = append(p.echoHead, "' id='"...)
+		p.echoTail = append([]byte("'><addresses xmlns='"+stanza.NSAddress+"'><address type='bcc' jid='"), me...)
+		p.echoTail = append(p.echoTail, "'/></addresses></message>"...)
+	}
 	return p, nil
 }
 
-func (p *Pool) appendPing(dst []byte, id string) []byte {
+// probe is one multicast whose copies all come back to us.
+type probe struct {
+	want, got int
+	refused   bool
+	done      chan struct{}
+}
+
+// probed counts a copy of a probe (or its refusal); false for anything else.
+func (p *Pool) probed(in inbound) bool {
+	p.regMu.Lock()
+	defer p.regMu.Unlock()
+	pr := p.probes[in.id]
+	if pr == nil {
+		return false
+	}
+	if in.typ == "error" {
+		pr.refused = true
+	} else {
+		pr.got++
+	}
+	if pr.refused || pr.got == pr.want {
+		delete(p.probes, in.id)
+		close(pr.done)
+	}
+	return true
+}
+
+// ProbeMulticast asks the multicast service to copy one message to n
+// addresses of this component, and returns nil once all n copies came back:
+// the service takes multicasts of n addresses from us. An error says it
+// refused, or did not answer within the ping timeout.
+func (p *Pool) ProbeMulticast(ctx context.Context, n int) error {
+	if p.echoHead == nil || n < 1 {
+		return errors.New("xmpplink: no multicast service configured")
+	}
+	id := p.idPrefix + "probe-" + strconv.FormatUint(p.nextID.Add(1), 36)
+	pr := &probe{want: n, done: make(chan struct{})}
+	p.regMu.Lock()
+	p.probes[id] = pr
+	p.regMu.Unlock()
+	defer func() {
+		p.regMu.Lock()
+		delete(p.probes, id)
+		p.regMu.Unlock()
+	}()
+	me := stanza.AppendEscaped(nil, p.opt.JID)
+	b := append(append([]byte("<message to='"), stanza.AppendEscaped(nil, p.opt.MulticastService)...), "' from='"...)
+	b = append(append(append(b, me...), "' id='"...), id...)
+	b = append(b, "'><addresses xmlns='"+stanza.NSAddress+"'>"...)
+	for i := range n {
+		b = append(append(b, "<address type='bcc' jid='"...), me...)
+		b = append(strconv.AppendInt(append(b, "/probe-"...), int64(i), 10), "'/>"...)
+	}
+	b = append(b, "</addresses><body>multicast probe</body></message>"...)
+	c, err := p.Acquire(ctx, false)
+	if err != nil {
+		return err
+	}
+	err = c.Write(b)
+	if err == nil {
+		err = c.Flush()
+	}
+	c.Release()
+	if err != nil {
+		return err
+	}
+	t := time.NewTimer(p.opt.PingTimeout)
+	defer t.Stop()
+	select {
+	case <-pr.done:
+	case <-t.C:
+		p.regMu.Lock()
+		got := pr.got
+		p.regMu.Unlock()
+		return fmt.Errorf("xmpplink: %d of %d copies of the multicast probe came back from %s within %s", got, n, p.opt.MulticastService, p.opt.PingTimeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if pr.refused {
+		return fmt.Errorf("xmpplink: %s refused a multicast of %d addresses (its limits for this component are lower)", p.opt.MulticastService, n)
+	}
+	return nil
+}
+
+// MulticastRefusals counts the multicasts the service refused so far: a
+// batch that sees it grow while in flight is sent again one stanza per
+// recipient.
+func (p *Pool) MulticastRefusals() int64 { return p.refusals.Load() }
+
+func (p *Pool) appendFence(dst []byte, l lane, id string) []byte {
+	if l == laneEcho {
+		dst = append(dst, p.echoHead...)
+		dst = append(dst, id...)
+		return append(dst, p.echoTail...)
+	}
 	dst = append(dst, p.pingHead...)
 	dst = append(dst, id...)
 	return append(dst, p.pingTail...)
 }
 
-func (p *Pool) remember(c *Conn, seq uint64) string {
+func (p *Pool) remember(c *Conn, l lane, seq uint64) string {
 	id := p.idPrefix + strconv.FormatUint(p.nextID.Add(1), 36)
 	p.regMu.Lock()
-	p.pings[id] = pingRef{c: c, seq: seq}
+	p.pings[id] = pingRef{c: c, lane: l, seq: seq}
 	p.regMu.Unlock()
 	return id
 }
@@ -208,7 +318,7 @@ func (p *Pool) dispatch(c *Conn, in inbound) {
 				if ref.c != c {
 					p.crossResults.Add(1)
 				}
-				ref.c.confirm(ref.seq)
+				ref.c.confirm(ref.lane, ref.seq)
 				return
 			}
 			if in.typ == "result" {
@@ -224,7 +334,25 @@ func (p *Pool) dispatch(c *Conn, in inbound) {
 			p.m.ignored.Inc()
 		}
 	default:
+		if in.name == "message" && p.probed(in) {
+			return
+		}
+		if in.name == "message" && in.id != "" && p.echoHead != nil {
+			if ref, ok := p.take(in.id); ok && ref.lane == laneEcho {
+				// Our multicast fence came back (or bounced): the service handled what came before it.
+				ref.c.confirm(laneEcho, ref.seq)
+				p.m.echoes.Inc()
+				return
+			}
+		}
 		if in.typ == "error" {
+			if in.name == "message" && in.from == p.opt.MulticastService && p.opt.MulticastService != "" {
+				// The service refused a whole multicast (its limits): nobody got that one.
+				p.refusals.Add(1)
+				p.m.multicastRefused.Inc()
+				p.log.Error().Str("condition", in.condition).
+					Msg("the multicast service refused a multicast: raise mod_multicast limits for this component, or set [sender] multicast = \"off\"")
+			}
 			p.m.inboundErrors.WithLabelValues(kindLabel(in.name), conditionLabel(in.condition)).Inc()
 			return
 		}

@@ -14,10 +14,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
+	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
 	"github.com/announcer/announcer/pkg/testkit/xmppsink"
+	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 	"github.com/announcer/announcer/services/sender/internal/testuser"
 )
 
@@ -470,5 +472,52 @@ func TestAcquireAlone(t *testing.T) {
 		c.Release()
 	case <-time.After(5 * time.Second):
 		t.Fatal("the shared caller never got the connection back")
+	}
+}
+
+// The stack's ejabberd runs mod_multicast with its limits raised: a probe of
+// many addresses comes back whole, and a multicast to logged-in users is
+// delivered to each of them once its echo fence returned.
+func TestRealMulticastProbeAndFence(t *testing.T) {
+	env := stacktest.Get(t)
+	domain := testuser.ComponentDomain(env, 4)
+	opt := realOptions(env, 2)
+	opt.Addr, opt.JID, opt.Secret = env.AddrFor(domain), domain, env.SecretFor(domain)
+	opt.MulticastService = "multicast." + env.XMPPDomain
+	h := startPool(t, opt)
+	h.waitUp(t, 2, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := h.pool.ProbeMulticast(ctx, 200); err != nil {
+		t.Fatalf("probe: %v", err)
+	}
+
+	clients := []*xmpptest.Client{testuser.Login(t, env, "mc_a"), testuser.Login(t, env, "mc_b"), testuser.Login(t, env, "mc_c")}
+	tpl, err := stanza.Parse([]byte("<message to='%s' from='"+domain+"' type='chat'><body>to all three</body></message>"), stanza.Options{ComponentDomain: domain})
+	if err != nil || !tpl.Multicast() {
+		t.Fatalf("template: %v (multicast %v)", err, tpl != nil && tpl.Multicast())
+	}
+	b := tpl.AppendMulticastHead(nil, opt.MulticastService)
+	for _, c := range clients {
+		b = stanza.AppendBcc(b, c.JID.Bare().String())
+	}
+	b = tpl.AppendMulticastTail(b)
+	_, c := h.acquire(t, 30*time.Second)
+	if err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.FenceMulticast(ctx); err != nil {
+		t.Fatalf("multicast fence: %v", err)
+	}
+	for _, cl := range clients {
+		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+		msgs, err := cl.Wait(wctx, 1)
+		wcancel()
+		if err != nil || len(msgs) != 1 || len(msgs[0].Bodies) != 1 || msgs[0].Bodies[0] != "to all three" {
+			t.Fatalf("%s: %v %+v", cl.JID, err, msgs)
+		}
+	}
+	if testutil.ToFloat64(h.m.echoes) < 1 || testutil.ToFloat64(h.m.multicastRefused) != 0 {
+		t.Fatalf("echoes %v, refused %v", testutil.ToFloat64(h.m.echoes), testutil.ToFloat64(h.m.multicastRefused))
 	}
 }

@@ -1,0 +1,145 @@
+package delivery
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/announcer/announcer/pkg/announcement"
+)
+
+const plainTmpl = "<message to='%s' from='announcer.localhost' type='chat'><body>hi</body></message>"
+
+func multicastBatch(recipients ...string) announcement.Batch {
+	return announcement.Batch{AnnouncementID: "m1", Template: plainTmpl, Recipients: recipients}
+}
+
+func multicastOn(max int) *Multicast {
+	m := &Multicast{Service: "multicast.localhost", Max: max}
+	m.Enable(true)
+	return m
+}
+
+const mcHead = "<message to='multicast.localhost' from='announcer.localhost' type='chat'><addresses xmlns='http://jabber.org/protocol/address'>"
+const mcTail = "</addresses><body>hi</body></message>"
+
+func bcc(jids ...string) string {
+	var b strings.Builder
+	for _, j := range jids {
+		b.WriteString("<address type='bcc' jid='" + j + "'/>")
+	}
+	return b.String()
+}
+
+// With multicast on, a batch whose template allows it goes out as
+// multicasts of up to Max valid recipients, fenced by an echo.
+func TestMulticastBatch(t *testing.T) {
+	l := &fakeLink{}
+	s, m := newSender(t, &fakeLinks{links: []*fakeLink{l}}, Options{Multicast: multicastOn(2)})
+	if err := s.Deliver(context.Background(), multicastBatch("a", "bad user", "b@example.org", "c")); err != nil {
+		t.Fatal(err)
+	}
+	want := mcHead + bcc("a@localhost", "b@example.org") + mcTail + mcHead + bcc("c@localhost") + mcTail
+	if got := l.written.String(); got != want {
+		t.Fatalf("written:\n%s\nwant:\n%s", got, want)
+	}
+	if got := l.ops[len(l.ops)-2]; got != "echo" {
+		t.Fatalf("fenced with %q, want the multicast echo (ops %v)", got, l.ops)
+	}
+	if testutil.ToFloat64(m.multicasts) != 2 || testutil.ToFloat64(m.sent) != 3 || testutil.ToFloat64(m.invalid) != 1 {
+		t.Fatalf("multicasts %v, sent %v, invalid %v", testutil.ToFloat64(m.multicasts), testutil.ToFloat64(m.sent), testutil.ToFloat64(m.invalid))
+	}
+}
+
+// Per-recipient templates, and multicast switched off, go one stanza per recipient.
+func TestMulticastOnlyWhereItApplies(t *testing.T) {
+	for name, c := range map[string]struct {
+		b  announcement.Batch
+		on bool
+	}{
+		"inc_id": {b: batch("a", "b"), on: true},
+		"off":    {b: multicastBatch("a", "b"), on: false},
+	} {
+		mc := multicastOn(10)
+		mc.Enable(c.on)
+		l := &fakeLink{}
+		s, m := newSender(t, &fakeLinks{links: []*fakeLink{l}}, Options{Multicast: mc})
+		if err := s.Deliver(context.Background(), c.b); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(l.written.String(), "addresses") || testutil.ToFloat64(m.multicasts) != 0 || strings.Contains(strings.Join(l.ops, ","), "echo") {
+			t.Fatalf("%s: a multicast went out: %s", name, l.written.String())
+		}
+		if n := strings.Count(l.written.String(), "<message "); n != 2 {
+			t.Fatalf("%s: %d stanzas, want 2", name, n)
+		}
+	}
+}
+
+// refusingLink is a link whose multicasts the service refuses: the refusal
+// is counted before the echo comes back.
+type refusingLink struct{ *fakeLink }
+
+func (l refusingLink) FenceMulticast(ctx context.Context) error {
+	l.mu.Lock()
+	l.refusals++
+	l.mu.Unlock()
+	return l.fakeLink.FenceMulticast(ctx)
+}
+
+type linkList []Link
+
+func (ls *linkList) Acquire(ctx context.Context, _ bool) (Link, error) {
+	if len(*ls) == 0 {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	l := (*ls)[0]
+	*ls = (*ls)[1:]
+	return l, nil
+}
+
+// A refused multicast sends the batch again one stanza per recipient, and
+// turns multicast off for the batches after it: nobody is left out.
+func TestRefusedMulticastFallsBackToUnicast(t *testing.T) {
+	refused, next := refusingLink{&fakeLink{}}, &fakeLink{slot: 1}
+	mc := multicastOn(10)
+	links := linkList{refused, next}
+	s, m := newSender(t, &links, Options{Multicast: mc, Conns: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Deliver(ctx, multicastBatch("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	want := strings.ReplaceAll(plainTmpl, "%s", "a@localhost") + strings.ReplaceAll(plainTmpl, "%s", "b@localhost")
+	if got := next.written.String(); got != want {
+		t.Fatalf("after the refusal:\n%s\nwant:\n%s", got, want)
+	}
+	if mc.Enabled() || testutil.ToFloat64(m.multicastOff) != 1 {
+		t.Fatal("multicast still on after a refusal")
+	}
+}
+
+// A multicast larger than the limiter's burst is paid for in several reservations.
+func TestLargeMulticastIsPaced(t *testing.T) {
+	l := &fakeLink{}
+	s, _ := newSender(t, &fakeLinks{links: []*fakeLink{l}}, Options{Multicast: multicastOn(100), RatePerConn: 200})
+	recipients := make([]string, 100)
+	for i := range recipients {
+		recipients[i] = "u" + strings.Repeat("x", i%3) + string(rune('a'+i%26))
+	}
+	start := time.Now()
+	if err := s.Deliver(context.Background(), multicastBatch(recipients...)); err != nil {
+		t.Fatal(err)
+	}
+	// 100 recipients at 200/s with a burst of 10: about 0.45 s.
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Fatalf("100 recipients at 200/s took %s", took)
+	}
+	if n := strings.Count(l.written.String(), "<message "); n != 1 {
+		t.Fatalf("%d stanzas, want one multicast", n)
+	}
+}
