@@ -95,10 +95,18 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		return nil
 	})
 
+	// Both lanes of a node's topic open and close together: gated with
+	// failover, and, in multicast mode, closed until the first probe answered
+	// (or failed), so the first batches do not all go one stanza per recipient.
+	auto := cfg.Sender.Multicast == config.MulticastAuto
+	var own *stage.Gate
+	if len(peers) > 0 || auto {
+		own = stage.NewGate(!auto)
+	}
 	var multicast *delivery.Multicast
-	if cfg.Sender.Multicast == config.MulticastAuto {
+	if auto {
 		multicast = &delivery.Multicast{Service: cfg.MulticastJID(), Max: cfg.Sender.MulticastMax}
-		rt.Serve("multicast probe", probeMulticast(pool, multicast, log, metrics))
+		rt.Serve("multicast probe", probeMulticast(pool, multicast, own, log, metrics))
 	}
 	sender := delivery.New(delivery.Options{
 		UserDomain:   cfg.UserDomain(),
@@ -118,12 +126,6 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		Retry: backoff.Policy{Initial: 100 * time.Millisecond, Max: cfg.Sender.ReconnectMax.D()},
 		// An identical batch is the same batch written twice (fanout retried a write).
 		Dedupe: 4096,
-	}
-	// Both lanes of a node's topic open and close together; only with
-	// failover are they gated.
-	var own *stage.Gate
-	if len(peers) > 0 {
-		own = stage.NewGate(true)
 	}
 	lanes := func(name, priorityName, of string, gate *stage.Gate, drain time.Duration, clientID, prefix string) {
 		deliveries := cfg.DeliveriesTopic(of)
@@ -168,7 +170,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 // probeMulticast switches multicast on once the service copied one message
 // to Max addresses of ours: a service whose limits are lower would refuse
 // (or cut) real multicasts. It tries again with backoff until it works.
-func probeMulticast(pool *xmpplink.Pool, mc *delivery.Multicast, log zerolog.Logger, reg prometheus.Registerer) func(context.Context) error {
+func probeMulticast(pool *xmpplink.Pool, mc *delivery.Multicast, intake *stage.Gate, log zerolog.Logger, reg prometheus.Registerer) func(context.Context) error {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "multicast_enabled",
 		Help: "1 while batches go out as XEP-0033 multicasts: the service took a probe of [sender] multicast_max addresses, and has refused none since."},
 		func() float64 {
@@ -183,6 +185,7 @@ func probeMulticast(pool *xmpplink.Pool, mc *delivery.Multicast, log zerolog.Log
 			err := pool.ProbeMulticast(ctx, mc.Max)
 			if err == nil {
 				mc.Enable(true)
+				intake.Set(true)
 				log.Info().Str("service", mc.Service).Int("max", mc.Max).Msg("multicast on: the service took a probe of max addresses")
 				<-ctx.Done()
 				return nil
@@ -190,6 +193,7 @@ func probeMulticast(pool *xmpplink.Pool, mc *delivery.Multicast, log zerolog.Log
 			if ctx.Err() != nil {
 				return nil
 			}
+			intake.Set(true)
 			log.Warn().Err(err).Msg("multicast stays off for now (one stanza per recipient); probing again")
 			if backoff.Sleep(ctx, policy.Delay(attempt)) != nil {
 				return nil
