@@ -471,7 +471,9 @@ func ejabberdFaults(t *testing.T) []faultRow {
 		}
 		return time.Now()
 	})
-	runCase("ejabberd restart", inFlight*batch, func() time.Time {
+	// A clean end of stream (a shutdown) also sends again what was fenced on
+	// that connection in the last 3 s ([sender] shutdown window): 2 connections × rate.
+	runCase("ejabberd restart", inFlight*batch+3*2*rate, func() time.Time {
 		took := stackCmd(t, s, "restart", "ejabberd", "2")
 		back := time.Now()
 		// Everyone logs in again: ejabberd kept what arrived while they were away.

@@ -83,6 +83,9 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		return err
 	}
 
+	// The use case is built after the pool; the pool tells it of server shutdowns.
+	var sender *delivery.Sender
+	links.ServerClosed = func(slot int) { sender.ServerClosed(slot) }
 	pool, err := xmpplink.NewPool(links, log, xmpplink.NewMetrics(metrics))
 	if err != nil {
 		return err
@@ -108,7 +111,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		multicast = &delivery.Multicast{Service: cfg.MulticastJID(), Max: cfg.Sender.MulticastMax}
 		rt.Serve("multicast probe", probeMulticast(pool, multicast, own, log, metrics))
 	}
-	sender := delivery.New(delivery.Options{
+	sender = delivery.New(delivery.Options{
 		UserDomain:   cfg.UserDomain(),
 		Templates:    stanza.NewCache(cfg.TemplateRules(), 1024),
 		Conns:        cfg.Ejabberd.EachNodeConnNum,
@@ -120,6 +123,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		Multicast:    multicast,
 	}, delivery.LinksOf(pool.Acquire), log, delivery.NewMetrics(metrics))
 
+	rt.Serve("shutdown resends", sender.Run)
 	handle := stage.Decoded(announcement.NewDecoder(metrics).Batch, sender.Deliver)
 	consumer := stage.ConsumerOptions{
 		MaxInFlight: cfg.Sender.MaxInFlight, DrainTimeout: cfg.Sender.FenceTimeout.D(),

@@ -132,6 +132,10 @@ type Options struct {
 	Progress Progress
 	// Multicast, when set and enabled, sends batches as XEP-0033 multicasts.
 	Multicast *Multicast
+	// ShutdownResend is how far back the batches fenced on a connection are
+	// sent again when the server ends it cleanly (a shutdown may drop what it
+	// acknowledged but had not handed to its clients yet); 0 = 3 s.
+	ShutdownResend time.Duration
 }
 
 // Sender delivers batches.
@@ -143,7 +147,21 @@ type Sender struct {
 	limiters []*rate.Limiter
 	chunk    int
 	bufs     sync.Pool
+
+	// recent are the batches fenced in the last ShutdownResend, newest last.
+	rmu    sync.Mutex
+	recent []fenced
+	resend chan announcement.Batch
 }
+
+type fenced struct {
+	b    announcement.Batch
+	slot int
+	at   time.Time
+}
+
+// maxRecent bounds the batches kept for a resend after a shutdown.
+const maxRecent = 256
 
 // chunkFor picks how many stanzas go out per rate-limiter reservation: about
 // 20 reservations a second at the configured rate, at most 64 stanzas.
@@ -172,12 +190,16 @@ func New(opt Options, links Links, log zerolog.Logger, m *Metrics) *Sender {
 	if opt.Progress == nil {
 		opt.Progress = noProgress{}
 	}
+	if opt.ShutdownResend <= 0 {
+		opt.ShutdownResend = 3 * time.Second
+	}
 	s := &Sender{
-		opt:   opt,
-		log:   log.With().Str("component", "delivery").Logger(),
-		m:     m,
-		links: links,
-		chunk: chunkFor(opt.RatePerConn),
+		resend: make(chan announcement.Batch, maxRecent),
+		opt:    opt,
+		log:    log.With().Str("component", "delivery").Logger(),
+		m:      m,
+		links:  links,
+		chunk:  chunkFor(opt.RatePerConn),
 	}
 	s.limiters = make([]*rate.Limiter, opt.Conns)
 	for i := range s.limiters {
@@ -260,8 +282,12 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 		if err != nil {
 			return fmt.Errorf("delivery: no connection: %w", err)
 		}
+		slot := link.Slot()
 		err = s.send(ctx, link, tmpl, st, sc, multicast)
 		link.Release()
+		if err == nil {
+			s.remember(b, slot)
+		}
 		if errors.Is(err, errRefused) {
 			// Everything since the last fence goes again, one stanza per recipient.
 			multicast = false
@@ -299,6 +325,60 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 		}
 		s.log.Debug().Err(err).Str("announcement", b.AnnouncementID).Int("seq", b.Seq).
 			Int("attempt", attempt+1).Msg("connection lost before the fence; resending from the last fence")
+	}
+}
+
+// remember keeps a fenced batch for ShutdownResend.
+func (s *Sender) remember(b announcement.Batch, slot int) {
+	now := time.Now()
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	i := 0
+	for i < len(s.recent) && (now.Sub(s.recent[i].at) > s.opt.ShutdownResend || len(s.recent)-i >= maxRecent) {
+		i++
+	}
+	s.recent = append(s.recent[i:], fenced{b: b, slot: slot, at: now})
+}
+
+// ServerClosed is told that the server ended the stream of connection slot
+// cleanly: a shutdown, during which ejabberd may drop stanzas it had already
+// acknowledged. The batches fenced on it in the last ShutdownResend go again
+// (Run sends them): duplicates for who got them, nothing lost for the rest.
+func (s *Sender) ServerClosed(slot int) {
+	now := time.Now()
+	s.rmu.Lock()
+	var again []announcement.Batch
+	kept := s.recent[:0]
+	for _, f := range s.recent {
+		if f.slot == slot && now.Sub(f.at) <= s.opt.ShutdownResend {
+			again = append(again, f.b)
+			continue
+		}
+		kept = append(kept, f)
+	}
+	s.recent = kept
+	s.rmu.Unlock()
+	for _, b := range again {
+		select {
+		case s.resend <- b:
+			s.m.shutdownResends.Inc()
+		default:
+			s.log.Warn().Str("announcement", b.AnnouncementID).Msg("resend queue full: a batch fenced just before a server shutdown is not sent again")
+		}
+	}
+}
+
+// Run sends again, until ctx ends, the batches a server shutdown may have dropped.
+func (s *Sender) Run(ctx context.Context) error {
+	for {
+		select {
+		case b := <-s.resend:
+			if err := s.Deliver(ctx, b); err != nil && ctx.Err() == nil {
+				s.log.Warn().Err(err).Str("announcement", b.AnnouncementID).Msg("a batch sent again after a server shutdown failed")
+			}
+		case <-ctx.Done():
+			return nil
+		}
 	}
 }
 
@@ -485,6 +565,8 @@ type Metrics struct {
 
 	multicasts   prometheus.Counter
 	multicastOff prometheus.Counter
+
+	shutdownResends prometheus.Counter
 }
 
 // NewMetrics registers the delivery metrics on reg (the service's, which
@@ -505,7 +587,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"outcome"}),
 		multicasts:   c("multicasts_sent_total", "XEP-0033 multicast stanzas written (each carries up to [sender] multicast_max recipients)."),
 		multicastOff: c("multicast_fallbacks_total", "Batches sent again one stanza per recipient because the multicast service refused a multicast (multicast is then off)."),
+		shutdownResends: c("shutdown_resends_total",
+			"Batches fenced on a connection in the seconds before the server ended it cleanly (a shutdown), sent again."),
 	}
-	reg.MustRegister(m.sent, m.resends, m.invalid, m.rateWait, m.isolated, m.resumed, m.batches, m.multicasts, m.multicastOff)
+	reg.MustRegister(m.sent, m.resends, m.invalid, m.rateWait, m.isolated, m.resumed, m.batches, m.multicasts, m.multicastOff, m.shutdownResends)
 	return m
 }

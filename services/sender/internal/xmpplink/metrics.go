@@ -17,6 +17,7 @@ type Metrics struct {
 	repliesDropped   prometheus.Counter
 	writeStalls      prometheus.Counter
 	echoes           prometheus.Counter
+	serverCloses     prometheus.Counter
 	multicastRefused prometheus.Counter
 	address          *prometheus.GaugeVec // address: 1 for the node's listener
 }
@@ -42,6 +43,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		replies:        c("iq_replies_total", "Answers to IQ requests addressed to the component."),
 		repliesDropped: c("iq_replies_dropped_total", "IQ requests left unanswered because the reply queue was full."),
 		writeStalls:    c("write_stalls_total", "Connections declared dead because a write made no progress in time."),
+		serverCloses:   c("server_closes_total", "Connections the server ended cleanly (a shutdown): the batches fenced on them just before are sent again."),
 		echoes:         c("multicast_echoes_total", "Multicast fences come back: XEP-0033 multicasts addressed to this component, proving the service handled the ones before."),
 		multicastRefused: c("multicast_refused_total",
 			"Multicasts the multicast service refused as a whole (too many addresses for its limits): sent again one stanza per recipient."),
@@ -55,6 +57,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"kind", "condition"}),
 	}
 	reg.MustRegister(m.up, m.address, m.reconnects, m.dialFailures, m.pings, m.fences, m.pingTimeouts,
-		m.inboundErrors, m.unknownResults, m.ignored, m.replies, m.repliesDropped, m.writeStalls, m.echoes, m.multicastRefused)
+		m.inboundErrors, m.unknownResults, m.ignored, m.replies, m.repliesDropped, m.writeStalls, m.echoes, m.multicastRefused, m.serverCloses)
 	return m
 }

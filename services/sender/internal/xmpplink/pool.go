@@ -10,8 +10,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/xml"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -45,6 +47,11 @@ type Options struct {
 	ReconnectMin     time.Duration
 	ReconnectMax     time.Duration
 	WriteBufferBytes int
+
+	// ServerClosed, when set, is told when the server ended a connection's
+	// stream cleanly (end of stream, no error): a server shutting down, which
+	// may drop what it had acknowledged but not yet handed to its clients.
+	ServerClosed func(slot int)
 
 	// MulticastService is the JID of ejabberd's XEP-0033 service
 	// ("multicast.<domain>"): where multicast fences go. Empty: no multicast.
@@ -402,6 +409,10 @@ func (p *Pool) keep(ctx context.Context, slot int) {
 			return
 		}
 		p.m.reconnects.Inc()
+		if closedByServer(err) && p.opt.ServerClosed != nil {
+			p.m.serverCloses.Inc()
+			p.opt.ServerClosed(slot)
+		}
 		if time.Since(since) > stableAfter {
 			attempt = 0
 		}
@@ -410,6 +421,13 @@ func (p *Pool) keep(ctx context.Context, slot int) {
 		log.Warn().Err(err).Dur("retry_in", d).Msg("component connection lost")
 		_ = backoff.Sleep(ctx, d)
 	}
+}
+
+// closedByServer tells a stream the server ended cleanly (EOF, no stream
+// error) from a reset, a timeout or a stream error.
+func closedByServer(err error) bool {
+	var se *xml.SyntaxError
+	return errors.Is(err, io.EOF) || (errors.As(err, &se) && se.Msg == "unexpected EOF")
 }
 
 // connect dials and performs the handshake, both bounded by HandshakeTimeout:

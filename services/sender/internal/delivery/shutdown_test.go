@@ -1,0 +1,69 @@
+package delivery
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// When the server ends a connection's stream cleanly (a shutdown), the
+// batches fenced on that connection just before are sent again; those of
+// another connection, or older than the window, are not.
+func TestShutdownResendsRecentBatches(t *testing.T) {
+	first, other, next := &fakeLink{slot: 0}, &fakeLink{slot: 1}, &fakeLink{slot: 0}
+	links := linkList{first, other, next}
+	s, m := newSender(t, &links, Options{Conns: 2, ShutdownResend: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Deliver(ctx, batch("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Deliver(ctx, batch("c")); err != nil { // on slot 1
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	s.ServerClosed(0)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		next.mu.Lock()
+		got := next.written.String()
+		next.mu.Unlock()
+		if got != "" {
+			if want := stanzaFor("a@localhost", 10) + stanzaFor("b@localhost", 11); got != want {
+				t.Fatalf("sent again:\n%s\nwant:\n%s", got, want)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the batch fenced on the closed connection was not sent again")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if testutil.ToFloat64(m.shutdownResends) != 1 {
+		t.Fatalf("shutdown_resends_total = %v", testutil.ToFloat64(m.shutdownResends))
+	}
+	// The other connection's close sends its own batch again.
+	s.ServerClosed(1)
+	if testutil.ToFloat64(m.shutdownResends) != 2 {
+		t.Fatalf("shutdown_resends_total = %v after the second close, want 2", testutil.ToFloat64(m.shutdownResends))
+	}
+	cancel()
+	<-done
+}
+
+// Batches older than the window are not kept.
+func TestShutdownResendWindow(t *testing.T) {
+	links := linkList{&fakeLink{}}
+	s, m := newSender(t, &links, Options{ShutdownResend: time.Millisecond})
+	if err := s.Deliver(context.Background(), batch("a")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	s.ServerClosed(0)
+	if testutil.ToFloat64(m.shutdownResends) != 0 {
+		t.Fatal("a batch older than the window was sent again")
+	}
+}
