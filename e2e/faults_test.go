@@ -451,12 +451,15 @@ func ejabberdFaults(t *testing.T) []faultRow {
 		row := faultRow{Fault: name, Scale: scale, Expected: n, Received: d, Lost: n - d, Duplicates: all - d, Bound: bound,
 			Recover: last.Sub(end).Seconds(), Total: last.Sub(start).Seconds()}
 		a := s.until(id, name+" recorded as done", 60*time.Second, isDone)
-		row.Detail = fmt.Sprintf("record: %d confirmed, %d batches resent", a.Stanzas.Confirmed, a.Batches.Resent)
+		row.Detail = fmt.Sprintf("record: %d confirmed, %d batches resent; bounces %.0f (service-unavailable %.0f); clean ends %.0f, shutdown resends %.0f",
+			a.Stanzas.Confirmed, a.Batches.Resent, s.metric("sender-node1-0", "announcer_sender_inbound_errors_total", `kind="message"`),
+			s.metric("sender-node1-0", "announcer_sender_inbound_errors_total", `condition="service-unavailable"`),
+			s.metric("sender-node1-0", "announcer_sender_server_closes_total"), s.metric("sender-node1-0", "announcer_sender_shutdown_resends_total"))
 		row.check(t)
 		if gone := s.exited(); len(gone) > 0 {
 			t.Errorf("%s: services exited: %v", name, gone)
 		}
-		t.Logf("%s: %d/%d, %d lost, %d duplicates (bound %d), recovered %.1fs after the fault", name, d, n, row.Lost, row.Duplicates, bound, row.Recover)
+		t.Logf("%s: %d/%d, %d lost, %d duplicates (bound %d), recovered %.1fs after the fault; %s", name, d, n, row.Lost, row.Duplicates, bound, row.Recover, row.Detail)
 		rows = append(rows, row)
 	}
 	const inFlight = 4
