@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -230,13 +231,10 @@ func (p *Pool) ProbeMulticast(ctx context.Context, n int) error {
 		delete(p.probes, id)
 		p.regMu.Unlock()
 	}()
-	me := stanza.AppendEscaped(nil, p.opt.JID)
-	b := append(append([]byte("<message to='"), stanza.AppendEscaped(nil, p.opt.MulticastService)...), "' from='"...)
-	b = append(append(append(b, me...), "' id='"...), id...)
-	b = append(b, "'><addresses xmlns='"+stanza.NSAddress+"'>"...)
+	// The echo fence's head (to the service, from us), then n addresses of ours.
+	b := append(append(slices.Clone(p.echoHead), id...), "'><addresses xmlns='"+stanza.NSAddress+"'>"...)
 	for i := range n {
-		b = append(append(b, "<address type='bcc' jid='"...), me...)
-		b = append(strconv.AppendInt(append(b, "/probe-"...), int64(i), 10), "'/>"...)
+		b = stanza.AppendBcc(b, p.opt.JID+"/probe-"+strconv.Itoa(i))
 	}
 	b = append(b, "</addresses><body>multicast probe</body></message>"...)
 	c, err := p.Acquire(ctx, false)
