@@ -240,6 +240,13 @@ func (c *Consumer) reset() {
 	c.m.inFlight.Reset()
 }
 
+// held is the oldest offset of a partition the consumer holds uncommitted.
+func (c *Consumer) held(k topicPartition) (int64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.track.oldest(k)
+}
+
 // setInFlight publishes what a partition holds uncommitted; c.mu is held.
 func (c *Consumer) setInFlight(topic string, partition int) {
 	p := c.track.parts[topicPartition{topic, partition}]

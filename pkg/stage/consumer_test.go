@@ -16,6 +16,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
@@ -92,6 +93,26 @@ func (r *kafkaRig) waitCommitted(t *testing.T, want map[int]int64) {
 type running struct {
 	stop func() error  // cancels Run's context and returns its error
 	done chan struct{} // closed when Run returned on its own or after stop
+	reg  *prometheus.Registry
+}
+
+// sum adds up every series of the metric name.
+func (r running) sum(t *testing.T, name string) float64 {
+	t.Helper()
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			v += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	return v
 }
 
 // run starts a consumer with h until the test ends.
@@ -102,8 +123,8 @@ func (r *kafkaRig) run(t *testing.T, h Handler, opt ConsumerOptions) running {
 	if opt.Retry.Initial == 0 {
 		opt.Retry = backoff.Policy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 	}
-	c := NewConsumer(&kafkabus.DeadLetters{W: dlq, Topic: r.dlq}, h, opt, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
-		prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	c := NewConsumer(&kafkabus.DeadLetters{W: dlq, Topic: r.dlq}, h, opt, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), reg)
 	ctx, cancel := context.WithCancel(context.Background())
 	var err error
 	done := make(chan struct{})
@@ -119,7 +140,7 @@ func (r *kafkaRig) run(t *testing.T, h Handler, opt ConsumerOptions) running {
 		return err
 	}
 	t.Cleanup(func() { _ = stop() })
-	return running{stop: stop, done: done}
+	return running{stop: stop, done: done, reg: reg}
 }
 
 func values(n int) []string {
@@ -175,7 +196,7 @@ func TestConsumerCommitWaitsForEarlierOffsets(t *testing.T) {
 	release := make(chan struct{})
 	var mu sync.Mutex
 	done := 0
-	r.run(t, func(ctx context.Context, m kafka.Message) error {
+	c := r.run(t, func(ctx context.Context, m kafka.Message) error {
 		if m.Offset == 0 {
 			select {
 			case <-release:
@@ -205,8 +226,13 @@ func TestConsumerCommitWaitsForEarlierOffsets(t *testing.T) {
 	if got := r.committed(t)[0]; got != -1 {
 		t.Fatalf("committed %d while offset 0 is in flight", got)
 	}
+	// The in-flight gauge counts the four handled and the one being handled.
+	if got := c.sum(t, "in_flight"); got != 5 {
+		t.Fatalf("in_flight %v while offset 0 holds the commit of 5 records, want 5", got)
+	}
 	close(release)
 	r.waitCommitted(t, map[int]int64{0: 5})
+	testkit.Eventually(t, 5*time.Second, "in_flight back to 0", func() bool { return c.sum(t, "in_flight") == 0 })
 }
 
 // Rejected messages go to the dead-letter topic with the reason and their

@@ -15,11 +15,21 @@ import (
 
 // depth is the queue depth of one consumer group, partition by partition:
 // what the first generation reported every buffer_report_duration for its
-// in-memory queues, now that the queues are Kafka topics.
+// in-memory queues, now that the queues are Kafka topics. It asks the broker
+// rather than reading kafka-go's ReaderStats: kafka-go measures a reader's
+// lag only outside consumer groups (reader.go, "read lag will only be
+// calculated when not using consumer groups"), and its stats have one lag
+// figure, not one per partition.
 type depth struct {
 	group  string
 	topics []string
 	client *kafkabus.Client
+	// startAtEnd: a group with no committed offset starts at the log end, so
+	// what the topic retained from before is not behind. held gives the
+	// oldest offset the consumer holds of a partition, if any: without a
+	// commit, that is where its backlog starts.
+	startAtEnd bool
+	held       func(topicPartition) (int64, bool)
 }
 
 // partitionDepth is one partition's lag (records behind the log end).
@@ -31,7 +41,8 @@ type partitionDepth struct {
 
 // measure asks Kafka for the log end and the group's committed offset of
 // every partition of the topics. A partition the group never committed is
-// behind by everything it retains (a new group starts at the oldest record).
+// behind by everything it retains (a new group starts at the oldest record),
+// or, for a group that starts at the end, by what the consumer holds.
 func (d *depth) measure(ctx context.Context) ([]partitionDepth, error) {
 	md, err := d.client.Metadata(ctx, &kafka.MetadataRequest{Topics: d.topics})
 	if err != nil {
@@ -87,6 +98,14 @@ func (d *depth) measure(ctx context.Context) ([]partitionDepth, error) {
 			from, ok := done[k]
 			if !ok || from < 0 {
 				from = first[k]
+				if d.startAtEnd {
+					from = p.LastOffset
+					if d.held != nil {
+						if o, ok := d.held(k); ok {
+							from = o
+						}
+					}
+				}
 			}
 			out = append(out, partitionDepth{topic: topic, partition: p.Partition, lag: max(p.LastOffset-from, 0)})
 		}

@@ -385,7 +385,7 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 			}
 		})
 		watchers.Go(func() {
-			c.reportDepth(wctx, &depth{group: in.Group, topics: in.Topics, client: client}, rt.reportEvery())
+			c.reportDepth(wctx, &depth{group: in.Group, topics: in.Topics, client: client, startAtEnd: in.StartAtEnd, held: c.held}, rt.reportEvery())
 		})
 		return c.run(ctx, reader, drain)
 	}
@@ -433,7 +433,7 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 // reportEvery is [monitoring] buffer_report_duration, the first generation's
 // queue report period, in seconds.
 func (rt *Runtime) reportEvery() time.Duration {
-	return time.Duration(max(rt.cfg.Monitoring.BufferReportDuration, 1)) * time.Second
+	return time.Duration(max(rt.cfg.Monitoring.BufferReportDuration, 1)) * time.Second // Validate refuses < 1
 }
 
 // Intake adds a part that takes work in (a consumer, the HTTP API): intake

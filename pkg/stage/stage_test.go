@@ -189,6 +189,17 @@ func TestDepthMeasuresLagPerPartition(t *testing.T) {
 	if got := lags(); got[0] != 2 || got[1] != 2 {
 		t.Fatalf("lag of a new group %v, want 2 and 2", got)
 	}
+	// A group that starts at the end (the ingress's input by default) is not
+	// behind by the topic's history; only by what its consumer holds.
+	d.startAtEnd = true
+	if got := lags(); got[0] != 0 || got[1] != 0 {
+		t.Fatalf("lag of a new group starting at the end %v, want 0 and 0", got)
+	}
+	d.held = func(k topicPartition) (int64, bool) { return 1, k.partition == 0 }
+	if got := lags(); got[0] != 1 || got[1] != 0 {
+		t.Fatalf("lag of a new group starting at the end, holding offset 1 of partition 0: %v, want 1 and 0", got)
+	}
+	d.startAtEnd, d.held = false, nil
 	resp, err := client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: group, GenerationID: -1,
 		Topics: map[string][]kafka.OffsetCommit{topic: {{Partition: 0, Offset: 2}, {Partition: 1, Offset: 1}}}})
 	if err != nil {

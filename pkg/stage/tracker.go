@@ -120,3 +120,20 @@ func (t *tracker) uncommitted() int {
 	}
 	return n
 }
+
+// oldest is the lowest offset of a partition held and not committed.
+func (t *tracker) oldest(k topicPartition) (int64, bool) {
+	p := t.parts[k]
+	if p == nil {
+		return 0, false
+	}
+	low, ok := int64(0), false
+	for _, set := range []map[int64]struct{}{p.pending, p.done} {
+		for o := range set {
+			if !ok || o < low {
+				low, ok = o, true
+			}
+		}
+	}
+	return low, ok
+}

@@ -130,3 +130,23 @@ func TestTrackerAdmitsEachRecordOnce(t *testing.T) {
 		t.Fatal("a new offset refused")
 	}
 }
+
+// oldest is where a group with no commit yet starts being behind (depth).
+func TestTrackerOldestHeldOffset(t *testing.T) {
+	tr := newTracker()
+	k := topicPartition{"t", 0}
+	if _, ok := tr.oldest(k); ok {
+		t.Fatal("an unknown partition holds an offset")
+	}
+	for _, o := range []int64{7, 5, 9} {
+		tr.admit(kafka.Message{Topic: "t", Partition: 0, Offset: o})
+	}
+	tr.finished(kafka.Message{Topic: "t", Partition: 0, Offset: 5})
+	if o, ok := tr.oldest(k); !ok || o != 5 {
+		t.Fatalf("oldest %d %v, want 5 (finished, not committed)", o, ok)
+	}
+	tr.committed(tr.committable())
+	if o, ok := tr.oldest(k); !ok || o != 7 {
+		t.Fatalf("oldest after committing 5: %d %v, want 7", o, ok)
+	}
+}
