@@ -171,9 +171,20 @@ func TestBrokerOutageAndCrashes(t *testing.T) {
 	if gone := s.exited(); len(gone) > 0 {
 		t.Fatalf("services exited during the broker outage: %v", gone)
 	}
-	t.Logf("A broker restart, services up: %d of %d delivered, %d lost, %d duplicates (bound %d); broker down %.1fs; "+
+	t.Logf("A broker restart, services up: %d of %d delivered, %d lost, %d duplicates (bound 0); broker down %.1fs; "+
 		"first stanza %.1fs after the broker was back, all delivered after %.1fs",
-		a.got-a.duplicates, a.want, a.lost, a.duplicates, bound, back.Sub(down).Seconds(), resumed.Seconds(), recovered.Seconds())
+		a.got-a.duplicates, a.want, a.lost, a.duplicates, back.Sub(down).Seconds(), resumed.Seconds(), recovered.Seconds())
+	// Every consuming stage counted the outage.
+	for service, metric := range map[string]string{
+		"ingress":        "announcer_ingress_kafka_input_kafka_outages_total",
+		"fanout":         "announcer_fanout_kafka_outages_total",
+		"sender-node1-0": "announcer_sender_kafka_outages_total",
+		"archiver":       "announcer_archiver_kafka_outages_total",
+	} {
+		if v := s.metric(service, metric); v < 1 {
+			t.Errorf("%s: %s = %v after the broker outage, want at least 1", service, metric, v)
+		}
+	}
 
 	// B: the sender is killed in the middle of a delivery, and restarted.
 	r.announce("B")
@@ -195,13 +206,22 @@ func TestBrokerOutageAndCrashes(t *testing.T) {
 	c := r.settle("C", 120*time.Second)
 	t.Logf("C sender kill -9 during a broker outage: %d lost, %d duplicates (bound %d)", c.lost, c.duplicates, bound)
 
+	// The README's bounds: nothing is sent twice when only the broker
+	// restarts; a sender killed (with or without an outage) sends again at
+	// most what it held uncommitted.
+	t.Logf("figures: duplicates broker restart %d (bound 0), sender kill -9 %d, sender kill -9 during an outage %d (bound %d); "+
+		"delivery resumed %.1fs after the broker was back", a.duplicates, b.duplicates, c.duplicates, bound, resumed.Seconds())
 	for _, p := range []phase{a, b, c} {
 		r.exact(p.name)
 		if p.lost != 0 {
 			t.Errorf("phase %s: %d of %d stanzas lost", p.name, p.lost, p.want)
 		}
-		if p.duplicates > bound {
-			t.Errorf("phase %s: %d duplicates, over the bound of %d (max_in_flight × batch_size)", p.name, p.duplicates, bound)
+		limit := bound
+		if p.name == "A" {
+			limit = 0
+		}
+		if p.duplicates > limit {
+			t.Errorf("phase %s: %d duplicates, over the bound of %d", p.name, p.duplicates, limit)
 		}
 	}
 	if gone := s.exited(); len(gone) > 0 {
@@ -222,7 +242,10 @@ func TestConsumerLagOfAStoppedSender(t *testing.T) {
 	s.channel(60, s.p+"-lag", "ACCEPTED", members...)
 	const sender = "sender-node1-0"
 	lag := func() float64 { return s.metric(sender, "announcer_sender_consumer_lag") }
-	testkit.Eventually(t, 10*time.Second, "the sender's lag gauge at 0", func() bool { return lag() == 0 })
+	// The gauge must exist (a missing series would read 0 too).
+	testkit.Eventually(t, 10*time.Second, "the sender's lag gauge at 0", func() bool {
+		return strings.Contains(s.scrape(sender), "announcer_sender_consumer_lag{") && lag() == 0
+	})
 
 	s.stopService(sender)
 	s.announce("/v1/announce/channel", map[string]any{"channel_id": 60, "message": b64(template(s.from))})

@@ -573,6 +573,13 @@ func (s *system) announce(path string, body map[string]any) string {
 	return id
 }
 
+// scrape returns a service's /metrics text.
+func (s *system) scrape(service string) string {
+	s.t.Helper()
+	_, body := testkit.Get(s.t, "http://"+s.debug[service]+"/metrics")
+	return body
+}
+
 // metric returns the sum of a metric's samples whose line contains every filter.
 func (s *system) metric(service, name string, filters ...string) float64 {
 	s.t.Helper()
