@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,73 +16,31 @@ import (
 	"github.com/announcer/announcer/pkg/testkit"
 )
 
-// firstGenerationClientConfig is the first generation's documented sample in
-// client mode, as an operator has it: [client] uncommented, [component]
-// removed, only the first generation's keys, this deployment's values.
-const firstGenerationClientConfig = `rest_api_port="@REST@" #Rest api interface and port listen on
-debug_port=":6060"
-input_buffer=100      #Input channel buffer
-output_buffer=100     #Output channel buffer
-logic_process_number=2      #Increase logic concurrency
-user_activity_ask_buffer=1000
+// clientSample is the first generation's documented sample in client mode,
+// exactly as its README shows it with [client] uncommented and [component]
+// removed (the fixture's header says how it was made from the README).
+const clientSample = "../pkg/config/testdata/client-mode-sample.toml"
 
-[monitoring]
-buffer_report_duration=1    #Report buffer fill length every X sec
-
-[log]
-log_level="info"     #debug/info/warning/error (default: warning)
-format="text"         #json/text (defualt: text)
-
-[kafka-consumer]
-zookeeper="127.0.0.1:2181/"
-topics="@P@_input"       #Multi topic can seperate with ','
-group_name="@P@_input"
-buffer=1000
-
-[mysql]
-address="@MYSQL@"
-username="@MYSQL_USER@"
-password="@MYSQL_PASS@"
-db="@P@"
-pagination_length=100    #Fetch channel data bulk size
-max_ideal_conn=10       #Optional (default: 10)
-max_open_conn=10        #Optional (default: 10)
-
-#announcer must be connect to one the rest-api or redis interface
-[user-activity-redis]
-cluster_nodes="@REDIS@"
-password=""
-db=0
-read_timeout=1000       #optional sec (default: 1000 milisecond)
-max_retries=2           #optional (default: 0)
-
-[kafka-producer]
-brokers="@BROKERS@" #optional (default: 127.0.0.1:9092)
-topics="@P@_storage"
-flush_frequency=1      #optional sec (default: 5 sec)
-MaxRetry=3             #optional (default: 5)
-
-[ejabberd]
-cluster_nodes="@C2S@"
-rate_limit=10           #Msg/sec
-send_retry=6
-each_node_conn_num=1
-
-[client]
-username="@ACCOUNT@"
-password="pw"
-domain="@DOMAIN@"
-ping_interval=2 #Second
-resource="announcer"
-`
-
-// A first-generation operator's client-mode config, unchanged in form, runs
-// the whole system: client mode is chosen from the sections, and a channel
+// A first-generation operator's client-mode config, the documented sample
+// itself, runs the whole system: client mode is chosen from the sections,
+// presence from Redis (the sample also has the REST section, which the first
+// generation ignored when Redis cluster_nodes was set), and a channel
 // announcement reaches a real client through the sending account's c2s session.
 func TestFirstGenerationClientConfigDelivers(t *testing.T) {
 	s := newBareSystem(t, options{nodes: []string{"node1"}})
 	ctx := s.deadline(90 * time.Second)
-	account := s.user("sender", "")
+	sample, err := os.ReadFile(clientSample)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The sending account keeps the documented password; its name must be
+	// this test's own, since other tests share the stack's ejabberd.
+	account := s.p + "_admin"
+	if err := s.api.Register(ctx, account, s.domain, "password1234"); err != nil {
+		t.Fatal(err)
+	}
+	s.users = append(s.users, account)
 	member := s.user("member", "")
 	// The first generation's presence model: the node's presence address is its host.
 	host, _, err := net.SplitHostPort(s.env.C2SAddr)
@@ -97,35 +57,87 @@ func TestFirstGenerationClientConfigDelivers(t *testing.T) {
 	client := s.login(ctx, member)
 	s.channel(70, s.p+"-firstgen", "ACCEPTED", member)
 
+	// Only what must point at this stack changes, value for value: the
+	// servers' addresses and credentials, the REST port, the log file's
+	// directory, and the names of the input topic, its group, the storage
+	// topic, the account and its domain (private to this test: the stack is
+	// shared). Every other line, comments included, is the documentation's.
 	dsn, err := mysql.ParseDSN(s.env.MySQLDSN)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.rest = testkit.FreeAddr(t)
-	text := strings.NewReplacer("@REST@", s.rest, "@P@", s.p, "@MYSQL@", dsn.Addr, "@MYSQL_USER@", dsn.User,
-		"@MYSQL_PASS@", dsn.Passwd, "@REDIS@", s.env.RedisAddr, "@BROKERS@", strings.Join(s.env.KafkaBrokers, ","),
-		"@C2S@", s.env.C2SAddr, "@ACCOUNT@", account, "@DOMAIN@", s.domain).Replace(firstGenerationClientConfig)
+	logFile := filepath.Join(s.dir, "announcer.log")
+	subst := [][2]string{
+		{`rest_api_port=":8080"`, `rest_api_port="` + s.rest + `"`},
+		{`log_dst="/path/to/dest/file.log"`, `log_dst="` + logFile + `"`},
+		{`topics="test-topic" `, `topics="` + s.p + `_input" `},
+		{`group_name="announcer"`, `group_name="` + s.p + `_input"`},
+		{`address="127.0.0.1:3306"`, `address="` + dsn.Addr + `"`},
+		{`username="test"`, `username="` + dsn.User + `"`},
+		{`password="123"`, `password="` + dsn.Passwd + `"`},
+		{`db="testDB"`, `db="` + s.p + `"`},
+		{`cluster_nodes="127.0.0.1:6379"`, `cluster_nodes="` + s.env.RedisAddr + `"`},
+		{`brokers="192.168.2.1:9092,192.168.2.2:9092,192.168.2.3:9092"`, `brokers="` + strings.Join(s.env.KafkaBrokers, ",") + `"`},
+		{`topics="test-topic-name"`, `topics="` + s.storage + `"`},
+		{`cluster_nodes="127.0.0.1:8889"`, `cluster_nodes="` + s.env.C2SAddr + `"`},
+		{`username="admin"`, `username="` + account + `"`},
+		{`domain="example.de"`, `domain="` + s.domain + `"`},
+	}
+	text := string(sample)
+	for _, r := range subst {
+		// Each documented value is there once: the sample is used as shown, or the test fails.
+		if n := strings.Count(text, r[0]); n != 1 {
+			t.Fatalf("the documented sample has %q %d times, want once", r[0], n)
+		}
+		text = strings.Replace(text, r[0], r[1], 1)
+	}
 	cfg := filepath.Join(s.dir, "announcer.toml")
 	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
+
+	// -check-config says what the operator gets: client mode, Redis presence.
+	var out bytes.Buffer
+	check := exec.Command(filepath.Join(binDir, "announcer-fanout"), "-config", cfg, "-check-config")
+	check.Stdout, check.Stderr = &out, &out
+	if err := check.Run(); err != nil {
+		t.Fatalf("-check-config: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"note: client mode", "note: presence from Redis", `presence = 'redis'`, `mode = 'client'`} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("-check-config lacks %q:\n%s", want, out.String())
+		}
+	}
+
 	s.start("archiver", cfg, nil)
-	// The sender verifies ejabberd's certificate; the stack's is self-signed.
+	// The sender verifies ejabberd's certificate, and the sample has no TLS
+	// key; the stack's certificate is self-signed, so it is trusted the way
+	// the system's roots are extended ([client] ca_file is the config's way).
 	s.startEnv("sender-node1-0", cfg, nil, []string{"SSL_CERT_FILE=" + s.env.XMPPCA})
 	s.start("fanout", cfg, nil)
 	s.start("ingress", cfg, nil)
-	if log := s.log("sender-node1-0"); !strings.Contains(log, "client mode") {
-		t.Errorf("the sender did not say it chose client mode from the sections:\n%s", tail(log, 20))
-	}
 
 	s.announce("/v1/announce/channel", map[string]any{"channel_id": 70,
 		"message": b64("<message to='%s' type='chat'><body>from the first generation's config</body></message>")})
 	msgs, err := client.Wait(ctx, 1)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v\n%s", err, tail(readFile(logFile), 40))
 	}
 	want := account + "@" + s.domain + "/announcer-0"
 	if m := msgs[0]; len(m.Bodies) != 1 || m.Bodies[0] != "from the first generation's config" || m.From != want {
 		t.Fatalf("received %+v, want the body from %s", m, want)
 	}
+	// log_dst is honoured: the services log to the documented file, and say what they chose.
+	log := readFile(logFile)
+	for _, want := range []string{"service=sender", "client mode: the file has [client] and no [component]", "presence from Redis"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the log file lacks %q:\n%s", want, tail(log, 30))
+		}
+	}
+}
+
+func readFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
 }

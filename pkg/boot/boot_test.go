@@ -58,7 +58,7 @@ func TestCheckConfigShowsTheMapping(t *testing.T) {
 	var stderr bytes.Buffer
 	code := Main(config.RoleFanout, []string{"-config", "../config/testdata/old-section-names.toml", "-check-config"}, &stderr, mustNotRun(t), nil)
 	out := stderr.String()
-	for _, want := range []string{"note: [kafka] read as [kafka-consumer]", "warning: [user-activity-redis] set_prefix is no longer needed"} {
+	for _, want := range []string{"note: [kafka] read as [kafka-consumer]", `warning: [user-activity-redis] set_prefix "online:" is not read`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("exit %d, output lacks %q:\n%s", code, want, out)
 		}

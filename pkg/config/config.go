@@ -7,6 +7,7 @@ package config
 
 import (
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -101,6 +102,10 @@ type UserActivityRedis struct {
 	OfflineHash string `toml:"offline_hash"`
 	// New: force the cluster client even for one seed node.
 	Cluster bool `toml:"cluster"`
+	// SetPrefix is the first generation's KEYS pattern for the online-users
+	// sets an all-online announcement read. It is not read here (the sets are
+	// the nodes' presence_addresses); Parse checks it against them.
+	SetPrefix string `toml:"set_prefix,omitempty"`
 }
 
 type UserActivityREST struct {
@@ -131,6 +136,33 @@ type Client struct {
 	Domain       string `toml:"domain"`
 	PingInterval int    `toml:"ping_interval"` // seconds
 	Resource     string `toml:"resource"`
+	// New: a PEM file of CA certificates (or ejabberd's self-signed
+	// certificate itself) trusted for ejabberd's c2s certificate, besides
+	// the system roots. The first generation skipped TLS altogether; here
+	// the certificate is always verified, against domain.
+	CAFile string `toml:"ca_file"`
+}
+
+// RootCAs are the roots ejabberd's c2s certificate is verified against: the
+// system's, plus ca_file's certificates when it is set. nil (the system's
+// roots) without ca_file.
+func (c Client) RootCAs() (*x509.CertPool, error) {
+	if c.CAFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(c.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("[client] ca_file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		// No system pool (some platforms): the file alone is still a valid trust.
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("[client] ca_file %s: no PEM certificate in it", c.CAFile)
+	}
+	return pool, nil
 }
 
 // JID is the sending account's bare JID: username, completed with domain
@@ -445,17 +477,24 @@ func decodeError(err error) error {
 
 // chooseSources picks what the first generation chose from the sections a
 // file has, where this generation's keys do not say: client mode for a file
-// with [client] and no [component], REST presence for one with the REST
-// section and no Redis section.
+// with [client] and no [component]; presence as its main.go chose it, Redis
+// whenever [user-activity-redis] cluster_nodes is set, else the REST API.
 func (c *Config) chooseSources(raw map[string]any) {
 	if !has(raw, "sender", "mode") && c.present["client"] && !c.present["component"] {
 		c.Sender.Mode = ModeClient
 		c.Notes = append(c.Notes, "client mode: the file has [client] and no [component]")
 	}
-	if !has(raw, "fanout", "presence") && c.present["user-activity-rest-api"] && !c.present["user-activity-redis"] {
-		c.Fanout.Presence = "rest"
-		c.Notes = append(c.Notes, "presence from the user-activity REST API: the file has [user-activity-rest-api] and no Redis section")
+	if has(raw, "fanout", "presence") || !c.present["user-activity-rest-api"] {
+		return
 	}
+	if c.UserActivityRedis.ClusterNodes == "" {
+		c.Fanout.Presence = "rest"
+		c.Notes = append(c.Notes, "presence from the user-activity REST API: the file has [user-activity-rest-api] and no Redis cluster_nodes")
+		return
+	}
+	// Both sections, as in the documented sample: the first generation used Redis.
+	c.Notes = append(c.Notes, "presence from Redis: the file has [user-activity-redis] cluster_nodes, which the first generation "+
+		"preferred over [user-activity-rest-api] (ignored); set [fanout] presence = \"rest\" to use the REST API")
 }
 
 // Has reports whether the file named the section (e.g. "client", "user-activity-rest-api").
@@ -478,6 +517,9 @@ func (c *Config) resolve() {
 			}
 			c.Nodes = append(c.Nodes, n)
 		}
+	}
+	if w := c.setPrefixWarning(); w != "" {
+		c.Warnings = append(c.Warnings, w)
 	}
 }
 

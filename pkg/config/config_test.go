@@ -160,12 +160,14 @@ mode = "telepathy"
 node = "nodeX"
 [ejabberd]
 rate_limit = 0
+[monitoring]
+buffer_report_duration = 0
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	mustName(t, c.Validate(RoleIngress, RoleFanout, RoleSender, RoleArchiver),
-		"log_level", "[bus] brokers", "[bus] partitions", "[mysql] address", "[mysql] pagination_length",
+		"[monitoring] buffer_report_duration", "log_level", "[bus] brokers", "[bus] partitions", "[mysql] address", "[mysql] pagination_length",
 		"[fanout] presence", "[sender] mode", "[sender] node", "rate_limit", "cluster_nodes", "[kafka-producer] topics")
 }
 

@@ -2,7 +2,9 @@ package config
 
 import (
 	"fmt"
+	"path"
 	"sort"
+	"strings"
 )
 
 // The first generation's configs were written over years against its code,
@@ -21,8 +23,6 @@ var sectionAliases = map[string]string{
 var retiredKeys = map[string]map[string]string{
 	"user-activity-redis": {
 		"check_interval": "connections are checked when used and by /readyz, and failures are retried with backoff",
-		"set_prefix": "the online-users sets are read by the exact names in [[node]] presence_addresses " +
-			"(put the prefix there if your sets carry one)",
 	},
 	"mysql": {
 		"check_interval": "connections are checked when used and by /readyz, and failures are retried with backoff",
@@ -113,4 +113,36 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// setPrefixWarning explains a [user-activity-redis] set_prefix. The first
+// generation sent an all-online announcement (channel_id < 0) to the members
+// of every set `KEYS <set_prefix>` matched (a Redis glob, not a prefix: its
+// sample "192.168." matches only a key named so). Here those sets are the
+// nodes' presence_addresses, which also route each user to its node, so the
+// pattern is not read; the warning names the sets that are read and those the
+// pattern would not have matched, which is what the operator has to check.
+func (c *Config) setPrefixWarning() string {
+	pattern := c.UserActivityRedis.SetPrefix
+	if pattern == "" {
+		return ""
+	}
+	var read, unmatched []string
+	for _, n := range c.Nodes {
+		for _, a := range n.PresenceAddresses {
+			read = append(read, a)
+			// path.Match is Redis's glob for names without '/' (an address has none).
+			if ok, err := path.Match(pattern, a); err != nil || !ok {
+				unmatched = append(unmatched, a)
+			}
+		}
+	}
+	w := fmt.Sprintf("[user-activity-redis] set_prefix %q is not read: the first generation sent an all-online announcement "+
+		"(channel_id < 0) to the members of the Redis sets KEYS %q matched; here it reads the sets named by the nodes' presence_addresses (%s)",
+		pattern, pattern, strings.Join(read, ", "))
+	if len(unmatched) == 0 {
+		return w + ", which the pattern matches: list in [[node]] presence_addresses any other set it matched"
+	}
+	return w + fmt.Sprintf("; the pattern does not match %s: name your online-users sets in [[node]] presence_addresses "+
+		"(each node's own), or all-online announcements miss their users", strings.Join(unmatched, ", "))
 }

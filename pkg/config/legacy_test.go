@@ -1,9 +1,19 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func contains(list []string, sub string) bool {
@@ -22,6 +32,13 @@ func TestClientSampleRunsClientMode(t *testing.T) {
 	}
 	if !contains(c.Notes, "client mode") {
 		t.Errorf("notes %q do not say why client mode", c.Notes)
+	}
+	// The sample has both presence sections; the first generation used Redis.
+	if c.Fanout.Presence != "redis" || !contains(c.Notes, "presence from Redis") {
+		t.Errorf("presence %q, notes %q: want Redis, said so", c.Fanout.Presence, c.Notes)
+	}
+	if c.Log.Dst != "/path/to/dest/file.log" || c.UserActivityREST.Address != "127.0.0.1:8888" {
+		t.Errorf("the sample was not read whole: log_dst %q, REST address %q", c.Log.Dst, c.UserActivityREST.Address)
 	}
 	for _, role := range []Role{RoleIngress, RoleFanout, RoleSender, RoleArchiver} {
 		if err := c.Validate(role); err != nil {
@@ -73,10 +90,17 @@ func TestOldSectionAndKeyNamesLoad(t *testing.T) {
 			t.Errorf("notes %q lack %q", c.Notes, n)
 		}
 	}
-	for _, w := range []string{"[user-activity-redis] set_prefix", "[user-activity-redis] check_interval", "[mysql] check_interval"} {
+	for _, w := range []string{"[user-activity-redis] check_interval", "[mysql] check_interval"} {
 		if !contains(c.Warnings, w+" is no longer needed") {
 			t.Errorf("warnings %q lack %q", c.Warnings, w)
 		}
+	}
+	// "online:" names no node's set (10.0.0.8): the operator is told what to write.
+	if !contains(c.Warnings, `set_prefix "online:" is not read`) || !contains(c.Warnings, "does not match 10.0.0.8") {
+		t.Errorf("warnings %q do not explain set_prefix", c.Warnings)
+	}
+	if c.Sender.Mode != ModeComponent || c.Fanout.Presence != "redis" {
+		t.Errorf("mode %q presence %q, want component and redis", c.Sender.Mode, c.Fanout.Presence)
 	}
 	if err := c.Validate(RoleIngress, RoleFanout, RoleSender, RoleArchiver); err != nil {
 		t.Fatal(err)
@@ -106,10 +130,10 @@ func TestRESTPresenceOnlyChoosesREST(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Fanout.Presence != "rest" || !contains(c.Notes, "REST API") {
-		t.Fatalf("presence %q, notes %q", c.Fanout.Presence, c.Notes)
+	if c.Fanout.Presence != "rest" || c.Sender.Mode != ModeComponent || !contains(c.Notes, "REST API") {
+		t.Fatalf("presence %q, mode %q, notes %q", c.Fanout.Presence, c.Sender.Mode, c.Notes)
 	}
-	if err := c.Validate(RoleFanout); err != nil {
+	if err := c.Validate(RoleIngress, RoleFanout, RoleSender, RoleArchiver); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -134,4 +158,168 @@ func TestMovedKeyNextToItsNewName(t *testing.T) {
 	if c.KafkaProducer.MaxRetry != 4 || !contains(c.Warnings, "max_retry is ignored") {
 		t.Fatalf("MaxRetry %d, warnings %q", c.KafkaProducer.MaxRetry, c.Warnings)
 	}
+}
+
+// Every fixture proves which sender mode and which presence source it chose,
+// and loads for every service; a new fixture without a row fails here.
+func TestEveryFixtureChoosesModeAndPresence(t *testing.T) {
+	want := map[string]struct{ mode, presence string }{
+		"client-mode-sample.toml": {ModeClient, "redis"}, // both presence sections: Redis, as the first generation chose
+		"first-generation.toml":   {ModeComponent, "redis"},
+		"minimal.toml":            {ModeComponent, "redis"},
+		"old-section-names.toml":  {ModeComponent, "redis"},
+		"redis-section.toml":      {ModeComponent, "redis"},
+		"rest-presence-only.toml": {ModeComponent, "rest"},
+	}
+	files, err := os.ReadDir("testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		t.Run(f.Name(), func(t *testing.T) {
+			w, ok := want[f.Name()]
+			if !ok {
+				t.Fatalf("no expected mode and presence for this fixture")
+			}
+			c, err := Load(filepath.Join("testdata", f.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Sender.Mode != w.mode || c.Fanout.Presence != w.presence {
+				t.Errorf("mode %q presence %q, want %q %q (notes %q)", c.Sender.Mode, c.Fanout.Presence, w.mode, w.presence, c.Notes)
+			}
+			if err := c.Validate(RoleIngress, RoleFanout, RoleSender, RoleArchiver); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// How the first generation's main.go chose presence: Redis whenever
+// [user-activity-redis] cluster_nodes is set, else the REST API. The new key wins.
+func TestPresenceChosenAsTheFirstGenerationDid(t *testing.T) {
+	rest := "[user-activity-rest-api]\naddress = \"10.0.0.10:8888\"\n"
+	for _, tc := range []struct {
+		name, file, want, note string
+	}{
+		{"both, as documented", rest + "[user-activity-redis]\ncluster_nodes = \"10.0.0.7:6379\"\n", "redis", "preferred over [user-activity-rest-api]"},
+		{"REST and an empty Redis section", rest + "[user-activity-redis]\ncluster_nodes = \"\"\ndb = 0\n", "rest", "no Redis cluster_nodes"},
+		{"REST only", rest, "rest", "no Redis cluster_nodes"},
+		{"Redis only", "[redis]\ncluster_nodes = \"10.0.0.7:6379\"\n", "redis", ""},
+		{"explicit key wins", rest + "[user-activity-redis]\ncluster_nodes = \"10.0.0.7:6379\"\n[fanout]\npresence = \"rest\"\n", "rest", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Fanout.Presence != tc.want {
+				t.Errorf("presence %q, want %q", c.Fanout.Presence, tc.want)
+			}
+			if tc.note != "" && !contains(c.Notes, tc.note) {
+				t.Errorf("notes %q lack %q", c.Notes, tc.note)
+			}
+			if tc.note == "" && contains(c.Notes, "presence") {
+				t.Errorf("notes %q: nothing was chosen from the sections", c.Notes)
+			}
+		})
+	}
+}
+
+// set_prefix was the first generation's KEYS pattern for the online-users
+// sets; the warning says which sets are read instead and which of them the
+// pattern would not have matched.
+func TestSetPrefixIsCheckedAgainstPresenceAddresses(t *testing.T) {
+	base := "[ejabberd]\ncluster_nodes = \"192.168.1.5:8889,10.0.0.8:8889\"\n[user-activity-redis]\ncluster_nodes = \"r:6379\"\n"
+	c, err := Parse([]byte(base + "set_prefix = \"192.168.*\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) != 1 {
+		t.Fatalf("warnings %q, want one", c.Warnings)
+	}
+	w := c.Warnings[0]
+	for _, s := range []string{`set_prefix "192.168.*" is not read`, "presence_addresses (192.168.1.5, 10.0.0.8)", "does not match 10.0.0.8:"} {
+		if !strings.Contains(w, s) {
+			t.Errorf("warning lacks %q:\n%s", s, w)
+		}
+	}
+
+	c, err = Parse([]byte(base + "set_prefix = \"*\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "which the pattern matches") {
+		t.Errorf("a pattern matching every node's set: %q", c.Warnings)
+	}
+	if strings.Contains(c.String(), "set_prefix") != true {
+		t.Errorf("the effective config hides the key it was given:\n%s", c.String())
+	}
+	c, err = Parse([]byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) != 0 || strings.Contains(c.String(), "set_prefix") {
+		t.Errorf("no set_prefix: warnings %q", c.Warnings)
+	}
+}
+
+// [client] ca_file is read at validation: a missing or non-PEM file stops the
+// start naming the key; a PEM certificate is added to the roots.
+func TestClientCAFile(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	good := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(good, selfSignedPEM(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := func(ca string) string {
+		return "[ejabberd]\ncluster_nodes = \"127.0.0.1:5222\"\n[client]\nusername = \"a\"\npassword = \"p\"\ndomain = \"d\"\nca_file = \"" + ca + "\"\n"
+	}
+	for _, tc := range []struct{ ca, want string }{
+		{filepath.Join(dir, "missing.pem"), "[client] ca_file: open"},
+		{notPEM, "no PEM certificate"},
+	} {
+		c, err := Parse([]byte(file(tc.ca)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustName(t, c.Validate(RoleSender), tc.want)
+		if err := c.Validate(RoleIngress); err != nil {
+			t.Errorf("only the sender reads ca_file: %v", err)
+		}
+	}
+	c, err := Parse([]byte(file(good)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(RoleSender); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := c.Client.RootCAs()
+	if err != nil || pool == nil {
+		t.Fatalf("pool %v, err %v", pool, err)
+	}
+	if pool, err := (Client{}).RootCAs(); pool != nil || err != nil {
+		t.Errorf("no ca_file: pool %v err %v, want the system roots (nil)", pool, err)
+	}
+}
+
+// selfSignedPEM is a throwaway self-signed certificate, as a private ejabberd has.
+func selfSignedPEM(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "d"}, DNSNames: []string{"d"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }

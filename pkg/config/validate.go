@@ -81,6 +81,7 @@ func (c *Config) Validate(roles ...Role) error {
 	p.atLeast("[bus] max_message_bytes", c.Bus.MaxMessageBytes, 1024, "")
 	p.empty("[bus] priority_suffix", c.Bus.PrioritySuffix)
 	c.validateProgress(p)
+	p.atLeast("[monitoring] buffer_report_duration", c.Monitoring.BufferReportDuration, 1, " (seconds between queue depth reports)")
 	for i, t := range c.Auth.Tokens {
 		if len(t) < 16 {
 			p.bad("[auth] tokens[%d]: shorter than 16 characters", i)
@@ -186,6 +187,10 @@ func (c *Config) validateSender(p *problems) {
 		p.empty("[client] username", c.Client.Username)
 		p.empty("[client] password", string(c.Client.Password))
 		p.atLeast("[client] ping_interval", c.Client.PingInterval, 1, " (seconds)")
+		// Read now: an unreadable CA file must stop the start, not every connection later.
+		if _, err := c.Client.RootCAs(); err != nil {
+			p.bad("%v", err)
+		}
 	default:
 		p.bad("[sender] mode %q: want component or client", c.Sender.Mode)
 	}

@@ -401,3 +401,54 @@ func TestLimitsFollowTheMode(t *testing.T) {
 func lanes(cfg config.Config) []string {
 	return []string{cfg.Bus.AnnouncementsTopic, cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic)}
 }
+
+// The first generation's documented sample template sends from a user's
+// address, outside the component domain. Over HTTP, through the service as
+// it runs: [component] check_from = false (an ejabberd listener with
+// check_from: false) accepts it with a 202; without it, the 400 names the
+// option that allows it.
+func TestCheckFromFalseAcceptsAFromOutsideTheComponentDomain(t *testing.T) {
+	env := stacktest.Get(t)
+	// Verbatim from the first generation's README ("announce channel message").
+	sample := `<message xml:lang='en' to='%s' from="USERNAME@s/announcer" type='chat' id='ID_NUMBER' xmlns='jabber:client'><body>MESSAGE_CONTENT</body><body xml:lang='REPLY_ON_THREAD_ID'>989198872580</body><body xml:lang='MAJOR_TYPE'>SIMPLE_CHAT</body><body xml:lang='MINOR_TYPE'>TEXT</body><body xml:lang='REPLY_ON_MESSAGE_ID'>15219732781131af24fc1zwf</body><body xml:lang='SEND_TIME_IN_GMT'>1521973339583</body></message>`
+	body := `{"channel_id": 22, "message": "` + b64(sample) + `"}`
+
+	for _, tc := range []struct {
+		name, file string
+		want       int
+	}{
+		{"check_from = false", "[component]\nname = \"announcer\"\ncheck_from = false\n", http.StatusAccepted},
+		{"default", "[component]\nname = \"announcer\"\n", http.StatusBadRequest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			parsed, err := config.Parse([]byte(tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := baseConfig(env.KafkaBrokers)
+			cfg.Component.CheckFrom = parsed.Component.CheckFrom
+			kafkatest.DeleteAtEnd(t, env.KafkaBrokers, lanes(cfg)[0], lanes(cfg)[1], cfg.Bus.DeadLetterTopic)
+			svc := start(t, cfg)
+			svc.waitReady(t)
+			a := post(t, svc.api+"/v1/announce/channel", body)
+			if a.code != tc.want {
+				t.Fatalf("%d %s, want %d", a.code, a.raw, tc.want)
+			}
+			if tc.want == http.StatusBadRequest {
+				for _, s := range []string{"USERNAME@s/announcer", "check_from = false"} {
+					if !strings.Contains(a.raw, s) {
+						t.Errorf("the 400 does not name %q: %s", s, a.raw)
+					}
+				}
+				return
+			}
+			recs := kafkatest.ReadTopics(t, env.KafkaBrokers, lanes(cfg), 1, 5*time.Second)
+			if len(recs) != 1 {
+				t.Fatalf("%d records, want the accepted one", len(recs))
+			}
+			if ev, err := announcement.DecodeEvent(recs[0].Value); err != nil || ev.Template != sample {
+				t.Fatalf("event %+v (%v), want the sample template unchanged", ev, err)
+			}
+		})
+	}
+}

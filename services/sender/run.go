@@ -228,9 +228,14 @@ func linkOptions(cfg config.Config, node config.Node) (xmpplink.Options, error) 
 		o.PingInterval = time.Duration(cfg.Component.PingInterval) * time.Second
 	case config.ModeClient:
 		o.PingInterval = time.Duration(cfg.Client.PingInterval) * time.Second
-		// The server's certificate is verified against the users' domain.
+		// The server's certificate is always verified, against the users'
+		// domain, with the system roots plus [client] ca_file (a private CA).
+		roots, err := cfg.Client.RootCAs()
+		if err != nil {
+			return o, fmt.Errorf("sender: %w", err)
+		}
 		o.Handshake = xmpplink.ClientHandshake(cfg.Client.JID(), cfg.Client.Password.Value(), cfg.Client.Resource,
-			&tls.Config{ServerName: cfg.Client.Domain, MinVersion: tls.VersionTLS12})
+			&tls.Config{ServerName: cfg.Client.Domain, RootCAs: roots, MinVersion: tls.VersionTLS12})
 	default:
 		return o, fmt.Errorf("sender: [sender] mode %q: want component or client", cfg.Sender.Mode)
 	}

@@ -3,10 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"flag"
+	"math/big"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,7 +34,6 @@ import (
 
 	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/services/sender/internal/testuser"
-	"github.com/announcer/announcer/services/sender/internal/xmpplink"
 )
 
 func testConfig(t *testing.T, env stacktest.Env) config.Config {
@@ -254,18 +262,19 @@ func TestSenderClientModeEndToEnd(t *testing.T) {
 	user := testuser.Login(t, env, "snd_cli")
 	cfg.Sender.Mode = config.ModeClient
 	cfg.Nodes = []config.Node{{Name: "node1", Address: env.C2SAddr}}
+	if env.XMPPCA == "" {
+		t.Skip("the stack does not name ejabberd's certificate (ANNOUNCER_XMPP_CA)")
+	}
+	// The stack's ejabberd has a self-signed certificate: trusted through
+	// [client] ca_file, as an operator with a private CA does, and verified.
 	cfg.Client = config.Client{Username: account, Password: config.Secret(account), Domain: env.XMPPDomain,
-		Resource: "announcer", PingInterval: 5}
+		Resource: "announcer", PingInterval: 5, CAFile: env.XMPPCA}
 	if err := cfg.Validate(config.RoleSender); err != nil {
 		t.Fatal(err)
 	}
-	tweak := func(o *xmpplink.Options) {
-		// Loopback stack, self-signed certificate.
-		o.Handshake = xmpplink.ClientHandshake(account+"@"+env.XMPPDomain, account, "announcer", &tls.Config{InsecureSkipVerify: true}) //nolint:gosec
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s := start(t, cfg, hooks{links: tweak})
+	s := start(t, cfg, hooks{})
 
 	good := announcement.Batch{AnnouncementID: "cli", Node: "node1", Template: "<message to='%s' type='chat'><body>c2s [inc_id]</body></message>",
 		FirstIncID: 5, Recipients: []string{user.JID.String()}}
@@ -301,6 +310,73 @@ func TestSenderClientModeEndToEnd(t *testing.T) {
 	if err := s.stop(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// [client] ca_file is what the c2s handshake trusts: ejabberd's certificate
+// verifies with the stack's CA file, and fails with another CA, so
+// verification is never off.
+func TestClientCAFileVerifiesEjabberd(t *testing.T) {
+	env := stacktest.Get(t)
+	if env.XMPPCA == "" {
+		t.Skip("the stack does not name ejabberd's certificate (ANNOUNCER_XMPP_CA)")
+	}
+	account := testuser.Register(t, env, "snd_ca")
+	other := filepath.Join(t.TempDir(), "other-ca.pem")
+	if err := os.WriteFile(other, otherCA(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	handshake := func(caFile string) error {
+		cfg := config.Default()
+		cfg.Sender.Mode = config.ModeClient
+		cfg.Client = config.Client{Username: account, Password: config.Secret(account), Domain: env.XMPPDomain,
+			Resource: "ca", PingInterval: 5, CAFile: caFile}
+		o, err := linkOptions(cfg, config.Node{Name: "node1", Address: env.C2SAddr})
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		nc, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.C2SAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		sess, err := o.Handshake(ctx, nc, 0)
+		if err != nil {
+			return err
+		}
+		return sess.Close()
+	}
+	if err := handshake(env.XMPPCA); err != nil {
+		t.Fatalf("with the stack's CA file: %v", err)
+	}
+	err := handshake(other)
+	var unknown x509.UnknownAuthorityError
+	if !errors.As(err, &unknown) {
+		t.Fatalf("with another CA: %v, want an unknown-authority error", err)
+	}
+	if _, err := linkOptions(config.Config{Sender: config.Sender{Mode: config.ModeClient},
+		Client: config.Client{CAFile: filepath.Join(t.TempDir(), "missing.pem")}}, config.Node{}); err == nil ||
+		!strings.Contains(err.Error(), "ca_file") {
+		t.Fatalf("a missing ca_file: %v", err)
+	}
+}
+
+// otherCA is a self-signed CA certificate that signed nothing ejabberd has.
+func otherCA(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
 func TestFlags(t *testing.T) {
