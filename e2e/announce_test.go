@@ -246,12 +246,13 @@ func TestTwoNodesAndSenderReplicas(t *testing.T) {
 	// A replica that joined the group late gets partitions only after a rebalance:
 	// announce until both replicas of node1 have done some of the work.
 	rounds := 0
+	var ids []string
 	for rounds == 0 || sent("sender-node1-0") == 0 || sent("sender-node1-1") == 0 {
 		if rounds == 6 {
 			t.Fatalf("node1's replicas never shared the work: %v and %v stanzas", sent("sender-node1-0"), sent("sender-node1-1"))
 		}
 		rounds++
-		s.announce("/v1/announce/channel", map[string]any{"channel_id": 40, "message": b64(template(from))})
+		ids = append(ids, s.announce("/v1/announce/channel", map[string]any{"channel_id": 40, "message": b64(template(from))}))
 		for _, u := range members {
 			msgs, err := clients[u].Wait(ctx, rounds)
 			if err != nil {
@@ -273,6 +274,23 @@ func TestTwoNodesAndSenderReplicas(t *testing.T) {
 	}
 	if got, want := sent("sender-node2-0"), float64(len(on["node2"])*rounds); got != want {
 		t.Errorf("node2 sender sent %v stanzas, want %v", got, want)
+	}
+	// Progress is exact with replicas sharing a node's partitions: every
+	// round's record is done, each recipient confirmed once, on its node.
+	perNode := map[string]int64{"node1": int64(len(on["node1"])), "node2": int64(len(on["node2"]))}
+	for _, id := range ids {
+		a := s.until(id, "round "+id+" done", 30*time.Second, isDone)
+		if a.Audience.Members != 30 || a.Audience.Online != 30 || a.Audience.Recipients != 30 ||
+			fmt.Sprint(a.Audience.PerNode) != fmt.Sprint(perNode) {
+			t.Errorf("%s: audience %+v, want 30 members, 30 online, per node %v", id, a.Audience, perNode)
+		}
+		if a.Batches.Planned == 0 || a.Batches.Emitted != a.Batches.Planned || a.Batches.Done != a.Batches.Planned {
+			t.Errorf("%s: batches %+v", id, a.Batches)
+		}
+		// Sent counts resends too: exact only when nothing was resent.
+		if a.Stanzas.Confirmed != 30 || a.Stanzas.DeadLettered != 0 || (a.Batches.Resent == 0 && a.Stanzas.Sent != 30) {
+			t.Errorf("%s: stanzas %+v (batches resent %d), want 30 confirmed once each", id, a.Stanzas, a.Batches.Resent)
+		}
 	}
 }
 

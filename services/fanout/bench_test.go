@@ -2,7 +2,9 @@
 // a private database (N members) and a private Redis db (half of them online,
 // spread over two node addresses), runs the real fanout service (run, as the
 // binary does) in-process against private topics, and times one announcement
-// from publish until every batch is acknowledged (each offset is committed right after). Then it measures the first
+// from publish until every batch is acknowledged (each offset is committed right after), first with the
+// progress bookkeeping, then again with [progress] disabled, for the hot-path cost of progress
+// (fanout_1m_seconds against fanout_1m_no_progress_seconds). Then it measures the first
 // generation's member paging (no ORDER BY, LIMIT offset,n + a Redis MGET per
 // page) on the same data, under a time cap, and prints the ratio.
 //
@@ -276,189 +278,33 @@ func bench(ctx context.Context, f flags) error {
 	}
 	fmt.Printf("seeded Redis in %.1fs\n", time.Since(t).Seconds())
 
-	// --- The fanout service, exactly as production assembles it.
+	// --- The fanout service, exactly as production assembles it: with the
+	// progress bookkeeping, then without ([progress] disabled: the tracker
+	// does nothing), so the report shows what progress costs the hot path.
 	seedHWM := vmKB("VmHWM")
 	runtime.GC()
 	debug.FreeOSMemory()
 	resetHWM()
-
-	type done struct {
-		ev  announcement.Event
-		res audience.Result
-		at  time.Time
-	}
-	dones := make(chan done, 1024)
-	level := zerolog.WarnLevel
-	if f.verbose {
-		level = zerolog.InfoLevel
-	}
-	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(level).With().Timestamp().Str("service", "fanout").Logger()
-	sctx, stopService := context.WithCancel(ctx)
-	svcErr := make(chan error, 1)
-	go func() {
-		svcErr <- run(sctx, log, cfg, hooks{resolved: func(ev announcement.Event, res audience.Result) {
-			dones <- done{ev, res, time.Now()}
-		}})
-	}()
-	stopped := false
-	stopSvc := func() error {
-		if stopped {
-			return nil
-		}
-		stopped = true
-		stopService()
-		return <-svcErr
-	}
-	defer func() { _ = stopSvc() }()
-
-	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
-		BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}}
-	defer func() { _ = w.Close(); w.Transport.(*kafka.Transport).CloseIdleConnections() }()
-	publish := func(ev announcement.Event) error {
-		v, err := ev.Encode()
-		if err != nil {
-			return err
-		}
-		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		for {
-			err := w.WriteMessages(pctx, kafka.Message{Topic: cfg.Bus.AnnouncementsTopic, Key: []byte(ev.ID), Value: v})
-			if err == nil {
-				return nil
-			}
-			if pctx.Err() != nil {
-				return fmt.Errorf("publish: %w", err)
-			}
-			time.Sleep(100 * time.Millisecond) // the service creates the topics at start
-		}
-	}
-	wait := func(id string, timeout time.Duration, until func(done) bool) error {
-		tm := time.NewTimer(timeout)
-		defer tm.Stop()
-		for {
-			select {
-			case d := <-dones:
-				if d.ev.ID == id && until(d) {
-					return nil
-				}
-			case err := <-svcErr:
-				stopped = true
-				return fmt.Errorf("service stopped: %v", err)
-			case <-tm.C:
-				return fmt.Errorf("%s: timed out after %s", id, timeout)
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-	}
-	tmpl := fmt.Sprintf("<message from='%s' to='%%s' type='chat'><body>bench [inc_id]</body></message>", cfg.Component.JID())
-	// Warm-up: joins the group and opens every connection before the clock starts.
-	warm := announcement.Event{ID: runID + "-warmup", Kind: announcement.KindUsers, Usernames: []string{username(prefix, 0)}, Template: tmpl, CreatedAt: time.Now()}
-	if err := publish(warm); err != nil {
+	var on, off timings
+	if err := timeRuns(ctx, cfg, f, brokers, prefix, runID, "progress on", f.cpuProfile, &on); err != nil {
 		return err
 	}
-	if err := wait(warm.ID, f.warmupTimeout, func(done) bool { return true }); err != nil {
-		return fmt.Errorf("warm-up: %w", err)
-	}
-
-	if f.cpuProfile != "" {
-		pf, err := os.Create(f.cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	type result struct {
-		elapsed, split  time.Duration
-		shards, batches int
-		members, online int
-		perNode         map[string]int
-		cpu             float64
-		srv0, srv1      []procCPU
-	}
-	timed := func(id string) (result, error) {
-		ev := announcement.Event{ID: id, Kind: announcement.KindChannel, Channel: &announcement.ChannelRef{ID: 1},
-			Template: tmpl, Persist: true, Source: "bench"}
-		res := result{perNode: map[string]int{}}
-		cpu0 := cpuSeconds()
-		res.srv0 = serverCPU(f.serverPIDs)
-		start := time.Now()
-		ev.CreatedAt = start
-		if err := publish(ev); err != nil {
-			return res, err
-		}
-		finished := 0
-		var lastAt time.Time
-		err := wait(ev.ID, f.timeout, func(d done) bool {
-			switch d.res.Outcome {
-			case audience.Split:
-				res.shards, res.split = d.res.Shards, d.at.Sub(start)
-			case audience.Delivered:
-				finished++
-				res.members += d.res.Audience
-				res.online += d.res.Recipients
-				res.batches += d.res.Batches
-				for n, c := range d.res.PerNode {
-					res.perNode[n] += c
-				}
-				lastAt = d.at
-				if res.shards == 0 && d.ev.Kind == announcement.KindChannel {
-					res.shards = 1 // small channel: resolved inline
-				}
-			default:
-				fmt.Fprintf(os.Stderr, "unexpected result %+v\n", d.res)
-			}
-			return res.shards > 0 && finished == res.shards
-		})
-		res.elapsed = lastAt.Sub(start)
-		res.cpu = cpuSeconds() - cpu0
-		res.srv1 = serverCPU(f.serverPIDs)
-		return res, err
-	}
-
+	hwm, rss := on.hwm, on.rss
+	noProgress := cfg
+	noProgress.Progress.Disabled = true
 	fmt.Println()
-	fmt.Println("== fanout (this generation): announcement published → all batches acked")
-	var times []float64
-	for r := 1; r <= f.runs; r++ {
-		id := fmt.Sprintf("%s-run%d", runID, r)
-		res, err := timed(id)
-		if err != nil {
-			return err
-		}
-		times = append(times, res.elapsed.Seconds())
-		split := "none (channel within one shard, resolved inline)"
-		if res.split > 0 {
-			split = fmt.Sprintf("%d shard tasks queued after %.3fs", res.shards, res.split.Seconds())
-		}
-		fmt.Printf("run %d: %.3fs  %d members, %d online (node1 %d, node2 %d), %d batches, %s; %.0f members/s; fanout CPU %.2fs",
-			r, res.elapsed.Seconds(), res.members, res.online, res.perNode["node1"], res.perNode["node2"], res.batches, split,
-			float64(res.members)/res.elapsed.Seconds(), res.cpu)
-		for _, p := range res.srv1 {
-			for _, q := range res.srv0 {
-				if p.pid == q.pid {
-					fmt.Printf(", %s %.2fs", p.name, p.sec-q.sec)
-				}
-			}
-		}
-		fmt.Println()
-		// Untimed: every online member exactly once, on its node.
-		if err := verify(ctx, brokers, cfg, f, prefix, id); err != nil {
-			return fmt.Errorf("verify run %d: %w", r, err)
-		}
+	if err := timeRuns(ctx, noProgress, f, brokers, prefix, runID+"-np", "progress off", "", &off); err != nil {
+		return err
 	}
-	hwm, rss := vmKB("VmHWM"), vmKB("VmRSS")
-	if err := stopSvc(); err != nil {
-		return fmt.Errorf("service: %w", err)
-	}
+	times := on.times
 	sorted := slices.Sorted(slices.Values(times))
 	median := sorted[len(sorted)/2]
 	fmt.Printf("verified          every run: %d recipients, each once, on its node's topic\n", f.online)
 	fmt.Printf("seconds           median %.3f, best %.3f, worst %.3f of %d runs\n", median, sorted[0], sorted[len(sorted)-1], len(sorted))
 	fmt.Printf("members/s         %.0f (median run)\n", float64(f.members)/median)
+	offMedian := off.median()
+	overhead := 100 * (median - offMedian) / offMedian
+	fmt.Printf("progress off      median %.3f of runs %v: the bookkeeping costs %+.1f%% (%+.3fs)\n", offMedian, off.times, overhead, median-offMedian)
 	fmt.Printf("peak RSS          %.1f MiB over the runs (VmHWM reset after seeding; now %.1f MiB; seeding peak %.1f MiB)\n",
 		float64(hwm)/1024, float64(rss)/1024, float64(seedHWM)/1024)
 	elapsed := time.Duration(median * float64(time.Second))
@@ -467,9 +313,11 @@ func bench(ctx context.Context, f flags) error {
 		size = fmt.Sprintf("%dm", f.members/1_000_000)
 	}
 	figures := map[string]benchreport.Figure{
-		"fanout_" + size + "_seconds": {Value: median, Note: fmt.Sprintf("median of %d: channel event published until every batch is acked, %d members, %d online on 2 nodes; runs %v", len(sorted), f.members, f.online, times)},
-		"fanout_members_per_second":   {Value: float64(f.members) / median},
-		"fanout_peak_rss_mib":         {Value: float64(hwm) / 1024, Note: "VmHWM over the timed runs, in-process"},
+		"fanout_" + size + "_seconds":             {Value: median, Note: fmt.Sprintf("median of %d: channel event published until every batch is acked, %d members, %d online on 2 nodes; runs %v", len(sorted), f.members, f.online, times)},
+		"fanout_members_per_second":               {Value: float64(f.members) / median},
+		"fanout_peak_rss_mib":                     {Value: float64(hwm) / 1024, Note: "VmHWM over the timed runs, in-process"},
+		"fanout_" + size + "_no_progress_seconds": {Value: offMedian, Note: fmt.Sprintf("as fanout_%s_seconds in the same run with [progress] disabled (no bookkeeping); runs %v", size, off.times)},
+		"fanout_progress_overhead_percent":        {Value: overhead, Note: "fanout_" + size + "_seconds against the no_progress run: the hot-path cost of progress"},
 	}
 	defer func() {
 		if err := benchreport.Record(figures); err != nil {
@@ -852,4 +700,195 @@ func resetHWM() {
 	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil && !errors.Is(err, io.EOF) {
 		fmt.Fprintln(os.Stderr, "cannot reset VmHWM:", err)
 	}
+}
+
+// timings are what one service session measured.
+type timings struct {
+	times    []float64 // seconds per timed run
+	hwm, rss int64     // KiB at the end of the runs
+}
+
+// median of the timed runs.
+func (t timings) median() float64 {
+	sorted := slices.Sorted(slices.Values(t.times))
+	return sorted[len(sorted)/2]
+}
+
+// timeRuns runs the fanout service on cfg (in-process, as production
+// assembles it), warms it up, times f.runs announcements of the channel, each
+// verified, then stops the service. runID names the events; title the runs.
+func timeRuns(ctx context.Context, cfg config.Config, f flags, brokers []string, prefix, runID, title, cpuProfile string, out *timings) error {
+
+	type done struct {
+		ev  announcement.Event
+		res audience.Result
+		at  time.Time
+	}
+	dones := make(chan done, 1024)
+	level := zerolog.WarnLevel
+	if f.verbose {
+		level = zerolog.InfoLevel
+	}
+	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(level).With().Timestamp().Str("service", "fanout").Logger()
+	sctx, stopService := context.WithCancel(ctx)
+	svcErr := make(chan error, 1)
+	go func() {
+		svcErr <- run(sctx, log, cfg, hooks{resolved: func(ev announcement.Event, res audience.Result) {
+			dones <- done{ev, res, time.Now()}
+		}})
+	}()
+	stopped := false
+	stopSvc := func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		stopService()
+		return <-svcErr
+	}
+	defer func() { _ = stopSvc() }()
+
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
+		BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}}
+	defer func() { _ = w.Close(); w.Transport.(*kafka.Transport).CloseIdleConnections() }()
+	publish := func(ev announcement.Event) error {
+		v, err := ev.Encode()
+		if err != nil {
+			return err
+		}
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		for {
+			err := w.WriteMessages(pctx, kafka.Message{Topic: cfg.Bus.AnnouncementsTopic, Key: []byte(ev.ID), Value: v})
+			if err == nil {
+				return nil
+			}
+			if pctx.Err() != nil {
+				return fmt.Errorf("publish: %w", err)
+			}
+			time.Sleep(100 * time.Millisecond) // the service creates the topics at start
+		}
+	}
+	wait := func(id string, timeout time.Duration, until func(done) bool) error {
+		tm := time.NewTimer(timeout)
+		defer tm.Stop()
+		for {
+			select {
+			case d := <-dones:
+				if d.ev.ID == id && until(d) {
+					return nil
+				}
+			case err := <-svcErr:
+				stopped = true
+				return fmt.Errorf("service stopped: %v", err)
+			case <-tm.C:
+				return fmt.Errorf("%s: timed out after %s", id, timeout)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	tmpl := fmt.Sprintf("<message from='%s' to='%%s' type='chat'><body>bench [inc_id]</body></message>", cfg.Component.JID())
+	// Warm-up: joins the group and opens every connection before the clock starts.
+	warm := announcement.Event{ID: runID + "-warmup", Kind: announcement.KindUsers, Usernames: []string{username(prefix, 0)}, Template: tmpl, CreatedAt: time.Now()}
+	if err := publish(warm); err != nil {
+		return err
+	}
+	if err := wait(warm.ID, f.warmupTimeout, func(done) bool { return true }); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+
+	if cpuProfile != "" {
+		pf, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	type result struct {
+		elapsed, split  time.Duration
+		shards, batches int
+		members, online int
+		perNode         map[string]int
+		cpu             float64
+		srv0, srv1      []procCPU
+	}
+	timed := func(id string) (result, error) {
+		ev := announcement.Event{ID: id, Kind: announcement.KindChannel, Channel: &announcement.ChannelRef{ID: 1},
+			Template: tmpl, Persist: true, Source: "bench"}
+		res := result{perNode: map[string]int{}}
+		cpu0 := cpuSeconds()
+		res.srv0 = serverCPU(f.serverPIDs)
+		start := time.Now()
+		ev.CreatedAt = start
+		if err := publish(ev); err != nil {
+			return res, err
+		}
+		finished := 0
+		var lastAt time.Time
+		err := wait(ev.ID, f.timeout, func(d done) bool {
+			switch d.res.Outcome {
+			case audience.Split:
+				res.shards, res.split = d.res.Shards, d.at.Sub(start)
+			case audience.Delivered:
+				finished++
+				res.members += d.res.Audience
+				res.online += d.res.Recipients
+				res.batches += d.res.Batches
+				for n, c := range d.res.PerNode {
+					res.perNode[n] += c
+				}
+				lastAt = d.at
+				if res.shards == 0 && d.ev.Kind == announcement.KindChannel {
+					res.shards = 1 // small channel: resolved inline
+				}
+			default:
+				fmt.Fprintf(os.Stderr, "unexpected result %+v\n", d.res)
+			}
+			return res.shards > 0 && finished == res.shards
+		})
+		res.elapsed = lastAt.Sub(start)
+		res.cpu = cpuSeconds() - cpu0
+		res.srv1 = serverCPU(f.serverPIDs)
+		return res, err
+	}
+
+	fmt.Println()
+	fmt.Printf("== fanout (this generation, %s): announcement published → all batches acked\n", title)
+	for r := 1; r <= f.runs; r++ {
+		id := fmt.Sprintf("%s-run%d", runID, r)
+		res, err := timed(id)
+		if err != nil {
+			return err
+		}
+		out.times = append(out.times, res.elapsed.Seconds())
+		split := "none (channel within one shard, resolved inline)"
+		if res.split > 0 {
+			split = fmt.Sprintf("%d shard tasks queued after %.3fs", res.shards, res.split.Seconds())
+		}
+		fmt.Printf("run %d: %.3fs  %d members, %d online (node1 %d, node2 %d), %d batches, %s; %.0f members/s; fanout CPU %.2fs",
+			r, res.elapsed.Seconds(), res.members, res.online, res.perNode["node1"], res.perNode["node2"], res.batches, split,
+			float64(res.members)/res.elapsed.Seconds(), res.cpu)
+		for _, p := range res.srv1 {
+			for _, q := range res.srv0 {
+				if p.pid == q.pid {
+					fmt.Printf(", %s %.2fs", p.name, p.sec-q.sec)
+				}
+			}
+		}
+		fmt.Println()
+		// Untimed: every online member exactly once, on its node.
+		if err := verify(ctx, brokers, cfg, f, prefix, id); err != nil {
+			return fmt.Errorf("verify run %d: %w", r, err)
+		}
+	}
+	out.hwm, out.rss = vmKB("VmHWM"), vmKB("VmRSS")
+	if err := stopSvc(); err != nil {
+		return fmt.Errorf("service: %w", err)
+	}
+	return nil
 }

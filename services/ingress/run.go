@@ -41,11 +41,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	priority := cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic)
 	rt.Topics(rt.Brokers(), cfg.Bus.AnnouncementsTopic, priority, cfg.Bus.DeadLetterTopic)
 
-	// A write gives up when the request does: a 503 must not hide a write
-	// still trying for seconds after it (a retry with the same
-	// Idempotency-Key is safe either way).
-	pub, err := publisher.New(rt.Writer(rt.Brokers(), kafkabus.WriterOptions{BatchSize: writerBatchSize,
-		WriteTimeout: min(cfg.Bus.WriteTimeout.D(), cfg.Ingress.PublishTimeout.D())}),
+	pub, err := publisher.New(rt.Writer(rt.Brokers(), publishWriterOptions(cfg)),
 		publisher.Options{AnnouncementsTopic: cfg.Bus.AnnouncementsTopic, PriorityTopic: priority, MaxMessageBytes: cfg.Bus.MaxMessageBytes}, rt.Metrics())
 	if err != nil {
 		return err
@@ -101,6 +97,22 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		h.listening(api.Addr(), rt.DebugAddr())
 	}
 	return rt.Run(ctx)
+}
+
+// publishWriterOptions tune the writer of the REST and Kafka input
+// publishes. kafka-go keeps writing a batch in the background after
+// WriteMessages returned on its context, retrying up to MaxAttempts times with
+// a fresh WriteTimeout each: the request's 503 would hide a write landing
+// seconds later. One attempt, bounded by the publish timeout, is over within
+// [bus] batch_timeout of the request giving up (later only for a batch queued
+// behind another one of its partition). A retry with the same Idempotency-Key
+// is safe either way; the Kafka input retries by itself.
+func publishWriterOptions(cfg config.Config) kafkabus.WriterOptions {
+	return kafkabus.WriterOptions{
+		BatchSize:    writerBatchSize,
+		WriteTimeout: min(cfg.Bus.WriteTimeout.D(), cfg.Ingress.PublishTimeout.D()),
+		MaxAttempts:  1,
+	}
 }
 
 // limits derives the door's checks from the config.

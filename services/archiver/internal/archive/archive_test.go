@@ -120,3 +120,43 @@ func TestArchiveBadTemplate(t *testing.T) {
 		t.Fatalf("got %v, want a template BadRecordError", err)
 	}
 }
+
+// fakeProgress says which announcements are cancelled and keeps what was persisted.
+type fakeProgress struct {
+	mu        sync.Mutex
+	cancelled map[string]bool
+	persisted map[string]int
+}
+
+func (p *fakeProgress) Persisted(id, _ string, n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.persisted[id] += n
+}
+
+func (p *fakeProgress) Cancelled(_ context.Context, id string) bool { return p.cancelled[id] }
+
+// A cancelled announcement's batches are not stored (nor counted as
+// persisted); another announcement's are.
+func TestArchiveSkipsCancelledAnnouncements(t *testing.T) {
+	s := &fakeStore{}
+	p := &fakeProgress{cancelled: map[string]bool{"stopped": true}, persisted: map[string]int{}}
+	m := NewMetrics(prometheus.NewRegistry())
+	a := New(Options{UserDomain: "localhost", Templates: stanza.NewCache(stanza.Options{ComponentDomain: "announcer.localhost"}, 16),
+		RetryMin: time.Millisecond, RetryMax: 2 * time.Millisecond, Progress: p}, s, zerolog.Nop(), m)
+	for _, id := range []string{"stopped", "running"} {
+		b := announcement.Batch{AnnouncementID: id, Persist: true, Template: tmpl, Recipients: []string{"alice", "bob"}}
+		if err := a.Archive(context.Background(), b); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+	}
+	if fmt.Sprint(s.ids) != "[running]" || len(s.got) != 2 {
+		t.Errorf("stored batches of %v (%d records), want only running's 2", s.ids, len(s.got))
+	}
+	if p.persisted["stopped"] != 0 || p.persisted["running"] != 2 {
+		t.Errorf("persisted %v", p.persisted)
+	}
+	if c, n := testutil.ToFloat64(m.batches.WithLabelValues("cancelled")), testutil.ToFloat64(m.batches.WithLabelValues("persisted")); c != 1 || n != 1 {
+		t.Errorf("batches cancelled %v persisted %v, want 1 and 1", c, n)
+	}
+}
