@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
 
@@ -214,6 +216,19 @@ func TestDepthMeasuresLagPerPartition(t *testing.T) {
 	}
 	if got := lags(); got[0] != 0 || got[1] != 1 {
 		t.Fatalf("lag after committing 2 and 1: %v, want 0 and 1", got)
+	}
+
+	// A consumer's report: the gauges by partition, and one info line while
+	// the group is behind (the first generation's queue report).
+	var logged strings.Builder
+	reg := prometheus.NewRegistry()
+	c := NewConsumer(nil, nil, ConsumerOptions{}, zerolog.New(&logged), reg)
+	c.refreshDepth(ctx, d)
+	if v := testutil.ToFloat64(c.m.lag.WithLabelValues(topic, "1")); v != 1 {
+		t.Fatalf("consumer_lag of partition 1: %v, want 1", v)
+	}
+	if !strings.Contains(logged.String(), `"message":"consumer lag"`) || !strings.Contains(logged.String(), `"lag":1`) {
+		t.Fatalf("no consumer lag line with the total: %q", logged.String())
 	}
 }
 
