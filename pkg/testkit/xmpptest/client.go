@@ -48,6 +48,7 @@ type Client struct {
 	s    *xmpp.Session
 	mu   sync.Mutex
 	msgs []Arrival
+	end  time.Time // when the stream ended (zero while it is up)
 	seen chan struct{}
 	done chan error
 }
@@ -74,7 +75,13 @@ func Login(ctx context.Context, addr, user, domain, password string) (*Client, e
 		return nil, fmt.Errorf("login %s: %w", j, err)
 	}
 	c := &Client{JID: s.LocalAddr(), s: s, seen: make(chan struct{}, 1), done: make(chan error, 1)}
-	go func() { c.done <- s.Serve(xmpp.HandlerFunc(c.handle)) }()
+	go func() {
+		err := s.Serve(xmpp.HandlerFunc(c.handle))
+		c.mu.Lock()
+		c.end = time.Now()
+		c.mu.Unlock()
+		c.done <- err
+	}()
 	if err := s.Send(ctx, stanza.Presence{}.Wrap(nil)); err != nil {
 		_ = c.Close()
 		return nil, fmt.Errorf("presence %s: %w", j, err)
@@ -157,6 +164,13 @@ func (c *Client) handle(t xmlstream.TokenReadEncoder, start *xml.StartElement) e
 	default:
 	}
 	return nil
+}
+
+// Ended is when the server ended the session's stream (zero while it is up).
+func (c *Client) Ended() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.end
 }
 
 // Messages returns what arrived so far.
