@@ -44,12 +44,11 @@ type harness struct {
 	rdb    *redis.Client
 	prefix string // of usernames and presence addresses in the shared Redis db
 
-	mu    sync.Mutex
-	done  map[string][]audience.Result
-	cond  chan struct{}
-	stop  context.CancelFunc
-	errc  chan error
-	write *kafka.Writer
+	mu   sync.Mutex
+	done map[string][]audience.Result
+	cond chan struct{}
+	stop context.CancelFunc
+	errc chan error
 }
 
 func newHarness(t *testing.T, mod func(*config.Config)) *harness {
@@ -136,11 +135,7 @@ func (h *harness) start() {
 			},
 		})
 	}()
-	h.write = &kafka.Writer{Addr: kafka.TCP(h.env.KafkaBrokers...), Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
-		BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}}
 	h.t.Cleanup(func() {
-		_ = h.write.Close()
-		h.write.Transport.(*kafka.Transport).CloseIdleConnections()
 		h.stop()
 		select {
 		case err := <-h.errc:
@@ -155,19 +150,8 @@ func (h *harness) start() {
 
 func (h *harness) publish(v []byte, key string) {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	// The topic may not exist until Run created it.
-	for {
-		err := h.write.WriteMessages(ctx, kafka.Message{Topic: h.cfg.Bus.AnnouncementsTopic, Key: []byte(key), Value: v})
-		if err == nil {
-			return
-		}
-		if ctx.Err() != nil {
-			h.t.Fatalf("publish: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	// The topic may not exist until Run created it: Produce waits for it.
+	kafkatest.Produce(h.t, h.env.KafkaBrokers, h.cfg.Bus.AnnouncementsTopic, kafka.Message{Key: []byte(key), Value: v})
 }
 
 func (h *harness) announce(ev announcement.Event) {

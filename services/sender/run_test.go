@@ -65,22 +65,11 @@ func testConfig(t *testing.T, env stacktest.Env) config.Config {
 
 func produce(t *testing.T, brokers []string, topic string, values ...[]byte) {
 	t.Helper()
-	w := kafkabus.NewWriter(brokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
-	// A transport of its own: the shared default one may hold metadata from
-	// before the topic existed.
-	tr := &kafka.Transport{}
-	defer tr.CloseIdleConnections()
-	w.Transport = tr
-	defer w.Close()
 	msgs := make([]kafka.Message, len(values))
 	for i, v := range values {
-		msgs[i] = kafka.Message{Topic: topic, Key: []byte{byte(i)}, Value: v}
+		msgs[i] = kafka.Message{Key: []byte{byte(i)}, Value: v}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := w.WriteMessages(ctx, msgs...); err != nil {
-		t.Fatal(err)
-	}
+	kafkatest.Produce(t, brokers, topic, msgs...)
 }
 
 // started is a sender running in-process as the binary runs it.
