@@ -337,6 +337,7 @@ func (s *Sender) remember(b announcement.Batch, slot int) {
 	for i < len(s.recent) && (now.Sub(s.recent[i].at) > s.opt.ShutdownResend || len(s.recent)-i >= maxRecent) {
 		i++
 	}
+	clear(s.recent[:i]) // the backing array must not keep the batches that left the window
 	s.recent = append(s.recent[i:], fenced{b: b, slot: slot, at: now})
 }
 
