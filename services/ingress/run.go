@@ -105,8 +105,10 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 // a fresh WriteTimeout each: the request's 503 would hide a write landing
 // seconds later. One attempt, bounded by the publish timeout, is over within
 // [bus] batch_timeout of the request giving up (later only for a batch queued
-// behind another one of its partition). A retry with the same Idempotency-Key
-// is safe either way; the Kafka input retries by itself.
+// behind another one of its partition). The publisher tries again, within
+// the request, only what Kafka says will pass (a leader that moved). A retry
+// with the same Idempotency-Key is safe either way; the Kafka input retries
+// by itself.
 func publishWriterOptions(cfg config.Config) kafkabus.WriterOptions {
 	return kafkabus.WriterOptions{
 		BatchSize:    writerBatchSize,

@@ -84,7 +84,15 @@ func (k *Kafka) Publish(ctx context.Context, e announcement.Event) error {
 		topic = k.opt.PriorityTopic
 	}
 	start := time.Now()
-	err = k.w.WriteMessages(ctx, kafka.Message{Topic: topic, Key: []byte(e.ID), Value: v})
+	// The writer makes one attempt per call (a 503 must not hide a write
+	// retrying in the background), so a leadership move or a topic whose
+	// metadata is not out yet is retried here, while the request has time.
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
+		err = k.w.WriteMessages(ctx, kafka.Message{Topic: topic, Key: []byte(e.ID), Value: v})
+		if err == nil || !retriable(err) || sleep(ctx, wait) != nil {
+			break
+		}
+	}
 	switch {
 	case err == nil:
 		k.latency.Observe(time.Since(start).Seconds())
@@ -93,6 +101,25 @@ func (k *Kafka) Publish(ctx context.Context, e announcement.Event) error {
 		return fmt.Errorf("%w: %w", announce.ErrTooLarge, err)
 	}
 	return fmt.Errorf("%w: %w", announce.ErrUnavailable, unwrapOne(err))
+}
+
+// retriable is a Kafka error the broker says will pass (no leader, a
+// leader that moved, metadata not propagated yet). A refused connection is
+// not: the ingress answers 503 at once while the broker is down.
+func retriable(err error) bool {
+	var ke kafka.Error
+	return errors.As(unwrapOne(err), &ke) && ke.Temporary()
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // unwrapOne reports the cause of a one-message write rather than kafka-go's

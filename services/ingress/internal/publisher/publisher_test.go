@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
 
 	"github.com/announcer/announcer/pkg/announcement"
@@ -109,5 +110,53 @@ func TestNewValidates(t *testing.T) {
 		if _, err := New(w, o, prometheus.NewRegistry()); err == nil {
 			t.Errorf("New(%+v) accepted", o)
 		}
+	}
+}
+
+// failingWriter fails its first calls with err, then writes.
+type failingWriter struct {
+	err   error
+	fails int
+	calls int
+}
+
+func (w *failingWriter) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
+	w.calls++
+	if w.calls <= w.fails {
+		return kafka.WriteErrors{w.err}
+	}
+	return nil
+}
+
+// The writer makes one attempt per call: a leader that moved (or metadata of
+// a topic created a moment ago) is retried while the request has time; a
+// broker that refuses connections is a 503 at once.
+func TestPublishRetriesWhatKafkaSaysWillPass(t *testing.T) {
+	opt := Options{AnnouncementsTopic: "t", MaxMessageBytes: 1 << 20}
+	moved := &failingWriter{err: kafka.NotLeaderForPartition, fails: 2}
+	k, err := New(moved, opt, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Publish(context.Background(), event("01a2-moved")); err != nil || moved.calls != 3 {
+		t.Fatalf("after 2 NotLeaderForPartition: %v in %d calls, want success in 3", err, moved.calls)
+	}
+
+	stuck := &failingWriter{err: kafka.LeaderNotAvailable, fails: 1 << 30}
+	k, _ = New(stuck, opt, prometheus.NewRegistry())
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := k.Publish(ctx, event("01a2-stuck")); !errors.Is(err, announce.ErrUnavailable) {
+		t.Fatalf("no leader for the whole request: %v, want ErrUnavailable", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("gave up after %s, want about the request's 300ms", took)
+	}
+
+	down := &failingWriter{err: errors.New("dial tcp 127.0.0.1:9092: connect: connection refused"), fails: 1 << 30}
+	k, _ = New(down, opt, prometheus.NewRegistry())
+	if err := k.Publish(context.Background(), event("01a2-down")); !errors.Is(err, announce.ErrUnavailable) || down.calls != 1 {
+		t.Fatalf("refused connection: %v in %d calls, want ErrUnavailable at once", err, down.calls)
 	}
 }
