@@ -1,19 +1,13 @@
 package config
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/announcer/announcer/pkg/testkit"
 )
 
 func contains(list []string, sub string) bool {
@@ -273,7 +267,7 @@ func TestClientCAFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(good, selfSignedPEM(t), 0o600); err != nil {
+	if err := os.WriteFile(good, testkit.SelfSignedCA(t, "d"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	file := func(ca string) string {
@@ -306,20 +300,4 @@ func TestClientCAFile(t *testing.T) {
 	if pool, err := (Client{}).RootCAs(); pool != nil || err != nil {
 		t.Errorf("no ca_file: pool %v err %v, want the system roots (nil)", pool, err)
 	}
-}
-
-// selfSignedPEM is a throwaway self-signed certificate, as a private ejabberd has.
-func selfSignedPEM(t *testing.T) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "d"}, DNSNames: []string{"d"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }

@@ -3,15 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"flag"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -311,7 +305,7 @@ func TestClientCAFileVerifiesEjabberd(t *testing.T) {
 	}
 	account := testuser.Register(t, env, "snd_ca")
 	other := filepath.Join(t.TempDir(), "other-ca.pem")
-	if err := os.WriteFile(other, otherCA(t), 0o600); err != nil {
+	if err := os.WriteFile(other, testkit.SelfSignedCA(t, "localhost"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	handshake := func(caFile string) error {
@@ -349,23 +343,6 @@ func TestClientCAFileVerifiesEjabberd(t *testing.T) {
 		!strings.Contains(err.Error(), "ca_file") {
 		t.Fatalf("a missing ca_file: %v", err)
 	}
-}
-
-// otherCA is a self-signed CA certificate that signed nothing ejabberd has.
-func otherCA(t *testing.T) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
 func TestFlags(t *testing.T) {
