@@ -14,6 +14,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
@@ -87,9 +88,10 @@ func (k *Kafka) Publish(ctx context.Context, e announcement.Event) error {
 	// The writer makes one attempt per call (a 503 must not hide a write
 	// retrying in the background), so a leadership move or a topic whose
 	// metadata is not out yet is retried here, while the request has time.
-	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
+	retry := backoff.Policy{Initial: 20 * time.Millisecond, Max: 250 * time.Millisecond}
+	for attempt := 0; ; attempt++ {
 		err = k.w.WriteMessages(ctx, kafka.Message{Topic: topic, Key: []byte(e.ID), Value: v})
-		if err == nil || !retriable(err) || sleep(ctx, wait) != nil {
+		if err == nil || !retriable(err) || backoff.Sleep(ctx, retry.Delay(attempt)) != nil {
 			break
 		}
 	}
@@ -109,17 +111,6 @@ func (k *Kafka) Publish(ctx context.Context, e announcement.Event) error {
 func retriable(err error) bool {
 	var ke kafka.Error
 	return errors.As(unwrapOne(err), &ke) && ke.Temporary()
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // unwrapOne reports the cause of a one-message write rather than kafka-go's
