@@ -588,8 +588,14 @@ func (s *system) metric(service, name string, filters ...string) float64 {
 		s.t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	return sumMetric(resp.Body, name, filters...)
+}
+
+// sumMetric adds up the samples of name in a /metrics text whose line
+// contains every filter.
+func sumMetric(text io.Reader, name string, filters ...string) float64 {
 	var sum float64
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(text)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
