@@ -108,12 +108,7 @@ ejabberd_ensure_cert() {
 }
 
 # ejabberd_pid: the pid of our node's VM (beam.smp), when it runs.
-ejabberd_pid() {
-  local pid
-  pid=$(read_pid "$EJABBERD_PIDFILE")
-  [[ -n "$pid" ]] && pid_alive "$pid" && [[ "$(pid_cmdline "$pid")" == *"$EJABBERD_SPOOL"* ]] &&
-    printf '%s' "$pid"
-}
+ejabberd_pid() { pidfile_owner "$EJABBERD_PIDFILE" "$EJABBERD_SPOOL"; }
 
 ejabberd_ports_open() {
   port_open "$EJABBERD_C2S_PORT" "$EJABBERD_IP" && port_open "$EJABBERD_COMPONENT_PORT" "$EJABBERD_IP" &&
@@ -137,11 +132,7 @@ ejabberd_preflight() {
 # --- epmd: Erlang's port mapper. An epmd already running is used as it is (it is shared by all
 # Erlang nodes of the machine); one we start is recorded and stopped by `down`.
 
-epmd_our_pid() {
-  local pid
-  pid=$(read_pid "$EJABBERD_EPMD_PIDFILE")
-  [[ -n "$pid" ]] && pid_alive "$pid" && [[ "$(pid_cmdline "$pid")" == *epmd* ]] && printf '%s' "$pid"
-}
+epmd_our_pid() { pidfile_owner "$EJABBERD_EPMD_PIDFILE" epmd; }
 
 epmd_ensure() {
   if port_open "$EPMD_PORT"; then
@@ -209,12 +200,7 @@ ejabberd_start() {
   local pid
   pid=$(ejabberd_pid || true)
   if [[ -n "$pid" ]]; then
-    if ejabberd_ready; then
-      log "$EJABBERD_LABEL: already running (pid $pid)"
-    else
-      log "$EJABBERD_LABEL: pid $pid is ours but not ready yet; waiting"
-      wait_ready "$EJABBERD_LABEL" "$pid" "$EJABBERD_LOGS/ejabberd.log" ejabberd_ready || return 1
-    fi
+    await_running "$EJABBERD_LABEL" "$pid" "$EJABBERD_LOGS/ejabberd.log" ejabberd_ready || return 1
     ejabberd_ensure_cert
     ejabberd_join
     ejabberd_provision
@@ -265,33 +251,21 @@ ejabberd_join() {
 
 # ejabberd_stop [keep-epmd]
 ejabberd_stop() {
-  local pid
-  pid=$(ejabberd_pid || true)
-  if [[ -z "$pid" ]]; then
-    log "$EJABBERD_LABEL: not running"
-  else
-    log "$EJABBERD_LABEL: stopping node $EJABBERD_NODE (pid $pid) with ejabberdctl stop"
-    timeout 30 "${EJABBERD_CTL[@]}" stop </dev/null >>"$EJABBERD_LOGS/ejabberdctl.log" 2>&1 ||
-      warn "$EJABBERD_LABEL: 'ejabberdctl stop' failed; falling back to signals"
-    if ! wait_pid_gone "$pid" "$STACK_STOP_TIMEOUT"; then
-      stop_pid "$pid" "$EJABBERD_LABEL" || die "$EJABBERD_LABEL: could not stop pid $pid"
-    fi
-  fi
-  rm -f "$EJABBERD_PIDFILE"
+  stop_server "$EJABBERD_LABEL" ejabberd_pid ejabberd_stop_node "$EJABBERD_PIDFILE"
   [[ "${1:-}" == keep-epmd ]] || epmd_stop_if_ours
 }
 
+# ejabberd_stop_node PID WHAT: `ejabberdctl stop`, then signals when the node is still there after
+# STACK_STOP_TIMEOUT s.
+ejabberd_stop_node() {
+  local pid="$1" what="$2"
+  log "$what: stopping node $EJABBERD_NODE (pid $pid) with ejabberdctl stop"
+  timeout 30 "${EJABBERD_CTL[@]}" stop </dev/null >>"$EJABBERD_LOGS/ejabberdctl.log" 2>&1 ||
+    warn "$what: 'ejabberdctl stop' failed; falling back to signals"
+  wait_pid_gone "$pid" "$STACK_STOP_TIMEOUT" || stop_pid "$pid" "$what"
+}
+
 ejabberd_status() {
-  local pid
-  pid=$(ejabberd_pid || true)
-  if [[ -n "$pid" ]] && ejabberd_ports_open; then
-    printf '%-9s up    pid %s  c2s %s:%s  component %s:%s  api %s\n' "$EJABBERD_LABEL" "$pid" "$EJABBERD_IP" "$EJABBERD_C2S_PORT" \
-      "$EJABBERD_IP" "$EJABBERD_COMPONENT_PORT" "$(ejabberd_api_url)"
-    return 0
-  elif [[ -n "$pid" ]]; then
-    printf '%-9s starting  pid %s (ports not all open)\n' "$EJABBERD_LABEL" "$pid"
-  else
-    printf '%-9s down\n' "$EJABBERD_LABEL"
-  fi
-  return 1
+  print_status "$EJABBERD_LABEL" ejabberd_pid ejabberd_ports_open "ports not all open" \
+    "c2s $EJABBERD_IP:$EJABBERD_C2S_PORT  component $EJABBERD_IP:$EJABBERD_COMPONENT_PORT  api $(ejabberd_api_url)"
 }

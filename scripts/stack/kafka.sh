@@ -46,12 +46,7 @@ kafka_ensure_libs() {
 }
 
 # kafka_pid: our broker's pid, when it runs.
-kafka_pid() {
-  local pid
-  pid=$(read_pid "$KAFKA_PIDFILE")
-  [[ -n "$pid" ]] && pid_alive "$pid" && [[ "$(pid_cmdline "$pid")" == *"kafka.Kafka $KAFKA_PROPS"* ]] &&
-    printf '%s' "$pid"
-}
+kafka_pid() { pidfile_owner "$KAFKA_PIDFILE" "kafka.Kafka $KAFKA_PROPS"; }
 
 KAFKA_STARTED="$KAFKA_DIR/run/kafka.started" # pid of the broker once it logged "Kafka Server started"
 
@@ -146,12 +141,7 @@ kafka_start() {
   local pid
   pid=$(kafka_pid || true)
   if [[ -n "$pid" ]]; then
-    if kafka_ready; then
-      log "kafka: already running (pid $pid)"
-      return 0
-    fi
-    log "kafka: pid $pid is ours but not ready yet; waiting"
-    wait_ready kafka "$pid" "$KAFKA_LOG" kafka_ready
+    await_running kafka "$pid" "$KAFKA_LOG" kafka_ready
     return
   fi
   command -v java >/dev/null || die "kafka: java not found"
@@ -166,32 +156,12 @@ kafka_start() {
     -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$KAFKA_LOG4J" -Dkafka.logs.dir="$KAFKA_DIR/logs" \
     -cp "$(kafka_libs_dir)/*" kafka.Kafka "$KAFKA_PROPS"
-  pid=$(read_pid "$KAFKA_PIDFILE")
-  log "kafka: started pid $pid, waiting for 'Kafka Server started' and $STACK_HOST:$KAFKA_PORT"
-  wait_ready kafka "$pid" "$KAFKA_LOG" kafka_ready
+  wait_started kafka "$KAFKA_PIDFILE" "$KAFKA_LOG" kafka_ready "'Kafka Server started' and $STACK_HOST:$KAFKA_PORT"
 }
 
-kafka_stop() {
-  local pid
-  pid=$(kafka_pid || true)
-  if [[ -z "$pid" ]]; then
-    log "kafka: not running"
-  else
-    stop_pid "$pid" kafka || die "kafka: could not stop pid $pid"
-  fi
-  rm -f "$KAFKA_PIDFILE" "$KAFKA_STARTED"
-}
+kafka_stop() { stop_server kafka kafka_pid stop_pid "$KAFKA_PIDFILE" "$KAFKA_STARTED"; }
 
 kafka_status() {
-  local pid
-  pid=$(kafka_pid || true)
-  if [[ -n "$pid" ]] && kafka_ready; then
-    echo "kafka     up    pid $pid  PLAINTEXT $STACK_HOST:$KAFKA_PORT  CONTROLLER $STACK_HOST:$KAFKA_CONTROLLER_PORT"
-    return 0
-  elif [[ -n "$pid" ]]; then
-    echo "kafka     starting  pid $pid (not ready)"
-  else
-    echo "kafka     down"
-  fi
-  return 1
+  print_status kafka kafka_pid kafka_ready "not ready" \
+    "PLAINTEXT $STACK_HOST:$KAFKA_PORT  CONTROLLER $STACK_HOST:$KAFKA_CONTROLLER_PORT"
 }

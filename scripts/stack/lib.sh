@@ -56,6 +56,15 @@ read_pid() {
 # pid_cmdline PID: the process's argv joined with spaces.
 pid_cmdline() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true; }
 
+# pidfile_owner FILE PATTERN: prints the pid stored in FILE when that process is alive and its
+# command line contains PATTERN (a stale pid file may name a pid reused by something else).
+pidfile_owner() {
+  local pid
+  pid=$(read_pid "$1")
+  [[ -n "$pid" ]] && pid_alive "$pid" && [[ "$(pid_cmdline "$pid")" == *"$2"* ]] &&
+    printf '%s' "$pid"
+}
+
 # port_open PORT [HOST]: a TCP connect to HOST (default 127.0.0.1):PORT succeeds.
 port_open() {
   timeout 2 bash -c "exec 3<>/dev/tcp/${2:-$STACK_HOST}/$1" 2>/dev/null
@@ -175,6 +184,61 @@ wait_ready() {
 rotate_log() {
   [[ -e "$1" ]] && mv -f "$1" "$1.1"
   : >"$1"
+}
+
+# ---------------------------------------------------------------------------------------------
+# What every server's <svc>_start, <svc>_stop and <svc>_status share
+
+# await_running WHAT PID LOGFILE CHECK_FN: for a server of ours found running at start: returns at
+# once when CHECK_FN says it is ready, else waits for it as wait_ready does.
+await_running() {
+  local what="$1" pid="$2" logfile="$3" check="$4"
+  if "$check"; then
+    log "$what: already running (pid $pid)"
+    return 0
+  fi
+  log "$what: pid $pid is ours but not ready yet; waiting"
+  wait_ready "$what" "$pid" "$logfile" "$check"
+}
+
+# wait_started WHAT PIDFILE LOGFILE CHECK_FN WAITING_FOR: after a launch that recorded its pid in
+# PIDFILE, logs what the start waits for and waits until CHECK_FN succeeds (see wait_ready).
+wait_started() {
+  local what="$1" logfile="$3" check="$4" waiting_for="$5" pid
+  pid=$(read_pid "$2")
+  log "$what: started pid $pid, waiting for $waiting_for"
+  wait_ready "$what" "$pid" "$logfile" "$check"
+}
+
+# stop_server WHAT PID_FN STOP_FN FILE...: stops our server (the pid PID_FN prints, if any) with
+# `STOP_FN PID WHAT` (stop_pid, or a server's own), dies when it will not stop, then removes FILEs.
+stop_server() {
+  local what="$1" pid_fn="$2" stop_fn="$3" pid
+  shift 3
+  pid=$("$pid_fn" || true)
+  if [[ -z "$pid" ]]; then
+    log "$what: not running"
+  else
+    "$stop_fn" "$pid" "$what" || die "$what: could not stop pid $pid"
+  fi
+  rm -f "$@"
+}
+
+# print_status WHAT PID_FN CHECK_FN NOT_READY DETAILS: the server's line of `stack.sh status`
+# ("up" with DETAILS when our pid runs and CHECK_FN succeeds, "starting" with NOT_READY when it
+# only runs, else "down"); returns 0 only when it is up.
+print_status() {
+  local what="$1" pid_fn="$2" check="$3" not_ready="$4" details="$5" pid
+  pid=$("$pid_fn" || true)
+  if [[ -n "$pid" ]] && "$check"; then
+    printf '%-9s up    pid %s  %s\n' "$what" "$pid" "$details"
+    return 0
+  elif [[ -n "$pid" ]]; then
+    printf '%-9s starting  pid %s (%s)\n' "$what" "$pid" "$not_ready"
+  else
+    printf '%-9s down\n' "$what"
+  fi
+  return 1
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -53,12 +53,7 @@ CNF
 }
 
 # mariadb_pid: our server's pid, when it runs.
-mariadb_pid() {
-  local pid
-  pid=$(read_pid "$MARIADB_PIDFILE")
-  [[ -n "$pid" ]] && pid_alive "$pid" && [[ "$(pid_cmdline "$pid")" == *"--defaults-file=$MARIADB_CNF"* ]] &&
-    printf '%s' "$pid"
-}
+mariadb_pid() { pidfile_owner "$MARIADB_PIDFILE" "--defaults-file=$MARIADB_CNF"; }
 
 mariadb_root() { mysql --defaults-file="$MARIADB_CNF" --protocol=socket -uroot "$@"; }
 
@@ -109,12 +104,7 @@ mariadb_start() {
   local pid
   pid=$(mariadb_pid || true)
   if [[ -n "$pid" ]]; then
-    if ! mariadb_ready; then
-      log "mariadb: pid $pid is ours but not ready yet; waiting"
-      wait_ready mariadb "$pid" "$MARIADB_ERR" mariadb_ready || return 1
-    else
-      log "mariadb: already running (pid $pid)"
-    fi
+    await_running mariadb "$pid" "$MARIADB_ERR" mariadb_ready || return 1
     mariadb_provision
     return 0
   fi
@@ -124,33 +114,12 @@ mariadb_start() {
   [[ -f "$MARIADB_ERR" ]] && printf '\n===== start %s =====\n' "$(date -Is)" >>"$MARIADB_ERR"
   rm -f "$MARIADB_SOCK" "$MARIADB_SOCK.lock"
   start_bg "$MARIADB_PIDFILE" "$MARIADB_OUT" "$(mariadb_bin)" --defaults-file="$MARIADB_CNF"
-  pid=$(read_pid "$MARIADB_PIDFILE")
-  log "mariadb: started pid $pid, waiting for $STACK_HOST:$MYSQL_PORT"
-  wait_ready mariadb "$pid" "$MARIADB_ERR" mariadb_ready || return 1
+  wait_started mariadb "$MARIADB_PIDFILE" "$MARIADB_ERR" mariadb_ready "$STACK_HOST:$MYSQL_PORT" || return 1
   mariadb_provision
 }
 
-mariadb_stop() {
-  local pid
-  pid=$(mariadb_pid || true)
-  if [[ -z "$pid" ]]; then
-    log "mariadb: not running"
-  else
-    stop_pid "$pid" mariadb || die "mariadb: could not stop pid $pid"
-  fi
-  rm -f "$MARIADB_PIDFILE"
-}
+mariadb_stop() { stop_server mariadb mariadb_pid stop_pid "$MARIADB_PIDFILE"; }
 
 mariadb_status() {
-  local pid
-  pid=$(mariadb_pid || true)
-  if [[ -n "$pid" ]] && mariadb_ready; then
-    echo "mariadb   up    pid $pid  $STACK_HOST:$MYSQL_PORT  socket $MARIADB_SOCK"
-    return 0
-  elif [[ -n "$pid" ]]; then
-    echo "mariadb   starting  pid $pid (not ready)"
-  else
-    echo "mariadb   down"
-  fi
-  return 1
+  print_status mariadb mariadb_pid mariadb_ready "not ready" "$STACK_HOST:$MYSQL_PORT  socket $MARIADB_SOCK"
 }

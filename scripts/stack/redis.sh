@@ -43,12 +43,7 @@ redis_start() {
   local pid
   pid=$(redis_pid || true)
   if [[ -n "$pid" ]]; then
-    if redis_ready; then
-      log "redis: already running (pid $pid)"
-      return 0
-    fi
-    log "redis: pid $pid is ours but not ready yet; waiting"
-    wait_ready redis "$pid" "$REDIS_LOG" redis_ready
+    await_running redis "$pid" "$REDIS_LOG" redis_ready
     return
   fi
   mkdir -p "$REDIS_DIR/data" "$REDIS_DIR/run" "$REDIS_DIR/logs"
@@ -63,33 +58,10 @@ redis_start() {
     ((SECONDS < deadline)) || die "redis: no pid file after 10s (see $REDIS_LOG)"
     sleep 0.1
   done
-  pid=$(read_pid "$REDIS_PIDFILE")
-  log "redis: started pid $pid, waiting for $STACK_HOST:$REDIS_PORT"
-  wait_ready redis "$pid" "$REDIS_LOG" redis_ready || return 1
+  wait_started redis "$REDIS_PIDFILE" "$REDIS_LOG" redis_ready "$STACK_HOST:$REDIS_PORT" || return 1
   redis_seed
 }
 
-redis_stop() {
-  local pid
-  pid=$(redis_pid || true)
-  if [[ -z "$pid" ]]; then
-    log "redis: not running"
-  else
-    stop_pid "$pid" redis || die "redis: could not stop pid $pid"
-  fi
-  rm -f "$REDIS_PIDFILE"
-}
+redis_stop() { stop_server redis redis_pid stop_pid "$REDIS_PIDFILE"; }
 
-redis_status() {
-  local pid
-  pid=$(redis_pid || true)
-  if [[ -n "$pid" ]] && redis_ready; then
-    echo "redis     up    pid $pid  $STACK_HOST:$REDIS_PORT"
-    return 0
-  elif [[ -n "$pid" ]]; then
-    echo "redis     starting  pid $pid (not ready)"
-  else
-    echo "redis     down"
-  fi
-  return 1
-}
+redis_status() { print_status redis redis_pid redis_ready "not ready" "$STACK_HOST:$REDIS_PORT"; }
