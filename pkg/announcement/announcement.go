@@ -200,32 +200,11 @@ const MaxIDLen = 128
 
 // DecodeEvent parses and checks an event. Fields it does not know are
 // ignored (a newer writer's, during a rolling upgrade); Decoder counts them.
-func DecodeEvent(p []byte) (Event, error) {
-	e, _, err := decodeEvent(p)
-	return e, err
-}
-
-func decodeEvent(p []byte) (Event, []string, error) {
-	var e Event
-	unknown, err := decodeTolerant(p, &e, eventFields)
-	if err != nil {
-		return Event{}, nil, fmt.Errorf("announcement event: %w", err)
-	}
-	if e.Version > Version {
-		return Event{}, nil, &NewerVersionError{Version: e.Version, Understood: Version}
-	}
-	return e, unknown, e.Check()
-}
+func DecodeEvent(p []byte) (Event, error) { return (*Decoder)(nil).Event(p) }
 
 // Check reports what makes the event unusable.
 func (e *Event) Check() error {
-	var errs []error
-	if e.ID == "" || len(e.ID) > MaxIDLen {
-		errs = append(errs, fmt.Errorf("id: want 1..%d bytes", MaxIDLen))
-	}
-	if e.Template == "" {
-		errs = append(errs, errors.New("template: empty"))
-	}
+	errs := checkIDAndTemplate("id", e.ID, e.Template)
 	if e.Priority != "" && e.Priority != PriorityNormal && e.Priority != PriorityHigh {
 		errs = append(errs, fmt.Errorf("priority %q: want normal or high", e.Priority))
 	}
@@ -251,42 +230,41 @@ func (e *Event) Check() error {
 	default:
 		errs = append(errs, fmt.Errorf("kind %q: unknown", e.Kind))
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("announcement event: %w", errors.Join(errs...))
-	}
-	return nil
+	return joinErrors("announcement event", errs)
 }
 
 // DecodeBatch parses and checks a delivery batch, tolerantly as DecodeEvent.
-func DecodeBatch(p []byte) (Batch, error) {
-	b, _, err := decodeBatch(p)
-	return b, err
-}
+func DecodeBatch(p []byte) (Batch, error) { return (*Decoder)(nil).Batch(p) }
 
-func decodeBatch(p []byte) (Batch, []string, error) {
-	var b Batch
-	unknown, err := decodeTolerant(p, &b, batchFields)
-	if err != nil {
-		return Batch{}, nil, fmt.Errorf("delivery batch: %w", err)
-	}
-	if b.Version > BatchVersion {
-		return Batch{}, nil, &NewerVersionError{Version: b.Version, Understood: BatchVersion}
-	}
-	var errs []error
-	if b.AnnouncementID == "" || len(b.AnnouncementID) > MaxIDLen {
-		errs = append(errs, fmt.Errorf("announcement_id: want 1..%d bytes", MaxIDLen))
-	}
-	if b.Template == "" {
-		errs = append(errs, errors.New("template: empty"))
-	}
+// check reports what makes the batch unusable.
+func (b *Batch) check() error {
+	errs := checkIDAndTemplate("announcement_id", b.AnnouncementID, b.Template)
 	if len(b.Recipients) == 0 {
 		errs = append(errs, errors.New("recipients: empty"))
 	}
 	if b.Seq < 0 || b.Shard < 0 {
 		errs = append(errs, errors.New("seq/shard: negative"))
 	}
-	if len(errs) > 0 {
-		return Batch{}, nil, fmt.Errorf("delivery batch: %w", errors.Join(errs...))
+	return joinErrors("delivery batch", errs)
+}
+
+// checkIDAndTemplate checks what events and batches both carry: the
+// announcement's id (in the record's field idField) and its template.
+func checkIDAndTemplate(idField, id, template string) []error {
+	var errs []error
+	if id == "" || len(id) > MaxIDLen {
+		errs = append(errs, fmt.Errorf("%s: want 1..%d bytes", idField, MaxIDLen))
 	}
-	return b, unknown, nil
+	if template == "" {
+		errs = append(errs, errors.New("template: empty"))
+	}
+	return errs
+}
+
+// joinErrors is nil without errs, else one error naming the record.
+func joinErrors(record string, errs []error) error {
+	if len(errs) > 0 {
+		return fmt.Errorf("%s: %w", record, errors.Join(errs...))
+	}
+	return nil
 }

@@ -24,14 +24,7 @@ func TestEventRoundTrip(t *testing.T) {
 		{ID: "a6", Kind: KindUsers, Usernames: []string{"u1"}, Template: "x", CreatedAt: now, Priority: PriorityHigh, DryRun: true},
 	}
 	for _, want := range cases {
-		p, err := want.Encode()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := DecodeEvent(p)
-		if err != nil {
-			t.Fatalf("%s: %v", p, err)
-		}
+		_, got := reencode(t, want.Encode, DecodeEvent)
 		// Stamped by Encode: the lowest version that reads the event right.
 		want.Version = 1
 		if want.DryRun {
@@ -41,6 +34,21 @@ func TestEventRoundTrip(t *testing.T) {
 			t.Fatalf("round trip:\n got %+v\nwant %+v", got, want)
 		}
 	}
+}
+
+// reencode encodes a record with encode and decodes the result with decode,
+// failing t when either fails; it returns the encoding and the decoded record.
+func reencode[R any](t *testing.T, encode func() ([]byte, error), decode func([]byte) (R, error)) ([]byte, R) {
+	t.Helper()
+	p, err := encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := decode(p)
+	if err != nil {
+		t.Fatalf("decode of %s: %v", p, err)
+	}
+	return p, got
 }
 
 func TestChannelRefJSON(t *testing.T) {
@@ -104,13 +112,7 @@ func FuzzDecodeEvent(f *testing.F) {
 			return
 		}
 		// Whatever decodes must survive a round trip unchanged in meaning.
-		q, err := e.Encode()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := DecodeEvent(q); err != nil {
-			t.Fatalf("re-decode of %s: %v", q, err)
-		}
+		q, _ := reencode(t, e.Encode, DecodeEvent)
 		if !json.Valid(q) || bytes.HasSuffix(q, []byte("\n")) {
 			t.Fatalf("Encode gave %q, want one JSON value without a newline", q)
 		}
@@ -128,14 +130,7 @@ func FuzzDecodeBatch(f *testing.F) {
 		if len(b.Recipients) == 0 || b.Template == "" {
 			t.Fatalf("accepted an unusable batch: %+v", b)
 		}
-		q, err := b.Encode()
-		if err != nil {
-			t.Fatal(err)
-		}
-		again, err := DecodeBatch(q)
-		if err != nil {
-			t.Fatalf("re-decode of %s: %v", q, err)
-		}
+		_, again := reencode(t, b.Encode, DecodeBatch)
 		if again.Template != b.Template || !reflect.DeepEqual(again.Recipients, b.Recipients) {
 			t.Fatalf("round trip changed the batch:\n got %+v\nwant %+v", again, b)
 		}
@@ -189,37 +184,30 @@ func TestEncodeDoesNotEscapeHTML(t *testing.T) {
 func TestDecodeBothEscapings(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	ev := Event{ID: "a1", Kind: KindUsers, Usernames: []string{"alice", "bob@x/<&>"}, Template: htmlTemplate, Persist: true, CreatedAt: now, Source: "kafka:in", Version: Version}
-	escaped, err := json.Marshal(&ev)
+	b := Batch{AnnouncementID: "a1", Shard: 1, Seq: 2, Node: "n1", Template: htmlTemplate, Persist: true, FirstIncID: 9, Recipients: []string{"alice", "bob@x/<&>"}, CreatedAt: now, Version: BatchVersion}
+	t.Run("event", func(t *testing.T) { decodesBothEscapings(t, ev, ev.Encode, DecodeEvent) })
+	t.Run("batch", func(t *testing.T) { decodesBothEscapings(t, b, b.Encode, DecodeBatch) })
+}
+
+// decodesBothEscapings checks that decode gives rec back from json.Marshal's
+// HTML-escaped encoding of rec (an earlier version's) and from encode's.
+func decodesBothEscapings[R any](t *testing.T, rec R, encode func() ([]byte, error), decode func([]byte) (R, error)) {
+	t.Helper()
+	escaped, err := json.Marshal(&rec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Contains(escaped, []byte(`\u003c`)) {
 		t.Fatalf("json.Marshal no longer escapes, the test proves nothing: %s", escaped)
 	}
-	plain, err := ev.Encode()
+	plain, err := encode()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range [][]byte{escaped, plain} {
-		got, err := DecodeEvent(p)
-		if err != nil || !reflect.DeepEqual(got, ev) {
-			t.Errorf("DecodeEvent(%s) = %+v, %v; want %+v", p, got, err, ev)
-		}
-	}
-
-	b := Batch{AnnouncementID: "a1", Shard: 1, Seq: 2, Node: "n1", Template: htmlTemplate, Persist: true, FirstIncID: 9, Recipients: []string{"alice", "bob@x/<&>"}, CreatedAt: now, Version: BatchVersion}
-	escaped, err = json.Marshal(&b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plain, err = b.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range [][]byte{escaped, plain} {
-		got, err := DecodeBatch(p)
-		if err != nil || !reflect.DeepEqual(got, b) {
-			t.Errorf("DecodeBatch(%s) = %+v, %v; want %+v", p, got, err, b)
+		got, err := decode(p)
+		if err != nil || !reflect.DeepEqual(got, rec) {
+			t.Errorf("decode(%s) = %+v, %v; want %+v", p, got, err, rec)
 		}
 	}
 }

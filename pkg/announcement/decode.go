@@ -49,6 +49,20 @@ func decodeTolerant(p []byte, v any, known []string) ([]string, error) {
 	return nil, trailing(dec)
 }
 
+// decodeRecord decodes the record p into v as decodeTolerant does, errors
+// prefixed with what the record is, and refuses it with a *NewerVersionError
+// when v's version (version points into v) is newer than understood.
+func decodeRecord(p []byte, what string, v any, known []string, version *int, understood int) ([]string, error) {
+	unknown, err := decodeTolerant(p, v, known)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if *version > understood {
+		return nil, &NewerVersionError{Version: *version, Understood: understood}
+	}
+	return unknown, nil
+}
+
 func trailing(dec *json.Decoder) error {
 	if dec.More() {
 		return errors.New("trailing data")
@@ -90,7 +104,7 @@ func slicesContains(list []string, s string) bool {
 
 // Decoder decodes internal records as DecodeEvent and DecodeBatch do, and
 // counts the fields it ignored: a newer writer during a rolling upgrade, or
-// one that never got upgraded.
+// one that never got upgraded. A nil *Decoder decodes without counting.
 type Decoder struct {
 	unknown prometheus.Counter
 }
@@ -105,16 +119,35 @@ func NewDecoder(reg prometheus.Registerer) *Decoder {
 	return d
 }
 
-// Event decodes an announcements record.
+// Event decodes an announcements record. An event that fails Check is
+// returned with Check's error (its ignored fields counted).
 func (d *Decoder) Event(p []byte) (Event, error) {
-	e, unknown, err := decodeEvent(p)
-	d.unknown.Add(float64(len(unknown)))
-	return e, err
+	var e Event
+	unknown, err := decodeRecord(p, "announcement event", &e, eventFields, &e.Version, Version)
+	if err != nil {
+		return Event{}, err
+	}
+	d.count(unknown)
+	return e, e.Check()
 }
 
 // Batch decodes a deliveries record.
 func (d *Decoder) Batch(p []byte) (Batch, error) {
-	b, unknown, err := decodeBatch(p)
-	d.unknown.Add(float64(len(unknown)))
-	return b, err
+	var b Batch
+	unknown, err := decodeRecord(p, "delivery batch", &b, batchFields, &b.Version, BatchVersion)
+	if err == nil {
+		err = b.check()
+	}
+	if err != nil {
+		return Batch{}, err
+	}
+	d.count(unknown)
+	return b, nil
+}
+
+// count adds the fields a record had and this version ignored.
+func (d *Decoder) count(unknown []string) {
+	if d != nil {
+		d.unknown.Add(float64(len(unknown)))
+	}
 }

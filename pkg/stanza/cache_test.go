@@ -115,10 +115,7 @@ func TestCacheCachesErrors(t *testing.T) {
 	c := stanza.NewCache(stanza.Options{}, 10)
 	const bad = `<message to='%s'>`
 	_, first := c.Get("bad", bad)
-	var ve *stanza.ValidationError
-	if !errors.As(first, &ve) || ve.Field != "message" {
-		t.Fatalf("err = %v, want a message *ValidationError", first)
-	}
+	wantValidationError(t, first, "message")
 	for range 3 {
 		tpl, err := c.Get("bad", bad)
 		if tpl != nil || err != first {

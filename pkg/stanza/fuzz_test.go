@@ -53,10 +53,7 @@ func FuzzParse(f *testing.F) {
 		for _, opt := range []stanza.Options{{}, {ComponentDomain: component}, {ClientJID: clientAccount}} {
 			tpl, err := stanza.Parse(raw, opt)
 			if err != nil {
-				var ve *stanza.ValidationError
-				if !errors.As(err, &ve) || ve.Field != "message" {
-					t.Fatalf("Parse error %T %v is not a message ValidationError", err, err)
-				}
+				wantValidationError(t, err, "message")
 				continue
 			}
 			jids := hostileJIDs
@@ -162,12 +159,35 @@ func equalFoldASCII(a, b string) bool {
 	return lower(a) == lower(b)
 }
 
-func FuzzNormalizeJID(f *testing.F) {
-	for _, s := range []string{"alice", "alice@example.com", "alice@example.com/phone", "a@[::1]/r", "a@b@c", "<x>", "al ice", "a/b", "\xff", "a@d/\u0085", ""} {
+// wantValidationError fails t unless err is a *stanza.ValidationError for
+// field, and returns it.
+func wantValidationError(t *testing.T, err error, field string) *stanza.ValidationError {
+	t.Helper()
+	var ve *stanza.ValidationError
+	if !errors.As(err, &ve) || ve.Field != field {
+		t.Fatalf("error %T %v is not a %s *ValidationError", err, err, field)
+	}
+	return ve
+}
+
+// addAddressSeeds seeds a fuzzer of (address, default or users' domain)
+// pairs, as NormalizeJID and CanonicalRecipient take them: every address
+// with two domains, and a few pairs with unusual domains.
+func addAddressSeeds(f *testing.F) {
+	for _, s := range []string{
+		"alice", "alice@example.com", "alice@example.com/phone", "alice@localhost", "alice@LOCALHOST", "alice@localhost/phone",
+		"bob@other.example", "bob@[::1]", "a@[::1]/r", "@localhost", "a@b@c", "<x>", "al ice", "a/b", "\xff", "a@d/\u0085", "",
+	} {
 		f.Add(s, "example.com")
+		f.Add(s, "localhost")
 	}
 	f.Add("bob", "")
 	f.Add("bob", "[::1]")
+	f.Add("bob@[::A]", "[::a]")
+}
+
+func FuzzNormalizeJID(f *testing.F) {
+	addAddressSeeds(f)
 	f.Fuzz(func(t *testing.T, user, domain string) {
 		jid, err := stanza.NormalizeJID(user, domain)
 		b, err2 := stanza.AppendJID(nil, user, domain)
@@ -175,10 +195,7 @@ func FuzzNormalizeJID(f *testing.F) {
 			t.Fatalf("NormalizeJID = %q, %v but AppendJID = %q, %v", jid, err, b, err2)
 		}
 		if err != nil {
-			var ve *stanza.ValidationError
-			if !errors.As(err, &ve) || ve.Field != "usernames" {
-				t.Fatalf("error %T %v is not a usernames ValidationError", err, err)
-			}
+			wantValidationError(t, err, "usernames")
 			return
 		}
 		if !utf8.ValidString(jid) {
@@ -223,10 +240,7 @@ func FuzzDecodeBase64(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		b, err := stanza.DecodeBase64(s)
 		if err != nil {
-			var ve *stanza.ValidationError
-			if !errors.As(err, &ve) || ve.Field != "message" {
-				t.Fatalf("error %T %v is not a message ValidationError", err, err)
-			}
+			wantValidationError(t, err, "message")
 			return
 		}
 		if len(b) == 0 {
@@ -247,11 +261,7 @@ func FuzzDecodeBase64(f *testing.F) {
 // another case comes out with the users' domain's spelling. It also checks
 // that every form of one address has the same presence key.
 func FuzzCanonicalRecipient(f *testing.F) {
-	for _, s := range []string{"alice", "alice@localhost", "alice@LOCALHOST", "alice@localhost/phone", "bob@other.example", "bob@[::1]", "a/b", "@localhost", "a@b@c", "\xff", ""} {
-		f.Add(s, "localhost")
-	}
-	f.Add("bob@[::A]", "[::a]")
-	f.Add("bob", "")
+	addAddressSeeds(f)
 	f.Fuzz(func(t *testing.T, s, domain string) {
 		c, err := stanza.CanonicalRecipient(s, domain)
 		n, nerr := stanza.NormalizeJID(s, domain)
@@ -262,10 +272,7 @@ func FuzzCanonicalRecipient(f *testing.F) {
 			if err.Error() != nerr.Error() {
 				t.Fatalf("errors differ: %v vs %v", err, nerr)
 			}
-			var ve *stanza.ValidationError
-			if !errors.As(err, &ve) || ve.Field != "usernames" {
-				t.Fatalf("error %T %v is not a usernames ValidationError", err, err)
-			}
+			wantValidationError(t, err, "usernames")
 			return
 		}
 		bare, _, hasRes := strings.Cut(n, "/")

@@ -67,15 +67,7 @@ func checkRecipient(username, defaultDomain string) (addDomain bool, reason stri
 		}
 		return true, ""
 	}
-	if r := checkDomain(domain); r != "" {
-		return false, r
-	}
-	if hasResource {
-		if r := checkResource(resource); r != "" {
-			return false, r
-		}
-	}
-	return false, ""
+	return false, checkDomainResource(domain, resource, hasResource)
 }
 
 // jidDomain validates a full JID whose localpart is optional ("domain",
@@ -89,15 +81,22 @@ func jidDomain(s string) (string, string) {
 	} else if r := checkLocal(local); r != "" {
 		return "", r
 	}
-	if r := checkDomain(domain); r != "" {
+	if r := checkDomainResource(domain, resource, hasResource); r != "" {
 		return "", r
 	}
-	if hasResource {
-		if r := checkResource(resource); r != "" {
-			return "", r
-		}
-	}
 	return domain, ""
+}
+
+// checkDomainResource checks what follows a JID's '@' (or all of a JID
+// without one): the domainpart and, when hasResource, the resourcepart.
+func checkDomainResource(domain, resource string, hasResource bool) string {
+	if r := checkDomain(domain); r != "" {
+		return r
+	}
+	if hasResource {
+		return checkResource(resource)
+	}
+	return ""
 }
 
 // checkLocal returns "" when s is an acceptable localpart, else why not.

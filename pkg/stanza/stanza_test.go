@@ -124,12 +124,7 @@ func TestParseValid(t *testing.T) {
 func TestParseRejects(t *testing.T) {
 	big := "<message to='%s'><body>" + strings.Repeat("x", 100) + "</body></message>"
 	cd := stanza.Options{ComponentDomain: component}
-	tests := []struct {
-		name string
-		tpl  string
-		opt  stanza.Options
-		want string // substring of Reason
-	}{
+	testParse(t, []parseCase{
 		{"empty", "", stanza.Options{}, "empty"},
 		{"only whitespace", " \n\t", stanza.Options{}, "empty"},
 		{"too large", big, stanza.Options{MaxBytes: 100}, "limit is 100"},
@@ -187,20 +182,38 @@ func TestParseRejects(t *testing.T) {
 		{"component: from with placeholder", `<message to='x' from='%s'/>`, cd, "must not contain placeholders"},
 		{"component: from with inc_id", `<message to='%s' from='announcer.localhost/[inc_id]'/>`, cd, "must not contain placeholders"},
 		{"component: invalid from", `<message to='%s' from='a@@announcer.localhost'/>`, cd, "not a valid JID"},
-	}
+	})
+}
+
+// parseCase is a template, the options to Parse it with, and the outcome
+// wanted: "" for accepted, else a substring of the refusal's Reason.
+type parseCase struct {
+	name string
+	tpl  string
+	opt  stanza.Options
+	want string
+}
+
+// testParse runs Parse on each case: what it accepts must render
+// well-formed; what it refuses, with a message *ValidationError.
+func testParse(t *testing.T, tests []parseCase) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tpl, err := stanza.Parse([]byte(tt.tpl), tt.opt)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Parse: %v", err)
+				}
+				if out := tpl.AppendRender(nil, "bob@example.com", 1); stanza.WellFormed(out) != nil {
+					t.Errorf("rendered %q is not well-formed", out)
+				}
+				return
+			}
 			if err == nil {
 				t.Fatalf("Parse accepted %q", tpl.Raw())
 			}
-			var ve *stanza.ValidationError
-			if !errors.As(err, &ve) {
-				t.Fatalf("error %T %v is not a *ValidationError", err, err)
-			}
-			if ve.Field != "message" {
-				t.Errorf("Field = %q, want message", ve.Field)
-			}
+			ve := wantValidationError(t, err, "message")
 			if !strings.Contains(ve.Reason, tt.want) {
 				t.Errorf("Reason = %q, want it to contain %q", ve.Reason, tt.want)
 			}
@@ -415,10 +428,7 @@ func TestDecodeBase64(t *testing.T) {
 				}
 				return
 			}
-			var ve *stanza.ValidationError
-			if !errors.As(err, &ve) || ve.Field != "message" {
-				t.Fatalf("DecodeBase64(%q) = %q, %v; want *ValidationError for message", tt.in, got, err)
-			}
+			ve := wantValidationError(t, err, "message")
 			if !strings.Contains(ve.Reason, tt.errHas) {
 				t.Errorf("Reason = %q, want it to contain %q", ve.Reason, tt.errHas)
 			}
@@ -476,12 +486,7 @@ const clientAccount = "announcer@localhost"
 // when a stanza's from is anything but the session's own account.
 func TestParseClientFrom(t *testing.T) {
 	cl := stanza.Options{ClientJID: clientAccount}
-	tests := []struct {
-		name string
-		tpl  string
-		opt  stanza.Options
-		want string // "" = accepted, else a substring of the Reason
-	}{
+	testParse(t, []parseCase{
 		{"no from", `<message to='%s'><body/></message>`, cl, ""},
 		{"empty from", `<message to='%s' from=''/>`, cl, ""},
 		{"bare account", `<message to='%s' from='announcer@localhost'/>`, cl, ""},
@@ -512,31 +517,7 @@ func TestParseClientFrom(t *testing.T) {
 		{"leading space", `<message to='%s' from=' announcer@localhost'/>`, cl, "not a valid JID"},
 		// The template rules still apply in client mode.
 		{"syntax still checked", `<message to='%s' from='announcer@localhost'>`, cl, "not closed"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			tpl, err := stanza.Parse([]byte(tt.tpl), tt.opt)
-			if tt.want == "" {
-				if err != nil {
-					t.Fatalf("Parse: %v", err)
-				}
-				if out := tpl.AppendRender(nil, "bob@example.com", 1); stanza.WellFormed(out) != nil {
-					t.Errorf("rendered %q is not well-formed", out)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatalf("Parse accepted %q", tpl.Raw())
-			}
-			var ve *stanza.ValidationError
-			if !errors.As(err, &ve) || ve.Field != "message" {
-				t.Fatalf("error %T %v is not a message *ValidationError", err, err)
-			}
-			if !strings.Contains(ve.Reason, tt.want) {
-				t.Errorf("Reason = %q, want it to contain %q", ve.Reason, tt.want)
-			}
-		})
-	}
+	})
 }
 
 func TestOptionsValidate(t *testing.T) {

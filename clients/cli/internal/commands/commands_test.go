@@ -80,6 +80,32 @@ func (c *cli) start(args ...string) (stdout, stderr *syncBuffer, wait func() int
 	}
 }
 
+// wantExit waits for a run begun with start and fails the test unless it
+// exits with code.
+func (c *cli) wantExit(wait func() int, code int, stderr *syncBuffer) {
+	c.t.Helper()
+	if got := wait(); got != code {
+		c.t.Fatalf("exit %d, want %d\nstderr:\n%s", got, code, stderr)
+	}
+}
+
+// wantDeletes fails the test unless the API saw n DELETEs (cancellations).
+func (c *cli) wantDeletes(n int) {
+	c.t.Helper()
+	if _, deletes, _ := c.api.snapshot(); deletes != n {
+		c.t.Errorf("%d DELETEs, want %d", deletes, n)
+	}
+}
+
+// pipeStdin makes stdin a pipe whose write end the test answers questions
+// through; closing it (done when the test ends) ends a read still waiting.
+func (c *cli) pipeStdin() *io.PipeWriter {
+	in, answer := io.Pipe()
+	c.t.Cleanup(func() { answer.Close() })
+	c.stdin = in
+	return answer
+}
+
 func (r result) want(t *testing.T, code int, stdout ...string) {
 	t.Helper()
 	if r.code != code {
@@ -301,15 +327,11 @@ func TestInterruptYesCancels(t *testing.T) {
 	c := newCLI(t)
 	c.stdin = strings.NewReader("y\n")
 	stdout, stderr, wait := interruptWhileSending(t, c)
-	if code := wait(); code != ExitCancelled {
-		t.Fatalf("exit %d, want %d\nstderr:\n%s", code, ExitCancelled, stderr)
-	}
+	c.wantExit(wait, ExitCancelled, stderr)
 	if !strings.Contains(stderr.String(), "Cancel announcement ann-1? [y/N] ") {
 		t.Errorf("no question on stderr:\n%s", stderr)
 	}
-	if _, deletes, _ := c.api.snapshot(); deletes != 1 {
-		t.Errorf("%d DELETEs, want 1", deletes)
-	}
+	c.wantDeletes(1)
 	if !strings.Contains(stdout.String(), `state=cancelled recipients=`) || !strings.Contains(stdout.String(), `reason="cancelled by request"`) {
 		t.Errorf("stdout lacks the cancelled counts:\n%s", stdout)
 	}
@@ -317,9 +339,7 @@ func TestInterruptYesCancels(t *testing.T) {
 
 func TestInterruptNoKeepsFollowing(t *testing.T) {
 	c := newCLI(t)
-	in, answer := io.Pipe()
-	defer answer.Close()
-	c.stdin = in
+	answer := c.pipeStdin()
 	stdout, stderr, wait := interruptWhileSending(t, c)
 	if _, err := io.WriteString(answer, "n\n"); err != nil { // returns once the question read it
 		t.Fatal(err)
@@ -327,12 +347,8 @@ func TestInterruptNoKeepsFollowing(t *testing.T) {
 	c.api.mu.Lock()
 	c.api.released = true
 	c.api.mu.Unlock()
-	if code := wait(); code != ExitOK {
-		t.Fatalf("exit %d, want 0\nstderr:\n%s", code, stderr)
-	}
-	if _, deletes, _ := c.api.snapshot(); deletes != 0 {
-		t.Errorf("%d DELETEs, want 0", deletes)
-	}
+	c.wantExit(wait, ExitOK, stderr)
+	c.wantDeletes(0)
 	if !strings.Contains(stdout.String(), "state=done") || !strings.Contains(stderr.String(), "100%") {
 		t.Errorf("did not follow to done:\nstdout:\n%s\nstderr:\n%s", stdout, stderr)
 	}
@@ -340,17 +356,11 @@ func TestInterruptNoKeepsFollowing(t *testing.T) {
 
 func TestSecondInterruptExitsWithoutCancelling(t *testing.T) {
 	c := newCLI(t)
-	in, answer := io.Pipe()
-	defer answer.Close() // ends the reader still waiting for an answer
-	c.stdin = in
+	c.pipeStdin() // never answered: the run must end without an answer
 	_, stderr, wait := interruptWhileSending(t, c)
 	c.interrupts <- os.Interrupt
-	if code := wait(); code != ExitInterrupted {
-		t.Fatalf("exit %d, want %d\nstderr:\n%s", code, ExitInterrupted, stderr)
-	}
-	if _, deletes, _ := c.api.snapshot(); deletes != 0 {
-		t.Errorf("%d DELETEs, want 0", deletes)
-	}
+	c.wantExit(wait, ExitInterrupted, stderr)
+	c.wantDeletes(0)
 	if !strings.Contains(stderr.String(), "not cancelled") {
 		t.Errorf("stderr does not say it was not cancelled:\n%s", stderr)
 	}
@@ -359,12 +369,8 @@ func TestSecondInterruptExitsWithoutCancelling(t *testing.T) {
 func TestInterruptWithoutStdinStops(t *testing.T) {
 	c := newCLI(t) // stdin is empty
 	_, stderr, wait := interruptWhileSending(t, c)
-	if code := wait(); code != ExitInterrupted {
-		t.Fatalf("exit %d, want %d\nstderr:\n%s", code, ExitInterrupted, stderr)
-	}
-	if _, deletes, _ := c.api.snapshot(); deletes != 0 {
-		t.Errorf("%d DELETEs, want 0", deletes)
-	}
+	c.wantExit(wait, ExitInterrupted, stderr)
+	c.wantDeletes(0)
 }
 
 func TestInterruptDuringThePost(t *testing.T) {
@@ -373,9 +379,7 @@ func TestInterruptDuringThePost(t *testing.T) {
 	_, stderr, wait := c.start("send", "--channel", "42", "--file", c.file, "--idempotency-key", "k-9")
 	<-c.api.postSeen
 	c.interrupts <- os.Interrupt
-	if code := wait(); code != ExitInterrupted {
-		t.Fatalf("exit %d, want %d", code, ExitInterrupted)
-	}
+	c.wantExit(wait, ExitInterrupted, stderr)
 	if !strings.Contains(stderr.String(), "--idempotency-key k-9") {
 		t.Errorf("stderr lacks the key to retry with:\n%s", stderr)
 	}
@@ -383,9 +387,7 @@ func TestInterruptDuringThePost(t *testing.T) {
 
 func TestCancelAnsweredYesAfterItEnded(t *testing.T) {
 	c := newCLI(t)
-	in, answer := io.Pipe()
-	defer answer.Close()
-	c.stdin = in
+	answer := c.pipeStdin()
 	stdout, stderr, wait := interruptWhileSending(t, c)
 	waitFor(t, stderr, "[y/N] ")
 	// It ends while the question waits: the DELETE is refused, and the
@@ -399,9 +401,7 @@ func TestCancelAnsweredYesAfterItEnded(t *testing.T) {
 	if _, err := io.WriteString(answer, "yes\n"); err != nil {
 		t.Fatal(err)
 	}
-	if code := wait(); code != ExitOK {
-		t.Fatalf("exit %d, want 0\nstderr:\n%s", code, stderr)
-	}
+	c.wantExit(wait, ExitOK, stderr)
 	if !strings.Contains(stderr.String(), "HTTP 409") || !strings.Contains(stdout.String(), "state=done") {
 		t.Errorf("want the 409 reported and the end followed:\nstdout:\n%s\nstderr:\n%s", stdout, stderr)
 	}

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -283,13 +282,6 @@ func printPreview(w io.Writer, a *apiclient.Announcement) {
 	kv.add("members", a.Audience.Members)
 	kv.add("online", a.Audience.Online)
 	kv.add("recipients", a.Audience.Recipients)
-	nodes := make([]string, 0, len(a.Audience.PerNode))
-	for n := range a.Audience.PerNode {
-		nodes = append(nodes, n)
-	}
-	slices.Sort(nodes)
-	for _, n := range nodes {
-		kv.add("node "+safe(n), a.Audience.PerNode[n])
-	}
+	kv.addPerNode(a.Audience.PerNode)
 	kv.flush()
 }

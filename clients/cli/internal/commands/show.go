@@ -3,6 +3,7 @@ package commands
 import (
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -174,14 +175,7 @@ func printAnnouncement(w io.Writer, a *apiclient.Announcement) {
 	kv.add("members", fmt.Sprint(a.Audience.Members, final))
 	kv.add("online", fmt.Sprint(a.Audience.Online, final))
 	kv.add("recipients", fmt.Sprint(a.Audience.Recipients, final))
-	nodes := make([]string, 0, len(a.Audience.PerNode))
-	for n := range a.Audience.PerNode {
-		nodes = append(nodes, n)
-	}
-	slices.Sort(nodes)
-	for _, n := range nodes {
-		kv.add("node "+safe(n), a.Audience.PerNode[n])
-	}
+	kv.addPerNode(a.Audience.PerNode)
 	settled, total := a.Progress()
 	if total > 0 {
 		kv.add("progress", fmt.Sprintf("%d/%d (%d%%)", settled, total, min(int64(float64(settled)/float64(total)*100), 100)))
@@ -215,6 +209,14 @@ func newKV(w io.Writer) *kv { return &kv{tw: tabwriter.NewWriter(w, 0, 0, 1, ' '
 
 func (k *kv) add(key string, v any) { fmt.Fprintf(k.tw, "%s:\t%v\n", key, v) }
 func (k *kv) flush()                { _ = k.tw.Flush() }
+
+// addPerNode adds a "node <name>" line for each node of perNode (an
+// audience's recipients per node), in name order.
+func (k *kv) addPerNode(perNode map[string]int64) {
+	for _, n := range slices.Sorted(maps.Keys(perNode)) {
+		k.add("node "+safe(n), perNode[n])
+	}
+}
 
 func formatTime(t time.Time) string {
 	if t.IsZero() {
