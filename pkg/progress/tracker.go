@@ -16,6 +16,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/metric"
 )
 
 // TrackerOptions tune a Tracker.
@@ -472,19 +473,14 @@ type trackerMetrics struct {
 }
 
 func newTrackerMetrics(reg prometheus.Registerer, queued func() float64) *trackerMetrics {
-	c := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
-	}
+	s := metric.Must(reg)
 	m := &trackerMetrics{
-		updates:       c("progress_updates_total", "Progress updates written to the progress store (one per batch or fenced step)."),
-		errors:        c("progress_update_errors_total", "Progress updates that failed and were queued again."),
-		dropped:       c("progress_updates_dropped_total", "Progress updates dropped because the queue was full or Redis was down at shutdown; the announcement's figures lag."),
-		cancelLookups: c("progress_cancel_lookups_total", "Reads of an announcement's state to see whether it was cancelled (cached)."),
-		cancelErrors:  c("progress_cancel_lookup_errors_total", "Failed cancellation reads (the last answer stands)."),
+		updates:       s.Counter("progress_updates_total", "Progress updates written to the progress store (one per batch or fenced step)."),
+		errors:        s.Counter("progress_update_errors_total", "Progress updates that failed and were queued again."),
+		dropped:       s.Counter("progress_updates_dropped_total", "Progress updates dropped because the queue was full or Redis was down at shutdown; the announcement's figures lag."),
+		cancelLookups: s.Counter("progress_cancel_lookups_total", "Reads of an announcement's state to see whether it was cancelled (cached)."),
+		cancelErrors:  s.Counter("progress_cancel_lookup_errors_total", "Failed cancellation reads (the last answer stands)."),
 	}
-	queue := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "progress_queue_length", Help: "Progress updates waiting for the progress store.",
-	}, queued)
-	reg.MustRegister(m.updates, m.errors, m.dropped, m.cancelLookups, m.cancelErrors, queue)
+	s.GaugeFunc("progress_queue_length", "Progress updates waiting for the progress store.", queued)
 	return m
 }

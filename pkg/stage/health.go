@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/announcer/announcer/pkg/metric"
 )
 
 // Kafka operations whose failures are counted and reported.
@@ -27,36 +29,22 @@ type consumerMetrics struct {
 }
 
 func newConsumerMetrics(reg prometheus.Registerer) *consumerMetrics {
-	c := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
-	}
+	s := metric.Must(reg)
 	m := &consumerMetrics{
-		fetched:    c("messages_fetched_total", "Kafka records fetched."),
-		handled:    c("messages_handled_total", "Kafka records handled successfully (dead letters not included)."),
-		refetched:  c("messages_refetched_total", "Records fetched again while this process had them in hand (after a rebalance); not handled twice."),
-		duplicates: c("duplicates_skipped_total", "Identical copies of records already handled (a producer's retried write); not handled twice."),
-		retries:    c("handler_retries_total", "Handler attempts that failed and were retried."),
-		commits:    c("commits_total", "Offset commits."),
-		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dead_letters_total", Help: "Records written to the dead-letter topic, by reason.",
-		}, []string{"reason"}),
-		kafkaErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kafka_errors_total", Help: "Failed Kafka operations (retried with backoff), by operation.",
-		}, []string{"op"}),
-		outages:       c("kafka_outages_total", "Times a Kafka operation started failing after having worked."),
-		outageSeconds: c("kafka_outage_seconds_total", "Time during which a Kafka operation kept failing."),
-		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "in_flight", Help: "Records fetched and not committed yet (being handled or waiting for their commit), by partition.",
-		}, []string{"topic", "partition"}),
-		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "consumer_lag", Help: "Records of the partition the consumer group has not committed yet (log end minus committed offset), refreshed every [monitoring] buffer_report_duration.",
-		}, []string{"topic", "partition"}),
+		fetched:       s.Counter("messages_fetched_total", "Kafka records fetched."),
+		handled:       s.Counter("messages_handled_total", "Kafka records handled successfully (dead letters not included)."),
+		refetched:     s.Counter("messages_refetched_total", "Records fetched again while this process had them in hand (after a rebalance); not handled twice."),
+		duplicates:    s.Counter("duplicates_skipped_total", "Identical copies of records already handled (a producer's retried write); not handled twice."),
+		retries:       s.Counter("handler_retries_total", "Handler attempts that failed and were retried."),
+		commits:       s.Counter("commits_total", "Offset commits."),
+		deadLetters:   s.CounterVec("dead_letters_total", "Records written to the dead-letter topic, by reason.", "reason"),
+		kafkaErrors:   s.CounterVec("kafka_errors_total", "Failed Kafka operations (retried with backoff), by operation.", "op"),
+		outages:       s.Counter("kafka_outages_total", "Times a Kafka operation started failing after having worked."),
+		outageSeconds: s.Counter("kafka_outage_seconds_total", "Time during which a Kafka operation kept failing."),
+		inFlight:      s.GaugeVec("in_flight", "Records fetched and not committed yet (being handled or waiting for their commit), by partition.", "topic", "partition"),
+		lag:           s.GaugeVec("consumer_lag", "Records of the partition the consumer group has not committed yet (log end minus committed offset), refreshed every [monitoring] buffer_report_duration.", "topic", "partition"),
 	}
-	reg.MustRegister(m.fetched, m.handled, m.refetched, m.duplicates, m.retries, m.commits,
-		m.deadLetters, m.kafkaErrors, m.outages, m.outageSeconds, m.inFlight, m.lag)
-	for _, op := range []string{opFetch, opCommit, opDeadLetter} {
-		m.kafkaErrors.WithLabelValues(op)
-	}
+	metric.Zero(m.kafkaErrors, opFetch, opCommit, opDeadLetter)
 	return m
 }
 

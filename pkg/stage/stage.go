@@ -36,6 +36,7 @@ import (
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/lifecycle"
 	"github.com/announcer/announcer/pkg/progress"
+	"github.com/announcer/announcer/pkg/stanza"
 )
 
 // Runtime is one service process.
@@ -58,11 +59,12 @@ type Runtime struct {
 	topics             []topicSet
 	setUp              chan struct{} // closed once every topic exists
 
-	mu      sync.Mutex
-	running bool
-	waiting string // what start-up waits for, if anything
-	dlq     *kafkabus.DeadLetters
-	tracker *progress.Tracker // set by Progress: consumers sync with it before committing
+	mu        sync.Mutex
+	running   bool
+	waiting   string // what start-up waits for, if anything
+	dlq       *kafkabus.DeadLetters
+	tracker   *progress.Tracker // set by Progress: consumers sync with it before committing
+	templates *stanza.Cache
 }
 
 // topicSet is what a service reads or writes on one Kafka cluster.
@@ -237,6 +239,18 @@ func (rt *Runtime) DeadLetters() *kafkabus.DeadLetters {
 		}
 	}
 	return rt.dlq
+}
+
+// Templates is the service's one template cache: each announcement's
+// template parsed once per process, under the rules of the connection mode
+// (config.TemplateRules) that the ingress checked it against.
+func (rt *Runtime) Templates() *stanza.Cache {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.templates == nil {
+		rt.templates = stanza.NewCache(rt.cfg.TemplateRules(), stanza.DefaultCacheSize)
+	}
+	return rt.templates
 }
 
 // Input is one consumer group a stage reads.

@@ -13,7 +13,6 @@ import (
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/stage"
-	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/archiver/internal/archive"
 	"github.com/announcer/announcer/services/archiver/internal/storage"
 )
@@ -64,7 +63,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	}), storeTopics)
 	archiver := archive.New(archive.Options{
 		UserDomain: cfg.UserDomain(),
-		Templates:  stanza.NewCache(cfg.TemplateRules(), 1024),
+		Templates:  rt.Templates(),
 		Progress:   tracker,
 	}, store, log, archive.NewMetrics(rt.Metrics()))
 

@@ -13,7 +13,6 @@ import (
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/redisconn"
 	"github.com/announcer/announcer/pkg/stage"
-	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/kafkasink"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"
@@ -110,7 +109,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		RouteUsers:    cfg.Fanout.Presence != "rest",
 		UserDomain:    cfg.UserDomain(),
 		Retry:         backoff.Policy{Initial: 100 * time.Millisecond, Max: cfg.Fanout.RetryMax.D()},
-		Templates:     stanza.NewCache(cfg.TemplateRules(), 1024),
+		Templates:     rt.Templates(),
 		Progress:      tracker,
 	}, store, source, sink, sink, log.With().Str("component", "audience").Logger(), rt.Metrics())
 	if err != nil {

@@ -15,7 +15,6 @@ import (
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/stage"
-	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/sender/internal/delivery"
 	"github.com/announcer/announcer/services/sender/internal/failover"
 	"github.com/announcer/announcer/services/sender/internal/xmpplink"
@@ -113,7 +112,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	}
 	sender = delivery.New(delivery.Options{
 		UserDomain:   cfg.UserDomain(),
-		Templates:    stanza.NewCache(cfg.TemplateRules(), 1024),
+		Templates:    rt.Templates(),
 		Conns:        cfg.Ejabberd.EachNodeConnNum,
 		RatePerConn:  cfg.Ejabberd.RateLimit,
 		Rejections:   cfg.Ejabberd.SendRetry,

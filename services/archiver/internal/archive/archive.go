@@ -13,6 +13,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/metric"
 	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/pkg/stanza"
 )
@@ -168,18 +169,11 @@ type Metrics struct {
 // NewMetrics registers the archive metrics on reg (the service's, which names
 // them announcer_archiver_…).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	c := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	s := metric.Must(reg)
+	return &Metrics{
+		records:     s.Counter("records_stored_total", "Rendered stanzas stored (acknowledged by the storage cluster)."),
+		invalid:     s.Counter("invalid_recipients_total", "Recipients skipped because they are not valid JIDs."),
+		storeErrors: s.Counter("store_errors_total", "Failed storage writes (the batch is retried)."),
+		batches:     s.CounterVec("batches_total", "Batches finished, by outcome (persisted, not_persisted, empty, cancelled).", "outcome"),
 	}
-	m := &Metrics{
-		records:     c("records_stored_total", "Rendered stanzas stored (acknowledged by the storage cluster)."),
-		invalid:     c("invalid_recipients_total", "Recipients skipped because they are not valid JIDs."),
-		storeErrors: c("store_errors_total", "Failed storage writes (the batch is retried)."),
-		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "batches_total",
-			Help: "Batches finished, by outcome (persisted, not_persisted, empty, cancelled).",
-		}, []string{"outcome"}),
-	}
-	reg.MustRegister(m.records, m.invalid, m.storeErrors, m.batches)
-	return m
 }

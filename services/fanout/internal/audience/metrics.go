@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/announcer/announcer/pkg/metric"
 )
 
 // Dependencies named in the retry metric.
@@ -30,67 +32,33 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer, nodes []string) (*metrics, error) {
+	s := metric.New(reg)
 	m := &metrics{
-		audience: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "audience_total", Help: "Members read, users listed or online users scanned, by event kind.",
-		}, []string{"kind"}),
-		recipients: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "recipients_total", Help: "Recipients put in delivery batches (the online ones for channels), by event kind.",
-		}, []string{"kind"}),
-		taskSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "task_audience", Help: "Audience size of one task (announcement or shard).",
-			Buckets: prometheus.ExponentialBuckets(1, 10, 8),
-		}, []string{"kind"}),
-		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "batches_total", Help: "Delivery batches acknowledged by Kafka, by node.",
-		}, []string{"node"}),
-		perNode: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "node_recipients_total", Help: "Recipients routed to each node.",
-		}, []string{"node"}),
-		hashed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "hash_routed_total", Help: "Recipients whose presence named no configured node, routed by hash of the username.",
-		}),
-		skipped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "skipped_empty_usernames_total", Help: "Empty usernames skipped (they can never form a JID).",
-		}),
-		shards: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "shard_tasks_total", Help: "Shard tasks queued for giant channels.",
-		}),
-		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rejected_total", Help: "Announcements finished without recipients, by reason.",
-		}, []string{"reason"}),
-		progressErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "progress_errors_total", Help: "Tasks whose start or shard count could not be recorded in the progress store (they went on).",
-		}),
-		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "retries_total", Help: "Transient dependency failures that were retried.",
-		}, []string{"dependency"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "task_seconds", Help: "Time to resolve one task until its output was acknowledged.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
-		}, []string{"kind", "outcome"}),
-		age: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "announcement_age_seconds", Help: "Time from the announcement's acceptance to the end of one of its tasks (for shards, the last one is the announcement's completion).",
-			Buckets: prometheus.ExponentialBuckets(0.01, 3, 10),
-		}, []string{"kind"}),
+		audience:   s.CounterVec("audience_total", "Members read, users listed or online users scanned, by event kind.", "kind"),
+		recipients: s.CounterVec("recipients_total", "Recipients put in delivery batches (the online ones for channels), by event kind.", "kind"),
+		taskSize: s.HistogramVec("task_audience", "Audience size of one task (announcement or shard).",
+			prometheus.ExponentialBuckets(1, 10, 8), "kind"),
+		batches:        s.CounterVec("batches_total", "Delivery batches acknowledged by Kafka, by node.", "node"),
+		perNode:        s.CounterVec("node_recipients_total", "Recipients routed to each node.", "node"),
+		hashed:         s.Counter("hash_routed_total", "Recipients whose presence named no configured node, routed by hash of the username."),
+		skipped:        s.Counter("skipped_empty_usernames_total", "Empty usernames skipped (they can never form a JID)."),
+		shards:         s.Counter("shard_tasks_total", "Shard tasks queued for giant channels."),
+		rejected:       s.CounterVec("rejected_total", "Announcements finished without recipients, by reason.", "reason"),
+		progressErrors: s.Counter("progress_errors_total", "Tasks whose start or shard count could not be recorded in the progress store (they went on)."),
+		retries:        s.CounterVec("retries_total", "Transient dependency failures that were retried.", "dependency"),
+		duration: s.HistogramVec("task_seconds", "Time to resolve one task until its output was acknowledged.",
+			prometheus.ExponentialBuckets(0.001, 4, 10), "kind", "outcome"),
+		age: s.HistogramVec("announcement_age_seconds", "Time from the announcement's acceptance to the end of one of its tasks (for shards, the last one is the announcement's completion).",
+			prometheus.ExponentialBuckets(0.01, 3, 10), "kind"),
 	}
-	for _, c := range []prometheus.Collector{m.audience, m.recipients, m.taskSize, m.batches, m.perNode, m.hashed,
-		m.skipped, m.shards, m.rejected, m.retries, m.duration, m.age, m.progressErrors} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
+	if err := s.Err(); err != nil {
+		return nil, err
 	}
 	// Pre-create the series so dashboards see zeros instead of gaps.
-	for _, n := range nodes {
-		m.batches.WithLabelValues(n)
-		m.perNode.WithLabelValues(n)
-	}
-	for _, r := range []string{ReasonChannelNotFound, ReasonChannelNotAccepted, ReasonScanUnsupported, ReasonUnknownKind} {
-		m.rejected.WithLabelValues(r)
-	}
-	for _, d := range []string{depMySQL, depPresence, depKafka} {
-		m.retries.WithLabelValues(d)
-	}
+	metric.Zero(m.batches, nodes...)
+	metric.Zero(m.perNode, nodes...)
+	metric.Zero(m.rejected, ReasonChannelNotFound, ReasonChannelNotAccepted, ReasonScanUnsupported, ReasonUnknownKind)
+	metric.Zero(m.retries, depMySQL, depPresence, depKafka)
 	return m, nil
 }
 

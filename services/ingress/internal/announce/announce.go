@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/metric"
 	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/pkg/stanza"
 )
@@ -107,32 +108,18 @@ func New(pub Publisher, records Records, lim Limits, reg prometheus.Registerer) 
 	if lim.PreviewTimeout <= 0 {
 		lim.PreviewTimeout = 30 * time.Second
 	}
+	ms := metric.New(reg)
 	m := metrics{
-		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "announcements_accepted_total",
-			Help: "Announcements durably published to the announcements topic.",
-		}, []string{"source", "kind"}),
-		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "announcements_rejected_total",
-			Help: "Requests rejected by validation, by the field at fault.",
-		}, []string{"source", "field"}),
-		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "announcements_publish_failed_total",
-			Help: "Valid announcements that could not be published.",
-		}, []string{"source", "reason"}),
-		replays: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "idempotent_replays_total",
-			Help: "Requests whose idempotency key named an announcement already accepted: answered with its id, not published again.",
-		}),
-		recordErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "progress_record_errors_total",
-			Help: "Accepted announcements whose progress record could not be written (fanout writes it when it starts).",
-		}),
+		accepted: ms.CounterVec("announcements_accepted_total", "Announcements durably published to the announcements topic.", "source", "kind"),
+		rejected: ms.CounterVec("announcements_rejected_total", "Requests rejected by validation, by the field at fault.", "source", "field"),
+		failed:   ms.CounterVec("announcements_publish_failed_total", "Valid announcements that could not be published.", "source", "reason"),
+		replays: ms.Counter("idempotent_replays_total",
+			"Requests whose idempotency key named an announcement already accepted: answered with its id, not published again."),
+		recordErrors: ms.Counter("progress_record_errors_total",
+			"Accepted announcements whose progress record could not be written (fanout writes it when it starts)."),
 	}
-	for _, c := range []prometheus.Collector{m.accepted, m.rejected, m.failed, m.replays, m.recordErrors} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("announce: metrics: %w", err)
-		}
+	if err := ms.Err(); err != nil {
+		return nil, fmt.Errorf("announce: metrics: %w", err)
 	}
 	return &Service{pub: pub, records: records, lim: lim, newID: newID, now: time.Now, m: m}, nil
 }

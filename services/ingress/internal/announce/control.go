@@ -37,11 +37,28 @@ func NewKey(scope, value, what string, body []byte) (Key, error) {
 			return Key{}, invalid("Idempotency-Key", "want printable ASCII")
 		}
 	}
+	return Key{Scope: scope, Value: value, Digest: digest([]byte(what), body)}, nil
+}
+
+// NewBinaryKey is NewKey for a key that may be any bytes (a Kafka record's):
+// the key is used by its digest. An empty key is none.
+func NewBinaryKey(scope string, key []byte, what string, body []byte) (Key, error) {
+	if len(key) == 0 {
+		return Key{}, nil
+	}
+	return NewKey(scope, digest(key), what, body)
+}
+
+// digest is the hex SHA-256 of parts, each after the first preceded by a 0 byte.
+func digest(parts ...[]byte) string {
 	h := sha256.New()
-	h.Write([]byte(what))
-	h.Write([]byte{0})
-	h.Write(body)
-	return Key{Scope: scope, Value: value, Digest: hex.EncodeToString(h.Sum(nil))}, nil
+	for i, p := range parts {
+		if i > 0 {
+			h.Write([]byte{0})
+		}
+		h.Write(p)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // Outcome is what a submitted announcement came to.

@@ -24,32 +24,31 @@ type Request struct {
 	DryRun    bool    // count the audience, send nothing
 }
 
-// channelBody and usersBody are the wire forms of the two REST bodies. Pointers
-// tell "absent" (or null) from a zero value.
+// channelBody and usersBody are the wire forms of the two REST bodies;
+// anyBody is the union the Kafka input accepts, where the field present says
+// which body it is. Pointers tell "absent" (or null) from a zero value.
 type channelBody struct {
 	ChannelID *announcement.ChannelRef `json:"channel_id"`
-	Message   *string                  `json:"message"`
-	Persist   *bool                    `json:"persist"`
-	Priority  *string                  `json:"priority"`
-	DryRun    *bool                    `json:"dry_run"`
+	bodyFields
 }
 
 type usersBody struct {
 	Usernames *[]string `json:"usernames"`
-	Message   *string   `json:"message"`
-	Persist   *bool     `json:"persist"`
-	Priority  *string   `json:"priority"`
-	DryRun    *bool     `json:"dry_run"`
+	bodyFields
 }
 
-// anyBody is the union the Kafka input accepts: the field present says which body it is.
 type anyBody struct {
 	ChannelID *announcement.ChannelRef `json:"channel_id"`
 	Usernames *[]string                `json:"usernames"`
-	Message   *string                  `json:"message"`
-	Persist   *bool                    `json:"persist"`
-	Priority  *string                  `json:"priority"`
-	DryRun    *bool                    `json:"dry_run"`
+	bodyFields
+}
+
+// bodyFields are the fields every body has.
+type bodyFields struct {
+	Message  *string `json:"message"`
+	Persist  *bool   `json:"persist"`
+	Priority *string `json:"priority"`
+	DryRun   *bool   `json:"dry_run"`
 }
 
 // Field names of the bodies, exactly as the API document spells them.
@@ -60,57 +59,59 @@ var (
 )
 
 // DecodeChannel parses a POST /v1/announce/channel body.
-func DecodeChannel(body []byte) (Request, error) {
-	var b channelBody
-	if err := decodeStrict(body, &b, channelFields); err != nil {
-		return Request{}, err
-	}
-	if b.ChannelID == nil {
-		return Request{}, invalid("channel_id", "required: the numeric channel id, its string id, or a negative number for every online user")
-	}
-	if b.Message == nil {
-		return Request{}, invalid("message", "required: the base64 of one XML stanza containing %s")
-	}
-	return Request{Channel: b.ChannelID, Message: *b.Message, Persist: b.Persist, Priority: b.Priority, DryRun: isTrue(b.DryRun)}, nil
-}
-
-func isTrue(b *bool) bool { return b != nil && *b }
+func DecodeChannel(body []byte) (Request, error) { return decode[channelBody](body, channelFields) }
 
 // DecodeUsers parses a POST /v1/announce/users body.
-func DecodeUsers(body []byte) (Request, error) {
-	var b usersBody
-	if err := decodeStrict(body, &b, usersFields); err != nil {
-		return Request{}, err
-	}
-	if b.Usernames == nil {
-		return Request{}, invalid("usernames", "required: a non-empty array of usernames")
-	}
-	if b.Message == nil {
-		return Request{}, invalid("message", "required: the base64 of one XML stanza containing %s")
-	}
-	return Request{Usernames: nonNil(*b.Usernames), Message: *b.Message, Persist: b.Persist, Priority: b.Priority, DryRun: isTrue(b.DryRun)}, nil
-}
+func DecodeUsers(body []byte) (Request, error) { return decode[usersBody](body, usersFields) }
 
 // Decode parses either body, as the Kafka input receives them: a body with
 // channel_id is a channel body, one with usernames a users body.
-func Decode(body []byte) (Request, error) {
-	var b anyBody
-	if err := decodeStrict(body, &b, anyFields); err != nil {
+func Decode(body []byte) (Request, error) { return decode[anyBody](body, anyFields) }
+
+// decode parses a body of type B, whose only fields are fields, into a Request.
+func decode[B interface{ request() (Request, error) }](body []byte, fields []string) (Request, error) {
+	var b B
+	if err := decodeStrict(body, &b, fields); err != nil {
 		return Request{}, err
 	}
+	return b.request()
+}
+
+func (b channelBody) request() (Request, error) {
+	if b.ChannelID == nil {
+		return Request{}, invalid("channel_id", "required: the numeric channel id, its string id, or a negative number for every online user")
+	}
+	return b.complete(Request{Channel: b.ChannelID})
+}
+
+func (b usersBody) request() (Request, error) {
+	if b.Usernames == nil {
+		return Request{}, invalid("usernames", "required: a non-empty array of usernames")
+	}
+	return b.complete(Request{Usernames: nonNil(*b.Usernames)})
+}
+
+func (b anyBody) request() (Request, error) {
 	switch {
 	case b.ChannelID != nil && b.Usernames != nil:
 		return Request{}, invalid("body", "has both channel_id and usernames; send one of them")
 	case b.ChannelID == nil && b.Usernames == nil:
 		return Request{}, invalid("body", "has neither channel_id nor usernames")
 	}
-	if b.Message == nil {
-		return Request{}, invalid("message", "required: the base64 of one XML stanza containing %s")
-	}
-	r := Request{Channel: b.ChannelID, Message: *b.Message, Persist: b.Persist, Priority: b.Priority, DryRun: isTrue(b.DryRun)}
+	r := Request{Channel: b.ChannelID}
 	if b.Usernames != nil {
 		r.Usernames = nonNil(*b.Usernames)
 	}
+	return b.complete(r)
+}
+
+// complete checks the fields every body has and sets them on r, whose
+// audience is set.
+func (f bodyFields) complete(r Request) (Request, error) {
+	if f.Message == nil {
+		return Request{}, invalid("message", "required: the base64 of one XML stanza containing %s")
+	}
+	r.Message, r.Persist, r.Priority, r.DryRun = *f.Message, f.Persist, f.Priority, f.DryRun != nil && *f.DryRun
 	return r, nil
 }
 
@@ -187,7 +188,9 @@ func jsonError(err error) error {
 	case errors.As(err, &syn):
 		return invalid("body", fmt.Sprintf("malformed JSON at byte %d: %s", syn.Offset, syn.Error()))
 	case errors.As(err, &typ):
-		field := typ.Field
+		// The fields every body has are embedded: encoding/json names
+		// them after their struct ("bodyFields.persist").
+		field := strings.TrimPrefix(typ.Field, "bodyFields.")
 		if field == "" {
 			field = "body"
 		}

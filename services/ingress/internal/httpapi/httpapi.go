@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/announcer/announcer/pkg/metric"
 	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
@@ -93,28 +94,18 @@ func New(svc Announcer, opt Options, log zerolog.Logger, reg prometheus.Register
 	if opt.MaxBodyBytes <= 0 {
 		return nil, errors.New("httpapi: max body bytes must be > 0")
 	}
+	ms := metric.New(reg)
 	a := &api{
-		svc: svc,
-		opt: opt,
-		log: log.With().Str("component", "httpapi").Logger(),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "http_requests_total",
-			Help: "HTTP requests by route and status code.",
-		}, []string{"route", "code"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "http_request_duration_seconds",
-			Help:    "HTTP request handling time, including the wait for Kafka's ack.",
-			Buckets: []float64{.001, .002, .004, .008, .016, .032, .064, .128, .256, .512, 1, 2, 5, 10},
-		}, []string{"route"}),
-		panics: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "http_panics_total",
-			Help: "Handler panics recovered into a 500.",
-		}),
+		svc:      svc,
+		opt:      opt,
+		log:      log.With().Str("component", "httpapi").Logger(),
+		requests: ms.CounterVec("http_requests_total", "HTTP requests by route and status code.", "route", "code"),
+		duration: ms.HistogramVec("http_request_duration_seconds", "HTTP request handling time, including the wait for Kafka's ack.",
+			[]float64{.001, .002, .004, .008, .016, .032, .064, .128, .256, .512, 1, 2, 5, 10}, "route"),
+		panics: ms.Counter("http_panics_total", "Handler panics recovered into a 500."),
 	}
-	for _, c := range []prometheus.Collector{a.requests, a.duration, a.panics} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("httpapi: metrics: %w", err)
-		}
+	if err := ms.Err(); err != nil {
+		return nil, fmt.Errorf("httpapi: metrics: %w", err)
 	}
 	// Hash tokens so every comparison is over equal lengths: the length of a
 	// configured token must not leak through timing either.

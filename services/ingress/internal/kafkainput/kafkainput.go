@@ -7,8 +7,6 @@ package kafkainput
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/metric"
 	"github.com/announcer/announcer/pkg/stage"
 	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
@@ -47,17 +46,13 @@ type metrics struct {
 // New builds the handler; its metrics are registered on reg. (Records handled
 // and dead-lettered, by reason, are the consumer's own metrics.)
 func New(a Announcer, retry backoff.Policy, log zerolog.Logger, reg prometheus.Registerer) (*Handler, error) {
+	ms := metric.New(reg)
 	h := &Handler{
 		a: a, retry: retry,
 		warn: log.With().Str("component", "kafkainput").Logger().Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second}),
-		m: metrics{
-			retries: prometheus.NewCounterVec(prometheus.CounterOpts{
-				Name: "kafka_input_retries_total",
-				Help: "Attempts that failed and will be retried, by operation.",
-			}, []string{"op"}),
-		},
+		m:    metrics{retries: ms.CounterVec("kafka_input_retries_total", "Attempts that failed and will be retried, by operation.", "op")},
 	}
-	if err := reg.Register(h.m.retries); err != nil {
+	if err := ms.Err(); err != nil {
 		return nil, fmt.Errorf("kafkainput: metrics: %w", err)
 	}
 	return h, nil
@@ -87,14 +82,10 @@ func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
 		return err
 	}
 	// The record key is the idempotency key: a producer that wrote the same
-	// announcement twice (a retry) announces it once. Keys are any bytes, so
-	// they are used by their digest.
-	var key announce.Key
-	if len(m.Key) > 0 {
-		sum := sha256.Sum256(m.Key)
-		if key, err = announce.NewKey(source, hex.EncodeToString(sum[:]), m.Topic, m.Value); err != nil {
-			return err
-		}
+	// announcement twice (a retry) announces it once.
+	key, err := announce.NewBinaryKey(source, m.Key, m.Topic, m.Value)
+	if err != nil {
+		return err
 	}
 	err = backoff.Retry(ctx, h.retry, func() error {
 		// The attempt itself is not cancelled at shutdown (the use case bounds it):

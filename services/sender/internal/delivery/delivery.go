@@ -18,6 +18,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/metric"
 	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/pkg/stanza"
 )
@@ -573,24 +574,18 @@ type Metrics struct {
 // NewMetrics registers the delivery metrics on reg (the service's, which
 // names and labels them: announcer_sender_…{node}).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	c := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
-	}
-	m := &Metrics{
-		sent:     c("stanzas_sent_total", "Stanzas written to ejabberd, resent ones included (in multicast mode: recipients addressed)."),
-		resends:  c("resends_total", "Batches sent again because their connection died before the fence."),
-		invalid:  c("invalid_recipients_total", "Recipients skipped because they are not valid JIDs."),
-		rateWait: c("rate_limit_wait_seconds_total", "Time spent waiting for the per-connection rate limit."),
-		isolated: c("isolated_resends_total", "Batches sent again alone on a connection after ejabberd closed a stream they shared."),
-		resumed:  c("resumed_recipients_total", "Recipients not sent again because an earlier attempt (before a restart) had fenced them."),
-		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "batches_total", Help: "Batches finished, by outcome (delivered, empty, poison, cancelled).",
-		}, []string{"outcome"}),
-		multicasts:   c("multicasts_sent_total", "XEP-0033 multicast stanzas written (each carries up to [sender] multicast_max recipients)."),
-		multicastOff: c("multicast_fallbacks_total", "Batches sent again one stanza per recipient because the multicast service refused a multicast (multicast is then off)."),
-		shutdownResends: c("shutdown_resends_total",
+	s := metric.Must(reg)
+	return &Metrics{
+		sent:         s.Counter("stanzas_sent_total", "Stanzas written to ejabberd, resent ones included (in multicast mode: recipients addressed)."),
+		resends:      s.Counter("resends_total", "Batches sent again because their connection died before the fence."),
+		invalid:      s.Counter("invalid_recipients_total", "Recipients skipped because they are not valid JIDs."),
+		rateWait:     s.Counter("rate_limit_wait_seconds_total", "Time spent waiting for the per-connection rate limit."),
+		isolated:     s.Counter("isolated_resends_total", "Batches sent again alone on a connection after ejabberd closed a stream they shared."),
+		resumed:      s.Counter("resumed_recipients_total", "Recipients not sent again because an earlier attempt (before a restart) had fenced them."),
+		batches:      s.CounterVec("batches_total", "Batches finished, by outcome (delivered, empty, poison, cancelled).", "outcome"),
+		multicasts:   s.Counter("multicasts_sent_total", "XEP-0033 multicast stanzas written (each carries up to [sender] multicast_max recipients)."),
+		multicastOff: s.Counter("multicast_fallbacks_total", "Batches sent again one stanza per recipient because the multicast service refused a multicast (multicast is then off)."),
+		shutdownResends: s.Counter("shutdown_resends_total",
 			"Batches fenced on a connection in the seconds before the server ended it cleanly (a shutdown), sent again."),
 	}
-	reg.MustRegister(m.sent, m.resends, m.invalid, m.rateWait, m.isolated, m.resumed, m.batches, m.multicasts, m.multicastOff, m.shutdownResends)
-	return m
 }

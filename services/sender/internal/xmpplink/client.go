@@ -2,9 +2,7 @@ package xmpplink
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -57,9 +55,7 @@ func bindResource(resource string) xmpp.StreamFeature {
 			return true, nil, d.Skip()
 		},
 		Negotiate: func(_ context.Context, s *xmpp.Session, _ any) (xmpp.SessionState, io.ReadWriter, error) {
-			var rnd [8]byte
-			_, _ = rand.Read(rnd[:])
-			id := "bind-" + hex.EncodeToString(rnd[:])
+			id := "bind-" + randomHex(8)
 			req := "<iq type='set' id='" + id + "'><bind xmlns='" + nsBind + "'>"
 			if resource != "" {
 				req += "<resource>" + string(stanza.AppendEscaped(nil, resource)) + "</resource>"

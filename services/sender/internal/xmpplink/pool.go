@@ -146,8 +146,6 @@ func NewPool(opt Options, log zerolog.Logger, m *Metrics) (*Pool, error) {
 			return nil, fmt.Errorf("xmpplink: JID %q: %w", opt.JID, err)
 		}
 	}
-	var rnd [4]byte
-	_, _ = rand.Read(rnd[:])
 	p := &Pool{
 		opt:  opt,
 		log:  log.With().Str("component", "xmpplink").Str("node", opt.Node).Logger(),
@@ -161,7 +159,7 @@ func NewPool(opt Options, log zerolog.Logger, m *Metrics) (*Pool, error) {
 		// probability 1/(k+1), and a timeout allows dozens of tries.
 		retransmit: min(max(opt.PingTimeout/50, 20*time.Millisecond), 250*time.Millisecond),
 		// A per-process prefix keeps other replicas' ids from matching ours.
-		idPrefix: "a" + hex.EncodeToString(rnd[:]) + "-",
+		idPrefix: "a" + randomHex(4) + "-",
 		pings:    make(map[string]pingRef),
 		probes:   make(map[string]*probe),
 		conns:    make([]*Conn, opt.Conns),
@@ -184,6 +182,13 @@ func NewPool(opt Options, log zerolog.Logger, m *Metrics) (*Pool, error) {
 		p.echoTail = append(p.echoTail, "'/></addresses></message>"...)
 	}
 	return p, nil
+}
+
+// randomHex is n random bytes in hex, for ids no other process picks.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // probe is one multicast whose copies all come back to us.
