@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"reflect"
 	"testing"
 	"time"
 
@@ -65,5 +66,19 @@ func TestShutdownResendWindow(t *testing.T) {
 	s.ServerClosed(0)
 	if testutil.ToFloat64(m.shutdownResends) != 0 {
 		t.Fatal("a batch older than the window was sent again")
+	}
+}
+
+// A kept batch comes back as it was fenced, empty and non-ASCII names included.
+func TestPackedBatchRoundTrip(t *testing.T) {
+	b := batch("a", "", "jürgen@example.org/phone", "b")
+	b.Seq, b.FirstIncID = 7, 42
+	f := pack(b, 1, time.Now())
+	if f.b.Recipients != nil {
+		t.Fatal("the packed batch still holds its decoded recipients")
+	}
+	got := f.batch()
+	if !reflect.DeepEqual(got, b) {
+		t.Fatalf("unpacked %+v, want %+v", got, b)
 	}
 }
