@@ -611,12 +611,11 @@ func later(a, b time.Time) time.Time {
 func watchCounter(s *system, service, name string) func() []time.Time {
 	// Not s.metric: this runs beside the test, which a failed scrape must not end.
 	read := func() float64 {
-		resp, err := http.Get("http://" + s.debug[service] + "/metrics")
-		if err != nil {
+		code, body := testkit.Get(s.t, "http://"+s.debug[service]+"/metrics")
+		if code != http.StatusOK {
 			return -1
 		}
-		defer resp.Body.Close()
-		return sumMetric(resp.Body, name)
+		return testkit.SumMetric(body, name)
 	}
 	stop := make(chan struct{})
 	done := make(chan []time.Time)

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"database/sql"
@@ -583,38 +582,11 @@ func (s *system) scrape(service string) string {
 // metric returns the sum of a metric's samples whose line contains every filter.
 func (s *system) metric(service, name string, filters ...string) float64 {
 	s.t.Helper()
-	resp, err := http.Get("http://" + s.debug[service] + "/metrics")
-	if err != nil {
-		s.t.Fatal(err)
+	code, body := testkit.Get(s.t, "http://"+s.debug[service]+"/metrics")
+	if code != http.StatusOK {
+		s.t.Fatalf("%s /metrics: %d %s", service, code, body)
 	}
-	defer resp.Body.Close()
-	return sumMetric(resp.Body, name, filters...)
-}
-
-// sumMetric adds up the samples of name in a /metrics text whose line
-// contains every filter.
-func sumMetric(text io.Reader, name string, filters ...string) float64 {
-	var sum float64
-	sc := bufio.NewScanner(text)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for _, f := range filters {
-			ok = ok && strings.Contains(line, f)
-		}
-		if !ok {
-			continue
-		}
-		var v float64
-		if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
-			sum += v
-		}
-	}
-	return sum
+	return testkit.SumMetric(body, name, filters...)
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

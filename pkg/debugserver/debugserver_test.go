@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/announcer/announcer/pkg/testkit"
 )
 
 func TestEndpoints(t *testing.T) {
@@ -25,15 +27,7 @@ func TestEndpoints(t *testing.T) {
 	if err := s.Listen(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- s.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	testkit.Background(t, "debug server", s.Run)
 	base := "http://" + s.Addr()
 	get := func(path string) (int, string) {
 		t.Helper()

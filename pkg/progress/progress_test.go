@@ -38,12 +38,21 @@ func newFixture(t *testing.T, addr string, cluster bool) *fixture {
 	_, _ = rand.Read(b)
 	store := NewStore(conn, Options{Prefix: "test:" + hex.EncodeToString(b) + ":", TTL: time.Hour, IdempotencyWindow: time.Minute})
 	reg := prometheus.NewRegistry()
-	tr := NewTracker(store, TrackerOptions{CancelCheck: 100 * time.Millisecond}, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), reg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = tr.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	tr := NewTracker(store, TrackerOptions{CancelCheck: 100 * time.Millisecond}, testkit.Log(t, zerolog.WarnLevel), reg)
+	testkit.Background(t, "tracker", tr.Run)
 	return &fixture{store: store, tracker: tr, reg: reg}
+}
+
+// begin begins ev and plans it as one shard, as fanout does before its batches.
+func (f *fixture) begin(t *testing.T, ev *announcement.Event) {
+	t.Helper()
+	ctx := context.Background()
+	if _, _, err := f.store.Begin(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Plan(ctx, ev.ID, 1, false); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (f *fixture) get(t *testing.T, id string) Announcement {
@@ -180,12 +189,7 @@ func TestStepsAndResumePosition(t *testing.T) {
 	f := newFixture(t, env.RedisAddr, false)
 	ctx := context.Background()
 	ev := event("steps", announcement.KindUsers)
-	if _, _, err := f.store.Begin(ctx, ev); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.store.Plan(ctx, ev.ID, 1, false); err != nil {
-		t.Fatal(err)
-	}
+	f.begin(t, ev)
 	b := batch(ev.ID, 0, 0, "a", "b", "c", "d", "e")
 	key, digest := BatchKey(b), Digest(b)
 	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 5, Recipients: 5, Batches: 1})
@@ -210,14 +214,8 @@ func TestStepsAndResumePosition(t *testing.T) {
 func TestDeadLetteredBatchCountsAsDone(t *testing.T) {
 	env := stacktest.Get(t)
 	f := newFixture(t, env.RedisAddr, false)
-	ctx := context.Background()
 	ev := event("dead", announcement.KindAllOnline)
-	if _, _, err := f.store.Begin(ctx, ev); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.store.Plan(ctx, ev.ID, 1, false); err != nil {
-		t.Fatal(err)
-	}
+	f.begin(t, ev)
 	good, bad := batch(ev.ID, 0, 0, "a", "b"), batch(ev.ID, 0, 1, "c", "d", "e")
 	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 5, Online: 5, Recipients: 5, Batches: 2})
 	f.tracker.Fenced(ev.ID, whole(good))
@@ -346,12 +344,7 @@ func TestTrackerWaitsOutARedisOutage(t *testing.T) {
 	f := newFixture(t, proxy.Addr(), false)
 	ctx := context.Background()
 	ev := event("outage", announcement.KindUsers)
-	if _, _, err := f.store.Begin(ctx, ev); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.store.Plan(ctx, ev.ID, 1, false); err != nil {
-		t.Fatal(err)
-	}
+	f.begin(t, ev)
 	proxy.Set(tcpproxy.Refuse)
 	proxy.KillAll()
 	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 3, Recipients: 3, Batches: 3})
@@ -467,12 +460,7 @@ func TestOnARedisCluster(t *testing.T) {
 	if err := f.store.Accept(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := f.store.Begin(ctx, ev); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.store.Plan(ctx, ev.ID, 1, false); err != nil {
-		t.Fatal(err)
-	}
+	f.begin(t, ev)
 	b := batch(ev.ID, 0, 0, "a", "b")
 	f.tracker.Emitted(ev.ID, 0, 1)
 	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 2, Online: 2, Recipients: 2, Batches: 1, PerNode: map[string]int{"n": 2}})

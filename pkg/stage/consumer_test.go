@@ -96,25 +96,6 @@ type running struct {
 	reg  *prometheus.Registry
 }
 
-// sum adds up every series of the metric name.
-func (r running) sum(t *testing.T, name string) float64 {
-	t.Helper()
-	mfs, err := r.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			v += m.GetGauge().GetValue() + m.GetCounter().GetValue()
-		}
-	}
-	return v
-}
-
 // run starts a consumer with h until the test ends.
 func (r *kafkaRig) run(t *testing.T, h Handler, opt ConsumerOptions) running {
 	t.Helper()
@@ -124,7 +105,7 @@ func (r *kafkaRig) run(t *testing.T, h Handler, opt ConsumerOptions) running {
 		opt.Retry = backoff.Policy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 	}
 	reg := prometheus.NewRegistry()
-	c := NewConsumer(&kafkabus.DeadLetters{W: dlq, Topic: r.dlq}, h, opt, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), reg)
+	c := NewConsumer(&kafkabus.DeadLetters{W: dlq, Topic: r.dlq}, h, opt, testkit.Log(t, zerolog.WarnLevel), reg)
 	ctx, cancel := context.WithCancel(context.Background())
 	var err error
 	done := make(chan struct{})
@@ -227,12 +208,12 @@ func TestConsumerCommitWaitsForEarlierOffsets(t *testing.T) {
 		t.Fatalf("committed %d while offset 0 is in flight", got)
 	}
 	// The in-flight gauge counts the four handled and the one being handled.
-	if got := c.sum(t, "in_flight"); got != 5 {
+	if got := testkit.Gathered(t, c.reg, "in_flight"); got != 5 {
 		t.Fatalf("in_flight %v while offset 0 holds the commit of 5 records, want 5", got)
 	}
 	close(release)
 	r.waitCommitted(t, map[int]int64{0: 5})
-	testkit.Eventually(t, 5*time.Second, "in_flight back to 0", func() bool { return c.sum(t, "in_flight") == 0 })
+	testkit.Eventually(t, 5*time.Second, "in_flight back to 0", func() bool { return testkit.Gathered(t, c.reg, "in_flight") == 0 })
 }
 
 // Rejected messages go to the dead-letter topic with the reason and their

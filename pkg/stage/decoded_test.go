@@ -10,6 +10,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 )
 
@@ -66,7 +67,7 @@ func TestConsumerRetriesANewerVersionRecord(t *testing.T) {
 	if attempts.Load() < 4 || handled.Load() != 1 {
 		t.Fatalf("decoded %d times, handled %d; want retried past the newer version, then handled once", attempts.Load(), handled.Load())
 	}
-	if n := c.sum(t, "dead_letters_total"); n != 0 {
+	if n := testkit.Gathered(t, c.reg, "dead_letters_total"); n != 0 {
 		t.Fatalf("%v dead letters, want none", n)
 	}
 	if got := kafkatest.ReadAll(t, r.brokers, r.dlq, 0, time.Second); len(got) != 0 {

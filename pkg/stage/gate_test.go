@@ -34,7 +34,7 @@ func TestConsumerRunsAgainAfterAnAbandonedRecord(t *testing.T) {
 		}
 		return calls.handle(ctx, m)
 	}
-	c := NewConsumer(nopDLQ{}, h, ConsumerOptions{MaxInFlight: 4, Dedupe: 16}, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel), prometheus.NewRegistry())
+	c := NewConsumer(nopDLQ{}, h, ConsumerOptions{MaxInFlight: 4, Dedupe: 16}, testkit.Log(t, zerolog.ErrorLevel), prometheus.NewRegistry())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.run(ctx, b, func() time.Duration { return 50 * time.Millisecond }) }()
@@ -82,11 +82,11 @@ func TestGatedInputJoinsAndLeavesItsGroup(t *testing.T) {
 	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, in, cfg.Bus.DeadLetterTopic)
 	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, group)
 
-	rt, err := New("test", cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+	rt, err := New("test", cfg, testkit.Log(t, zerolog.WarnLevel))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rt.Close()
+	t.Cleanup(rt.Close) // after Run returned
 	rt.Topics(rt.Brokers(), in, cfg.Bus.DeadLetterTopic)
 	gate := NewGate(false)
 	var handled atomic.Int64
@@ -98,15 +98,7 @@ func TestGatedInputJoinsAndLeavesItsGroup(t *testing.T) {
 		},
 		ConsumerOptions: ConsumerOptions{MaxInFlight: 2},
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-errc; err != nil {
-			t.Error(err)
-		}
-	}()
+	testkit.Background(t, "Run", rt.Run)
 	debug := "http://" + rt.DebugAddr()
 	testkit.Eventually(t, 30*time.Second, "ready with the gate closed", func() bool {
 		code, _ := testkit.Get(t, debug+"/readyz")

@@ -135,7 +135,7 @@ func startConsumer(t *testing.T, b *fakeBroker, h Handler, opt ConsumerOptions) 
 	t.Helper()
 	opt.Retry = backoff.Policy{Initial: time.Millisecond, Max: 5 * time.Millisecond}
 	reg := prometheus.NewRegistry()
-	c := NewConsumer(nopDLQ{}, h, opt, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel), reg)
+	c := NewConsumer(nopDLQ{}, h, opt, testkit.Log(t, zerolog.ErrorLevel), reg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx, b) }()

@@ -1,6 +1,8 @@
 // Package testkit is where announcer's test helpers live, apart from the
-// production packages: this package has the two every test needs (a free
-// loopback address, polling until a condition holds); its subpackages have
+// production packages: this package has what many tests need (a free
+// loopback address, polling until a condition holds, a logger into the test's
+// output, a service or loop run until the test ends, metric values read from
+// a registry or a /metrics page); its subpackages have
 // the local stack's addresses (stacktest), a Kafka test client (kafkatest), a
 // TCP proxy that produces network failures (tcpproxy) and a real XMPP client
 // (xmpptest).

@@ -1,9 +1,14 @@
 package testkit
 
 import (
+	"context"
+	"errors"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestFreeAddrIsFree(t *testing.T) {
@@ -42,5 +47,89 @@ func TestEventuallyFailsAfterTheTimeout(t *testing.T) {
 	})
 	if !r.failed || calls < 2 {
 		t.Fatalf("failed %v after %d polls", r.failed, calls)
+	}
+}
+
+func TestSumMetricAddsTheMatchingSamples(t *testing.T) {
+	text := "# HELP a_total x\n# TYPE a_total counter\n" +
+		"a_total{node=\"n1\",reason=\"x\"} 2\na_total{node=\"n2\",reason=\"x\"} 3\na_total_other 100\na_total 4\n"
+	if got := SumMetric(text, "a_total"); got != 9 {
+		t.Fatalf("sum of a_total = %v, want 9", got)
+	}
+	if got := SumMetric(text, "a_total", `node="n2"`); got != 3 {
+		t.Fatalf("sum of a_total on n2 = %v, want 3", got)
+	}
+}
+
+func TestGatheredAddsTheMatchingSeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "c_total", Help: "c"}, []string{"node", "reason"})
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g", Help: "g"})
+	reg.MustRegister(c, g)
+	c.WithLabelValues("n1", "x").Add(2)
+	c.WithLabelValues("n2", "x").Add(3)
+	c.WithLabelValues("n2", "y").Add(5)
+	g.Set(7)
+	for _, tc := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"c_total", nil, 10},
+		{"c_total", []string{"n2"}, 8},
+		{"c_total", []string{"n2", "x"}, 3},
+		{"c_total", []string{"n3"}, 0},
+		{"g", nil, 7},
+	} {
+		if got := Gathered(t, reg, tc.name, tc.labels...); got != tc.want {
+			t.Errorf("%s %v = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
+}
+
+func TestStartWaitsForTheServiceAndStopsIt(t *testing.T) {
+	ran := make(chan struct{})
+	got, stop := Start(t, "service", func(ctx context.Context, started func(string)) error {
+		defer close(ran)
+		started("up")
+		<-ctx.Done()
+		return errors.New("stopped")
+	})
+	if got != "up" {
+		t.Fatalf("started with %q", got)
+	}
+	if err := stop(); err == nil || err.Error() != "stopped" {
+		t.Fatalf("stop: %v", err)
+	}
+	if err := stop(); err == nil || err.Error() != "stopped" {
+		t.Fatalf("second stop: %v", err)
+	}
+	<-ran
+}
+
+func TestStartFailsForAServiceThatEndsFirst(t *testing.T) {
+	r := &fatalRecorder{TB: t}
+	done := make(chan struct{})
+	go func() { // Fatalf is recorded, not a Goexit: Start returns
+		defer close(done)
+		Start(r, "service", func(context.Context, func(int)) error { return errors.New("no config") })
+	}()
+	<-done
+	if !r.failed {
+		t.Fatal("a service that ended before it started did not fail the test")
+	}
+}
+
+func TestBackgroundRunsUntilTheTestEnds(t *testing.T) {
+	var stopped atomic.Bool
+	t.Run("inner", func(t *testing.T) {
+		Background(t, "loop", func(ctx context.Context) error {
+			<-ctx.Done()
+			stopped.Store(true)
+			return nil
+		})
+	})
+	if !stopped.Load() {
+		t.Fatal("the background function was not stopped and waited for at the end of the test")
 	}
 }

@@ -71,39 +71,22 @@ func newRig(t *testing.T) *rig {
 // archiver is a running archiver as the tests see it.
 type archiver struct{ debug string }
 
+// metrics is the archiver's /metrics page.
+func (a *archiver) metrics(t *testing.T) string {
+	_, body := testkit.Get(t, a.debug+"/metrics")
+	return body
+}
+
 func (r *rig) start(t *testing.T) (*archiver, func() error) {
 	t.Helper()
 	proxied := func(ctx context.Context, network, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, r.proxy.Addr())
 	}
-	rtc := make(chan *stage.Runtime, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() {
-		errc <- run(ctx, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel), r.cfg, hooks{
-			storageDial: proxied,
-			runtime:     func(rt *stage.Runtime) { rtc <- rt },
-		})
-	}()
-	var a *archiver
-	select {
-	case rt := <-rtc:
-		a = &archiver{debug: "http://" + rt.DebugAddr()}
-	case err := <-errc:
-		cancel()
-		t.Fatalf("archiver did not start: %v", err)
-	}
-	stopped := false
-	stop := func() error {
-		if stopped {
-			return nil
-		}
-		stopped = true
-		cancel()
-		return <-errc
-	}
-	t.Cleanup(func() { _ = stop() })
+	rt, stop := testkit.Start(t, "archiver", func(ctx context.Context, started func(*stage.Runtime)) error {
+		return run(ctx, testkit.Log(t, zerolog.ErrorLevel), r.cfg, hooks{storageDial: proxied, runtime: started})
+	})
+	a := &archiver{debug: "http://" + rt.DebugAddr()}
 	testkit.Eventually(t, 30*time.Second, "ready", func() bool { c, _ := testkit.Get(t, a.debug+"/readyz"); return c == http.StatusOK })
 	return a, stop
 }
@@ -225,7 +208,7 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 	r.produce(t, "node2",
 		&announcement.Batch{AnnouncementID: "a3", Persist: true, Template: tmpl, FirstIncID: 100, Recipients: []string{"v1", "v2", "v3"}})
 	testkit.Eventually(t, 20*time.Second, "storage errors", func() bool {
-		return metric(t, a, "announcer_archiver_store_errors_total") >= 2
+		return testkit.SumMetric(a.metrics(t), "announcer_archiver_store_errors_total") >= 2
 	})
 	sr.readFor(t, 300*time.Millisecond)
 	if len(sr.got) != 2 {
@@ -239,7 +222,7 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("committed node1 %d node2 %d; metrics:\n%s", r.committed(t, "node1"), r.committed(t, "node2"),
-				grep(func() string { _, b := testkit.Get(t, a.debug+"/metrics"); return b }(), "announcer_archiver"))
+				grep(a.metrics(t), "announcer_archiver"))
 		}
 	})
 	sr.readUntil(t, 5, 30*time.Second)
@@ -290,20 +273,6 @@ func TestArchiverReadiness(t *testing.T) {
 	testkit.Eventually(t, 20*time.Second, "ready", func() bool { c, _ := testkit.Get(t, url); return c == http.StatusOK })
 	r.proxy.Set(tcpproxy.Refuse)
 	testkit.Eventually(t, 20*time.Second, "not ready", func() bool { c, _ := testkit.Get(t, url); return c == http.StatusServiceUnavailable })
-}
-
-// metric reads one unlabelled sample from the archiver's /metrics.
-func metric(t *testing.T, a *archiver, name string) float64 {
-	t.Helper()
-	_, body := testkit.Get(t, a.debug+"/metrics")
-	for _, line := range strings.Split(body, "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			var f float64
-			_, _ = fmt.Sscan(v, &f)
-			return f
-		}
-	}
-	return 0
 }
 
 func grep(s, substr string) string {

@@ -22,6 +22,7 @@ import (
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/stage"
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
@@ -47,8 +48,6 @@ type harness struct {
 	mu   sync.Mutex
 	done map[string][]audience.Result
 	cond chan struct{}
-	stop context.CancelFunc
-	errc chan error
 }
 
 func newHarness(t *testing.T, mod func(*config.Config)) *harness {
@@ -115,12 +114,9 @@ func newHarness(t *testing.T, mod func(*config.Config)) *harness {
 // start runs the service until the test ends.
 func (h *harness) start() {
 	h.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	h.stop = cancel
-	h.errc = make(chan error, 1)
 	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.WarnLevel).With().Timestamp().Logger()
-	go func() {
-		h.errc <- run(ctx, log, h.cfg, hooks{
+	rt, stop := testkit.Start(h.t, "fanout", func(ctx context.Context, started func(*stage.Runtime)) error {
+		return run(ctx, log, h.cfg, hooks{
 			resolved: func(ev announcement.Event, res audience.Result) {
 				h.mu.Lock()
 				h.done[ev.ID] = append(h.done[ev.ID], res)
@@ -128,22 +124,13 @@ func (h *harness) start() {
 				h.cond = make(chan struct{})
 				h.mu.Unlock()
 			},
-			runtime: func(rt *stage.Runtime) {
-				h.mu.Lock()
-				h.reg = rt.Registry()
-				h.mu.Unlock()
-			},
+			runtime: started,
 		})
-	}()
+	})
+	h.reg = rt.Registry()
 	h.t.Cleanup(func() {
-		h.stop()
-		select {
-		case err := <-h.errc:
-			if err != nil {
-				h.t.Errorf("Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			h.t.Error("Run did not stop")
+		if err := stop(); err != nil {
+			h.t.Errorf("Run: %v", err)
 		}
 	})
 }
@@ -257,36 +244,6 @@ func (h *harness) population(id int64, strID, state string, n int) map[string][]
 	return want
 }
 
-func (h *harness) metric(name, label string) float64 {
-	h.t.Helper()
-	h.mu.Lock()
-	reg := h.reg
-	h.mu.Unlock()
-	if reg == nil {
-		return 0
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if label == "" && len(m.GetLabel()) == 0 {
-				return m.GetCounter().GetValue()
-			}
-			for _, l := range m.GetLabel() {
-				if l.GetValue() == label {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
-}
-
 func checkBatches(t *testing.T, bs []announcement.Batch, batchSize int) {
 	t.Helper()
 	keys := map[string]bool{}
@@ -365,7 +322,7 @@ func TestFanoutWithRedisPresence(t *testing.T) {
 		if n := len(h.deliveries("node1", "pend")) + len(h.deliveries("node2", "pend")); n != 0 {
 			t.Fatalf("%d batches for a pending channel", n)
 		}
-		if h.metric("announcer_fanout_rejected_total", audience.ReasonChannelNotAccepted) != 1 || h.metric("announcer_fanout_rejected_total", audience.ReasonChannelNotFound) != 1 {
+		if testkit.Gathered(t, h.reg, "announcer_fanout_rejected_total", audience.ReasonChannelNotAccepted) != 1 || testkit.Gathered(t, h.reg, "announcer_fanout_rejected_total", audience.ReasonChannelNotFound) != 1 {
 			t.Fatal("rejections not counted")
 		}
 	})
@@ -522,7 +479,7 @@ func TestDependenciesDownAreWaitedFor(t *testing.T) {
 	h.announce(announcement.Event{ID: "wait", Kind: announcement.KindChannel, Channel: &announcement.ChannelRef{ID: 1}})
 	waitMetric := func(dep string) {
 		deadline := time.Now().Add(20 * time.Second)
-		for h.metric("announcer_fanout_retries_total", dep) < 2 {
+		for testkit.Gathered(t, h.reg, "announcer_fanout_retries_total", dep) < 2 {
 			if time.Now().After(deadline) {
 				t.Fatalf("no %s retries counted", dep)
 			}
@@ -631,7 +588,7 @@ func TestNullMemberRowHoldsNothingBack(t *testing.T) {
 	if d := time.Since(start); d > 10*time.Second {
 		t.Fatalf("both took %s", d)
 	}
-	if n := h.metric("announcer_fanout_skipped_empty_usernames_total", ""); n != 1 {
+	if n := testkit.Gathered(t, h.reg, "announcer_fanout_skipped_empty_usernames_total"); n != 1 {
 		t.Fatalf("skipped %v empty usernames, want the NULL one", n)
 	}
 }

@@ -56,37 +56,12 @@ func start(t *testing.T, cfg config.Config) *running {
 	if err := cfg.Validate(config.RoleIngress); err != nil {
 		t.Fatalf("test config: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	addrs := make(chan [2]string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), cfg, hooks{
-			listening: func(api, debug string) { addrs <- [2]string{api, debug} },
+	addrs, stop := testkit.Start(t, "service", func(ctx context.Context, started func([2]string)) error {
+		return run(ctx, testkit.Log(t, zerolog.WarnLevel), cfg, hooks{
+			listening: func(api, debug string) { started([2]string{api, debug}) },
 		})
-	}()
-	r := &running{}
-	select {
-	case a := <-addrs:
-		r.api, r.debug = "http://"+a[0], "http://"+a[1]
-	case err := <-done:
-		cancel()
-		t.Fatalf("service did not start: %v", err)
-	case <-time.After(40 * time.Second):
-		cancel()
-		t.Fatal("service did not start in 40 s")
-	}
-	stopped := false
-	var stopErr error
-	r.stop = func() error {
-		if !stopped {
-			stopped = true
-			cancel()
-			stopErr = <-done
-		}
-		return stopErr
-	}
-	t.Cleanup(func() { _ = r.stop() })
-	return r
+	})
+	return &running{api: "http://" + addrs[0], debug: "http://" + addrs[1], stop: stop}
 }
 
 // waitReady waits until /readyz says ready (topics exist, Kafka answers).

@@ -10,9 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -74,32 +72,11 @@ type started struct {
 
 func start(t *testing.T, cfg config.Config, h hooks) *started {
 	t.Helper()
-	rtc := make(chan *stage.Runtime, 1)
-	h.runtime = func(rt *stage.Runtime) { rtc <- rt }
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- run(ctx, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), cfg, h) }()
-	var rt *stage.Runtime
-	select {
-	case rt = <-rtc:
-	case err := <-errc:
-		cancel()
-		t.Fatalf("sender did not start: %v", err)
-	}
-	var once sync.Once
-	var err error
-	s := &started{debug: "http://" + rt.DebugAddr(), stop: func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case err = <-errc:
-			case <-time.After(30 * time.Second):
-				err = errors.New("sender did not stop within 30 s")
-			}
-		})
-		return err
-	}}
-	t.Cleanup(func() { _ = s.stop() })
+	rt, stop := testkit.Start(t, "sender", func(ctx context.Context, started func(*stage.Runtime)) error {
+		h.runtime = started
+		return run(ctx, testkit.Log(t, zerolog.WarnLevel), cfg, h)
+	})
+	s := &started{debug: "http://" + rt.DebugAddr(), stop: stop}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		code, body := testkit.Get(t, s.debug+"/readyz")
@@ -111,21 +88,6 @@ func start(t *testing.T, cfg config.Config, h hooks) *started {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// sum adds the values of every series of name in a /metrics text.
-func sum(metrics, name string) float64 {
-	total := 0.0
-	for _, line := range strings.Split(metrics, "\n") {
-		rest, ok := strings.CutPrefix(line, name)
-		if !ok || (rest != "" && rest[0] != '{' && rest[0] != ' ') {
-			continue
-		}
-		if v, err := strconv.ParseFloat(rest[strings.LastIndexByte(rest, ' ')+1:], 64); err == nil {
-			total += v
-		}
-	}
-	return total
 }
 
 // The whole sender against the real Kafka and ejabberd: batches from the
@@ -226,7 +188,7 @@ func TestSenderEndToEnd(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
-	if n := sum(metrics, "announcer_sender_dead_letters_total"); n != 2 {
+	if n := testkit.SumMetric(metrics, "announcer_sender_dead_letters_total"); n != 2 {
 		t.Errorf("%v dead letters, want 2", n)
 	}
 

@@ -26,6 +26,17 @@ func echoServer(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// dial connects to addr; the connection is closed when the test ends.
+func dial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
 func roundTrip(c net.Conn, msg string, wait time.Duration) (string, error) {
 	if _, err := c.Write([]byte(msg)); err != nil {
 		return "", err
@@ -39,11 +50,7 @@ func roundTrip(c net.Conn, msg string, wait time.Duration) (string, error) {
 // A stalled connection relays nothing more and stays open; a new one is relayed.
 func TestStall(t *testing.T) {
 	p := New(t, echoServer(t), Forward)
-	old, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
+	old := dial(t, p.Addr())
 	if got, err := roundTrip(old, "a", 5*time.Second); err != nil || got != "a" {
 		t.Fatalf("before the stall: %q %v", got, err)
 	}
@@ -53,11 +60,7 @@ func TestStall(t *testing.T) {
 	if got, err := roundTrip(old, "b", 300*time.Millisecond); err == nil || got == "b" {
 		t.Fatalf("a stalled connection relayed %q (%v)", got, err)
 	}
-	fresh, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fresh.Close()
+	fresh := dial(t, p.Addr())
 	if got, err := roundTrip(fresh, "c", 5*time.Second); err != nil || got != "c" {
 		t.Fatalf("a new connection after the stall: %q %v", got, err)
 	}

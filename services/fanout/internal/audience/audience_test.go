@@ -11,12 +11,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/stanza"
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
 )
@@ -132,7 +132,7 @@ func TestChannelOnlineMembersRoutedToTheirNode(t *testing.T) {
 			t.Fatalf("inc ids %v: want 1..%d", incs, len(incs))
 		}
 	}
-	if v := testutil.ToFloat64(counter(t, w.reg, "node_recipients_total", "node1")); v != float64(len(want1)) {
+	if v := testkit.Gathered(t, w.reg, "node_recipients_total", "node1"); v != float64(len(want1)) {
 		t.Fatalf("node1 metric %v", v)
 	}
 }
@@ -168,7 +168,7 @@ func TestChannelRejected(t *testing.T) {
 	if len(w.sink.Batches) != 0 {
 		t.Fatalf("batches for rejected channels: %d", len(w.sink.Batches))
 	}
-	if v := testutil.ToFloat64(counter(t, w.reg, "rejected_total", audience.ReasonChannelNotFound)); v != 2 {
+	if v := testkit.Gathered(t, w.reg, "rejected_total", audience.ReasonChannelNotFound); v != 2 {
 		t.Fatalf("rejected metric %v", v)
 	}
 }
@@ -408,7 +408,7 @@ func TestTransientFailuresAreRetriedNotTreatedAsOffline(t *testing.T) {
 				t.Fatalf("recipients lost or changed after retries: %v", got)
 			}
 			dep := map[string]string{"channel": "mysql", "span": "mysql", "members": "mysql", "lookup": "presence", "batches": "kafka"}[op]
-			if v := testutil.ToFloat64(counter(t, w.reg, "retries_total", dep)); v != 3 {
+			if v := testkit.Gathered(t, w.reg, "retries_total", dep); v != 3 {
 				t.Fatalf("retries metric %v", v)
 			}
 		})
@@ -497,35 +497,6 @@ func TestConfigRejectsAddressOnTwoNodes(t *testing.T) {
 	}, nil, nil, nil, nil, zerolog.Nop(), prometheus.NewRegistry())
 	if err == nil {
 		t.Fatal("accepted")
-	}
-}
-
-func counter(t *testing.T, reg *prometheus.Registry, name, label string) prometheus.Collector {
-	t.Helper()
-	return gathered{reg, name, label}
-}
-
-// gathered exposes one labelled series of a registry as a collector for testutil.ToFloat64.
-type gathered struct {
-	reg         *prometheus.Registry
-	name, label string
-}
-
-func (g gathered) Describe(chan<- *prometheus.Desc) {}
-
-func (g gathered) Collect(ch chan<- prometheus.Metric) {
-	mfs, _ := g.reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() != g.name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetValue() == g.label {
-					ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(g.name, "", nil, nil), prometheus.UntypedValue, m.GetCounter().GetValue())
-				}
-			}
-		}
 	}
 }
 

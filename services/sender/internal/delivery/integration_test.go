@@ -43,7 +43,7 @@ func newRig(t *testing.T, addr string, conns, rate int) *rig {
 	}
 	reg := prometheus.NewRegistry()
 	metrics := prometheus.WrapRegistererWithPrefix("announcer_sender_", reg)
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	log := testkit.Log(t, zerolog.WarnLevel)
 	pool, err := xmpplink.NewPool(xmpplink.Options{
 		Node: "n1", Addr: addr, JID: domain, Secret: env.SecretFor(domain),
 		ServerDomain: env.XMPPDomain, Conns: conns, PingTimeout: 10 * time.Second,
@@ -52,34 +52,13 @@ func newRig(t *testing.T, addr string, conns, rate int) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = pool.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testkit.Background(t, "pool", pool.Run)
 	s := delivery.New(delivery.Options{
 		UserDomain: env.XMPPDomain, Templates: stanza.NewCache(stanza.Options{ComponentDomain: domain}, 64),
 		Conns: conns, RatePerConn: rate, Rejections: 3,
 		RetryMin: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
 	}, delivery.LinksOf(pool.Acquire), log, delivery.NewMetrics(metrics))
 	return &rig{env: env, domain: domain, pool: pool, sender: s, reg: reg}
-}
-
-func (r *rig) metric(t *testing.T, name string) float64 {
-	t.Helper()
-	mfs, err := r.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			total += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return total
 }
 
 // template exercises escaping: the body must arrive exactly as the template
@@ -154,7 +133,7 @@ func TestRealStanzasReachClientsIntact(t *testing.T) {
 	if n := len(alice.Messages()) + len(bob.Messages()); n != 2 {
 		t.Errorf("%d messages received, want 2", n)
 	}
-	if got := r.metric(t, "announcer_sender_invalid_recipients_total"); got != 1 {
+	if got := testkit.Gathered(t, r.reg, "announcer_sender_invalid_recipients_total"); got != 1 {
 		t.Errorf("invalid recipients = %v, want 1", got)
 	}
 }
@@ -202,7 +181,7 @@ func TestRealRateLimitObserved(t *testing.T) {
 	if observed < rate*0.9 || observed > rate*1.1 {
 		t.Fatalf("observed %.1f stanzas/s, want %d ± 10%%", observed, rate)
 	}
-	if r.metric(t, "announcer_sender_rate_limit_wait_seconds_total") < 2 {
+	if testkit.Gathered(t, r.reg, "announcer_sender_rate_limit_wait_seconds_total") < 2 {
 		t.Fatal("rate-limit wait not counted")
 	}
 }
@@ -247,7 +226,7 @@ func TestRealConnectionKilledMidBatch(t *testing.T) {
 	if got > 2*n {
 		t.Fatalf("%d messages for %d recipients: more than one batch duplicated", got, n)
 	}
-	if m := r.metric(t, "announcer_sender_resends_total"); m < 1 {
+	if m := testkit.Gathered(t, r.reg, "announcer_sender_resends_total"); m < 1 {
 		t.Fatalf("resends_total = %v", m)
 	}
 	t.Logf("%d recipients, %d messages received across the kill and the resend", n, got)
@@ -302,7 +281,7 @@ func TestPoisonBatchIsIsolated(t *testing.T) {
 	domain := env.ComponentDomain
 	reg := prometheus.NewRegistry()
 	metrics := prometheus.WrapRegistererWithPrefix("announcer_sender_", reg)
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)
+	log := testkit.Log(t, zerolog.ErrorLevel)
 	pool, err := xmpplink.NewPool(xmpplink.Options{
 		Node: "n1", Addr: env.ComponentAddr, JID: domain, Secret: env.ComponentSecret,
 		ServerDomain: env.XMPPDomain, Conns: 1, PingTimeout: 10 * time.Second,
@@ -313,9 +292,7 @@ func TestPoisonBatchIsIsolated(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	done := make(chan struct{})
-	go func() { defer close(done); _ = pool.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testkit.Background(t, "pool", pool.Run)
 	s := delivery.New(delivery.Options{
 		UserDomain: env.XMPPDomain, Templates: stanza.NewCache(stanza.Options{ComponentDomain: domain, AnyFrom: true}, 16),
 		Conns: 1, Rejections: 2, RetryMin: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond,

@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
+
+	"github.com/announcer/announcer/pkg/testkit"
 )
 
 type gate struct{ open bool }
@@ -57,7 +59,7 @@ func newRig(t *testing.T) *rig {
 	r.groups.set("g-node2", ClientID("node2"))
 	r.w = New(Options{Node: "node1", After: 10 * time.Second}, func() bool { return r.up },
 		[]Gate{r.own}, []Peer{{Node: "node2", Group: "g-node2", Gates: []Gate{r.take}}}, r.groups,
-		zerolog.New(zerolog.NewTestWriter(t)), r.m)
+		testkit.Log(t, zerolog.TraceLevel), r.m)
 	return r
 }
 

@@ -37,14 +37,11 @@ func startPool(t *testing.T, opt Options) *harness {
 	}
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	p, err := NewPool(opt, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), m)
+	p, err := NewPool(opt, testkit.Log(t, zerolog.WarnLevel), m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testkit.Background(t, "pool", p.Run)
 	return &harness{pool: p, m: m, reg: reg}
 }
 
@@ -431,27 +428,25 @@ func TestAcquireAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	aloneGot := make(chan *Conn, 1)
-	go func() {
-		c, err := h.pool.Acquire(ctx, true)
-		if err != nil {
-			t.Error(err)
-		}
-		aloneGot <- c
-	}()
+	// acquire asks for a connection in the background: the channel has it once granted.
+	acquire := func(alone bool) <-chan *Conn {
+		got := make(chan *Conn, 1)
+		go func() {
+			c, err := h.pool.Acquire(ctx, alone)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- c
+		}()
+		return got
+	}
+	aloneGot := acquire(true)
 	testkit.Eventually(t, 5*time.Second, "the alone caller waiting", func() bool {
 		h.pool.mu.Lock()
 		defer h.pool.mu.Unlock()
 		return h.pool.waitingAlone == 1
 	})
-	sharedGot := make(chan *Conn, 1)
-	go func() {
-		c, err := h.pool.Acquire(ctx, false)
-		if err != nil {
-			t.Error(err)
-		}
-		sharedGot <- c
-	}()
+	sharedGot := acquire(false)
 	select {
 	case <-aloneGot:
 		t.Fatal("alone while another caller holds the connection")
