@@ -29,6 +29,12 @@ type WriterOptions struct {
 	RoundRobin   bool // spread records over partitions instead of hashing their keys
 	// Dial replaces the dialer of every broker connection (tests route them through a proxy).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Topics, when set, are every topic the writer writes, and its metadata
+	// covers them alone; a write to another topic then fails after WriteTimeout.
+	// kafka-go refreshes a transport's metadata every few seconds, and the
+	// answer for the whole cluster grows with each of its topics: on a broker
+	// shared with other systems, building it costs more than the writes.
+	Topics []string
 }
 
 // Writer is a producer that owns its broker connections: kafka-go's shared default
@@ -42,7 +48,7 @@ type Writer struct {
 // NewWriter returns a producer that waits for every in-sync replica (acks=all),
 // hashes keys to partitions and never creates topics by itself. Topic is set per message.
 func NewWriter(brokers []string, o WriterOptions) *Writer {
-	tr := &kafka.Transport{Dial: o.Dial}
+	tr := &kafka.Transport{Dial: o.Dial, MetadataTopics: o.Topics}
 	w := &kafka.Writer{
 		Addr:                   kafka.TCP(brokers...),
 		Balancer:               &kafka.Hash{},
@@ -145,9 +151,11 @@ type Client struct {
 	transport *kafka.Transport
 }
 
-// NewClient returns a client of brokers whose requests time out after timeout.
-func NewClient(brokers []string, timeout time.Duration) *Client {
-	tr := &kafka.Transport{}
+// NewClient returns a client of brokers whose requests time out after
+// timeout. With topics, its metadata covers those alone (see WriterOptions.Topics):
+// a request about another topic then fails.
+func NewClient(brokers []string, timeout time.Duration, topics ...string) *Client {
+	tr := &kafka.Transport{MetadataTopics: topics}
 	return &Client{Client: &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: timeout, Transport: tr}, transport: tr}
 }
 

@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -210,7 +211,9 @@ func (rt *Runtime) afterSetUp(part func(context.Context) error) func(context.Con
 func (rt *Runtime) Brokers() []string { return rt.brokers }
 
 // Writer returns a producer on brokers (acks=all) that the runtime closes
-// after every part stopped, so what is buffered is flushed.
+// after every part stopped, so what is buffered is flushed. Unless o.Topics
+// says otherwise, it writes the topics declared on brokers before the call
+// (see kafkabus.WriterOptions.Topics): declare them first.
 func (rt *Runtime) Writer(brokers []string, o kafkabus.WriterOptions) *kafkabus.Writer {
 	if o.BatchTimeout <= 0 {
 		o.BatchTimeout = rt.cfg.Bus.BatchTimeout.D()
@@ -221,9 +224,23 @@ func (rt *Runtime) Writer(brokers []string, o kafkabus.WriterOptions) *kafkabus.
 	if o.BatchBytes <= 0 {
 		o.BatchBytes = int64(rt.cfg.Bus.MaxMessageBytes)
 	}
+	if o.Topics == nil {
+		o.Topics = rt.declared(brokers)
+	}
 	w := kafkabus.NewWriter(brokers, o)
 	rt.OnClose(w.Close)
 	return w
+}
+
+// declared are the topics declared on brokers so far (nil: none).
+func (rt *Runtime) declared(brokers []string) []string {
+	var names []string
+	for _, ts := range rt.topics {
+		if slices.Equal(ts.brokers, brokers) {
+			names = append(names, ts.names...)
+		}
+	}
+	return names
 }
 
 // DeadLetters is the service's one dead-letter writer: the [bus] dead-letter
@@ -233,7 +250,7 @@ func (rt *Runtime) DeadLetters() *kafkabus.DeadLetters {
 	defer rt.mu.Unlock()
 	if rt.dlq == nil {
 		rt.dlq = &kafkabus.DeadLetters{
-			W:        rt.Writer(rt.brokers, kafkabus.WriterOptions{}),
+			W:        rt.Writer(rt.brokers, kafkabus.WriterOptions{Topics: []string{rt.cfg.Bus.DeadLetterTopic}}),
 			Topic:    rt.cfg.Bus.DeadLetterTopic,
 			MaxBytes: rt.cfg.Bus.MaxMessageBytes,
 		}
@@ -379,7 +396,7 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 				log.Warn().Err(err).Msg("closing the reader")
 			}
 		}()
-		client := kafkabus.NewClient(brokers, 10*time.Second)
+		client := kafkabus.NewClient(brokers, 10*time.Second, in.Topics...)
 		defer client.Close()
 		wctx, stop := context.WithCancel(ctx)
 		var watchers sync.WaitGroup

@@ -157,7 +157,8 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 			lanes("takeover "+p.Name, "takeover "+p.Name+" priority", p.Name, gate, cfg.Sender.FenceTimeout.D(), failover.TakeoverClientID(node.Name, p.Name), "takeover_")
 			ps = append(ps, failover.Peer{Node: p.Name, Group: cfg.Sender.GroupPrefix + p.Name, Gates: []failover.Gate{gate}})
 		}
-		groups := kafkabus.NewClient(rt.Brokers(), 5*time.Second)
+		// It asks about groups, never topics: the metadata of one topic is enough.
+		groups := kafkabus.NewClient(rt.Brokers(), 5*time.Second, topic)
 		rt.OnClose(func() error { groups.Close(); return nil })
 		watcher := failover.New(failover.Options{Node: node.Name, After: cfg.Sender.FailoverAfter.D()},
 			func() bool { return pool.Up() > 0 }, []failover.Gate{own}, ps, groups, log, failover.NewMetrics(metrics))

@@ -48,3 +48,31 @@ func TestDeadLettersKeepTheRecordAndSayWhy(t *testing.T) {
 		t.Errorf("oversized dead letter: %d bytes, headers %v", len(r.Value), r.Headers)
 	}
 }
+
+// A writer given its topics keeps the metadata of those alone: it writes
+// them, and a topic outside them is unknown to it, though it exists.
+func TestWriterMetadataCoversItsTopics(t *testing.T) {
+	env := stacktest.Get(t)
+	topics := kafkatest.Topics(t, env.KafkaBrokers, 1, "meta_own", "meta_other")
+	own, other := topics[0], topics[1]
+	write := func(w *kafkabus.Writer, topic string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+		defer cancel()
+		return w.WriteMessages(ctx, kafka.Message{Topic: topic, Value: []byte("x")})
+	}
+
+	scoped := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 3 * time.Second, MaxAttempts: 1, Topics: []string{own}})
+	defer scoped.Close()
+	if err := write(scoped, own); err != nil {
+		t.Fatalf("write to its own topic: %v", err)
+	}
+	if err := write(scoped, other); err == nil {
+		t.Fatalf("a writer scoped to %s wrote to %s: its metadata covers every topic", own, other)
+	}
+
+	whole := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 3 * time.Second, MaxAttempts: 1})
+	defer whole.Close()
+	if err := write(whole, other); err != nil {
+		t.Fatalf("a writer without topics knows every topic: %v", err)
+	}
+}
