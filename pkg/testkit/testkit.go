@@ -1,8 +1,9 @@
 // Package testkit is where announcer's test helpers live, apart from the
 // production packages: this package has what many tests need (a free
-// loopback address, polling until a condition holds, a logger into the test's
-// output, a service or loop run until the test ends, metric values read from
-// a registry or a /metrics page); its subpackages have
+// loopback address, a connection closed when the test ends, polling until a
+// condition holds, a logger into the test's output, a service or loop run
+// until the test ends, metric values read from a registry or a /metrics
+// page); its subpackages have
 // the local stack's addresses (stacktest), a Kafka test client (kafkatest), a
 // TCP proxy that produces network failures (tcpproxy) and a real XMPP client
 // (xmpptest).
@@ -29,6 +30,18 @@ func FreeAddr(t testing.TB) string {
 		t.Fatalf("free address: %v", err)
 	}
 	return addr
+}
+
+// Dial connects to addr over TCP, failing the test if it cannot; the
+// connection is closed when the test ends.
+func Dial(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	c, err := (&net.Dialer{}).DialContext(t.Context(), "tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
 }
 
 // Eventually polls ok every 20 ms until it holds, and fails the test naming

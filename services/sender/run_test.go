@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"flag"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -281,11 +280,7 @@ func TestClientCAFileVerifiesEjabberd(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
-		nc, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.C2SAddr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
+		nc := testkit.Dial(t, env.C2SAddr)
 		sess, err := o.Handshake(ctx, nc, 0)
 		if err != nil {
 			return err

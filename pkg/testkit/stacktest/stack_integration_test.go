@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/xml"
-	"net"
 	"testing"
 	"time"
 
@@ -19,15 +18,14 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
 
 // These tests prove the local stack is real and shaped as the services expect.
 
 func TestKafkaProduceConsume(t *testing.T) {
-	env := stacktest.Get(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	env, ctx := stacktest.GetWithTimeout(t, 60*time.Second)
 	topic := stacktest.Name("stack_kafka")
 	if err := kafkabus.EnsureTopics(ctx, env.KafkaBrokers, kafkabus.Topic{Name: topic, Partitions: 2, ReplicationFactor: 1}); err != nil {
 		t.Fatal(err)
@@ -132,14 +130,8 @@ func TestRedisDemoPresence(t *testing.T) {
 }
 
 func TestComponentHandshakeAndPing(t *testing.T) {
-	env := stacktest.Get(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.ComponentAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	env, ctx := stacktest.GetWithTimeout(t, 20*time.Second)
+	conn := testkit.Dial(t, env.ComponentAddr)
 	addr := jid.MustParse(env.ComponentDomain)
 	s, err := component.NewSession(ctx, addr, []byte(env.ComponentSecret), conn)
 	if err != nil {
@@ -172,10 +164,7 @@ func TestComponentHandshakeAndPing(t *testing.T) {
 		t.Fatalf("want spare component domains, got %v", env.ComponentSpares)
 	}
 	for _, d := range env.ComponentSpares {
-		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.AddrFor(d))
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := testkit.Dial(t, env.AddrFor(d))
 		sp, err := component.NewSession(ctx, jid.MustParse(d), []byte(env.SecretFor(d)), c)
 		if err != nil {
 			t.Fatalf("handshake as %s: %v", d, err)
@@ -188,11 +177,7 @@ func TestComponentHandshakeAndPing(t *testing.T) {
 	}
 
 	// A wrong secret must be refused: the listener really checks the handshake.
-	bad, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.ComponentAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bad.Close()
+	bad := testkit.Dial(t, env.ComponentAddr)
 	if _, err := component.NewSession(ctx, addr, []byte("wrong-secret"), bad); err == nil {
 		t.Fatal("handshake with a wrong secret succeeded")
 	}
@@ -201,18 +186,12 @@ func TestComponentHandshakeAndPing(t *testing.T) {
 // Spare component domains are isolated: results of pings sent as one never reach
 // another's connection (ejabberd would route them at random over shared routes).
 func TestSpareComponentsAreIsolated(t *testing.T) {
-	env := stacktest.Get(t)
+	env, ctx := stacktest.GetWithTimeout(t, 30*time.Second)
 	if len(env.ComponentSpares) < 2 {
 		t.Fatalf("want spare component domains, got %v", env.ComponentSpares)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	open := func(domain string) *xmpp.Session {
-		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", env.AddrFor(domain))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
+		c := testkit.Dial(t, env.AddrFor(domain))
 		s, err := component.NewSession(ctx, jid.MustParse(domain), []byte(env.SecretFor(domain)), c)
 		if err != nil {
 			t.Fatal(err)

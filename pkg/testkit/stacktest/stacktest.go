@@ -3,11 +3,13 @@
 package stacktest
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/announcer/announcer/pkg/config"
 )
@@ -69,6 +71,16 @@ func Get(t testing.TB) Env {
 		t.Skip("integration test: no stack (run `make test`, or eval \"$(scripts/stack/stack.sh env)\")")
 	}
 	return e
+}
+
+// GetWithTimeout is Get plus a context for the test's calls to the stack:
+// it ends after timeout, or when the test does.
+func GetWithTimeout(t testing.TB, timeout time.Duration) (Env, context.Context) {
+	t.Helper()
+	e := Get(t)
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	t.Cleanup(cancel)
+	return e, ctx
 }
 
 type spare struct{ secret, addr string }

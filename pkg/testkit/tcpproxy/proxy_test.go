@@ -5,6 +5,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/announcer/announcer/pkg/testkit"
 )
 
 func echoServer(t *testing.T) string {
@@ -26,17 +28,6 @@ func echoServer(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// dial connects to addr; the connection is closed when the test ends.
-func dial(t *testing.T, addr string) net.Conn {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
 func roundTrip(c net.Conn, msg string, wait time.Duration) (string, error) {
 	if _, err := c.Write([]byte(msg)); err != nil {
 		return "", err
@@ -50,7 +41,7 @@ func roundTrip(c net.Conn, msg string, wait time.Duration) (string, error) {
 // A stalled connection relays nothing more and stays open; a new one is relayed.
 func TestStall(t *testing.T) {
 	p := New(t, echoServer(t), Forward)
-	old := dial(t, p.Addr())
+	old := testkit.Dial(t, p.Addr())
 	if got, err := roundTrip(old, "a", 5*time.Second); err != nil || got != "a" {
 		t.Fatalf("before the stall: %q %v", got, err)
 	}
@@ -60,7 +51,7 @@ func TestStall(t *testing.T) {
 	if got, err := roundTrip(old, "b", 300*time.Millisecond); err == nil || got == "b" {
 		t.Fatalf("a stalled connection relayed %q (%v)", got, err)
 	}
-	fresh := dial(t, p.Addr())
+	fresh := testkit.Dial(t, p.Addr())
 	if got, err := roundTrip(fresh, "c", 5*time.Second); err != nil || got != "c" {
 		t.Fatalf("a new connection after the stall: %q %v", got, err)
 	}

@@ -2,22 +2,20 @@ package xmpptest_test
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
 	"mellium.im/xmpp/component"
 	"mellium.im/xmpp/jid"
 
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 )
 
 // A message written on a component connection reaches a logged-in client, decoded.
 func TestClientReceivesFromComponent(t *testing.T) {
-	env := stacktest.Get(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	env, ctx := stacktest.GetWithTimeout(t, 20*time.Second)
 	// A user of this test alone: the demo users may hold offline messages of earlier runs.
 	api := xmpptest.API{Base: env.EjabberdAPI}
 	user := stacktest.Name("xt")
@@ -31,11 +29,7 @@ func TestClientReceivesFromComponent(t *testing.T) {
 	}
 	defer alice.Close()
 
-	conn, err := net.Dial("tcp", env.ComponentAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := testkit.Dial(t, env.ComponentAddr)
 	s, err := component.NewSession(ctx, jid.MustParse(env.ComponentDomain), []byte(env.ComponentSecret), conn)
 	if err != nil {
 		t.Fatal(err)

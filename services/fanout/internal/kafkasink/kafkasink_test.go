@@ -18,9 +18,7 @@ import (
 )
 
 func TestSinkAgainstKafka(t *testing.T) {
-	env := stacktest.Get(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
+	env, ctx := stacktest.GetWithTimeout(t, 40*time.Second)
 	topics := Topics{
 		Deliveries:    map[string]string{"n1": stacktest.Name("fanout_del_n1"), "n2": stacktest.Name("fanout_del_n2")},
 		Announcements: stacktest.Name("fanout_ann"),

@@ -30,6 +30,20 @@ func MemberStoreContract(t *testing.T, newStore func(t *testing.T) MemberFixture
 			t.Fatal(err)
 		}
 	}
+	// twoChannels is a new store with accepted channels 1 and 2 of n members
+	// each ("a…" and "b…"), added in turns so each channel's rows interleave
+	// with the other's.
+	twoChannels := func(t *testing.T, n int) MemberFixture {
+		s := newStore(t)
+		must(t, s.AddChannel(ctx, 1, "one", audience.StateAccepted))
+		must(t, s.AddChannel(ctx, 2, "two", audience.StateAccepted))
+		a, b := Names("a", n), Names("b", n)
+		for i := range n {
+			must(t, s.AddMembers(ctx, 1, a[i]))
+			must(t, s.AddMembers(ctx, 2, b[i]))
+		}
+		return s
+	}
 
 	t.Run("Channel", func(t *testing.T) {
 		s := newStore(t)
@@ -61,14 +75,8 @@ func MemberStoreContract(t *testing.T, newStore func(t *testing.T) MemberFixture
 	})
 
 	t.Run("MembersKeysetPages", func(t *testing.T) {
-		s := newStore(t)
-		must(t, s.AddChannel(ctx, 1, "one", audience.StateAccepted))
-		must(t, s.AddChannel(ctx, 2, "two", audience.StateAccepted))
-		// Interleave two channels so pages must skip the other channel's rows.
-		for i := range 25 {
-			must(t, s.AddMembers(ctx, 1, Names("a", 25)[i]))
-			must(t, s.AddMembers(ctx, 2, Names("b", 25)[i]))
-		}
+		// Interleaved channels: pages must skip the other channel's rows.
+		s := twoChannels(t, 25)
 		var (
 			got   []string
 			ids   []int64
@@ -112,13 +120,7 @@ func MemberStoreContract(t *testing.T, newStore func(t *testing.T) MemberFixture
 	})
 
 	t.Run("Span", func(t *testing.T) {
-		s := newStore(t)
-		must(t, s.AddChannel(ctx, 1, "one", audience.StateAccepted))
-		must(t, s.AddChannel(ctx, 2, "two", audience.StateAccepted))
-		for i := range 10 {
-			must(t, s.AddMembers(ctx, 1, Names("a", 10)[i]))
-			must(t, s.AddMembers(ctx, 2, Names("b", 10)[i]))
-		}
+		s := twoChannels(t, 10)
 		all, err := s.Members(ctx, 1, 0, 0, 100, nil)
 		must(t, err)
 		count, lo, hi, err := s.Span(ctx, 1)
