@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -44,6 +45,14 @@ func checkRendered(t *testing.T, m xmpptest.Message, jid, from string) uint64 {
 	return n
 }
 
+// newDefaultSystem is a system with the default options (one node) and the
+// 90 s that each of this file's tests on it may take.
+func newDefaultSystem(t *testing.T) (*system, context.Context) {
+	t.Helper()
+	s := newSystem(t, options{})
+	return s, s.deadline(90 * time.Second)
+}
+
 func expectNothing(t *testing.T, c *xmpptest.Client, already int) {
 	t.Helper()
 	time.Sleep(quiet)
@@ -53,8 +62,7 @@ func expectNothing(t *testing.T, c *xmpptest.Client, already int) {
 }
 
 func TestChannelReachesExactlyTheOnlineMembers(t *testing.T) {
-	s := newSystem(t, options{})
-	ctx := s.deadline(90 * time.Second)
+	s, ctx := newDefaultSystem(t)
 	from := s.from
 	var online []string
 	for i := range 5 {
@@ -101,8 +109,7 @@ func TestChannelReachesExactlyTheOnlineMembers(t *testing.T) {
 }
 
 func TestAllOnlineUsers(t *testing.T) {
-	s := newSystem(t, options{})
-	ctx := s.deadline(90 * time.Second)
+	s, ctx := newDefaultSystem(t)
 	from := s.from
 	a, b := s.user("a", "node1"), s.user("b", "node1")
 	ca, cb := s.login(ctx, a), s.login(ctx, b)
@@ -117,8 +124,7 @@ func TestAllOnlineUsers(t *testing.T) {
 }
 
 func TestUsersOnlineAtOnceOfflineFromStorageAndPersisted(t *testing.T) {
-	s := newSystem(t, options{})
-	ctx := s.deadline(90 * time.Second)
+	s, ctx := newDefaultSystem(t)
 	from := s.from
 	on := s.user("on", "")
 	off := s.user("off", "")
@@ -167,8 +173,7 @@ func TestUsersOnlineAtOnceOfflineFromStorageAndPersisted(t *testing.T) {
 }
 
 func TestCraftedUsernamesCannotInjectXML(t *testing.T) {
-	s := newSystem(t, options{})
-	ctx := s.deadline(90 * time.Second)
+	s, ctx := newDefaultSystem(t)
 	from := s.from
 	member := s.user("member", "node1")
 	victim := s.user("victim", "node1")
@@ -203,8 +208,7 @@ func TestCraftedUsernamesCannotInjectXML(t *testing.T) {
 }
 
 func TestPendingAndUnknownChannelsDeliverNothing(t *testing.T) {
-	s := newSystem(t, options{})
-	ctx := s.deadline(90 * time.Second)
+	s, ctx := newDefaultSystem(t)
 	from := s.from
 	m := s.user("m", "node1")
 	cm := s.login(ctx, m)
@@ -297,8 +301,7 @@ func TestTwoNodesAndSenderReplicas(t *testing.T) {
 // The first generation's Kafka input: the REST bodies as records. A good record reaches the
 // members; a bad one lands on the dead-letter topic with the reason, and neither blocks the other.
 func TestKafkaInputReachesClientsAndBadRecordsAreDeadLettered(t *testing.T) {
-	s := newSystem(t, options{})
-	ctx := s.deadline(90 * time.Second)
+	s, ctx := newDefaultSystem(t)
 	m := s.user("m", "node1")
 	cm := s.login(ctx, m)
 	s.channel(60, s.p+"-kin", "ACCEPTED", m)

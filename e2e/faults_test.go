@@ -17,8 +17,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/tcpproxy"
@@ -150,18 +148,10 @@ func sinkFaults(t *testing.T, full bool) []faultRow {
 	ctx := s.deadline(20 * time.Minute)
 	b := &pipelineBench{t: t, s: s, members: members, got: make([]atomic.Int32, 0),
 		page: 200, batch: 500, shard: members / 10, fenceTimeout: "5s"}
-	b.rdb = redis.NewClient(&redis.Options{Addr: s.env.RedisAddr, DB: benchRedisDB})
-	t.Cleanup(func() { _ = b.rdb.FlushDB(context.Background()).Err(); _ = b.rdb.Close() })
+	b.openRedis()
 	r := &sinkRig{t: t, b: b, s: s, runs: map[string]*sinkRun{}}
 	b.seed(ctx)
-	for range 2 {
-		sk, err := xmppsink.StartTagged(benchSecret, r.onMessage)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = sk.Close() })
-		b.sinks = append(b.sinks, sk)
-	}
+	b.startSinks(func() (*xmppsink.Sink, error) { return xmppsink.StartTagged(benchSecret, r.onMessage) })
 	r.proxy = tcpproxy.New(t, b.sinks[0].Addr(), tcpproxy.Forward)
 	b.addrs = []string{r.proxy.Addr(), b.sinks[1].Addr()}
 	// Paced so that the channel takes ~8 s: 2 nodes × 2 connections.

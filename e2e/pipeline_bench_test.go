@@ -76,20 +76,12 @@ func TestBenchPipeline(t *testing.T) {
 	s := newBareSystem(t, options{nodes: []string{"node1", "node2"}})
 	ctx := s.deadline(30 * time.Minute)
 	b := &pipelineBench{t: t, s: s, members: members, got: make([]atomic.Int32, members)}
-	b.rdb = redis.NewClient(&redis.Options{Addr: s.env.RedisAddr, DB: benchRedisDB})
-	t.Cleanup(func() { _ = b.rdb.FlushDB(context.Background()).Err(); _ = b.rdb.Close() })
+	b.openRedis()
 
 	start := time.Now()
 	b.seed(ctx)
 	t.Logf("seeded %d members (%d online) in %.1fs", members, b.onlineCount(), time.Since(start).Seconds())
-	for range 2 {
-		sk, err := xmppsink.StartRecording(benchSecret, b.count)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = sk.Close() })
-		b.sinks = append(b.sinks, sk)
-	}
+	b.startSinks(func() (*xmppsink.Sink, error) { return xmppsink.StartRecording(benchSecret, b.count) })
 
 	// Unlimited senders: the pipeline's own speed.
 	b.startServices(1_000_000)
@@ -149,6 +141,25 @@ func TestBenchPipeline(t *testing.T) {
 	t.Logf("priority lane: a users announcement posted mid-channel reached its %d recipients in %.3fs (%.3fs on the bulk lane)", benchVIPs, prio.Seconds(), bulk.Seconds())
 	if err := benchreport.Record(figures); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// openRedis connects b to the benchmark's own Redis db, flushed and closed
+// when the test ends.
+func (b *pipelineBench) openRedis() {
+	b.rdb = redis.NewClient(&redis.Options{Addr: b.s.env.RedisAddr, DB: benchRedisDB})
+	b.t.Cleanup(func() { _ = b.rdb.FlushDB(context.Background()).Err(); _ = b.rdb.Close() })
+}
+
+// startSinks starts the two nodes' sinks with start, closed when the test ends.
+func (b *pipelineBench) startSinks(start func() (*xmppsink.Sink, error)) {
+	for range 2 {
+		sk, err := start()
+		if err != nil {
+			b.t.Fatal(err)
+		}
+		b.t.Cleanup(func() { _ = sk.Close() })
+		b.sinks = append(b.sinks, sk)
 	}
 }
 

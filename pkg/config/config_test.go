@@ -6,15 +6,35 @@ import (
 	"time"
 )
 
-func TestFirstGenerationConfigLoadsUnchanged(t *testing.T) {
-	c, err := Load("testdata/first-generation.toml")
+// check is one value as loaded and the value it must have.
+type check struct {
+	name      string
+	got, want any
+}
+
+// expect fails for every check whose value is not the one it must have.
+func expect(t *testing.T, checks []check) {
+	t.Helper()
+	for _, ck := range checks {
+		if ck.got != ck.want {
+			t.Errorf("%s = %v, want %v", ck.name, ck.got, ck.want)
+		}
+	}
+}
+
+// mustLoad loads the file at path or fails the test.
+func mustLoad(t *testing.T, path string) Config {
+	t.Helper()
+	c, err := Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checks := []struct {
-		name      string
-		got, want any
-	}{
+	return c
+}
+
+func TestFirstGenerationConfigLoadsUnchanged(t *testing.T) {
+	c := mustLoad(t, "testdata/first-generation.toml")
+	expect(t, []check{
 		{"rest_api_port", c.RestAPIPort, ":8080"},
 		{"debug_port", c.DebugPort, ":6060"},
 		{"input_buffer", c.InputBuffer, 100},
@@ -72,12 +92,7 @@ func TestFirstGenerationConfigLoadsUnchanged(t *testing.T) {
 		{"node name", c.Nodes[0].Name, "node1"},
 		{"node address", c.Nodes[0].Address, "127.0.0.1:8889"},
 		{"node presence", strings.Join(c.Nodes[0].PresenceAddresses, ","), "127.0.0.1"},
-	}
-	for _, ck := range checks {
-		if ck.got != ck.want {
-			t.Errorf("%s = %v, want %v", ck.name, ck.got, ck.want)
-		}
-	}
+	})
 	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "zookeeper") {
 		t.Errorf("want one ZooKeeper warning, got %q", c.Warnings)
 	}
@@ -90,14 +105,8 @@ func TestFirstGenerationConfigLoadsUnchanged(t *testing.T) {
 }
 
 func TestDocumentedDefaults(t *testing.T) {
-	c, err := Load("testdata/minimal.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	checks := []struct {
-		name      string
-		got, want any
-	}{
+	c := mustLoad(t, "testdata/minimal.toml")
+	expect(t, []check{
 		{"log_level", c.Log.Level, "warning"},
 		{"format", c.Log.Format, "text"},
 		{"max_ideal_conn", c.MySQL.MaxIdleConn, 10},
@@ -115,12 +124,7 @@ func TestDocumentedDefaults(t *testing.T) {
 		{"nodes", len(c.Nodes), 2},
 		{"node2", c.Nodes[1].Name + "=" + c.Nodes[1].Address, "node2=10.0.0.2:8889"},
 		{"deliveries topic", c.DeliveriesTopic("node2"), "deliveries.node2"},
-	}
-	for _, ck := range checks {
-		if ck.got != ck.want {
-			t.Errorf("%s = %v, want %v", ck.name, ck.got, ck.want)
-		}
-	}
+	})
 	if err := c.Validate(RoleIngress, RoleFanout, RoleSender, RoleArchiver); err != nil {
 		t.Errorf("minimal config: %v", err)
 	}

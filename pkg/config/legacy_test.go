@@ -17,10 +17,7 @@ func contains(list []string, sub string) bool {
 // The documented client sample, written as an operator of the first generation
 // has it, runs client mode: the mode comes from the sections.
 func TestClientSampleRunsClientMode(t *testing.T) {
-	c, err := Load("testdata/client-mode-sample.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustLoad(t, "testdata/client-mode-sample.toml")
 	if c.Sender.Mode != ModeClient || c.UserDomain() != "example.de" || c.Client.JID() != "admin@example.de" {
 		t.Fatalf("mode %q, users' domain %q, account %q", c.Sender.Mode, c.UserDomain(), c.Client.JID())
 	}
@@ -58,14 +55,8 @@ func TestExplicitModeWins(t *testing.T) {
 // The first generation's repository spellings: [kafka] for the input, keys it
 // retired, max_retry and gmet_buffer under their names here.
 func TestOldSectionAndKeyNamesLoad(t *testing.T) {
-	c, err := Load("testdata/old-section-names.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	checks := []struct {
-		name      string
-		got, want any
-	}{
+	c := mustLoad(t, "testdata/old-section-names.toml")
+	expect(t, []check{
 		{"[kafka] topics", c.KafkaConsumer.Topics, "push-in"},
 		{"[kafka] group_name", c.KafkaConsumer.GroupName, "pusher"},
 		{"[kafka] buffer", c.KafkaConsumer.Buffer, 500},
@@ -73,12 +64,7 @@ func TestOldSectionAndKeyNamesLoad(t *testing.T) {
 		{"max_retry", c.KafkaProducer.MaxRetry, 7},
 		{"gmet_buffer", c.UserActivityAskBuffer, 250},
 		{"mysql address", c.MySQL.Address, "10.0.0.6:3306"},
-	}
-	for _, ch := range checks {
-		if ch.got != ch.want {
-			t.Errorf("%s = %v, want %v", ch.name, ch.got, ch.want)
-		}
-	}
+	})
 	for _, n := range []string{"[kafka] read as [kafka-consumer]", "max_retry read as [kafka-producer] MaxRetry", "gmet_buffer read as user_activity_ask_buffer"} {
 		if !contains(c.Notes, n) {
 			t.Errorf("notes %q lack %q", c.Notes, n)
@@ -105,10 +91,7 @@ func TestOldSectionAndKeyNamesLoad(t *testing.T) {
 }
 
 func TestRedisSectionAlias(t *testing.T) {
-	c, err := Load("testdata/redis-section.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustLoad(t, "testdata/redis-section.toml")
 	if c.UserActivityRedis.ClusterNodes != "10.0.0.7:6379,10.0.0.9:6379" || c.UserActivityRedis.Password.Value() != "pw" ||
 		c.UserActivityRedis.ReadTimeout != 500 || c.KafkaProducer.MaxRetry != 2 || c.Fanout.Presence != "redis" {
 		t.Fatalf("redis %+v, MaxRetry %d, presence %q", c.UserActivityRedis, c.KafkaProducer.MaxRetry, c.Fanout.Presence)
@@ -120,10 +103,7 @@ func TestRedisSectionAlias(t *testing.T) {
 
 // A file with only the REST presence section uses it, as the first generation did.
 func TestRESTPresenceOnlyChoosesREST(t *testing.T) {
-	c, err := Load("testdata/rest-presence-only.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustLoad(t, "testdata/rest-presence-only.toml")
 	if c.Fanout.Presence != "rest" || c.Sender.Mode != ModeComponent || !contains(c.Notes, "REST API") {
 		t.Fatalf("presence %q, mode %q, notes %q", c.Fanout.Presence, c.Sender.Mode, c.Notes)
 	}

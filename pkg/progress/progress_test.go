@@ -43,6 +43,23 @@ func newFixture(t *testing.T, addr string, cluster bool) *fixture {
 	return &fixture{store: store, tracker: tr, reg: reg}
 }
 
+// newProxiedFixture is a fixture that reaches Redis through a proxy, so
+// that the test can take Redis away (cutRedis) and give it back
+// (proxy.Set(tcpproxy.Forward)).
+func newProxiedFixture(t *testing.T) (*fixture, *tcpproxy.Proxy) {
+	t.Helper()
+	env := stacktest.Get(t)
+	proxy := tcpproxy.New(t, env.RedisAddr, tcpproxy.Forward)
+	return newFixture(t, proxy.Addr(), false), proxy
+}
+
+// cutRedis makes Redis unreachable: new connections are refused and the
+// open ones are closed.
+func cutRedis(proxy *tcpproxy.Proxy) {
+	proxy.Set(tcpproxy.Refuse)
+	proxy.KillAll()
+}
+
 // begin begins ev and plans it as one shard, as fanout does before its batches.
 func (f *fixture) begin(t *testing.T, ev *announcement.Event) {
 	t.Helper()
@@ -339,14 +356,11 @@ func TestIdempotencyClaims(t *testing.T) {
 // While Redis cannot be reached, updates wait in the queue (counted as
 // errors), and every one lands once it is back.
 func TestTrackerWaitsOutARedisOutage(t *testing.T) {
-	env := stacktest.Get(t)
-	proxy := tcpproxy.New(t, env.RedisAddr, tcpproxy.Forward)
-	f := newFixture(t, proxy.Addr(), false)
+	f, proxy := newProxiedFixture(t)
 	ctx := context.Background()
 	ev := event("outage", announcement.KindUsers)
 	f.begin(t, ev)
-	proxy.Set(tcpproxy.Refuse)
-	proxy.KillAll()
+	cutRedis(proxy)
 	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 3, Recipients: 3, Batches: 3})
 	for i := range 3 {
 		f.tracker.Fenced(ev.ID, whole(batch(ev.ID, 0, i, fmt.Sprint("u", i))))
@@ -369,13 +383,10 @@ func TestTrackerWaitsOutARedisOutage(t *testing.T) {
 // created, listed and reaches done once Redis is back, whatever the order in
 // which the queued updates land.
 func TestBeginAndPlanDuringARedisOutage(t *testing.T) {
-	env := stacktest.Get(t)
-	proxy := tcpproxy.New(t, env.RedisAddr, tcpproxy.Forward)
-	f := newFixture(t, proxy.Addr(), false)
+	f, proxy := newProxiedFixture(t)
 	ctx := context.Background()
 	ev := event("begin-outage", announcement.KindChannel)
-	proxy.Set(tcpproxy.Refuse)
-	proxy.KillAll()
+	cutRedis(proxy)
 	if _, _, err := f.tracker.Begin(ctx, ev); err == nil {
 		t.Fatal("begin succeeded with Redis away")
 	}
@@ -421,9 +432,7 @@ func TestBeginAndPlanDuringARedisOutage(t *testing.T) {
 // commits after it cannot lose the record of committed work in a crash; with
 // Redis failing it does not wait.
 func TestSyncWaitsForQueuedUpdates(t *testing.T) {
-	env := stacktest.Get(t)
-	proxy := tcpproxy.New(t, env.RedisAddr, tcpproxy.Forward)
-	f := newFixture(t, proxy.Addr(), false)
+	f, proxy := newProxiedFixture(t)
 	ctx := context.Background()
 	ev := event("sync", announcement.KindUsers)
 	if _, _, err := f.store.Begin(ctx, ev); err != nil {
@@ -437,8 +446,7 @@ func TestSyncWaitsForQueuedUpdates(t *testing.T) {
 		t.Fatalf("after Sync: %d confirmed, want 50", a.Stanzas.Confirmed)
 	}
 
-	proxy.Set(tcpproxy.Refuse)
-	proxy.KillAll()
+	cutRedis(proxy)
 	f.tracker.Fenced(ev.ID, whole(batch(ev.ID, 0, 99, "late")))
 	testkit.Eventually(t, 5*time.Second, "the failure seen", func() bool { return f.tracker.failing.Load() })
 	start := time.Now()

@@ -8,12 +8,36 @@ import (
 	"github.com/announcer/announcer/pkg/stanza"
 )
 
+// addressCase is an address as a request gives it, the domain it is read
+// with, and the answer wanted from NormalizeJID or CanonicalRecipient.
+type addressCase struct {
+	in, domain string
+	want       string // "" means rejected
+}
+
+// checkAddress fails unless fn's answer (got, err) to tt is the one wanted:
+// the address, or, for a refused one, a *stanza.ValidationError for the
+// usernames field. It reports whether the answer was the one wanted.
+func checkAddress(t *testing.T, fn string, tt addressCase, got string, err error) bool {
+	t.Helper()
+	if tt.want == "" {
+		var ve *stanza.ValidationError
+		if !errors.As(err, &ve) || ve.Field != "usernames" {
+			t.Errorf("%s(%q, %q) = %q, %v; want *ValidationError for usernames", fn, tt.in, tt.domain, got, err)
+			return false
+		}
+		return true
+	}
+	if err != nil || got != tt.want {
+		t.Errorf("%s(%q, %q) = %q, %v; want %q", fn, tt.in, tt.domain, got, err, tt.want)
+		return false
+	}
+	return true
+}
+
 func TestNormalizeJID(t *testing.T) {
 	long := strings.Repeat("a", 1023)
-	tests := []struct {
-		in, domain string
-		want       string // "" means rejected
-	}{
+	tests := []addressCase{
 		{"alice", "example.com", "alice@example.com"},
 		{"alice@other.org", "example.com", "alice@other.org"},
 		{"alice@other.org/phone", "example.com", "alice@other.org/phone"},
@@ -77,20 +101,12 @@ func TestNormalizeJID(t *testing.T) {
 	}
 	for _, tt := range tests {
 		got, err := stanza.NormalizeJID(tt.in, tt.domain)
+		checkAddress(t, "NormalizeJID", tt, got, err)
 		if tt.want == "" {
-			var ve *stanza.ValidationError
-			if !errors.As(err, &ve) || ve.Field != "usernames" {
-				t.Errorf("NormalizeJID(%q, %q) = %q, %v; want *ValidationError for usernames", tt.in, tt.domain, got, err)
-			}
 			if b, err := stanza.AppendJID([]byte("keep"), tt.in, tt.domain); err == nil || string(b) != "keep" {
 				t.Errorf("AppendJID(%q, %q) = %q, %v; want dst unchanged and an error", tt.in, tt.domain, b, err)
 			}
-			continue
-		}
-		if err != nil || got != tt.want {
-			t.Errorf("NormalizeJID(%q, %q) = %q, %v; want %q", tt.in, tt.domain, got, err, tt.want)
-		}
-		if b, err := stanza.AppendJID([]byte("x,"), tt.in, tt.domain); err != nil || string(b) != "x,"+tt.want {
+		} else if b, err := stanza.AppendJID([]byte("x,"), tt.in, tt.domain); err != nil || string(b) != "x,"+tt.want {
 			t.Errorf("AppendJID(%q, %q) = %q, %v; want %q", tt.in, tt.domain, b, err, "x,"+tt.want)
 		}
 	}
@@ -139,10 +155,7 @@ func TestAppendEscaped(t *testing.T) {
 }
 
 func TestCanonicalRecipient(t *testing.T) {
-	tests := []struct {
-		in, domain string
-		want       string // "" means rejected
-	}{
+	tests := []addressCase{
 		{"alice", "localhost", "alice"},
 		{"Alice", "localhost", "Alice"},
 		{"alice@localhost", "localhost", "alice"},
@@ -173,18 +186,11 @@ func TestCanonicalRecipient(t *testing.T) {
 	}
 	for _, tt := range tests {
 		got, err := stanza.CanonicalRecipient(tt.in, tt.domain)
-		_, nerr := stanza.NormalizeJID(tt.in, tt.domain)
-		if tt.want == "" {
-			var ve *stanza.ValidationError
-			if !errors.As(err, &ve) || ve.Field != "usernames" {
-				t.Errorf("CanonicalRecipient(%q, %q) = %q, %v; want *ValidationError for usernames", tt.in, tt.domain, got, err)
-			} else if nerr == nil || err.Error() != nerr.Error() {
+		if checkAddress(t, "CanonicalRecipient", tt, got, err) && tt.want == "" {
+			// A refused address is refused for the reason NormalizeJID gives.
+			if _, nerr := stanza.NormalizeJID(tt.in, tt.domain); nerr == nil || err.Error() != nerr.Error() {
 				t.Errorf("CanonicalRecipient(%q, %q) error %v differs from NormalizeJID's %v", tt.in, tt.domain, err, nerr)
 			}
-			continue
-		}
-		if err != nil || got != tt.want {
-			t.Errorf("CanonicalRecipient(%q, %q) = %q, %v; want %q", tt.in, tt.domain, got, err, tt.want)
 		}
 	}
 }

@@ -297,40 +297,39 @@ func TestOpenAPIStatuses(t *testing.T) {
 		})
 	}
 	one := RouteAnnouncements + "/running"
+	// The record routes: each answers 401 without the token, 405 to another
+	// method, 501 without a store and 503 while the store fails.
+	for _, route := range []struct{ method, doc, path, other string }{
+		{"GET", RouteAnnouncements, RouteAnnouncements, "PUT"},
+		{"GET", RouteAnnouncements + "/{id}", one, "PUT"},
+		{"DELETE", RouteAnnouncements + "/{id}", one, "POST"},
+	} {
+		add := func(code int, fn func(t *testing.T) answer) {
+			triggers[fmt.Sprintf("%s %s %d", route.method, route.doc, code)] = fn
+		}
+		add(http.StatusUnauthorized, func(t *testing.T) answer {
+			return call(newStoreFixture(t, testToken).h, route.method, route.path, "")
+		})
+		add(http.StatusMethodNotAllowed, func(t *testing.T) answer { return call(seeded(t).h, route.other, route.path, "") })
+		add(http.StatusNotImplemented, func(t *testing.T) answer { return call(newFixture(t).h, route.method, route.path, "") })
+		add(http.StatusServiceUnavailable, func(t *testing.T) answer { return call(broken(t).h, route.method, route.path, "") })
+	}
 	for key, fn := range map[string]func(t *testing.T) answer{
 		"GET /v1/announcements 200": func(t *testing.T) answer {
 			return call(seeded(t).h, "GET", RouteAnnouncements+"?state=done&limit=5", "")
 		},
 		"GET /v1/announcements 400": func(t *testing.T) answer { return call(seeded(t).h, "GET", RouteAnnouncements+"?limit=0", "") },
-		"GET /v1/announcements 401": func(t *testing.T) answer {
-			return call(newStoreFixture(t, testToken).h, "GET", RouteAnnouncements, "")
-		},
-		"GET /v1/announcements 405": func(t *testing.T) answer { return call(seeded(t).h, "PUT", RouteAnnouncements, "") },
-		"GET /v1/announcements 501": func(t *testing.T) answer { return call(newFixture(t).h, "GET", RouteAnnouncements, "") },
-		"GET /v1/announcements 503": func(t *testing.T) answer { return call(broken(t).h, "GET", RouteAnnouncements, "") },
 
 		"GET /v1/announcements/{id} 200": func(t *testing.T) answer { return call(seeded(t).h, "GET", one, "") },
-		"GET /v1/announcements/{id} 401": func(t *testing.T) answer {
-			return call(newStoreFixture(t, testToken).h, "GET", one, "")
-		},
 		"GET /v1/announcements/{id} 404": func(t *testing.T) answer { return call(seeded(t).h, "GET", RouteAnnouncements+"/nobody", "") },
-		"GET /v1/announcements/{id} 405": func(t *testing.T) answer { return call(seeded(t).h, "PUT", one, "") },
-		"GET /v1/announcements/{id} 501": func(t *testing.T) answer { return call(newFixture(t).h, "GET", one, "") },
-		"GET /v1/announcements/{id} 503": func(t *testing.T) answer { return call(broken(t).h, "GET", one, "") },
 
 		"DELETE /v1/announcements/{id} 200": func(t *testing.T) answer { return call(seeded(t).h, "DELETE", one, "") },
-		"DELETE /v1/announcements/{id} 401": func(t *testing.T) answer {
-			return call(newStoreFixture(t, testToken).h, "DELETE", one, "")
-		},
 		"DELETE /v1/announcements/{id} 404": func(t *testing.T) answer {
 			return call(seeded(t).h, "DELETE", RouteAnnouncements+"/nobody", "")
 		},
-		"DELETE /v1/announcements/{id} 405": func(t *testing.T) answer { return call(seeded(t).h, "POST", one, "") },
 		"DELETE /v1/announcements/{id} 409": func(t *testing.T) answer {
 			return call(seeded(t).h, "DELETE", RouteAnnouncements+"/finished", "")
 		},
-		"DELETE /v1/announcements/{id} 501": func(t *testing.T) answer { return call(newFixture(t).h, "DELETE", one, "") },
-		"DELETE /v1/announcements/{id} 503": func(t *testing.T) answer { return call(broken(t).h, "DELETE", one, "") },
 	} {
 		triggers[key] = fn
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/progress"
 )
 
@@ -70,16 +71,23 @@ func slowOptions(p *fakeProgress) Options {
 	return Options{RatePerConn: 100, StepInterval: 100 * time.Millisecond, Progress: p}
 }
 
+// deliverSlowly delivers b on one link with slowOptions(p) and returns the
+// link and the sender's metrics.
+func deliverSlowly(t *testing.T, p *fakeProgress, b announcement.Batch) (*fakeLink, *Metrics) {
+	t.Helper()
+	l := &fakeLink{}
+	s, m := newSender(t, &fakeLinks{links: []*fakeLink{l}}, slowOptions(p))
+	if err := s.Deliver(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	return l, m
+}
+
 // A batch the rate limit makes slow is fenced in steps; each step is
 // recorded, positions grow, and the steps add up to the batch.
 func TestSlowBatchIsFencedInSteps(t *testing.T) {
 	p := &fakeProgress{}
-	l := &fakeLink{}
-	s, _ := newSender(t, &fakeLinks{links: []*fakeLink{l}}, slowOptions(p))
-	b := batch(append(users(59), "bad user")...)
-	if err := s.Deliver(context.Background(), b); err != nil {
-		t.Fatal(err)
-	}
+	l, _ := deliverSlowly(t, p, batch(append(users(59), "bad user")...))
 	if len(p.steps) < 3 {
 		t.Fatalf("%d steps for a 0.6 s batch fenced every 100 ms", len(p.steps))
 	}
@@ -104,11 +112,7 @@ func TestSlowBatchIsFencedInSteps(t *testing.T) {
 // attempt fenced, and a connection lost mid-batch resends from the last step.
 func TestSlowBatchResumes(t *testing.T) {
 	p := &fakeProgress{position: 30}
-	l := &fakeLink{}
-	s, m := newSender(t, &fakeLinks{links: []*fakeLink{l}}, slowOptions(p))
-	if err := s.Deliver(context.Background(), batch(users(60)...)); err != nil {
-		t.Fatal(err)
-	}
+	l, m := deliverSlowly(t, p, batch(users(60)...))
 	if strings.Contains(l.written.String(), "'u29@") || !strings.Contains(l.written.String(), "'u30@localhost'") {
 		t.Fatalf("resumed at the wrong place: %.200s…", l.written.String())
 	}
@@ -119,7 +123,7 @@ func TestSlowBatchResumes(t *testing.T) {
 	p = &fakeProgress{}
 	first := &fakeLink{fenceErr: lostErr{}, failFence: 3} // lost at the third fence
 	second := &fakeLink{slot: 1}
-	s, _ = newSender(t, &fakeLinks{links: []*fakeLink{first, second}}, slowOptions(p))
+	s, _ := newSender(t, &fakeLinks{links: []*fakeLink{first, second}}, slowOptions(p))
 	if err := s.Deliver(context.Background(), batch(users(60)...)); err != nil {
 		t.Fatal(err)
 	}
@@ -138,11 +142,7 @@ func TestSlowBatchResumes(t *testing.T) {
 // has not started is skipped.
 func TestCancelStopsABatch(t *testing.T) {
 	p := &fakeProgress{cancelAfter: 4}
-	l := &fakeLink{}
-	s, m := newSender(t, &fakeLinks{links: []*fakeLink{l}}, slowOptions(p))
-	if err := s.Deliver(context.Background(), batch(users(60)...)); err != nil {
-		t.Fatal(err)
-	}
+	l, m := deliverSlowly(t, p, batch(users(60)...))
 	sent := strings.Count(l.written.String(), "<message")
 	last := p.steps[len(p.steps)-1]
 	if sent == 0 || sent >= 60 || last.Pos != sent || l.ops[len(l.ops)-1] != "fence" {
@@ -154,7 +154,7 @@ func TestCancelStopsABatch(t *testing.T) {
 
 	p = &fakeProgress{cancelAfter: 1}
 	l = &fakeLink{}
-	s, _ = newSender(t, &fakeLinks{links: []*fakeLink{l}}, Options{Progress: p})
+	s, _ := newSender(t, &fakeLinks{links: []*fakeLink{l}}, Options{Progress: p})
 	if err := s.Deliver(context.Background(), batch("u1", "u2")); err != nil || l.written.Len() != 0 || len(p.steps) != 0 {
 		t.Fatalf("a cancelled announcement's batch: err %v, written %q, steps %v", err, l.written.String(), p.steps)
 	}
