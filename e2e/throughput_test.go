@@ -167,30 +167,46 @@ func TestDeliveryThroughput(t *testing.T) {
 		return first, last
 	}
 	// ejabberd's CPU seconds (utime+stime of its VM), from the stack script's pid.
-	ejabberdPID, haveCPU := (&pipelineBench{s: s}).processes()["ejabberd"]
+	pb := &pipelineBench{s: s}
+	ejabberdPID, haveCPU := pb.processes()["ejabberd"]
 	ejabberdCPU := func() float64 { return cpuOf(map[string]int{"ejabberd": ejabberdPID})["ejabberd"] }
 	if !haveCPU {
 		t.Log("no ejabberd pid from the stack script: its CPU is not measured")
 	}
 	// mode is what a measured mode took: start → every client has every round (e2e), the
 	// first → last stanza received (span), and ejabberd's CPU µs per stanza delivered.
+	// procs says where the two cores went meanwhile: every process's CPU seconds.
 	type mode struct {
 		e2e, span time.Duration
 		cpuUS     float64
+		procs     string
 	}
+	type snapshot struct {
+		pids map[string]int
+		cpu  map[string]float64
+	}
+	snap := func() snapshot { p := pb.processes(); return snapshot{p, cpuOf(p)} }
 	stanzas := float64(rounds * n)
-	measure := func(t0 time.Time, cpu0 float64, bodies []string) mode {
+	measure := func(t0 time.Time, cpu0 float64, s0 snapshot, bodies []string) mode {
 		first, last := waitBodies(bodies)
-		return mode{e2e: last.Sub(t0), span: last.Sub(first), cpuUS: (ejabberdCPU() - cpu0) / stanzas * 1e6}
+		s1 := snap()
+		before := map[string]float64{} // a process restarted since s0 counts from its start
+		for name, pid := range s1.pids {
+			if s0.pids[name] == pid {
+				before[name] = s0.cpu[name]
+			}
+		}
+		return mode{e2e: last.Sub(t0), span: last.Sub(first), cpuUS: (ejabberdCPU() - cpu0) / stanzas * 1e6,
+			procs: cpuDiff(s1.pids, before, s1.cpu)}
 	}
 
 	// announcer: rounds POSTs back to back, the whole pipeline, real ejabberd.
-	cpu0, t0 := ejabberdCPU(), time.Now()
+	s0, cpu0, t0 := snap(), ejabberdCPU(), time.Now()
 	t0First := t0
 	for _, b := range bodies("announcer") {
 		s.announce("/v1/announce/channel", map[string]any{"channel_id": 50, "message": b64(message("%s", b))})
 	}
-	ours := measure(t0, cpu0, bodies("announcer"))
+	ours := measure(t0, cpu0, s0, bodies("announcer"))
 	_, firstRound := waitBodies(bodies("announcer")[:1]) // the first POST's own figure, as before rounds
 
 	// The delivery stage against the raw writer, like for like: the sender is stopped while
@@ -217,9 +233,9 @@ func TestDeliveryThroughput(t *testing.T) {
 		testkit.Eventually(t, time.Minute, label+": the rounds' batches written", func() bool {
 			return s.metric("fanout", "announcer_fanout_batches_total") >= batches0+float64(rounds*((n+499)/500))
 		})
-		cpu0, t0 := ejabberdCPU(), time.Now()
+		s0, cpu0, t0 := snap(), ejabberdCPU(), time.Now()
 		s.restart("sender-node1-0")
-		return measure(t0, cpu0, bodies(label))
+		return measure(t0, cpu0, s0, bodies(label))
 	}
 	spare := s.env.ComponentSpares[len(s.env.ComponentSpares)-1]
 	rawRun := func(label string) mode {
@@ -234,14 +250,14 @@ func TestDeliveryThroughput(t *testing.T) {
 				rendered = append(rendered, message(u+"@"+s.domain, b)...)
 			}
 		}
-		cpu0, t0 := ejabberdCPU(), time.Now()
+		s0, cpu0, t0 := snap(), ejabberdCPU(), time.Now()
 		if _, err := rc.Write(rendered); err != nil {
 			t.Fatal(err)
 		}
 		if err := rc.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		m := measure(t0, cpu0, bodies(label))
+		m := measure(t0, cpu0, s0, bodies(label))
 		if err := rc.Close(); err != nil {
 			t.Logf("raw component close: %v", err)
 		}
@@ -267,11 +283,11 @@ func TestDeliveryThroughput(t *testing.T) {
 	testkit.Eventually(t, time.Minute, "the sender's multicast probe", func() bool {
 		return s.metric("sender-node1-0", "announcer_sender_multicast_enabled") == 1
 	})
-	cpu0, t0 = ejabberdCPU(), time.Now()
+	s0, cpu0, t0 = snap(), ejabberdCPU(), time.Now()
 	for _, b := range bodies("multicast") {
 		s.announce("/v1/announce/channel", map[string]any{"channel_id": 50, "message": b64(message("%s", b))})
 	}
-	mc := measure(t0, cpu0, bodies("multicast"))
+	mc := measure(t0, cpu0, s0, bodies("multicast"))
 	for r := range reps {
 		mcAlone = append(mcAlone, queuedRun(fmt.Sprintf("mcqued%d", r)))
 	}
@@ -343,6 +359,9 @@ func TestDeliveryThroughput(t *testing.T) {
 	line(fmt.Sprintf("multicast, whole pipeline (%.0f XEP-0033 stanzas in all)", multicasts), mc)
 	line(fmt.Sprintf("multicast, sender alone, median of %d", reps), mcQueued)
 	fmt.Printf("  runs: sender alone %v, raw writer %v, multicast sender alone %v\n", spans(alone), spans(raw), spans(mcAlone))
+	for i := range alone {
+		fmt.Printf("  CPU seconds, run %d: sender alone: %s; raw writer: %s; multicast sender alone: %s\n", i+1, alone[i].procs, raw[i].procs, mcAlone[i].procs)
+	}
 	fmt.Printf("  sender alone ÷ raw writer: %.3f (goal ≥ 0.95; whole pipeline %.3f); multicast ÷ unicast: %.3f (goal ≥ 1.15; whole pipeline %.3f)\n",
 		senderRatio, pipelineRatio, mcRatio, mcPipelineRatio)
 	if haveCPU {
