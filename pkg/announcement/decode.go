@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/announcer/announcer/pkg/metric"
 )
 
 // Top-level fields of the records, as this version writes them.
@@ -111,12 +113,8 @@ type Decoder struct {
 
 // NewDecoder registers the counter on reg (as unknown_fields_total).
 func NewDecoder(reg prometheus.Registerer) *Decoder {
-	d := &Decoder{unknown: prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "unknown_fields_total",
-		Help: "Fields of internal records this version does not know, ignored (a newer writer's).",
-	})}
-	reg.MustRegister(d.unknown)
-	return d
+	return &Decoder{unknown: metric.Must(reg).Counter("unknown_fields_total",
+		"Fields of internal records this version does not know, ignored (a newer writer's).")}
 }
 
 // Event decodes an announcements record. An event that fails Check is

@@ -34,6 +34,11 @@ func (s *Set) CounterVec(name, help string, labels ...string) *prometheus.Counte
 	return register(s, prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels))
 }
 
+// Gauge is a gauge without labels.
+func (s *Set) Gauge(name, help string) prometheus.Gauge {
+	return register(s, prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help}))
+}
+
 // GaugeVec is a gauge by labels.
 func (s *Set) GaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
 	return register(s, prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels))
@@ -44,9 +49,19 @@ func (s *Set) GaugeFunc(name, help string, fn func() float64) prometheus.GaugeFu
 	return register(s, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, fn))
 }
 
+// Histogram is a histogram without labels.
+func (s *Set) Histogram(name, help string, buckets []float64) prometheus.Histogram {
+	return register(s, prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}))
+}
+
 // HistogramVec is a histogram by labels.
 func (s *Set) HistogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
 	return register(s, prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels))
+}
+
+// LatencyBuckets are the buckets of a request's latency, 1 ms to 10 s.
+func LatencyBuckets() []float64 {
+	return []float64{.001, .002, .004, .008, .016, .032, .064, .128, .256, .512, 1, 2, 5, 10}
 }
 
 // Zero creates the series of values of a one-label vector, so dashboards

@@ -16,6 +16,8 @@ func TestSetRegistersWhatItMakes(t *testing.T) {
 	g := s.GaugeVec("g", "A gauge by topic and partition.", "topic", "partition")
 	s.GaugeFunc("f", "A gauge func.", func() float64 { return 7 })
 	h := s.HistogramVec("h_seconds", "A histogram by kind.", []float64{1, 2}, "kind")
+	s.Gauge("up", "A gauge.").Set(1)
+	s.Histogram("latency_seconds", "A histogram.", LatencyBuckets()).Observe(0.003)
 	if err := s.Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -23,8 +25,8 @@ func TestSetRegistersWhatItMakes(t *testing.T) {
 	Zero(v, "fetch", "commit")
 	g.WithLabelValues("t", "0").Set(3)
 	h.WithLabelValues("k").Observe(1.5)
-	if n, err := testutil.GatherAndCount(reg); err != nil || n != 6 {
-		t.Fatalf("gathered %d series (%v), want 6", n, err)
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 8 {
+		t.Fatalf("gathered %d series (%v), want 8", n, err)
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP v_total A counter by op.

@@ -14,6 +14,7 @@ import (
 	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/metric"
 	"github.com/announcer/announcer/pkg/stage"
 	"github.com/announcer/announcer/services/sender/internal/delivery"
 	"github.com/announcer/announcer/services/sender/internal/failover"
@@ -175,14 +176,14 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 // to Max addresses of ours: a service whose limits are lower would refuse
 // (or cut) real multicasts. It tries again with backoff until it works.
 func probeMulticast(pool *xmpplink.Pool, mc *delivery.Multicast, intake *stage.Gate, log zerolog.Logger, reg prometheus.Registerer) func(context.Context) error {
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "multicast_enabled",
-		Help: "1 while batches go out as XEP-0033 multicasts: the service took a probe of [sender] multicast_max addresses, and has refused none since."},
+	metric.Must(reg).GaugeFunc("multicast_enabled",
+		"1 while batches go out as XEP-0033 multicasts: the service took a probe of [sender] multicast_max addresses, and has refused none since.",
 		func() float64 {
 			if mc.Enabled() {
 				return 1
 			}
 			return 0
-		}))
+		})
 	return func(ctx context.Context) error {
 		policy := backoff.Policy{Initial: time.Second, Max: 5 * time.Minute}
 		for attempt := 0; ; attempt++ {

@@ -101,7 +101,7 @@ func New(svc Announcer, opt Options, log zerolog.Logger, reg prometheus.Register
 		log:      log.With().Str("component", "httpapi").Logger(),
 		requests: ms.CounterVec("http_requests_total", "HTTP requests by route and status code.", "route", "code"),
 		duration: ms.HistogramVec("http_request_duration_seconds", "HTTP request handling time, including the wait for Kafka's ack.",
-			[]float64{.001, .002, .004, .008, .016, .032, .064, .128, .256, .512, 1, 2, 5, 10}, "route"),
+			metric.LatencyBuckets(), "route"),
 		panics: ms.Counter("http_panics_total", "Handler panics recovered into a 500."),
 	}
 	if err := ms.Err(); err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/metric"
 	"github.com/announcer/announcer/services/ingress/internal/announce"
 )
 
@@ -53,16 +54,14 @@ func New(w Writer, opt Options, reg prometheus.Registerer) (*Kafka, error) {
 	if opt.MaxMessageBytes <= recordOverhead {
 		return nil, fmt.Errorf("publisher: max message bytes %d: want > %d", opt.MaxMessageBytes, recordOverhead)
 	}
+	ms := metric.New(reg)
 	k := &Kafka{
 		w:   w,
 		opt: opt,
-		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "publish_duration_seconds",
-			Help:    "Time from handing an event to the writer until Kafka acknowledged it (acks=all), successes only.",
-			Buckets: []float64{.001, .002, .004, .008, .016, .032, .064, .128, .256, .512, 1, 2, 5, 10},
-		}),
+		latency: ms.Histogram("publish_duration_seconds",
+			"Time from handing an event to the writer until Kafka acknowledged it (acks=all), successes only.", metric.LatencyBuckets()),
 	}
-	if err := reg.Register(k.latency); err != nil {
+	if err := ms.Err(); err != nil {
 		return nil, fmt.Errorf("publisher: metrics: %w", err)
 	}
 	return k, nil

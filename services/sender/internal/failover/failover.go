@@ -21,6 +21,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/announcer/announcer/pkg/metric"
 )
 
 // Gate opens and closes one input of the stage (a *stage.Gate).
@@ -178,16 +180,12 @@ type Metrics struct {
 
 // NewMetrics registers the failover's metrics on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		handedOver: prometheus.NewGauge(prometheus.GaugeOpts{Name: "failover_handed_over",
-			Help: "1 while this sender's node is unreachable and its topic is left to the other nodes' senders."}),
-		handovers: prometheus.NewCounter(prometheus.CounterOpts{Name: "failover_handovers_total",
-			Help: "Times this sender handed its node's topic over."}),
-		taking: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "failover_taking",
-			Help: "1 while this sender delivers the topic of the peer node (its node unreachable), through its own node."}, []string{"peer"}),
-		takeovers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "failover_takeovers_total",
-			Help: "Times this sender took the topic of the peer node."}, []string{"peer"}),
+	s := metric.Must(reg)
+	return &Metrics{
+		handedOver: s.Gauge("failover_handed_over", "1 while this sender's node is unreachable and its topic is left to the other nodes' senders."),
+		handovers:  s.Counter("failover_handovers_total", "Times this sender handed its node's topic over."),
+		taking: s.GaugeVec("failover_taking",
+			"1 while this sender delivers the topic of the peer node (its node unreachable), through its own node.", "peer"),
+		takeovers: s.CounterVec("failover_takeovers_total", "Times this sender took the topic of the peer node.", "peer"),
 	}
-	reg.MustRegister(m.handedOver, m.handovers, m.taking, m.takeovers)
-	return m
 }

@@ -1,6 +1,10 @@
 package xmpplink
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/announcer/announcer/pkg/metric"
+)
 
 // Metrics are the connection-level counters of one node's pool.
 type Metrics struct {
@@ -25,14 +29,10 @@ type Metrics struct {
 // NewMetrics registers the pool's metrics on reg (the service's, which names
 // and labels them: announcer_sender_…{node}).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	c := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
-	}
-	m := &Metrics{
-		up: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "connections_up",
-			Help: "Connections to the node whose handshake succeeded and that are alive.",
-		}),
+	s := metric.Must(reg)
+	c := s.Counter
+	return &Metrics{
+		up:             s.Gauge("connections_up", "Connections to the node whose handshake succeeded and that are alive."),
 		reconnects:     c("reconnects_total", "Connections lost and replaced (or attempted to be)."),
 		dialFailures:   c("connect_failures_total", "Dials or handshakes that failed (including handshake timeouts)."),
 		pings:          c("pings_sent_total", "XEP-0199 pings written (fences, retransmits and keepalives)."),
@@ -47,16 +47,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		echoes:         c("multicast_echoes_total", "Multicast fences come back: XEP-0033 multicasts addressed to this component, proving the service handled the ones before."),
 		multicastRefused: c("multicast_refused_total",
 			"Multicasts the multicast service refused as a whole (too many addresses for its limits): sent again one stanza per recipient."),
-		address: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "node_address_info",
-			Help: "1, labelled with the listener address the node's connections go to (what the first generation's conn.len[<address>] item names).",
-		}, []string{"address"}),
-		inboundErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "inbound_errors_total",
-			Help: "Error stanzas ejabberd sent back, by stanza kind and RFC 6120 condition.",
-		}, []string{"kind", "condition"}),
+		address: s.GaugeVec("node_address_info",
+			"1, labelled with the listener address the node's connections go to (what the first generation's conn.len[<address>] item names).", "address"),
+		inboundErrors: s.CounterVec("inbound_errors_total", "Error stanzas ejabberd sent back, by stanza kind and RFC 6120 condition.", "kind", "condition"),
 	}
-	reg.MustRegister(m.up, m.address, m.reconnects, m.dialFailures, m.pings, m.fences, m.pingTimeouts,
-		m.inboundErrors, m.unknownResults, m.ignored, m.replies, m.repliesDropped, m.writeStalls, m.echoes, m.multicastRefused, m.serverCloses)
-	return m
 }
