@@ -462,22 +462,13 @@ func (b *pipelineBench) processes() map[string]int {
 	return out
 }
 
-// cpuOf reads utime+stime (seconds) of each process.
+// cpuOf reads the CPU seconds each process used so far.
 func cpuOf(procs map[string]int) map[string]float64 {
 	out := map[string]float64{}
 	for name, pid := range procs {
-		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
+		if _, sec, ok := benchreport.ProcessCPU(pid); ok {
+			out[name] = sec
 		}
-		s := string(raw)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(f) < 13 {
-			continue
-		}
-		ut, _ := strconv.ParseFloat(f[11], 64)
-		st, _ := strconv.ParseFloat(f[12], 64)
-		out[name] = (ut + st) / 100
 	}
 	return out
 }

@@ -634,21 +634,13 @@ func deleteKafka(brokers []string, cfg config.Config) {
 }
 
 // cpuSeconds is this process's user+system CPU time.
-func cpuSeconds() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
-
 type procCPU struct {
 	pid  int
 	name string
 	sec  float64
 }
 
-// serverCPU reads utime+stime of the given pids from /proc (clock ticks of 1/100 s).
+// serverCPU reads the CPU seconds the given pids used so far.
 func serverCPU(pids string) []procCPU {
 	var out []procCPU
 	for _, p := range config.SplitList(pids) {
@@ -656,22 +648,9 @@ func serverCPU(pids string) []procCPU {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
+		if name, sec, ok := benchreport.ProcessCPU(pid); ok {
+			out = append(out, procCPU{pid, name, sec})
 		}
-		s := string(b)
-		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || end < open {
-			continue
-		}
-		fields := strings.Fields(s[end+1:])
-		if len(fields) < 13 {
-			continue
-		}
-		ut, _ := strconv.ParseFloat(fields[11], 64)
-		st, _ := strconv.ParseFloat(fields[12], 64)
-		out = append(out, procCPU{pid, s[open+1 : end], (ut + st) / 100})
 	}
 	return out
 }
@@ -821,7 +800,7 @@ func timeRuns(ctx context.Context, cfg config.Config, f flags, brokers []string,
 		ev := announcement.Event{ID: id, Kind: announcement.KindChannel, Channel: &announcement.ChannelRef{ID: 1},
 			Template: tmpl, Persist: true, Source: "bench"}
 		res := result{perNode: map[string]int{}}
-		cpu0 := cpuSeconds()
+		cpu0 := benchreport.SelfCPU().Seconds()
 		res.srv0 = serverCPU(f.serverPIDs)
 		start := time.Now()
 		ev.CreatedAt = start
@@ -852,7 +831,7 @@ func timeRuns(ctx context.Context, cfg config.Config, f flags, brokers []string,
 			return res.shards > 0 && finished == res.shards
 		})
 		res.elapsed = lastAt.Sub(start)
-		res.cpu = cpuSeconds() - cpu0
+		res.cpu = benchreport.SelfCPU().Seconds() - cpu0
 		res.srv1 = serverCPU(f.serverPIDs)
 		return res, err
 	}

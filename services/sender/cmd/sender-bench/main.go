@@ -25,7 +25,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -98,12 +97,6 @@ func (r result) print() {
 }
 
 func us(d time.Duration, n int) float64 { return float64(d.Microseconds()) / float64(n) }
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 func run(n, baseN, batchSize, inflight, runs int) error {
 	tmpl, err := stanza.Parse([]byte(template), stanza.Options{ComponentDomain: domain})
@@ -241,7 +234,7 @@ func hotPath(n, batchSize, inflight int, tr *progress.Tracker) (result, error) {
 	runtime.GC()
 	work := make(chan *announcement.Batch)
 	errc := make(chan error, inflight)
-	start, cpu0 := time.Now(), cpuTime()
+	start, cpu0 := time.Now(), benchreport.SelfCPU()
 	var workers sync.WaitGroup
 	for range inflight {
 		workers.Go(func() {
@@ -258,7 +251,7 @@ func hotPath(n, batchSize, inflight int, tr *progress.Tracker) (result, error) {
 	}
 	close(work)
 	workers.Wait()
-	wall, cpu := time.Since(start), cpuTime()-cpu0
+	wall, cpu := time.Since(start), benchreport.SelfCPU()-cpu0
 	select {
 	case err := <-errc:
 		return result{}, err
@@ -291,7 +284,7 @@ func baseline(tmpl *stanza.Template, n int) (result, error) {
 	}
 	runtime.GC()
 	buf := make([]byte, 0, 1024)
-	start, cpu0 := time.Now(), cpuTime()
+	start, cpu0 := time.Now(), benchreport.SelfCPU()
 	for i := range n {
 		buf = tmpl.AppendRender(buf[:0], "user"+strconv.Itoa(i)+"@"+users, uint64(i))
 		if err := sess.Send(ctx, xml.NewDecoder(bytes.NewReader(buf))); err != nil {
@@ -302,6 +295,6 @@ func baseline(tmpl *stanza.Template, n int) (result, error) {
 	for s.Stanzas() < int64(n) {
 		time.Sleep(100 * time.Microsecond)
 	}
-	wall, cpu := time.Since(start), cpuTime()-cpu0
+	wall, cpu := time.Since(start), benchreport.SelfCPU()-cpu0
 	return result{name: "baseline: mellium Session.Send per stanza", stanzas: n, wall: wall, cpu: cpu, received: s.Stanzas()}, nil
 }
