@@ -492,16 +492,8 @@ func cpuDiff(procs map[string]int, a, b map[string]float64) string {
 func (b *pipelineBench) peakRSS() map[string]int64 {
 	out := map[string]int64{}
 	for name, svc := range b.s.byName {
-		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", svc.cmd.Process.Pid))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(raw), "\n") {
-			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-				kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-				key := strings.TrimSuffix(strings.ReplaceAll(name, "-", "_"), "_0")
-				out[key] = kb
-			}
+		if kb, ok := benchreport.ProcessKB(svc.cmd.Process.Pid, "VmHWM"); ok {
+			out[strings.TrimSuffix(strings.ReplaceAll(name, "-", "_"), "_0")] = kb
 		}
 	}
 	return out

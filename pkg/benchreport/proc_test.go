@@ -32,4 +32,10 @@ func TestProcessCPU(t *testing.T) {
 	if _, _, ok := ProcessCPU(1 << 30); ok {
 		t.Error("a pid that cannot exist reads as ok")
 	}
+	if kb, ok := ProcessKB(os.Getpid(), "VmRSS"); !ok || kb < 1024 {
+		t.Errorf("VmRSS of this process: %d KiB (ok %v)", kb, ok)
+	}
+	if _, ok := ProcessKB(os.Getpid(), "NoSuchField"); ok {
+		t.Error("a field that does not exist reads as ok")
+	}
 }

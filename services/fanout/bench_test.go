@@ -16,7 +16,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -655,22 +654,10 @@ func serverCPU(pids string) []procCPU {
 	return out
 }
 
-// vmKB reads a field of /proc/self/status in KiB.
+// vmKB reads a field of /proc/self/status in KiB (0 when unreadable).
 func vmKB(field string) int64 {
-	fh, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer fh.Close()
-	s := bufio.NewScanner(fh)
-	for s.Scan() {
-		line := s.Text()
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			v, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return v
-		}
-	}
-	return 0
+	kb, _ := benchreport.ProcessKB(os.Getpid(), field)
+	return kb
 }
 
 // resetHWM makes VmHWM start again from the current RSS (Linux ≥ 4.0), so
