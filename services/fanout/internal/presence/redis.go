@@ -80,24 +80,33 @@ func (r *Redis) Lookup(ctx context.Context, usernames []string, where []string) 
 		return lookupCluster(ctx, c, r.chunk, usernames, where)
 	}
 	pipe := c.Pipeline()
-	cmds := make([]*redis.SliceCmd, 0, (len(usernames)+r.chunk-1)/r.chunk)
+	chunks := (len(usernames) + r.chunk - 1) / r.chunk
+	cmds := make([]*redis.StringSliceCmd, 0, chunks)
+	// One argument slice for the whole pipeline, each chunk prefixed by the
+	// command name. A StringSliceCmd reads a nil (offline) as "" and skips
+	// the per-value interface boxing of MGet's SliceCmd.
+	args := make([]any, 0, len(usernames)+chunks)
 	for off := 0; off < len(usernames); off += r.chunk {
 		end := min(off+r.chunk, len(usernames))
-		cmds = append(cmds, pipe.MGet(ctx, usernames[off:end]...))
+		start := len(args)
+		args = append(args, "mget")
+		for _, u := range usernames[off:end] {
+			args = append(args, u)
+		}
+		cmd := redis.NewStringSliceCmd(ctx, args[start:len(args):len(args)]...)
+		_ = pipe.Process(ctx, cmd)
+		cmds = append(cmds, cmd)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("redis presence: mget: %w", err)
 	}
-	off := 0
-	for _, cmd := range cmds {
-		vals := cmd.Val()
-		for i, v := range vals {
-			where[off+i] = addr(v)
+	for i, cmd := range cmds {
+		off := i * r.chunk
+		want := min(r.chunk, len(usernames)-off)
+		if vals := cmd.Val(); len(vals) != want {
+			return fmt.Errorf("redis presence: mget answered %d of %d keys", len(vals), want)
 		}
-		off += len(vals)
-	}
-	if off != len(usernames) {
-		return fmt.Errorf("redis presence: mget answered %d of %d keys", off, len(usernames))
+		copy(where[off:], cmd.Val())
 	}
 	return nil
 }
@@ -127,16 +136,6 @@ func lookupCluster(ctx context.Context, c redis.UniversalClient, chunk int, user
 		}
 	}
 	return nil
-}
-
-func addr(v any) string {
-	switch s := v.(type) {
-	case string:
-		return s
-	case []byte:
-		return string(s)
-	}
-	return ""
 }
 
 // Scan implements audience.Presence with SSCAN on the server's set.
