@@ -45,8 +45,8 @@ func TestCreate(t *testing.T) {
 		WHERE table_schema = ? AND table_name = 'ws_channel_members' AND index_name = 'idx_channel_member'`, name).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	if n != 2 { // (member_channelid, member_id)
-		t.Fatalf("idx_channel_member has %d columns, want 2", n)
+	if n != 3 { // (member_channelid, member_id, member_username): a member page reads the index alone
+		t.Fatalf("idx_channel_member has %d columns, want 3", n)
 	}
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM ws_channel_data`).Scan(&n); err != nil {
 		t.Fatalf("ws_channel_data: %v", err)

@@ -351,7 +351,7 @@ func bench(ctx context.Context, f flags) error {
 }
 
 func seedMySQL(ctx context.Context, c config.MySQL, f flags, prefix string) error {
-	st, err := mysqlstore.Open(c)
+	st, err := mysqlstore.Open(c, zerolog.Nop())
 	if err != nil {
 		return err
 	}
@@ -542,7 +542,7 @@ type firstGenResult struct {
 // ORDER BY (MariaDB re-reads the skipped rows for every page), then one MGET of
 // the page in Redis, strictly one after the other.
 func firstGen(ctx context.Context, cfg config.Config, rdb *redis.Client, f flags) (firstGenResult, error) {
-	st, err := mysqlstore.Open(cfg.MySQL)
+	st, err := mysqlstore.Open(cfg.MySQL, zerolog.Nop())
 	if err != nil {
 		return firstGenResult{}, err
 	}

@@ -69,7 +69,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		return err
 	}
 
-	store, err := mysqlstore.Open(cfg.MySQL)
+	store, err := mysqlstore.Open(cfg.MySQL, log.With().Str("component", "mysql").Logger())
 	if err != nil {
 		return err
 	}

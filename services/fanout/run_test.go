@@ -85,7 +85,7 @@ func newHarness(t *testing.T, mod func(*config.Config)) *harness {
 	}
 	h.cfg = cfg
 
-	st, err := mysqlstore.Open(cfg.MySQL)
+	st, err := mysqlstore.Open(cfg.MySQL, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -467,7 +467,7 @@ func TestDependenciesDownAreWaitedFor(t *testing.T) {
 	// Seed through the real server (the harness's seed pool dials the proxy address).
 	cfg := h.cfg.MySQL
 	cfg.Address = realMySQL
-	st, err := mysqlstore.Open(cfg)
+	st, err := mysqlstore.Open(cfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

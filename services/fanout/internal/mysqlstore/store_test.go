@@ -2,11 +2,16 @@ package mysqlstore_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
@@ -21,7 +26,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) audiencetest.MemberFixture {
 	cfg := mysqltest.New(t, stacktest.Get(t))
-	st, err := mysqlstore.Open(cfg)
+	st, err := mysqlstore.Open(cfg, testkit.Log(t, zerolog.WarnLevel))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +48,7 @@ func TestPingAndUnreachableServer(t *testing.T) {
 	}
 	cfg := mysqltest.New(t, stacktest.Get(t))
 	cfg.Address = "127.0.0.1:1" // nothing listens there
-	down, err := mysqlstore.Open(cfg)
+	down, err := mysqlstore.Open(cfg, testkit.Log(t, zerolog.WarnLevel))
 	if err != nil {
 		t.Fatal(err) // opening is lazy: a database that is down is not fatal
 	}
@@ -135,5 +140,103 @@ func TestNullsAndMissingColumns(t *testing.T) {
 	}
 	if _, err := f.Members(ctx, 1, 0, 0, 10, nil); !errors.Is(err, audience.ErrPermanent) {
 		t.Fatalf("a missing column: %v, want ErrPermanent", err)
+	}
+}
+
+// handlerReads is what the session's handler counters say a query read: index
+// entries and rows, including the ones index condition pushdown skipped.
+func handlerReads(t *testing.T, db *sql.DB) int64 {
+	t.Helper()
+	rows, err := db.Query("SHOW SESSION STATUS WHERE Variable_name IN" +
+		" ('Handler_read_key', 'Handler_read_next', 'Handler_icp_attempts', 'Handler_read_rnd_next')")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var total int64
+	for rows.Next() {
+		var name string
+		var v int64
+		if err := rows.Scan(&name, &v); err != nil {
+			t.Fatal(err)
+		}
+		if name != "Handler_read_rnd_next" { // SHOW STATUS's own temporary table
+			total += v
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return total
+}
+
+// Members of big channels interleaved by id, as joins over time leave them:
+// every page, however deep, reads about one index entry per member it
+// returns. Left to choose, MariaDB reads a deep page from the start of the
+// channel's entries, or by primary key through the other channels' rows.
+func TestMemberPagesReadOnlyTheirRange(t *testing.T) {
+	cfg := mysqltest.New(t, stacktest.Get(t))
+	dsn := mysqlstore.DSN(cfg)
+	db, err := sql.Open("mysql", dsn.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1) // one session, so its counters are the store's queries'
+	ctx := context.Background()
+	const channels, perChannel, page = 3, 4000, 200
+	for off := 0; off < perChannel; off += 500 {
+		q := "INSERT INTO ws_channel_members (member_channelid, member_username) VALUES "
+		var args []any
+		for i := off; i < off+500; i++ {
+			for ch := 1; ch <= channels; ch++ {
+				if len(args) > 0 {
+					q += ","
+				}
+				q += "(?,?)"
+				args = append(args, ch, fmt.Sprintf("c%d-%d", ch, i))
+			}
+		}
+		if _, err := db.ExecContext(ctx, q, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.ExecContext(ctx, "ANALYZE TABLE ws_channel_members"); err != nil {
+		t.Fatal(err)
+	}
+	st := mysqlstore.New(db, testkit.Log(t, zerolog.WarnLevel))
+	if idx, err := st.MemberIndex(ctx); err != nil || idx != "idx_channel_member" {
+		t.Fatalf("member index %q, %v", idx, err)
+	}
+	_, lo, hi, err := st.Span(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bounded := range []bool{false, true} {
+		before := int64(0)
+		if bounded {
+			before = hi + 1
+		}
+		after, got, worst := lo-1, 0, int64(0)
+		for {
+			n0 := handlerReads(t, db)
+			members, err := st.Members(ctx, 2, after, before, page, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			worst = max(worst, handlerReads(t, db)-n0)
+			got += len(members)
+			if len(members) < page {
+				break
+			}
+			after = members[len(members)-1].ID
+		}
+		t.Logf("bounded %v: %d members, worst page read %d", bounded, got, worst)
+		if got != perChannel {
+			t.Fatalf("bounded %v: %d members, want %d", bounded, got, perChannel)
+		}
+		if worst > 2*page+8 {
+			t.Fatalf("bounded %v: a page of %d read %d index entries and rows", bounded, page, worst)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/rs/zerolog"
 
 	"github.com/announcer/announcer/pkg/channeldb"
 	"github.com/announcer/announcer/pkg/config"
@@ -54,7 +55,7 @@ func Create(ctx context.Context, dsn, name string) (config.MySQL, func() error, 
 		Address: mc.Addr, Username: mc.User, Password: config.Secret(mc.Passwd), DB: name,
 		PaginationLength: 100, MaxIdleConn: 4, MaxOpenConn: 4,
 	}
-	st, err := mysqlstore.Open(cfg)
+	st, err := mysqlstore.Open(cfg, zerolog.Nop())
 	if err != nil {
 		return config.MySQL{}, nil, err
 	}
