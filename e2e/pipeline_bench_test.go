@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -446,18 +445,8 @@ func (b *pipelineBench) processes() map[string]int {
 	for name, svc := range b.s.byName {
 		out[name] = svc.cmd.Process.Pid
 	}
-	if b.s.env.StackScript != "" {
-		st, err := exec.Command("bash", b.s.env.StackScript, "status").Output()
-		if err == nil {
-			for _, line := range strings.Split(string(st), "\n") {
-				f := strings.Fields(line)
-				if len(f) >= 4 && f[2] == "pid" {
-					if pid, err := strconv.Atoi(f[3]); err == nil {
-						out[f[0]] = pid
-					}
-				}
-			}
-		}
+	for name, pid := range b.s.env.ServerPIDs() {
+		out[name] = pid
 	}
 	return out
 }

@@ -115,7 +115,7 @@ func parseBenchFlags(args []string) (flags, error) {
 	fs.IntVar(&f.runs, "runs", 3, "timed announcements of the channel (the median is reported)")
 	fs.IntVar(&f.seedConns, "seed-conns", 2, "parallel connections for seeding MySQL")
 	fs.BoolVar(&f.verbose, "v", false, "log the service at info level")
-	fs.StringVar(&f.serverPIDs, "server-pids", "", "comma-separated pids of the servers (mariadbd, redis, kafka) whose CPU time to report for the timed run")
+	fs.StringVar(&f.serverPIDs, "server-pids", "", "comma-separated pids of the servers (mariadbd, redis, kafka) whose CPU time to report for the timed run (default: the local stack's)")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed run to this file")
 	if err := fs.Parse(args); err != nil {
 		return f, err
@@ -207,6 +207,16 @@ func bench(ctx context.Context, f flags) error {
 	apply(&cfg.UserActivityAskBuffer, f.ask)
 	apply(&cfg.LogicProcessNumber, f.workers)
 	apply(&cfg.Bus.Partitions, f.partitions)
+
+	if f.serverPIDs == "" {
+		// The local stack's servers, so a run shows where its CPU went.
+		pids := stacktest.Env{StackScript: os.Getenv("ANNOUNCER_STACK_SCRIPT")}.ServerPIDs()
+		for _, name := range []string{"mariadb", "redis", "kafka"} {
+			if pid, ok := pids[name]; ok {
+				f.serverPIDs += "," + strconv.Itoa(pid)
+			}
+		}
+	}
 
 	runID := stacktest.Name("fanout_bench")
 	prefix := "98912" // usernames 98912xxxxxxx
@@ -317,6 +327,12 @@ func bench(ctx context.Context, f flags) error {
 		"fanout_peak_rss_mib":                     {Value: float64(hwm) / 1024, Note: "VmHWM over the timed runs, in-process"},
 		"fanout_" + size + "_no_progress_seconds": {Value: offMedian, Note: fmt.Sprintf("as fanout_%s_seconds in the same run with [progress] disabled (no bookkeeping); runs %v", size, off.times)},
 		"fanout_progress_overhead_percent":        {Value: overhead, Note: "fanout_" + size + "_seconds against the no_progress run: the hot-path cost of progress"},
+	}
+	if len(on.cpu) > 0 && len(f.serverPIDs) > 0 {
+		cpu := slices.Sorted(slices.Values(on.cpu))[len(on.cpu)/2]
+		figures["fanout_"+size+"_cpu_seconds"] = benchreport.Figure{Value: cpu, Note: fmt.Sprintf(
+			"median CPU seconds of a timed run: fanout, MariaDB, Redis and Kafka together; on %d cores no run ends before %.2fs", runtime.NumCPU(), cpu/float64(runtime.NumCPU()))}
+		fmt.Printf("CPU               median %.2f CPU-s per run (fanout and its servers): %.2fs of %d cores\n", cpu, cpu/float64(runtime.NumCPU()), runtime.NumCPU())
 	}
 	defer func() {
 		if err := benchreport.Record(figures); err != nil {
@@ -671,6 +687,7 @@ func resetHWM() {
 // timings are what one service session measured.
 type timings struct {
 	times    []float64 // seconds per timed run
+	cpu      []float64 // CPU seconds per timed run: fanout and the servers it reads and writes
 	hwm, rss int64     // KiB at the end of the runs
 }
 
@@ -839,14 +856,17 @@ func timeRuns(ctx context.Context, cfg config.Config, f flags, brokers []string,
 		fmt.Printf("run %d: %.3fs  %d members, %d online (node1 %d, node2 %d), %d batches, %s; %.0f members/s; fanout CPU %.2fs",
 			r, res.elapsed.Seconds(), res.members, res.online, res.perNode["node1"], res.perNode["node2"], res.batches, split,
 			float64(res.members)/res.elapsed.Seconds(), res.cpu)
+		total := res.cpu
 		for _, p := range res.srv1 {
 			for _, q := range res.srv0 {
 				if p.pid == q.pid {
 					fmt.Printf(", %s %.2fs", p.name, p.sec-q.sec)
+					total += p.sec - q.sec
 				}
 			}
 		}
-		fmt.Println()
+		out.cpu = append(out.cpu, total)
+		fmt.Printf("; %.2f CPU-s in all, %.2fs of %d cores\n", total, total/float64(runtime.NumCPU()), runtime.NumCPU())
 		// Untimed: every online member exactly once, on its node.
 		if err := verify(ctx, brokers, cfg, f, prefix, id); err != nil {
 			return fmt.Errorf("verify run %d: %w", r, err)

@@ -7,6 +7,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -107,4 +109,27 @@ func Name(prefix string) string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return prefix + "_" + hex.EncodeToString(b[:])
+}
+
+// ServerPIDs names the pids of the stack's running servers (kafka, mariadb,
+// redis, ejabberd…), from `stack.sh status`: benchmarks report their CPU.
+// Empty without a stack script or when it cannot answer.
+func (e Env) ServerPIDs() map[string]int {
+	out := map[string]int{}
+	if e.StackScript == "" {
+		return out
+	}
+	st, err := exec.Command("bash", e.StackScript, "status").Output()
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(string(st), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 4 && f[1] == "up" && f[2] == "pid" {
+			if pid, err := strconv.Atoi(f[3]); err == nil {
+				out[f[0]] = pid
+			}
+		}
+	}
+	return out
 }
