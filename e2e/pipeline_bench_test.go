@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -85,7 +86,7 @@ func TestBenchPipeline(t *testing.T) {
 	// Unlimited senders: the pipeline's own speed.
 	b.startServices(1_000_000)
 	const runs = 3
-	var took, firstAt []float64
+	var took, firstAt, cpus []float64
 	procs := b.processes()
 	for run := range runs + 1 { // run 0 warms up (connections, caches, JIT of the servers)
 		cpu0 := cpuOf(procs)
@@ -95,8 +96,14 @@ func TestBenchPipeline(t *testing.T) {
 			continue
 		}
 		took, firstAt = append(took, d.Seconds()), append(firstAt, first.Seconds())
-		t.Logf("run %d: POST → last of %d stanzas counted %.3fs (first after %.3fs), each recipient once; CPU seconds: %s",
-			run, b.onlineCount(), d.Seconds(), first.Seconds(), cpuDiff(procs, cpu0, cpuOf(procs)))
+		cpu1 := cpuOf(procs)
+		total := 0.0
+		for n := range procs {
+			total += cpu1[n] - cpu0[n]
+		}
+		cpus = append(cpus, total)
+		t.Logf("run %d: POST → last of %d stanzas counted %.3fs (first after %.3fs), each recipient once; CPU seconds: %s; %.2f in all",
+			run, b.onlineCount(), d.Seconds(), first.Seconds(), cpuDiff(procs, cpu0, cpu1), total)
 	}
 	rss := b.peakRSS()
 	slices.Sort(took)
@@ -110,6 +117,10 @@ func TestBenchPipeline(t *testing.T) {
 		"pipeline_" + label + "_first_stanza_seconds": {Value: firstAt[runs/2], Note: "median; POST until the first stanza reached a sink"},
 		"pipeline_stanzas_per_second":                 {Value: float64(b.onlineCount()) / took[runs/2]},
 	}
+	slices.Sort(cpus)
+	figures["pipeline_"+label+"_cpu_seconds"] = benchreport.Figure{Value: cpus[runs/2], Note: fmt.Sprintf(
+		"median CPU seconds of a run: the services, the servers and the bench's sinks together; on %d cores no run ends before %.2fs",
+		runtime.NumCPU(), cpus[runs/2]/float64(runtime.NumCPU()))}
 	for name, kb := range rss {
 		figures["pipeline_"+name+"_peak_rss_mib"] = benchreport.Figure{Value: float64(kb) / 1024, Note: "VmHWM after the timed runs"}
 	}
