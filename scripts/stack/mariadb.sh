@@ -97,6 +97,16 @@ GRANT ALL PRIVILEGES ON *.* TO '$MYSQL_USER'@'localhost' WITH GRANT OPTION;
 FLUSH PRIVILEGES;
 SQL
   mariadb_root "$MYSQL_DB" <"$STACK_SCRIPTS/../../pkg/channeldb/schema.sql" || die "mariadb: schema.sql failed"
+  # A stack made before idx_channel_member held member_username gets the covering index once.
+  mariadb_root "$MYSQL_DB" <<'SQL' || die "mariadb: upgrading idx_channel_member failed"
+SET @cols := (SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE()
+  AND table_name = 'ws_channel_members' AND index_name = 'idx_channel_member');
+SET @upgrade := IF(@cols = 2, 'ALTER TABLE ws_channel_members DROP INDEX idx_channel_member,
+  ADD INDEX idx_channel_member (member_channelid, member_id, member_username)', 'DO 0');
+PREPARE upgrade FROM @upgrade;
+EXECUTE upgrade;
+DEALLOCATE PREPARE upgrade;
+SQL
   mariadb_root "$MYSQL_DB" <"$STACK_SCRIPTS/demo.sql" || die "mariadb: demo.sql failed"
 }
 
