@@ -11,6 +11,7 @@ import (
 	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/metric"
 	"github.com/announcer/announcer/pkg/redisconn"
 	"github.com/announcer/announcer/pkg/stage"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
@@ -75,6 +76,10 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	}
 	rt.OnClose(store.Close)
 	rt.Check("mysql", store.Ping)
+	metric.Must(rt.Metrics()).GaugeFunc("mysql_member_index",
+		"What a member page reads: 2 the member index alone, 1 the index then each member's row (no member_username in it),"+
+			" 0 no index led by (member_channelid, member_id), so pages may scan the channel; -1 before the first channel page.",
+		func() float64 { return float64(store.IndexState()) })
 
 	var source presenceSource
 	switch cfg.Fanout.Presence {

@@ -264,6 +264,9 @@ func TestFanoutWithRedisPresence(t *testing.T) {
 	const timeout = 30 * time.Second
 
 	t.Run("ChannelOnlineMembersRoutedToTheirNode", func(t *testing.T) {
+		if got := testkit.Gathered(t, h.reg, "announcer_fanout_mysql_member_index"); got != -1 {
+			t.Fatalf("member index gauge %v before the first channel, want -1", got)
+		}
 		want := h.population(1, "one", audience.StateAccepted, 32)
 		h.population(9, "nine", audience.StateAccepted, 12) // another channel's members are interleaved in nothing
 		// One member online on a server no node names: routed by hash, delivered exactly once.
@@ -287,6 +290,9 @@ func TestFanoutWithRedisPresence(t *testing.T) {
 		}
 		if len(recipients(n1))+len(recipients(n2)) != 23 {
 			t.Fatal("stray member not delivered exactly once")
+		}
+		if got := testkit.Gathered(t, h.reg, "announcer_fanout_mysql_member_index"); got != 2 {
+			t.Fatalf("member index gauge %v, want 2 (the schema's covering index)", got)
 		}
 		for _, b := range append(n1, n2...) {
 			if !b.Persist {

@@ -41,7 +41,18 @@ type Store struct {
 	mu      sync.Mutex
 	queries *memberQueries // nil until the index is known
 	index   string
+	state   IndexState
 }
+
+// IndexState says what the member pages read, for a gauge.
+type IndexState int
+
+const (
+	IndexUnknown  IndexState = -1 // not looked up yet (no channel page read so far)
+	IndexNone     IndexState = 0  // no index led by (member_channelid, member_id): pages may scan
+	IndexRows     IndexState = 1  // such an index, then each member's row
+	IndexCovering IndexState = 2  // such an index holding member_username: the index alone
+)
 
 // memberQueries are the keyset page queries, with their index hint.
 type memberQueries struct {
@@ -81,7 +92,16 @@ func Open(c config.MySQL, log zerolog.Logger) (*Store, error) {
 }
 
 // New wraps an open pool (tests, tools).
-func New(db *sql.DB, log zerolog.Logger) *Store { return &Store{db: db, log: log} }
+func New(db *sql.DB, log zerolog.Logger) *Store {
+	return &Store{db: db, log: log, state: IndexUnknown}
+}
+
+// IndexState is what the member pages read (IndexUnknown before the first page).
+func (s *Store) IndexState() IndexState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state
+}
 
 // DB is the pool.
 func (s *Store) DB() *sql.DB { return s.db }
@@ -232,7 +252,13 @@ func (s *Store) memberQueries(ctx context.Context) (*memberQueries, error) {
 		s.log.Warn().Str("index", index).Msg("member pages read this index, then each member's row;" +
 			" with member_username as its third column they would read the index alone")
 	}
-	s.index = index
+	s.index, s.state = index, IndexNone
+	switch {
+	case covering:
+		s.state = IndexCovering
+	case index != "":
+		s.state = IndexRows
+	}
 	s.queries = &memberQueries{
 		open:    membersSelect + hint + membersWhere + membersOrder,
 		bounded: membersSelect + hint + membersWhere + " AND member_id < ?" + membersOrder,

@@ -205,9 +205,43 @@ func TestMemberPagesReadOnlyTheirRange(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := mysqlstore.New(db, testkit.Log(t, zerolog.WarnLevel))
-	if idx, err := st.MemberIndex(ctx); err != nil || idx != "idx_channel_member" {
-		t.Fatalf("member index %q, %v", idx, err)
+	if got := st.IndexState(); got != mysqlstore.IndexUnknown {
+		t.Fatalf("index state %d before the first page, want %d", got, mysqlstore.IndexUnknown)
 	}
+	if idx, err := st.MemberIndex(ctx); err != nil || idx != "idx_channel_member" || st.IndexState() != mysqlstore.IndexCovering {
+		t.Fatalf("member index %q (state %d), %v", idx, st.IndexState(), err)
+	}
+	pagesReadTheirRange(t, db, st, perChannel, page)
+
+	// An older schema's two-column index is named too: each member's row is
+	// read after its index entry, never another member's.
+	if _, err := db.ExecContext(ctx, "ALTER TABLE ws_channel_members DROP INDEX idx_channel_member,"+
+		" ADD INDEX by_channel (member_channelid, member_id)"); err != nil {
+		t.Fatal(err)
+	}
+	older := mysqlstore.New(db, testkit.Log(t, zerolog.ErrorLevel))
+	if idx, err := older.MemberIndex(ctx); err != nil || idx != "by_channel" || older.IndexState() != mysqlstore.IndexRows {
+		t.Fatalf("member index %q (state %d), %v", idx, older.IndexState(), err)
+	}
+	pagesReadTheirRange(t, db, older, perChannel, page)
+
+	if _, err := db.ExecContext(ctx, "ALTER TABLE ws_channel_members DROP INDEX by_channel"); err != nil {
+		t.Fatal(err)
+	}
+	none := mysqlstore.New(db, testkit.Log(t, zerolog.ErrorLevel))
+	if idx, err := none.MemberIndex(ctx); err != nil || idx != "" || none.IndexState() != mysqlstore.IndexNone {
+		t.Fatalf("member index %q (state %d), %v", idx, none.IndexState(), err)
+	}
+	if got, err := none.Members(ctx, 2, 0, 0, page, nil); err != nil || len(got) != page {
+		t.Fatalf("without an index: %d members, %v", len(got), err)
+	}
+}
+
+// pagesReadTheirRange pages through channel 2, unbounded and bounded, and
+// fails when a page reads much more than its own members.
+func pagesReadTheirRange(t *testing.T, db *sql.DB, st *mysqlstore.Store, perChannel, page int) {
+	t.Helper()
+	ctx := context.Background()
 	_, lo, hi, err := st.Span(ctx, 2)
 	if err != nil {
 		t.Fatal(err)
@@ -235,7 +269,7 @@ func TestMemberPagesReadOnlyTheirRange(t *testing.T) {
 		if got != perChannel {
 			t.Fatalf("bounded %v: %d members, want %d", bounded, got, perChannel)
 		}
-		if worst > 2*page+8 {
+		if worst > int64(2*page+8) {
 			t.Fatalf("bounded %v: a page of %d read %d index entries and rows", bounded, page, worst)
 		}
 	}
