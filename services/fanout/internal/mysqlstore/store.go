@@ -241,23 +241,17 @@ func (s *Store) memberQueries(ctx context.Context) (*memberQueries, error) {
 		// Identifiers cannot be parameters: the name is quoted, its backquotes doubled.
 		hint = " FORCE INDEX (`" + strings.ReplaceAll(index, "`", "``") + "`)"
 	}
-	switch {
-	case index == "":
+	s.index, s.state = index, indexState(index, covering)
+	switch s.state {
+	case IndexNone:
 		s.log.Warn().Msg("ws_channel_members has no index led by (member_channelid, member_id): member pages" +
 			" may scan the channel; add one: ALTER TABLE ws_channel_members ADD INDEX" +
 			" idx_channel_member (member_channelid, member_id, member_username)")
-	case covering:
+	case IndexCovering:
 		s.log.Info().Str("index", index).Msg("member pages read this index alone")
 	default:
 		s.log.Warn().Str("index", index).Msg("member pages read this index, then each member's row;" +
 			" with member_username as its third column they would read the index alone")
-	}
-	s.index, s.state = index, IndexNone
-	switch {
-	case covering:
-		s.state = IndexCovering
-	case index != "":
-		s.state = IndexRows
 	}
 	s.queries = &memberQueries{
 		open:    membersSelect + hint + membersWhere + membersOrder,
@@ -282,6 +276,16 @@ func pickIndex(names []string, columns map[string][]string) (index string, cover
 		}
 	}
 	return index, false
+}
+
+func indexState(index string, covering bool) IndexState {
+	switch {
+	case covering:
+		return IndexCovering
+	case index != "":
+		return IndexRows
+	}
+	return IndexNone
 }
 
 // memberID reads a member_id as the driver gave it.
