@@ -56,11 +56,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	rt.Topics(storeBrokers, storeTopics...)
 	rt.Check("storage", func(ctx context.Context) error { return kafkabus.Ping(ctx, storeBrokers) })
 
-	store := storage.New(rt.Writer(storeBrokers, kafkabus.WriterOptions{
-		BatchTimeout: time.Duration(cfg.KafkaProducer.FlushFrequency) * time.Second,
-		MaxAttempts:  cfg.KafkaProducer.MaxRetry + 1,
-		Dial:         h.storageDial,
-	}), storeTopics)
+	store := storage.New(rt.Writer(storeBrokers, storageWriterOptions(cfg, h.storageDial)), storeTopics)
 	archiver := archive.New(archive.Options{
 		UserDomain: cfg.UserDomain(),
 		Templates:  rt.Templates(),
@@ -101,4 +97,22 @@ func persisted(m kafka.Message) string {
 		}
 	}
 	return ""
+}
+
+// storageWriterOptions: the archiver hands the writer a whole delivery
+// batch's records in one call, so a produce request may hold a delivery
+// batch per partition and leaves within the bus's linger, which
+// flush_frequency bounds. kafka-go's default of 100 records a request made
+// the broker answer a request per 100 stanzas.
+func storageWriterOptions(cfg config.Config, dial func(ctx context.Context, network, addr string) (net.Conn, error)) kafkabus.WriterOptions {
+	linger := cfg.Bus.BatchTimeout.D()
+	if bound := time.Duration(cfg.KafkaProducer.FlushFrequency) * time.Second; bound > 0 && bound < linger {
+		linger = bound
+	}
+	return kafkabus.WriterOptions{
+		BatchTimeout: linger,
+		BatchSize:    max(cfg.Fanout.BatchSize, 100),
+		MaxAttempts:  cfg.KafkaProducer.MaxRetry + 1,
+		Dial:         dial,
+	}
 }

@@ -284,3 +284,33 @@ func grep(s, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+func TestStorageWriterOptions(t *testing.T) {
+	cases := []struct {
+		name          string
+		flush         int
+		bus           time.Duration
+		batch         int
+		linger        time.Duration
+		recordsPerReq int
+	}{
+		{"the bus linger when flush_frequency is longer", 5, 2 * time.Millisecond, 1000, 2 * time.Millisecond, 1000},
+		{"flush_frequency bounds a longer bus linger", 1, 3 * time.Second, 1000, time.Second, 1000},
+		{"flush_frequency 0 leaves the bus linger", 0, 2 * time.Millisecond, 1000, 2 * time.Millisecond, 1000},
+		{"never fewer records a request than kafka-go's default", 1, 2 * time.Millisecond, 10, 2 * time.Millisecond, 100},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := config.Default()
+			cfg.KafkaProducer.FlushFrequency = c.flush
+			cfg.KafkaProducer.MaxRetry = 4
+			cfg.Bus.BatchTimeout = config.Duration(c.bus)
+			cfg.Fanout.BatchSize = c.batch
+			o := storageWriterOptions(cfg, nil)
+			if o.BatchTimeout != c.linger || o.BatchSize != c.recordsPerReq || o.MaxAttempts != 5 {
+				t.Errorf("linger %s, %d records a request, %d attempts; want %s, %d, 5",
+					o.BatchTimeout, o.BatchSize, o.MaxAttempts, c.linger, c.recordsPerReq)
+			}
+		})
+	}
+}
