@@ -151,9 +151,15 @@ kafka_start() {
   rotate_log "$KAFKA_OUT"
   rotate_log "$KAFKA_LOG"
   rm -f "$KAFKA_STARTED"
+  # -UseCodeCacheFlushing: the tests and benchmarks leave the broker idle for seconds between
+  # bursts, and JDK 17's sweeper then threw away the compiled request path (8,872 methods in one
+  # sweep) for C2 to compile again on the next burst: 3.4 CPU-s of C2 in one fanout benchmark, more
+  # than the request handlers used, on 2 cores the services share. A broker under steady load keeps
+  # its code; the code cache (240 MB) holds all of it (about 35 MB).
   # shellcheck disable=SC2086 # KAFKA_HEAP holds several JVM flags
   start_bg "$KAFKA_PIDFILE" "$KAFKA_OUT" java $KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-    -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+    -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -XX:-UseCodeCacheFlushing \
+    -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$KAFKA_LOG4J" -Dkafka.logs.dir="$KAFKA_DIR/logs" \
     -cp "$(kafka_libs_dir)/*" kafka.Kafka "$KAFKA_PROPS"
   wait_started kafka "$KAFKA_PIDFILE" "$KAFKA_LOG" kafka_ready "'Kafka Server started' and $STACK_HOST:$KAFKA_PORT"

@@ -2,7 +2,8 @@
 // a private database (N members) and a private Redis db (half of them online,
 // spread over two node addresses), runs the real fanout service (run, as the
 // binary does) in-process against private topics, and times one announcement
-// from publish until every batch is acknowledged (each offset is committed right after), first with the
+// from publish until every batch is acknowledged (each offset is committed right after;
+// after an untimed one of the same channel, -warmup-runs), first with the
 // progress bookkeeping, then again with [progress] disabled, for the hot-path cost of progress
 // (fanout_1m_seconds against fanout_1m_no_progress_seconds). Then it measures the first
 // generation's member paging (no ORDER BY, LIMIT offset,n + a Redis MGET per
@@ -70,6 +71,7 @@ type flags struct {
 	runs              int
 	seedConns         int
 	warmupTimeout     time.Duration
+	warmupRuns        int
 	firstGenAskBuffer int
 }
 
@@ -112,6 +114,7 @@ func parseBenchFlags(args []string) (flags, error) {
 	fs.BoolVar(&f.skipFirstGen, "skip-firstgen", false, "skip the first-generation comparison")
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Minute, "give up the fanout run after this long")
 	fs.DurationVar(&f.warmupTimeout, "warmup-timeout", time.Minute, "time allowed to join the consumer group")
+	fs.IntVar(&f.warmupRuns, "warmup-runs", 1, "untimed announcements of the whole channel before the timed runs of each mode")
 	fs.IntVar(&f.runs, "runs", 3, "timed announcements of the channel (the median is reported)")
 	fs.IntVar(&f.seedConns, "seed-conns", 2, "parallel connections for seeding MySQL")
 	fs.BoolVar(&f.verbose, "v", false, "log the service at info level")
@@ -781,17 +784,6 @@ func timeRuns(ctx context.Context, cfg config.Config, f flags, brokers []string,
 		return fmt.Errorf("warm-up: %w", err)
 	}
 
-	if cpuProfile != "" {
-		pf, err := os.Create(cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
 	type result struct {
 		elapsed, split  time.Duration
 		shards, batches int
@@ -838,6 +830,25 @@ func timeRuns(ctx context.Context, cfg config.Config, f flags, brokers []string,
 		res.cpu = benchreport.SelfCPU().Seconds() - cpu0
 		res.srv1 = serverCPU(f.serverPIDs)
 		return res, err
+	}
+
+	// Full-size and untimed: the first announcements of a giant channel after a start pay for the
+	// servers' caches and the broker's JIT (C2 compiles its request path for several seconds).
+	for w := 1; w <= f.warmupRuns; w++ {
+		if _, err := timed(fmt.Sprintf("%s-warm%d", runID, w)); err != nil {
+			return fmt.Errorf("full-size warm-up %d: %w", w, err)
+		}
+	}
+	if cpuProfile != "" {
+		pf, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 
 	fmt.Println()
