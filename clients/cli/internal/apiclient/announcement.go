@@ -87,6 +87,7 @@ type Stanzas struct {
 	Confirmed    int64 `json:"confirmed"`
 	DeadLettered int64 `json:"dead_lettered"`
 	Persisted    int64 `json:"persisted"`
+	Invalid      int64 `json:"invalid"` // not valid JIDs: skipped, never sent
 }
 
 // Shards counts the channel shards resolved.
@@ -108,10 +109,11 @@ type Times struct {
 // Resolved reports whether the audience and the planned batches are final.
 func (a *Announcement) Resolved() bool { return !a.Times.Resolved.IsZero() }
 
-// Progress is how many stanzas are settled (confirmed or dead-lettered) out of
-// how many recipients, as the API document defines a send's progress.
+// Progress is how many recipients are settled (confirmed, dead-lettered, or
+// skipped as invalid) out of how many: an announcement is done when every
+// recipient is settled, so a skipped one must count or the bar never fills.
 func (a *Announcement) Progress() (settled, total int64) {
-	return a.Stanzas.Confirmed + a.Stanzas.DeadLettered, a.Audience.Recipients
+	return a.Stanzas.Confirmed + a.Stanzas.DeadLettered + a.Stanzas.Invalid, a.Audience.Recipients
 }
 
 // DecodeAnnouncement parses and checks one Announcement from the server. What
@@ -146,6 +148,7 @@ func (a *Announcement) check() error {
 		{"batches.done", a.Batches.Done}, {"batches.resent", a.Batches.Resent},
 		{"stanzas.sent", a.Stanzas.Sent}, {"stanzas.confirmed", a.Stanzas.Confirmed},
 		{"stanzas.dead_lettered", a.Stanzas.DeadLettered}, {"stanzas.persisted", a.Stanzas.Persisted},
+		{"stanzas.invalid", a.Stanzas.Invalid},
 		{"shards.total", a.Shards.Total}, {"shards.done", a.Shards.Done},
 	}
 	for _, c := range counts {
@@ -160,7 +163,7 @@ func (a *Announcement) check() error {
 	}
 	// Settled can then overflow only past 2^63, which no audience reaches;
 	// refusing it keeps Progress meaningful.
-	if a.Stanzas.Confirmed > (1<<63-1)-a.Stanzas.DeadLettered {
+	if a.Stanzas.Confirmed > (1<<63-1)-a.Stanzas.DeadLettered-a.Stanzas.Invalid || a.Stanzas.DeadLettered > (1<<63-1)-a.Stanzas.Invalid {
 		return errors.New("stanza counts overflow")
 	}
 	return nil

@@ -42,6 +42,17 @@ func TestDecodeAnnouncement(t *testing.T) {
 	if settled, total := a.Progress(); settled != 300 || total != 500 {
 		t.Errorf("progress %d/%d, want 300/500", settled, total)
 	}
+	// A done announcement whose channel held names that are not JIDs: the
+	// skipped ones are settled too, or the progress would stop short of 100 %.
+	done, err := DecodeAnnouncement([]byte(strings.Replace(contractExample,
+		`"stanzas": {"sent": 300, "confirmed": 300, "dead_lettered": 0, "persisted": 0}`,
+		`"stanzas": {"sent": 497, "confirmed": 490, "dead_lettered": 7, "persisted": 0, "invalid": 3}`, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if settled, total := done.Progress(); settled != 500 || total != 500 || done.Stanzas.Invalid != 3 {
+		t.Errorf("progress %d/%d with %d invalid, want 500/500 with 3", settled, total, done.Stanzas.Invalid)
+	}
 	if !a.Resolved() || !a.Times.Resolved.Equal(time.Date(2026, 12, 1, 10, 0, 0, 300e6, time.UTC)) || !a.Times.Done.IsZero() {
 		t.Errorf("times %+v", a.Times)
 	}
@@ -50,17 +61,18 @@ func TestDecodeAnnouncement(t *testing.T) {
 	}
 
 	for name, body := range map[string]string{
-		"no id":          `{"state": "done"}`,
-		"no state":       `{"id": "x"}`,
-		"negative count": `{"id": "x", "state": "done", "stanzas": {"confirmed": -1}}`,
-		"negative node":  `{"id": "x", "state": "done", "audience": {"per_node": {"n": -5}}}`,
-		"float count":    `{"id": "x", "state": "done", "stanzas": {"confirmed": 1.5}}`,
-		"bool channel":   `{"id": "x", "state": "done", "channel_id": true}`,
-		"float channel":  `{"id": "x", "state": "done", "channel_id": 4.2}`,
-		"bad time":       `{"id": "x", "state": "done", "times": {"done": "yesterday"}}`,
-		"overflow":       `{"id": "x", "state": "done", "stanzas": {"confirmed": 9223372036854775807, "dead_lettered": 1}}`,
-		"not an object":  `[]`,
-		"truncated":      `{"id": "x"`,
+		"no id":            `{"state": "done"}`,
+		"no state":         `{"id": "x"}`,
+		"negative count":   `{"id": "x", "state": "done", "stanzas": {"confirmed": -1}}`,
+		"negative node":    `{"id": "x", "state": "done", "audience": {"per_node": {"n": -5}}}`,
+		"float count":      `{"id": "x", "state": "done", "stanzas": {"confirmed": 1.5}}`,
+		"bool channel":     `{"id": "x", "state": "done", "channel_id": true}`,
+		"float channel":    `{"id": "x", "state": "done", "channel_id": 4.2}`,
+		"bad time":         `{"id": "x", "state": "done", "times": {"done": "yesterday"}}`,
+		"overflow":         `{"id": "x", "state": "done", "stanzas": {"confirmed": 9223372036854775807, "dead_lettered": 1}}`,
+		"invalid overflow": `{"id": "x", "state": "done", "stanzas": {"dead_lettered": 9223372036854775807, "invalid": 1}}`,
+		"not an object":    `[]`,
+		"truncated":        `{"id": "x"`,
 	} {
 		if _, err := DecodeAnnouncement([]byte(body)); err == nil {
 			t.Errorf("%s: decoded without an error", name)

@@ -123,7 +123,7 @@ func TestSendFollowsToDone(t *testing.T) {
 	c.api.script = sendScript()
 	r := c.run("send", "--channel", "42", "--file", c.file, "--interval", "2ms")
 	r.want(t, ExitOK, "id=ann-1\n",
-		"state=done recipients=500 confirmed=490 dead_lettered=10 resent_batches=1 duration=1.5s")
+		"state=done recipients=500 confirmed=490 dead_lettered=10 invalid=0 resent_batches=1 duration=1.5s")
 	if !strings.Contains(r.stderr, "100%") {
 		t.Errorf("the bar never reached 100%%; stderr:\n%q", r.stderr)
 	}
@@ -444,7 +444,7 @@ func TestStatus(t *testing.T) {
 	r.want(t, ExitOK)
 	wantLines(t, r.stdout, `id: +ann-1`, `state: +done`, `kind: +channel`, `channel_id: +42`, `recipients: +500`,
 		`node node1: +300`, `node node2: +200`, `progress: +500/500 \(100%\)`,
-		`stanzas: +sent=500 confirmed=490 dead_lettered=10 persisted=0`, `done: +2026-12-01T10:00:01\.500Z`)
+		`stanzas: +sent=500 confirmed=490 dead_lettered=10 invalid=0 persisted=0`, `done: +2026-12-01T10:00:01\.500Z`)
 	if strings.Contains(r.stdout, "cancelled:") {
 		t.Errorf("a stage not reached is shown:\n%s", r.stdout)
 	}
@@ -469,7 +469,7 @@ func TestStatusFollow(t *testing.T) {
 func TestCancel(t *testing.T) {
 	c := newCLI(t)
 	c.run("send", "--channel", "42", "--file", c.file, "--no-follow").want(t, ExitOK)
-	c.run("cancel", "ann-1").want(t, ExitOK, "state=cancelled recipients=0 confirmed=0 dead_lettered=0 resent_batches=0 duration=2s")
+	c.run("cancel", "ann-1").want(t, ExitOK, "state=cancelled recipients=0 confirmed=0 dead_lettered=0 invalid=0 resent_batches=0 duration=2s")
 
 	c.api.anns["ann-1"].State = apiclient.StateDone
 	r := c.run("cancel", "ann-1")

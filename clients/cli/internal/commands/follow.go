@@ -195,8 +195,8 @@ func (f *follower) readLine() <-chan answer {
 // done one without them.
 func summary(a *apiclient.Announcement, followStart time.Time) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "state=%s recipients=%d confirmed=%d dead_lettered=%d resent_batches=%d",
-		value(string(a.State)), a.Audience.Recipients, a.Stanzas.Confirmed, a.Stanzas.DeadLettered, a.Batches.Resent)
+	fmt.Fprintf(&b, "state=%s recipients=%d confirmed=%d dead_lettered=%d invalid=%d resent_batches=%d",
+		value(string(a.State)), a.Audience.Recipients, a.Stanzas.Confirmed, a.Stanzas.DeadLettered, a.Stanzas.Invalid, a.Batches.Resent)
 	end := a.Times.Done
 	if a.State == apiclient.StateCancelled {
 		end = a.Times.Cancelled

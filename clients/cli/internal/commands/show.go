@@ -185,7 +185,7 @@ func printAnnouncement(w io.Writer, a *apiclient.Announcement) {
 	b := a.Batches
 	kv.add("batches", fmt.Sprintf("planned=%d emitted=%d done=%d resent=%d", b.Planned, b.Emitted, b.Done, b.Resent))
 	s := a.Stanzas
-	kv.add("stanzas", fmt.Sprintf("sent=%d confirmed=%d dead_lettered=%d persisted=%d", s.Sent, s.Confirmed, s.DeadLettered, s.Persisted))
+	kv.add("stanzas", fmt.Sprintf("sent=%d confirmed=%d dead_lettered=%d invalid=%d persisted=%d", s.Sent, s.Confirmed, s.DeadLettered, s.Invalid, s.Persisted))
 	kv.add("shards", fmt.Sprintf("%d/%d", a.Shards.Done, a.Shards.Total))
 	t := a.Times
 	for _, st := range []struct {
