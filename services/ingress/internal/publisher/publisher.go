@@ -8,6 +8,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +42,7 @@ type Kafka struct {
 	opt Options
 
 	latency prometheus.Histogram
+	redials prometheus.Counter
 }
 
 // Writer is what publishes (a *kafkabus.Writer).
@@ -60,6 +64,8 @@ func New(w Writer, opt Options, reg prometheus.Registerer) (*Kafka, error) {
 		opt: opt,
 		latency: ms.Histogram("publish_duration_seconds",
 			"Time from handing an event to the writer until Kafka acknowledged it (acks=all), successes only.", metric.LatencyBuckets()),
+		redials: ms.Counter("publish_redials_total",
+			"Publishes tried again on a new connection because the broker had closed the one they were written on (a broker restart)."),
 	}
 	if err := ms.Err(); err != nil {
 		return nil, fmt.Errorf("publisher: metrics: %w", err)
@@ -87,9 +93,19 @@ func (k *Kafka) Publish(ctx context.Context, e announcement.Event) error {
 	// The writer makes one attempt per call (a 503 must not hide a write
 	// retrying in the background), so a leadership move or a topic whose
 	// metadata is not out yet is retried here, while the request has time.
+	// A connection the broker closed since its last use (a restart) fails
+	// the first write on it; the writer then dials afresh, so it is tried
+	// once more at once. If that one fails too, the broker is not taking
+	// connections: 503.
 	retry := backoff.Policy{Initial: 20 * time.Millisecond, Max: 250 * time.Millisecond}
+	redialed := false
 	for attempt := 0; ; attempt++ {
 		err = k.w.WriteMessages(ctx, kafka.Message{Topic: topic, Key: []byte(e.ID), Value: v})
+		if err != nil && !redialed && connectionClosed(err) {
+			redialed = true
+			k.redials.Inc()
+			continue
+		}
 		if err == nil || !retriable(err) || backoff.Sleep(ctx, retry.Delay(attempt)) != nil {
 			break
 		}
@@ -110,6 +126,14 @@ func (k *Kafka) Publish(ctx context.Context, e announcement.Event) error {
 func retriable(err error) bool {
 	var ke kafka.Error
 	return errors.As(unwrapOne(err), &ke) && ke.Temporary()
+}
+
+// connectionClosed is a write on a connection the broker had closed: it
+// ends with EOF, a reset or a broken pipe, never with a refused dial.
+func connectionClosed(err error) bool {
+	err = unwrapOne(err)
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
 }
 
 // unwrapOne reports the cause of a one-message write rather than kafka-go's

@@ -3,11 +3,15 @@ package publisher
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
 
@@ -154,9 +158,53 @@ func TestPublishRetriesWhatKafkaSaysWillPass(t *testing.T) {
 		t.Fatalf("gave up after %s, want about the request's 300ms", took)
 	}
 
+	// A broker restart leaves the writer a pooled connection the broker
+	// closed: one more try, at once, on a new one.
+	restarted := &failingWriter{err: fmt.Errorf("kafka.(*Client).Produce: %w", io.ErrUnexpectedEOF), fails: 1}
+	reg := prometheus.NewRegistry()
+	k, _ = New(restarted, opt, reg)
+	if err := k.Publish(context.Background(), event("01a2-restarted")); err != nil || restarted.calls != 2 {
+		t.Fatalf("after a closed connection: %v in %d calls, want success in 2", err, restarted.calls)
+	}
+	if n := testutil.ToFloat64(k.redials); n != 1 {
+		t.Errorf("publish_redials_total = %v, want 1", n)
+	}
+	// Closed again on the new connection: the broker takes no connections, 503.
+	closing := &failingWriter{err: syscall.ECONNRESET, fails: 1 << 30}
+	k, _ = New(closing, opt, prometheus.NewRegistry())
+	if err := k.Publish(context.Background(), event("01a2-closing")); !errors.Is(err, announce.ErrUnavailable) || closing.calls != 2 {
+		t.Fatalf("connections closed each time: %v in %d calls, want ErrUnavailable after 2", err, closing.calls)
+	}
+
 	down := &failingWriter{err: errors.New("dial tcp 127.0.0.1:9092: connect: connection refused"), fails: 1 << 30}
 	k, _ = New(down, opt, prometheus.NewRegistry())
 	if err := k.Publish(context.Background(), event("01a2-down")); !errors.Is(err, announce.ErrUnavailable) || down.calls != 1 {
 		t.Fatalf("refused connection: %v in %d calls, want ErrUnavailable at once", err, down.calls)
 	}
+}
+
+// After a broker restart, the first publish must not be a 503: the writer's
+// pooled connection to the old broker process is dead, and the publisher
+// tries once more on a new one.
+func TestPublishAfterABrokerRestart(t *testing.T) {
+	env := stacktest.Get(t)
+	broker := stacktest.PrivateKafka(t, env)
+	topics := kafkatest.Topics(t, broker.Brokers(), 1, "ingress_pub_restart")
+	w := kafkabus.NewWriter(broker.Brokers(), kafkabus.WriterOptions{WriteTimeout: 5 * time.Second, MaxAttempts: 1})
+	t.Cleanup(func() { _ = w.Close() })
+	k, err := New(w, Options{AnnouncementsTopic: topics[0], MaxMessageBytes: 1 << 20}, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Publish(context.Background(), event("01a2-before")); err != nil {
+		t.Fatalf("before the restart: %v", err)
+	}
+	broker.Kill()
+	broker.Start()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := k.Publish(ctx, event("01a2-after")); err != nil {
+		t.Fatalf("first publish after the restart: %v", err)
+	}
+	t.Logf("redials: %v", testutil.ToFloat64(k.redials))
 }
