@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -88,9 +90,18 @@ func TestBenchPipeline(t *testing.T) {
 	const runs = 3
 	var took, firstAt, cpus []float64
 	procs := b.processes()
+	// ANNOUNCER_BENCH_PROFILE names a folder for each service's CPU profile of run 2.
+	profiles := os.Getenv("ANNOUNCER_BENCH_PROFILE")
 	for run := range runs + 1 { // run 0 warms up (connections, caches, JIT of the servers)
 		cpu0 := cpuOf(procs)
+		var profiled func()
+		if run == 2 && profiles != "" {
+			profiled = b.profile(profiles, 4*time.Second)
+		}
 		d, first := b.announce(ctx, fmt.Sprintf("run %d", run), b.onlineCount(), 3*time.Minute)
+		if profiled != nil {
+			profiled()
+		}
 		if run == 0 {
 			t.Logf("warm-up: %.2fs", d.Seconds())
 			continue
@@ -460,6 +471,39 @@ func (b *pipelineBench) processes() map[string]int {
 		out[name] = pid
 	}
 	return out
+}
+
+// profile starts a CPU profile of every service over the next d (their
+// debug servers serve pprof) and returns a wait that writes them to dir.
+func (b *pipelineBench) profile(dir string, d time.Duration) (wait func()) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.t.Fatal(err)
+	}
+	var g errgroup.Group
+	for name, addr := range b.s.debug {
+		g.Go(func() error {
+			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds()))
+			resp, err := http.Get(url)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("%s: %s", url, resp.Status)
+			}
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(dir, name+".pprof"), body, 0o644)
+		})
+	}
+	return func() {
+		if err := g.Wait(); err != nil {
+			b.t.Errorf("profiles: %v", err)
+		}
+		b.t.Logf("CPU profiles of run 2 in %s", dir)
+	}
 }
 
 // cpuOf reads the CPU seconds each process used so far.
