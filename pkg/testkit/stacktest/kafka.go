@@ -21,6 +21,7 @@ type Kafka struct {
 	env    []string
 	script string
 	addr   string
+	ports  []string // every port the broker listens on (clients, controller)
 }
 
 // PrivateKafka starts a broker for this test alone; it is stopped when the test ends.
@@ -31,7 +32,7 @@ func PrivateKafka(t testing.TB, e Env) *Kafka {
 	}
 	port, cport := freePort(t), freePort(t)
 	k := &Kafka{
-		t: t, script: e.StackScript, addr: "127.0.0.1:" + port,
+		t: t, script: e.StackScript, addr: "127.0.0.1:" + port, ports: []string{port, cport},
 		env: append(os.Environ(), "STACK_DIR="+t.TempDir(), "KAFKA_PORT="+port, "KAFKA_CONTROLLER_PORT="+cport,
 			"KAFKA_LIBS_DIR="+e.KafkaLibsDir, "STACK_STOP_TIMEOUT=10"),
 	}
@@ -86,7 +87,8 @@ func (k *Kafka) Resume() {
 	}
 }
 
-// Kill ends the broker with SIGKILL, as a crash would, and waits until it is gone.
+// Kill ends the broker with SIGKILL, as a crash would, and waits until it is
+// gone and its ports are closed, so that Start may follow at once.
 func (k *Kafka) Kill() {
 	k.t.Helper()
 	pid := k.pid()
@@ -98,6 +100,22 @@ func (k *Kafka) Kill() {
 			break // a zombie until the script's parent reaps it: dead all the same
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	// The JVM's main thread turns zombie before its other threads have
+	// exited, and its sockets close only with the last of them.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, port := range k.ports {
+		for {
+			c, err := net.DialTimeout("tcp", "127.0.0.1:"+port, 200*time.Millisecond)
+			if err != nil {
+				break
+			}
+			_ = c.Close()
+			if time.Now().After(deadline) {
+				k.t.Fatalf("port %s still accepts connections 30 s after the broker was killed", port)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
 
