@@ -103,19 +103,15 @@ func (k *Kafka) Kill() {
 	}
 	// The JVM's main thread turns zombie before its other threads have
 	// exited, and its sockets close only with the last of them.
-	deadline := time.Now().Add(30 * time.Second)
 	for _, port := range k.ports {
-		for {
+		testkit.Eventually(k.t, 30*time.Second, "port "+port+" of the killed broker to close", func() bool {
 			c, err := net.DialTimeout("tcp", "127.0.0.1:"+port, 200*time.Millisecond)
 			if err != nil {
-				break
+				return true
 			}
 			_ = c.Close()
-			if time.Now().After(deadline) {
-				k.t.Fatalf("port %s still accepts connections 30 s after the broker was killed", port)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return false
+		})
 	}
 }
 
