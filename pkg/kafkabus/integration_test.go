@@ -9,6 +9,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/announcer/announcer/pkg/kafkabus"
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
@@ -74,5 +75,37 @@ func TestWriterMetadataCoversItsTopics(t *testing.T) {
 	defer whole.Close()
 	if err := write(whole, other); err != nil {
 		t.Fatalf("a writer without topics knows every topic: %v", err)
+	}
+}
+
+// A broker that stalls for a moment (a GC pause, a busy machine) answers an
+// idle fetch late. The reader keeps its connection through such pauses: a
+// reader whose deadline passed first dropped it and dialed again, asking
+// for metadata and offsets, every time the broker was 63 ms late.
+func TestReaderKeepsItsConnectionThroughBrokerPauses(t *testing.T) {
+	env := stacktest.Get(t)
+	broker := stacktest.PrivateKafka(t, env)
+	topic := kafkatest.Topics(t, broker.Brokers(), 1, "pauses")[0]
+	r := kafkabus.NewReader(broker.Brokers(), stacktest.Name("pauses"), []string{topic}, kafkabus.ReaderOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	fetched := make(chan error, 1)
+	go func() { _, err := r.FetchMessage(ctx); fetched <- err }()
+	defer func() {
+		cancel()
+		<-fetched
+		_ = r.Close()
+	}()
+	testkit.Eventually(t, 30*time.Second, "the reader joined and fetches", func() bool {
+		s := r.Stats()
+		return s.Fetches > 0 && s.Rebalances == 0 // Stats restarts its counters: joined before this call
+	})
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
+		broker.Pause()
+		time.Sleep(200 * time.Millisecond)
+		broker.Resume()
+		time.Sleep(150 * time.Millisecond)
+	}
+	if s := r.Stats(); s.Dials != 0 || s.Errors != 0 || s.Fetches == 0 {
+		t.Fatalf("through 200 ms broker pauses: %d dials, %d errors, %d fetches; want no dial and no error", s.Dials, s.Errors, s.Fetches)
 	}
 }

@@ -87,7 +87,9 @@ func (w *Writer) Close() error {
 type ReaderOptions struct {
 	MinBytes int
 	MaxBytes int
-	MaxWait  time.Duration
+	// MaxWait is how long the broker holds a fetch of a partition with
+	// nothing new (default 250 ms).
+	MaxWait time.Duration
 	// QueueCapacity bounds messages prefetched per reader.
 	QueueCapacity int
 	// StartAtEnd makes a group with no committed offset start at the end of
@@ -132,6 +134,12 @@ func NewReader(brokers []string, group string, topics []string, o ReaderOptions)
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = 250 * time.Millisecond
 	}
+	// kafka-go asks the broker to wait MaxWait less min(1 s, MaxWait/4) and
+	// drops the connection when the answer comes after MaxWait. A reader of
+	// 250 ms left the broker 63 ms: a broker a moment late (a GC pause, busy
+	// cores) made it dial again, with metadata and offset requests, and stall
+	// the partition for a backoff. One second more leaves the broker a second.
+	cfg.MaxWait += time.Second
 	if cfg.QueueCapacity <= 0 {
 		cfg.QueueCapacity = 100
 	}
