@@ -42,14 +42,15 @@ type partitionDepth struct {
 // measure asks Kafka for the log end and the group's committed offset of
 // every partition of the topics. A partition the group never committed is
 // behind by everything it retains (a new group starts at the oldest record),
-// or, for a group that starts at the end, by what the consumer holds.
+// or, for a group that starts at the end, by what the consumer holds. Log
+// starts are asked for those partitions alone: kafka-go sends a request per
+// partition and offset, and this runs every report period in every replica.
 func (d *depth) measure(ctx context.Context) ([]partitionDepth, error) {
 	md, err := d.client.Metadata(ctx, &kafka.MetadataRequest{Topics: d.topics})
 	if err != nil {
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
 	ends := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
-	starts := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
 	fetch := &kafka.OffsetFetchRequest{GroupID: d.group, Topics: map[string][]int{}}
 	for _, t := range md.Topics {
 		if t.Error != nil {
@@ -57,17 +58,8 @@ func (d *depth) measure(ctx context.Context) ([]partitionDepth, error) {
 		}
 		for _, p := range t.Partitions {
 			ends.Topics[t.Name] = append(ends.Topics[t.Name], kafka.LastOffsetOf(p.ID))
-			starts.Topics[t.Name] = append(starts.Topics[t.Name], kafka.FirstOffsetOf(p.ID))
 			fetch.Topics[t.Name] = append(fetch.Topics[t.Name], p.ID)
 		}
-	}
-	end, err := d.client.ListOffsets(ctx, ends)
-	if err != nil {
-		return nil, fmt.Errorf("log end offsets: %w", err)
-	}
-	start, err := d.client.ListOffsets(ctx, starts)
-	if err != nil {
-		return nil, fmt.Errorf("log start offsets: %w", err)
 	}
 	committed, err := d.client.OffsetFetch(ctx, fetch)
 	if err == nil && committed.Error != nil {
@@ -76,16 +68,39 @@ func (d *depth) measure(ctx context.Context) ([]partitionDepth, error) {
 	if err != nil {
 		return nil, fmt.Errorf("committed offsets of %s: %w", d.group, err)
 	}
-	first := map[topicPartition]int64{}
-	for topic, ps := range start.Topics {
-		for _, p := range ps {
-			first[topicPartition{topic, p.Partition}] = p.FirstOffset
-		}
-	}
 	done := map[topicPartition]int64{}
 	for topic, ps := range committed.Topics {
 		for _, p := range ps {
-			done[topicPartition{topic, p.Partition}] = p.CommittedOffset
+			if p.CommittedOffset >= 0 {
+				done[topicPartition{topic, p.Partition}] = p.CommittedOffset
+			}
+		}
+	}
+	end, err := d.client.ListOffsets(ctx, ends)
+	if err != nil {
+		return nil, fmt.Errorf("log end offsets: %w", err)
+	}
+	first := map[topicPartition]int64{}
+	if !d.startAtEnd {
+		starts := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+		for topic, ps := range end.Topics {
+			for _, p := range ps {
+				// Nothing written: nothing retained either.
+				if _, ok := done[topicPartition{topic, p.Partition}]; !ok && p.LastOffset > 0 {
+					starts.Topics[topic] = append(starts.Topics[topic], kafka.FirstOffsetOf(p.Partition))
+				}
+			}
+		}
+		if len(starts.Topics) > 0 {
+			start, err := d.client.ListOffsets(ctx, starts)
+			if err != nil {
+				return nil, fmt.Errorf("log start offsets: %w", err)
+			}
+			for topic, ps := range start.Topics {
+				for _, p := range ps {
+					first[topicPartition{topic, p.Partition}] = p.FirstOffset
+				}
+			}
 		}
 	}
 	var out []partitionDepth
@@ -96,7 +111,7 @@ func (d *depth) measure(ctx context.Context) ([]partitionDepth, error) {
 			}
 			k := topicPartition{topic, p.Partition}
 			from, ok := done[k]
-			if !ok || from < 0 {
+			if !ok {
 				from = first[k]
 				if d.startAtEnd {
 					from = p.LastOffset

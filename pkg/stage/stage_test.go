@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol/listoffsets"
 
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
@@ -160,8 +163,25 @@ func TestRuntimeWaitsForKafkaAtStart(t *testing.T) {
 	}
 }
 
+// listCounter counts the partition offsets a client asks for (kafka-go sends
+// each in a request of its own).
+type listCounter struct {
+	kafka.RoundTripper
+	listed atomic.Int64
+}
+
+func (c *listCounter) RoundTrip(ctx context.Context, addr net.Addr, req kafka.Request) (kafka.Response, error) {
+	if r, ok := req.(*listoffsets.Request); ok {
+		for _, t := range r.Topics {
+			c.listed.Add(int64(len(t.Partitions)))
+		}
+	}
+	return c.RoundTripper.RoundTrip(ctx, addr, req)
+}
+
 // The lag of a group is what it has not committed, partition by partition;
-// a group that never committed is behind by everything retained.
+// a group that never committed is behind by everything retained. Log starts
+// are asked for only where no commit says where the group is.
 func TestDepthMeasuresLagPerPartition(t *testing.T) {
 	env := stacktest.Get(t)
 	topic := kafkatest.Topics(t, env.KafkaBrokers, 2, "depth")[0]
@@ -173,14 +193,20 @@ func TestDepthMeasuresLagPerPartition(t *testing.T) {
 		kafka.Message{Topic: topic, Value: []byte("c")}, kafka.Message{Topic: topic, Value: []byte("d")}); err != nil {
 		t.Fatal(err)
 	}
-	client := kafkabus.NewClient(env.KafkaBrokers, 10*time.Second)
-	defer client.Close()
+	transport := &kafka.Transport{}
+	defer transport.CloseIdleConnections()
+	counter := &listCounter{RoundTripper: transport}
+	client := &kafkabus.Client{Client: &kafka.Client{Addr: kafka.TCP(env.KafkaBrokers...), Timeout: 10 * time.Second, Transport: counter}}
 	group := stacktest.Name("depth_group")
 	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, group)
 	d := &depth{group: group, topics: []string{topic}, client: client}
-	lags := func() map[int]int64 {
+	lags := func(wantListed int64) map[int]int64 {
 		t.Helper()
+		counter.listed.Store(0)
 		parts, err := d.measure(ctx)
+		if n := counter.listed.Load(); n != wantListed {
+			t.Errorf("a measure listed %d partition offsets, want %d", n, wantListed)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -190,17 +216,17 @@ func TestDepthMeasuresLagPerPartition(t *testing.T) {
 		}
 		return out
 	}
-	if got := lags(); got[0] != 2 || got[1] != 2 {
+	if got := lags(4); got[0] != 2 || got[1] != 2 {
 		t.Fatalf("lag of a new group %v, want 2 and 2", got)
 	}
 	// A group that starts at the end (the ingress's input by default) is not
 	// behind by the topic's history; only by what its consumer holds.
 	d.startAtEnd = true
-	if got := lags(); got[0] != 0 || got[1] != 0 {
+	if got := lags(2); got[0] != 0 || got[1] != 0 {
 		t.Fatalf("lag of a new group starting at the end %v, want 0 and 0", got)
 	}
 	d.held = func(k topicPartition) (int64, bool) { return 1, k.partition == 0 }
-	if got := lags(); got[0] != 1 || got[1] != 0 {
+	if got := lags(2); got[0] != 1 || got[1] != 0 {
 		t.Fatalf("lag of a new group starting at the end, holding offset 1 of partition 0: %v, want 1 and 0", got)
 	}
 	d.startAtEnd, d.held = false, nil
@@ -216,7 +242,7 @@ func TestDepthMeasuresLagPerPartition(t *testing.T) {
 			}
 		}
 	}
-	if got := lags(); got[0] != 0 || got[1] != 1 {
+	if got := lags(2); got[0] != 0 || got[1] != 1 {
 		t.Fatalf("lag after committing 2 and 1: %v, want 0 and 1", got)
 	}
 
