@@ -20,6 +20,7 @@ const (
 
 type consumerMetrics struct {
 	fetched, handled, refetched, duplicates, retries, commits prometheus.Counter
+	dials                                                     prometheus.Counter
 	deadLetters                                               *prometheus.CounterVec // reason
 	kafkaErrors                                               *prometheus.CounterVec // op
 	outages                                                   prometheus.Counter
@@ -39,6 +40,7 @@ func newConsumerMetrics(reg prometheus.Registerer) *consumerMetrics {
 		commits:       s.Counter("commits_total", "Offset commits."),
 		deadLetters:   s.CounterVec("dead_letters_total", "Records written to the dead-letter topic, by reason.", "reason"),
 		kafkaErrors:   s.CounterVec("kafka_errors_total", "Failed Kafka operations (retried with backoff), by operation.", "op"),
+		dials:         s.Counter("kafka_dials_total", "Connections the reader opened to brokers: one per partition read when all is well; more while no operation fails means the broker closed them or answered fetches a second late."),
 		outages:       s.Counter("kafka_outages_total", "Times a Kafka operation started failing after having worked."),
 		outageSeconds: s.Counter("kafka_outage_seconds_total", "Time during which a Kafka operation kept failing."),
 		inFlight:      s.GaugeVec("in_flight", "Records fetched and not committed yet (being handled or waiting for their commit), by partition.", "topic", "partition"),

@@ -406,12 +406,22 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 		// before its first join would take partitions (and in-flight work)
 		// from its peers right after.
 		watchers.Go(func() {
-			for !joined.Load() {
+			// kafka-go's Stats starts its counters again at each call: this
+			// loop is the only caller.
+			for {
+				every := rt.reportEvery()
+				if !joined.Load() {
+					every = 50 * time.Millisecond
+				}
 				select {
-				case <-time.After(50 * time.Millisecond):
-					joined.Store(reader.Stats().Rebalances > 0)
+				case <-time.After(every):
 				case <-wctx.Done():
 					return
+				}
+				s := reader.Stats()
+				c.m.dials.Add(float64(s.Dials))
+				if s.Rebalances > 0 {
+					joined.Store(true)
 				}
 			}
 		})

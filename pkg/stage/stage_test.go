@@ -281,6 +281,9 @@ func TestIdleStageIsReadyAfterABrokerRestart(t *testing.T) {
 	testkit.Background(t, "Run", rt.Run)
 	readyz := func() (int, string) { return testkit.Get(t, "http://"+rt.DebugAddr()+"/readyz") }
 	testkit.Eventually(t, 60*time.Second, "ready", func() bool { code, _ := readyz(); return code == http.StatusOK })
+	dials := func() float64 { return testkit.Gathered(t, rt.Registry(), "announcer_test_kafka_dials_total") }
+	testkit.Eventually(t, 10*time.Second, "the partition's connection counted", func() bool { return dials() >= 1 })
+	before := dials()
 	broker.Kill()
 	testkit.Eventually(t, 30*time.Second, "not ready while the broker is down", func() bool {
 		code, _ := readyz()
@@ -291,4 +294,5 @@ func TestIdleStageIsReadyAfterABrokerRestart(t *testing.T) {
 		code, _ := readyz()
 		return code == http.StatusOK
 	})
+	testkit.Eventually(t, 10*time.Second, "the reconnection counted", func() bool { return dials() > before })
 }
