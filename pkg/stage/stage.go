@@ -413,15 +413,19 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 				if !joined.Load() {
 					every = 50 * time.Millisecond
 				}
+				stopped := false
 				select {
 				case <-time.After(every):
 				case <-wctx.Done():
-					return
+					stopped = true // the reader is still open: count its last dials
 				}
 				s := reader.Stats()
 				c.m.dials.Add(float64(s.Dials))
 				if s.Rebalances > 0 {
 					joined.Store(true)
+				}
+				if stopped {
+					return
 				}
 			}
 		})
