@@ -88,7 +88,7 @@ type ReaderOptions struct {
 	MinBytes int
 	MaxBytes int
 	// MaxWait is how long the broker holds a fetch of a partition with
-	// nothing new (default 250 ms).
+	// nothing new (default 500 ms, Kafka's fetch.max.wait.ms).
 	MaxWait time.Duration
 	// QueueCapacity bounds messages prefetched per reader.
 	QueueCapacity int
@@ -132,7 +132,7 @@ func NewReader(brokers []string, group string, topics []string, o ReaderOptions)
 		cfg.MaxBytes = 10 << 20
 	}
 	if cfg.MaxWait <= 0 {
-		cfg.MaxWait = 250 * time.Millisecond
+		cfg.MaxWait = 500 * time.Millisecond
 	}
 	// kafka-go asks the broker to wait MaxWait less min(1 s, MaxWait/4) and
 	// drops the connection when the answer comes after MaxWait. A reader of
