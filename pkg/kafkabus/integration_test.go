@@ -109,3 +109,39 @@ func TestReaderKeepsItsConnectionThroughBrokerPauses(t *testing.T) {
 		t.Fatalf("through 200 ms broker pauses: %d dials, %d errors, %d fetches; want no dial and no error", s.Dials, s.Errors, s.Fetches)
 	}
 }
+
+// Log starts and ends of a topic's partitions, in one request per leader.
+func TestOffsetsOfEveryPartition(t *testing.T) {
+	env := stacktest.Get(t)
+	topic := kafkatest.Topics(t, env.KafkaBrokers, 3, "offsets")[0]
+	w := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{RoundRobin: true})
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var msgs []kafka.Message
+	for range 5 {
+		msgs = append(msgs, kafka.Message{Topic: topic, Value: []byte("x")})
+	}
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	c := kafkabus.NewClient(env.KafkaBrokers, 10*time.Second, topic)
+	defer c.Close()
+	ends, err := c.Offsets(ctx, kafka.LastOffset, map[string][]int{topic: {0, 1, 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := ends[topic]; len(e) != 3 || e[0]+e[1]+e[2] != 5 || min(e[0], e[1], e[2]) < 1 {
+		t.Fatalf("log ends %v, want 5 records over the 3 partitions", e)
+	}
+	starts, err := c.Offsets(ctx, kafka.FirstOffset, map[string][]int{topic: {0, 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := starts[topic]; len(s) != 2 || s[0] != 0 || s[2] != 0 {
+		t.Fatalf("log starts %v, want 0 for partitions 0 and 2", s)
+	}
+	if _, err := c.Offsets(ctx, kafka.LastOffset, map[string][]int{topic: {7}}); err == nil {
+		t.Fatal("the offset of a partition the topic does not have: no error")
+	}
+}

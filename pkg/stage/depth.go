@@ -43,22 +43,21 @@ type partitionDepth struct {
 // every partition of the topics. A partition the group never committed is
 // behind by everything it retains (a new group starts at the oldest record),
 // or, for a group that starts at the end, by what the consumer holds. Log
-// starts are asked for those partitions alone: kafka-go sends a request per
-// partition and offset, and this runs every report period in every replica.
+// starts are asked for those partitions alone, and each leader is asked once:
+// this runs every report period in every replica.
 func (d *depth) measure(ctx context.Context) ([]partitionDepth, error) {
 	md, err := d.client.Metadata(ctx, &kafka.MetadataRequest{Topics: d.topics})
 	if err != nil {
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
-	ends := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
-	fetch := &kafka.OffsetFetchRequest{GroupID: d.group, Topics: map[string][]int{}}
+	parts := map[string][]int{}
+	fetch := &kafka.OffsetFetchRequest{GroupID: d.group, Topics: parts}
 	for _, t := range md.Topics {
 		if t.Error != nil {
 			return nil, fmt.Errorf("metadata of %s: %w", t.Name, t.Error)
 		}
 		for _, p := range t.Partitions {
-			ends.Topics[t.Name] = append(ends.Topics[t.Name], kafka.LastOffsetOf(p.ID))
-			fetch.Topics[t.Name] = append(fetch.Topics[t.Name], p.ID)
+			parts[t.Name] = append(parts[t.Name], p.ID)
 		}
 	}
 	committed, err := d.client.OffsetFetch(ctx, fetch)
@@ -76,45 +75,34 @@ func (d *depth) measure(ctx context.Context) ([]partitionDepth, error) {
 			}
 		}
 	}
-	end, err := d.client.ListOffsets(ctx, ends)
+	ends, err := d.client.Offsets(ctx, kafka.LastOffset, parts)
 	if err != nil {
-		return nil, fmt.Errorf("log end offsets: %w", err)
+		return nil, fmt.Errorf("log ends: %w", err)
 	}
-	first := map[topicPartition]int64{}
+	var first map[string]map[int]int64
 	if !d.startAtEnd {
-		starts := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
-		for topic, ps := range end.Topics {
-			for _, p := range ps {
+		uncommitted := map[string][]int{}
+		for topic, ps := range ends {
+			for p, end := range ps {
 				// Nothing written: nothing retained either.
-				if _, ok := done[topicPartition{topic, p.Partition}]; !ok && p.LastOffset > 0 {
-					starts.Topics[topic] = append(starts.Topics[topic], kafka.FirstOffsetOf(p.Partition))
+				if _, ok := done[topicPartition{topic, p}]; !ok && end > 0 {
+					uncommitted[topic] = append(uncommitted[topic], p)
 				}
 			}
 		}
-		if len(starts.Topics) > 0 {
-			start, err := d.client.ListOffsets(ctx, starts)
-			if err != nil {
-				return nil, fmt.Errorf("log start offsets: %w", err)
-			}
-			for topic, ps := range start.Topics {
-				for _, p := range ps {
-					first[topicPartition{topic, p.Partition}] = p.FirstOffset
-				}
-			}
+		if first, err = d.client.Offsets(ctx, kafka.FirstOffset, uncommitted); err != nil {
+			return nil, fmt.Errorf("log starts: %w", err)
 		}
 	}
 	var out []partitionDepth
-	for topic, ps := range end.Topics {
-		for _, p := range ps {
-			if p.Error != nil {
-				return nil, fmt.Errorf("log end of %s/%d: %w", topic, p.Partition, p.Error)
-			}
-			k := topicPartition{topic, p.Partition}
+	for topic, ps := range ends {
+		for p, end := range ps {
+			k := topicPartition{topic, p}
 			from, ok := done[k]
 			if !ok {
-				from = first[k]
+				from = first[topic][p]
 				if d.startAtEnd {
-					from = p.LastOffset
+					from = end
 					if d.held != nil {
 						if o, ok := d.held(k); ok {
 							from = o
@@ -122,7 +110,7 @@ func (d *depth) measure(ctx context.Context) ([]partitionDepth, error) {
 					}
 				}
 			}
-			out = append(out, partitionDepth{topic: topic, partition: p.Partition, lag: max(p.LastOffset-from, 0)})
+			out = append(out, partitionDepth{topic: topic, partition: p, lag: max(end-from, 0)})
 		}
 	}
 	slices.SortFunc(out, func(a, b partitionDepth) int {

@@ -1,0 +1,91 @@
+package kafkabus
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	"github.com/segmentio/kafka-go/protocol/listoffsets"
+)
+
+// Offsets returns the offset at of each partition of topics: kafka.FirstOffset
+// (the log start) or kafka.LastOffset (the log end). Each partition leader is
+// asked once for all of its partitions; kafka-go's ListOffsets sends a request
+// per partition, which a lag report repeats every period in every replica.
+func (c *Client) Offsets(ctx context.Context, at int64, topics map[string][]int) (map[string]map[int]int64, error) {
+	req := &leaderOffsets{Request: listoffsets.Request{ReplicaID: -1}}
+	for topic, ps := range topics {
+		t := listoffsets.RequestTopic{Topic: topic}
+		for _, p := range ps {
+			t.Partitions = append(t.Partitions, listoffsets.RequestPartition{Partition: int32(p), CurrentLeaderEpoch: -1, Timestamp: at})
+		}
+		if len(t.Partitions) > 0 {
+			req.Topics = append(req.Topics, t)
+		}
+	}
+	out := make(map[string]map[int]int64, len(req.Topics))
+	if len(req.Topics) == 0 {
+		return out, nil
+	}
+	rt := c.Client.Transport
+	if rt == nil {
+		rt = kafka.DefaultTransport
+	}
+	if c.Client.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.Client.Timeout)
+		defer cancel()
+	}
+	m, err := rt.RoundTrip(ctx, c.Client.Addr, req)
+	if err != nil {
+		return nil, fmt.Errorf("list offsets: %w", err)
+	}
+	res, ok := m.(*listoffsets.Response)
+	if !ok {
+		return nil, fmt.Errorf("list offsets: unexpected %T", m)
+	}
+	for _, t := range res.Topics {
+		for _, p := range t.Partitions {
+			if p.ErrorCode != 0 {
+				return nil, fmt.Errorf("offset of %s/%d: %w", t.Topic, p.Partition, kafka.Error(p.ErrorCode))
+			}
+			if out[t.Topic] == nil {
+				out[t.Topic] = map[int]int64{}
+			}
+			out[t.Topic][int(p.Partition)] = p.Offset
+		}
+	}
+	return out, nil
+}
+
+// leaderOffsets is a ListOffsets request that the transport splits into one
+// request per partition leader, not one per partition.
+type leaderOffsets struct{ listoffsets.Request }
+
+// Split groups the partitions by leader (-1 for a partition the metadata does
+// not know: the request fails for it, as it would alone).
+func (r *leaderOffsets) Split(cluster protocol.Cluster) ([]protocol.Message, protocol.Merger, error) {
+	byLeader := map[int32]*listoffsets.Request{}
+	var msgs []protocol.Message
+	for _, t := range r.Topics {
+		for _, p := range t.Partitions {
+			leader := int32(-1)
+			if part, ok := cluster.Topics[t.Topic].Partitions[p.Partition]; ok {
+				leader = part.Leader
+			}
+			req, ok := byLeader[leader]
+			if !ok {
+				req = &listoffsets.Request{ReplicaID: r.ReplicaID, IsolationLevel: r.IsolationLevel}
+				byLeader[leader] = req
+				msgs = append(msgs, req)
+			}
+			if n := len(req.Topics); n == 0 || req.Topics[n-1].Topic != t.Topic {
+				req.Topics = append(req.Topics, listoffsets.RequestTopic{Topic: t.Topic})
+			}
+			last := &req.Topics[len(req.Topics)-1]
+			last.Partitions = append(last.Partitions, p)
+		}
+	}
+	return msgs, new(listoffsets.Response), nil
+}
