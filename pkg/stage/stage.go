@@ -139,7 +139,22 @@ func (rt *Runtime) started(context.Context) error {
 	case rt.waiting != "":
 		return errors.New(rt.waiting)
 	}
+	// Run's topic part may not have begun yet: a service is not ready before
+	// its topics exist, or a first publish would cache metadata without them.
+	if !rt.TopicsReady() {
+		return errors.New("setting up topics")
+	}
 	return nil
+}
+
+// TopicsReady reports whether every declared topic exists (set up by Run).
+func (rt *Runtime) TopicsReady() bool {
+	select {
+	case <-rt.setUp:
+		return true
+	default:
+		return false
+	}
 }
 
 // Topics declares topics the service reads or writes on brokers. Run makes

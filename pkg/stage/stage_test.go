@@ -163,6 +163,28 @@ func TestRuntimeWaitsForKafkaAtStart(t *testing.T) {
 	}
 }
 
+// A service is not ready before its topics exist, even in the moment between
+// Run's start and its topic part saying what it waits for: the ingress, with
+// no consumer to hold readiness back, said ready then, and a publish at once
+// left kafka-go's metadata cache without the topics for seconds.
+func TestNotReadyBeforeTheTopicsExist(t *testing.T) {
+	cfg := config.Default()
+	cfg.DebugPort = "127.0.0.1:0"
+	cfg.Bus.Brokers = testkit.FreeAddr(t)
+	rt, err := New("test", cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	rt.Topics(rt.Brokers(), "never")
+	rt.mu.Lock()
+	rt.running = true // Run's first step; its topic part has not begun
+	rt.mu.Unlock()
+	if err := rt.started(context.Background()); err == nil || rt.TopicsReady() {
+		t.Fatalf("ready (%v) with its topics not set up (TopicsReady %v)", err, rt.TopicsReady())
+	}
+}
+
 // listCounter counts the offset lists a client asks for.
 type listCounter struct {
 	kafka.RoundTripper

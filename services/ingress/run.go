@@ -42,7 +42,8 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	rt.Topics(rt.Brokers(), cfg.Bus.AnnouncementsTopic, priority, cfg.Bus.DeadLetterTopic)
 
 	pub, err := publisher.New(rt.Writer(rt.Brokers(), publishWriterOptions(cfg)),
-		publisher.Options{AnnouncementsTopic: cfg.Bus.AnnouncementsTopic, PriorityTopic: priority, MaxMessageBytes: cfg.Bus.MaxMessageBytes}, rt.Metrics())
+		publisher.Options{AnnouncementsTopic: cfg.Bus.AnnouncementsTopic, PriorityTopic: priority, MaxMessageBytes: cfg.Bus.MaxMessageBytes,
+			TopicsReady: rt.TopicsReady}, rt.Metrics())
 	if err != nil {
 		return err
 	}

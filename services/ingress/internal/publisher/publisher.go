@@ -33,6 +33,11 @@ type Options struct {
 	// PriorityTopic is the priority lane (events with priority high); empty = none.
 	PriorityTopic   string
 	MaxMessageBytes int
+	// TopicsReady says whether the topics exist yet (nil: always). Until
+	// then a publish is refused without touching the writer: kafka-go caches
+	// the metadata of its first write for up to 6 s, and metadata without the
+	// topics would fail the writes for that long after they exist.
+	TopicsReady func() bool
 }
 
 // Kafka publishes on w. Many goroutines may call it at once: concurrent
@@ -84,6 +89,9 @@ func (k *Kafka) Publish(ctx context.Context, e announcement.Event) error {
 	}
 	if limit := k.opt.MaxMessageBytes - recordOverhead; len(v) > limit {
 		return fmt.Errorf("%w: the event is %d bytes, the bus takes %d", announce.ErrTooLarge, len(v), limit)
+	}
+	if k.opt.TopicsReady != nil && !k.opt.TopicsReady() {
+		return fmt.Errorf("%w: the topics are being set up", announce.ErrUnavailable)
 	}
 	topic := k.opt.AnnouncementsTopic
 	if e.Priority == announcement.PriorityHigh && k.opt.PriorityTopic != "" {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -180,6 +181,24 @@ func TestPublishRetriesWhatKafkaSaysWillPass(t *testing.T) {
 	k, _ = New(down, opt, prometheus.NewRegistry())
 	if err := k.Publish(context.Background(), event("01a2-down")); !errors.Is(err, announce.ErrUnavailable) || down.calls != 1 {
 		t.Fatalf("refused connection: %v in %d calls, want ErrUnavailable at once", err, down.calls)
+	}
+}
+
+// Before the topics exist a publish is a 503 that leaves the writer alone
+// (its metadata cache would go on without them for seconds); then it writes.
+func TestPublishWaitsForTheTopics(t *testing.T) {
+	var ready atomic.Bool
+	w := &failingWriter{}
+	k, err := New(w, Options{AnnouncementsTopic: "t", MaxMessageBytes: 1 << 20, TopicsReady: ready.Load}, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Publish(context.Background(), event("01a2-early")); !errors.Is(err, announce.ErrUnavailable) || w.calls != 0 {
+		t.Fatalf("before the topics exist: %v after %d writes, want ErrUnavailable and no write", err, w.calls)
+	}
+	ready.Store(true)
+	if err := k.Publish(context.Background(), event("01a2-later")); err != nil || w.calls != 1 {
+		t.Fatalf("once the topics exist: %v after %d writes, want one write", err, w.calls)
 	}
 }
 
