@@ -124,9 +124,10 @@ func TestRuntimeRunsAStage(t *testing.T) {
 	}
 }
 
-// With Kafka unreachable, start-up waits (it does not fail) and says why;
-// ending ctx ends the wait without an error.
-func TestRuntimeWaitsForKafkaAtStart(t *testing.T) {
+// runtimeWithoutKafka is a runtime whose broker address nothing listens on,
+// with the topic "never" declared.
+func runtimeWithoutKafka(t *testing.T) *Runtime {
+	t.Helper()
 	cfg := config.Default()
 	cfg.DebugPort = "127.0.0.1:0"
 	cfg.Bus.Brokers = testkit.FreeAddr(t)
@@ -134,8 +135,15 @@ func TestRuntimeWaitsForKafkaAtStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rt.Close()
+	t.Cleanup(rt.Close) // after Run returned
 	rt.Topics(rt.Brokers(), "never")
+	return rt
+}
+
+// With Kafka unreachable, start-up waits (it does not fail) and says why;
+// ending ctx ends the wait without an error.
+func TestRuntimeWaitsForKafkaAtStart(t *testing.T) {
+	rt := runtimeWithoutKafka(t)
 	rt.Consume(Input{Name: "in", Group: "g", Topics: []string{"never"},
 		Handle: func(context.Context, kafka.Message) error { return nil }})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -168,15 +176,7 @@ func TestRuntimeWaitsForKafkaAtStart(t *testing.T) {
 // no consumer to hold readiness back, said ready then, and a publish at once
 // left kafka-go's metadata cache without the topics for seconds.
 func TestNotReadyBeforeTheTopicsExist(t *testing.T) {
-	cfg := config.Default()
-	cfg.DebugPort = "127.0.0.1:0"
-	cfg.Bus.Brokers = testkit.FreeAddr(t)
-	rt, err := New("test", cfg, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rt.Close()
-	rt.Topics(rt.Brokers(), "never")
+	rt := runtimeWithoutKafka(t)
 	rt.mu.Lock()
 	rt.running = true // Run's first step; its topic part has not begun
 	rt.mu.Unlock()
