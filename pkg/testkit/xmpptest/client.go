@@ -1,5 +1,5 @@
-// Package xmpptest is a real XMPP client for tests: it logs in over c2s (STARTTLS, SASL PLAIN),
-// announces presence and records every message it receives.
+// Package xmpptest is a real XMPP client for tests: it logs in over c2s (STARTTLS, or plaintext
+// on loopback; SASL PLAIN), announces presence and records every message it receives.
 package xmpptest
 
 import (
@@ -8,6 +8,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,28 +35,35 @@ type Message struct {
 	Children int
 }
 
-// Arrival is a message with the time the client had it decoded: benchmarks
-// measure delivery rates from these. It is apart from Message so that tests
-// comparing whole messages stay exact.
-type Arrival struct {
-	Message
-	At time.Time
-}
-
 // Client is one logged-in user.
 type Client struct {
 	JID  jid.JID
 	s    *xmpp.Session
 	mu   sync.Mutex
-	msgs []Arrival
-	end  time.Time // when the stream ended (zero while it is up)
-	seen chan struct{}
-	done chan error
+	msgs []Message
+	// firstAt is when the first message with each first body was decoded: benchmarks
+	// time deliveries by it, and look it up while clients are still receiving, so the
+	// look-up must not cost in proportion to what arrived.
+	firstAt map[string]time.Time
+	end     time.Time // when the stream ended (zero while it is up)
+	seen    chan struct{}
+	done    chan error
 }
 
-// Login connects to addr (c2s) as user@domain with the password and sends initial presence,
-// so messages to the bare JID and offline messages are delivered.
+// Login connects to addr (c2s) as user@domain with the password over STARTTLS and sends
+// initial presence, so messages to the bare JID and offline messages are delivered.
 func Login(ctx context.Context, addr, user, domain, password string) (*Client, error) {
+	return login(ctx, addr, user, domain, password, true)
+}
+
+// LoginPlaintext is Login without STARTTLS, for the stack's loopback listener, which offers
+// TLS without requiring it. Benchmarks use it when the 5,000 clients' TLS, sharing the machine
+// with ejabberd, would hide what ejabberd itself spends.
+func LoginPlaintext(ctx context.Context, addr, user, domain, password string) (*Client, error) {
+	return login(ctx, addr, user, domain, password, false)
+}
+
+func login(ctx context.Context, addr, user, domain, password string, startTLS bool) (*Client, error) {
 	j, err := jid.New(user, domain, "test")
 	if err != nil {
 		return nil, err
@@ -64,17 +72,22 @@ func Login(ctx context.Context, addr, user, domain, password string) (*Client, e
 	if err != nil {
 		return nil, err
 	}
-	s, err := xmpp.NewClientSession(ctx, j, conn,
+	features := []xmpp.StreamFeature{xmpp.SASL("", password, sasl.Plain), xmpp.BindResource()}
+	state := xmpp.Secure // mellium offers SASL only on a secured stream: loopback counts as one
+	if startTLS {
 		// Loopback stack with a self-signed certificate.
-		xmpp.StartTLS(&tls.Config{ServerName: domain, InsecureSkipVerify: true}), //nolint:gosec
-		xmpp.SASL("", password, sasl.Plain),
-		xmpp.BindResource(),
-	)
+		features = append([]xmpp.StreamFeature{xmpp.StartTLS(&tls.Config{ServerName: domain, InsecureSkipVerify: true})}, features...) //nolint:gosec
+		state = 0
+	}
+	s, err := xmpp.NewSession(ctx, j.Domain(), j, conn, state, xmpp.NewNegotiator(func(*xmpp.Session, *xmpp.StreamConfig) xmpp.StreamConfig {
+		return xmpp.StreamConfig{Features: features}
+	}))
 	if err != nil {
 		_ = conn.Close()
 		return nil, fmt.Errorf("login %s: %w", j, err)
 	}
-	c := &Client{JID: s.LocalAddr(), s: s, seen: make(chan struct{}, 1), done: make(chan error, 1)}
+	c := &Client{JID: s.LocalAddr(), s: s, seen: make(chan struct{}, 1), done: make(chan error, 1),
+		firstAt: map[string]time.Time{}}
 	go func() {
 		err := s.Serve(xmpp.HandlerFunc(c.handle))
 		c.mu.Lock()
@@ -157,7 +170,12 @@ func (c *Client) handle(t xmlstream.TokenReadEncoder, start *xml.StartElement) e
 	}
 	at := time.Now()
 	c.mu.Lock()
-	c.msgs = append(c.msgs, Arrival{Message: m, At: at})
+	c.msgs = append(c.msgs, m)
+	if len(m.Bodies) > 0 {
+		if _, ok := c.firstAt[m.Bodies[0]]; !ok {
+			c.firstAt[m.Bodies[0]] = at
+		}
+	}
 	c.mu.Unlock()
 	select {
 	case c.seen <- struct{}{}:
@@ -177,18 +195,21 @@ func (c *Client) Ended() time.Time {
 func (c *Client) Messages() []Message {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var out []Message
-	for _, a := range c.msgs {
-		out = append(out, a.Message)
-	}
-	return out
+	return slices.Clone(c.msgs)
 }
 
-// Arrivals returns what arrived so far, each with when.
-func (c *Client) Arrivals() []Arrival {
+// Received is how many messages arrived so far: a cheap check before looking further.
+func (c *Client) Received() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]Arrival(nil), c.msgs...)
+	return len(c.msgs)
+}
+
+// FirstArrival is when the first message whose first body is body arrived (zero: none yet).
+func (c *Client) FirstArrival(body string) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.firstAt[body]
 }
 
 // Wait returns once at least n messages arrived, or with what arrived when ctx ends.
@@ -211,4 +232,10 @@ func (c *Client) Close() error {
 	err := c.s.Close()
 	_ = c.s.Conn().Close()
 	return err
+}
+
+// TLS reports whether the session runs over TLS.
+func (c *Client) TLS() bool {
+	_, ok := c.s.Conn().(*tls.Conn)
+	return ok
 }

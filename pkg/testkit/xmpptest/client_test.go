@@ -13,8 +13,24 @@ import (
 	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 )
 
-// A message written on a component connection reaches a logged-in client, decoded.
+// A message written on a component connection reaches a logged-in client, decoded, whether the
+// client logged in over STARTTLS or in plaintext.
 func TestClientReceivesFromComponent(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		login func(ctx context.Context, addr, user, domain, password string) (*xmpptest.Client, error)
+		tls   bool
+	}{
+		{"starttls", xmpptest.Login, true},
+		{"plaintext", xmpptest.LoginPlaintext, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			receiveFromComponent(t, tc.login, tc.tls)
+		})
+	}
+}
+
+func receiveFromComponent(t *testing.T, login func(ctx context.Context, addr, user, domain, password string) (*xmpptest.Client, error), wantTLS bool) {
 	env, ctx := stacktest.GetWithTimeout(t, 20*time.Second)
 	// A user of this test alone: the demo users may hold offline messages of earlier runs.
 	api := xmpptest.API{Base: env.EjabberdAPI}
@@ -23,11 +39,14 @@ func TestClientReceivesFromComponent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = api.Unregister(context.Background(), user, env.XMPPDomain) }()
-	alice, err := xmpptest.Login(ctx, env.C2SAddr, user, env.XMPPDomain, "pw")
+	alice, err := login(ctx, env.C2SAddr, user, env.XMPPDomain, "pw")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer alice.Close()
+	if alice.TLS() != wantTLS {
+		t.Fatalf("session over TLS: %v, want %v", alice.TLS(), wantTLS)
+	}
 
 	conn := testkit.Dial(t, env.ComponentAddr)
 	s, err := component.NewSession(ctx, jid.MustParse(env.ComponentDomain), []byte(env.ComponentSecret), conn)
