@@ -662,6 +662,7 @@ type prometheusConfig struct {
 		ScrapeTimeout      string `yaml:"scrape_timeout"`
 		EvaluationInterval string `yaml:"evaluation_interval"`
 	} `yaml:"global"`
+	RuleFiles     []string `yaml:"rule_files"`
 	ScrapeConfigs []struct {
 		JobName       string `yaml:"job_name"`
 		MetricsPath   string `yaml:"metrics_path"`

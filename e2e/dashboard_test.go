@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"gopkg.in/yaml.v3"
 
 	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
@@ -22,6 +23,10 @@ import (
 
 // dashboardPath is the Grafana dashboard that deployments/docker-compose.yml provisions.
 const dashboardPath = "../deployments/grafana/dashboards/announcer.json"
+
+// alertRulesPath is the Prometheus alerting rules of the same deployment (deployments/ checks
+// that they load and fire; here, that what they query exists).
+const alertRulesPath = "../deployments/prometheus/alerts.yml"
 
 // scrapeSeries are the series Prometheus adds to every scrape itself: no service exports them.
 var scrapeSeries = map[string]bool{"up": true}
@@ -67,6 +72,36 @@ type grafanaDatasource struct {
 
 // query is one PromQL expression of the dashboard and where it is.
 type query struct{ where, expr string }
+
+// alertQueries are the expressions of the alerting rules.
+func alertQueries(t *testing.T) []query {
+	t.Helper()
+	b, err := os.ReadFile(alertRulesPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(b, &f); err != nil {
+		t.Fatalf("%s: %v", alertRulesPath, err)
+	}
+	var out []query
+	for _, g := range f.Groups {
+		for _, r := range g.Rules {
+			out = append(out, query{where: "alert " + r.Alert, expr: r.Expr})
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("%s holds no rules", alertRulesPath)
+	}
+	return out
+}
 
 func loadDashboard(t *testing.T) grafanaDashboard {
 	t.Helper()
@@ -220,14 +255,15 @@ func allPanels(list []grafanaPanel) []grafanaPanel {
 	return out
 }
 
-// Every metric the dashboard queries is one a running service really exports. The system
+// Every metric the dashboard and the alerting rules query is one a running service really exports. The system
 // runs on a private broker and is driven through each path that creates a labelled series
 // lazily (an announcement, a rejection, a bounce from ejabberd, a dead letter in every
 // consumer, a publish failure while the broker is down), so a panel that would stay empty
-// in production because a metric was renamed or never existed fails here.
+// in production (or an alert that could never fire) because a metric was renamed or never
+// existed fails here.
 func TestDashboardMetricsAreExported(t *testing.T) {
 	d := loadDashboard(t)
-	queries := d.queries(t)
+	queries := append(d.queries(t), alertQueries(t)...)
 	used := map[string][]string{} // metric → where
 	for _, q := range queries {
 		names, err := metricNames(q.expr)
@@ -316,7 +352,7 @@ func TestDashboardMetricsAreExported(t *testing.T) {
 		t.Logf("%-62s exported by %s", n, strings.Join(exporters(n, exported), ", "))
 	}
 
-	// Not a failure: what the services export that no panel shows, for whoever edits the dashboard next.
+	// Not a failure: what the services export that no panel or alert uses, for whoever edits them next.
 	covered := map[string]bool{}
 	for n := range used {
 		covered[n] = true
@@ -331,7 +367,7 @@ func TestDashboardMetricsAreExported(t *testing.T) {
 		}
 	}
 	sort.Strings(unused)
-	t.Logf("%d metrics used by %d queries; exported announcer_ families no panel shows: %s", len(names), len(queries), strings.Join(unused, " "))
+	t.Logf("%d metrics used by %d queries; exported announcer_ families no panel or alert uses: %s", len(names), len(queries), strings.Join(unused, " "))
 }
 
 // anyFrom restarts the services with [component] check_from = false (the stack's spare
