@@ -21,11 +21,12 @@ import (
 )
 
 // TestDeliveryThroughput measures channel announcements through the whole system into real
-// logged-in clients, against two baselines measured in the same run into the same clients:
-// the same stanzas pre-rendered and written over one XEP-0114 connection straight to ejabberd
-// (what ejabberd can take; the goal is the announcer at ≥ 95 % of its rate), and ejabberd's own
-// tool for the job (its HTTP API send_message, one call per user, 4 keep-alive connections).
-// It also reads ejabberd's CPU per stanza delivered in both component modes. It is a benchmark:
+// logged-in clients, against baselines measured in the same run into the same clients: the
+// same stanzas pre-rendered and written over one XEP-0114 connection straight to ejabberd (what
+// ejabberd can take; the goal is the announcer at ≥ 95 % of its rate), and ejabberd's own tools:
+// mod_announce to every online user (one stanza, copied by ejabberd), and its HTTP API
+// send_message (one call per user, 4 keep-alive connections). It also reads ejabberd's CPU per
+// stanza delivered in each mode. It is a benchmark:
 // `make bench` runs it with ANNOUNCER_BENCH=1 (users: ANNOUNCER_BENCH_USERS, default 5000);
 // it prints figures and fails only if a message is missing.
 func TestDeliveryThroughput(t *testing.T) {
@@ -302,6 +303,38 @@ func TestDeliveryThroughput(t *testing.T) {
 	if multicasts == 0 {
 		t.Fatal("multicast mode sent no multicast")
 	}
+
+	// ejabberd's own tool for "every online user": mod_announce. One stanza to
+	// <host>/announce/online (from the announcer's component domain, which the stack's announce
+	// access rule allows) and ejabberd copies it to every online session itself: one stanza on
+	// the wire per round, not one per recipient. The same rounds, into the same clients.
+	announceRun := func(label string) mode {
+		rc, err := dialRawComponent(ctx, s.env.ComponentAddr, s.env.ComponentDomain, s.env.ComponentSecret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = rc.conn.Close() }()
+		var broadcasts []byte
+		for _, b := range bodies(label) {
+			broadcasts = append(broadcasts, message(s.domain+"/announce/online", b)...)
+		}
+		s0, cpu0, t0 := snap(), ejabberdCPU(), time.Now()
+		if _, err := rc.Write(broadcasts); err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		m := measure(t0, cpu0, s0, bodies(label))
+		if err := rc.Close(); err != nil {
+			t.Logf("mod_announce component close: %v", err)
+		}
+		return m
+	}
+	var announced []mode
+	for r := range reps {
+		announced = append(announced, announceRun(fmt.Sprintf("online%d", r)))
+	}
 	median := func(ms []mode) mode {
 		bySpan := slices.Clone(ms)
 		slices.SortFunc(bySpan, func(a, b mode) int { return int(a.span - b.span) })
@@ -309,7 +342,7 @@ func TestDeliveryThroughput(t *testing.T) {
 		slices.SortFunc(byCPU, func(a, b mode) int { return int(a.cpuUS - b.cpuUS) })
 		return mode{e2e: bySpan[len(ms)/2].e2e, span: bySpan[len(ms)/2].span, cpuUS: byCPU[len(ms)/2].cpuUS}
 	}
-	queued, rawMed, mcQueued := median(alone), median(raw), median(mcAlone)
+	queued, rawMed, mcQueued, announceMed := median(alone), median(raw), median(mcAlone), median(announced)
 
 	// ejabberd's own tool: send_message over its HTTP API, one call per user.
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
@@ -365,15 +398,16 @@ func TestDeliveryThroughput(t *testing.T) {
 	line(fmt.Sprintf("raw writer: %d×%d pre-rendered, 1 connection, median of %d", rounds, n, reps), rawMed)
 	line(fmt.Sprintf("multicast, whole pipeline (%.0f XEP-0033 stanzas in all)", multicasts), mc)
 	line(fmt.Sprintf("multicast, sender alone, median of %d", reps), mcQueued)
-	fmt.Printf("  runs: sender alone %v, raw writer %v, multicast sender alone %v\n", spans(alone), spans(raw), spans(mcAlone))
+	line(fmt.Sprintf("baseline: ejabberd mod_announce, %d broadcasts to announce/online, median of %d", rounds, reps), announceMed)
+	fmt.Printf("  runs: sender alone %v, raw writer %v, multicast sender alone %v, mod_announce %v\n", spans(alone), spans(raw), spans(mcAlone), spans(announced))
 	for i := range alone {
 		fmt.Printf("  CPU seconds, run %d: sender alone: %s; raw writer: %s; multicast sender alone: %s\n", i+1, alone[i].procs, raw[i].procs, mcAlone[i].procs)
 	}
 	fmt.Printf("  sender alone ÷ raw writer: %.3f (goal ≥ 0.95; whole pipeline %.3f); multicast ÷ unicast: %.3f (goal ≥ 1.15; whole pipeline %.3f)\n",
 		senderRatio, pipelineRatio, mcRatio, mcPipelineRatio)
 	if haveCPU {
-		fmt.Printf("  ejabberd CPU per stanza delivered: sender alone %.1f µs, multicast %.1f µs, raw writer %.1f µs (whole pipeline %.1f µs)\n",
-			queued.cpuUS, mcQueued.cpuUS, rawMed.cpuUS, ours.cpuUS)
+		fmt.Printf("  ejabberd CPU per stanza delivered: sender alone %.1f µs, multicast %.1f µs, raw writer %.1f µs, mod_announce %.1f µs (whole pipeline %.1f µs)\n",
+			queued.cpuUS, mcQueued.cpuUS, rawMed.cpuUS, announceMed.cpuUS, ours.cpuUS)
 	}
 	fmt.Printf("  baseline: ejabberd HTTP API send_message x%d  %8s  %8.0f stanzas/s\n", n, theirs.Round(time.Millisecond), rate(float64(n), theirs))
 	fmt.Printf("  speed-up: %.1fx\n", rate(stanzas, ours.e2e)/rate(float64(n), theirs))
@@ -399,6 +433,10 @@ func TestDeliveryThroughput(t *testing.T) {
 			Note: "ejabberd_multicast_stanzas_per_second ÷ ejabberd_sender_alone_stanzas_per_second, same run, same clients; goal ≥ 1.15"},
 		"ejabberd_multicast_pipeline_vs_unicast_ratio": {Value: mcPipelineRatio,
 			Note: "the same for the whole pipeline: multicast POSTs ÷ unicast POSTs"},
+		"ejabberd_mod_announce_stanzas_per_second": {Value: rate(stanzas, announceMed.span),
+			Note: fmt.Sprintf("baseline, median of %d: ejabberd's mod_announce, %d stanzas to announce/online copied by ejabberd to each of %d clients: deliveries ÷ first-to-last received", reps, rounds, n)},
+		"ejabberd_sender_alone_vs_mod_announce_ratio": {Value: rate(stanzas, queued.span) / rate(stanzas, announceMed.span),
+			Note: "ejabberd_sender_alone_stanzas_per_second ÷ ejabberd_mod_announce_stanzas_per_second, same run, same clients"},
 		"ejabberd_http_api_baseline_seconds":            {Value: theirs.Seconds(), Note: "baseline: ejabberd's HTTP API send_message, one call per user, same clients"},
 		"ejabberd_http_api_baseline_stanzas_per_second": {Value: rate(float64(n), theirs)},
 	}
@@ -409,6 +447,8 @@ func TestDeliveryThroughput(t *testing.T) {
 			Note: "the same in multicast mode (mod_multicast's copying included)"}
 		figures["ejabberd_cpu_us_per_stanza_raw"] = benchreport.Figure{Value: rawMed.cpuUS,
 			Note: "the same for the raw writer, from its first write (after the handshake)"}
+		figures["ejabberd_cpu_us_per_stanza_mod_announce"] = benchreport.Figure{Value: announceMed.cpuUS,
+			Note: "the same for mod_announce, from its first write"}
 		figures["ejabberd_cpu_us_per_stanza_announcer"] = benchreport.Figure{Value: ours.cpuUS,
 			Note: "the same for the whole pipeline, from before the POSTs"}
 	}
