@@ -246,20 +246,16 @@ func TestDeliveryThroughput(t *testing.T) {
 		return measure(t0, cpu0, s0, bodies(label))
 	}
 	spare := s.env.ComponentSpares[len(s.env.ComponentSpares)-1]
-	rawRun := func(label string) mode {
-		rc, err := dialRawComponent(ctx, s.env.AddrFor(spare), spare, s.env.SecretFor(spare))
+	// rawSend writes stanzas on a new component connection of domain at addr, and measures
+	// until every client has the label's rounds.
+	rawSend := func(addr, domain, secret string, stanzas []byte, label string) mode {
+		rc, err := dialRawComponent(ctx, addr, domain, secret)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer func() { _ = rc.conn.Close() }()
-		var rendered []byte
-		for _, b := range bodies(label) {
-			for _, u := range users {
-				rendered = append(rendered, message(u+"@"+s.domain, b)...)
-			}
-		}
 		s0, cpu0, t0 := snap(), ejabberdCPU(), time.Now()
-		if _, err := rc.Write(rendered); err != nil {
+		if _, err := rc.Write(stanzas); err != nil {
 			t.Fatal(err)
 		}
 		if err := rc.Flush(); err != nil {
@@ -267,9 +263,18 @@ func TestDeliveryThroughput(t *testing.T) {
 		}
 		m := measure(t0, cpu0, s0, bodies(label))
 		if err := rc.Close(); err != nil {
-			t.Logf("raw component close: %v", err)
+			t.Logf("component %s close: %v", domain, err)
 		}
 		return m
+	}
+	rawRun := func(label string) mode {
+		var rendered []byte
+		for _, b := range bodies(label) {
+			for _, u := range users {
+				rendered = append(rendered, message(u+"@"+s.domain, b)...)
+			}
+		}
+		return rawSend(s.env.AddrFor(spare), spare, s.env.SecretFor(spare), rendered, label)
 	}
 	var alone, raw, mcAlone []mode
 	for r := range reps {
@@ -309,27 +314,11 @@ func TestDeliveryThroughput(t *testing.T) {
 	// access rule allows) and ejabberd copies it to every online session itself: one stanza on
 	// the wire per round, not one per recipient. The same rounds, into the same clients.
 	announceRun := func(label string) mode {
-		rc, err := dialRawComponent(ctx, s.env.ComponentAddr, s.env.ComponentDomain, s.env.ComponentSecret)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = rc.conn.Close() }()
 		var broadcasts []byte
 		for _, b := range bodies(label) {
 			broadcasts = append(broadcasts, message(s.domain+"/announce/online", b)...)
 		}
-		s0, cpu0, t0 := snap(), ejabberdCPU(), time.Now()
-		if _, err := rc.Write(broadcasts); err != nil {
-			t.Fatal(err)
-		}
-		if err := rc.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		m := measure(t0, cpu0, s0, bodies(label))
-		if err := rc.Close(); err != nil {
-			t.Logf("mod_announce component close: %v", err)
-		}
-		return m
+		return rawSend(s.env.ComponentAddr, s.env.ComponentDomain, s.env.ComponentSecret, broadcasts, label)
 	}
 	var announced []mode
 	for r := range reps {
