@@ -341,7 +341,7 @@ key_prefix = "@P@:"
 	// The operator's input topic exists before the ingress consumes it.
 	tctx, tcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer tcancel()
-	if err := kafkabus.EnsureTopics(tctx, s.brokers, kafkabus.Topic{Name: s.p + "_input", Partitions: 2, ReplicationFactor: 1}); err != nil {
+	if err := kafkabus.EnsureTopics(tctx, kafkabus.Plaintext(s.brokers), kafkabus.Topic{Name: s.p + "_input", Partitions: 2, ReplicationFactor: 1}); err != nil {
 		t.Fatal(err)
 	}
 

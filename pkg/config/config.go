@@ -77,6 +77,8 @@ type KafkaConsumer struct {
 	Topics    string `toml:"topics"`    // comma-separated
 	GroupName string `toml:"group_name"`
 	Buffer    int    `toml:"buffer"`
+	// New: how to reach those brokers; with no brokers of its own, [bus]'s.
+	KafkaSecurity
 	// New: where a group with no committed offset starts: "latest" (only what
 	// is produced from now on) or "earliest" (the topic's whole retained history).
 	StartOffset string `toml:"start_offset"`
@@ -121,6 +123,21 @@ type KafkaProducer struct {
 	Topics         string `toml:"topics"`          // storage topic(s), comma-separated
 	FlushFrequency int    `toml:"flush_frequency"` // seconds
 	MaxRetry       int    `toml:"MaxRetry"`
+	KafkaSecurity         // new: how to reach the storage cluster
+}
+
+// KafkaSecurity says how to reach a Kafka cluster: TLS, and SASL
+// authentication. The first generation had neither; the zero value is
+// plaintext without authentication.
+type KafkaSecurity struct {
+	TLS         bool   `toml:"tls"`
+	TLSCAFile   string `toml:"tls_ca_file"`   // PEM, trusted besides the system's roots
+	TLSCertFile string `toml:"tls_cert_file"` // PEM client certificate (with tls_key_file), for brokers that ask for one
+	TLSKeyFile  string `toml:"tls_key_file"`
+	// SASLMechanism is "" (none), "PLAIN", "SCRAM-SHA-256" or "SCRAM-SHA-512".
+	SASLMechanism string `toml:"sasl_mechanism"`
+	SASLUsername  string `toml:"sasl_username"`
+	SASLPassword  Secret `toml:"sasl_password"`
 }
 
 type Ejabberd struct {
@@ -225,6 +242,7 @@ type Bus struct {
 	// topic and each deliveries topic + suffix. Users announcements and
 	// "priority": "high" ones go there, never behind bulk channel batches.
 	PrioritySuffix string `toml:"priority_suffix"`
+	KafkaSecurity
 }
 
 type Auth struct {
@@ -508,6 +526,9 @@ func (c *Config) resolve() {
 	}
 	if c.KafkaConsumer.Brokers == "" {
 		c.KafkaConsumer.Brokers = c.Bus.Brokers
+		if c.KafkaConsumer.KafkaSecurity == (KafkaSecurity{}) {
+			c.KafkaConsumer.KafkaSecurity = c.Bus.KafkaSecurity
+		}
 	}
 	if len(c.Nodes) == 0 {
 		for i, addr := range SplitList(c.Ejabberd.ClusterNodes) {
@@ -622,6 +643,9 @@ func (c Config) String() string {
 	mask(&c.Progress.Password)
 	mask(&c.Client.Password)
 	mask(&c.Component.Secret)
+	mask(&c.Bus.SASLPassword)
+	mask(&c.KafkaConsumer.SASLPassword)
+	mask(&c.KafkaProducer.SASLPassword)
 	c.Auth.Tokens = append([]Secret(nil), c.Auth.Tokens...)
 	for i := range c.Auth.Tokens {
 		mask(&c.Auth.Tokens[i])

@@ -1,9 +1,13 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/announcer/announcer/pkg/testkit"
 )
 
 // check is one value as loaded and the value it must have.
@@ -309,4 +313,60 @@ func TestTemplateRulesFollowTheMode(t *testing.T) {
 	if got := cfg.Client.JID(); got != "admin@other.example" {
 		t.Errorf("a username with a domain: %q", got)
 	}
+}
+
+// The Kafka security keys of each cluster section: they parse into the section, the input
+// topics inherit [bus]'s with its brokers, and what is wrong is named before any connection.
+func TestKafkaSecurityKeys(t *testing.T) {
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, testkit.SelfSignedCA(t, "kafka"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse([]byte(`
+[bus]
+brokers = "k1:9093"
+tls = true
+tls_ca_file = "` + ca + `"
+sasl_mechanism = "SCRAM-SHA-512"
+sasl_username = "announcer"
+sasl_password = "bus-secret-1234"
+[kafka-consumer]
+topics = "input"
+[kafka-producer]
+brokers = "storage:9092"
+topics = "archive"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := KafkaSecurity{TLS: true, TLSCAFile: ca, SASLMechanism: "SCRAM-SHA-512", SASLUsername: "announcer", SASLPassword: "bus-secret-1234"}
+	if c.Bus.KafkaSecurity != want || c.KafkaConsumer.KafkaSecurity != want || c.KafkaConsumer.Brokers != "k1:9093" {
+		t.Fatalf("[bus] %+v, [kafka-consumer] %q %+v; want both %+v", c.Bus.KafkaSecurity, c.KafkaConsumer.Brokers, c.KafkaConsumer.KafkaSecurity, want)
+	}
+	if c.KafkaProducer.KafkaSecurity != (KafkaSecurity{}) {
+		t.Fatalf("[kafka-producer] (another cluster) took [bus]'s security: %+v", c.KafkaProducer.KafkaSecurity)
+	}
+	if strings.Contains(c.String(), "bus-secret-1234") {
+		t.Error("the printed config shows sasl_password")
+	}
+	c.Component.Domain = "localhost"
+	if err := c.Validate(RoleIngress); err != nil {
+		t.Fatalf("valid settings refused: %v", err)
+	}
+
+	c, err = Parse([]byte(`
+[bus]
+sasl_mechanism = "GSSAPI"
+tls_ca_file = "/nonexistent/ca.pem"
+[kafka-producer]
+sasl_mechanism = "PLAIN"
+tls = true
+tls_cert_file = "client.pem"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustName(t, c.Validate(RoleArchiver), `[bus] sasl_mechanism "GSSAPI"`, "[bus] tls_ca_file/tls_cert_file/tls_key_file: set, but tls is false",
+		"[bus] tls_ca_file: stat /nonexistent/ca.pem", "[kafka-producer] sasl_mechanism PLAIN: needs sasl_username and sasl_password",
+		"[kafka-producer] tls_cert_file and tls_key_file: set both or neither")
 }

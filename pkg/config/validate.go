@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 )
 
@@ -80,6 +81,7 @@ func (c *Config) Validate(roles ...Role) error {
 	p.positive("[bus] write_timeout", c.Bus.WriteTimeout)
 	p.atLeast("[bus] max_message_bytes", c.Bus.MaxMessageBytes, 1024, "")
 	p.empty("[bus] priority_suffix", c.Bus.PrioritySuffix)
+	c.Bus.KafkaSecurity.validate(p, "[bus]")
 	c.validateProgress(p)
 	p.atLeast("[monitoring] buffer_report_duration", c.Monitoring.BufferReportDuration, 1, " (seconds between queue depth reports)")
 	for i, t := range c.Auth.Tokens {
@@ -106,6 +108,7 @@ func (c *Config) Validate(roles ...Role) error {
 }
 
 func (c *Config) validateIngress(p *problems) {
+	c.KafkaConsumer.KafkaSecurity.validate(p, "[kafka-consumer]")
 	if err := checkListen(c.RestAPIPort); err != nil {
 		p.bad("rest_api_port: %v", err)
 	}
@@ -206,9 +209,41 @@ func (c *Config) validateArchiver(p *problems) {
 	}
 	p.atLeast("[kafka-producer] flush_frequency", c.KafkaProducer.FlushFrequency, 0, " (seconds)")
 	p.atLeast("[kafka-producer] MaxRetry", c.KafkaProducer.MaxRetry, 0, "")
+	c.KafkaProducer.KafkaSecurity.validate(p, "[kafka-producer]")
 	p.empty("[archiver] group_name", c.Archiver.GroupName)
 	c.validateNodes(p)
 	c.validateUserDomain(p)
+}
+
+// validate checks what can be checked before connecting: the mechanism, the
+// credentials it needs, and that the files named are there.
+func (s KafkaSecurity) validate(p *problems, section string) {
+	switch s.SASLMechanism {
+	case "":
+		if s.SASLUsername != "" || s.SASLPassword != "" {
+			p.bad("%s sasl_username/sasl_password: set, but sasl_mechanism is empty", section)
+		}
+	case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+		if s.SASLUsername == "" || s.SASLPassword == "" {
+			p.bad("%s sasl_mechanism %s: needs sasl_username and sasl_password", section, s.SASLMechanism)
+		}
+	default:
+		p.bad("%s sasl_mechanism %q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", section, s.SASLMechanism)
+	}
+	if !s.TLS && (s.TLSCAFile != "" || s.TLSCertFile != "" || s.TLSKeyFile != "") {
+		p.bad("%s tls_ca_file/tls_cert_file/tls_key_file: set, but tls is false", section)
+	}
+	if (s.TLSCertFile == "") != (s.TLSKeyFile == "") {
+		p.bad("%s tls_cert_file and tls_key_file: set both or neither", section)
+	}
+	for _, f := range []struct{ key, path string }{{"tls_ca_file", s.TLSCAFile}, {"tls_cert_file", s.TLSCertFile}, {"tls_key_file", s.TLSKeyFile}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			p.bad("%s %s: %v", section, f.key, err)
+		}
+	}
 }
 
 func (c *Config) validateProgress(p *problems) {

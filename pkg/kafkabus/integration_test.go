@@ -19,7 +19,7 @@ import (
 func TestDeadLettersKeepTheRecordAndSayWhy(t *testing.T) {
 	env := stacktest.Get(t)
 	topic := kafkatest.Topics(t, env.KafkaBrokers, 1, "dlq")[0]
-	w := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 5 * time.Second})
+	w := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), kafkabus.WriterOptions{WriteTimeout: 5 * time.Second})
 	defer w.Close()
 	dl := &kafkabus.DeadLetters{W: w, Topic: topic, MaxBytes: 8192}
 
@@ -62,7 +62,7 @@ func TestWriterMetadataCoversItsTopics(t *testing.T) {
 		return w.WriteMessages(ctx, kafka.Message{Topic: topic, Value: []byte("x")})
 	}
 
-	scoped := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 3 * time.Second, MaxAttempts: 1, Topics: []string{own}})
+	scoped := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), kafkabus.WriterOptions{WriteTimeout: 3 * time.Second, MaxAttempts: 1, Topics: []string{own}})
 	defer scoped.Close()
 	if err := write(scoped, own); err != nil {
 		t.Fatalf("write to its own topic: %v", err)
@@ -71,7 +71,7 @@ func TestWriterMetadataCoversItsTopics(t *testing.T) {
 		t.Fatalf("a writer scoped to %s wrote to %s: its metadata covers every topic", own, other)
 	}
 
-	whole := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 3 * time.Second, MaxAttempts: 1})
+	whole := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), kafkabus.WriterOptions{WriteTimeout: 3 * time.Second, MaxAttempts: 1})
 	defer whole.Close()
 	if err := write(whole, other); err != nil {
 		t.Fatalf("a writer without topics knows every topic: %v", err)
@@ -86,7 +86,7 @@ func TestReaderKeepsItsConnectionThroughBrokerPauses(t *testing.T) {
 	env := stacktest.Get(t)
 	broker := stacktest.PrivateKafka(t, env)
 	topic := kafkatest.Topics(t, broker.Brokers(), 1, "pauses")[0]
-	r := kafkabus.NewReader(broker.Brokers(), stacktest.Name("pauses"), []string{topic}, kafkabus.ReaderOptions{})
+	r := kafkabus.NewReader(kafkabus.Plaintext(broker.Brokers()), stacktest.Name("pauses"), []string{topic}, kafkabus.ReaderOptions{})
 	ctx, cancel := context.WithCancel(context.Background())
 	fetched := make(chan error, 1)
 	go func() { _, err := r.FetchMessage(ctx); fetched <- err }()
@@ -119,7 +119,7 @@ func TestOffsetsOfEveryPartition(t *testing.T) {
 	kafkatest.Produce(t, env.KafkaBrokers, topic, x, x, x, x, x)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c := kafkabus.NewClient(env.KafkaBrokers, 10*time.Second, topic)
+	c := kafkabus.NewClient(kafkabus.Plaintext(env.KafkaBrokers), 10*time.Second, topic)
 	defer c.Close()
 	ends, err := c.Offsets(ctx, kafka.LastOffset, map[string][]int{topic: {0, 1, 2}})
 	if err != nil {

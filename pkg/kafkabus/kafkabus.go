@@ -47,10 +47,11 @@ type Writer struct {
 
 // NewWriter returns a producer that waits for every in-sync replica (acks=all),
 // hashes keys to partitions and never creates topics by itself. Topic is set per message.
-func NewWriter(brokers []string, o WriterOptions) *Writer {
-	tr := &kafka.Transport{Dial: o.Dial, MetadataTopics: o.Topics}
+func NewWriter(c Cluster, o WriterOptions) *Writer {
+	tr := c.transport(o.Topics)
+	tr.Dial = o.Dial
 	w := &kafka.Writer{
-		Addr:                   kafka.TCP(brokers...),
+		Addr:                   kafka.TCP(c.Brokers...),
 		Balancer:               &kafka.Hash{},
 		RequiredAcks:           kafka.RequireAll,
 		BatchTimeout:           o.BatchTimeout,
@@ -102,9 +103,10 @@ type ReaderOptions struct {
 // NewReader returns a group consumer for explicit commits (CommitInterval 0 = synchronous
 // commits, only when the caller calls CommitMessages). New groups start at the oldest record
 // (unless StartAtEnd), so nothing accepted before the first start of a service is skipped.
-func NewReader(brokers []string, group string, topics []string, o ReaderOptions) *kafka.Reader {
+func NewReader(c Cluster, group string, topics []string, o ReaderOptions) *kafka.Reader {
 	cfg := kafka.ReaderConfig{
-		Brokers:           brokers,
+		Brokers:           c.Brokers,
+		Dialer:            c.dialer(o.ClientID),
 		GroupID:           group,
 		GroupTopics:       topics,
 		StartOffset:       kafka.FirstOffset,
@@ -146,9 +148,6 @@ func NewReader(brokers []string, group string, topics []string, o ReaderOptions)
 	if o.StartAtEnd {
 		cfg.StartOffset = kafka.LastOffset
 	}
-	if o.ClientID != "" {
-		cfg.Dialer = &kafka.Dialer{ClientID: o.ClientID, Timeout: 10 * time.Second, DualStack: true}
-	}
 	return kafka.NewReader(cfg)
 }
 
@@ -159,12 +158,12 @@ type Client struct {
 	transport *kafka.Transport
 }
 
-// NewClient returns a client of brokers whose requests time out after
+// NewClient returns a client of the cluster whose requests time out after
 // timeout. With topics, its metadata covers those alone (see WriterOptions.Topics):
 // a request about another topic then fails.
-func NewClient(brokers []string, timeout time.Duration, topics ...string) *Client {
-	tr := &kafka.Transport{MetadataTopics: topics}
-	return &Client{Client: &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: timeout, Transport: tr}, transport: tr}
+func NewClient(c Cluster, timeout time.Duration, topics ...string) *Client {
+	tr := c.transport(topics)
+	return &Client{Client: &kafka.Client{Addr: kafka.TCP(c.Brokers...), Timeout: timeout, Transport: tr}, transport: tr}
 }
 
 // Close releases the client's connections.
@@ -197,11 +196,11 @@ type Topic struct {
 }
 
 // EnsureTopics creates the topics that do not exist yet; existing ones are left as they are.
-func EnsureTopics(ctx context.Context, brokers []string, topics ...Topic) error {
+func EnsureTopics(ctx context.Context, cluster Cluster, topics ...Topic) error {
 	if len(topics) == 0 {
 		return nil
 	}
-	c := NewClient(brokers, 10*time.Second)
+	c := NewClient(cluster, 10*time.Second)
 	defer c.Close()
 	req := &kafka.CreateTopicsRequest{}
 	for _, t := range topics {
@@ -227,8 +226,8 @@ func EnsureTopics(ctx context.Context, brokers []string, topics ...Topic) error 
 }
 
 // AwaitTopics returns once every topic exists with a leader for each partition.
-func AwaitTopics(ctx context.Context, brokers []string, names ...string) error {
-	c := NewClient(brokers, 10*time.Second)
+func AwaitTopics(ctx context.Context, cluster Cluster, names ...string) error {
+	c := NewClient(cluster, 10*time.Second)
 	defer c.Close()
 	topics := make([]Topic, len(names))
 	for i, n := range names {
@@ -285,16 +284,15 @@ func ready(md *kafka.MetadataResponse, want []Topic) bool {
 }
 
 // Ping asks any broker for metadata: the readiness check of every service.
-func Ping(ctx context.Context, brokers []string) error {
+func Ping(ctx context.Context, c Cluster) error {
 	var errs []error
-	for _, b := range brokers {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", b)
+	d := c.dialer("")
+	for _, b := range c.Brokers {
+		kc, err := d.DialContext(ctx, "tcp", b)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		kc := kafka.NewConn(conn, "", 0)
 		if dl, ok := ctx.Deadline(); ok {
 			_ = kc.SetDeadline(dl)
 		}

@@ -38,7 +38,7 @@ func newKafkaRig(t *testing.T, parts int) *kafkaRig {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := kafkabus.EnsureTopics(ctx, r.brokers,
+	if err := kafkabus.EnsureTopics(ctx, kafkabus.Plaintext(r.brokers),
 		kafkabus.Topic{Name: r.topic, Partitions: parts, ReplicationFactor: 1},
 		kafkabus.Topic{Name: r.dlq, Partitions: 1, ReplicationFactor: 1}); err != nil {
 		t.Fatal(err)
@@ -50,7 +50,7 @@ func newKafkaRig(t *testing.T, parts int) *kafkaRig {
 // produce writes values to the topic; message i goes to partition i % parts.
 func (r *kafkaRig) produce(t *testing.T, values ...string) {
 	t.Helper()
-	w := kafkabus.NewWriter(r.brokers, kafkabus.WriterOptions{BatchTimeout: time.Millisecond, RoundRobin: true})
+	w := kafkabus.NewWriter(kafkabus.Plaintext(r.brokers), kafkabus.WriterOptions{BatchTimeout: time.Millisecond, RoundRobin: true})
 	defer w.Close()
 	msgs := make([]kafka.Message, len(values))
 	for i, v := range values {
@@ -99,8 +99,8 @@ type running struct {
 // run starts a consumer with h until the test ends.
 func (r *kafkaRig) run(t *testing.T, h Handler, opt ConsumerOptions) running {
 	t.Helper()
-	reader := kafkabus.NewReader(r.brokers, r.group, []string{r.topic}, kafkabus.ReaderOptions{MaxWait: 50 * time.Millisecond})
-	dlq := kafkabus.NewWriter(r.brokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
+	reader := kafkabus.NewReader(kafkabus.Plaintext(r.brokers), r.group, []string{r.topic}, kafkabus.ReaderOptions{MaxWait: 50 * time.Millisecond})
+	dlq := kafkabus.NewWriter(kafkabus.Plaintext(r.brokers), kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
 	if opt.Retry.Initial == 0 {
 		opt.Retry = backoff.Policy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 	}

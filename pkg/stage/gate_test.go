@@ -87,7 +87,7 @@ func TestGatedInputJoinsAndLeavesItsGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(rt.Close) // after Run returned
-	rt.Topics(rt.Brokers(), in, cfg.Bus.DeadLetterTopic)
+	rt.Topics(rt.Bus(), in, cfg.Bus.DeadLetterTopic)
 	gate := NewGate(false)
 	var handled atomic.Int64
 	rt.Consume(Input{
@@ -112,7 +112,7 @@ func TestGatedInputJoinsAndLeavesItsGroup(t *testing.T) {
 
 	gate.Set(true)
 	testkit.Eventually(t, 30*time.Second, "the record handled once the gate opened", func() bool { return handled.Load() == 1 })
-	client := kafkabus.NewClient(env.KafkaBrokers, 5*time.Second)
+	client := kafkabus.NewClient(kafkabus.Plaintext(env.KafkaBrokers), 5*time.Second)
 	defer client.Close()
 	members := func() []string {
 		ids, err := client.Members(context.Background(), group)
@@ -133,7 +133,7 @@ func TestGatedInputJoinsAndLeavesItsGroup(t *testing.T) {
 	}
 	// The other member of the group gets what arrives now.
 	kafkatest.Produce(t, env.KafkaBrokers, in, kafka.Message{Key: []byte("2"), Value: []byte("two")})
-	other := kafkabus.NewReader(env.KafkaBrokers, group, []string{in}, kafkabus.ReaderOptions{})
+	other := kafkabus.NewReader(kafkabus.Plaintext(env.KafkaBrokers), group, []string{in}, kafkabus.ReaderOptions{})
 	defer other.Close()
 	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer rcancel()

@@ -48,7 +48,7 @@ type Runtime struct {
 	reg     *prometheus.Registry
 	metrics prometheus.Registerer
 	debug   *debugserver.Server
-	brokers []string
+	bus     kafkabus.Cluster
 
 	// ShutdownTimeout bounds the whole stop (intake, drain, downstream parts).
 	ShutdownTimeout time.Duration
@@ -70,7 +70,7 @@ type Runtime struct {
 
 // topicSet is what a service reads or writes on one Kafka cluster.
 type topicSet struct {
-	brokers []string
+	cluster kafkabus.Cluster
 	names   []string
 }
 
@@ -90,13 +90,17 @@ func New(service string, cfg config.Config, log zerolog.Logger) (*Runtime, error
 		log:             log,
 		reg:             reg,
 		metrics:         prometheus.WrapRegistererWithPrefix("announcer_"+service+"_", reg),
-		brokers:         config.SplitList(cfg.Bus.Brokers),
 		ShutdownTimeout: 30 * time.Second,
 		setUp:           make(chan struct{}),
 	}
+	bus, err := Cluster(cfg.Bus.Brokers, cfg.Bus.KafkaSecurity)
+	if err != nil {
+		return nil, fmt.Errorf("%s: [bus]: %w", service, err)
+	}
+	rt.bus = bus
 	rt.debug = debugserver.New(config.ListenAddr(cfg.DebugPort), reg, cfg.Debug.Pprof,
 		debugserver.Check{Name: "service", Fn: rt.started},
-		debugserver.Check{Name: "kafka", Fn: func(ctx context.Context) error { return kafkabus.Ping(ctx, rt.brokers) }},
+		debugserver.Check{Name: "kafka", Fn: func(ctx context.Context) error { return kafkabus.Ping(ctx, rt.bus) }},
 	)
 	if err := rt.debug.Listen(); err != nil {
 		return nil, fmt.Errorf("%s: debug_port: %w", service, err)
@@ -157,14 +161,14 @@ func (rt *Runtime) TopicsReady() bool {
 	}
 }
 
-// Topics declares topics the service reads or writes on brokers. Run makes
+// Topics declares topics the service reads or writes on cluster c. Run makes
 // sure they exist before any consumer starts: with [bus] create_topics they
 // are created when missing (with [bus] partitions and replication_factor),
 // else they are awaited. Kafka being unreachable is waited out with backoff,
 // saying what is awaited in the log and on /readyz; parts that need no topic
 // (the HTTP API, the XMPP connections) run meanwhile.
-func (rt *Runtime) Topics(brokers []string, names ...string) {
-	rt.topics = append(rt.topics, topicSet{brokers: brokers, names: names})
+func (rt *Runtime) Topics(c kafkabus.Cluster, names ...string) {
+	rt.topics = append(rt.topics, topicSet{cluster: c, names: names})
 }
 
 func (rt *Runtime) setUpTopics(ctx context.Context) error {
@@ -192,7 +196,7 @@ func (rt *Runtime) ensure(ctx context.Context, ts topicSet) error {
 	if !rt.cfg.Bus.CreateTopics {
 		verb = "waiting for"
 	}
-	what := fmt.Sprintf("%s topics %s on Kafka %s", verb, strings.Join(ts.names, ", "), strings.Join(ts.brokers, ","))
+	what := fmt.Sprintf("%s topics %s on Kafka %s", verb, strings.Join(ts.names, ", "), strings.Join(ts.cluster.Brokers, ","))
 	rt.mu.Lock()
 	rt.waiting = what
 	rt.mu.Unlock()
@@ -200,9 +204,9 @@ func (rt *Runtime) ensure(ctx context.Context, ts topicSet) error {
 		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		if rt.cfg.Bus.CreateTopics {
-			return kafkabus.EnsureTopics(tctx, ts.brokers, topics...)
+			return kafkabus.EnsureTopics(tctx, ts.cluster, topics...)
 		}
-		return kafkabus.AwaitTopics(tctx, ts.brokers, ts.names...)
+		return kafkabus.AwaitTopics(tctx, ts.cluster, ts.names...)
 	}, func(err error, attempt int) {
 		if attempt == 1 || attempt%10 == 0 {
 			rt.log.Warn().Err(err).Int("attempt", attempt).Msg(what + "; retrying until Kafka answers")
@@ -222,14 +226,22 @@ func (rt *Runtime) afterSetUp(part func(context.Context) error) func(context.Con
 	}
 }
 
-// Brokers are the [bus] brokers.
-func (rt *Runtime) Brokers() []string { return rt.brokers }
+// Bus is the [bus] cluster.
+func (rt *Runtime) Bus() kafkabus.Cluster { return rt.bus }
 
-// Writer returns a producer on brokers (acks=all) that the runtime closes
+// Cluster is a cluster of the config: its comma-separated brokers, reached as sec says.
+func Cluster(brokers string, sec config.KafkaSecurity) (kafkabus.Cluster, error) {
+	return kafkabus.NewCluster(config.SplitList(brokers), kafkabus.Security{
+		TLS: sec.TLS, CAFile: sec.TLSCAFile, CertFile: sec.TLSCertFile, KeyFile: sec.TLSKeyFile,
+		SASLMechanism: sec.SASLMechanism, Username: sec.SASLUsername, Password: sec.SASLPassword.Value(),
+	})
+}
+
+// Writer returns a producer on cluster c (acks=all) that the runtime closes
 // after every part stopped, so what is buffered is flushed. Unless o.Topics
-// says otherwise, it writes the topics declared on brokers before the call
+// says otherwise, it writes the topics declared on c before the call
 // (see kafkabus.WriterOptions.Topics): declare them first.
-func (rt *Runtime) Writer(brokers []string, o kafkabus.WriterOptions) *kafkabus.Writer {
+func (rt *Runtime) Writer(c kafkabus.Cluster, o kafkabus.WriterOptions) *kafkabus.Writer {
 	if o.BatchTimeout <= 0 {
 		o.BatchTimeout = rt.cfg.Bus.BatchTimeout.D()
 	}
@@ -240,18 +252,18 @@ func (rt *Runtime) Writer(brokers []string, o kafkabus.WriterOptions) *kafkabus.
 		o.BatchBytes = int64(rt.cfg.Bus.MaxMessageBytes)
 	}
 	if o.Topics == nil {
-		o.Topics = rt.declared(brokers)
+		o.Topics = rt.declared(c)
 	}
-	w := kafkabus.NewWriter(brokers, o)
+	w := kafkabus.NewWriter(c, o)
 	rt.OnClose(w.Close)
 	return w
 }
 
-// declared are the topics declared on brokers so far (nil: none).
-func (rt *Runtime) declared(brokers []string) []string {
+// declared are the topics declared on cluster c so far (nil: none).
+func (rt *Runtime) declared(c kafkabus.Cluster) []string {
 	var names []string
 	for _, ts := range rt.topics {
-		if slices.Equal(ts.brokers, brokers) {
+		if slices.Equal(ts.cluster.Brokers, c.Brokers) {
 			names = append(names, ts.names...)
 		}
 	}
@@ -265,7 +277,7 @@ func (rt *Runtime) DeadLetters() *kafkabus.DeadLetters {
 	defer rt.mu.Unlock()
 	if rt.dlq == nil {
 		rt.dlq = &kafkabus.DeadLetters{
-			W:        rt.Writer(rt.brokers, kafkabus.WriterOptions{Topics: []string{rt.cfg.Bus.DeadLetterTopic}}),
+			W:        rt.Writer(rt.bus, kafkabus.WriterOptions{Topics: []string{rt.cfg.Bus.DeadLetterTopic}}),
 			Topic:    rt.cfg.Bus.DeadLetterTopic,
 			MaxBytes: rt.cfg.Bus.MaxMessageBytes,
 		}
@@ -287,8 +299,8 @@ func (rt *Runtime) Templates() *stanza.Cache {
 
 // Input is one consumer group a stage reads.
 type Input struct {
-	Name    string   // part name in logs ("deliveries")
-	Brokers []string // default: [bus] brokers
+	Name    string           // part name in logs ("deliveries")
+	Cluster kafkabus.Cluster // default (no brokers): [bus]
 	Group   string
 	Topics  []string
 	Handle  Handler
@@ -371,9 +383,9 @@ func (g *Gate) whileOpen(ctx context.Context) (context.Context, context.CancelFu
 // (the first thing stopped at shutdown) once the declared topics exist. Its
 // readiness joins /readyz.
 func (rt *Runtime) Consume(in Input) *Consumer {
-	brokers := in.Brokers
-	if len(brokers) == 0 {
-		brokers = rt.brokers
+	cluster := in.Cluster
+	if len(cluster.Brokers) == 0 {
+		cluster = rt.bus
 	}
 	if in.BeforeCommit == nil && rt.tracker != nil {
 		// What a committed record did must be in the progress store before
@@ -383,8 +395,8 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 	reg := prometheus.WrapRegistererWithPrefix(in.Prefix, prometheus.WrapRegistererWith(in.Labels, rt.metrics))
 	log := rt.log.With().Str("input", in.Name).Logger()
 	c := NewConsumer(rt.DeadLetters(), in.Handle, in.ConsumerOptions, log, reg)
-	if strings.Join(brokers, ",") != strings.Join(rt.brokers, ",") {
-		rt.Check(in.Name+" brokers", func(ctx context.Context) error { return kafkabus.Ping(ctx, brokers) })
+	if !slices.Equal(cluster.Brokers, rt.bus.Brokers) {
+		rt.Check(in.Name+" brokers", func(ctx context.Context) error { return kafkabus.Ping(ctx, cluster) })
 	}
 	var joined atomic.Bool
 	rt.Check(in.Name, func(ctx context.Context) error {
@@ -401,7 +413,7 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 		joined.Store(false)
 		// kafka-go joins the group as soon as a reader exists: one made before
 		// its topics would be assigned nothing and stay that way.
-		reader := kafkabus.NewReader(brokers, in.Group, in.Topics, kafkabus.ReaderOptions{
+		reader := kafkabus.NewReader(cluster, in.Group, in.Topics, kafkabus.ReaderOptions{
 			QueueCapacity: max(in.MaxInFlight, 16),
 			StartAtEnd:    in.StartAtEnd,
 			ClientID:      in.ClientID,
@@ -411,7 +423,7 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 				log.Warn().Err(err).Msg("closing the reader")
 			}
 		}()
-		client := kafkabus.NewClient(brokers, 10*time.Second, in.Topics...)
+		client := kafkabus.NewClient(cluster, 10*time.Second, in.Topics...)
 		defer client.Close()
 		wctx, stop := context.WithCancel(ctx)
 		var watchers sync.WaitGroup

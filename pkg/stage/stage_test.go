@@ -65,7 +65,7 @@ func TestRuntimeRunsAStage(t *testing.T) {
 		t.Fatalf("/healthz before Run: %d", code)
 	}
 
-	rt.Topics(rt.Brokers(), in, cfg.Bus.DeadLetterTopic)
+	rt.Topics(rt.Bus(), in, cfg.Bus.DeadLetterTopic)
 	handled := make(chan payload, 10)
 	rt.Consume(Input{
 		Name: "in", Group: stacktest.Name("stage_group"), Topics: []string{in},
@@ -136,7 +136,7 @@ func runtimeWithoutKafka(t *testing.T) *Runtime {
 		t.Fatal(err)
 	}
 	t.Cleanup(rt.Close) // after Run returned
-	rt.Topics(rt.Brokers(), "never")
+	rt.Topics(rt.Bus(), "never")
 	return rt
 }
 
@@ -204,7 +204,7 @@ func (c *listCounter) RoundTrip(ctx context.Context, addr net.Addr, req kafka.Re
 func TestDepthMeasuresLagPerPartition(t *testing.T) {
 	env := stacktest.Get(t)
 	topic := kafkatest.Topics(t, env.KafkaBrokers, 2, "depth")[0]
-	w := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{RoundRobin: true})
+	w := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), kafkabus.WriterOptions{RoundRobin: true})
 	defer w.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -294,7 +294,7 @@ func TestIdleStageIsReadyAfterABrokerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(rt.Close) // after Run returned
-	rt.Topics(rt.Brokers(), in)
+	rt.Topics(rt.Bus(), in)
 	rt.Consume(Input{Name: "in", Group: stacktest.Name("stage_idle"), Topics: []string{in},
 		Handle: func(context.Context, kafka.Message) error { return nil }})
 	testkit.Background(t, "Run", rt.Run)

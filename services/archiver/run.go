@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"time"
 
@@ -47,16 +48,20 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	for _, n := range cfg.Nodes {
 		deliveries = append(deliveries, cfg.DeliveriesTopic(n.Name), cfg.PriorityTopic(cfg.DeliveriesTopic(n.Name)))
 	}
-	rt.Topics(rt.Brokers(), append([]string{cfg.Bus.DeadLetterTopic}, deliveries...)...)
+	rt.Topics(rt.Bus(), append([]string{cfg.Bus.DeadLetterTopic}, deliveries...)...)
 	tracker, err := rt.Progress()
 	if err != nil {
 		return err
 	}
-	storeBrokers, storeTopics := config.SplitList(cfg.KafkaProducer.Brokers), config.SplitList(cfg.KafkaProducer.Topics)
-	rt.Topics(storeBrokers, storeTopics...)
-	rt.Check("storage", func(ctx context.Context) error { return kafkabus.Ping(ctx, storeBrokers) })
+	storeCluster, err := stage.Cluster(cfg.KafkaProducer.Brokers, cfg.KafkaProducer.KafkaSecurity)
+	if err != nil {
+		return fmt.Errorf("[kafka-producer]: %w", err)
+	}
+	storeTopics := config.SplitList(cfg.KafkaProducer.Topics)
+	rt.Topics(storeCluster, storeTopics...)
+	rt.Check("storage", func(ctx context.Context) error { return kafkabus.Ping(ctx, storeCluster) })
 
-	store := storage.New(rt.Writer(storeBrokers, storageWriterOptions(cfg, h.storageDial)), storeTopics)
+	store := storage.New(rt.Writer(storeCluster, storageWriterOptions(cfg, h.storageDial)), storeTopics)
 	archiver := archive.New(archive.Options{
 		UserDomain: cfg.UserDomain(),
 		Templates:  rt.Templates(),

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -93,7 +94,7 @@ func (r *rig) start(t *testing.T) (*archiver, func() error) {
 
 func (r *rig) produce(t *testing.T, node string, batches ...any) {
 	t.Helper()
-	w := kafkabus.NewWriter(r.env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
+	w := kafkabus.NewWriter(kafkabus.Plaintext(r.env.KafkaBrokers), kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
 	defer w.Close()
 	var msgs []kafka.Message
 	for _, b := range batches {
@@ -312,5 +313,36 @@ func TestStorageWriterOptions(t *testing.T) {
 					o.BatchTimeout, o.BatchSize, o.MaxAttempts, c.linger, c.recordsPerReq)
 			}
 		})
+	}
+}
+
+// A storage cluster that wants TLS and SASL ([kafka-producer] tls and sasl_*): the archiver
+// says ready and stores the rendered stanzas there. The test reads them through the broker's
+// PLAINTEXT port; the archiver has only the SASL_SSL one.
+func TestSecureStorageCluster(t *testing.T) {
+	r := newRig(t)
+	broker, l := stacktest.PrivateKafkaSecure(t, r.env)
+	r.cfg.KafkaProducer.Brokers = l.Addr
+	r.cfg.KafkaProducer.KafkaSecurity = config.KafkaSecurity{TLS: true, TLSCAFile: l.CAFile, SASLMechanism: "PLAIN",
+		SASLUsername: l.User, SASLPassword: config.Secret(l.Password)}
+	if err := r.cfg.Validate(config.RoleArchiver); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := testkit.Start(t, "archiver", func(ctx context.Context, started func(*stage.Runtime)) error {
+		return run(ctx, testkit.Log(t, zerolog.ErrorLevel), r.cfg, hooks{runtime: started})
+	})
+	testkit.Eventually(t, 30*time.Second, "ready", func() bool {
+		c, _ := testkit.Get(t, "http://"+rt.DebugAddr()+"/readyz")
+		return c == http.StatusOK
+	})
+	r.produce(t, "node1", &announcement.Batch{AnnouncementID: "s1", Persist: true, Template: tmpl, FirstIncID: 0, Recipients: []string{"u1", "u2"}})
+	recs := kafkatest.ReadAll(t, broker.Brokers(), r.storage, 2, 30*time.Second)
+	var got []string
+	for _, rec := range recs {
+		got = append(got, string(rec.Value))
+	}
+	slices.Sort(got)
+	if want := []string{rendered("u1@localhost", 0), rendered("u2@localhost", 1)}; !slices.Equal(got, want) {
+		t.Fatalf("storage topic holds %q, want %q", got, want)
 	}
 }

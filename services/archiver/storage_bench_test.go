@@ -46,7 +46,7 @@ func BenchmarkStorageWrite(b *testing.B) {
 	} {
 		topic := kafkatest.Topics(b, env.KafkaBrokers, 6, "arcbench")[0]
 		b.Run(c.name, func(b *testing.B) {
-			w := kafkabus.NewWriter(env.KafkaBrokers, c.o)
+			w := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), c.o)
 			defer w.Close()
 			st := storage.New(w, []string{topic})
 			ctx := context.Background()

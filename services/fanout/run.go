@@ -64,7 +64,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		nodes[i] = audience.Node{Name: n.Name, PresenceAddresses: n.PresenceAddresses}
 		topics = append(topics, lanes.Deliveries[n.Name], lanes.PriorityDeliveries[n.Name])
 	}
-	rt.Topics(rt.Brokers(), topics...)
+	rt.Topics(rt.Bus(), topics...)
 	tracker, err := rt.Progress()
 	if err != nil {
 		return err
@@ -98,8 +98,8 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	rt.Check("presence", source.Ping)
 
 	sink := kafkasink.New(
-		rt.Writer(rt.Brokers(), kafkabus.WriterOptions{}),
-		rt.Writer(rt.Brokers(), kafkabus.WriterOptions{RoundRobin: true}),
+		rt.Writer(rt.Bus(), kafkabus.WriterOptions{}),
+		rt.Writer(rt.Bus(), kafkabus.WriterOptions{RoundRobin: true}),
 		lanes)
 
 	resolver, err := audience.New(audience.Config{

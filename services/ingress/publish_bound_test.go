@@ -40,7 +40,7 @@ func TestPublishGivesUpWithTheRequest(t *testing.T) {
 	if o.MaxAttempts != 1 || o.WriteTimeout > cfg.Ingress.PublishTimeout.D() {
 		t.Errorf("writer options %+v: want one attempt within the publish timeout", o)
 	}
-	w := kafkabus.NewWriter(env.KafkaBrokers, o)
+	w := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), o)
 	defer w.Close()
 	pub, err := publisher.New(w, publisher.Options{AnnouncementsTopic: topic, MaxMessageBytes: cfg.Bus.MaxMessageBytes}, prometheus.NewRegistry())
 	if err != nil {

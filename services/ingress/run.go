@@ -39,9 +39,9 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	defer rt.Close()
 	rt.ShutdownTimeout = cfg.Ingress.ShutdownTimeout.D()
 	priority := cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic)
-	rt.Topics(rt.Brokers(), cfg.Bus.AnnouncementsTopic, priority, cfg.Bus.DeadLetterTopic)
+	rt.Topics(rt.Bus(), cfg.Bus.AnnouncementsTopic, priority, cfg.Bus.DeadLetterTopic)
 
-	pub, err := publisher.New(rt.Writer(rt.Brokers(), publishWriterOptions(cfg)),
+	pub, err := publisher.New(rt.Writer(rt.Bus(), publishWriterOptions(cfg)),
 		publisher.Options{AnnouncementsTopic: cfg.Bus.AnnouncementsTopic, PriorityTopic: priority, MaxMessageBytes: cfg.Bus.MaxMessageBytes,
 			TopicsReady: rt.TopicsReady}, rt.Metrics())
 	if err != nil {
@@ -83,8 +83,12 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		if err != nil {
 			return err
 		}
+		cluster, err := stage.Cluster(cfg.KafkaConsumer.Brokers, cfg.KafkaConsumer.KafkaSecurity)
+		if err != nil {
+			return fmt.Errorf("[kafka-consumer]: %w", err)
+		}
 		rt.Consume(stage.Input{
-			Name: "kafka-input", Brokers: config.SplitList(cfg.KafkaConsumer.Brokers),
+			Name: "kafka-input", Cluster: cluster,
 			Group: cfg.KafkaConsumer.GroupName, Topics: topics, Handle: input.Handle, Prefix: "kafka_input_",
 			// A new group must not announce the topic's history again (an operator
 			// pointing the ingress at the first generation's input, say).

@@ -427,3 +427,53 @@ func TestCheckFromFalseAcceptsAFromOutsideTheComponentDomain(t *testing.T) {
 		})
 	}
 }
+
+// The ingress on a cluster that wants TLS and SASL ([bus] tls and sasl_*): it creates its
+// topics and says ready, a 202 is in the topic, and the Kafka input (no brokers of its own, so
+// [bus]'s, with [bus]'s security) is read. The test reads and writes through the broker's
+// PLAINTEXT port; the service has only the SASL_SSL one.
+func TestSecureBus(t *testing.T) {
+	env := stacktest.Get(t)
+	broker, l := stacktest.PrivateKafkaSecure(t, env)
+	cfg := baseConfig([]string{l.Addr})
+	cfg.Bus.KafkaSecurity = config.KafkaSecurity{TLS: true, TLSCAFile: l.CAFile, SASLMechanism: "PLAIN",
+		SASLUsername: l.User, SASLPassword: config.Secret(l.Password)}
+	input := kafkatest.Topics(t, broker.Brokers(), 1, "ingress_in_secure")[0]
+	cfg.KafkaConsumer.Topics = input
+	cfg.KafkaConsumer.GroupName = stacktest.Name("ingress_group")
+	cfg.KafkaConsumer.StartOffset = "earliest"
+	kafkatest.Produce(t, broker.Brokers(), input, kafka.Message{Key: []byte("in"), Value: []byte(`{"channel_id": 9, "message": "` + b64(tpl) + `"}`)})
+
+	svc := start(t, cfg)
+	svc.waitReady(t)
+	a := post(t, svc.api+"/v1/announce/channel", `{"channel_id": 8, "message": "`+b64(tpl)+`"}`)
+	if a.code != http.StatusAccepted {
+		t.Fatalf("POST: %d %s", a.code, a.raw)
+	}
+	channels := map[string]string{}
+	for _, rec := range kafkatest.ReadTopics(t, broker.Brokers(), lanes(cfg), 2, 30*time.Second) {
+		ev, err := announcement.DecodeEvent(rec.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		channels[ev.Source] = ev.Channel.String()
+	}
+	if channels["rest"] != "8" || channels["kafka:"+input] != "9" {
+		t.Fatalf("events by source %v; want the POST's channel 8 and the input's channel 9", channels)
+	}
+	if err := svc.stop(); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+
+	// A wrong password: the service runs, is not ready, and /readyz says why.
+	cfg.Bus.SASLPassword = "not-the-password"
+	cfg.KafkaConsumer.Topics = ""
+	svc = start(t, cfg)
+	testkit.Eventually(t, 20*time.Second, "/readyz naming the refused authentication", func() bool {
+		r := do(t, mustGet(t, svc.debug+"/readyz"))
+		return r.code == http.StatusServiceUnavailable && strings.Contains(r.raw, "SASL Authentication Failed")
+	})
+	if a := post(t, svc.api+"/v1/announce/channel", `{"channel_id": 8, "message": "`+b64(tpl)+`"}`); a.code != http.StatusServiceUnavailable {
+		t.Errorf("POST while Kafka refuses the service: %d %s, want 503", a.code, a.raw)
+	}
+}

@@ -67,14 +67,14 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	metrics := prometheus.WrapRegistererWith(prometheus.Labels{"node": node.Name}, rt.Metrics())
 	topic := cfg.DeliveriesTopic(node.Name)
 	priority := cfg.PriorityTopic(topic)
-	rt.Topics(rt.Brokers(), topic, priority, cfg.Bus.DeadLetterTopic)
+	rt.Topics(rt.Bus(), topic, priority, cfg.Bus.DeadLetterTopic)
 	// With failover, this sender also waits for the other nodes' topics: it may have to take them.
 	var peers []config.Node
 	if cfg.Sender.FailoverAfter > 0 {
 		for _, n := range cfg.Nodes {
 			if n.Name != node.Name {
 				peers = append(peers, n)
-				rt.Topics(rt.Brokers(), cfg.DeliveriesTopic(n.Name), cfg.PriorityTopic(cfg.DeliveriesTopic(n.Name)))
+				rt.Topics(rt.Bus(), cfg.DeliveriesTopic(n.Name), cfg.PriorityTopic(cfg.DeliveriesTopic(n.Name)))
 			}
 		}
 	}
@@ -159,7 +159,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 			ps = append(ps, failover.Peer{Node: p.Name, Group: cfg.Sender.GroupPrefix + p.Name, Gates: []failover.Gate{gate}})
 		}
 		// It asks about groups, never topics: the metadata of one topic is enough.
-		groups := kafkabus.NewClient(rt.Brokers(), 5*time.Second, topic)
+		groups := kafkabus.NewClient(rt.Bus(), 5*time.Second, topic)
 		rt.OnClose(func() error { groups.Close(); return nil })
 		watcher := failover.New(failover.Options{Node: node.Name, After: cfg.Sender.FailoverAfter.D()},
 			func() bool { return pool.Up() > 0 }, []failover.Gate{own}, ps, groups, log, failover.NewMetrics(metrics))

@@ -30,7 +30,7 @@ type Record struct {
 // client is a kafka-go client with its own transport, closed when the test ends
 // (the default transport's pools would outlive the test and trip goleak).
 func client(t testing.TB, brokers []string) *kafka.Client {
-	c := kafkabus.NewClient(brokers, 10*time.Second)
+	c := kafkabus.NewClient(kafkabus.Plaintext(brokers), 10*time.Second)
 	t.Cleanup(c.Close)
 	return c.Client
 }
@@ -214,7 +214,7 @@ func fetch(ctx context.Context, c *kafka.Client, topic string, partition int, fr
 // Produce writes msgs to topic with acks=all.
 func Produce(t testing.TB, brokers []string, topic string, msgs ...kafka.Message) {
 	t.Helper()
-	w := kafkabus.NewWriter(brokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
+	w := kafkabus.NewWriter(kafkabus.Plaintext(brokers), kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
 	defer func() { _ = w.Close() }()
 	for i := range msgs {
 		msgs[i].Topic = topic

@@ -27,14 +27,43 @@ type Kafka struct {
 // PrivateKafka starts a broker for this test alone; it is stopped when the test ends.
 func PrivateKafka(t testing.TB, e Env) *Kafka {
 	t.Helper()
+	return privateKafka(t, e, nil, nil)
+}
+
+// SecureListener is a private broker's SASL_SSL listener.
+type SecureListener struct {
+	Addr   string // host:port
+	CAFile string // PEM: the CA that signed the broker's certificate (for 127.0.0.1 and localhost)
+	// User and Password are the listener's PLAIN user. It knows no SCRAM user until one is
+	// added with the admin API (AlterUserScramCredentials) on the PLAINTEXT port.
+	User, Password string
+}
+
+// PrivateKafkaSecure is PrivateKafka with a SASL_SSL listener besides the PLAINTEXT one,
+// offering PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 over TLS with a certificate of a CA made
+// for this test.
+func PrivateKafkaSecure(t testing.TB, e Env) (*Kafka, SecureListener) {
+	t.Helper()
+	dir := t.TempDir()
+	ca, keystore := testkit.WriteTLSFiles(t, dir, "127.0.0.1", "localhost")
+	l := SecureListener{CAFile: ca, User: "announcer", Password: "announcer-" + Name("pw")}
+	port := freePort(t)
+	l.Addr = "127.0.0.1:" + port
+	k := privateKafka(t, e, []string{port}, []string{"KAFKA_SASL_SSL_PORT=" + port, "KAFKA_TLS_KEYSTORE=" + keystore,
+		"KAFKA_SASL_PLAIN_USER=" + l.User, "KAFKA_SASL_PLAIN_PASSWORD=" + l.Password})
+	return k, l
+}
+
+func privateKafka(t testing.TB, e Env, ports, env []string) *Kafka {
+	t.Helper()
 	if e.StackScript == "" || e.KafkaLibsDir == "" {
 		t.Fatal("a private broker needs ANNOUNCER_STACK_SCRIPT and ANNOUNCER_KAFKA_LIBS_DIR (stack.sh env)")
 	}
 	port, cport := freePort(t), freePort(t)
 	k := &Kafka{
-		t: t, script: e.StackScript, addr: "127.0.0.1:" + port, ports: []string{port, cport},
-		env: append(os.Environ(), "STACK_DIR="+t.TempDir(), "KAFKA_PORT="+port, "KAFKA_CONTROLLER_PORT="+cport,
-			"KAFKA_LIBS_DIR="+e.KafkaLibsDir, "STACK_STOP_TIMEOUT=10"),
+		t: t, script: e.StackScript, addr: "127.0.0.1:" + port, ports: append([]string{port, cport}, ports...),
+		env: append(append(os.Environ(), "STACK_DIR="+t.TempDir(), "KAFKA_PORT="+port, "KAFKA_CONTROLLER_PORT="+cport,
+			"KAFKA_LIBS_DIR="+e.KafkaLibsDir, "STACK_STOP_TIMEOUT=10"), env...),
 	}
 	t.Cleanup(func() { k.stack("kafka-down") })
 	k.Start()

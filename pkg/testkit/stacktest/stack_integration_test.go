@@ -27,13 +27,13 @@ import (
 func TestKafkaProduceConsume(t *testing.T) {
 	env, ctx := stacktest.GetWithTimeout(t, 60*time.Second)
 	topic := stacktest.Name("stack_kafka")
-	if err := kafkabus.EnsureTopics(ctx, env.KafkaBrokers, kafkabus.Topic{Name: topic, Partitions: 2, ReplicationFactor: 1}); err != nil {
+	if err := kafkabus.EnsureTopics(ctx, kafkabus.Plaintext(env.KafkaBrokers), kafkabus.Topic{Name: topic, Partitions: 2, ReplicationFactor: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if err := kafkabus.Ping(ctx, env.KafkaBrokers); err != nil {
+	if err := kafkabus.Ping(ctx, kafkabus.Plaintext(env.KafkaBrokers)); err != nil {
 		t.Fatal(err)
 	}
-	w := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
+	w := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
 	// A transport of its own: the shared default one may hold metadata from before the topic existed.
 	tr := &kafka.Transport{}
 	defer tr.CloseIdleConnections()
@@ -47,7 +47,7 @@ func TestKafkaProduceConsume(t *testing.T) {
 	if err := w.WriteMessages(ctx, msgs...); err != nil {
 		t.Fatal(err)
 	}
-	r := kafkabus.NewReader(env.KafkaBrokers, stacktest.Name("stack_group"), []string{topic}, kafkabus.ReaderOptions{})
+	r := kafkabus.NewReader(kafkabus.Plaintext(env.KafkaBrokers), stacktest.Name("stack_group"), []string{topic}, kafkabus.ReaderOptions{})
 	defer r.Close()
 	got := map[string]string{}
 	for len(got) < len(want) {

@@ -28,14 +28,14 @@ func TestSinkAgainstKafka(t *testing.T) {
 	for _, n := range all {
 		kt = append(kt, kafkabus.Topic{Name: n, Partitions: 4, ReplicationFactor: 1})
 	}
-	if err := kafkabus.EnsureTopics(ctx, env.KafkaBrokers, kt...); err != nil {
+	if err := kafkabus.EnsureTopics(ctx, kafkabus.Plaintext(env.KafkaBrokers), kt...); err != nil {
 		t.Fatal(err)
 	}
 	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, all...)
 
-	hashed := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
+	hashed := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), kafkabus.WriterOptions{WriteTimeout: 10 * time.Second})
 	defer hashed.Close()
-	spread := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 10 * time.Second, RoundRobin: true})
+	spread := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), kafkabus.WriterOptions{WriteTimeout: 10 * time.Second, RoundRobin: true})
 	defer spread.Close()
 	p := New(hashed, spread, topics)
 	now := time.Now().UTC().Truncate(time.Millisecond)
@@ -95,7 +95,7 @@ func TestPartialWriteNamesTheFailedBatches(t *testing.T) {
 	env := stacktest.Get(t)
 	good := kafkatest.Topics(t, env.KafkaBrokers, 1, "fanout_partial")[0]
 	small := stacktest.Name("fanout_small")
-	c := kafkabus.NewClient(env.KafkaBrokers, 10*time.Second)
+	c := kafkabus.NewClient(kafkabus.Plaintext(env.KafkaBrokers), 10*time.Second)
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -105,10 +105,10 @@ func TestPartialWriteNamesTheFailedBatches(t *testing.T) {
 		t.Fatalf("create %s: %v %v", small, err, resp)
 	}
 	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, small)
-	if err := kafkabus.AwaitTopics(ctx, env.KafkaBrokers, small); err != nil {
+	if err := kafkabus.AwaitTopics(ctx, kafkabus.Plaintext(env.KafkaBrokers), small); err != nil {
 		t.Fatal(err)
 	}
-	w := kafkabus.NewWriter(env.KafkaBrokers, kafkabus.WriterOptions{WriteTimeout: 5 * time.Second, MaxAttempts: 1})
+	w := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), kafkabus.WriterOptions{WriteTimeout: 5 * time.Second, MaxAttempts: 1})
 	defer w.Close()
 	p := New(w, w, Topics{Deliveries: map[string]string{"n1": good, "n2": small}})
 	err = p.WriteBatches(ctx, []announcement.Batch{

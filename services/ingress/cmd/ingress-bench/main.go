@@ -90,7 +90,7 @@ func bench(d time.Duration, conc int, brokers []string, users, rounds int, skipU
 		return errors.New("want -concurrency >= 1, -duration > 0, -usernames >= 1, -rounds >= 1 and brokers")
 	}
 	pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err := kafkabus.Ping(pctx, brokers)
+	err := kafkabus.Ping(pctx, kafkabus.Plaintext(brokers))
 	cancel()
 	if err != nil {
 		return err
@@ -103,7 +103,7 @@ func bench(d time.Duration, conc int, brokers []string, users, rounds int, skipU
 	unbatchedTopic := "bench_unbatched_" + suffix
 	defer deleteTopics(brokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic, unbatchedTopic)
 	if !skipUnbatched {
-		if err := kafkabus.EnsureTopics(context.Background(), brokers, kafkabus.Topic{Name: unbatchedTopic, Partitions: cfg.Bus.Partitions, ReplicationFactor: 1}); err != nil {
+		if err := kafkabus.EnsureTopics(context.Background(), kafkabus.Plaintext(brokers), kafkabus.Topic{Name: unbatchedTopic, Partitions: cfg.Bus.Partitions, ReplicationFactor: 1}); err != nil {
 			return err
 		}
 	}
@@ -282,7 +282,7 @@ func waitReady(url string, timeout time.Duration) error {
 // runUnbatched is the same API and use case on a writer that sends every
 // announcement in a produce request of its own.
 func runUnbatched(cfg config.Config, brokers []string, topic string, body []byte, d time.Duration, conc int) (result, error) {
-	w := kafkabus.NewWriter(brokers, kafkabus.WriterOptions{BatchTimeout: cfg.Bus.BatchTimeout.D(), WriteTimeout: cfg.Bus.WriteTimeout.D(), BatchSize: 1})
+	w := kafkabus.NewWriter(kafkabus.Plaintext(brokers), kafkabus.WriterOptions{BatchTimeout: cfg.Bus.BatchTimeout.D(), WriteTimeout: cfg.Bus.WriteTimeout.D(), BatchSize: 1})
 	defer func() { _ = w.Close() }()
 	pub, err := publisher.New(w, publisher.Options{AnnouncementsTopic: topic, MaxMessageBytes: cfg.Bus.MaxMessageBytes}, prometheus.NewRegistry())
 	if err != nil {
@@ -491,7 +491,7 @@ func requestBody(n int) []byte {
 func countRecords(brokers []string, topic string) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c := kafkabus.NewClient(brokers, 10*time.Second)
+	c := kafkabus.NewClient(kafkabus.Plaintext(brokers), 10*time.Second)
 	defer c.Close()
 	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
@@ -520,7 +520,7 @@ func countRecords(brokers []string, topic string) (int, error) {
 func deleteTopics(brokers []string, topics ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c := kafkabus.NewClient(brokers, 10*time.Second)
+	c := kafkabus.NewClient(kafkabus.Plaintext(brokers), 10*time.Second)
 	defer c.Close()
 	if _, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: topics}); err != nil {
 		fmt.Fprintln(os.Stderr, "ingress-bench: deleting topics:", err)

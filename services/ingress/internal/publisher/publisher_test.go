@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 // newKafka returns the adapter on a writer of its own, closed when the test ends.
 func newKafka(t *testing.T, brokers []string, opt Options) *Kafka {
 	t.Helper()
-	w := kafkabus.NewWriter(brokers, kafkabus.WriterOptions{WriteTimeout: 5 * time.Second, MaxAttempts: 2})
+	w := kafkabus.NewWriter(kafkabus.Plaintext(brokers), kafkabus.WriterOptions{WriteTimeout: 5 * time.Second, MaxAttempts: 2})
 	t.Cleanup(func() { _ = w.Close() })
 	k, err := New(w, opt, prometheus.NewRegistry())
 	if err != nil {
@@ -76,7 +76,7 @@ func TestPublishIsInTheTopicWhenItReturns(t *testing.T) {
 }
 
 func TestPublishTooLargeIsNotRetryable(t *testing.T) {
-	w := kafkabus.NewWriter([]string{"127.0.0.1:1"}, kafkabus.WriterOptions{})
+	w := kafkabus.NewWriter(kafkabus.Plaintext([]string{"127.0.0.1:1"}), kafkabus.WriterOptions{})
 	defer w.Close()
 	k, err := New(w, Options{AnnouncementsTopic: "a", MaxMessageBytes: 8192}, prometheus.NewRegistry())
 	if err != nil {
@@ -106,7 +106,7 @@ func TestPublishToUnreachableKafkaIsUnavailable(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
-	w := kafkabus.NewWriter([]string{"127.0.0.1:1"}, kafkabus.WriterOptions{})
+	w := kafkabus.NewWriter(kafkabus.Plaintext([]string{"127.0.0.1:1"}), kafkabus.WriterOptions{})
 	defer w.Close()
 	for _, o := range []Options{
 		{MaxMessageBytes: 1 << 20},
@@ -209,7 +209,7 @@ func TestPublishAfterABrokerRestart(t *testing.T) {
 	env := stacktest.Get(t)
 	broker := stacktest.PrivateKafka(t, env)
 	topics := kafkatest.Topics(t, broker.Brokers(), 1, "ingress_pub_restart")
-	w := kafkabus.NewWriter(broker.Brokers(), kafkabus.WriterOptions{WriteTimeout: 5 * time.Second, MaxAttempts: 1})
+	w := kafkabus.NewWriter(kafkabus.Plaintext(broker.Brokers()), kafkabus.WriterOptions{WriteTimeout: 5 * time.Second, MaxAttempts: 1})
 	t.Cleanup(func() { _ = w.Close() })
 	k, err := New(w, Options{AnnouncementsTopic: topics[0], MaxMessageBytes: 1 << 20}, prometheus.NewRegistry())
 	if err != nil {
