@@ -76,7 +76,17 @@ type clusterRig struct {
 
 // login logs u in at the node whose c2s listens on host.
 func (r *clusterRig) login(u, host string) {
-	c, err := xmpptest.Login(r.ctx, c2sOf(r.env, host), u, r.s.domain, "pw")
+	// The account was registered through node 1; Mnesia applies the commit on
+	// node 2 a moment later, so node 2 may refuse a login in between.
+	var c *xmpptest.Client
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		c, err = xmpptest.Login(r.ctx, c2sOf(r.env, host), u, r.s.domain, "pw")
+		if err == nil || time.Now().After(deadline) || r.ctx.Err() != nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if err != nil {
 		r.t.Fatal(err)
 	}

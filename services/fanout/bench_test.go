@@ -45,6 +45,7 @@ import (
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/benchreport"
 	"github.com/announcer/announcer/pkg/config"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/mysqlstore"
@@ -517,12 +518,7 @@ func readTopic(ctx context.Context, brokers []string, topic string, fn func(kafk
 		return err
 	}
 	for _, p := range parts {
-		pc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
-		if err != nil {
-			return err
-		}
-		last, err := pc.ReadLastOffset()
-		_ = pc.Close()
+		last, err := kafkatest.LastOffset(ctx, brokers[0], topic, p.ID)
 		if err != nil || last == 0 {
 			if err != nil {
 				return err

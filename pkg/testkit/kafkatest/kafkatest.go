@@ -6,6 +6,7 @@ package kafkatest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sort"
 	"testing"
@@ -288,12 +289,7 @@ func ReadToEnd(t testing.TB, brokers []string, topic string) []kafka.Message {
 	}
 	var out []kafka.Message
 	for _, p := range parts {
-		pc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		last, err := pc.ReadLastOffset()
-		_ = pc.Close()
+		last, err := LastOffset(ctx, brokers[0], topic, p.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -315,4 +311,30 @@ func ReadToEnd(t testing.TB, brokers []string, topic string) []kafka.Message {
 		_ = r.Close()
 	}
 	return out
+}
+
+// LastOffset asks the partition's leader for its end offset. A broker that has
+// just created the topic may still answer "not leader" for a moment after the
+// metadata names it, so temporary errors are retried until ctx ends.
+func LastOffset(ctx context.Context, broker, topic string, partition int) (int64, error) {
+	for {
+		pc, err := kafka.DialLeader(ctx, "tcp", broker, topic, partition)
+		if err == nil {
+			var last int64
+			last, err = pc.ReadLastOffset()
+			_ = pc.Close()
+			if err == nil {
+				return last, nil
+			}
+		}
+		var kerr kafka.Error
+		if !errors.As(err, &kerr) || !kerr.Temporary() {
+			return 0, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%s/%d: %w (%w)", topic, partition, err, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
