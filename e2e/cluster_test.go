@@ -79,17 +79,14 @@ func (r *clusterRig) login(u, host string) {
 	// The account was registered through node 1; Mnesia applies the commit on
 	// node 2 a moment later, so node 2 may refuse a login in between.
 	var c *xmpptest.Client
-	var err error
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	testkit.Eventually(r.t, 10*time.Second, "a login of "+u+" at "+host, func() bool {
+		var err error
 		c, err = xmpptest.Login(r.ctx, c2sOf(r.env, host), u, r.s.domain, "pw")
-		if err == nil || time.Now().After(deadline) || r.ctx.Err() != nil {
-			break
+		if err != nil {
+			r.t.Logf("login %s at %s: %v", u, host, err)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if err != nil {
-		r.t.Fatal(err)
-	}
+		return err == nil
+	})
 	r.t.Cleanup(func() { _ = c.Close() })
 	r.mu.Lock()
 	r.sessions[u] = append(r.sessions[u], c)
