@@ -440,6 +440,25 @@ func (s *system) stopService(name string) {
 	}
 }
 
+// pause freezes a service with SIGSTOP: its connections, its consumer group
+// membership and its warm caches stay as they are, but it reads and sends
+// nothing until resume. Keep it shorter than the consumer session timeout
+// (6 s), or the group rebalances behind its back.
+func (s *system) pause(name string) {
+	s.t.Helper()
+	if err := s.byName[name].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		s.t.Fatalf("pause %s: %v", name, err)
+	}
+}
+
+// resume lets a paused service run on with SIGCONT.
+func (s *system) resume(name string) {
+	s.t.Helper()
+	if err := s.byName[name].cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		s.t.Fatalf("resume %s: %v", name, err)
+	}
+}
+
 // restart starts a service again the way it was started first.
 func (s *system) restart(name string) {
 	s.t.Helper()
@@ -473,6 +492,7 @@ func (s *system) log(name string) string {
 func (s *system) stop() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
 		p := s.procs[i]
+		_ = p.cmd.Process.Signal(syscall.SIGCONT) // a test that failed during a pause
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-p.exited:
