@@ -426,7 +426,7 @@ func TestDeliveryThroughput(t *testing.T) {
 		"ejabberd_announcer_stanzas_per_second": {Value: rate(stanzas, ours.span),
 			Note: fmt.Sprintf("whole pipeline: %d×%d stanzas delivered ÷ time from the first to the last received by any client", rounds, n)},
 		"ejabberd_sender_alone_stanzas_per_second": {Value: rate(stanzas, queued.span),
-			Note: fmt.Sprintf("median of %d: the sender started on %d rounds already queued in its topic (1 connection): stanzas ÷ first-to-last received", reps, rounds)},
+			Note: fmt.Sprintf("median of %d: a warm sender (connected, in its group), paused while %d rounds were queued in its topic, then let go (1 connection): stanzas ÷ first-to-last received", reps, rounds)},
 		"ejabberd_raw_writer_stanzas_per_second": {Value: rate(stanzas, rawMed.span),
 			Note: fmt.Sprintf("baseline, median of %d: %d×%d pre-rendered stanzas through one XEP-0114 connection, no Kafka: stanzas ÷ first-to-last received", reps, rounds, n)},
 		"ejabberd_sender_alone_vs_raw_ratio": {Value: senderRatio,
@@ -448,7 +448,7 @@ func TestDeliveryThroughput(t *testing.T) {
 	}
 	if haveCPU {
 		figures["ejabberd_cpu_us_per_stanza_sender_alone"] = benchreport.Figure{Value: queued.cpuUS,
-			Note: "utime+stime of ejabberd's VM from the sender's start until every client had every stanza, ÷ stanzas delivered (median)"}
+			Note: "utime+stime of ejabberd's VM from the sender's release until every client had every stanza, ÷ stanzas delivered (median)"}
 		figures["ejabberd_cpu_us_per_stanza_multicast"] = benchreport.Figure{Value: mcQueued.cpuUS,
 			Note: "the same in multicast mode (mod_multicast's copying included)"}
 		figures["ejabberd_cpu_us_per_stanza_raw"] = benchreport.Figure{Value: rawMed.cpuUS,
