@@ -248,7 +248,7 @@ func TestDeliveryThroughput(t *testing.T) {
 		s.restart("sender-node1-0")
 		for _, g := range groups {
 			testkit.Eventually(t, time.Minute, "the sender holding the partitions of "+g, func() bool {
-				return kafkatest.AssignedMembers(t, s.brokers, g) == 1
+				return kafkatest.AssignedMembers(s.brokers, g) == 1
 			})
 		}
 		if cfg == mcCfg {

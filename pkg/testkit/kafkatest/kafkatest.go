@@ -342,11 +342,13 @@ func LastOffset(ctx context.Context, broker, topic string, partition int) (int64
 // AssignedMembers is how many members of group hold partitions in a settled
 // group: 0 while the group is empty, unknown or rebalancing. A test waits on
 // it before pausing a consumer, so that the pause does not catch it joining.
-func AssignedMembers(t testing.TB, brokers []string, group string) int {
-	t.Helper()
+func AssignedMembers(brokers []string, group string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	resp, err := client(t, brokers).DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+	// It is polled, so its client closes on return rather than at the test's end.
+	c := kafkabus.NewClient(kafkabus.Plaintext(brokers), 10*time.Second)
+	defer c.Close()
+	resp, err := c.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
 	if err != nil || len(resp.Groups) != 1 || resp.Groups[0].Error != nil || resp.Groups[0].GroupState != "Stable" {
 		return 0
 	}

@@ -19,7 +19,7 @@ func TestAssignedMembers(t *testing.T) {
 	topic := kafkatest.Topics(t, env.KafkaBrokers, 2, "assigned")[0]
 	group := stacktest.Name("assigned")
 	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, group)
-	if n := kafkatest.AssignedMembers(t, env.KafkaBrokers, group); n != 0 {
+	if n := kafkatest.AssignedMembers(env.KafkaBrokers, group); n != 0 {
 		t.Fatalf("a group nobody joined has %d assigned members", n)
 	}
 
@@ -31,7 +31,7 @@ func TestAssignedMembers(t *testing.T) {
 		_, _ = r.FetchMessage(ctx)
 	}()
 	testkit.Eventually(t, 30*time.Second, "the reader holding partitions", func() bool {
-		return kafkatest.AssignedMembers(t, env.KafkaBrokers, group) == 1
+		return kafkatest.AssignedMembers(env.KafkaBrokers, group) == 1
 	})
 	cancel()
 	<-done
@@ -39,6 +39,6 @@ func TestAssignedMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, 30*time.Second, "the group empty after the reader left", func() bool {
-		return kafkatest.AssignedMembers(t, env.KafkaBrokers, group) == 0
+		return kafkatest.AssignedMembers(env.KafkaBrokers, group) == 0
 	})
 }
