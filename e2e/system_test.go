@@ -25,6 +25,7 @@ import (
 	"github.com/announcer/announcer/pkg/channeldb"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/testkit"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/pkg/testkit/xmpptest"
 )
@@ -161,7 +162,9 @@ func newBareSystem(t *testing.T, o options) *system {
 	if len(o.brokers) > 0 {
 		s.brokers = o.brokers
 	}
-	t.Cleanup(s.stop)
+	// Topics and groups the services create, priority lanes included; this
+	// clean-up runs after s.stop, registered last.
+	kafkatest.DeletePrefixedAtEnd(t, env.KafkaBrokers, s.p+"_")
 
 	// Database of this system alone, with the first generation's schema.
 	dsn, err := mysql.ParseDSN(env.MySQLDSN)
@@ -197,6 +200,9 @@ func newBareSystem(t *testing.T, o options) *system {
 	s.rdb = redis.NewClient(&redis.Options{Addr: env.RedisAddr})
 	t.Cleanup(func() { s.rdb.Close() })
 
+	// Registered last, so it runs first: the services stop before their
+	// database, Redis client and topics go.
+	t.Cleanup(s.stop)
 	return s
 }
 
@@ -510,10 +516,22 @@ func (s *system) stop() {
 	ctx := context.Background()
 	for _, u := range s.users {
 		_ = s.api.Unregister(ctx, u, s.domain)
-		_ = s.rdb.Del(ctx, u).Err()
 	}
-	for _, n := range s.nodes {
-		_ = s.rdb.Del(ctx, s.presence(n)).Err()
+	// The users' presence, the nodes' online sets and the progress records:
+	// every key of the system starts with its prefix.
+	iter := s.rdb.Scan(ctx, 0, s.p+"*", 1000).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		if keys = append(keys, iter.Val()); len(keys) == 1000 {
+			_ = s.rdb.Unlink(ctx, keys...).Err()
+			keys = keys[:0]
+		}
+	}
+	if len(keys) > 0 {
+		_ = s.rdb.Unlink(ctx, keys...).Err()
+	}
+	if err := iter.Err(); err != nil {
+		s.t.Logf("redis keys %s*: %v", s.p, err)
 	}
 }
 

@@ -65,7 +65,7 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	r.cfg = cfg
-	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.DeliveriesTopic("node1"), cfg.DeliveriesTopic("node2"), cfg.Bus.DeadLetterTopic, r.storage)
+	kafkatest.DeletePrefixedAtEnd(t, env.KafkaBrokers, p+"_")
 	return r
 }
 

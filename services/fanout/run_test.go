@@ -102,12 +102,12 @@ func newHarness(t *testing.T, mod func(*config.Config)) *harness {
 		}
 		_ = h.rdb.Close()
 	})
-	topics := []string{cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic}
+	topics := []string{cfg.Bus.AnnouncementsTopic, cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic), cfg.Bus.DeadLetterTopic}
 	for _, n := range cfg.Nodes {
-		topics = append(topics, cfg.DeliveriesTopic(n.Name))
+		topics = append(topics, cfg.DeliveriesTopic(n.Name), cfg.PriorityTopic(cfg.DeliveriesTopic(n.Name)))
 	}
 	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, topics...)
-	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, cfg.Fanout.GroupName)
+	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, cfg.Fanout.GroupName, cfg.Fanout.GroupName+cfg.Bus.PrioritySuffix)
 	return h
 }
 

@@ -20,10 +20,9 @@ import (
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/stage"
+	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
-
-	"github.com/announcer/announcer/pkg/testkit"
 	"github.com/announcer/announcer/services/sender/internal/testuser"
 )
 
@@ -50,7 +49,7 @@ func testConfig(t *testing.T, env stacktest.Env) config.Config {
 	if err := cfg.Validate(config.RoleSender); err != nil {
 		t.Fatal(err)
 	}
-	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, cfg.DeliveriesTopic("node1"), cfg.Bus.DeadLetterTopic)
+	kafkatest.DeletePrefixedAtEnd(t, env.KafkaBrokers, p+"_")
 	return cfg
 }
 

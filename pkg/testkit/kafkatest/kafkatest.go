@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -91,6 +92,45 @@ func leadersKnown(ctx context.Context, c *kafka.Client, names []string, partitio
 func DeleteAtEnd(t testing.TB, brokers []string, names ...string) {
 	atEnd(t, brokers, "delete topics", func(ctx context.Context, c *kafka.Client) error {
 		_, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: names})
+		return err
+	})
+}
+
+// DeletePrefixedAtEnd deletes, when the test ends, every topic and consumer
+// group whose name starts with prefix: all that services configured with
+// unique names created, priority lanes included. Register it before the
+// clean-up that stops the services, so that it runs after it.
+func DeletePrefixedAtEnd(t testing.TB, brokers []string, prefix string) {
+	atEnd(t, brokers, "delete "+prefix+"* topics and groups", func(ctx context.Context, c *kafka.Client) error {
+		md, err := c.Metadata(ctx, &kafka.MetadataRequest{})
+		if err != nil {
+			return err
+		}
+		var topics []string
+		for _, tp := range md.Topics {
+			if strings.HasPrefix(tp.Name, prefix) {
+				topics = append(topics, tp.Name)
+			}
+		}
+		if len(topics) > 0 {
+			if _, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: topics}); err != nil {
+				return err
+			}
+		}
+		lg, err := c.ListGroups(ctx, &kafka.ListGroupsRequest{})
+		if err != nil {
+			return err
+		}
+		var groups []string
+		for _, g := range lg.Groups {
+			if strings.HasPrefix(g.GroupID, prefix) {
+				groups = append(groups, g.GroupID)
+			}
+		}
+		if len(groups) == 0 {
+			return nil
+		}
+		_, err = c.DeleteGroups(ctx, &kafka.DeleteGroupsRequest{GroupIDs: groups})
 		return err
 	})
 }

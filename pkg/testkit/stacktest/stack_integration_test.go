@@ -19,6 +19,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/testkit"
+	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
 )
 
@@ -27,6 +28,9 @@ import (
 func TestKafkaProduceConsume(t *testing.T) {
 	env, ctx := stacktest.GetWithTimeout(t, 60*time.Second)
 	topic := stacktest.Name("stack_kafka")
+	group := stacktest.Name("stack_group")
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, topic)
+	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, group)
 	if err := kafkabus.EnsureTopics(ctx, kafkabus.Plaintext(env.KafkaBrokers), kafkabus.Topic{Name: topic, Partitions: 2, ReplicationFactor: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +51,7 @@ func TestKafkaProduceConsume(t *testing.T) {
 	if err := w.WriteMessages(ctx, msgs...); err != nil {
 		t.Fatal(err)
 	}
-	r := kafkabus.NewReader(kafkabus.Plaintext(env.KafkaBrokers), stacktest.Name("stack_group"), []string{topic}, kafkabus.ReaderOptions{})
+	r := kafkabus.NewReader(kafkabus.Plaintext(env.KafkaBrokers), group, []string{topic}, kafkabus.ReaderOptions{})
 	defer r.Close()
 	got := map[string]string{}
 	for len(got) < len(want) {

@@ -101,7 +101,7 @@ func bench(d time.Duration, conc int, brokers []string, users, rounds int, skipU
 	suffix := randomSuffix()
 	cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic = "bench_announcements_"+suffix, "bench_dlq_"+suffix
 	unbatchedTopic := "bench_unbatched_" + suffix
-	defer deleteTopics(brokers, cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic, unbatchedTopic)
+	defer deleteTopics(brokers, cfg.Bus.AnnouncementsTopic, cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic), cfg.Bus.DeadLetterTopic, unbatchedTopic)
 	if !skipUnbatched {
 		if err := kafkabus.EnsureTopics(context.Background(), kafkabus.Plaintext(brokers), kafkabus.Topic{Name: unbatchedTopic, Partitions: cfg.Bus.Partitions, ReplicationFactor: 1}); err != nil {
 			return err
