@@ -3,9 +3,9 @@
 // spread over two node addresses), runs the real fanout service (run, as the
 // binary does) in-process against private topics, and times one announcement
 // from publish until every batch is acknowledged (each offset is committed right after;
-// after an untimed one of the same channel, -warmup-runs), first with the
-// progress bookkeeping, then again with [progress] disabled, for the hot-path cost of progress
-// (fanout_1m_seconds against fanout_1m_no_progress_seconds). Then it measures the first
+// after an untimed one of the same channel, -warmup-runs). For what the progress
+// bookkeeping costs, a second service with [progress] disabled then takes turns with
+// the first (fanout_progress_overhead_percent, the median of the pairs). Then it measures the first
 // generation's member paging (no ORDER BY, LIMIT offset,n + a Redis MGET per
 // page) on the same data, under a time cap, and prints the ratio.
 //
@@ -127,7 +127,7 @@ func parseBenchFlags(args []string) (flags, error) {
 	fs.IntVar(&f.seedConns, "seed-conns", 2, "parallel connections for seeding MySQL")
 	fs.BoolVar(&f.verbose, "v", false, "log the service at info level")
 	fs.StringVar(&f.serverPIDs, "server-pids", "", "comma-separated pids of the servers (mariadbd, redis, kafka) whose CPU time to report for the timed run (default: the local stack's)")
-	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed run to this file")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed runs (not of the turns with progress off) to this file")
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}
@@ -298,33 +298,82 @@ func bench(ctx context.Context, f flags) error {
 	}
 	fmt.Printf("seeded Redis in %.1fs\n", time.Since(t).Seconds())
 
-	// --- The fanout service, exactly as production assembles it: with the
-	// progress bookkeeping, then without ([progress] disabled: the tracker
-	// does nothing), so the report shows what progress costs the hot path.
+	// --- The fanout service, exactly as production assembles it.
 	seedHWM := vmKB("VmHWM")
 	runtime.GC()
 	debug.FreeOSMemory()
 	resetHWM()
-	var on, off timings
-	if err := timeRuns(ctx, cfg, f, brokers, prefix, runID, "progress on", f.cpuProfile, &on); err != nil {
+	svc, err := startFanout(ctx, cfg, f, brokers, prefix, runID)
+	if err != nil {
 		return err
 	}
-	hwm, rss := on.hwm, on.rss
+	defer func() { _ = svc.stop() }()
+	var on timings
+	fmt.Println()
+	fmt.Println("== fanout (this generation): announcement published → all batches acked")
+	if err := profiled(f.cpuProfile, func() error {
+		for r := 1; r <= f.runs; r++ {
+			if err := svc.measure(fmt.Sprintf("%s-run%d", runID, r), fmt.Sprintf("run %d", r), &on); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	hwm, rss := vmKB("VmHWM"), vmKB("VmRSS")
+
+	// --- What the progress bookkeeping costs: a second service with
+	// [progress] disabled (the tracker does nothing), on topics and a group of
+	// its own, and the two take turns so that the machine's drift touches
+	// both alike.
 	noProgress := cfg
 	noProgress.Progress.Disabled = true
-	fmt.Println()
-	if err := timeRuns(ctx, noProgress, f, brokers, prefix, runID+"-np", "progress off", "", &off); err != nil {
-		return err
+	noProgress.Bus.AnnouncementsTopic = runID + "_np_ann"
+	noProgress.Bus.DeliveriesPrefix = runID + "_np_del."
+	noProgress.Bus.DeadLetterTopic = runID + "_np_dlq"
+	noProgress.Fanout.GroupName = runID + "_np_group"
+	clean.add(func() { deleteKafka(brokers, noProgress) })
+	bare, err := startFanout(ctx, noProgress, f, brokers, prefix, runID+"-np")
+	if err != nil {
+		return fmt.Errorf("service without progress: %w", err)
 	}
+	defer func() { _ = bare.stop() }()
+	fmt.Println()
+	fmt.Println("== the same with [progress] disabled, in turns with progress on")
+	var pairOn, pairOff timings
+	for r := 1; r <= f.runs; r++ {
+		turns := []struct {
+			p    *fanoutUnderTest
+			mode string
+			out  *timings
+		}{{svc, "on", &pairOn}, {bare, "off", &pairOff}}
+		if r%2 == 0 {
+			slices.Reverse(turns)
+		}
+		for _, tu := range turns {
+			if err := tu.p.measure(fmt.Sprintf("%s-pair%d-%s", runID, r, tu.mode), fmt.Sprintf("pair %d, progress %s", r, tu.mode), tu.out); err != nil {
+				return err
+			}
+		}
+	}
+	if err := bare.stop(); err != nil {
+		return fmt.Errorf("service without progress: %w", err)
+	}
+	if err := svc.stop(); err != nil {
+		return fmt.Errorf("service: %w", err)
+	}
+
 	times := on.times
 	sorted := slices.Sorted(slices.Values(times))
 	median := sorted[len(sorted)/2]
 	fmt.Printf("verified          every run: %d recipients, each once, on its node's topic\n", f.online)
 	fmt.Printf("seconds           median %.3f, best %.3f, worst %.3f of %d runs\n", median, sorted[0], sorted[len(sorted)-1], len(sorted))
 	fmt.Printf("members/s         %.0f (median run)\n", float64(f.members)/median)
-	offMedian := off.median()
-	overhead := 100 * (median - offMedian) / offMedian
-	fmt.Printf("progress off      median %.3f of runs %v: the bookkeeping costs %+.1f%% (%+.3fs)\n", offMedian, off.times, overhead, median-offMedian)
+	offMedian := pairOff.median()
+	overhead := pairOverhead(pairOn.times, pairOff.times)
+	fmt.Printf("progress off      median %.3f of runs %v, against %v with it on in the same turns: the bookkeeping costs %+.1f%% (median of the pairs)\n",
+		offMedian, pairOff.times, pairOn.times, overhead)
 	fmt.Printf("peak RSS          %.1f MiB over the runs (VmHWM reset after seeding; now %.1f MiB; seeding peak %.1f MiB)\n",
 		float64(hwm)/1024, float64(rss)/1024, float64(seedHWM)/1024)
 	elapsed := time.Duration(median * float64(time.Second))
@@ -336,8 +385,8 @@ func bench(ctx context.Context, f flags) error {
 		"fanout_" + size + "_seconds":             {Value: median, Note: fmt.Sprintf("median of %d: channel event published until every batch is acked, %d members, %d online on 2 nodes; runs %v", len(sorted), f.members, f.online, times)},
 		"fanout_members_per_second":               {Value: float64(f.members) / median},
 		"fanout_peak_rss_mib":                     {Value: float64(hwm) / 1024, Note: "VmHWM over the timed runs, in-process"},
-		"fanout_" + size + "_no_progress_seconds": {Value: offMedian, Note: fmt.Sprintf("as fanout_%s_seconds in the same run with [progress] disabled (no bookkeeping); runs %v", size, off.times)},
-		"fanout_progress_overhead_percent":        {Value: overhead, Note: "fanout_" + size + "_seconds against the no_progress run: the hot-path cost of progress"},
+		"fanout_" + size + "_no_progress_seconds": {Value: offMedian, Note: fmt.Sprintf("as fanout_%s_seconds with [progress] disabled (no bookkeeping), a second service taking turns with the first; runs %v, progress on in the same turns %v", size, pairOff.times, pairOn.times)},
+		"fanout_progress_overhead_percent":        {Value: overhead, Note: "the hot-path cost of progress: median over the turns of (on - off) / off, each pair run back to back"},
 	}
 	if len(on.cpu) > 0 && len(f.serverPIDs) > 0 {
 		cpu := slices.Sorted(slices.Values(on.cpu))[len(on.cpu)/2]
@@ -645,14 +694,15 @@ func deleteKafka(brokers []string, cfg config.Config) {
 	tr := &kafka.Transport{}
 	defer tr.CloseIdleConnections()
 	c := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: tr}
-	topics := []string{cfg.Bus.AnnouncementsTopic, cfg.Bus.DeadLetterTopic}
+	topics := []string{cfg.Bus.AnnouncementsTopic, cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic), cfg.Bus.DeadLetterTopic}
 	for _, n := range cfg.Nodes {
-		topics = append(topics, cfg.DeliveriesTopic(n.Name))
+		topics = append(topics, cfg.DeliveriesTopic(n.Name), cfg.PriorityTopic(cfg.DeliveriesTopic(n.Name)))
 	}
 	if _, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: topics}); err != nil {
 		fmt.Fprintln(os.Stderr, "delete topics:", err)
 	}
-	if _, err := c.DeleteGroups(ctx, &kafka.DeleteGroupsRequest{GroupIDs: []string{cfg.Fanout.GroupName}}); err != nil {
+	groups := []string{cfg.Fanout.GroupName, cfg.Fanout.GroupName + cfg.Bus.PrioritySuffix}
+	if _, err := c.DeleteGroups(ctx, &kafka.DeleteGroupsRequest{GroupIDs: groups}); err != nil {
 		fmt.Fprintln(os.Stderr, "delete group:", err)
 	}
 }
@@ -693,11 +743,10 @@ func resetHWM() {
 	}
 }
 
-// timings are what one service session measured.
+// timings are what a series of timed runs measured.
 type timings struct {
-	times    []float64 // seconds per timed run
-	cpu      []float64 // CPU seconds per timed run: fanout and the servers it reads and writes
-	hwm, rss int64     // KiB at the end of the runs
+	times []float64 // seconds per timed run
+	cpu   []float64 // CPU seconds per timed run: fanout and the servers it reads and writes
 }
 
 // median of the timed runs.
@@ -706,192 +755,238 @@ func (t timings) median() float64 {
 	return sorted[len(sorted)/2]
 }
 
-// timeRuns runs the fanout service on cfg (in-process, as production
-// assembles it), warms it up, times f.runs announcements of the channel, each
-// verified, then stops the service. runID names the events; title the runs.
-func timeRuns(ctx context.Context, cfg config.Config, f flags, brokers []string, prefix, runID, title, cpuProfile string, out *timings) error {
-
-	type done struct {
-		ev  announcement.Event
-		res audience.Result
-		at  time.Time
+// pairOverhead is the median of (on[i] - off[i]) / off[i], in percent: runs
+// taken back to back cancel most of the machine's drift between them.
+func pairOverhead(on, off []float64) float64 {
+	n := min(len(on), len(off))
+	if n == 0 {
+		return math.NaN()
 	}
-	dones := make(chan done, 1024)
+	d := make([]float64, n)
+	for i := range n {
+		d[i] = 100 * (on[i] - off[i]) / off[i]
+	}
+	slices.Sort(d)
+	if n%2 == 0 {
+		return (d[n/2-1] + d[n/2]) / 2
+	}
+	return d[n/2]
+}
+
+// profiled runs fn under a CPU profile written to path ("": no profile).
+func profiled(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	pf, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer pf.Close()
+	if err := pprof.StartCPUProfile(pf); err != nil {
+		return err
+	}
+	defer pprof.StopCPUProfile()
+	return fn()
+}
+
+// fanoutUnderTest is the fanout service running in-process on cfg, as
+// production assembles it, warmed up; each measure times one announcement of
+// the whole channel and verifies it.
+type fanoutUnderTest struct {
+	ctx         context.Context
+	cfg         config.Config
+	f           flags
+	brokers     []string
+	prefix      string
+	tmpl        string
+	dones       chan fanoutDone
+	svcErr      chan error
+	stopService context.CancelFunc
+	stopped     bool
+	w           *kafka.Writer
+}
+
+type fanoutDone struct {
+	ev  announcement.Event
+	res audience.Result
+	at  time.Time
+}
+
+// startFanout starts the service on cfg (its own topics and group), joins it
+// to its group with one small announcement, then sends f.warmupRuns untimed
+// ones of the whole channel. runID names the warm-up events.
+func startFanout(ctx context.Context, cfg config.Config, f flags, brokers []string, prefix, runID string) (*fanoutUnderTest, error) {
 	level := zerolog.WarnLevel
 	if f.verbose {
 		level = zerolog.InfoLevel
 	}
 	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(level).With().Timestamp().Str("service", "fanout").Logger()
 	sctx, stopService := context.WithCancel(ctx)
-	svcErr := make(chan error, 1)
+	p := &fanoutUnderTest{
+		ctx: ctx, cfg: cfg, f: f, brokers: brokers, prefix: prefix,
+		tmpl:  fmt.Sprintf("<message from='%s' to='%%s' type='chat'><body>bench [inc_id]</body></message>", cfg.Component.JID()),
+		dones: make(chan fanoutDone, 1024), svcErr: make(chan error, 1), stopService: stopService,
+		w: &kafka.Writer{Addr: kafka.TCP(brokers...), Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
+			BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}},
+	}
 	go func() {
-		svcErr <- run(sctx, log, cfg, hooks{resolved: func(ev announcement.Event, res audience.Result) {
-			dones <- done{ev, res, time.Now()}
+		p.svcErr <- run(sctx, log, cfg, hooks{resolved: func(ev announcement.Event, res audience.Result) {
+			p.dones <- fanoutDone{ev, res, time.Now()}
 		}})
 	}()
-	stopped := false
-	stopSvc := func() error {
-		if stopped {
-			return nil
-		}
-		stopped = true
-		stopService()
-		return <-svcErr
-	}
-	defer func() { _ = stopSvc() }()
-
-	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
-		BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}}
-	defer func() { _ = w.Close(); w.Transport.(*kafka.Transport).CloseIdleConnections() }()
-	publish := func(ev announcement.Event) error {
-		v, err := ev.Encode()
-		if err != nil {
-			return err
-		}
-		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		for {
-			err := w.WriteMessages(pctx, kafka.Message{Topic: cfg.Bus.AnnouncementsTopic, Key: []byte(ev.ID), Value: v})
-			if err == nil {
-				return nil
-			}
-			if pctx.Err() != nil {
-				return fmt.Errorf("publish: %w", err)
-			}
-			time.Sleep(100 * time.Millisecond) // the service creates the topics at start
+	warm := announcement.Event{ID: runID + "-warmup", Kind: announcement.KindUsers, Usernames: []string{username(prefix, 0)}, Template: p.tmpl, CreatedAt: time.Now()}
+	err := p.publish(warm)
+	if err == nil {
+		if err = p.wait(warm.ID, f.warmupTimeout, func(fanoutDone) bool { return true }); err != nil {
+			err = fmt.Errorf("warm-up: %w", err)
 		}
 	}
-	wait := func(id string, timeout time.Duration, until func(done) bool) error {
-		tm := time.NewTimer(timeout)
-		defer tm.Stop()
-		for {
-			select {
-			case d := <-dones:
-				if d.ev.ID == id && until(d) {
-					return nil
-				}
-			case err := <-svcErr:
-				stopped = true
-				return fmt.Errorf("service stopped: %v", err)
-			case <-tm.C:
-				return fmt.Errorf("%s: timed out after %s", id, timeout)
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-	}
-	tmpl := fmt.Sprintf("<message from='%s' to='%%s' type='chat'><body>bench [inc_id]</body></message>", cfg.Component.JID())
-	// Warm-up: joins the group and opens every connection before the clock starts.
-	warm := announcement.Event{ID: runID + "-warmup", Kind: announcement.KindUsers, Usernames: []string{username(prefix, 0)}, Template: tmpl, CreatedAt: time.Now()}
-	if err := publish(warm); err != nil {
-		return err
-	}
-	if err := wait(warm.ID, f.warmupTimeout, func(done) bool { return true }); err != nil {
-		return fmt.Errorf("warm-up: %w", err)
-	}
-
-	type result struct {
-		elapsed, split  time.Duration
-		shards, batches int
-		members, online int
-		perNode         map[string]int
-		cpu             float64
-		srv0, srv1      []procCPU
-	}
-	timed := func(id string) (result, error) {
-		ev := announcement.Event{ID: id, Kind: announcement.KindChannel, Channel: &announcement.ChannelRef{ID: 1},
-			Template: tmpl, Persist: true, Source: "bench"}
-		res := result{perNode: map[string]int{}}
-		cpu0 := benchreport.SelfCPU().Seconds()
-		res.srv0 = serverCPU(f.serverPIDs)
-		start := time.Now()
-		ev.CreatedAt = start
-		if err := publish(ev); err != nil {
-			return res, err
-		}
-		finished := 0
-		var lastAt time.Time
-		err := wait(ev.ID, f.timeout, func(d done) bool {
-			switch d.res.Outcome {
-			case audience.Split:
-				res.shards, res.split = d.res.Shards, d.at.Sub(start)
-			case audience.Delivered:
-				finished++
-				res.members += d.res.Audience
-				res.online += d.res.Recipients
-				res.batches += d.res.Batches
-				for n, c := range d.res.PerNode {
-					res.perNode[n] += c
-				}
-				lastAt = d.at
-				if res.shards == 0 && d.ev.Kind == announcement.KindChannel {
-					res.shards = 1 // small channel: resolved inline
-				}
-			default:
-				fmt.Fprintf(os.Stderr, "unexpected result %+v\n", d.res)
-			}
-			return res.shards > 0 && finished == res.shards
-		})
-		res.elapsed = lastAt.Sub(start)
-		res.cpu = benchreport.SelfCPU().Seconds() - cpu0
-		res.srv1 = serverCPU(f.serverPIDs)
-		return res, err
-	}
-
 	// Full-size and untimed: the first announcements of a giant channel after a start pay for the
 	// servers' caches and the broker's JIT (C2 compiles its request path for several seconds).
-	for w := 1; w <= f.warmupRuns; w++ {
-		if _, err := timed(fmt.Sprintf("%s-warm%d", runID, w)); err != nil {
-			return fmt.Errorf("full-size warm-up %d: %w", w, err)
+	for w := 1; w <= f.warmupRuns && err == nil; w++ {
+		if _, err = p.timed(fmt.Sprintf("%s-warm%d", runID, w)); err != nil {
+			err = fmt.Errorf("full-size warm-up %d: %w", w, err)
 		}
 	}
-	if cpuProfile != "" {
-		pf, err := os.Create(cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	if err != nil {
+		_ = p.stop()
+		return nil, err
 	}
+	return p, nil
+}
 
-	fmt.Println()
-	fmt.Printf("== fanout (this generation, %s): announcement published → all batches acked\n", title)
-	for r := 1; r <= f.runs; r++ {
-		id := fmt.Sprintf("%s-run%d", runID, r)
-		res, err := timed(id)
-		if err != nil {
-			return err
+// stop stops the service and returns what its Run returned; later calls return nil.
+func (p *fanoutUnderTest) stop() error {
+	if p.stopped {
+		return nil
+	}
+	p.stopped = true
+	p.stopService()
+	err := <-p.svcErr
+	_ = p.w.Close()
+	p.w.Transport.(*kafka.Transport).CloseIdleConnections()
+	return err
+}
+
+func (p *fanoutUnderTest) publish(ev announcement.Event) error {
+	v, err := ev.Encode()
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
+	defer cancel()
+	for {
+		err := p.w.WriteMessages(pctx, kafka.Message{Topic: p.cfg.Bus.AnnouncementsTopic, Key: []byte(ev.ID), Value: v})
+		if err == nil {
+			return nil
 		}
-		out.times = append(out.times, res.elapsed.Seconds())
-		split := "none (channel within one shard, resolved inline)"
-		if res.split > 0 {
-			split = fmt.Sprintf("%d shard tasks queued after %.3fs", res.shards, res.split.Seconds())
+		if pctx.Err() != nil {
+			return fmt.Errorf("publish: %w", err)
 		}
-		fmt.Printf("run %d: %.3fs  %d members, %d online (node1 %d, node2 %d), %d batches, %s; %.0f members/s; fanout CPU %.2fs",
-			r, res.elapsed.Seconds(), res.members, res.online, res.perNode["node1"], res.perNode["node2"], res.batches, split,
-			float64(res.members)/res.elapsed.Seconds(), res.cpu)
-		total := res.cpu
-		for _, p := range res.srv1 {
-			for _, q := range res.srv0 {
-				if p.pid == q.pid {
-					fmt.Printf(", %s %.2fs", p.name, p.sec-q.sec)
-					total += p.sec - q.sec
-				}
+		time.Sleep(100 * time.Millisecond) // the service creates the topics at start
+	}
+}
+
+func (p *fanoutUnderTest) wait(id string, timeout time.Duration, until func(fanoutDone) bool) error {
+	tm := time.NewTimer(timeout)
+	defer tm.Stop()
+	for {
+		select {
+		case d := <-p.dones:
+			if d.ev.ID == id && until(d) {
+				return nil
+			}
+		case err := <-p.svcErr:
+			p.stopped = true
+			return fmt.Errorf("service stopped: %v", err)
+		case <-tm.C:
+			return fmt.Errorf("%s: timed out after %s", id, timeout)
+		case <-p.ctx.Done():
+			return p.ctx.Err()
+		}
+	}
+}
+
+type runResult struct {
+	elapsed, split  time.Duration
+	shards, batches int
+	members, online int
+	perNode         map[string]int
+	cpu             float64
+	srv0, srv1      []procCPU
+}
+
+// timed publishes an announcement of the whole channel and waits until every
+// shard of it is resolved, each batch acknowledged by Kafka.
+func (p *fanoutUnderTest) timed(id string) (runResult, error) {
+	ev := announcement.Event{ID: id, Kind: announcement.KindChannel, Channel: &announcement.ChannelRef{ID: 1},
+		Template: p.tmpl, Persist: true, Source: "bench"}
+	res := runResult{perNode: map[string]int{}}
+	cpu0 := benchreport.SelfCPU().Seconds()
+	res.srv0 = serverCPU(p.f.serverPIDs)
+	start := time.Now()
+	ev.CreatedAt = start
+	if err := p.publish(ev); err != nil {
+		return res, err
+	}
+	finished := 0
+	var lastAt time.Time
+	err := p.wait(ev.ID, p.f.timeout, func(d fanoutDone) bool {
+		switch d.res.Outcome {
+		case audience.Split:
+			res.shards, res.split = d.res.Shards, d.at.Sub(start)
+		case audience.Delivered:
+			finished++
+			res.members += d.res.Audience
+			res.online += d.res.Recipients
+			res.batches += d.res.Batches
+			for n, c := range d.res.PerNode {
+				res.perNode[n] += c
+			}
+			lastAt = d.at
+			if res.shards == 0 && d.ev.Kind == announcement.KindChannel {
+				res.shards = 1 // small channel: resolved inline
+			}
+		default:
+			fmt.Fprintf(os.Stderr, "unexpected result %+v\n", d.res)
+		}
+		return res.shards > 0 && finished == res.shards
+	})
+	res.elapsed = lastAt.Sub(start)
+	res.cpu = benchreport.SelfCPU().Seconds() - cpu0
+	res.srv1 = serverCPU(p.f.serverPIDs)
+	return res, err
+}
+
+// measure times one announcement (event id), prints it under label, adds it
+// to out and verifies, untimed, that every online member got it once.
+func (p *fanoutUnderTest) measure(id, label string, out *timings) error {
+	res, err := p.timed(id)
+	if err != nil {
+		return err
+	}
+	out.times = append(out.times, res.elapsed.Seconds())
+	split := "none (channel within one shard, resolved inline)"
+	if res.split > 0 {
+		split = fmt.Sprintf("%d shard tasks queued after %.3fs", res.shards, res.split.Seconds())
+	}
+	fmt.Printf("%s: %.3fs  %d members, %d online (node1 %d, node2 %d), %d batches, %s; %.0f members/s; fanout CPU %.2fs",
+		label, res.elapsed.Seconds(), res.members, res.online, res.perNode["node1"], res.perNode["node2"], res.batches, split,
+		float64(res.members)/res.elapsed.Seconds(), res.cpu)
+	total := res.cpu
+	for _, s1 := range res.srv1 {
+		for _, s0 := range res.srv0 {
+			if s1.pid == s0.pid {
+				fmt.Printf(", %s %.2fs", s1.name, s1.sec-s0.sec)
+				total += s1.sec - s0.sec
 			}
 		}
-		out.cpu = append(out.cpu, total)
-		fmt.Printf("; %.2f CPU-s in all, %.2fs of %d cores\n", total, total/float64(runtime.NumCPU()), runtime.NumCPU())
-		// Untimed: every online member exactly once, on its node.
-		if err := verify(ctx, brokers, cfg, f, prefix, id); err != nil {
-			return fmt.Errorf("verify run %d: %w", r, err)
-		}
 	}
-	out.hwm, out.rss = vmKB("VmHWM"), vmKB("VmRSS")
-	if err := stopSvc(); err != nil {
-		return fmt.Errorf("service: %w", err)
+	out.cpu = append(out.cpu, total)
+	fmt.Printf("; %.2f CPU-s in all, %.2fs of %d cores\n", total, total/float64(runtime.NumCPU()), runtime.NumCPU())
+	if err := verify(p.ctx, p.brokers, p.cfg, p.f, p.prefix, id); err != nil {
+		return fmt.Errorf("verify %s: %w", label, err)
 	}
 	return nil
 }
