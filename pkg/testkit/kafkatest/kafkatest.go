@@ -106,13 +106,7 @@ func DeletePrefixedAtEnd(t testing.TB, brokers []string, prefix string) {
 		if err != nil {
 			return err
 		}
-		var topics []string
-		for _, tp := range md.Topics {
-			if strings.HasPrefix(tp.Name, prefix) {
-				topics = append(topics, tp.Name)
-			}
-		}
-		if len(topics) > 0 {
+		if topics := prefixed(prefix, md.Topics, func(tp kafka.Topic) string { return tp.Name }); len(topics) > 0 {
 			if _, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: topics}); err != nil {
 				return err
 			}
@@ -121,18 +115,22 @@ func DeletePrefixedAtEnd(t testing.TB, brokers []string, prefix string) {
 		if err != nil {
 			return err
 		}
-		var groups []string
-		for _, g := range lg.Groups {
-			if strings.HasPrefix(g.GroupID, prefix) {
-				groups = append(groups, g.GroupID)
-			}
+		if groups := prefixed(prefix, lg.Groups, func(g kafka.ListGroupsResponseGroup) string { return g.GroupID }); len(groups) > 0 {
+			_, err = c.DeleteGroups(ctx, &kafka.DeleteGroupsRequest{GroupIDs: groups})
 		}
-		if len(groups) == 0 {
-			return nil
-		}
-		_, err = c.DeleteGroups(ctx, &kafka.DeleteGroupsRequest{GroupIDs: groups})
 		return err
 	})
+}
+
+// prefixed returns the names of items that start with prefix.
+func prefixed[T any](prefix string, items []T, name func(T) string) []string {
+	var out []string
+	for _, it := range items {
+		if n := name(it); strings.HasPrefix(n, prefix) {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // DeleteGroupsAtEnd deletes consumer groups when the test ends.
