@@ -56,12 +56,14 @@ run:
 BENCH_RUN := bench/run-$(shell date -u +%Y%m%dT%H%M%SZ).json
 bench: stack-up
 	@set -o pipefail; mkdir -p bench && rm -f $(BENCH_RUN) && export ANNOUNCER_BENCH_OUT=$(CURDIR)/$(BENCH_RUN) && $(TESTENV) && \
+	(cd pkg && go run ./benchreport/cmd/bench-report gauge start) && \
 	(cd pkg && go test -run '^$$' -bench . -benchmem ./stanza/ ./announcement/ | go run ./benchreport/cmd/bench-report gotest) && \
 	(cd services/ingress && go run ./cmd/ingress-bench) && \
 	(cd services/fanout && ANNOUNCER_BENCH=1 go test -count=1 -timeout 30m -run '^TestBenchGiantChannel$$' -v .) && \
 	(cd services/sender && go run ./cmd/sender-bench) && \
 	(cd services/archiver && go test -run '^$$' -bench StorageWrite -benchtime 1000x . | (cd ../../pkg && go run ./benchreport/cmd/bench-report gotest)) && \
 	(cd e2e && ANNOUNCER_BENCH=1 go test -count=1 -timeout 40m -run '^(TestDeliveryThroughput|TestBenchPipeline)$$' -v .) && \
+	(cd pkg && go run ./benchreport/cmd/bench-report gauge end) && \
 	cp $(BENCH_RUN) bench/latest.json && echo "figures: bench/latest.json ($(BENCH_RUN))" && \
 	if [ "$$(ls bench/run-*.json | wc -l)" -ge 2 ]; then $(MAKE) --no-print-directory bench-compare; fi
 

@@ -1,6 +1,7 @@
 // Command bench-report is `make bench`'s bookkeeping:
 //
 //	bench-report gotest < go-test-bench-output   # record go test -bench figures in $ANNOUNCER_BENCH_OUT
+//	bench-report gauge start|end                 # record the machine's speed (machine_gauge_<when>_ms)
 //	bench-report compare OLD.json NEW.json       # two runs side by side
 //	bench-report compare DIR                     # the two newest runs in DIR
 package main
@@ -25,7 +26,7 @@ func main() {
 
 func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("usage: bench-report gotest | compare OLD NEW | compare DIR")
+		return fmt.Errorf("usage: bench-report gotest | gauge start|end | compare OLD NEW | compare DIR")
 	}
 	switch args[0] {
 	case "gotest":
@@ -35,6 +36,15 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		}
 		_, _ = stdout.Write(b) // the figures stay visible in the terminal
 		return benchreport.Record(benchreport.GoBench(string(b)))
+	case "gauge":
+		when := map[string]string{"start": "began", "end": "ended"}
+		if len(args) != 2 || when[args[1]] == "" {
+			return fmt.Errorf("usage: bench-report gauge start|end")
+		}
+		ms := float64(benchreport.Gauge(7).Microseconds()) / 1000
+		fmt.Fprintf(stdout, "machine gauge (%s of the run): %.1f ms a pass of fixed work that no code here changes, median of 7\n", args[1], ms)
+		return benchreport.Record(map[string]benchreport.Figure{"machine_gauge_" + args[1] + "_ms": {Value: ms,
+			Note: "the machine's speed when the run " + when[args[1]] + ": ms per pass of benchreport.Gauge, median of 7 (higher: a slower machine, the same code)"}})
 	case "compare":
 		paths := args[1:]
 		if len(paths) == 1 {
