@@ -10,27 +10,60 @@
 package testkit
 
 import (
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 )
 
 // FreeAddr returns a loopback address nothing listens on right now (for a
-// server the test starts, or one that comes up later).
+// server the test starts, or one that comes up later), and never one it
+// returned before in this process: once a listener is closed the kernel may
+// offer its port again, and a broker's client and controller listeners once
+// got the same port that way.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	addr, err := newAddr(func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }, handedOut.addrs)
 	if err != nil {
-		t.Fatalf("free address: %v", err)
-	}
-	addr := ln.Addr().String()
-	if err := ln.Close(); err != nil {
 		t.Fatalf("free address: %v", err)
 	}
 	return addr
 }
+
+// newAddr listens until it gets an address not in seen, adds it to seen and
+// returns it. The listeners it opened stay open until then, so the kernel
+// cannot offer a seen port twice in a row.
+func newAddr(listen func() (net.Listener, error), seen map[string]bool) (string, error) {
+	var held []net.Listener
+	defer func() {
+		for _, ln := range held {
+			_ = ln.Close()
+		}
+	}()
+	for range 1000 {
+		ln, err := listen()
+		if err != nil {
+			return "", err
+		}
+		held = append(held, ln)
+		if addr := ln.Addr().String(); !seen[addr] {
+			seen[addr] = true
+			return addr, nil
+		}
+	}
+	return "", errors.New("1000 ports in a row were ones handed out before")
+}
+
+// handedOut is every address FreeAddr returned in this process.
+var handedOut = struct {
+	sync.Mutex
+	addrs map[string]bool
+}{addrs: map[string]bool{}}
 
 // Dial connects to addr over TCP, failing the test if it cannot; the
 // connection is closed when the test ends.

@@ -20,6 +20,67 @@ func TestFreeAddrIsFree(t *testing.T) {
 	_ = ln.Close()
 }
 
+func TestFreeAddrNeverRepeats(t *testing.T) {
+	seen := map[string]bool{}
+	for range 200 {
+		addr := FreeAddr(t)
+		if seen[addr] {
+			t.Fatalf("FreeAddr gave %s twice", addr)
+		}
+		seen[addr] = true
+	}
+}
+
+type fakeListener struct {
+	net.Listener
+	addr   string
+	closed bool
+}
+
+func (l *fakeListener) Addr() net.Addr { return fakeAddr(l.addr) }
+func (l *fakeListener) Close() error   { l.closed = true; return nil }
+
+type fakeAddr string
+
+func (a fakeAddr) Network() string { return "tcp" }
+func (a fakeAddr) String() string  { return string(a) }
+
+// A port the kernel offers again is skipped, and held until a new one comes.
+func TestNewAddrSkipsPortsHandedOut(t *testing.T) {
+	var opened []*fakeListener
+	var offers []string
+	heldAtLastOffer := 0
+	listen := func() (net.Listener, error) {
+		heldAtLastOffer = 0
+		for _, o := range opened {
+			if !o.closed {
+				heldAtLastOffer++
+			}
+		}
+		l := &fakeListener{addr: offers[0]}
+		offers = offers[1:]
+		opened = append(opened, l)
+		return l, nil
+	}
+	seen := map[string]bool{}
+	offers = []string{"127.0.0.1:1001"}
+	if a, err := newAddr(listen, seen); err != nil || a != "127.0.0.1:1001" {
+		t.Fatalf("first: %q, %v", a, err)
+	}
+	offers = []string{"127.0.0.1:1001", "127.0.0.1:1001", "127.0.0.1:1002"}
+	if a, err := newAddr(listen, seen); err != nil || a != "127.0.0.1:1002" {
+		t.Fatalf("second: %q, %v", a, err)
+	}
+	if heldAtLastOffer != 2 {
+		t.Errorf("%d listeners of ports handed out before were open when a new port was asked for, want 2", heldAtLastOffer)
+	}
+	for _, l := range opened {
+		if !l.closed {
+			t.Errorf("listener %s left open", l.addr)
+		}
+	}
+}
+
 func TestEventuallyWaitsForTheCondition(t *testing.T) {
 	start := time.Now()
 	Eventually(t, 5*time.Second, "50 ms to pass", func() bool { return time.Since(start) > 50*time.Millisecond })
