@@ -266,6 +266,12 @@ type Fanout struct {
 	ShardSize int      `toml:"shard_size"` // members per shard task of a giant channel
 	Presence  string   `toml:"presence"`   // redis | rest
 	RetryMax  Duration `toml:"retry_max"`  // upper bound of one backoff step
+	// MemberCountMaxAge is how old a giant channel's member count may be
+	// when fanout cuts it into shards (0: counted for each announcement).
+	// Counting reads the channel's whole index (0.1 s per million members)
+	// before any shard starts; an old count only moves the shards'
+	// boundaries, which always cover every member id.
+	MemberCountMaxAge Duration `toml:"member_count_max_age"`
 }
 
 type Sender struct {
@@ -409,6 +415,8 @@ func Default() Config {
 			ShardSize: 100000,
 			Presence:  "redis",
 			RetryMax:  Duration(10 * time.Second),
+
+			MemberCountMaxAge: Duration(5 * time.Minute),
 		},
 		Sender: Sender{
 			Mode:             "component",

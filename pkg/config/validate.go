@@ -152,6 +152,9 @@ func (c *Config) validateFanout(p *problems) {
 		p.bad("[fanout] shard_size %d: want >= [mysql] pagination_length %d", c.Fanout.ShardSize, c.MySQL.PaginationLength)
 	}
 	p.empty("[fanout] group_name", c.Fanout.GroupName)
+	if c.Fanout.MemberCountMaxAge < 0 {
+		p.bad("[fanout] member_count_max_age: %s is negative (0 counts for each announcement)", c.Fanout.MemberCountMaxAge.D())
+	}
 	c.validateNodes(p)
 }
 

@@ -394,6 +394,16 @@ func bench(ctx context.Context, f flags) error {
 			"median CPU seconds of a timed run: fanout, MariaDB, Redis and Kafka together; on %d cores no run ends before %.2fs", runtime.NumCPU(), cpu/float64(runtime.NumCPU()))}
 		fmt.Printf("CPU               median %.2f CPU-s per run (fanout and its servers): %.2fs of %d cores\n", cpu, cpu/float64(runtime.NumCPU()), runtime.NumCPU())
 	}
+	if len(on.split) > 0 {
+		split := slices.Sorted(slices.Values(on.split))[len(on.split)/2]
+		how := "the member count read each time ([fanout] member_count_max_age 0)"
+		if age := cfg.Fanout.MemberCountMaxAge.D(); age > 0 {
+			how = fmt.Sprintf("the runs follow an untimed announcement of the channel, so only MIN/MAX was read: its member count is remembered for [fanout] member_count_max_age (%s)", age)
+		}
+		figures["fanout_"+size+"_split_seconds"] = benchreport.Figure{Value: split,
+			Note: fmt.Sprintf("median time from publish until the shard tasks were queued, %d runs; %s", len(on.split), how)}
+		fmt.Printf("split             median %.3f s until the shard tasks were queued; %s\n", split, how)
+	}
 	defer func() {
 		if !f.record {
 			return
@@ -747,6 +757,7 @@ func resetHWM() {
 type timings struct {
 	times []float64 // seconds per timed run
 	cpu   []float64 // CPU seconds per timed run: fanout and the servers it reads and writes
+	split []float64 // seconds until a run's shard tasks were queued (giant channels)
 }
 
 // median of the timed runs.
@@ -967,6 +978,9 @@ func (p *fanoutUnderTest) measure(id, label string, out *timings) error {
 		return err
 	}
 	out.times = append(out.times, res.elapsed.Seconds())
+	if res.split > 0 {
+		out.split = append(out.split, res.split.Seconds())
+	}
 	split := "none (channel within one shard, resolved inline)"
 	if res.split > 0 {
 		split = fmt.Sprintf("%d shard tasks queued after %.3fs", res.shards, res.split.Seconds())

@@ -113,6 +113,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		MaxBatchBytes: cfg.Bus.MaxMessageBytes - 1024,
 		RouteUsers:    cfg.Fanout.Presence != "rest",
 		UserDomain:    cfg.UserDomain(),
+		CountMaxAge:   cfg.Fanout.MemberCountMaxAge.D(),
 		Retry:         backoff.Policy{Initial: 100 * time.Millisecond, Max: cfg.Fanout.RetryMax.D()},
 		Templates:     rt.Templates(),
 		Progress:      tracker,

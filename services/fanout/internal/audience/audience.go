@@ -66,6 +66,8 @@ type MemberStore interface {
 	// Span counts the channel's members and gives their smallest and largest member_id
 	// (all 0 for no members).
 	Span(ctx context.Context, channelID int64) (count, minID, maxID int64, err error)
+	// Bounds is Span without the count: two index look-ups, however large the channel.
+	Bounds(ctx context.Context, channelID int64) (minID, maxID int64, err error)
 }
 
 // Presence says who is online and where.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -229,6 +230,71 @@ func TestGiantChannelSplitsIntoShards(t *testing.T) {
 	}
 	if len(keys) != len(w.sink.Batches) {
 		t.Fatalf("duplicate batch keys")
+	}
+}
+
+// A giant channel's member count serves its next announcements for
+// CountMaxAge: they read only the channel's bounds, and the shards still
+// cover members added since. A channel of one shard is counted every time.
+func TestChannelCountIsRememberedForItsMaxAge(t *testing.T) {
+	for _, tc := range []struct {
+		name                 string
+		maxAge               time.Duration
+		members              int
+		wantSpans, wantBound int
+	}{
+		{"remembered", time.Hour, 173, 1, 1},
+		{"off", 0, 173, 2, 0},
+		{"one shard", time.Hour, 30, 2, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, func(c *audience.Config) { c.CountMaxAge = tc.maxAge }) // ShardSize 50
+			var mu sync.Mutex
+			calls := map[string]int{}
+			w.members.Fail = func(op string) error {
+				mu.Lock()
+				calls[op]++
+				mu.Unlock()
+				return nil
+			}
+			ctx := context.Background()
+			w.seedChannel(t, 1, audience.StateAccepted, tc.members)
+			first := channelEvent(announcement.ChannelRef{ID: 1})
+			if _, err := w.r.Resolve(ctx, first); err != nil {
+				t.Fatal(err)
+			}
+			added := audiencetest.Names("late", 60)
+			_ = w.members.AddMembers(ctx, 1, added...)
+			second := channelEvent(announcement.ChannelRef{ID: 1})
+			second.ID = "a2"
+			tasks := len(w.sink.Tasks)
+			res, err := w.r.Resolve(ctx, second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			spans, bounds := calls["span"], calls["bounds"]
+			mu.Unlock()
+			if spans != tc.wantSpans || bounds != tc.wantBound {
+				t.Fatalf("span read %d times, bounds %d times; want %d and %d", spans, bounds, tc.wantSpans, tc.wantBound)
+			}
+			audienceSize := res.Audience
+			if res.Outcome == audience.Split {
+				if tc.wantBound > 0 && res.Shards != (tc.members+49)/50 {
+					t.Fatalf("%d shards, want %d from the remembered count", res.Shards, (tc.members+49)/50)
+				}
+				for _, task := range w.sink.Tasks[tasks:] {
+					r, err := w.r.Resolve(ctx, task)
+					if err != nil {
+						t.Fatal(err)
+					}
+					audienceSize += r.Audience
+				}
+			}
+			if audienceSize != tc.members+len(added) {
+				t.Fatalf("the second announcement reached %d members, want %d", audienceSize, tc.members+len(added))
+			}
+		})
 	}
 }
 

@@ -40,7 +40,11 @@ type Config struct {
 	// UserDomain is the users' XMPP domain: a users-list recipient of it is
 	// looked up by its local part, the key of the presence model.
 	UserDomain string
-	Retry      backoff.Policy
+	// CountMaxAge is how long a channel's member count, taken to cut it into
+	// shards, serves later announcements of the channel (0: counted each
+	// time). Only channels of more than one shard are remembered.
+	CountMaxAge time.Duration
+	Retry       backoff.Policy
 	// Templates, when set, checks each announcement's template (once per
 	// announcement, cached): one that ejabberd would refuse must not become
 	// a million bad stanzas.
@@ -90,6 +94,7 @@ type Resolver struct {
 	log      zerolog.Logger
 	warn     zerolog.Logger // sampled: a progress store outage would log per task
 	m        *metrics
+	counts   *countCache
 }
 
 // New builds a Resolver and registers its metrics.
@@ -118,7 +123,7 @@ func New(cfg Config, members MemberStore, presence Presence, batches BatchSink, 
 	}
 	return &Resolver{
 		cfg: cfg, progress: p, members: members, presence: presence, batches: batches, tasks: tasks,
-		route: newRouter(cfg.Nodes), log: log, m: m,
+		route: newRouter(cfg.Nodes), log: log, m: m, counts: newCountCache(cfg.CountMaxAge),
 		warn: log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second}),
 	}, nil
 }
@@ -296,15 +301,28 @@ func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result,
 // times cheaper than locating exact boundaries (an OFFSET walk per shard), and
 // ranges only need to be disjoint and complete: with unevenly spread ids a
 // shard may hold more or fewer than ShardSize members.
+//
+// Counting still reads every index entry of the channel (0.1 s per million
+// members, before any shard can start), so the count of a channel of several
+// shards is kept for CountMaxAge; the bounds are read fresh each time, and an
+// old count only moves the boundaries between shards.
 func (r *Resolver) split(ctx context.Context, channelID int64) ([]announcement.Shard, error) {
-	var count, lo, hi int64
+	count, known := r.counts.get(channelID, time.Now())
+	var lo, hi int64
 	err := r.retry(ctx, depMySQL, func() error {
 		var err error
+		if known {
+			lo, hi, err = r.members.Bounds(ctx, channelID)
+			return err
+		}
 		count, lo, hi, err = r.members.Span(ctx, channelID)
 		return err
 	})
 	if err != nil {
 		return nil, err
+	}
+	if !known && count > int64(r.cfg.ShardSize) {
+		r.counts.put(channelID, count, time.Now())
 	}
 	n := (count + int64(r.cfg.ShardSize) - 1) / int64(r.cfg.ShardSize)
 	if n <= 1 || hi <= lo {

@@ -146,6 +146,9 @@ const (
 	// Served from the member index alone (no row reads): ~0.1 s per million members.
 	spanQuery = "SELECT COUNT(*), COALESCE(MIN(member_id), 0), COALESCE(MAX(member_id), 0)" +
 		" FROM ws_channel_members WHERE member_channelid = ?"
+	// Two look-ups at the ends of the channel's index range.
+	boundsQuery = "SELECT COALESCE(MIN(member_id), 0), COALESCE(MAX(member_id), 0)" +
+		" FROM ws_channel_members WHERE member_channelid = ?"
 )
 
 // Members implements audience.MemberStore.
@@ -310,6 +313,15 @@ func (s *Store) Span(ctx context.Context, channelID int64) (count, minID, maxID 
 		return 0, 0, 0, fmt.Errorf("mysql: span of channel %d: %w", channelID, classify(err))
 	}
 	return count, minID, maxID, nil
+}
+
+// Bounds implements audience.MemberStore.
+func (s *Store) Bounds(ctx context.Context, channelID int64) (minID, maxID int64, err error) {
+	err = s.db.QueryRowContext(ctx, boundsQuery, channelID).Scan(&minID, &maxID)
+	if err != nil {
+		return 0, 0, fmt.Errorf("mysql: bounds of channel %d: %w", channelID, classify(err))
+	}
+	return minID, maxID, nil
 }
 
 // classify marks the server's answers that no retry can change: the schema

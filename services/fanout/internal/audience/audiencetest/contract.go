@@ -134,6 +134,22 @@ func MemberStoreContract(t *testing.T, newStore func(t *testing.T) MemberFixture
 			t.Fatalf("empty channel: %d [%d, %d]", count, lo, hi)
 		}
 	})
+
+	t.Run("Bounds", func(t *testing.T) {
+		s := twoChannels(t, 10)
+		all, err := s.Members(ctx, 2, 0, 0, 100, nil)
+		must(t, err)
+		lo, hi, err := s.Bounds(ctx, 2)
+		must(t, err)
+		if lo != all[0].ID || hi != all[len(all)-1].ID {
+			t.Fatalf("bounds [%d, %d], want [%d, %d]", lo, hi, all[0].ID, all[len(all)-1].ID)
+		}
+		lo, hi, err = s.Bounds(ctx, 99)
+		must(t, err)
+		if lo != 0 || hi != 0 {
+			t.Fatalf("empty channel: [%d, %d]", lo, hi)
+		}
+	})
 }
 
 // PresenceFixture is a Presence the contract can set users online on.

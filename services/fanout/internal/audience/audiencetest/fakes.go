@@ -102,11 +102,24 @@ func (s *Members) Members(_ context.Context, channelID, afterID, beforeID int64,
 	return dst, nil
 }
 
+// Bounds implements audience.MemberStore.
+func (s *Members) Bounds(_ context.Context, channelID int64) (minID, maxID int64, err error) {
+	if err := s.fail("bounds"); err != nil {
+		return 0, 0, err
+	}
+	_, minID, maxID, err = s.span(channelID)
+	return minID, maxID, err
+}
+
 // Span implements audience.MemberStore.
 func (s *Members) Span(_ context.Context, channelID int64) (count, minID, maxID int64, err error) {
 	if err := s.fail("span"); err != nil {
 		return 0, 0, 0, err
 	}
+	return s.span(channelID)
+}
+
+func (s *Members) span(channelID int64) (count, minID, maxID int64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, m := range s.members {
