@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -249,12 +248,14 @@ func TestChannelCountIsRememberedForItsMaxAge(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(t, func(c *audience.Config) { c.CountMaxAge = tc.maxAge }) // ShardSize 50
-			var mu sync.Mutex
-			calls := map[string]int{}
+			var spanReads, boundsReads atomic.Int32
 			w.members.Fail = func(op string) error {
-				mu.Lock()
-				calls[op]++
-				mu.Unlock()
+				switch op {
+				case "span":
+					spanReads.Add(1)
+				case "bounds":
+					boundsReads.Add(1)
+				}
 				return nil
 			}
 			ctx := context.Background()
@@ -272,10 +273,7 @@ func TestChannelCountIsRememberedForItsMaxAge(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			mu.Lock()
-			spans, bounds := calls["span"], calls["bounds"]
-			mu.Unlock()
-			if spans != tc.wantSpans || bounds != tc.wantBound {
+			if spans, bounds := int(spanReads.Load()), int(boundsReads.Load()); spans != tc.wantSpans || bounds != tc.wantBound {
 				t.Fatalf("span read %d times, bounds %d times; want %d and %d", spans, bounds, tc.wantSpans, tc.wantBound)
 			}
 			audienceSize := res.Audience
