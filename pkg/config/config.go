@@ -410,12 +410,11 @@ func Default() Config {
 			PreviewTimeout:   Duration(30 * time.Second),
 		},
 		Fanout: Fanout{
-			GroupName: "announcer-fanout",
-			BatchSize: 1000,
-			ShardSize: 100000,
-			Presence:  "redis",
-			RetryMax:  Duration(10 * time.Second),
-
+			GroupName:         "announcer-fanout",
+			BatchSize:         1000,
+			ShardSize:         100000,
+			Presence:          "redis",
+			RetryMax:          Duration(10 * time.Second),
 			MemberCountMaxAge: Duration(5 * time.Minute),
 		},
 		Sender: Sender{

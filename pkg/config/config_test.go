@@ -210,6 +210,21 @@ domain = "localhost"
 	}
 }
 
+func TestFanoutMemberCountMaxAge(t *testing.T) {
+	if d := Default().Fanout.MemberCountMaxAge.D(); d != 5*time.Minute {
+		t.Fatalf("default member_count_max_age %s, want 5m", d)
+	}
+	c, err := Parse([]byte("[fanout]\nmember_count_max_age = \"0s\"\n"))
+	if err != nil || c.Fanout.MemberCountMaxAge != 0 {
+		t.Fatalf("0s: %v, %s", err, c.Fanout.MemberCountMaxAge.D())
+	}
+	c, err = Parse([]byte("[fanout]\nmember_count_max_age = \"-1m\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustName(t, c.Validate(RoleFanout), "[fanout] member_count_max_age")
+}
+
 func TestSecretsAreMaskedWhenPrinted(t *testing.T) {
 	c, err := Parse([]byte(`
 [mysql]
