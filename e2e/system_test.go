@@ -519,18 +519,7 @@ func (s *system) stop() {
 	}
 	// The users' presence, the nodes' online sets and the progress records:
 	// every key of the system starts with its prefix.
-	iter := s.rdb.Scan(ctx, 0, s.p+"*", 1000).Iterator()
-	var keys []string
-	for iter.Next(ctx) {
-		if keys = append(keys, iter.Val()); len(keys) == 1000 {
-			_ = s.rdb.Unlink(ctx, keys...).Err()
-			keys = keys[:0]
-		}
-	}
-	if len(keys) > 0 {
-		_ = s.rdb.Unlink(ctx, keys...).Err()
-	}
-	if err := iter.Err(); err != nil {
+	if err := stacktest.DeleteKeys(ctx, s.rdb, s.p+"*"); err != nil {
 		s.t.Logf("redis keys %s*: %v", s.p, err)
 	}
 }

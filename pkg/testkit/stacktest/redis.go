@@ -82,3 +82,26 @@ func logTail(t testing.TB, path string) {
 	}
 	t.Log(strings.Join(lines[max(0, len(lines)-20):], "\n"))
 }
+
+// DeleteKeys deletes every key of rdb's database that matches pattern,
+// walking it with SCAN (the server keeps answering others meanwhile) and
+// unlinking a thousand keys at a time.
+func DeleteKeys(ctx context.Context, rdb *redis.Client, pattern string) error {
+	iter := rdb.Scan(ctx, 0, pattern, 1000).Iterator()
+	keys := make([]string, 0, 1000)
+	for iter.Next(ctx) {
+		if keys = append(keys, iter.Val()); len(keys) == cap(keys) {
+			if err := rdb.Unlink(ctx, keys...).Err(); err != nil {
+				return err
+			}
+			keys = keys[:0]
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return err
+	}
+	if len(keys) > 0 {
+		return rdb.Unlink(ctx, keys...).Err()
+	}
+	return nil
+}
