@@ -389,13 +389,13 @@ func bench(ctx context.Context, f flags) error {
 		"fanout_progress_overhead_percent":        {Value: overhead, Note: "the hot-path cost of progress: median over the turns of (on - off) / off, each pair run back to back"},
 	}
 	if len(on.cpu) > 0 && len(f.serverPIDs) > 0 {
-		cpu := slices.Sorted(slices.Values(on.cpu))[len(on.cpu)/2]
+		cpu := medianOf(on.cpu)
 		figures["fanout_"+size+"_cpu_seconds"] = benchreport.Figure{Value: cpu, Note: fmt.Sprintf(
 			"median CPU seconds of a timed run: fanout, MariaDB, Redis and Kafka together; on %d cores no run ends before %.2fs", runtime.NumCPU(), cpu/float64(runtime.NumCPU()))}
 		fmt.Printf("CPU               median %.2f CPU-s per run (fanout and its servers): %.2fs of %d cores\n", cpu, cpu/float64(runtime.NumCPU()), runtime.NumCPU())
 	}
 	if len(on.split) > 0 {
-		split := slices.Sorted(slices.Values(on.split))[len(on.split)/2]
+		split := medianOf(on.split)
 		how := "the member count read each time ([fanout] member_count_max_age 0)"
 		if age := cfg.Fanout.MemberCountMaxAge.D(); age > 0 {
 			how = fmt.Sprintf("the runs follow an untimed announcement of the channel, so only MIN/MAX was read: its member count is remembered for [fanout] member_count_max_age (%s)", age)
@@ -704,10 +704,7 @@ func deleteKafka(brokers []string, cfg config.Config) {
 	tr := &kafka.Transport{}
 	defer tr.CloseIdleConnections()
 	c := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: tr}
-	topics := []string{cfg.Bus.AnnouncementsTopic, cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic), cfg.Bus.DeadLetterTopic}
-	for _, n := range cfg.Nodes {
-		topics = append(topics, cfg.DeliveriesTopic(n.Name), cfg.PriorityTopic(cfg.DeliveriesTopic(n.Name)))
-	}
+	_, topics := topicsOf(cfg)
 	if _, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: topics}); err != nil {
 		fmt.Fprintln(os.Stderr, "delete topics:", err)
 	}
@@ -761,8 +758,11 @@ type timings struct {
 }
 
 // median of the timed runs.
-func (t timings) median() float64 {
-	sorted := slices.Sorted(slices.Values(t.times))
+func (t timings) median() float64 { return medianOf(t.times) }
+
+// medianOf is the middle value of xs (the upper one of an even count).
+func medianOf(xs []float64) float64 {
+	sorted := slices.Sorted(slices.Values(xs))
 	return sorted[len(sorted)/2]
 }
 

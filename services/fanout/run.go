@@ -52,17 +52,10 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	defer rt.Close()
 	rt.ShutdownTimeout = drainTimeout + 10*time.Second
 
-	lanes := kafkasink.Topics{
-		Announcements: cfg.Bus.AnnouncementsTopic, PriorityAnnouncements: cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic),
-		Deliveries: make(map[string]string, len(cfg.Nodes)), PriorityDeliveries: make(map[string]string, len(cfg.Nodes)),
-	}
+	lanes, topics := topicsOf(cfg)
 	nodes := make([]audience.Node, len(cfg.Nodes))
-	topics := []string{lanes.Announcements, lanes.PriorityAnnouncements, cfg.Bus.DeadLetterTopic}
 	for i, n := range cfg.Nodes {
-		lanes.Deliveries[n.Name] = cfg.DeliveriesTopic(n.Name)
-		lanes.PriorityDeliveries[n.Name] = cfg.PriorityTopic(cfg.DeliveriesTopic(n.Name))
 		nodes[i] = audience.Node{Name: n.Name, PresenceAddresses: n.PresenceAddresses}
-		topics = append(topics, lanes.Deliveries[n.Name], lanes.PriorityDeliveries[n.Name])
 	}
 	rt.Topics(rt.Bus(), topics...)
 	tracker, err := rt.Progress()
@@ -155,4 +148,20 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	}
 	log.Info().Str("presence", cfg.Fanout.Presence).Int("nodes", len(nodes)).Msg("fanout configured")
 	return rt.Run(ctx)
+}
+
+// topicsOf names fanout's lanes in cfg, and every topic it reads or writes:
+// both announcement lanes, the dead letters and both lanes of each node.
+func topicsOf(cfg config.Config) (kafkasink.Topics, []string) {
+	lanes := kafkasink.Topics{
+		Announcements: cfg.Bus.AnnouncementsTopic, PriorityAnnouncements: cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic),
+		Deliveries: make(map[string]string, len(cfg.Nodes)), PriorityDeliveries: make(map[string]string, len(cfg.Nodes)),
+	}
+	all := []string{lanes.Announcements, lanes.PriorityAnnouncements, cfg.Bus.DeadLetterTopic}
+	for _, n := range cfg.Nodes {
+		lanes.Deliveries[n.Name] = cfg.DeliveriesTopic(n.Name)
+		lanes.PriorityDeliveries[n.Name] = cfg.PriorityTopic(cfg.DeliveriesTopic(n.Name))
+		all = append(all, lanes.Deliveries[n.Name], lanes.PriorityDeliveries[n.Name])
+	}
+	return lanes, all
 }

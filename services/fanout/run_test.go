@@ -93,19 +93,12 @@ func newHarness(t *testing.T, mod func(*config.Config)) *harness {
 	h.seed = mysqltest.Seed{DB: st.DB()}
 	h.rdb = redis.NewClient(&redis.Options{Addr: env.RedisAddr})
 	t.Cleanup(func() {
-		ctx := context.Background()
-		for _, pattern := range []string{h.prefix + "*"} {
-			keys, _ := h.rdb.Keys(ctx, pattern).Result()
-			if len(keys) > 0 {
-				h.rdb.Del(ctx, keys...)
-			}
+		if err := stacktest.DeleteKeys(context.Background(), h.rdb, h.prefix+"*"); err != nil {
+			t.Logf("redis keys %s*: %v", h.prefix, err)
 		}
 		_ = h.rdb.Close()
 	})
-	topics := []string{cfg.Bus.AnnouncementsTopic, cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic), cfg.Bus.DeadLetterTopic}
-	for _, n := range cfg.Nodes {
-		topics = append(topics, cfg.DeliveriesTopic(n.Name), cfg.PriorityTopic(cfg.DeliveriesTopic(n.Name)))
-	}
+	_, topics := topicsOf(cfg)
 	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, topics...)
 	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, cfg.Fanout.GroupName, cfg.Fanout.GroupName+cfg.Bus.PrioritySuffix)
 	return h
