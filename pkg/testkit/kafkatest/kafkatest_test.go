@@ -56,22 +56,9 @@ func TestDeletePrefixedAtEnd(t *testing.T) {
 	defer cancel()
 
 	prefix := stacktest.Name("prefixed") + "_"
-	mine := []string{prefix + "announcements", prefix + "deliveries.node1.priority"}
-	neighbour := strings.TrimSuffix(prefix, "_") + "x"
-	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, append([]string{neighbour}, mine...)...) // if the test fails
-	req := &kafka.CreateTopicsRequest{}
-	for _, name := range append([]string{neighbour}, mine...) {
-		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: name, NumPartitions: 1, ReplicationFactor: 1})
-	}
-	if res, err := c.CreateTopics(ctx, req); err != nil {
-		t.Fatal(err)
-	} else {
-		for name, err := range res.Errors {
-			if err != nil {
-				t.Fatalf("create %s: %v", name, err)
-			}
-		}
-	}
+	// Topics names each one prefix_<what>_<unique>, and deletes it at the end if this test fails.
+	mine := kafkatest.Topics(t, env.KafkaBrokers, 1, prefix+"announcements", prefix+"deliveries.node1.priority")
+	neighbour := kafkatest.Topics(t, env.KafkaBrokers, 1, strings.TrimSuffix(prefix, "_")+"x")[0]
 	group := prefix + "sender_node1"
 	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, group)
 	testkit.Eventually(t, 30*time.Second, "an offset committed for the group", func() bool {
