@@ -131,8 +131,15 @@ func (d *Decoder) Event(p []byte) (Event, error) {
 
 // Batch decodes a deliveries record.
 func (d *Decoder) Batch(p []byte) (Batch, error) {
-	var b Batch
-	unknown, err := decodeRecord(p, "delivery batch", &b, batchFields, &b.Version, BatchVersion)
+	b, fast := decodeBatchFast(p)
+	var unknown []string
+	var err error
+	switch {
+	case !fast:
+		unknown, err = decodeRecord(p, "delivery batch", &b, batchFields, &b.Version, BatchVersion)
+	case b.Version > BatchVersion:
+		err = &NewerVersionError{Version: b.Version, Understood: BatchVersion}
+	}
 	if err == nil {
 		err = b.check()
 	}
