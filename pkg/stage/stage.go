@@ -321,6 +321,22 @@ type Input struct {
 	GateDrain time.Duration
 	// ClientID names the process to the group's other members (kafka-go's default otherwise).
 	ClientID string
+	// FetchMinBytes and FetchMaxWait let the broker hold a fetch of a
+	// partition until that many bytes wait or that much time passed: fewer,
+	// fuller fetches for an input that can wait. By default a fetch is
+	// answered as soon as one record is there, and held 500 ms when idle.
+	FetchMinBytes int
+	FetchMaxWait  time.Duration
+}
+
+func (in Input) readerOptions() kafkabus.ReaderOptions {
+	return kafkabus.ReaderOptions{
+		QueueCapacity: max(in.MaxInFlight, 16),
+		StartAtEnd:    in.StartAtEnd,
+		ClientID:      in.ClientID,
+		MinBytes:      in.FetchMinBytes,
+		MaxWait:       in.FetchMaxWait,
+	}
 }
 
 // Gate opens and closes an input while the stage runs (a sender that hands
@@ -413,11 +429,7 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 		joined.Store(false)
 		// kafka-go joins the group as soon as a reader exists: one made before
 		// its topics would be assigned nothing and stay that way.
-		reader := kafkabus.NewReader(cluster, in.Group, in.Topics, kafkabus.ReaderOptions{
-			QueueCapacity: max(in.MaxInFlight, 16),
-			StartAtEnd:    in.StartAtEnd,
-			ClientID:      in.ClientID,
-		})
+		reader := kafkabus.NewReader(cluster, in.Group, in.Topics, in.readerOptions())
 		defer func() {
 			if err := reader.Close(); err != nil {
 				log.Warn().Err(err).Msg("closing the reader")

@@ -315,3 +315,27 @@ func TestIdleStageIsReadyAfterABrokerRestart(t *testing.T) {
 	})
 	testkit.Eventually(t, 10*time.Second, "the reconnection counted", func() bool { return dials() > before })
 }
+
+// An input that can wait asks the broker for fuller fetches; the others keep
+// fetches answered at once.
+func TestInputFetchOptionsReachTheReader(t *testing.T) {
+	for _, in := range []Input{
+		{Group: "g", Topics: []string{"t"}, ConsumerOptions: ConsumerOptions{MaxInFlight: 4}},
+		{Group: "g", Topics: []string{"t"}, ConsumerOptions: ConsumerOptions{MaxInFlight: 64}, FetchMinBytes: 1 << 20, FetchMaxWait: 2 * time.Second},
+	} {
+		r := kafkabus.NewReader(kafkabus.Plaintext([]string{"127.0.0.1:1"}), in.Group, in.Topics, in.readerOptions())
+		got := r.Config()
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wantMin, wantWait := 1, 500*time.Millisecond
+		if in.FetchMinBytes > 0 {
+			wantMin, wantWait = in.FetchMinBytes, in.FetchMaxWait
+		}
+		// kafkabus leaves the broker a second beyond the wait it asks for.
+		if got.MinBytes != wantMin || got.MaxWait != wantWait+time.Second || got.QueueCapacity != max(in.MaxInFlight, 16) {
+			t.Errorf("input %+v: reader MinBytes %d, MaxWait %s, QueueCapacity %d; want %d, %s, %d",
+				in, got.MinBytes, got.MaxWait, got.QueueCapacity, wantMin, wantWait+time.Second, max(in.MaxInFlight, 16))
+		}
+	}
+}

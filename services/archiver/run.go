@@ -23,6 +23,13 @@ const (
 	maxInFlight = 8
 	// drainTimeout bounds how long batches in flight may finish on shutdown.
 	drainTimeout = 20 * time.Second
+	// The archive may lag by a second: the broker then answers the archiver
+	// with up to a megabyte of batches per partition instead of one fetch per
+	// batch, and idle partitions are polled half as often. Most batches are
+	// not persisted and finish at once, so commits cover many of them.
+	fetchMinBytes  = 1 << 20
+	fetchMaxWait   = time.Second
+	maxUncommitted = 256
 )
 
 // hooks let tests steer the service; main passes none.
@@ -81,11 +88,12 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 			return decoded(ctx, m)
 		},
 		ConsumerOptions: stage.ConsumerOptions{
-			MaxInFlight: maxInFlight, DrainTimeout: drainTimeout,
+			MaxInFlight: maxInFlight, MaxUncommitted: maxUncommitted, DrainTimeout: drainTimeout,
 			Retry: backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second},
 			// An identical batch is the same batch written twice (fanout retried a write).
 			Dedupe: 4096,
 		},
+		FetchMinBytes: fetchMinBytes, FetchMaxWait: fetchMaxWait,
 	})
 	if h.runtime != nil {
 		h.runtime(rt)
