@@ -26,10 +26,11 @@ const (
 	// The archive may lag by a second: the broker then answers the archiver
 	// with up to a megabyte of batches per partition instead of one fetch per
 	// batch, and idle partitions are polled half as often. Most batches are
-	// not persisted and finish at once, so commits cover many of them.
+	// not persisted and finish at once, so a commit covers many of them; the
+	// uncommitted bound (what a crash replays) stays below one full fetch.
 	fetchMinBytes  = 1 << 20
 	fetchMaxWait   = time.Second
-	maxUncommitted = 256
+	maxUncommitted = 64
 )
 
 // hooks let tests steer the service; main passes none.
