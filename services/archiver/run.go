@@ -25,12 +25,11 @@ const (
 	drainTimeout = 20 * time.Second
 	// The archive may lag by a second: the broker then answers the archiver
 	// with up to a megabyte of batches per partition instead of one fetch per
-	// batch, and idle partitions are polled half as often. Most batches are
-	// not persisted and finish at once, so a commit covers many of them; the
-	// uncommitted bound (what a crash replays) stays below one full fetch.
-	fetchMinBytes  = 1 << 20
-	fetchMaxWait   = time.Second
-	maxUncommitted = 64
+	// batch, and idle partitions are polled half as often. The batches of a
+	// fetch still go through the maxInFlight window, committed as they finish,
+	// so a crash replays no more than before.
+	fetchMinBytes = 1 << 20
+	fetchMaxWait  = time.Second
 )
 
 // hooks let tests steer the service; main passes none.
@@ -89,7 +88,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 			return decoded(ctx, m)
 		},
 		ConsumerOptions: stage.ConsumerOptions{
-			MaxInFlight: maxInFlight, MaxUncommitted: maxUncommitted, DrainTimeout: drainTimeout,
+			MaxInFlight: maxInFlight, DrainTimeout: drainTimeout,
 			Retry: backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second},
 			// An identical batch is the same batch written twice (fanout retried a write).
 			Dedupe: 4096,
