@@ -21,25 +21,18 @@ func decodeBatchFast(p []byte) (b Batch, ok bool) {
 	if !d.byte('{') {
 		return Batch{}, false
 	}
-	for first := true; ; first = false {
-		d.space()
-		if d.i < len(d.p) && d.p[d.i] == '}' && first {
-			d.i++
-			break
-		}
-		if !first && !d.byte(',') {
+	if !d.byte('}') {
+		for {
+			key, ok := d.str()
+			if !ok || !d.byte(':') || !d.field(&b, key) {
+				return Batch{}, false
+			}
 			if d.byte('}') {
 				break
 			}
-			return Batch{}, false
-		}
-		key, kok := d.str()
-		if !kok || !d.byte(':') {
-			return Batch{}, false
-		}
-		d.space()
-		if !d.field(&b, key) {
-			return Batch{}, false
+			if !d.byte(',') {
+				return Batch{}, false
+			}
 		}
 	}
 	d.space()
@@ -76,7 +69,9 @@ func (d *fastDecoder) byte(c byte) bool {
 	return false
 }
 
+// field decodes the value of key into b; false for a name it does not know.
 func (d *fastDecoder) field(b *Batch, key string) bool {
+	d.space()
 	var ok bool
 	switch key {
 	case "announcement_id":
