@@ -159,7 +159,7 @@ func sinkFaults(t *testing.T, full bool) []faultRow {
 	b.startServices(r.rate)
 
 	const (
-		inFlight = 4 // [sender] max_in_flight
+		inFlight = 4 // [sender] max_in_flight; a lane holds twice as many uncommitted
 		logic    = 2 // logic_process_number
 	)
 	perShard := b.onlineCount() / 10
@@ -178,7 +178,7 @@ func sinkFaults(t *testing.T, full bool) []faultRow {
 		s.restart("fanout")
 		return fmt.Sprintf("killed after %.0f batches were written (10 shard tasks)", batches), time.Now()
 	}))
-	add(r.run("kill -9 sender mid-batch", false, inFlight*b.batch, func(post func()) (string, time.Time) {
+	add(r.run("kill -9 sender mid-batch", false, 2*inFlight*b.batch, func(post func()) (string, time.Time) {
 		post()
 		r.waitFraction(0.3)
 		s.kill("sender-node1-0")
@@ -512,8 +512,8 @@ func ejabberdFaults(t *testing.T) []faultRow {
 			name, d, n, held, row.Lost, row.Duplicates, bound, row.Recover, row.Detail)
 		rows = append(rows, row)
 	}
-	const inFlight = 4
-	runCase("kill -9 sender", inFlight*batch, func(string) time.Time {
+	const inFlight = 4 // [sender] max_in_flight; a lane holds twice as many uncommitted
+	runCase("kill -9 sender", 2*inFlight*batch, func(string) time.Time {
 		s.kill("sender-node1-0")
 		s.restart("sender-node1-0")
 		return time.Now()

@@ -147,7 +147,7 @@ func TestBrokerOutageAndCrashes(t *testing.T) {
 	}
 	wg.Wait()
 	s.channel(50, s.p+"-outage", "ACCEPTED", members...)
-	bound := maxInFlight * outageBatch // stanzas: what one sender holds uncommitted, at most
+	bound := 2 * maxInFlight * outageBatch // stanzas: what one sender lane holds uncommitted, at most
 
 	// A: the broker dies and comes back while every service keeps running.
 	r.announce("A")
