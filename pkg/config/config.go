@@ -279,7 +279,7 @@ type Sender struct {
 	Mode             string   `toml:"mode"`         // component | client
 	GroupPrefix      string   `toml:"group_prefix"` // consumer group = prefix + node
 	FenceTimeout     Duration `toml:"fence_timeout"`
-	MaxInFlight      int      `toml:"max_in_flight"` // batches fetched but not yet fenced
+	MaxInFlight      int      `toml:"max_in_flight"` // batches a lane sends at once; as many more, fenced, may wait for their commit
 	WriteBufferBytes int      `toml:"write_buffer_bytes"`
 	ReconnectMax     Duration `toml:"reconnect_max"`
 	// ProgressInterval is how long a batch is sent between fences: a slow
