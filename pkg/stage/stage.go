@@ -510,7 +510,8 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 			}
 		}
 	}))
-	log.Info().Strs("topics", in.Topics).Str("group", in.Group).Int("max_in_flight", in.MaxInFlight).Msg("consuming")
+	log.Info().Strs("topics", in.Topics).Str("group", in.Group).Int("max_in_flight", c.opt.MaxInFlight).
+		Int("max_uncommitted", c.opt.MaxUncommitted).Msg("consuming")
 	return c
 }
 
