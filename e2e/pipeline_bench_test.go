@@ -399,8 +399,8 @@ const minWarmUps, maxWarmUps = 3, 5
 // against 0.3–0.5 a few minutes later, the whole run 4.2 CPU-s against 2.4,
 // so the timed runs measured the JIT more than the pipeline. After least
 // runs the stack counts as warm once a run costs no more than 10 % less CPU
-// than the run before (the second run alone may fall by less while the
-// broker is still compiling).
+// than the run before; least is there because one step may fall by less
+// while the broker is still compiling (the second run at 12-03 14:36 did).
 func (b *pipelineBench) warmUp(ctx context.Context, procs map[string]int, least, most int) {
 	b.t.Helper()
 	prev := 0.0
