@@ -38,7 +38,9 @@ func client(t testing.TB, brokers []string) *kafka.Client {
 }
 
 // Topics creates a topic per prefix with a unique name and deletes them when
-// the test ends.
+// the test ends. It returns once every partition's leader serves it: a young
+// broker names a leader in its metadata a moment before that leader takes
+// writes, and a write in between fails with "not leader for partition".
 func Topics(t testing.TB, brokers []string, partitions int, prefixes ...string) []string {
 	t.Helper()
 	c := client(t, brokers)
@@ -65,6 +67,13 @@ func Topics(t testing.TB, brokers []string, partitions int, prefixes ...string) 
 		case <-ctx.Done():
 			t.Fatalf("topics %v: no leaders after 30 s", names)
 		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	for _, name := range names {
+		for p := range partitions {
+			if _, err := LastOffset(ctx, brokers[0], name, p); err != nil {
+				t.Fatalf("topic %s partition %d: its leader does not serve it: %v", name, p, err)
+			}
 		}
 	}
 	return names
