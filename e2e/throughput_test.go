@@ -309,7 +309,7 @@ func TestDeliveryThroughput(t *testing.T) {
 	var mc mode
 	var multicasts float64
 	// A turn runs unicast, raw, multicast when r is even and multicast, raw, unicast when it
-	// is odd: each ratio's two sides take the earlier place equally often, so a drift of the
+	// is odd: each ratio's two sides take the earlier place by turns, so a drift of the
 	// machine over the minute leans neither way, and the sender changes mode once a turn.
 	unicastRun := func(r int) { alone = append(alone, queuedRun(fmt.Sprintf("queued%d", r))) }
 	multicastRun := func(r int) { mcAlone = append(mcAlone, queuedRun(fmt.Sprintf("mcqued%d", r))) }
