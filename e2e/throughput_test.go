@@ -187,11 +187,12 @@ func TestDeliveryThroughput(t *testing.T) {
 	}
 	// mode is what a measured mode took: start → every client has every round (e2e), the
 	// first → last stanza received (span), and ejabberd's CPU µs per stanza delivered.
-	// procs says where the two cores went meanwhile: every process's CPU seconds.
+	// procs says where the two cores went meanwhile: every process's CPU seconds (cpu).
 	type mode struct {
 		e2e, span time.Duration
 		cpuUS     float64
 		procs     string
+		cpu       map[string]float64
 	}
 	type snapshot struct {
 		pids map[string]int
@@ -208,8 +209,12 @@ func TestDeliveryThroughput(t *testing.T) {
 				before[name] = s0.cpu[name]
 			}
 		}
+		cpu := make(map[string]float64, len(s1.pids))
+		for name := range s1.pids {
+			cpu[name] = s1.cpu[name] - before[name]
+		}
 		return mode{e2e: last.Sub(t0), span: last.Sub(first), cpuUS: (ejabberdCPU() - cpu0) / stanzas * 1e6,
-			procs: cpuDiff(s1.pids, before, s1.cpu)}
+			procs: cpuDiff(s1.pids, before, s1.cpu), cpu: cpu}
 	}
 
 	// announcer: rounds POSTs back to back, the whole pipeline, real ejabberd.
@@ -419,6 +424,29 @@ func TestDeliveryThroughput(t *testing.T) {
 	mcRatio, mcLo, mcHi := pairRatios(alone, mcAlone)
 	pipelineRatio := rate(stanzas, ours.span) / rate(stanzas, rawMed.span)
 	mcPipelineRatio := rate(stanzas, mc.span) / rate(stanzas, ours.span)
+	// What the sender's side costs the two cores, per stanza and as the median over the
+	// turns: the sender process, and Kafka beyond what it spent in the raw writer's run of
+	// the same turn; beside them the clients (this process) and every process together.
+	perStanza := func(f func(i int) float64) float64 {
+		v := make([]float64, len(alone))
+		for i := range alone {
+			v[i] = f(i) / stanzas * 1e6
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	all := func(m mode) float64 {
+		total := 0.0
+		for _, sec := range m.cpu {
+			total += sec
+		}
+		return total
+	}
+	senderUS := perStanza(func(i int) float64 { return alone[i].cpu["sender-node1-0"] })
+	kafkaExtraUS := perStanza(func(i int) float64 { return alone[i].cpu["kafka"] - raw[i].cpu["kafka"] })
+	clientsUS := perStanza(func(i int) float64 { return alone[i].cpu["bench+sinks"] })
+	machineAloneUS := perStanza(func(i int) float64 { return all(alone[i]) })
+	machineRawUS := perStanza(func(i int) float64 { return all(raw[i]) })
 	line := func(what string, m mode) {
 		fmt.Printf("  %-52s %8s  %8.0f stanzas/s; first→last received %8s  %8.0f stanzas/s\n",
 			what, m.e2e.Round(time.Millisecond), rate(stanzas, m.e2e), m.span.Round(time.Millisecond), rate(stanzas, m.span))
@@ -440,6 +468,8 @@ func TestDeliveryThroughput(t *testing.T) {
 		fmt.Printf("  ejabberd CPU per stanza delivered: sender alone %.1f µs, multicast %.1f µs, raw writer %.1f µs, mod_announce %.1f µs (whole pipeline %.1f µs)\n",
 			queued.cpuUS, mcQueued.cpuUS, rawMed.cpuUS, announceMed.cpuUS, ours.cpuUS)
 	}
+	fmt.Printf("  CPU per stanza, medians of the turns: the sender %.1f µs and Kafka %.1f µs more than in the raw writer's runs; the clients %.1f µs; every process %.1f µs with the sender alone, %.1f µs with the raw writer\n",
+		senderUS, kafkaExtraUS, clientsUS, machineAloneUS, machineRawUS)
 	fmt.Printf("  baseline: ejabberd HTTP API send_message x%d  %8s  %8.0f stanzas/s\n", n, theirs.Round(time.Millisecond), rate(float64(n), theirs))
 	fmt.Printf("  speed-up: %.1fx\n", rate(stanzas, ours.e2e)/rate(float64(n), theirs))
 	figures := map[string]benchreport.Figure{
@@ -464,6 +494,16 @@ func TestDeliveryThroughput(t *testing.T) {
 			Note: fmt.Sprintf("multicast sender alone ÷ unicast sender alone, same clients: median over %d turns (turns %.3f–%.3f); goal ≥ 1.15", reps, mcLo, mcHi)},
 		"ejabberd_multicast_pipeline_vs_unicast_ratio": {Value: mcPipelineRatio,
 			Note: "the same for the whole pipeline: multicast POSTs ÷ unicast POSTs"},
+		"ejabberd_sender_alone_sender_cpu_us_per_stanza": {Value: senderUS,
+			Note: fmt.Sprintf("the sender process's CPU (utime+stime) in a sender-alone run ÷ stanzas, median of %d (/proc counts in 10 ms ticks: steps of 0.5 µs)", reps)},
+		"ejabberd_sender_alone_kafka_extra_cpu_us_per_stanza": {Value: kafkaExtraUS,
+			Note: "the broker's CPU in a sender-alone run less its CPU in the raw writer's run of the same turn, ÷ stanzas, median"},
+		"ejabberd_clients_cpu_us_per_stanza": {Value: clientsUS,
+			Note: fmt.Sprintf("the benchmark process (the %d c2s clients) in a sender-alone run ÷ stanzas, median: the cores' other tenant", n)},
+		"ejabberd_machine_cpu_us_per_stanza_sender_alone": {Value: machineAloneUS,
+			Note: "every process's CPU (ejabberd, the stack, the services, the clients) in a sender-alone run ÷ stanzas, median"},
+		"ejabberd_machine_cpu_us_per_stanza_raw": {Value: machineRawUS,
+			Note: "the same in the raw writer's runs (the raw writer is in the benchmark process)"},
 		"ejabberd_mod_announce_stanzas_per_second": {Value: rate(stanzas, announceMed.span),
 			Note: fmt.Sprintf("baseline, median of %d: ejabberd's mod_announce, %d stanzas to announce/online copied by ejabberd to each of %d clients: deliveries ÷ first-to-last received", reps, rounds, n)},
 		"ejabberd_sender_alone_vs_mod_announce_ratio": {Value: rate(stanzas, queued.span) / rate(stanzas, announceMed.span),
