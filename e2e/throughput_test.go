@@ -187,12 +187,14 @@ func TestDeliveryThroughput(t *testing.T) {
 	}
 	// mode is what a measured mode took: start → every client has every round (e2e), the
 	// first → last stanza received (span), and ejabberd's CPU µs per stanza delivered.
-	// procs says where the two cores went meanwhile: every process's CPU seconds (cpu).
+	// procs says where the two cores went meanwhile: every process's CPU seconds (cpu; cpuAll
+	// their sum).
 	type mode struct {
 		e2e, span time.Duration
 		cpuUS     float64
 		procs     string
 		cpu       map[string]float64
+		cpuAll    float64
 	}
 	type snapshot struct {
 		pids map[string]int
@@ -214,7 +216,7 @@ func TestDeliveryThroughput(t *testing.T) {
 			cpu[name] = s1.cpu[name] - before[name]
 		}
 		return mode{e2e: last.Sub(t0), span: last.Sub(first), cpuUS: (ejabberdCPU() - cpu0) / stanzas * 1e6,
-			procs: cpuDiff(s1.pids, before, s1.cpu), cpu: cpu}
+			procs: cpuDiff(s1.pids, before, s1.cpu), cpu: cpu, cpuAll: cpuTotal(s1.pids, before, s1.cpu)}
 	}
 
 	// announcer: rounds POSTs back to back, the whole pipeline, real ejabberd.
@@ -435,18 +437,11 @@ func TestDeliveryThroughput(t *testing.T) {
 		slices.Sort(v)
 		return v[len(v)/2]
 	}
-	all := func(m mode) float64 {
-		total := 0.0
-		for _, sec := range m.cpu {
-			total += sec
-		}
-		return total
-	}
 	senderUS := perStanza(func(i int) float64 { return alone[i].cpu["sender-node1-0"] })
 	kafkaExtraUS := perStanza(func(i int) float64 { return alone[i].cpu["kafka"] - raw[i].cpu["kafka"] })
 	clientsUS := perStanza(func(i int) float64 { return alone[i].cpu["bench+sinks"] })
-	machineAloneUS := perStanza(func(i int) float64 { return all(alone[i]) })
-	machineRawUS := perStanza(func(i int) float64 { return all(raw[i]) })
+	machineAloneUS := perStanza(func(i int) float64 { return alone[i].cpuAll })
+	machineRawUS := perStanza(func(i int) float64 { return raw[i].cpuAll })
 	line := func(what string, m mode) {
 		fmt.Printf("  %-52s %8s  %8.0f stanzas/s; first→last received %8s  %8.0f stanzas/s\n",
 			what, m.e2e.Round(time.Millisecond), rate(stanzas, m.e2e), m.span.Round(time.Millisecond), rate(stanzas, m.span))
