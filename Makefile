@@ -61,6 +61,7 @@ bench: stack-up
 	(cd services/ingress && go run ./cmd/ingress-bench) && \
 	(cd services/fanout && ANNOUNCER_BENCH=1 go test -count=1 -timeout 30m -run '^TestBenchGiantChannel$$' -v .) && \
 	(cd services/sender && go run ./cmd/sender-bench) && \
+	(cd services/sender && go test -run '^$$' -bench PacedSend -benchtime 20x ./internal/delivery/ | (cd ../../pkg && go run ./benchreport/cmd/bench-report gotest)) && \
 	(cd services/archiver && go test -run '^$$' -bench StorageWrite -benchtime 1000x . | (cd ../../pkg && go run ./benchreport/cmd/bench-report gotest)) && \
 	(cd e2e && ANNOUNCER_BENCH=1 go test -count=1 -timeout 40m -run '^(TestDeliveryThroughput|TestBenchPipeline)$$' -v .) && \
 	(cd pkg && go run ./benchreport/cmd/bench-report gauge end) && \

@@ -137,6 +137,11 @@ type Options struct {
 	// sent again when the server ends it cleanly (a shutdown may drop what it
 	// acknowledged but had not handed to its clients yet); 0 = 3 s.
 	ShutdownResend time.Duration
+	// MinWait is the shortest wait the rate limit is paid in: a shorter debt
+	// is carried into the next chunk's, so a fast rate costs a timer wake-up
+	// and a flush every MinWait rather than every chunk (0 = 10 ms; the
+	// connection then runs at most MinWait × RatePerConn stanzas ahead).
+	MinWait time.Duration
 }
 
 // Sender delivers batches.
@@ -226,6 +231,9 @@ func New(opt Options, links Links, log zerolog.Logger, m *Metrics) *Sender {
 	if opt.ShutdownResend <= 0 {
 		opt.ShutdownResend = 3 * time.Second
 	}
+	if opt.MinWait <= 0 {
+		opt.MinWait = 10 * time.Millisecond
+	}
 	s := &Sender{
 		resend: make(chan announcement.Batch, maxRecent),
 		opt:    opt,
@@ -237,7 +245,8 @@ func New(opt Options, links Links, log zerolog.Logger, m *Metrics) *Sender {
 	s.limiters = make([]*rate.Limiter, opt.Conns)
 	for i := range s.limiters {
 		if opt.RatePerConn > 0 {
-			// Burst = one chunk: the bucket is exact over any window longer than a chunk.
+			// Burst = one chunk: the bucket is exact over any window longer than a
+			// chunk and MinWait.
 			s.limiters[i] = rate.NewLimiter(rate.Limit(opt.RatePerConn), s.chunk)
 		}
 	}
@@ -565,7 +574,8 @@ func (s *Sender) pace(ctx context.Context, lim *rate.Limiter, k int, link Link, 
 		k -= n
 		res := lim.ReserveN(time.Now(), n)
 		d := res.Delay()
-		if d <= 0 {
+		if d < s.opt.MinWait {
+			// The bucket stays in debt, so the next reservation waits for it too.
 			continue
 		}
 		if err := link.Flush(); err != nil {

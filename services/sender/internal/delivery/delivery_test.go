@@ -109,7 +109,7 @@ func (e lostErr) Rejected() bool { return e.rejected }
 
 const tmpl = "<message to='%s' from='announcer.localhost' type='chat'><body>n=[inc_id]</body></message>"
 
-func newSender(t *testing.T, links Links, opt Options) (*Sender, *Metrics) {
+func newSender(t testing.TB, links Links, opt Options) (*Sender, *Metrics) {
 	t.Helper()
 	if opt.UserDomain == "" {
 		opt.UserDomain = "localhost"
@@ -296,6 +296,29 @@ func TestRateLimitFlushesBeforeWaiting(t *testing.T) {
 	}
 	if testutil.ToFloat64(m.rateWait) <= 0 {
 		t.Fatal("rate-limit wait not counted")
+	}
+}
+
+// At a rate whose chunks are due closer together than MinWait, the limiter
+// is paid in waits of MinWait: the rate holds, with fewer wake-ups and flushes.
+func TestRateLimitWaitsInMinWaitSteps(t *testing.T) {
+	l := &fakeLink{}
+	s, _ := newSender(t, &fakeLinks{links: []*fakeLink{l}}, Options{RatePerConn: 20000})
+	users := make([]string, 2000) // chunks of 64, one due every 3.2 ms
+	for i := range users {
+		users[i] = fmt.Sprintf("u%d", i)
+	}
+	start := time.Now()
+	if err := s.Deliver(context.Background(), batch(users...)); err != nil {
+		t.Fatal(err)
+	}
+	// Beyond the burst (64) the bucket lets the link run at most 10 ms (200) ahead.
+	if elapsed, least := time.Since(start), time.Duration(float64(2000-64-200)/20000*float64(time.Second)); elapsed < least {
+		t.Fatalf("2000 stanzas at 20000/s took %s, want >= %s", elapsed, least)
+	}
+	// About 97 ms of waits in steps of at least 10 ms; waiting for each of the 31 chunks would flush 30 times.
+	if flushes := strings.Count(strings.Join(l.ops, ","), "flush"); flushes > 10 {
+		t.Fatalf("%d flushes, want at most 10 (one per wait of >= 10 ms)", flushes)
 	}
 }
 
