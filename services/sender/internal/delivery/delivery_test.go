@@ -126,6 +126,15 @@ func batch(recipients ...string) announcement.Batch {
 	return announcement.Batch{AnnouncementID: "a1", Template: tmpl, FirstIncID: 10, Recipients: recipients}
 }
 
+// usernames returns n distinct bare usernames.
+func usernames(n int) []string {
+	users := make([]string, n)
+	for i := range users {
+		users[i] = fmt.Sprintf("u%d", i)
+	}
+	return users
+}
+
 func stanzaFor(jid string, inc int) string {
 	return fmt.Sprintf("<message to='%s' from='announcer.localhost' type='chat'><body>n=%d</body></message>", jid, inc)
 }
@@ -280,10 +289,7 @@ func TestDeliverHonoursContext(t *testing.T) {
 func TestRateLimitFlushesBeforeWaiting(t *testing.T) {
 	l := &fakeLink{}
 	s, m := newSender(t, &fakeLinks{links: []*fakeLink{l}}, Options{RatePerConn: 400})
-	users := make([]string, 60) // chunk 20: 1 chunk from the burst, 2 paced
-	for i := range users {
-		users[i] = fmt.Sprintf("u%d", i)
-	}
+	users := usernames(60) // chunk 20: 1 chunk from the burst, 2 paced
 	start := time.Now()
 	if err := s.Deliver(context.Background(), batch(users...)); err != nil {
 		t.Fatal(err)
@@ -300,25 +306,41 @@ func TestRateLimitFlushesBeforeWaiting(t *testing.T) {
 }
 
 // At a rate whose chunks are due closer together than MinWait, the limiter
-// is paid in waits of MinWait: the rate holds, with fewer wake-ups and flushes.
-func TestRateLimitWaitsInMinWaitSteps(t *testing.T) {
-	l := &fakeLink{}
-	s, _ := newSender(t, &fakeLinks{links: []*fakeLink{l}}, Options{RatePerConn: 20000})
-	users := make([]string, 2000) // chunks of 64, one due every 3.2 ms
-	for i := range users {
-		users[i] = fmt.Sprintf("u%d", i)
-	}
-	start := time.Now()
-	if err := s.Deliver(context.Background(), batch(users...)); err != nil {
-		t.Fatal(err)
-	}
-	// Beyond the burst (64) the bucket lets the link run at most 10 ms (200) ahead.
-	if elapsed, least := time.Since(start), time.Duration(float64(2000-64-200)/20000*float64(time.Second)); elapsed < least {
-		t.Fatalf("2000 stanzas at 20000/s took %s, want >= %s", elapsed, least)
-	}
-	// About 97 ms of waits in steps of at least 10 ms; waiting for each of the 31 chunks would flush 30 times.
-	if flushes := strings.Count(strings.Join(l.ops, ","), "flush"); flushes > 10 {
-		t.Fatalf("%d flushes, want at most 10 (one per wait of >= 10 ms)", flushes)
+// is paid in waits of at least MinWait: the rate holds (beyond the burst the
+// link runs at most 10 ms ahead), with fewer wake-ups and flushes. A
+// multicast, paid in reservations of a chunk each, then costs one wait.
+func TestFastRateWaitsInMinWaitSteps(t *testing.T) {
+	users := usernames(2000)
+	for _, tt := range []struct {
+		name     string
+		opt      Options
+		b        announcement.Batch
+		stanzas  int
+		flushes  int // at most; a wait per chunk of 64 was 30 or more
+		minDelay time.Duration
+	}{
+		// Chunks due every 3.2 ms: about 97 ms of waits in steps of 10 ms or more.
+		{"unicast", Options{RatePerConn: 20000}, batch(users...), 2000, 10, time.Duration(float64(2000-64-200) / 20000 * float64(time.Second))},
+		// 4 multicasts of 500, each owing 10 ms.
+		{"multicast", Options{RatePerConn: 50000, Multicast: multicastOn(500)}, multicastBatch(users...), 4, 4, time.Duration(float64(2000-64-500) / 50000 * float64(time.Second))},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l := &fakeLink{}
+			s, _ := newSender(t, &fakeLinks{links: []*fakeLink{l}}, tt.opt)
+			start := time.Now()
+			if err := s.Deliver(context.Background(), tt.b); err != nil {
+				t.Fatal(err)
+			}
+			if elapsed := time.Since(start); elapsed < tt.minDelay {
+				t.Fatalf("took %s, want >= %s", elapsed, tt.minDelay)
+			}
+			if n := strings.Count(l.written.String(), "<message "); n != tt.stanzas {
+				t.Fatalf("%d stanzas, want %d", n, tt.stanzas)
+			}
+			if n := strings.Count(strings.Join(l.ops, ","), "flush"); n < 1 || n > tt.flushes {
+				t.Fatalf("%d flushes, want 1 to %d (one per wait of >= 10 ms)", n, tt.flushes)
+			}
+		})
 	}
 }
 

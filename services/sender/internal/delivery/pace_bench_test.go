@@ -3,7 +3,6 @@ package delivery
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"syscall"
@@ -44,10 +43,7 @@ func processCPU(b *testing.B) time.Duration {
 // reader's), the flushes (each a write and a wake-up of the reader) and the
 // rate kept.
 func BenchmarkPacedSend(b *testing.B) {
-	users := make([]string, 1000)
-	for i := range users {
-		users[i] = fmt.Sprintf("user%d", i)
-	}
+	users := usernames(1000)
 	for _, tt := range []struct {
 		name    string
 		minWait time.Duration
