@@ -67,6 +67,13 @@ func BenchmarkPacedSend(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			// Closing the connection ends the reader, on every path out.
+			defer func() {
+				_ = conn.Close()
+				if err := <-drained; err != nil {
+					b.Error(err)
+				}
+			}()
 			l := &socketLink{bw: bufio.NewWriterSize(conn, 64<<10)}
 			s, _ := newSender(b, l, Options{RatePerConn: 50000, MinWait: tt.minWait})
 			// The bucket starts full: one batch first, so every measured one is paced.
@@ -87,10 +94,6 @@ func BenchmarkPacedSend(b *testing.B) {
 			b.ReportMetric(float64(cpu.Nanoseconds())/1e3/stanzas, "cpu-us/stanza")
 			b.ReportMetric(float64(l.flushes)*1000/stanzas, "flushes/1k-stanzas")
 			b.ReportMetric(stanzas/b.Elapsed().Seconds(), "stanzas/s")
-			_ = conn.Close()
-			if err := <-drained; err != nil {
-				b.Fatal(err)
-			}
 		})
 	}
 }
