@@ -5,9 +5,10 @@ import (
 	"context"
 	"io"
 	"net"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/announcer/announcer/pkg/benchreport"
 )
 
 // socketLink writes through a buffer onto a loopback TCP connection whose
@@ -26,15 +27,6 @@ func (l *socketLink) FenceMulticast(context.Context) error        { return l.Flu
 func (l *socketLink) MulticastRefusals() int64                    { return 0 }
 func (l *socketLink) Release()                                    {}
 func (l *socketLink) Acquire(context.Context, bool) (Link, error) { return l, nil }
-
-// processCPU is this process's user+system CPU time, in µs steps.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkPacedSend sends batches of 1,000 at a rate limit of 50,000
 // stanzas/s onto a drained loopback socket, waiting on the limiter for every
@@ -81,7 +73,7 @@ func BenchmarkPacedSend(b *testing.B) {
 				b.Fatal(err)
 			}
 			l.flushes = 0
-			cpu0 := processCPU(b)
+			cpu0 := benchreport.SelfCPU()
 			b.ResetTimer()
 			for range b.N {
 				if err := s.Deliver(context.Background(), batch(users...)); err != nil {
@@ -89,7 +81,7 @@ func BenchmarkPacedSend(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			cpu := processCPU(b) - cpu0
+			cpu := benchreport.SelfCPU() - cpu0
 			stanzas := float64(b.N * len(users))
 			b.ReportMetric(float64(cpu.Nanoseconds())/1e3/stanzas, "cpu-us/stanza")
 			b.ReportMetric(float64(l.flushes)*1000/stanzas, "flushes/1k-stanzas")
