@@ -9,7 +9,7 @@ STACK   := bash scripts/stack/stack.sh
 # Integration tests fail (not skip) when the stack is missing.
 TESTENV := eval "$$($(STACK) env)" && export ANNOUNCER_REQUIRE_STACK=1
 
-.PHONY: all build test unit lint fmt vet staticcheck run bench bench-compare faults fuzz stack-up stack-down stack-status tidy clean
+.PHONY: all build test unit lint fmt vet staticcheck tidycheck run bench bench-compare faults fuzz stack-up stack-down stack-status tidy clean
 
 all: build
 
@@ -31,7 +31,7 @@ unit:
 	@for m in $(MODULES); do (cd $$m && go test -race -count=1 ./...) || exit 1; done
 	@for m in $(ISOLATED); do (cd $$m && GOWORK=off go test -race -count=1 ./...) || exit 1; done
 
-lint: fmt vet staticcheck
+lint: fmt vet staticcheck tidycheck
 
 fmt:
 	@out=$$(gofmt -l $(MODULES) $(ISOLATED) tools 2>&1); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -39,6 +39,11 @@ fmt:
 vet:
 	@for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done
 	@for m in $(ISOLATED); do (cd $$m && GOWORK=off go vet ./...) || exit 1; done
+
+## tidycheck: each module's go.mod and go.sum as `go mod tidy` leaves them on their own (GOWORK=off),
+## so a module builds and tidies outside the workspace; `make tidy` fixes them.
+tidycheck:
+	@for m in $(MODULES) $(ISOLATED); do (cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "$$m: go.mod/go.sum not tidy (run make tidy)"; exit 1; }; done
 
 bin/staticcheck: tools/go.mod
 	@mkdir -p bin && cd tools && GOWORK=off go build -o ../bin/staticcheck honnef.co/go/tools/cmd/staticcheck
