@@ -43,7 +43,7 @@ vet:
 ## tidycheck: each module's go.mod and go.sum as `go mod tidy` leaves them on their own (GOWORK=off),
 ## so a module builds and tidies outside the workspace; `make tidy` fixes them.
 tidycheck:
-	@for m in $(MODULES) $(ISOLATED); do (cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "$$m: go.mod/go.sum not tidy (run make tidy)"; exit 1; }; done
+	@for m in $(MODULES) $(ISOLATED); do (cd $$m && GOWORK=off go mod tidy -diff) || { echo "$$m: go.mod/go.sum not tidy (run make tidy)"; exit 1; }; done
 
 bin/staticcheck: tools/go.mod
 	@mkdir -p bin && cd tools && GOWORK=off go build -o ../bin/staticcheck honnef.co/go/tools/cmd/staticcheck
