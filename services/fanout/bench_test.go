@@ -5,7 +5,8 @@
 // from publish until every batch is acknowledged (each offset is committed right after;
 // after an untimed one of the same channel, -warmup-runs). For what the progress
 // bookkeeping costs, a second service with [progress] disabled then takes turns with
-// the first (fanout_progress_overhead_percent, the median of the pairs). Then it measures the first
+// the first, -pairs times (fanout_progress_overhead_percent and its CPU twin, medians of
+// the pairs). Then it measures the first
 // generation's member paging (no ORDER BY, LIMIT offset,n + a Redis MGET per
 // page) on the same data, under a time cap, and prints the ratio.
 //
@@ -70,6 +71,7 @@ type flags struct {
 	cpuProfile        string
 	serverPIDs        string
 	runs              int
+	pairs             int
 	seedConns         int
 	warmupTimeout     time.Duration
 	warmupRuns        int
@@ -86,7 +88,7 @@ func TestBenchGiantChannel(t *testing.T) {
 	args := strings.Fields(os.Getenv("FANOUT_BENCH_ARGS"))
 	if !full {
 		stacktest.Get(t) // skips without the stack, as the other integration tests do
-		args = append([]string{"-members", "20000", "-shard", "5000", "-runs", "1", "-firstgen-cap", "2s"}, args...)
+		args = append([]string{"-members", "20000", "-shard", "5000", "-runs", "1", "-pairs", "1", "-firstgen-cap", "2s"}, args...)
 	}
 	f, err := parseBenchFlags(args)
 	if err != nil {
@@ -124,6 +126,8 @@ func parseBenchFlags(args []string) (flags, error) {
 	fs.DurationVar(&f.warmupTimeout, "warmup-timeout", time.Minute, "time allowed to join the consumer group")
 	fs.IntVar(&f.warmupRuns, "warmup-runs", 1, "untimed announcements of the whole channel before the timed runs of each mode")
 	fs.IntVar(&f.runs, "runs", 3, "timed announcements of the channel (the median is reported)")
+	// Three pairs read anywhere from -7 % to +15 % on one quiet machine; the cost is a few percent.
+	fs.IntVar(&f.pairs, "pairs", 7, "turns of progress on and off for fanout_progress_overhead_percent (the median of the pairs is reported)")
 	fs.IntVar(&f.seedConns, "seed-conns", 2, "parallel connections for seeding MySQL")
 	fs.BoolVar(&f.verbose, "v", false, "log the service at info level")
 	fs.StringVar(&f.serverPIDs, "server-pids", "", "comma-separated pids of the servers (mariadbd, redis, kafka) whose CPU time to report for the timed run (default: the local stack's)")
@@ -342,7 +346,7 @@ func bench(ctx context.Context, f flags) error {
 	fmt.Println()
 	fmt.Println("== the same with [progress] disabled, in turns with progress on")
 	var pairOn, pairOff timings
-	for r := 1; r <= f.runs; r++ {
+	for r := 1; r <= f.pairs; r++ {
 		turns := []struct {
 			p    *fanoutUnderTest
 			mode string
@@ -372,8 +376,11 @@ func bench(ctx context.Context, f flags) error {
 	fmt.Printf("members/s         %.0f (median run)\n", float64(f.members)/median)
 	offMedian := pairOff.median()
 	overhead := pairOverhead(pairOn.times, pairOff.times)
+	cpuOverhead := pairOverhead(pairOn.self, pairOff.self)
 	fmt.Printf("progress off      median %.3f of runs %v, against %v with it on in the same turns: the bookkeeping costs %+.1f%% (median of the pairs)\n",
 		offMedian, pairOff.times, pairOn.times, overhead)
+	fmt.Printf("                  in this process's CPU: median %.3f CPU-s off, %.3f on, %+.1f%% (median of the pairs)\n",
+		medianOf(pairOff.self), medianOf(pairOn.self), cpuOverhead)
 	fmt.Printf("peak RSS          %.1f MiB over the runs (VmHWM reset after seeding; now %.1f MiB; seeding peak %.1f MiB)\n",
 		float64(hwm)/1024, float64(rss)/1024, float64(seedHWM)/1024)
 	elapsed := time.Duration(median * float64(time.Second))
@@ -386,7 +393,9 @@ func bench(ctx context.Context, f flags) error {
 		"fanout_members_per_second":               {Value: float64(f.members) / median},
 		"fanout_peak_rss_mib":                     {Value: float64(hwm) / 1024, Note: "VmHWM over the timed runs, in-process"},
 		"fanout_" + size + "_no_progress_seconds": {Value: offMedian, Note: fmt.Sprintf("as fanout_%s_seconds with [progress] disabled (no bookkeeping), a second service taking turns with the first; runs %v, progress on in the same turns %v", size, pairOff.times, pairOn.times)},
-		"fanout_progress_overhead_percent":        {Value: overhead, Note: "the hot-path cost of progress: median over the turns of (on - off) / off, each pair run back to back"},
+		"fanout_progress_overhead_percent":        {Value: overhead, Note: fmt.Sprintf("the hot-path cost of progress: median over %d turns of (on - off) / off, each pair run back to back", len(pairOn.times))},
+		"fanout_progress_cpu_overhead_percent": {Value: cpuOverhead, Note: fmt.Sprintf(
+			"the same for the CPU of the process that runs both services (the idle one costs alike in either turn); CPU-s off %.2f, on %.2f", pairOff.self, pairOn.self)},
 	}
 	if len(on.cpu) > 0 && len(f.serverPIDs) > 0 {
 		cpu := medianOf(on.cpu)
@@ -754,6 +763,7 @@ func resetHWM() {
 type timings struct {
 	times []float64 // seconds per timed run
 	cpu   []float64 // CPU seconds per timed run: fanout and the servers it reads and writes
+	self  []float64 // CPU seconds per timed run of this process alone (the services under test)
 	split []float64 // seconds until a run's shard tasks were queued (giant channels)
 }
 
@@ -978,6 +988,7 @@ func (p *fanoutUnderTest) measure(id, label string, out *timings) error {
 		return err
 	}
 	out.times = append(out.times, res.elapsed.Seconds())
+	out.self = append(out.self, res.cpu)
 	if res.split > 0 {
 		out.split = append(out.split, res.split.Seconds())
 	}
