@@ -266,6 +266,12 @@ type scratch struct {
 // the announcement was cancelled), a *announcement.BadRecordError when it
 // never can be, or ctx's error.
 func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
+	return s.deliver(ctx, b, true)
+}
+
+// deliver is Deliver; resume false starts a slow batch at its first
+// recipient whatever the progress store says was fenced.
+func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume bool) error {
 	p := s.opt.Progress
 	if p.Cancelled(ctx, b.AnnouncementID) {
 		s.m.batches.WithLabelValues("cancelled").Inc()
@@ -291,6 +297,8 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 	// the step a previous attempt (another process's, before a crash) fenced.
 	if s.opt.RatePerConn > 0 && time.Duration(len(b.Recipients))*time.Second/time.Duration(s.opt.RatePerConn) >= s.opt.StepInterval {
 		st.slow, st.digest = true, progress.Digest(&b)
+	}
+	if st.slow && resume {
 		pctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		pos, err := p.Position(pctx, b.AnnouncementID, st.key, st.digest)
 		cancel()
@@ -413,11 +421,13 @@ func (s *Sender) ServerClosed(slot int) {
 }
 
 // Run sends again, until ctx ends, the batches a server shutdown may have dropped.
+// Each goes from its first recipient: the progress store has it fenced to the
+// end, which is what a shutdown may have lost.
 func (s *Sender) Run(ctx context.Context) error {
 	for {
 		select {
 		case b := <-s.resend:
-			if err := s.Deliver(ctx, b); err != nil && ctx.Err() == nil {
+			if err := s.deliver(ctx, b, false); err != nil && ctx.Err() == nil {
 				s.log.Warn().Err(err).Str("announcement", b.AnnouncementID).Msg("a batch sent again after a server shutdown failed")
 			}
 		case <-ctx.Done():

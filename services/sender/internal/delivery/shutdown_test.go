@@ -3,10 +3,13 @@ package delivery
 import (
 	"context"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/announcer/announcer/pkg/testkit"
 )
 
 // When the server ends a connection's stream cleanly (a shutdown), the
@@ -50,6 +53,46 @@ func TestShutdownResendsRecentBatches(t *testing.T) {
 	s.ServerClosed(1)
 	if testutil.ToFloat64(m.shutdownResends) != 2 {
 		t.Fatalf("shutdown_resends_total = %v after the second close, want 2", testutil.ToFloat64(m.shutdownResends))
+	}
+	cancel()
+	<-done
+}
+
+// A slow batch (fenced in steps) goes again from its first recipient after
+// a shutdown, although the progress store has it fenced to the end: that
+// position would make a resume send nothing.
+func TestShutdownResendsASlowBatchWhole(t *testing.T) {
+	p := &fakeProgress{}
+	first, next := &fakeLink{slot: 0}, &fakeLink{slot: 0}
+	links := linkList{first, next}
+	opt := slowOptions(p)
+	opt.ShutdownResend = time.Minute
+	s, m := newSender(t, &links, opt)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Deliver(ctx, batch(users(60)...)); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.steps) < 2 || p.steps[len(p.steps)-1].Pos != 60 {
+		t.Fatalf("steps %+v: want a slow batch fenced in steps to its end", p.steps)
+	}
+	p.position = 60 // what the store answers now
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	s.ServerClosed(0)
+	testkit.Eventually(t, 5*time.Second, "the slow batch sent again", func() bool {
+		next.mu.Lock()
+		defer next.mu.Unlock()
+		return strings.Count(next.written.String(), "<message") == 60
+	})
+	next.mu.Lock()
+	got := next.written.String()
+	next.mu.Unlock()
+	if !strings.HasPrefix(got, stanzaFor("u0@localhost", 10)) {
+		t.Fatalf("sent again from the wrong place: %.200s…", got)
+	}
+	if r := testutil.ToFloat64(m.resumed); r != 0 {
+		t.Fatalf("resumed_recipients_total = %v: a shutdown resend must not resume", r)
 	}
 	cancel()
 	<-done
