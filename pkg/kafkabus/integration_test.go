@@ -2,6 +2,8 @@ package kafkabus_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -137,5 +139,55 @@ func TestOffsetsOfEveryPartition(t *testing.T) {
 	}
 	if _, err := c.Offsets(ctx, kafka.LastOffset, map[string][]int{topic: {7}}); err == nil {
 		t.Fatal("the offset of a partition the topic does not have: no error")
+	}
+}
+
+// PinUncommitted commits the log end of each partition a group never
+// committed, leaves committed ones alone, and refuses a group with members.
+func TestPinUncommitted(t *testing.T) {
+	env := stacktest.Get(t)
+	topic := kafkatest.Topics(t, env.KafkaBrokers, 3, "pin")[0]
+	x := kafka.Message{Value: []byte("x")}
+	kafkatest.Produce(t, env.KafkaBrokers, topic, x, x, x, x, x)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := kafkabus.NewClient(kafkabus.Plaintext(env.KafkaBrokers), 10*time.Second, topic)
+	defer c.Close()
+	group := stacktest.Name("pin_group")
+	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, group)
+
+	n, err := c.PinUncommitted(ctx, group, []string{topic})
+	if err != nil || n != 3 {
+		t.Fatalf("first pin: %d partitions, %v; want 3", n, err)
+	}
+	ends, err := c.Offsets(ctx, kafka.LastOffset, map[string][]int{topic: {0, 1, 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := kafkatest.Committed(t, env.KafkaBrokers, group, topic, 3)
+	for p, end := range ends[topic] {
+		if committed[p] != end {
+			t.Fatalf("committed %v, want the log ends %v", committed, ends[topic])
+		}
+	}
+	kafkatest.Produce(t, env.KafkaBrokers, topic, x, x, x)
+	if n, err := c.PinUncommitted(ctx, group, []string{topic}); err != nil || n != 0 {
+		t.Fatalf("second pin: %d partitions, %v; want none", n, err)
+	}
+	if again := kafkatest.Committed(t, env.KafkaBrokers, group, topic, 3); fmt.Sprint(again) != fmt.Sprint(committed) {
+		t.Fatalf("committed offsets moved from %v to %v", committed, again)
+	}
+
+	// A group with a member: its offsets are the member's to commit.
+	busy := stacktest.Name("pin_busy")
+	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, busy)
+	r := kafkabus.NewReader(kafkabus.Plaintext(env.KafkaBrokers), busy, []string{topic}, kafkabus.ReaderOptions{StartAtEnd: true})
+	defer r.Close()
+	go func() { _, _ = r.FetchMessage(ctx) }()
+	testkit.Eventually(t, 20*time.Second, "the reader in its group", func() bool {
+		return kafkatest.AssignedMembers(env.KafkaBrokers, busy) == 1
+	})
+	if _, err := c.PinUncommitted(ctx, busy, []string{topic}); !errors.Is(err, kafkabus.ErrGroupBusy) {
+		t.Fatalf("pin of a group with a member: %v, want ErrGroupBusy", err)
 	}
 }

@@ -2,6 +2,7 @@ package kafkabus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/segmentio/kafka-go"
@@ -88,4 +89,85 @@ func (r *leaderOffsets) Split(cluster protocol.Cluster) ([]protocol.Message, pro
 		}
 	}
 	return msgs, new(listoffsets.Response), nil
+}
+
+// ErrGroupBusy says a group's offsets could not be set from outside it: the
+// group has members (Kafka takes commits of generation -1 only from an empty group).
+var ErrGroupBusy = errors.New("the group has members")
+
+// PinUncommitted commits, for every partition of topics that group has no
+// committed offset for, the partition's current end. kafka-go starts such a
+// partition at the reader's StartOffset each time it is assigned, so with
+// "the end" a partition that was idle since the group was made would skip
+// what was written to it while no member ran. Once pinned, a reader can
+// start uncommitted partitions (ones added to a topic later) at their
+// beginning. It returns how many partitions it pinned; ErrGroupBusy when the
+// group has members, which own its commits.
+func (c *Client) PinUncommitted(ctx context.Context, group string, topics []string) (int, error) {
+	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+	if err != nil {
+		return 0, fmt.Errorf("metadata: %w", err)
+	}
+	parts := map[string][]int{}
+	for _, t := range md.Topics {
+		if t.Error != nil {
+			return 0, fmt.Errorf("metadata of %s: %w", t.Name, t.Error)
+		}
+		for _, p := range t.Partitions {
+			parts[t.Name] = append(parts[t.Name], p.ID)
+		}
+	}
+	committed, err := c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: parts})
+	if err == nil && committed.Error != nil {
+		err = committed.Error
+	}
+	if err != nil {
+		return 0, fmt.Errorf("committed offsets of %s: %w", group, err)
+	}
+	missing := map[string][]int{}
+	for topic, ps := range parts {
+		have := map[int]bool{}
+		for _, p := range committed.Topics[topic] {
+			if p.Error == nil && p.CommittedOffset >= 0 {
+				have[p.Partition] = true
+			}
+		}
+		for _, p := range ps {
+			if !have[p] {
+				missing[topic] = append(missing[topic], p)
+			}
+		}
+	}
+	if len(missing) == 0 {
+		return 0, nil
+	}
+	ends, err := c.Offsets(ctx, kafka.LastOffset, missing)
+	if err != nil {
+		return 0, err
+	}
+	req := &kafka.OffsetCommitRequest{GroupID: group, GenerationID: -1, Topics: map[string][]kafka.OffsetCommit{}}
+	n := 0
+	for topic, ps := range ends {
+		for p, end := range ps {
+			req.Topics[topic] = append(req.Topics[topic], kafka.OffsetCommit{Partition: p, Offset: end})
+			n++
+		}
+	}
+	res, err := c.OffsetCommit(ctx, req)
+	if err != nil {
+		return 0, fmt.Errorf("commit offsets of %s: %w", group, err)
+	}
+	for topic, ps := range res.Topics {
+		for _, p := range ps {
+			switch {
+			case p.Error == nil:
+			case errors.Is(p.Error, kafka.IllegalGeneration), errors.Is(p.Error, kafka.UnknownMemberId),
+				errors.Is(p.Error, kafka.RebalanceInProgress):
+				return 0, fmt.Errorf("commit offsets of %s: %w (%w)", group, ErrGroupBusy, p.Error)
+			default:
+				return 0, fmt.Errorf("commit offset of %s/%d for %s: %w", topic, p.Partition, group, p.Error)
+			}
+		}
+	}
+	return n, nil
 }

@@ -339,6 +339,42 @@ func (in Input) readerOptions() kafkabus.ReaderOptions {
 	}
 }
 
+// pinStart gives every partition of a StartAtEnd input that its group has
+// not committed an offset at its end, before the group is joined: after
+// that, a partition idle since the group began keeps what is written to it
+// while no member runs. It reports whether the reader may start uncommitted
+// partitions (added to a topic since) at their beginning; false when the
+// group already has members, which leaves kafka-go's start at the end.
+func pinStart(ctx context.Context, cluster kafkabus.Cluster, in Input, log zerolog.Logger) bool {
+	client := kafkabus.NewClient(cluster, 10*time.Second, in.Topics...)
+	defer client.Close()
+	pinned := false
+	err := backoff.Retry(ctx, backoff.Policy{Initial: 200 * time.Millisecond, Max: 5 * time.Second}, func() error {
+		n, err := client.PinUncommitted(ctx, in.Group, in.Topics)
+		if errors.Is(err, kafkabus.ErrGroupBusy) {
+			return backoff.Permanent(err)
+		}
+		if err == nil {
+			pinned = true
+			if n > 0 {
+				log.Info().Str("group", in.Group).Int("partitions", n).
+					Msg("partitions the group never committed now start at their current end")
+			}
+		}
+		return err
+	}, func(err error, attempt int) {
+		if attempt == 1 || attempt%10 == 0 {
+			log.Warn().Err(err).Int("attempt", attempt).Str("group", in.Group).
+				Msg("reading the group's committed offsets; retrying until Kafka answers")
+		}
+	})
+	if errors.Is(err, kafkabus.ErrGroupBusy) {
+		log.Warn().Err(err).Str("group", in.Group).
+			Msg("the group has other members: a partition none of them committed starts at its end when assigned")
+	}
+	return pinned
+}
+
 // Gate opens and closes an input while the stage runs (a sender that hands
 // its node's topic over, or takes another node's).
 type Gate struct {
@@ -429,7 +465,11 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 		joined.Store(false)
 		// kafka-go joins the group as soon as a reader exists: one made before
 		// its topics would be assigned nothing and stay that way.
-		reader := kafkabus.NewReader(cluster, in.Group, in.Topics, in.readerOptions())
+		opts := in.readerOptions()
+		if in.StartAtEnd {
+			opts.StartAtEnd = !pinStart(ctx, cluster, in, log)
+		}
+		reader := kafkabus.NewReader(cluster, in.Group, in.Topics, opts)
 		defer func() {
 			if err := reader.Close(); err != nil {
 				log.Warn().Err(err).Msg("closing the reader")

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -342,6 +344,70 @@ func TestKafkaInputNewGroupStartsAtTheEnd(t *testing.T) {
 	}
 	if ev, err := announcement.DecodeEvent(events[0].Value); err != nil || ev.Usernames[0] != "fresh" {
 		t.Fatalf("event %+v %v, want the fresh one", ev, err)
+	}
+}
+
+// keyFor returns a record key that the writers' hash balancer puts on
+// partition p of n.
+func keyFor(t *testing.T, p, n int) []byte {
+	t.Helper()
+	for i := range 1000 {
+		k := []byte(fmt.Sprintf("k%d", i))
+		if (&kafka.Hash{}).Balance(kafka.Message{Key: k}, make([]int, n)...) == p {
+			return k
+		}
+	}
+	t.Fatalf("no key for partition %d of %d", p, n)
+	return nil
+}
+
+// With start_offset latest, a partition of the input that had no record
+// while the service ran is not skipped after a restart: a record written
+// to it while the service was down is announced.
+func TestKafkaInputIdlePartitionKeepsRecordsAcrossARestart(t *testing.T) {
+	env := stacktest.Get(t)
+	input := kafkatest.Topics(t, env.KafkaBrokers, 2, "ingress_in_idle")[0]
+	cfg := baseConfig(env.KafkaBrokers)
+	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, lanes(cfg)[0], lanes(cfg)[1], cfg.Bus.DeadLetterTopic)
+	cfg.KafkaConsumer.Topics = input
+	cfg.KafkaConsumer.GroupName = stacktest.Name("ingress_group")
+	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, cfg.KafkaConsumer.GroupName)
+	body := func(user string) []byte {
+		return []byte(`{"usernames": ["` + user + `"], "message": "` + b64(tpl) + `"}`)
+	}
+	// History before the group exists stays unannounced (latest).
+	kafkatest.Produce(t, env.KafkaBrokers, input, kafka.Message{Key: keyFor(t, 1, 2), Value: body("history")})
+
+	svc := start(t, cfg)
+	svc.waitReady(t)
+	time.Sleep(2 * time.Second) // the group's partition readers resolve "the end" after the join
+	kafkatest.Produce(t, env.KafkaBrokers, input, kafka.Message{Key: keyFor(t, 0, 2), Value: body("first")})
+	if got := kafkatest.ReadTopics(t, env.KafkaBrokers, lanes(cfg), 1, 15*time.Second); len(got) != 1 {
+		t.Fatalf("%d events, want the first one", len(got))
+	}
+	testkit.Eventually(t, 15*time.Second, "partition 0 committed", func() bool {
+		return kafkatest.Committed(t, env.KafkaBrokers, cfg.KafkaConsumer.GroupName, input, 2)[0] == 1
+	})
+	if err := svc.stop(); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+
+	// Partition 1 has had no record since the group was made.
+	kafkatest.Produce(t, env.KafkaBrokers, input, kafka.Message{Key: keyFor(t, 1, 2), Value: body("while-down")})
+	svc = start(t, cfg)
+	svc.waitReady(t)
+	events := kafkatest.ReadTopics(t, env.KafkaBrokers, lanes(cfg), 3, 15*time.Second)
+	var users []string
+	for _, rec := range events {
+		ev, err := announcement.DecodeEvent(rec.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		users = append(users, ev.Usernames...)
+	}
+	slices.Sort(users)
+	if !slices.Equal(users, []string{"first", "while-down"}) {
+		t.Fatalf("announced %q, want first and while-down (and not the history)", users)
 	}
 }
 
