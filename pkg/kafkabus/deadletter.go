@@ -10,6 +10,13 @@ import (
 // HeaderTruncated marks a dead letter whose value was cut to fit the topic; it holds the original length.
 const HeaderTruncated = "x-announcer-truncated"
 
+// HeaderHeadersDropped marks a dead letter whose original headers were left out
+// because they alone would not leave room for the record; it holds how many there were.
+const HeaderHeadersDropped = "x-announcer-headers-dropped"
+
+// headerFraming is what Kafka's record format adds to a header beside its key and value (varints).
+const headerFraming = 10
+
 // maxReason bounds the reason header: a parser's error can quote a whole input.
 const maxReason = 1024
 
@@ -31,14 +38,26 @@ func DeadLetter(m kafka.Message, topic, reason string, maxBytes int) kafka.Messa
 	if len(reason) > maxReason {
 		reason = reason[:maxReason]
 	}
-	headers := make([]kafka.Header, 0, len(m.Headers)+3)
-	headers = append(headers, m.Headers...)
+	limit := maxBytes - RecordOverhead
+	// The original headers take their room from the key and value; headers
+	// that would take more than a quarter of it are left out, counted.
+	original := 0
+	for _, h := range m.Headers {
+		original += len(h.Key) + len(h.Value) + headerFraming
+	}
+	headers := make([]kafka.Header, 0, len(m.Headers)+4)
+	if original <= limit/4 {
+		headers = append(headers, m.Headers...)
+		limit -= original
+	} else {
+		headers = append(headers, kafka.Header{Key: HeaderHeadersDropped, Value: strconv.AppendInt(nil, int64(len(m.Headers)), 10)})
+	}
 	headers = append(headers,
 		kafka.Header{Key: HeaderReason, Value: []byte(reason)},
 		kafka.Header{Key: HeaderSource, Value: []byte(Source(m))},
 	)
 	key, value := m.Key, m.Value
-	if limit := maxBytes - RecordOverhead; limit > 0 {
+	if limit > 0 {
 		if len(key) > limit/2 {
 			key = key[:limit/2]
 		}

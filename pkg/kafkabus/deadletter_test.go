@@ -62,3 +62,42 @@ func TestDeadLetterWithoutALimitFitsKafkasDefault(t *testing.T) {
 		t.Error("not marked truncated")
 	}
 }
+
+// The original headers count against the limit: large ones are left out
+// (and counted), smaller ones cut the value further.
+func TestDeadLetterHeadersCountAgainstTheLimit(t *testing.T) {
+	big := []kafka.Header{{Key: "baggage", Value: []byte(strings.Repeat("b", 8000))}, {Key: "trace", Value: []byte("t")}}
+	src := kafka.Message{Key: []byte("k"), Value: []byte(strings.Repeat("v", 40000)), Headers: big}
+	dl := DeadLetter(src, "dlq", "too big", 32768)
+	if _, ok := header(dl, "baggage"); ok {
+		t.Fatal("8,000 bytes of headers kept in a 32 KiB dead letter")
+	}
+	if v, _ := header(dl, HeaderHeadersDropped); v != "2" {
+		t.Errorf("dropped-headers header %q, want 2", v)
+	}
+	if size := recordBytes(dl); size > 32768 {
+		t.Fatalf("dead letter of %d bytes, limit 32768", size)
+	}
+
+	small := []kafka.Header{{Key: "baggage", Value: []byte(strings.Repeat("b", 3000))}}
+	src.Headers = small
+	dl = DeadLetter(src, "dlq", strings.Repeat("r", 5000), 32768)
+	if v, _ := header(dl, "baggage"); len(v) != 3000 {
+		t.Fatal("headers that fit were not kept")
+	}
+	if size := recordBytes(dl); size > 32768 {
+		t.Fatalf("dead letter of %d bytes with its headers, limit 32768", size)
+	}
+	if _, ok := header(dl, HeaderTruncated); !ok {
+		t.Error("the cut value is not marked")
+	}
+}
+
+// recordBytes is a record's key, value and headers with their framing.
+func recordBytes(m kafka.Message) int {
+	n := len(m.Key) + len(m.Value) + 32
+	for _, h := range m.Headers {
+		n += len(h.Key) + len(h.Value) + headerFraming
+	}
+	return n
+}

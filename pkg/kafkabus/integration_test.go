@@ -17,11 +17,12 @@ import (
 )
 
 // The one dead-letter writer on a real topic: the raw record with why and
-// where from, and a record too large for the topic cut to fit, not refused.
+// where from, and a record too large for the topic cut to fit, not refused,
+// by a writer that refuses records over the limit as the services' does.
 func TestDeadLettersKeepTheRecordAndSayWhy(t *testing.T) {
 	env := stacktest.Get(t)
 	topic := kafkatest.Topics(t, env.KafkaBrokers, 1, "dlq")[0]
-	w := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), kafkabus.WriterOptions{WriteTimeout: 5 * time.Second})
+	w := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), kafkabus.WriterOptions{WriteTimeout: 5 * time.Second, BatchBytes: 8192})
 	defer w.Close()
 	dl := &kafkabus.DeadLetters{W: w, Topic: topic, MaxBytes: 8192}
 
@@ -34,10 +35,17 @@ func TestDeadLettersKeepTheRecordAndSayWhy(t *testing.T) {
 	if err := dl.DeadLetter(context.Background(), big, "invalid body: 20000 bytes"); err != nil {
 		t.Fatalf("an oversized dead letter must be cut to fit, not fail: %v", err)
 	}
+	big.Headers = []kafka.Header{{Key: "baggage", Value: []byte(strings.Repeat("b", 4500))}}
+	if err := dl.DeadLetter(context.Background(), big, "invalid body: 20000 bytes and 4500 of headers"); err != nil {
+		t.Fatalf("an oversized dead letter with large headers must be cut to fit, not fail: %v", err)
+	}
 
-	recs := kafkatest.ReadAll(t, env.KafkaBrokers, topic, 2, 5*time.Second)
-	if len(recs) != 2 {
-		t.Fatalf("found %d dead letters, want 2", len(recs))
+	recs := kafkatest.ReadAll(t, env.KafkaBrokers, topic, 3, 5*time.Second)
+	if len(recs) != 3 {
+		t.Fatalf("found %d dead letters, want 3", len(recs))
+	}
+	if h := recs[2].Headers; h[kafkabus.HeaderHeadersDropped] != "1" || h[kafkabus.HeaderTruncated] != "20000" {
+		t.Errorf("dead letter with large headers: headers %v", h)
 	}
 	r := recs[0]
 	if string(r.Value) != string(src.Value) || string(r.Key) != "k1" {
