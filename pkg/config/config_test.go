@@ -179,6 +179,19 @@ buffer_report_duration = 0
 		"[fanout] presence", "[sender] mode", "[sender] node", "rate_limit", "cluster_nodes", "[kafka-producer] topics")
 }
 
+// A dry run must be answered before the API server cuts the response.
+func TestPreviewWaitFitsTheServersResponseTime(t *testing.T) {
+	c, err := Parse([]byte("[component]\ndomain = \"localhost\"\n[ingress]\npublish_timeout = \"5s\"\npreview_timeout = \"90s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustName(t, c.Validate(RoleIngress), "publish_timeout + preview_timeout = 1m35s")
+	c.Ingress.PreviewTimeout = Duration(45 * time.Second)
+	if err := c.Validate(RoleIngress); err != nil {
+		t.Fatalf("5 s + 45 s refused: %v", err)
+	}
+}
+
 func TestSenderMulticastAndFailoverKeys(t *testing.T) {
 	c, err := Parse([]byte(`
 [sender]

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 )
 
 // Role names a service; each validates the sections it reads.
@@ -23,6 +24,10 @@ const (
 	ModeComponent = "component"
 	ModeClient    = "client"
 )
+
+// MaxPreviewWait bounds publish_timeout + preview_timeout: the API server
+// (pkg/httpserver) ends a response that takes longer than 60 s.
+const MaxPreviewWait = 50 * time.Second
 
 // problems collects every finding of Validate, so all are reported at once.
 type problems struct{ errs []error }
@@ -117,6 +122,11 @@ func (c *Config) validateIngress(p *problems) {
 	p.atLeast("[ingress] max_template_bytes", c.Ingress.MaxTemplateBytes, 64, "")
 	p.positive("[ingress] publish_timeout", c.Ingress.PublishTimeout)
 	p.positive("[ingress] preview_timeout", c.Ingress.PreviewTimeout)
+	// The API server ends a response after MaxResponseTime: a dry run must answer (504 with its id, at
+	// worst) before the connection is cut.
+	if sum := c.Ingress.PublishTimeout.D() + c.Ingress.PreviewTimeout.D(); sum > MaxPreviewWait {
+		p.bad("[ingress] publish_timeout + preview_timeout = %s: at most %s (the API server cuts a response after 60 s)", sum, MaxPreviewWait)
+	}
 	if c.KafkaConsumer.Topics != "" && c.KafkaConsumer.GroupName == "" {
 		p.bad("[kafka-consumer] group_name: empty while topics are set")
 	}
