@@ -186,6 +186,12 @@ func TestPinUncommitted(t *testing.T) {
 		t.Fatalf("committed offsets moved from %v to %v", committed, again)
 	}
 
+	// A topic that does not exist yet has nothing to pin.
+	missing := stacktest.Name("pin_missing")
+	if n, err := c.PinUncommitted(ctx, group, []string{missing}); err != nil || n != 0 {
+		t.Fatalf("pin of a topic that does not exist: %d partitions, %v; want none, no error", n, err)
+	}
+
 	// A group with a member: its offsets are the member's to commit.
 	busy := stacktest.Name("pin_busy")
 	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, busy)

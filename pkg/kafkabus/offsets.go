@@ -110,12 +110,20 @@ func (c *Client) PinUncommitted(ctx context.Context, group string, topics []stri
 	}
 	parts := map[string][]int{}
 	for _, t := range md.Topics {
+		// A topic made later holds nothing older than the group: its
+		// partitions may start at their beginning.
+		if errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
+			continue
+		}
 		if t.Error != nil {
 			return 0, fmt.Errorf("metadata of %s: %w", t.Name, t.Error)
 		}
 		for _, p := range t.Partitions {
 			parts[t.Name] = append(parts[t.Name], p.ID)
 		}
+	}
+	if len(parts) == 0 {
+		return 0, nil
 	}
 	committed, err := c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: parts})
 	if err == nil && committed.Error != nil {
