@@ -124,9 +124,11 @@ func TestFirstGenerationClientConfigDelivers(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, tail(readFile(logFile), 40))
 	}
-	want := account + "@" + s.domain + "/announcer-0"
-	if m := msgs[0]; len(m.Bodies) != 1 || m.Bodies[0] != "from the first generation's config" || m.From != want {
-		t.Fatalf("received %+v, want the body from %s", m, want)
+	// The resource is [client] resource, the node, a tag of the process and the connection's slot.
+	want := account + "@" + s.domain + "/announcer-node1-"
+	if m := msgs[0]; len(m.Bodies) != 1 || m.Bodies[0] != "from the first generation's config" ||
+		!strings.HasPrefix(m.From, want) || !strings.HasSuffix(m.From, "-0") {
+		t.Fatalf("received %+v, want the body from %s<tag>-0", m, want)
 	}
 	// log_dst is honoured: the services log to the documented file, and say what they chose.
 	log := readFile(logFile)

@@ -239,7 +239,7 @@ func linkOptions(cfg config.Config, node config.Node) (xmpplink.Options, error) 
 		if err != nil {
 			return o, fmt.Errorf("sender: %w", err)
 		}
-		o.Handshake = xmpplink.ClientHandshake(cfg.Client.JID(), cfg.Client.Password.Value(), cfg.Client.Resource,
+		o.Handshake = xmpplink.ClientHandshake(cfg.Client.JID(), cfg.Client.Password.Value(), cfg.Client.Resource+"-"+node.Name,
 			&tls.Config{ServerName: cfg.Client.Domain, RootCAs: roots, MinVersion: tls.VersionTLS12})
 	default:
 		return o, fmt.Errorf("sender: [sender] mode %q: want component or client", cfg.Sender.Mode)

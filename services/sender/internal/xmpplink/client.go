@@ -21,9 +21,13 @@ const nsBind = "urn:ietf:params:xml:ns:xmpp-bind"
 // ClientHandshake returns a Handshake for c2s sessions of user (a bare JID):
 // STARTTLS with tlsConfig, SASL (SCRAM preferred, PLAIN inside TLS; not the
 // -PLUS variants: channel binding fails against ejabberd 23.01), and the
-// resource "<resource>-<slot>", so each connection is a session of its own
-// the operator can recognise.
+// resource "<resource>-<tag>-<slot>", so each connection is a session of its
+// own the operator can recognise. tag is random per call: senders of other
+// nodes, or replicas, log in to the same account, and ejabberd ends the
+// older session of a resource taken again (resource_conflict), so two
+// senders with one resource would log each other out in turn.
 func ClientHandshake(user, password, resource string, tlsConfig *tls.Config) func(ctx context.Context, nc net.Conn, slot int) (*xmpp.Session, error) {
+	tag := randomHex(2)
 	return func(ctx context.Context, nc net.Conn, slot int) (*xmpp.Session, error) {
 		origin, err := jid.Parse(user)
 		if err != nil {
@@ -39,7 +43,7 @@ func ClientHandshake(user, password, resource string, tlsConfig *tls.Config) fun
 		return xmpp.NewClientSession(ctx, origin.Bare(), nc,
 			xmpp.StartTLS(cfg),
 			xmpp.SASL("", password, sasl.ScramSha256, sasl.ScramSha1, sasl.Plain),
-			bindResource(fmt.Sprintf("%s-%d", resource, slot)),
+			bindResource(fmt.Sprintf("%s-%s-%d", resource, tag, slot)),
 		)
 	}
 }

@@ -410,8 +410,39 @@ func TestRealClientSessions(t *testing.T) {
 		}
 		from[m.From] = true
 	}
-	if !from[account+"/announcer-0"] || !from[account+"/announcer-1"] {
-		t.Fatalf("messages from %v: want one from each connection's resource announcer-0 and announcer-1", from)
+	slots := map[string]bool{}
+	for f := range from {
+		res, ok := strings.CutPrefix(f, account+"/announcer-")
+		if !ok || len(res) != len("abcd-0") {
+			t.Fatalf("message from %s: want the resource announcer-<tag>-<slot>", f)
+		}
+		slots[res[len(res)-1:]] = true
+	}
+	if !slots["0"] || !slots["1"] {
+		t.Fatalf("messages from %v: want one from each connection's resource", from)
+	}
+}
+
+// Two senders logged in to one account (the senders of two nodes, or two
+// replicas) keep their sessions: their resources differ, so ejabberd does
+// not end one session for the other's login.
+func TestRealClientSessionsOfTwoSendersCoexist(t *testing.T) {
+	env := stacktest.Get(t)
+	sender := testuser.Register(t, env, "snd_two")
+	account := sender + "@" + env.XMPPDomain
+	opt := func() Options {
+		return Options{Addr: env.C2SAddr, ServerDomain: env.XMPPDomain, Conns: 2, PingTimeout: 10 * time.Second,
+			ReconnectMin: 50 * time.Millisecond, ReconnectMax: 500 * time.Millisecond,
+			Handshake: ClientHandshake(account, sender, "announcer", &tls.Config{InsecureSkipVerify: true})} //nolint:gosec
+	}
+	a, b := startPool(t, opt()), startPool(t, opt())
+	a.waitUp(t, 2, 15*time.Second)
+	b.waitUp(t, 2, 15*time.Second)
+	time.Sleep(2 * time.Second) // a session ended by a conflict would be replaced within this
+	for name, h := range map[string]*harness{"first": a, "second": b} {
+		if r := testutil.ToFloat64(h.m.reconnects); r != 0 || h.pool.Up() != 2 {
+			t.Errorf("the %s sender: %v reconnects, %d connections up; want 0 and 2", name, r, h.pool.Up())
+		}
 	}
 }
 
