@@ -83,9 +83,11 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		return err
 	}
 
-	// The use case is built after the pool; the pool tells it of server shutdowns.
+	// The use case is built after the pool; the pool tells it of server
+	// shutdowns and multicast refusals.
 	var sender *delivery.Sender
 	links.ServerClosed = func(slot int) { sender.ServerClosed(slot) }
+	links.MulticastRefused = func() { sender.MulticastRefused() }
 	pool, err := xmpplink.NewPool(links, log, xmpplink.NewMetrics(metrics))
 	if err != nil {
 		return err

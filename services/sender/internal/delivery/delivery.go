@@ -52,7 +52,11 @@ type Multicast struct {
 }
 
 // Enable switches the mode on or off for the batches that start from now on.
-func (m *Multicast) Enable(on bool) { m.on.Store(on) }
+func (m *Multicast) Enable(on bool) {
+	if m != nil {
+		m.on.Store(on)
+	}
+}
 
 // Enabled reports whether batches go out as multicasts.
 func (m *Multicast) Enabled() bool { return m != nil && m.on.Load() && m.Max > 0 }
@@ -157,7 +161,10 @@ type Sender struct {
 	// recent are the batches fenced in the last ShutdownResend, newest last.
 	rmu    sync.Mutex
 	recent []fenced
-	resend chan announcement.Batch
+	// refusals counts MulticastRefused calls (under rmu): a multicast batch
+	// that saw it change while in flight goes again whole.
+	refusals int64
+	resend   chan announcement.Batch
 }
 
 // fenced is a batch kept for a resend, its recipients packed end to end:
@@ -169,9 +176,12 @@ type fenced struct {
 	ends  []uint32 // recipient i is names[ends[i-1]:ends[i]]
 	slot  int
 	at    time.Time
+	// multicast: the batch began as multicasts, which a refusal read after
+	// its fence (on another connection) may have dropped.
+	multicast bool
 }
 
-func pack(b announcement.Batch, slot int, at time.Time) fenced {
+func pack(b announcement.Batch, slot int, at time.Time, multicast bool) fenced {
 	n := 0
 	for _, r := range b.Recipients {
 		n += len(r)
@@ -183,7 +193,7 @@ func pack(b announcement.Batch, slot int, at time.Time) fenced {
 		ends[i] = uint32(len(names))
 	}
 	b.Recipients = nil
-	return fenced{b: b, names: string(names), ends: ends, slot: slot, at: at}
+	return fenced{b: b, names: string(names), ends: ends, slot: slot, at: at, multicast: multicast}
 }
 
 // batch is the batch again, its recipients slices of one string.
@@ -310,6 +320,7 @@ func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume bool)
 
 	policy := backoff.Policy{Initial: s.opt.RetryMin, Max: s.opt.RetryMax}
 	multicast := s.opt.Multicast.Enabled() && tmpl.Multicast()
+	began, refusals := multicast, s.refusalCount()
 	rejections := 0
 	// After ejabberd closed a stream, every batch that was in flight on it is
 	// sent again alone on a connection: only a batch that closes the stream
@@ -336,7 +347,7 @@ func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume bool)
 		err = s.send(ctx, link, tmpl, st, sc, multicast)
 		link.Release()
 		if err == nil {
-			s.remember(b, slot)
+			s.remember(b, slot, began, refusals)
 		}
 		if errors.Is(err, errRefused) {
 			// Everything since the last fence goes again, one stanza per recipient.
@@ -378,17 +389,29 @@ func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume bool)
 	}
 }
 
-// remember keeps a fenced batch for ShutdownResend.
-func (s *Sender) remember(b announcement.Batch, slot int) {
+func (s *Sender) refusalCount() int64 {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	return s.refusals
+}
+
+// remember keeps a fenced batch for ShutdownResend. A multicast batch that
+// a refusal came during (refusals moved since it began) goes again whole
+// instead: the refused multicast may be one of its steps fenced before.
+func (s *Sender) remember(b announcement.Batch, slot int, multicast bool, refusals int64) {
 	now := time.Now()
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
+	if multicast && s.refusals != refusals {
+		s.queue([]announcement.Batch{b}, s.m.multicastOff, "a multicast refusal")
+		return
+	}
 	i := 0
 	for i < len(s.recent) && (now.Sub(s.recent[i].at) > s.opt.ShutdownResend || len(s.recent)-i >= maxRecent) {
 		i++
 	}
 	clear(s.recent[:i]) // the backing array must not keep the batches that left the window
-	s.recent = append(s.recent[i:], pack(b, slot, now))
+	s.recent = append(s.recent[i:], pack(b, slot, now, multicast))
 }
 
 // ServerClosed is told that the server ended the stream of connection slot
@@ -396,12 +419,33 @@ func (s *Sender) remember(b announcement.Batch, slot int) {
 // acknowledged. The batches fenced on it in the last ShutdownResend go again
 // (Run sends them): duplicates for who got them, nothing lost for the rest.
 func (s *Sender) ServerClosed(slot int) {
+	s.again(func(f *fenced) bool { return f.slot == slot }, s.m.shutdownResends, "a server shutdown", false)
+}
+
+// MulticastRefused is told that the multicast service refused a multicast.
+// ejabberd sends its error and a later multicast fence to any connection of
+// the component, so the fence of the refused multicast's batch may have been
+// read first, and the batch committed. Multicast goes off, and the batches
+// fenced as multicasts in the last ShutdownResend go again one stanza per
+// recipient: duplicates for who got them, nothing lost for the rest.
+func (s *Sender) MulticastRefused() {
+	s.opt.Multicast.Enable(false)
+	s.again(func(f *fenced) bool { return f.multicast }, s.m.multicastOff, "a multicast refusal", true)
+}
+
+// again queues for Run the batches fenced in the last ShutdownResend that
+// match, and forgets them; refused counts a multicast refusal.
+func (s *Sender) again(match func(*fenced) bool, sent prometheus.Counter, why string, refused bool) {
 	now := time.Now()
 	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if refused {
+		s.refusals++
+	}
 	var again []announcement.Batch
 	kept := s.recent[:0]
 	for _, f := range s.recent {
-		if f.slot == slot && now.Sub(f.at) <= s.opt.ShutdownResend {
+		if match(&f) && now.Sub(f.at) <= s.opt.ShutdownResend {
 			again = append(again, f.batch())
 			continue
 		}
@@ -409,26 +453,31 @@ func (s *Sender) ServerClosed(slot int) {
 	}
 	clear(s.recent[len(kept):])
 	s.recent = kept
-	s.rmu.Unlock()
-	for _, b := range again {
+	s.queue(again, sent, why)
+}
+
+// queue hands batches to Run without waiting (callers hold rmu, and may be
+// a connection's read loop).
+func (s *Sender) queue(batches []announcement.Batch, sent prometheus.Counter, why string) {
+	for _, b := range batches {
 		select {
 		case s.resend <- b:
-			s.m.shutdownResends.Inc()
+			sent.Inc()
 		default:
-			s.log.Warn().Str("announcement", b.AnnouncementID).Msg("resend queue full: a batch fenced just before a server shutdown is not sent again")
+			s.log.Warn().Str("announcement", b.AnnouncementID).Msg("resend queue full: a batch fenced just before " + why + " is not sent again")
 		}
 	}
 }
 
-// Run sends again, until ctx ends, the batches a server shutdown may have dropped.
-// Each goes from its first recipient: the progress store has it fenced to the
-// end, which is what a shutdown may have lost.
+// Run sends again, until ctx ends, the batches a server shutdown or a
+// multicast refusal may have dropped. Each goes from its first recipient:
+// the progress store has it fenced to the end.
 func (s *Sender) Run(ctx context.Context) error {
 	for {
 		select {
 		case b := <-s.resend:
 			if err := s.deliver(ctx, b, false); err != nil && ctx.Err() == nil {
-				s.log.Warn().Err(err).Str("announcement", b.AnnouncementID).Msg("a batch sent again after a server shutdown failed")
+				s.log.Warn().Err(err).Str("announcement", b.AnnouncementID).Msg("a batch sent again (after a server shutdown or a multicast refusal) failed")
 			}
 		case <-ctx.Done():
 			return nil

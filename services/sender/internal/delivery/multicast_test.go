@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/testkit"
 )
 
 const plainTmpl = "<message to='%s' from='announcer.localhost' type='chat'><body>hi</body></message>"
@@ -121,6 +122,81 @@ func TestRefusedMulticastFallsBackToUnicast(t *testing.T) {
 	if mc.Enabled() || testutil.ToFloat64(m.multicastOff) != 1 {
 		t.Fatal("multicast still on after a refusal")
 	}
+}
+
+// A refusal read after the batch's fence (ejabberd sent it to another
+// connection) sends the multicast batches fenced just before again, one
+// stanza per recipient, and turns multicast off; a unicast batch is not sent again.
+func TestRefusalAfterTheFenceSendsTheBatchAgain(t *testing.T) {
+	first, unicast, next := &fakeLink{}, &fakeLink{}, &fakeLink{}
+	mc := multicastOn(10)
+	links := linkList{first, unicast, next}
+	s, m := newSender(t, &links, Options{Multicast: mc, ShutdownResend: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Deliver(ctx, multicastBatch("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Deliver(ctx, batch("c")); err != nil { // per recipient ([inc_id]): never a multicast
+		t.Fatal(err)
+	}
+	if !strings.Contains(first.written.String(), "addresses") {
+		t.Fatalf("the first batch did not go as a multicast: %s", first.written.String())
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	s.MulticastRefused()
+	want := strings.ReplaceAll(plainTmpl, "%s", "a@localhost") + strings.ReplaceAll(plainTmpl, "%s", "b@localhost")
+	testkit.Eventually(t, 5*time.Second, "the multicast batch sent again", func() bool {
+		next.mu.Lock()
+		defer next.mu.Unlock()
+		return next.written.String() == want
+	})
+	if mc.Enabled() || testutil.ToFloat64(m.multicastOff) != 1 {
+		t.Fatalf("multicast on %v, fallbacks %v: want off and 1", mc.Enabled(), testutil.ToFloat64(m.multicastOff))
+	}
+	cancel()
+	<-done
+}
+
+// duringFence is a link that runs fn while a multicast fence is out: a
+// refusal the pool reads on another connection as the echo comes back here.
+type duringFence struct {
+	*fakeLink
+	fn func()
+}
+
+func (l duringFence) FenceMulticast(ctx context.Context) error {
+	l.fn()
+	return l.fakeLink.FenceMulticast(ctx)
+}
+
+// A refusal that comes while a multicast batch is in flight, whose fence
+// then passes, sends the batch again whole, one stanza per recipient.
+func TestRefusalDuringTheBatchSendsItAgain(t *testing.T) {
+	next := &fakeLink{}
+	mc := multicastOn(10)
+	var s *Sender
+	links := linkList{duringFence{&fakeLink{}, func() { s.MulticastRefused() }}, next}
+	s, m := newSender(t, &links, Options{Multicast: mc, ShutdownResend: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Deliver(ctx, multicastBatch("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	want := strings.ReplaceAll(plainTmpl, "%s", "a@localhost") + strings.ReplaceAll(plainTmpl, "%s", "b@localhost")
+	testkit.Eventually(t, 5*time.Second, "the batch sent again", func() bool {
+		next.mu.Lock()
+		defer next.mu.Unlock()
+		return next.written.String() == want
+	})
+	if testutil.ToFloat64(m.multicastOff) != 1 {
+		t.Fatalf("fallbacks %v, want 1", testutil.ToFloat64(m.multicastOff))
+	}
+	cancel()
+	<-done
 }
 
 // A multicast larger than the limiter's burst is paid for in several reservations.

@@ -116,7 +116,7 @@ func TestShutdownResendWindow(t *testing.T) {
 func TestPackedBatchRoundTrip(t *testing.T) {
 	b := batch("a", "", "jürgen@example.org/phone", "b")
 	b.Seq, b.FirstIncID = 7, 42
-	f := pack(b, 1, time.Now())
+	f := pack(b, 1, time.Now(), false)
 	if f.b.Recipients != nil {
 		t.Fatal("the packed batch still holds its decoded recipients")
 	}

@@ -53,6 +53,9 @@ type Options struct {
 	// stream cleanly (end of stream, no error): a server shutting down, which
 	// may drop what it had acknowledged but not yet handed to its clients.
 	ServerClosed func(slot int)
+	// MulticastRefused, when set, is told of each multicast the service
+	// refused. It is called from a connection's read loop: it must not block.
+	MulticastRefused func()
 
 	// MulticastService is the JID of ejabberd's XEP-0033 service
 	// ("multicast.<domain>"): where multicast fences go. Empty: no multicast.
@@ -360,6 +363,9 @@ func (p *Pool) dispatch(c *Conn, in inbound) {
 				// The service refused a whole multicast (its limits): nobody got that one.
 				p.refusals.Add(1)
 				p.m.multicastRefused.Inc()
+				if p.opt.MulticastRefused != nil {
+					p.opt.MulticastRefused()
+				}
 				p.log.Error().Str("condition", in.condition).
 					Msg("the multicast service refused a multicast: raise mod_multicast limits for this component, or set [sender] multicast = \"off\"")
 			}
