@@ -59,10 +59,10 @@ type Options struct {
 
 // Archiver archives batches.
 type Archiver struct {
-	opt   Options
-	store Store
-	log   zerolog.Logger
-	m     *Metrics
+	opt  Options
+	sink Store
+	log  zerolog.Logger
+	m    *Metrics
 }
 
 // New builds the use case.
@@ -76,7 +76,7 @@ func New(opt Options, store Store, log zerolog.Logger, m *Metrics) *Archiver {
 	if opt.Progress == nil {
 		opt.Progress = noProgress{}
 	}
-	return &Archiver{opt: opt, store: store, log: log.With().Str("component", "archive").Logger(), m: m}
+	return &Archiver{opt: opt, sink: store, log: log.With().Str("component", "archive").Logger(), m: m}
 }
 
 // NotPersisted counts a batch passed over without being decoded (its
@@ -101,18 +101,40 @@ func (a *Archiver) Archive(ctx context.Context, b announcement.Batch) error {
 	if err != nil {
 		return &announcement.BadRecordError{Reason: "template: " + err.Error(), Label: "template"}
 	}
-	recs := a.render(tmpl, &b)
-	if len(recs) == 0 {
+	policy := backoff.Policy{Initial: a.opt.RetryMin, Max: a.opt.RetryMax}
+	stored, invalid := 0, 0
+	// A batch is rendered and stored a chunk at a time: a large template
+	// times a thousand recipients, times the batches in flight, would
+	// otherwise be hundreds of MiB at once.
+	for next := 0; next < len(b.Recipients); {
+		var recs []Record
+		recs, next = a.render(tmpl, &b, next, &invalid)
+		if len(recs) == 0 {
+			continue
+		}
+		if err := a.store(ctx, policy, &b, recs); err != nil {
+			return err
+		}
+		stored += len(recs)
+	}
+	if invalid > 0 {
+		a.m.invalid.Add(float64(invalid))
+	}
+	if stored == 0 {
 		a.m.batches.WithLabelValues("empty").Inc()
 		return nil
 	}
-	policy := backoff.Policy{Initial: a.opt.RetryMin, Max: a.opt.RetryMax}
+	a.m.batches.WithLabelValues("persisted").Inc()
+	a.opt.Progress.Persisted(b.AnnouncementID, progress.BatchKey(&b), stored)
+	return nil
+}
+
+// store writes recs, retrying with backoff until the storage takes them or ctx ends.
+func (a *Archiver) store(ctx context.Context, policy backoff.Policy, b *announcement.Batch, recs []Record) error {
 	for attempt := 0; ; attempt++ {
-		err := a.store.Store(ctx, b.AnnouncementID, recs)
+		err := a.sink.Store(ctx, b.AnnouncementID, recs)
 		if err == nil {
 			a.m.records.Add(float64(len(recs)))
-			a.m.batches.WithLabelValues("persisted").Inc()
-			a.opt.Progress.Persisted(b.AnnouncementID, progress.BatchKey(&b), len(recs))
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -128,34 +150,41 @@ func (a *Archiver) Archive(ctx context.Context, b announcement.Batch) error {
 	}
 }
 
-// render builds one record per valid recipient, all in one buffer.
-func (a *Archiver) render(tmpl *stanza.Template, b *announcement.Batch) []Record {
+// chunkBytes bounds the stanzas rendered for one storage write.
+const chunkBytes = 1 << 20
+
+// render builds one record per valid recipient from recipient from on, in
+// one new buffer, until about chunkBytes are rendered; it returns the
+// records and where the next chunk starts, and adds the invalid recipients
+// it passed to *invalid. The buffer is never reused: a storage write that
+// timed out may still be sent from it.
+func (a *Archiver) render(tmpl *stanza.Template, b *announcement.Batch, from int, invalid *int) ([]Record, int) {
 	type span struct{ key, end int }
-	spans := make([]span, 0, len(b.Recipients))
-	buf := make([]byte, 0, len(b.Recipients)*(len(tmpl.Raw())+64))
-	invalid := 0
-	for i, user := range b.Recipients {
+	per := len(tmpl.Raw()) + 64
+	left := len(b.Recipients) - from
+	spans := make([]span, 0, min(left, chunkBytes/per+1))
+	buf := make([]byte, 0, min(left*per, chunkBytes+per))
+	i := from
+	for ; i < len(b.Recipients) && len(buf) < chunkBytes; i++ {
 		start := len(buf)
 		var err error
-		buf, err = stanza.AppendJID(buf, user, a.opt.UserDomain)
+		buf, err = stanza.AppendJID(buf, b.Recipients[i], a.opt.UserDomain)
 		if err != nil || len(buf) == start {
-			invalid++
+			buf = buf[:start]
+			*invalid++
 			continue
 		}
 		keyEnd := len(buf)
 		buf = tmpl.AppendRender(buf, string(buf[start:keyEnd]), b.FirstIncID+uint64(i))
 		spans = append(spans, span{key: keyEnd, end: len(buf)})
 	}
-	if invalid > 0 {
-		a.m.invalid.Add(float64(invalid))
-	}
 	recs := make([]Record, len(spans))
 	start := 0
-	for i, s := range spans {
-		recs[i] = Record{Key: buf[start:s.key:s.key], Value: buf[s.key:s.end:s.end]}
+	for j, s := range spans {
+		recs[j] = Record{Key: buf[start:s.key:s.key], Value: buf[s.key:s.end:s.end]}
 		start = s.end
 	}
-	return recs
+	return recs, i
 }
 
 // Metrics of the use case.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -159,4 +160,59 @@ func TestArchiveSkipsCancelledAnnouncements(t *testing.T) {
 	if c, n := testutil.ToFloat64(m.batches.WithLabelValues("cancelled")), testutil.ToFloat64(m.batches.WithLabelValues("persisted")); c != 1 || n != 1 {
 		t.Errorf("batches cancelled %v persisted %v, want 1 and 1", c, n)
 	}
+}
+
+// A batch whose stanzas are large is stored a chunk of about chunkBytes at
+// a time, every record once and in order, and counted once as persisted.
+func TestArchiveStoresALargeBatchInChunks(t *testing.T) {
+	s := &chunkStore{}
+	a, m := newArchiver(s)
+	big := "<message to='%s' from='announcer.localhost' type='chat'><body>" + strings.Repeat("x", 60_000) + "[inc_id]</body></message>"
+	users := make([]string, 100)
+	for i := range users {
+		users[i] = fmt.Sprintf("u%d", i)
+	}
+	if err := a.Archive(context.Background(), announcement.Batch{AnnouncementID: "big", Persist: true, Template: big, Recipients: users}); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.chunks) < 5 {
+		t.Fatalf("%d storage writes for 6 MB of stanzas, want them in chunks of about 1 MiB", len(s.chunks))
+	}
+	n := 0
+	for _, c := range s.chunks {
+		if c.bytes > chunkBytes+70_000 {
+			t.Fatalf("a write of %d bytes", c.bytes)
+		}
+		for _, k := range c.keys {
+			if want := fmt.Sprintf("u%d@localhost", n); k != want {
+				t.Fatalf("record %d is for %s, want %s", n, k, want)
+			}
+			n++
+		}
+	}
+	if n != 100 || testutil.ToFloat64(m.records) != 100 || testutil.ToFloat64(m.batches.WithLabelValues("persisted")) != 1 {
+		t.Fatalf("%d records stored, records_total %v, persisted batches %v", n, testutil.ToFloat64(m.records),
+			testutil.ToFloat64(m.batches.WithLabelValues("persisted")))
+	}
+}
+
+// chunkStore keeps each write's keys and size.
+type chunkStore struct {
+	chunks []struct {
+		keys  []string
+		bytes int
+	}
+}
+
+func (c *chunkStore) Store(_ context.Context, _ string, recs []Record) error {
+	var w struct {
+		keys  []string
+		bytes int
+	}
+	for _, r := range recs {
+		w.keys = append(w.keys, string(r.Key))
+		w.bytes += len(r.Key) + len(r.Value)
+	}
+	c.chunks = append(c.chunks, w)
+	return nil
 }
