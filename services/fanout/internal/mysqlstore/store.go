@@ -20,6 +20,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -168,6 +169,10 @@ func (s *Store) Members(ctx context.Context, channelID, afterID, beforeID int64,
 		rows, err = s.db.QueryContext(ctx, q.open, channelID, afterID, limit)
 	}
 	if err != nil {
+		var me *mysql.MySQLError
+		if errors.As(err, &me) && me.Number == 1176 { // the named index is gone (dropped, renamed)
+			s.forgetIndex()
+		}
 		return dst, fmt.Errorf("mysql: members of %d after %d: %w", channelID, afterID, classify(err))
 	}
 	defer rows.Close()
@@ -210,7 +215,14 @@ func (s *Store) MemberIndex(ctx context.Context) (string, error) {
 	return s.index, nil
 }
 
-// memberQueries finds the member index once; a failed look-up is retried at
+// forgetIndex makes the next page look the member index up again.
+func (s *Store) forgetIndex() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.queries = nil
+}
+
+// memberQueries finds the member index once (again after it was dropped); a failed look-up is retried at
 // the next page like any other query.
 func (s *Store) memberQueries(ctx context.Context) (*memberQueries, error) {
 	s.mu.Lock()
@@ -291,11 +303,17 @@ func indexState(index string, covering bool) IndexState {
 	return IndexNone
 }
 
-// memberID reads a member_id as the driver gave it.
+// memberID reads a member_id as the driver gave it: BIGINT UNSIGNED comes
+// as uint64 over the text protocol (InterpolateParams).
 func memberID(v any) (int64, error) {
 	switch id := v.(type) {
 	case int64:
 		return id, nil
+	case uint64:
+		if id > math.MaxInt64 {
+			return 0, fmt.Errorf("%w: member_id %d: beyond BIGINT", audience.ErrPermanent, id)
+		}
+		return int64(id), nil
 	case []byte:
 		n, err := strconv.ParseInt(string(id), 10, 64)
 		if err != nil {
@@ -303,7 +321,7 @@ func memberID(v any) (int64, error) {
 		}
 		return n, nil
 	}
-	return 0, fmt.Errorf("member_id: unexpected %T", v)
+	return 0, fmt.Errorf("%w: member_id: unexpected %T", audience.ErrPermanent, v)
 }
 
 // Span implements audience.MemberStore.
