@@ -94,6 +94,42 @@ func TestRedisClusterContract(t *testing.T) {
 	audiencetest.PresenceContract(t, redisFixture{r}, audiencetest.PresenceCaps{NamesServer: true, CanScan: true}, "")
 }
 
+// A username that names a key of another kind (here a set, as a node's
+// presence set is) is offline, on a single server and on a cluster alike;
+// the users beside it are looked up.
+func TestUsernameOfAnotherKeyKindIsOffline(t *testing.T) {
+	env := stacktest.Get(t)
+	for name, c := range map[string]config.UserActivityRedis{
+		"single":  {ClusterNodes: env.RedisAddr, ReadTimeout: 1000},
+		"cluster": {ClusterNodes: stacktest.RedisCluster(t), Cluster: true, ReadTimeout: 1000},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r, err := NewRedis(c, RedisOptions{Chunk: 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = r.Close() })
+			ctx := context.Background()
+			cl, err := r.Client(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			set, user := stacktest.Name("pt_set"), stacktest.Name("pt_user")
+			t.Cleanup(func() { cl.Del(ctx, set); cl.Del(ctx, user) })
+			if err := cl.SAdd(ctx, set, "x").Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := cl.Set(ctx, user, "node1", 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+			where := make([]string, 2)
+			if err := r.Lookup(ctx, []string{set, user}, where); err != nil || where[0] != "" || where[1] != "node1" {
+				t.Fatalf("lookup %q, %v; want the set's name offline and the user on node1", where, err)
+			}
+		})
+	}
+}
+
 // One seed, no cluster key: the server says it is a cluster member, and the
 // cluster client is used (a plain client's MGET would fail with CROSSSLOT).
 func TestRedisClusterFoundFromOneSeed(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -119,14 +120,16 @@ func lookupCluster(ctx context.Context, c redis.UniversalClient, chunk int, user
 		for i, u := range usernames[off:end] {
 			cmds[i] = pipe.Get(ctx, u)
 		}
-		// redis.Nil (offline) is reported per command, not as a transport failure.
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		// redis.Nil (offline) and WRONGTYPE are reported per command, not as a transport failure.
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !wrongType(err) {
 			return fmt.Errorf("redis presence: get: %w", err)
 		}
 		for i, cmd := range cmds {
 			v, err := cmd.Result()
 			switch {
-			case errors.Is(err, redis.Nil):
+			case errors.Is(err, redis.Nil), wrongType(err):
+				// A username that names a key of another kind (a node's
+				// presence set, say) is offline, as MGET reads it.
 				where[off+i] = ""
 			case err != nil:
 				return fmt.Errorf("redis presence: get %q: %w", usernames[off+i], err)
@@ -136,6 +139,12 @@ func lookupCluster(ctx context.Context, c redis.UniversalClient, chunk int, user
 		}
 	}
 	return nil
+}
+
+// wrongType is Redis's answer for a key that is not a string.
+func wrongType(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "WRONGTYPE")
 }
 
 // Scan implements audience.Presence with SSCAN on the server's set.
