@@ -25,7 +25,8 @@ type Options struct {
 	// Cluster forces the cluster client even for one seed.
 	Cluster bool
 	// Timeout bounds each read and write (0 = 1 s).
-	Timeout    time.Duration
+	Timeout time.Duration
+	// MaxRetries are go-redis's retries of a failed command (0: none).
 	MaxRetries int
 	// PoolSize bounds connections (0 = go-redis default).
 	PoolSize int
@@ -55,6 +56,11 @@ func New(name string, o Options) (*Conn, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = time.Second
 	}
+	// go-redis reads 0 as its default, 3 retries; max_retries = 0 means none.
+	retries := o.MaxRetries
+	if retries <= 0 {
+		retries = -1
+	}
 	return &Conn{
 		name: name, cluster: cluster, known: cluster,
 		opts: &redis.UniversalOptions{
@@ -66,7 +72,7 @@ func New(name string, o Options) (*Conn, error) {
 			DialTimeout:  2 * time.Second,
 			// One dial per call: callers retry with their own backoff.
 			DialerRetries: 1,
-			MaxRetries:    o.MaxRetries,
+			MaxRetries:    retries,
 			PoolSize:      o.PoolSize,
 		},
 	}, nil

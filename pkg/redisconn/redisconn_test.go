@@ -52,3 +52,16 @@ func TestSilentSeedIsAnError(t *testing.T) {
 		t.Fatal("ping of a dead server succeeded")
 	}
 }
+
+// max_retries = 0 means no retry; go-redis would read a 0 as 3 retries.
+func TestMaxRetriesZeroIsNone(t *testing.T) {
+	for give, want := range map[int]int{0: -1, -1: -1, 2: 2} {
+		c, err := New("test", Options{Addrs: []string{"127.0.0.1:1"}, MaxRetries: give})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.opts.MaxRetries != want {
+			t.Errorf("max_retries %d: go-redis MaxRetries %d, want %d", give, c.opts.MaxRetries, want)
+		}
+	}
+}
