@@ -201,6 +201,31 @@ func TestShardedChannelLifecycle(t *testing.T) {
 // A slow batch fenced in steps: confirmed grows step by step, a replayed
 // step counts once, and Position says where a restart resumes — only for
 // the same recipients.
+// The first cut of a channel recorded for an announcement is the one every
+// later resolution gets back; without a record there is nothing to keep.
+func TestSplitKeepsTheFirstCut(t *testing.T) {
+	env := stacktest.Get(t)
+	f := newFixture(t, env.RedisAddr, false)
+	ctx := context.Background()
+	ev := event("cut", announcement.KindChannel)
+	first, second := SplitPlan{From: 1, Width: 44, Shards: 4}, SplitPlan{From: 1, Width: 42, Shards: 6}
+	if got, err := f.store.Split(ctx, ev.ID, first); err != nil || got != first {
+		t.Fatalf("split without a record: %v %v, want %v back", got, err, first)
+	}
+	if err := f.store.Accept(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.store.Split(ctx, ev.ID, first); err != nil || got != first {
+		t.Fatalf("first split: %v %v", got, err)
+	}
+	if got, err := f.store.Split(ctx, ev.ID, second); err != nil || got != first {
+		t.Fatalf("second split: %v %v, want the first %v", got, err, first)
+	}
+	if _, err := ParseSplitPlan("1:0:3"); err == nil {
+		t.Fatal("a cut of 3 shards of width 0 parsed")
+	}
+}
+
 func TestStepsAndResumePosition(t *testing.T) {
 	env := stacktest.Get(t)
 	f := newFixture(t, env.RedisAddr, false)

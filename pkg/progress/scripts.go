@@ -81,6 +81,15 @@ touch()
 return 1
 `)
 
+// split: ARGV[3] a channel's cut into shards (SplitPlan). The first one
+// recorded stays; returns it (ARGV[3] when there is no record to keep it in).
+var scriptSplit = redis.NewScript(prelude + `
+if redis.call('EXISTS', rec) == 0 then return ARGV[3] end
+redis.call('HSETNX', rec, 'cut', ARGV[3])
+touch()
+return redis.call('HGET', rec, 'cut')
+`)
+
 // emitted: ARGV[3] shard, ARGV[4] batches of the shard acknowledged so far
 // (a maximum: a re-resolved shard counts only what it adds).
 var scriptEmitted = redis.NewScript(prelude + `

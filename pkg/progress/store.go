@@ -208,6 +208,60 @@ func (s *Store) Plan(ctx context.Context, id string, shards int, split bool) err
 	return nil
 }
 
+// SplitPlan is how a channel is cut into shards: Shards member-id ranges of
+// Width from From on, the last one open (one shard: the whole channel).
+type SplitPlan struct {
+	From   int64
+	Width  int64
+	Shards int
+}
+
+func (p SplitPlan) String() string {
+	return strconv.FormatInt(p.From, 10) + ":" + strconv.FormatInt(p.Width, 10) + ":" + strconv.Itoa(p.Shards)
+}
+
+// ParseSplitPlan reads a SplitPlan's String.
+func ParseSplitPlan(s string) (SplitPlan, error) {
+	var p SplitPlan
+	parts := strings.Split(s, ":")
+	if len(parts) != 3 {
+		return p, fmt.Errorf("split plan %q: want from:width:shards", s)
+	}
+	var err1, err2, err3 error
+	p.From, err1 = strconv.ParseInt(parts[0], 10, 64)
+	p.Width, err2 = strconv.ParseInt(parts[1], 10, 64)
+	p.Shards, err3 = strconv.Atoi(parts[2])
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return p, fmt.Errorf("split plan %q: %w", s, err)
+	}
+	if p.Shards < 1 || p.Shards > 1 && p.Width < 1 {
+		return p, fmt.Errorf("split plan %q: want one shard or more of a positive width", s)
+	}
+	return p, nil
+}
+
+// Split records p as the cut of a channel announcement into shards unless
+// one was recorded before, and returns the recorded one. A channel event
+// resolved twice (by a worker that crashed after queuing its shard tasks,
+// then by the one that took the event over) must cut the same ranges: a
+// shard task is known by its index, so the tasks of one cut would pass for
+// copies of the other's, and the members between their ranges be left out.
+func (s *Store) Split(ctx context.Context, id string, p SplitPlan) (SplitPlan, error) {
+	v, err := s.run(ctx, scriptSplit, id, p.String())
+	if err != nil {
+		return p, fmt.Errorf("progress: split %s: %w", id, err)
+	}
+	str, ok := v.(string)
+	if !ok {
+		return p, fmt.Errorf("progress: split %s: unexpected %T", id, v)
+	}
+	got, err := ParseSplitPlan(str)
+	if err != nil {
+		return p, fmt.Errorf("progress: split %s: %w", id, err)
+	}
+	return got, nil
+}
+
 // Cancel marks the announcement cancelled unless it already ended; it
 // returns the state after the call (ErrNotFound for an unknown id).
 func (s *Store) Cancel(ctx context.Context, id, reason string) (string, error) {

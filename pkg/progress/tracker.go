@@ -210,6 +210,15 @@ func (t *Tracker) Plan(ctx context.Context, id string, shards int, split bool) e
 	return err
 }
 
+// Split is Store.Split; p itself without a store, or with an error (a cut
+// recorded later would come too late to agree on).
+func (t *Tracker) Split(ctx context.Context, id string, p SplitPlan) (SplitPlan, error) {
+	if t.store == nil {
+		return p, nil
+	}
+	return t.store.Split(ctx, id, p)
+}
+
 // Position is Store.Position; 0 without a store.
 func (t *Tracker) Position(ctx context.Context, id, batch, digest string) (int, error) {
 	if t.store == nil {

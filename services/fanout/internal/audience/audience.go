@@ -114,6 +114,9 @@ type Progress interface {
 	Begin(ctx context.Context, ev *announcement.Event) (state string, finished bool, err error)
 	// Plan records the announcement's shard count; split once they are queued.
 	Plan(ctx context.Context, id string, shards int, split bool) error
+	// Split records a channel's cut into shards unless one was recorded
+	// before, and returns the recorded cut (p itself on an error).
+	Split(ctx context.Context, id string, p progress.SplitPlan) (progress.SplitPlan, error)
 	Emitted(id string, shard, batches int)
 	ShardDone(id string, shard int, c progress.ShardCounts)
 	Finish(id, state, reason string)

@@ -4,10 +4,16 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
+	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
 )
 
 // recorder is the progress store as a test sees it: what fanout recorded,
@@ -22,6 +28,7 @@ type recorder struct {
 	shards      map[int]progress.ShardCounts
 	finish      []string
 	emitted     map[int]int
+	cut         *progress.SplitPlan // the first recorded, as the store keeps it
 }
 
 func newRecorder() *recorder {
@@ -37,6 +44,15 @@ func (r *recorder) Plan(_ context.Context, _ string, shards int, _ bool) error {
 	defer r.mu.Unlock()
 	r.plans = append(r.plans, shards)
 	return nil
+}
+
+func (r *recorder) Split(_ context.Context, _ string, p progress.SplitPlan) (progress.SplitPlan, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cut == nil {
+		r.cut = &p
+	}
+	return *r.cut, nil
 }
 
 func (r *recorder) Emitted(_ string, shard, n int) {
@@ -148,5 +164,56 @@ func TestDryRunAndCopies(t *testing.T) {
 	if res, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 1})); err != nil ||
 		res.Outcome != audience.Duplicate || len(w.sink.Batches) != 0 {
 		t.Fatalf("%+v %v, %d batches", res, err, len(w.sink.Batches))
+	}
+}
+
+// A channel event resolved a second time (its first worker crashed after
+// queuing the shard tasks), after members joined, cuts the channel as the
+// first time: shard tasks known by their index then agree, and whichever
+// copy of each index runs, every member is reached.
+func TestAChannelCutTwiceKeepsTheFirstCut(t *testing.T) {
+	rec := newRecorder()
+	first := newWorld(t, func(c *audience.Config) { c.Progress = rec }) // ShardSize 50
+	first.seedChannel(t, 1, audience.StateAccepted, 173)
+	ev := channelEvent(announcement.ChannelRef{ID: 1})
+	ctx := context.Background()
+	if res, err := first.r.Resolve(ctx, ev); err != nil || res.Outcome != audience.Split || res.Shards != 4 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	late := audiencetest.Names("late", 80)
+	_ = first.members.AddMembers(ctx, 1, late...)
+	_ = first.presence.SetOnline(ctx, "10.0.0.1", late...)
+
+	// The worker that takes the event over: same stores, a count of its own.
+	second, err := audience.New(audience.Config{
+		Nodes: twoNodes, BatchSize: 10, ShardSize: 50, PageSize: 7, ScanCount: 5, MaxInFlight: 3, RouteUsers: true,
+		Retry: backoff.Policy{Initial: time.Millisecond, Max: 5 * time.Millisecond}, Progress: rec,
+	}, first.members, first.presence, first.sink, first.sink, zerolog.Nop(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := second.Resolve(ctx, ev); err != nil || res.Outcome != audience.Split || res.Shards != 4 {
+		t.Fatalf("the second cut: %+v %v, want the first cut's 4 shards", res, err)
+	}
+	tasks := first.sink.Tasks
+	if len(tasks) != 8 {
+		t.Fatalf("%d tasks, want 4 from each resolution", len(tasks))
+	}
+	for i := range 4 {
+		if *tasks[i].Shard != *tasks[4+i].Shard {
+			t.Fatalf("shard %d: %+v, then %+v", i, *tasks[i].Shard, *tasks[4+i].Shard)
+		}
+	}
+	// Copies are skipped by index: the first cut's 0 and 2, the second's 1 and 3.
+	reached := 0
+	for _, task := range []announcement.Event{tasks[0], tasks[5], tasks[2], tasks[7]} {
+		res, err := first.r.Resolve(ctx, task)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reached += res.Audience
+	}
+	if reached != 173+len(late) {
+		t.Fatalf("the shards read %d members, want all %d", reached, 173+len(late))
 	}
 }

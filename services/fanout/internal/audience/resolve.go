@@ -134,10 +134,13 @@ func (noProgress) Begin(context.Context, *announcement.Event) (string, bool, err
 	return "", false, nil
 }
 func (noProgress) Plan(context.Context, string, int, bool) error { return nil }
-func (noProgress) Emitted(string, int, int)                      {}
-func (noProgress) ShardDone(string, int, progress.ShardCounts)   {}
-func (noProgress) Finish(string, string, string)                 {}
-func (noProgress) Cancelled(context.Context, string) bool        { return false }
+func (noProgress) Split(_ context.Context, _ string, p progress.SplitPlan) (progress.SplitPlan, error) {
+	return p, nil
+}
+func (noProgress) Emitted(string, int, int)                    {}
+func (noProgress) ShardDone(string, int, progress.ShardCounts) {}
+func (noProgress) Finish(string, string, string)               {}
+func (noProgress) Cancelled(context.Context, string) bool      { return false }
 
 // Resolve handles one event. It returns nil error with the Result once the
 // event's output is acknowledged (or the event was rejected), a
@@ -272,10 +275,21 @@ func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result,
 	case ch.State != StateAccepted:
 		return Result{Outcome: Rejected, Reason: ReasonChannelNotAccepted}, nil
 	}
-	shards, err := r.split(ctx, ch.ID)
+	cut, err := r.split(ctx, ch.ID)
 	if err != nil {
 		return Result{}, err
 	}
+	// Another worker may have cut this channel for this announcement before
+	// (it crashed after queuing its tasks): its cut is the one to follow.
+	if recorded, err := r.progress.Split(ctx, ev.ID, cut); err != nil {
+		r.m.progressErrors.Inc()
+		r.warn.Warn().Err(err).Str("announcement", ev.ID).Msg("progress store: the channel is cut without checking an earlier cut")
+	} else if recorded != cut {
+		r.log.Info().Str("announcement", ev.ID).Stringer("cut", recorded).Stringer("own", cut).
+			Msg("the channel was cut into shards for this announcement before: its ranges are kept")
+		cut = recorded
+	}
+	shards := shardsOf(ch.ID, cut)
 	r.plan(ctx, ev, len(shards), false)
 	if len(shards) == 1 {
 		// Small channel: no round trip through the announcements topic.
@@ -306,7 +320,7 @@ func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result,
 // members, before any shard can start), so the count of a channel of several
 // shards is kept for CountMaxAge; the bounds are read fresh each time, and an
 // old count only moves the boundaries between shards.
-func (r *Resolver) split(ctx context.Context, channelID int64) ([]announcement.Shard, error) {
+func (r *Resolver) split(ctx context.Context, channelID int64) (progress.SplitPlan, error) {
 	count, known := r.counts.get(channelID, time.Now())
 	var lo, hi int64
 	err := r.retry(ctx, depMySQL, func() error {
@@ -319,25 +333,34 @@ func (r *Resolver) split(ctx context.Context, channelID int64) ([]announcement.S
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return progress.SplitPlan{}, err
 	}
 	if !known && count > int64(r.cfg.ShardSize) {
 		r.counts.put(channelID, count, time.Now())
 	}
 	n := (count + int64(r.cfg.ShardSize) - 1) / int64(r.cfg.ShardSize)
 	if n <= 1 || hi <= lo {
-		return []announcement.Shard{{ChannelID: channelID, Count: 1, FromMemberID: min(lo, 0)}}, nil
+		return progress.SplitPlan{From: min(lo, 0), Shards: 1}, nil
 	}
 	width := (hi - lo + 1 + n - 1) / n
 	n = (hi - lo + 1 + width - 1) / width // the ceiling may leave fewer ranges
-	shards := make([]announcement.Shard, n)
+	return progress.SplitPlan{From: lo, Width: width, Shards: int(n)}, nil
+}
+
+// shardsOf are the member-id ranges of a cut: the last one is open, so
+// members added since the cut are in it.
+func shardsOf(channelID int64, p progress.SplitPlan) []announcement.Shard {
+	if p.Shards <= 1 {
+		return []announcement.Shard{{ChannelID: channelID, Count: 1, FromMemberID: p.From}}
+	}
+	shards := make([]announcement.Shard, p.Shards)
 	for i := range shards {
-		shards[i] = announcement.Shard{ChannelID: channelID, Index: i, Count: int(n), FromMemberID: lo + int64(i)*width}
-		if i < int(n)-1 {
-			shards[i].ToMemberID = lo + int64(i+1)*width
+		shards[i] = announcement.Shard{ChannelID: channelID, Index: i, Count: p.Shards, FromMemberID: p.From + int64(i)*p.Width}
+		if i < p.Shards-1 {
+			shards[i].ToMemberID = p.From + int64(i+1)*p.Width
 		}
 	}
-	return shards, nil
+	return shards
 }
 
 // shard streams the members of one range: a reader goroutine fetches the next
