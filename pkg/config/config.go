@@ -258,6 +258,10 @@ type Ingress struct {
 	// PreviewTimeout bounds how long a dry run waits for fanout's count
 	// (a 504 names the id to poll after it).
 	PreviewTimeout Duration `toml:"preview_timeout"`
+	// MaxInFlightBytes bounds the announce POST bodies handled at once
+	// (past it: 503 with Retry-After), so a burst of large requests
+	// cannot take the process's memory.
+	MaxInFlightBytes int64 `toml:"max_in_flight_bytes"`
 }
 
 type Fanout struct {
@@ -408,6 +412,7 @@ func Default() Config {
 			PublishTimeout:   Duration(5 * time.Second),
 			ShutdownTimeout:  Duration(10 * time.Second),
 			PreviewTimeout:   Duration(30 * time.Second),
+			MaxInFlightBytes: 64 << 20,
 		},
 		Fanout: Fanout{
 			GroupName:         "announcer-fanout",

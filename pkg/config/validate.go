@@ -120,6 +120,10 @@ func (c *Config) validateIngress(p *problems) {
 	p.atLeast("[ingress] max_body_bytes", int(c.Ingress.MaxBodyBytes), 1024, "")
 	p.atLeast("[ingress] max_usernames", c.Ingress.MaxUsernames, 1, "")
 	p.atLeast("[ingress] max_template_bytes", c.Ingress.MaxTemplateBytes, 64, "")
+	if c.Ingress.MaxInFlightBytes < c.Ingress.MaxBodyBytes {
+		p.bad("[ingress] max_in_flight_bytes %d: at least max_body_bytes (%d), or no request of that size is ever taken",
+			c.Ingress.MaxInFlightBytes, c.Ingress.MaxBodyBytes)
+	}
 	p.positive("[ingress] publish_timeout", c.Ingress.PublishTimeout)
 	p.positive("[ingress] preview_timeout", c.Ingress.PreviewTimeout)
 	// The API server ends a response after MaxResponseTime: a dry run must answer (504 with its id, at

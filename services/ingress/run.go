@@ -67,7 +67,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		log.Warn().Msg("!!! [auth] tokens is empty: the REST API accepts announcements from ANYONE who can reach " +
 			cfg.RestAPIPort + " — configure bearer tokens before exposing it !!!")
 	}
-	handler, err := httpapi.New(svc, httpapi.Options{MaxBodyBytes: cfg.Ingress.MaxBodyBytes, Tokens: tokens}, log, rt.Metrics())
+	handler, err := httpapi.New(svc, httpapi.Options{MaxBodyBytes: cfg.Ingress.MaxBodyBytes, MaxInFlightBytes: cfg.Ingress.MaxInFlightBytes, Tokens: tokens}, log, rt.Metrics())
 	if err != nil {
 		return err
 	}

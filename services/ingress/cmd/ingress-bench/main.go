@@ -312,7 +312,7 @@ func runHandler(cfg config.Config, pub announce.Publisher, body []byte, d time.D
 	if err != nil {
 		return result{}, err
 	}
-	h, err := httpapi.New(svc, httpapi.Options{MaxBodyBytes: cfg.Ingress.MaxBodyBytes, Tokens: []string{cfg.Auth.Tokens[0].Value()}}, zerolog.Nop(), reg)
+	h, err := httpapi.New(svc, httpapi.Options{MaxBodyBytes: cfg.Ingress.MaxBodyBytes, MaxInFlightBytes: cfg.Ingress.MaxInFlightBytes, Tokens: []string{cfg.Auth.Tokens[0].Value()}}, zerolog.Nop(), reg)
 	if err != nil {
 		return result{}, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/announcer/announcer/pkg/metric"
 	"github.com/announcer/announcer/pkg/progress"
@@ -54,6 +55,11 @@ type Announcer interface {
 // Options configure the API.
 type Options struct {
 	MaxBodyBytes int64
+	// MaxInFlightBytes bounds the request bodies of the announce POSTs
+	// being handled at once (a body of unknown length counts as
+	// MaxBodyBytes); past it a POST is answered 503 at once, before its
+	// body is read. 0: no bound.
+	MaxInFlightBytes int64
 	// Tokens are the accepted bearer tokens; empty disables auth.
 	Tokens []string
 }
@@ -87,6 +93,7 @@ type api struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	panics   prometheus.Counter
+	inFlight *semaphore.Weighted // nil: no bound
 }
 
 // New returns the API's router.
@@ -106,6 +113,12 @@ func New(svc Announcer, opt Options, log zerolog.Logger, reg prometheus.Register
 	}
 	if err := ms.Err(); err != nil {
 		return nil, fmt.Errorf("httpapi: metrics: %w", err)
+	}
+	if opt.MaxInFlightBytes > 0 {
+		if opt.MaxInFlightBytes < opt.MaxBodyBytes {
+			return nil, errors.New("httpapi: max in-flight bytes must hold one request of max body bytes")
+		}
+		a.inFlight = semaphore.NewWeighted(opt.MaxInFlightBytes)
 	}
 	// Hash tokens so every comparison is over equal lengths: the length of a
 	// configured token must not leak through timing either.
@@ -179,6 +192,22 @@ func (a *api) list(c *gin.Context) {
 
 func (a *api) handle(route string, decode func([]byte) (announce.Request, error)) gin.HandlerFunc {
 	return func(c *gin.Context) {
+		if a.inFlight != nil {
+			// The memory a POST holds grows with its body: bodies, not
+			// requests, are what the bound counts.
+			n := c.Request.ContentLength
+			if n < 0 || n > a.opt.MaxBodyBytes {
+				n = a.opt.MaxBodyBytes
+			}
+			n = max(n, 1)
+			if !a.inFlight.TryAcquire(n) {
+				c.Header("Retry-After", "1")
+				fail(c, http.StatusServiceUnavailable, "", "too many announcements in flight ("+
+					strconv.FormatInt(a.opt.MaxInFlightBytes, 10)+" bytes of requests): retry later")
+				return
+			}
+			defer a.inFlight.Release(n)
+		}
 		body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, a.opt.MaxBodyBytes))
 		if err != nil {
 			var mbe *http.MaxBytesError

@@ -298,6 +298,53 @@ func (s slowAnnouncer) Announce(context.Context, announce.Request, string, annou
 	return announce.Outcome{ID: "drained"}, nil
 }
 
+// Past the in-flight byte bound a POST is answered 503 with Retry-After at
+// once; once the requests in flight are answered, POSTs are taken again.
+func TestInFlightBytesAreBounded(t *testing.T) {
+	a := onceSlow{slowAnnouncer{started: make(chan struct{}), release: make(chan struct{})}, &sync.Once{}}
+	body := `{"channel_id": 1, "message": "x"}`
+	h, err := New(a, Options{MaxBodyBytes: 1024, MaxInFlightBytes: 1024 + int64(len(body))/2}, zerolog.Nop(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan response, 1)
+	go func() { first <- do(t, h, "POST", RouteChannel, body) }()
+	<-a.started
+	// A body of unknown length counts as max_body_bytes.
+	req := httptest.NewRequest("POST", RouteChannel, io.NopCloser(strings.NewReader(body)))
+	req.ContentLength = -1
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" || !strings.Contains(rec.Body.String(), "in flight") {
+		t.Fatalf("a POST past the bound: %d %v %s", rec.Code, rec.Header(), rec.Body.String())
+	}
+	close(a.release)
+	if r := <-first; r.code != http.StatusAccepted {
+		t.Fatalf("the POST in flight: %d %s", r.code, r.raw)
+	}
+	if r := do(t, h, "POST", RouteChannel, body); r.code != http.StatusAccepted {
+		t.Fatalf("a POST after the bound freed: %d %s", r.code, r.raw)
+	}
+	if _, err := New(a, Options{MaxBodyBytes: 1024, MaxInFlightBytes: 1000}, zerolog.Nop(), prometheus.NewRegistry()); err == nil {
+		t.Fatal("a bound smaller than one request was accepted")
+	}
+}
+
+// onceSlow is slowAnnouncer for its first call; later calls answer at once.
+type onceSlow struct {
+	slowAnnouncer
+	once *sync.Once
+}
+
+func (s onceSlow) Announce(ctx context.Context, req announce.Request, source string, key announce.Key) (announce.Outcome, error) {
+	slow := false
+	s.once.Do(func() { slow = true })
+	if slow {
+		return s.slowAnnouncer.Announce(ctx, req, source, key)
+	}
+	return announce.Outcome{ID: "quick"}, nil
+}
+
 func TestServerDrainsInFlightRequests(t *testing.T) {
 	a := slowAnnouncer{started: make(chan struct{}), release: make(chan struct{})}
 	h, err := New(a, Options{MaxBodyBytes: 1024}, zerolog.Nop(), prometheus.NewRegistry())
