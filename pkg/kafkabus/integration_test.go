@@ -120,17 +120,25 @@ func TestReaderKeepsItsConnectionThroughBrokerPauses(t *testing.T) {
 	}
 }
 
-// Log starts and ends of a topic's partitions, in one request per leader.
-func TestOffsetsOfEveryPartition(t *testing.T) {
+// fivePerThree is a new topic of 3 partitions holding 5 records, with a
+// client of it and a context for the test.
+func fivePerThree(t *testing.T, prefix string) (stacktest.Env, string, context.Context, *kafkabus.Client) {
+	t.Helper()
 	env := stacktest.Get(t)
-	topic := kafkatest.Topics(t, env.KafkaBrokers, 3, "offsets")[0]
+	topic := kafkatest.Topics(t, env.KafkaBrokers, 3, prefix)[0]
 	// No keys: the records go round the partitions.
 	x := kafka.Message{Value: []byte("x")}
 	kafkatest.Produce(t, env.KafkaBrokers, topic, x, x, x, x, x)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
 	c := kafkabus.NewClient(kafkabus.Plaintext(env.KafkaBrokers), 10*time.Second, topic)
-	defer c.Close()
+	t.Cleanup(c.Close)
+	return env, topic, ctx, c
+}
+
+// Log starts and ends of a topic's partitions, in one request per leader.
+func TestOffsetsOfEveryPartition(t *testing.T) {
+	_, topic, ctx, c := fivePerThree(t, "offsets")
 	ends, err := c.Offsets(ctx, kafka.LastOffset, map[string][]int{topic: {0, 1, 2}})
 	if err != nil {
 		t.Fatal(err)
@@ -153,14 +161,8 @@ func TestOffsetsOfEveryPartition(t *testing.T) {
 // PinUncommitted commits the log end of each partition a group never
 // committed, leaves committed ones alone, and refuses a group with members.
 func TestPinUncommitted(t *testing.T) {
-	env := stacktest.Get(t)
-	topic := kafkatest.Topics(t, env.KafkaBrokers, 3, "pin")[0]
+	env, topic, ctx, c := fivePerThree(t, "pin")
 	x := kafka.Message{Value: []byte("x")}
-	kafkatest.Produce(t, env.KafkaBrokers, topic, x, x, x, x, x)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c := kafkabus.NewClient(kafkabus.Plaintext(env.KafkaBrokers), 10*time.Second, topic)
-	defer c.Close()
 	group := stacktest.Name("pin_group")
 	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, group)
 

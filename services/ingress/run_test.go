@@ -319,17 +319,25 @@ func TestKafkaInput(t *testing.T) {
 	}
 }
 
-// By default a new input group starts at the end of its topics: pointing the
-// ingress at a topic with history (the first generation's input, say) does
-// not announce that history again.
-func TestKafkaInputNewGroupStartsAtTheEnd(t *testing.T) {
+// inputRig is an ingress reading a new input topic of 2 partitions with a
+// new group at the default start (latest); both go when the test ends.
+func inputRig(t *testing.T, prefix string) (stacktest.Env, config.Config, string) {
+	t.Helper()
 	env := stacktest.Get(t)
-	input := kafkatest.Topics(t, env.KafkaBrokers, 2, "ingress_in_latest")[0]
+	input := kafkatest.Topics(t, env.KafkaBrokers, 2, prefix)[0]
 	cfg := baseConfig(env.KafkaBrokers)
 	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, lanes(cfg)[0], lanes(cfg)[1], cfg.Bus.DeadLetterTopic)
 	cfg.KafkaConsumer.Topics = input
 	cfg.KafkaConsumer.GroupName = stacktest.Name("ingress_group")
 	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, cfg.KafkaConsumer.GroupName)
+	return env, cfg, input
+}
+
+// By default a new input group starts at the end of its topics: pointing the
+// ingress at a topic with history (the first generation's input, say) does
+// not announce that history again.
+func TestKafkaInputNewGroupStartsAtTheEnd(t *testing.T) {
+	env, cfg, input := inputRig(t, "ingress_in_latest")
 	old := `{"usernames": ["history"], "message": "` + b64(tpl) + `"}`
 	kafkatest.Produce(t, env.KafkaBrokers, input, kafka.Message{Value: []byte(old)}, kafka.Message{Value: []byte(old)})
 
@@ -365,13 +373,7 @@ func keyFor(t *testing.T, p, n int) []byte {
 // while the service ran is not skipped after a restart: a record written
 // to it while the service was down is announced.
 func TestKafkaInputIdlePartitionKeepsRecordsAcrossARestart(t *testing.T) {
-	env := stacktest.Get(t)
-	input := kafkatest.Topics(t, env.KafkaBrokers, 2, "ingress_in_idle")[0]
-	cfg := baseConfig(env.KafkaBrokers)
-	kafkatest.DeleteAtEnd(t, env.KafkaBrokers, lanes(cfg)[0], lanes(cfg)[1], cfg.Bus.DeadLetterTopic)
-	cfg.KafkaConsumer.Topics = input
-	cfg.KafkaConsumer.GroupName = stacktest.Name("ingress_group")
-	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, cfg.KafkaConsumer.GroupName)
+	env, cfg, input := inputRig(t, "ingress_in_idle")
 	body := func(user string) []byte {
 		return []byte(`{"usernames": ["` + user + `"], "message": "` + b64(tpl) + `"}`)
 	}

@@ -53,6 +53,14 @@ func newWorld(t *testing.T, mod func(*audience.Config)) *world {
 		sink:     &audiencetest.Sink{},
 		reg:      prometheus.NewRegistry(),
 	}
+	w.r = w.resolver(t, w.reg, mod)
+	return w
+}
+
+// resolver is a fanout worker over the world's stores and sink, its
+// metrics on reg (another worker needs a registry of its own).
+func (w *world) resolver(t *testing.T, reg prometheus.Registerer, mod func(*audience.Config)) *audience.Resolver {
+	t.Helper()
 	cfg := audience.Config{
 		Nodes: twoNodes, BatchSize: 10, ShardSize: 50, PageSize: 7, ScanCount: 5, MaxInFlight: 3, RouteUsers: true,
 		Retry: backoff.Policy{Initial: time.Millisecond, Max: 5 * time.Millisecond},
@@ -60,12 +68,11 @@ func newWorld(t *testing.T, mod func(*audience.Config)) *world {
 	if mod != nil {
 		mod(&cfg)
 	}
-	r, err := audience.New(cfg, w.members, w.presence, w.sink, w.sink, zerolog.Nop(), w.reg)
+	r, err := audience.New(cfg, w.members, w.presence, w.sink, w.sink, zerolog.Nop(), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.r = r
-	return w
+	return r
 }
 
 func channelEvent(ref announcement.ChannelRef) announcement.Event {

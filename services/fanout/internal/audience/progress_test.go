@@ -4,13 +4,10 @@ import (
 	"context"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 
 	"github.com/announcer/announcer/pkg/announcement"
-	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
@@ -185,13 +182,7 @@ func TestAChannelCutTwiceKeepsTheFirstCut(t *testing.T) {
 	_ = first.presence.SetOnline(ctx, "10.0.0.1", late...)
 
 	// The worker that takes the event over: same stores, a count of its own.
-	second, err := audience.New(audience.Config{
-		Nodes: twoNodes, BatchSize: 10, ShardSize: 50, PageSize: 7, ScanCount: 5, MaxInFlight: 3, RouteUsers: true,
-		Retry: backoff.Policy{Initial: time.Millisecond, Max: 5 * time.Millisecond}, Progress: rec,
-	}, first.members, first.presence, first.sink, first.sink, zerolog.Nop(), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	second := first.resolver(t, prometheus.NewRegistry(), func(c *audience.Config) { c.Progress = rec })
 	if res, err := second.Resolve(ctx, ev); err != nil || res.Outcome != audience.Split || res.Shards != 4 {
 		t.Fatalf("the second cut: %+v %v, want the first cut's 4 shards", res, err)
 	}

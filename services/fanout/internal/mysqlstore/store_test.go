@@ -117,16 +117,12 @@ func audienceRef(id int64) announcement.ChannelRef { return announcement.Channel
 func TestNullsAndMissingColumns(t *testing.T) {
 	f := newFixture(t).(fixture)
 	ctx := context.Background()
-	for _, q := range []string{
+	execAll(t, f.Store.DB(),
 		"ALTER TABLE ws_channel_members MODIFY member_username VARCHAR(191) NULL",
 		"ALTER TABLE ws_channel_data MODIFY channel_state VARCHAR(32) NULL",
 		"INSERT INTO ws_channel_data (channel_id, channel_channelid, channel_state) VALUES (1, 'one', 'ACCEPTED'), (2, 'two', NULL)",
 		"INSERT INTO ws_channel_members (member_id, member_channelid, member_username) VALUES (1, 1, 'a'), (2, 1, NULL), (3, 1, 'c')",
-	} {
-		if _, err := f.Store.DB().ExecContext(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
+	)
 	page, err := f.Members(ctx, 1, 0, 0, 10, nil)
 	if err != nil || len(page) != 3 || page[1].ID != 2 || page[1].Username != "" || page[2].Username != "c" {
 		t.Fatalf("members %+v, err %v; want the NULL row as an empty name, in its place", page, err)
@@ -148,15 +144,11 @@ func TestNullsAndMissingColumns(t *testing.T) {
 func TestUnsignedMemberIDs(t *testing.T) {
 	f := newFixture(t).(fixture)
 	ctx := context.Background()
-	for _, q := range []string{
+	execAll(t, f.Store.DB(),
 		"ALTER TABLE ws_channel_members MODIFY member_id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT",
 		"INSERT INTO ws_channel_data (channel_id, channel_channelid, channel_state) VALUES (1, 'one', 'ACCEPTED')",
 		"INSERT INTO ws_channel_members (member_id, member_channelid, member_username) VALUES (5, 1, 'a'), (9, 1, 'b')",
-	} {
-		if _, err := f.Store.DB().ExecContext(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
+	)
 	page, err := f.Members(ctx, 1, 0, 0, 10, nil)
 	if err != nil || len(page) != 2 || page[0].ID != 5 || page[1].ID != 9 || page[1].Username != "b" {
 		t.Fatalf("members %+v, err %v; want ids 5 and 9", page, err)
@@ -169,15 +161,11 @@ func TestUnsignedMemberIDs(t *testing.T) {
 func TestDroppedMemberIndexIsLookedUpAgain(t *testing.T) {
 	f := newFixture(t).(fixture)
 	ctx := context.Background()
-	for _, q := range []string{
+	execAll(t, f.Store.DB(),
 		"INSERT INTO ws_channel_data (channel_id, channel_channelid, channel_state) VALUES (1, 'one', 'ACCEPTED')",
 		"INSERT INTO ws_channel_members (member_id, member_channelid, member_username) VALUES (5, 1, 'a'), (9, 1, 'b')",
 		"ALTER TABLE ws_channel_members ADD INDEX newer (member_channelid, member_id, member_username)",
-	} {
-		if _, err := f.Store.DB().ExecContext(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
+	)
 	before, err := f.MemberIndex(ctx)
 	if err != nil || before == "" {
 		t.Fatalf("index %q, %v", before, err)
@@ -191,6 +179,16 @@ func TestDroppedMemberIndexIsLookedUpAgain(t *testing.T) {
 	})
 	if after, _ := f.MemberIndex(ctx); after == before || after == "" {
 		t.Fatalf("index %q after dropping %q", after, before)
+	}
+}
+
+// execAll runs the statements in order, failing t at the first error.
+func execAll(t *testing.T, db *sql.DB, statements ...string) {
+	t.Helper()
+	for _, q := range statements {
+		if _, err := db.ExecContext(context.Background(), q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
 	}
 }
 

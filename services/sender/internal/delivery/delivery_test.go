@@ -80,6 +80,13 @@ func (l *fakeLink) MulticastRefusals() int64 {
 
 func (l *fakeLink) Release() { l.released = true }
 
+// text is what was written so far.
+func (l *fakeLink) text() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.written.String()
+}
+
 // fakeLinks hands out the given links in order, then blocks until ctx ends.
 type fakeLinks struct {
 	mu    sync.Mutex

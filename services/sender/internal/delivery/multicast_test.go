@@ -143,20 +143,13 @@ func TestRefusalAfterTheFenceSendsTheBatchAgain(t *testing.T) {
 	if !strings.Contains(first.written.String(), "addresses") {
 		t.Fatalf("the first batch did not go as a multicast: %s", first.written.String())
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
+	testkit.Background(t, "resends", s.Run)
 	s.MulticastRefused()
 	want := strings.ReplaceAll(plainTmpl, "%s", "a@localhost") + strings.ReplaceAll(plainTmpl, "%s", "b@localhost")
-	testkit.Eventually(t, 5*time.Second, "the multicast batch sent again", func() bool {
-		next.mu.Lock()
-		defer next.mu.Unlock()
-		return next.written.String() == want
-	})
+	testkit.Eventually(t, 5*time.Second, "the multicast batch sent again", func() bool { return next.text() == want })
 	if mc.Enabled() || testutil.ToFloat64(m.multicastOff) != 1 {
 		t.Fatalf("multicast on %v, fallbacks %v: want off and 1", mc.Enabled(), testutil.ToFloat64(m.multicastOff))
 	}
-	cancel()
-	<-done
 }
 
 // duringFence is a link that runs fn while a multicast fence is out: a
@@ -184,19 +177,12 @@ func TestRefusalDuringTheBatchSendsItAgain(t *testing.T) {
 	if err := s.Deliver(ctx, multicastBatch("a", "b")); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
+	testkit.Background(t, "resends", s.Run)
 	want := strings.ReplaceAll(plainTmpl, "%s", "a@localhost") + strings.ReplaceAll(plainTmpl, "%s", "b@localhost")
-	testkit.Eventually(t, 5*time.Second, "the batch sent again", func() bool {
-		next.mu.Lock()
-		defer next.mu.Unlock()
-		return next.written.String() == want
-	})
+	testkit.Eventually(t, 5*time.Second, "the batch sent again", func() bool { return next.text() == want })
 	if testutil.ToFloat64(m.multicastOff) != 1 {
 		t.Fatalf("fallbacks %v, want 1", testutil.ToFloat64(m.multicastOff))
 	}
-	cancel()
-	<-done
 }
 
 // A multicast larger than the limiter's burst is paid for in several reservations.

@@ -27,8 +27,7 @@ func TestShutdownResendsRecentBatches(t *testing.T) {
 	if err := s.Deliver(ctx, batch("c")); err != nil { // on slot 1
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
+	testkit.Background(t, "resends", s.Run)
 	s.ServerClosed(0)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -54,8 +53,6 @@ func TestShutdownResendsRecentBatches(t *testing.T) {
 	if testutil.ToFloat64(m.shutdownResends) != 2 {
 		t.Fatalf("shutdown_resends_total = %v after the second close, want 2", testutil.ToFloat64(m.shutdownResends))
 	}
-	cancel()
-	<-done
 }
 
 // A slow batch (fenced in steps) goes again from its first recipient after
@@ -77,25 +74,18 @@ func TestShutdownResendsASlowBatchWhole(t *testing.T) {
 		t.Fatalf("steps %+v: want a slow batch fenced in steps to its end", p.steps)
 	}
 	p.position = 60 // what the store answers now
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
+	testkit.Background(t, "resends", s.Run)
 	s.ServerClosed(0)
 	testkit.Eventually(t, 5*time.Second, "the slow batch sent again", func() bool {
-		next.mu.Lock()
-		defer next.mu.Unlock()
-		return strings.Count(next.written.String(), "<message") == 60
+		return strings.Count(next.text(), "<message") == 60
 	})
-	next.mu.Lock()
-	got := next.written.String()
-	next.mu.Unlock()
+	got := next.text()
 	if !strings.HasPrefix(got, stanzaFor("u0@localhost", 10)) {
 		t.Fatalf("sent again from the wrong place: %.200s…", got)
 	}
 	if r := testutil.ToFloat64(m.resumed); r != 0 {
 		t.Fatalf("resumed_recipients_total = %v: a shutdown resend must not resume", r)
 	}
-	cancel()
-	<-done
 }
 
 // Batches older than the window are not kept.
