@@ -166,7 +166,7 @@ func TestPinUncommitted(t *testing.T) {
 	group := stacktest.Name("pin_group")
 	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, group)
 
-	n, err := c.PinUncommitted(ctx, group, []string{topic})
+	n, err := pin(ctx, c, group, topic)
 	if err != nil || n != 3 {
 		t.Fatalf("first pin: %d partitions, %v; want 3", n, err)
 	}
@@ -181,7 +181,7 @@ func TestPinUncommitted(t *testing.T) {
 		}
 	}
 	kafkatest.Produce(t, env.KafkaBrokers, topic, x, x, x)
-	if n, err := c.PinUncommitted(ctx, group, []string{topic}); err != nil || n != 0 {
+	if n, err := pin(ctx, c, group, topic); err != nil || n != 0 {
 		t.Fatalf("second pin: %d partitions, %v; want none", n, err)
 	}
 	if again := kafkatest.Committed(t, env.KafkaBrokers, group, topic, 3); fmt.Sprint(again) != fmt.Sprint(committed) {
@@ -190,7 +190,7 @@ func TestPinUncommitted(t *testing.T) {
 
 	// A topic that does not exist yet has nothing to pin.
 	missing := stacktest.Name("pin_missing")
-	if n, err := c.PinUncommitted(ctx, group, []string{missing}); err != nil || n != 0 {
+	if n, err := pin(ctx, c, group, missing); err != nil || n != 0 {
 		t.Fatalf("pin of a topic that does not exist: %d partitions, %v; want none, no error", n, err)
 	}
 
@@ -203,7 +203,21 @@ func TestPinUncommitted(t *testing.T) {
 	testkit.Eventually(t, 20*time.Second, "the reader in its group", func() bool {
 		return kafkatest.AssignedMembers(env.KafkaBrokers, busy) == 1
 	})
-	if _, err := c.PinUncommitted(ctx, busy, []string{topic}); !errors.Is(err, kafkabus.ErrGroupBusy) {
+	if _, err := pin(ctx, c, busy, topic); !errors.Is(err, kafkabus.ErrGroupBusy) {
 		t.Fatalf("pin of a group with a member: %v, want ErrGroupBusy", err)
+	}
+}
+
+// pin is PinUncommitted, tried again while the group's coordinator is not
+// ready (a broker just started is still loading its offsets topic), as the
+// stage runtime tries again.
+func pin(ctx context.Context, c *kafkabus.Client, group, topic string) (int, error) {
+	for {
+		n, err := c.PinUncommitted(ctx, group, []string{topic})
+		if !errors.Is(err, kafka.NotCoordinatorForGroup) && !errors.Is(err, kafka.GroupCoordinatorNotAvailable) &&
+			!errors.Is(err, kafka.GroupLoadInProgress) || ctx.Err() != nil {
+			return n, err
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
