@@ -105,13 +105,15 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	// (or failed), so the first batches do not all go one stanza per recipient.
 	auto := cfg.Sender.Multicast == config.MulticastAuto
 	var own *stage.Gate
+	var in *intake
 	if len(peers) > 0 || auto {
-		own = stage.NewGate(!auto)
+		in = newIntake(!auto)
+		own = in.gate
 	}
 	var multicast *delivery.Multicast
 	if auto {
 		multicast = &delivery.Multicast{Service: cfg.MulticastJID(), Max: cfg.Sender.MulticastMax}
-		rt.Serve("multicast probe", probeMulticast(pool, multicast, own, log, metrics))
+		rt.Serve("multicast probe", probeMulticast(pool, multicast, in.probeAnswered, log, metrics))
 	}
 	sender = delivery.New(delivery.Options{
 		UserDomain:   cfg.UserDomain(),
@@ -168,7 +170,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		groups := kafkabus.NewClient(rt.Bus(), 5*time.Second, topic)
 		rt.OnClose(func() error { groups.Close(); return nil })
 		watcher := failover.New(failover.Options{Node: node.Name, After: cfg.Sender.FailoverAfter.D()},
-			func() bool { return pool.Up() > 0 }, []failover.Gate{own}, ps, groups, log, failover.NewMetrics(metrics))
+			func() bool { return pool.Up() > 0 }, []failover.Gate{in}, ps, groups, log, failover.NewMetrics(metrics))
 		rt.Serve("failover", watcher.Run)
 	}
 	if h.runtime != nil {
@@ -181,7 +183,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 // probeMulticast switches multicast on once the service copied one message
 // to Max addresses of ours: a service whose limits are lower would refuse
 // (or cut) real multicasts. It tries again with backoff until it works.
-func probeMulticast(pool *xmpplink.Pool, mc *delivery.Multicast, intake *stage.Gate, log zerolog.Logger, reg prometheus.Registerer) func(context.Context) error {
+func probeMulticast(pool *xmpplink.Pool, mc *delivery.Multicast, answered func(), log zerolog.Logger, reg prometheus.Registerer) func(context.Context) error {
 	metric.Must(reg).GaugeFunc("multicast_enabled",
 		"1 while batches go out as XEP-0033 multicasts: the service took a probe of [sender] multicast_max addresses, and has refused none since.",
 		func() float64 {
@@ -196,7 +198,7 @@ func probeMulticast(pool *xmpplink.Pool, mc *delivery.Multicast, intake *stage.G
 			err := pool.ProbeMulticast(ctx, mc.Max)
 			if err == nil {
 				mc.Enable(true)
-				intake.Set(true)
+				answered()
 				log.Info().Str("service", mc.Service).Int("max", mc.Max).Msg("multicast on: the service took a probe of max addresses")
 				<-ctx.Done()
 				return nil
@@ -204,7 +206,7 @@ func probeMulticast(pool *xmpplink.Pool, mc *delivery.Multicast, intake *stage.G
 			if ctx.Err() != nil {
 				return nil
 			}
-			intake.Set(true)
+			answered()
 			log.Warn().Err(err).Msg("multicast stays off for now (one stanza per recipient); probing again")
 			if backoff.Sleep(ctx, policy.Delay(attempt)) != nil {
 				return nil
