@@ -86,21 +86,22 @@ type BatchSink interface {
 	WriteBatches(ctx context.Context, batches []announcement.Batch) error
 }
 
-// PartialWriteError is a write of which only some batches were acknowledged:
-// Failed are the indices of the others. Only those are written again, so a
-// partial failure does not duplicate what is already durable.
+// PartialWriteError is a write of which only some batches (or shard tasks)
+// were acknowledged: Failed are the indices of the others. Only those are
+// written again, so a partial failure does not duplicate what is already durable.
 type PartialWriteError struct {
 	Failed []int
 	Err    error
 }
 
 func (e *PartialWriteError) Error() string {
-	return fmt.Sprintf("%d batches not acknowledged: %v", len(e.Failed), e.Err)
+	return fmt.Sprintf("%d records not acknowledged: %v", len(e.Failed), e.Err)
 }
 
 func (e *PartialWriteError) Unwrap() error { return e.Err }
 
 // TaskSink queues shard tasks for any fanout worker; it returns when all are acknowledged.
+// When only some were, it returns a *PartialWriteError naming the others.
 type TaskSink interface {
 	WriteTasks(ctx context.Context, tasks []announcement.Event) error
 }

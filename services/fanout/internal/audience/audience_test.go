@@ -239,6 +239,32 @@ func TestGiantChannelSplitsIntoShards(t *testing.T) {
 	}
 }
 
+// A write of shard tasks that Kafka acknowledged in part writes only the
+// rest again: a task written twice would send its whole shard twice.
+func TestPartlyWrittenShardTasksAreNotWrittenTwice(t *testing.T) {
+	w := newWorld(t, nil) // ShardSize 50
+	w.seedChannel(t, 1, audience.StateAccepted, 173)
+	first := true
+	w.sink.PartialTasks = func(tasks []announcement.Event) []int {
+		if !first {
+			return nil
+		}
+		first = false
+		return []int{1, 3}
+	}
+	res, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 1}))
+	if err != nil || res.Outcome != audience.Split || res.Shards != 4 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	var got []int
+	for _, task := range w.sink.Tasks {
+		got = append(got, task.Shard.Index)
+	}
+	if !slices.Equal(got, []int{0, 2, 1, 3}) {
+		t.Fatalf("tasks written: shards %v, want 0 and 2, then only 1 and 3 again", got)
+	}
+}
+
 // A giant channel's member count serves its next announcements for
 // CountMaxAge: they read only the channel's bounds, and the shards still
 // cover members added since. A channel of one shard is counted every time.

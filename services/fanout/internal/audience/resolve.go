@@ -303,7 +303,20 @@ func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result,
 			Priority: ev.Priority, DryRun: ev.DryRun,
 		}
 	}
-	if err := r.retry(ctx, depKafka, func() error { return r.tasks.WriteTasks(ctx, tasks) }); err != nil {
+	pending := tasks
+	if err := r.retry(ctx, depKafka, func() error {
+		err := r.tasks.WriteTasks(ctx, pending)
+		var partial *PartialWriteError
+		if errors.As(err, &partial) {
+			// A task written twice is a shard sent twice: only the rest goes again.
+			rest := make([]announcement.Event, 0, len(partial.Failed))
+			for _, i := range partial.Failed {
+				rest = append(rest, pending[i])
+			}
+			pending = rest
+		}
+		return err
+	}); err != nil {
 		return Result{}, err
 	}
 	r.plan(ctx, ev, len(shards), true)

@@ -74,19 +74,26 @@ func (p *Sink) WriteBatches(ctx context.Context, batches []announcement.Batch) e
 			Headers: []kafka.Header{{Key: announcement.HeaderPersist, Value: persist}}}
 	}
 	if err := p.batches.WriteMessages(ctx, msgs...); err != nil {
-		var we kafka.WriteErrors
-		if errors.As(err, &we) && len(we) == len(msgs) {
-			partial := &audience.PartialWriteError{Err: fmt.Errorf("kafka: write %d batches: %w", len(msgs), err)}
-			for i, e := range we {
-				if e != nil {
-					partial.Failed = append(partial.Failed, i)
-				}
-			}
-			return partial
-		}
-		return fmt.Errorf("kafka: write %d batches: %w", len(msgs), err)
+		return partialOf(err, len(msgs), "batches")
 	}
 	return nil
+}
+
+// partialOf names the records of a write of n that Kafka did not
+// acknowledge (a *audience.PartialWriteError), when it says which.
+func partialOf(err error, n int, what string) error {
+	err = fmt.Errorf("kafka: write %d %s: %w", n, what, err)
+	var we kafka.WriteErrors
+	if !errors.As(err, &we) || len(we) != n {
+		return err
+	}
+	partial := &audience.PartialWriteError{Err: err}
+	for i, e := range we {
+		if e != nil {
+			partial.Failed = append(partial.Failed, i)
+		}
+	}
+	return partial
 }
 
 // WriteTasks implements audience.TaskSink.
@@ -108,7 +115,7 @@ func (p *Sink) WriteTasks(ctx context.Context, tasks []announcement.Event) error
 		msgs[i] = kafka.Message{Topic: topic, Key: []byte(key), Value: v}
 	}
 	if err := p.tasks.WriteMessages(ctx, msgs...); err != nil {
-		return fmt.Errorf("kafka: write %d shard tasks: %w", len(msgs), err)
+		return partialOf(err, len(msgs), "shard tasks")
 	}
 	return nil
 }

@@ -225,6 +225,8 @@ type Sink struct {
 	// Partial, when set, names the batches of a write that fail (the others are
 	// recorded, as Kafka keeps what it acknowledged).
 	Partial func(batches []announcement.Batch) []int
+	// PartialTasks does the same for the shard tasks of a write.
+	PartialTasks func(tasks []announcement.Event) []int
 	// Block, when set, receives before every write returns (tests hold writes in flight).
 	Block chan struct{}
 	inFly int
@@ -297,9 +299,20 @@ func (s *Sink) WriteTasks(_ context.Context, tasks []announcement.Event) error {
 			return err
 		}
 	}
+	var failed []int
+	if s.PartialTasks != nil {
+		failed = s.PartialTasks(tasks)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.Tasks = append(s.Tasks, tasks...)
+	for i, task := range tasks {
+		if !slices.Contains(failed, i) {
+			s.Tasks = append(s.Tasks, task)
+		}
+	}
+	if len(failed) > 0 {
+		return &audience.PartialWriteError{Failed: failed, Err: errors.New("leader not available")}
+	}
 	return nil
 }
 
