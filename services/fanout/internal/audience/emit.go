@@ -167,21 +167,7 @@ func (e *emitter) send() {
 		return // counted by cut, never written
 	}
 	e.g.Go(func() error {
-		pending := batches
-		err := e.r.retry(e.ctx, depKafka, func() error {
-			err := e.r.batches.WriteBatches(e.ctx, pending)
-			var partial *PartialWriteError
-			if errors.As(err, &partial) {
-				// What was acknowledged is durable: only the rest goes again.
-				rest := make([]announcement.Batch, 0, len(partial.Failed))
-				for _, i := range partial.Failed {
-					rest = append(rest, pending[i])
-				}
-				pending = rest
-			}
-			return err
-		})
-		if err != nil {
+		if err := writeAll(e.ctx, e.r, batches, e.r.batches.WriteBatches); err != nil {
 			return err
 		}
 		for i := range batches {

@@ -236,6 +236,25 @@ func (c channelRef) String() string {
 
 func channelOf(ev *announcement.Event) fmt.Stringer { return channelRef{ev.Channel} }
 
+// writeAll writes records to Kafka with r.retry. After a write that Kafka
+// acknowledged in part (*PartialWriteError), only the rest goes again: what
+// was acknowledged is durable, and written twice it would be sent twice.
+func writeAll[T any](ctx context.Context, r *Resolver, records []T, write func(context.Context, []T) error) error {
+	pending := records
+	return r.retry(ctx, depKafka, func() error {
+		err := write(ctx, pending)
+		var partial *PartialWriteError
+		if errors.As(err, &partial) {
+			rest := make([]T, 0, len(partial.Failed))
+			for _, i := range partial.Failed {
+				rest = append(rest, pending[i])
+			}
+			pending = rest
+		}
+		return err
+	})
+}
+
 // retry runs op until it succeeds or ctx ends, counting and (sparsely) logging failures.
 // Transient failures are retried until ctx ends; ErrPermanent ones only
 // permanentTries times.
@@ -303,20 +322,8 @@ func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result,
 			Priority: ev.Priority, DryRun: ev.DryRun,
 		}
 	}
-	pending := tasks
-	if err := r.retry(ctx, depKafka, func() error {
-		err := r.tasks.WriteTasks(ctx, pending)
-		var partial *PartialWriteError
-		if errors.As(err, &partial) {
-			// A task written twice is a shard sent twice: only the rest goes again.
-			rest := make([]announcement.Event, 0, len(partial.Failed))
-			for _, i := range partial.Failed {
-				rest = append(rest, pending[i])
-			}
-			pending = rest
-		}
-		return err
-	}); err != nil {
+	// A task written twice is a shard sent twice.
+	if err := writeAll(ctx, r, tasks, r.tasks.WriteTasks); err != nil {
 		return Result{}, err
 	}
 	r.plan(ctx, ev, len(shards), true)
