@@ -91,6 +91,58 @@ func (r *leaderOffsets) Split(cluster protocol.Cluster) ([]protocol.Message, pro
 	return msgs, new(listoffsets.Response), nil
 }
 
+// GroupOffsets are the partitions of some topics and a group's committed
+// offsets of them.
+type GroupOffsets struct {
+	Partitions map[string][]int         // topic → partition ids
+	Committed  map[string]map[int]int64 // topic → partition → offset; absent: none committed
+	Unknown    []string                 // topics the cluster does not have
+}
+
+// GroupOffsets asks for the partitions of topics and the group's committed
+// offsets of them. A topic the cluster does not have is listed in Unknown,
+// not an error: each caller decides what it means.
+func (c *Client) GroupOffsets(ctx context.Context, group string, topics []string) (GroupOffsets, error) {
+	g := GroupOffsets{Partitions: map[string][]int{}, Committed: map[string]map[int]int64{}}
+	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+	if err != nil {
+		return g, fmt.Errorf("metadata: %w", err)
+	}
+	for _, t := range md.Topics {
+		if errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
+			g.Unknown = append(g.Unknown, t.Name)
+			continue
+		}
+		if t.Error != nil {
+			return g, fmt.Errorf("metadata of %s: %w", t.Name, t.Error)
+		}
+		for _, p := range t.Partitions {
+			g.Partitions[t.Name] = append(g.Partitions[t.Name], p.ID)
+		}
+	}
+	if len(g.Partitions) == 0 {
+		return g, nil
+	}
+	res, err := c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: g.Partitions})
+	if err == nil && res.Error != nil {
+		err = res.Error
+	}
+	if err != nil {
+		return g, fmt.Errorf("committed offsets of %s: %w", group, err)
+	}
+	for topic, ps := range res.Topics {
+		for _, p := range ps {
+			if p.Error == nil && p.CommittedOffset >= 0 {
+				if g.Committed[topic] == nil {
+					g.Committed[topic] = map[int]int64{}
+				}
+				g.Committed[topic][p.Partition] = p.CommittedOffset
+			}
+		}
+	}
+	return g, nil
+}
+
 // ErrGroupBusy says a group's offsets could not be set from outside it: the
 // group has members (Kafka takes commits of generation -1 only from an empty group).
 var ErrGroupBusy = errors.New("the group has members")
@@ -104,44 +156,16 @@ var ErrGroupBusy = errors.New("the group has members")
 // beginning. It returns how many partitions it pinned; ErrGroupBusy when the
 // group has members, which own its commits.
 func (c *Client) PinUncommitted(ctx context.Context, group string, topics []string) (int, error) {
-	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+	// A topic made later (Unknown now) holds nothing older than the group:
+	// its partitions may start at their beginning.
+	g, err := c.GroupOffsets(ctx, group, topics)
 	if err != nil {
-		return 0, fmt.Errorf("metadata: %w", err)
-	}
-	parts := map[string][]int{}
-	for _, t := range md.Topics {
-		// A topic made later holds nothing older than the group: its
-		// partitions may start at their beginning.
-		if errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
-			continue
-		}
-		if t.Error != nil {
-			return 0, fmt.Errorf("metadata of %s: %w", t.Name, t.Error)
-		}
-		for _, p := range t.Partitions {
-			parts[t.Name] = append(parts[t.Name], p.ID)
-		}
-	}
-	if len(parts) == 0 {
-		return 0, nil
-	}
-	committed, err := c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: parts})
-	if err == nil && committed.Error != nil {
-		err = committed.Error
-	}
-	if err != nil {
-		return 0, fmt.Errorf("committed offsets of %s: %w", group, err)
+		return 0, err
 	}
 	missing := map[string][]int{}
-	for topic, ps := range parts {
-		have := map[int]bool{}
-		for _, p := range committed.Topics[topic] {
-			if p.Error == nil && p.CommittedOffset >= 0 {
-				have[p.Partition] = true
-			}
-		}
+	for topic, ps := range g.Partitions {
 		for _, p := range ps {
-			if !have[p] {
+			if _, ok := g.Committed[topic][p]; !ok {
 				missing[topic] = append(missing[topic], p)
 			}
 		}

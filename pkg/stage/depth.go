@@ -46,33 +46,18 @@ type partitionDepth struct {
 // starts are asked for those partitions alone, and each leader is asked once:
 // this runs every report period in every replica.
 func (d *depth) measure(ctx context.Context) ([]partitionDepth, error) {
-	md, err := d.client.Metadata(ctx, &kafka.MetadataRequest{Topics: d.topics})
+	g, err := d.client.GroupOffsets(ctx, d.group, d.topics)
 	if err != nil {
-		return nil, fmt.Errorf("metadata: %w", err)
+		return nil, err
 	}
-	parts := map[string][]int{}
-	fetch := &kafka.OffsetFetchRequest{GroupID: d.group, Topics: parts}
-	for _, t := range md.Topics {
-		if t.Error != nil {
-			return nil, fmt.Errorf("metadata of %s: %w", t.Name, t.Error)
-		}
-		for _, p := range t.Partitions {
-			parts[t.Name] = append(parts[t.Name], p.ID)
-		}
+	if len(g.Unknown) > 0 {
+		return nil, fmt.Errorf("metadata of %s: %w", g.Unknown[0], kafka.UnknownTopicOrPartition)
 	}
-	committed, err := d.client.OffsetFetch(ctx, fetch)
-	if err == nil && committed.Error != nil {
-		err = committed.Error
-	}
-	if err != nil {
-		return nil, fmt.Errorf("committed offsets of %s: %w", d.group, err)
-	}
+	parts := g.Partitions
 	done := map[topicPartition]int64{}
-	for topic, ps := range committed.Topics {
-		for _, p := range ps {
-			if p.CommittedOffset >= 0 {
-				done[topicPartition{topic, p.Partition}] = p.CommittedOffset
-			}
+	for topic, ps := range g.Committed {
+		for p, off := range ps {
+			done[topicPartition{topic, p}] = off
 		}
 	}
 	ends, err := d.client.Offsets(ctx, kafka.LastOffset, parts)
