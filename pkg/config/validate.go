@@ -126,8 +126,7 @@ func (c *Config) validateIngress(p *problems) {
 	}
 	p.positive("[ingress] publish_timeout", c.Ingress.PublishTimeout)
 	p.positive("[ingress] preview_timeout", c.Ingress.PreviewTimeout)
-	// The API server ends a response after MaxResponseTime: a dry run must answer (504 with its id, at
-	// worst) before the connection is cut.
+	// A dry run must answer (504 with its id, at worst) before the API server cuts the connection.
 	if sum := c.Ingress.PublishTimeout.D() + c.Ingress.PreviewTimeout.D(); sum > MaxPreviewWait {
 		p.bad("[ingress] publish_timeout + preview_timeout = %s: at most %s (the API server cuts a response after 60 s)", sum, MaxPreviewWait)
 	}

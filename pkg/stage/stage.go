@@ -345,9 +345,7 @@ func (in Input) readerOptions() kafkabus.ReaderOptions {
 // while no member runs. It reports whether the reader may start uncommitted
 // partitions (added to a topic since) at their beginning; false when the
 // group already has members, which leaves kafka-go's start at the end.
-func pinStart(ctx context.Context, cluster kafkabus.Cluster, in Input, log zerolog.Logger) bool {
-	client := kafkabus.NewClient(cluster, 10*time.Second, in.Topics...)
-	defer client.Close()
+func pinStart(ctx context.Context, client *kafkabus.Client, in Input, log zerolog.Logger) bool {
 	pinned := false
 	err := backoff.Retry(ctx, backoff.Policy{Initial: 200 * time.Millisecond, Max: 5 * time.Second}, func() error {
 		n, err := client.PinUncommitted(ctx, in.Group, in.Topics)
@@ -465,9 +463,11 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 		joined.Store(false)
 		// kafka-go joins the group as soon as a reader exists: one made before
 		// its topics would be assigned nothing and stay that way.
+		client := kafkabus.NewClient(cluster, 10*time.Second, in.Topics...)
+		defer client.Close()
 		opts := in.readerOptions()
 		if in.StartAtEnd {
-			opts.StartAtEnd = !pinStart(ctx, cluster, in, log)
+			opts.StartAtEnd = !pinStart(ctx, client, in, log)
 		}
 		reader := kafkabus.NewReader(cluster, in.Group, in.Topics, opts)
 		defer func() {
@@ -475,8 +475,6 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 				log.Warn().Err(err).Msg("closing the reader")
 			}
 		}()
-		client := kafkabus.NewClient(cluster, 10*time.Second, in.Topics...)
-		defer client.Close()
 		wctx, stop := context.WithCancel(ctx)
 		var watchers sync.WaitGroup
 		defer watchers.Wait()
