@@ -268,23 +268,32 @@ func (s *Sink) WriteBatches(ctx context.Context, batches []announcement.Batch) e
 			return ctx.Err()
 		}
 	}
+	return write(s, "batches", &s.Batches, batches, s.Partial, func(b announcement.Batch) announcement.Batch {
+		b.Recipients = slices.Clone(b.Recipients)
+		return b
+	})
+}
+
+// write is a write of records (kind: "batches" or "tasks", as Fail is told):
+// it fails as Fail says, and otherwise keeps (through keep) in dst the
+// records partial does not name, as Kafka keeps what it acknowledged,
+// reporting the others as a partial write.
+func write[T any](s *Sink, kind string, dst *[]T, records []T, partial func([]T) []int, keep func(T) T) error {
 	if s.Fail != nil {
-		if err := s.Fail("batches"); err != nil {
+		if err := s.Fail(kind); err != nil {
 			return err
 		}
 	}
 	var failed []int
-	if s.Partial != nil {
-		failed = s.Partial(batches)
+	if partial != nil {
+		failed = partial(records)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i, b := range batches {
-		if slices.Contains(failed, i) {
-			continue
+	for i, r := range records {
+		if !slices.Contains(failed, i) {
+			*dst = append(*dst, keep(r))
 		}
-		b.Recipients = slices.Clone(b.Recipients)
-		s.Batches = append(s.Batches, b)
 	}
 	if len(failed) > 0 {
 		return &audience.PartialWriteError{Failed: failed, Err: errors.New("leader not available")}
@@ -294,26 +303,7 @@ func (s *Sink) WriteBatches(ctx context.Context, batches []announcement.Batch) e
 
 // WriteTasks implements audience.TaskSink.
 func (s *Sink) WriteTasks(_ context.Context, tasks []announcement.Event) error {
-	if s.Fail != nil {
-		if err := s.Fail("tasks"); err != nil {
-			return err
-		}
-	}
-	var failed []int
-	if s.PartialTasks != nil {
-		failed = s.PartialTasks(tasks)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i, task := range tasks {
-		if !slices.Contains(failed, i) {
-			s.Tasks = append(s.Tasks, task)
-		}
-	}
-	if len(failed) > 0 {
-		return &audience.PartialWriteError{Failed: failed, Err: errors.New("leader not available")}
-	}
-	return nil
+	return write(s, "tasks", &s.Tasks, tasks, s.PartialTasks, func(t announcement.Event) announcement.Event { return t })
 }
 
 // Recipients returns node → usernames in (announcement, shard, seq) order:
