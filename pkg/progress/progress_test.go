@@ -251,6 +251,39 @@ func TestStepsAndResumePosition(t *testing.T) {
 	}
 }
 
+// A batch key ends once even when two copies of it differ: a shard resolved
+// again after a crash (presence changed between the runs) numbers its
+// batches from 0 again, so one key can be fenced with other recipients.
+// Counting each copy would end the announcement before its other batches.
+func TestTwoCopiesOfABatchEndItOnce(t *testing.T) {
+	env := stacktest.Get(t)
+	f := newFixture(t, env.RedisAddr, false)
+	ev := event("copies", announcement.KindAllOnline)
+	f.begin(t, ev)
+	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 4, Online: 4, Recipients: 4, Batches: 2})
+	first, redo := batch(ev.ID, 0, 0, "a", "b"), batch(ev.ID, 0, 0, "a", "c")
+	key := BatchKey(first)
+	f.tracker.Fenced(ev.ID, whole(first))
+	f.tracker.Fenced(ev.ID, whole(redo))
+	// Fast batches carry no digest ("-"): copies of other lengths match.
+	f.tracker.Fenced(ev.ID, Step{Batch: key, Pos: 3, Len: 3, Confirmed: 3, Written: 3, Digest: "-"})
+	f.tracker.Fenced(ev.ID, Step{Batch: key, Pos: 4, Len: 4, Confirmed: 1, Written: 4, Digest: "-"})
+	f.tracker.Dead(ev.ID, key, 2)
+	f.tracker.Fenced(ev.ID, Step{Batch: key, Pos: 1, Len: 1, Confirmed: 1, Written: 1, Digest: "-"})
+	a := f.until(t, ev.ID, "the copies counted", func(a Announcement) bool { return a.Stanzas.Sent == 12 })
+	if a.State == StateDone || a.Batches.Done != 1 {
+		t.Fatalf("one of two batches ended (in copies): state %s, batches %+v", a.State, a.Batches)
+	}
+	if pos, err := f.store.Position(context.Background(), ev.ID, key, "-"); err != nil || pos != 4 {
+		t.Fatalf("position %d, %v; want 4 (the last copy fenced)", pos, err)
+	}
+	f.tracker.Fenced(ev.ID, whole(batch(ev.ID, 0, 1, "e", "f")))
+	a = f.until(t, ev.ID, "done", func(a Announcement) bool { return a.State == StateDone })
+	if a.Batches.Done != 2 {
+		t.Fatalf("batches %+v; want 2 done", a.Batches)
+	}
+}
+
 // A dead-lettered batch ends what it had not fenced as dead-lettered, once,
 // and counts as done.
 func TestDeadLetteredBatchCountsAsDone(t *testing.T) {

@@ -137,24 +137,28 @@ return 1
 // confirmed in this step, ARGV[7] invalid recipients skipped in it, ARGV[8]
 // stanzas written in it, ARGV[9] digest of the batch's recipients.
 // The position field holds "<pos>:<digest>": a step counts only past the
-// position already recorded for the same content.
+// position already recorded for the same content. A leading '!' marks a
+// batch key already counted done: a shard resolved again after a crash
+// numbers its batches from 0 again, and a copy with other recipients under
+// the same key must not end a second batch.
 var scriptFenced = redis.NewScript(prelude + `
 local f = 'b:' .. ARGV[3]
 redis.call('HINCRBY', rec, 'sent', ARGV[8])
-local cur = redis.call('HGET', rec, f)
+local cur = redis.call('HGET', rec, f) or ''
+local ended = string.sub(cur, 1, 1) == '!'
 local old = 0
-if cur then
-  local p, d = string.match(cur, '^(%d+):(.*)$')
-  if d == ARGV[9] then old = num(p) end
-end
+local p, d = string.match(cur, '^!?(%d+):(.*)$')
+if d == ARGV[9] then old = num(p) end
 local pos, len = num(ARGV[4]), num(ARGV[5])
 if pos > old then
-  redis.call('HSET', rec, f, pos .. ':' .. ARGV[9])
+  local mark = ended and '!' or ''
+  if pos >= len and old < len and not ended and not redis.call('HGET', rec, 'd:' .. ARGV[3]) then
+    redis.call('HINCRBY', rec, 'bdone', 1)
+    mark = '!'
+  end
+  redis.call('HSET', rec, f, mark .. pos .. ':' .. ARGV[9])
   redis.call('HINCRBY', rec, 'confirmed', ARGV[6])
   if num(ARGV[7]) > 0 then redis.call('HINCRBY', rec, 'invalid', ARGV[7]) end
-  if pos >= len and old < len and not redis.call('HGET', rec, 'd:' .. ARGV[3]) then
-    redis.call('HINCRBY', rec, 'bdone', 1)
-  end
 end
 advance('sending')
 complete()
@@ -175,11 +179,13 @@ return 1
 var scriptDead = redis.NewScript(prelude + `
 local k = ARGV[3]
 if redis.call('HSETNX', rec, 'd:' .. k, '1') == 1 then
-  local pos = num(string.match(redis.call('HGET', rec, 'b:' .. k) or '0', '^(%d+)'))
+  local cur = redis.call('HGET', rec, 'b:' .. k) or '0'
+  local pos = num(string.match(cur, '^!?(%d+)'))
   local len = num(ARGV[4])
   if pos < len then
     redis.call('HINCRBY', rec, 'dead', len - pos)
-    redis.call('HINCRBY', rec, 'bdone', 1)
+    -- a copy of the key that ended (see fenced) already counted it
+    if string.sub(cur, 1, 1) ~= '!' then redis.call('HINCRBY', rec, 'bdone', 1) end
   end
   complete()
 end

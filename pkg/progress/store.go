@@ -303,7 +303,7 @@ func (s *Store) Position(ctx context.Context, id, batch, digest string) (int, er
 	if err != nil {
 		return 0, err
 	}
-	pos, d, ok := strings.Cut(v, ":")
+	pos, d, ok := strings.Cut(strings.TrimPrefix(v, "!"), ":") // "!": the key ended (see scriptFenced)
 	if !ok || d != digest {
 		return 0, nil
 	}
