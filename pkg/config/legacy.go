@@ -21,6 +21,9 @@ var sectionAliases = map[string]string{
 
 // retiredKeys are keys the first generation read that have no meaning here, and why.
 var retiredKeys = map[string]map[string]string{
+	"kafka-consumer": {
+		"commit_offset_interval": "offsets are committed per record, once the next stage (the internal topic or the dead-letter topic) has it",
+	},
 	"user-activity-redis": {
 		"check_interval": "connections are checked when used and by /readyz, and failures are retried with backoff",
 	},
@@ -30,9 +33,15 @@ var retiredKeys = map[string]map[string]string{
 }
 
 // movedKeys are keys with another name here: section.key → section.key ("" section = top level).
+// The name here wins over an old one; of two old names of one key, the earlier entry wins.
 var movedKeys = []struct{ fromSection, fromKey, toSection, toKey string }{
+	// From 2018-09 the first generation read these instead of input_buffer/output_buffer.
+	{"", "input_queue_length", "", "input_buffer"},
+	{"", "output_queue_length", "", "output_buffer"},
 	{"kafka-producer", "max_retry", "kafka-producer", "MaxRetry"},
 	{"user-activity-redis", "gmet_buffer", "", "user_activity_ask_buffer"},
+	{"user-activity-redis", "mget_buffer", "", "user_activity_ask_buffer"}, // 2018's spelling of gmet_buffer
+	{"log", "log_point", "log", "log_dst"},                                 // 2018-08's name of the log file
 }
 
 // migrate rewrites raw (a decoded TOML document) in place. notes say what was
@@ -53,24 +62,30 @@ func migrate(raw map[string]any) (notes, warnings []string, changed bool, err er
 		changed = true
 		notes = append(notes, fmt.Sprintf("[%s] read as [%s]", old, name))
 	}
+	// movedBy names the old key a target was filled from, so that a second
+	// old name of it is warned about as what the file really set.
+	movedBy := map[string]string{}
 	for _, m := range movedKeys {
-		from := tableOf(raw, m.fromSection)
+		from := sectionOf(raw, m.fromSection)
 		v, ok := from[m.fromKey]
 		if !ok {
 			continue
 		}
 		delete(from, m.fromKey)
 		changed = true
-		to := raw
-		if m.toSection != "" {
-			to = tableOf(raw, m.toSection)
-		}
+		to := sectionOf(raw, m.toSection)
+		fromName, toName := keyName(m.fromSection, m.fromKey), keyName(m.toSection, m.toKey)
 		if _, set := to[m.toKey]; set {
-			warnings = append(warnings, fmt.Sprintf("%s is ignored: %s is also set and wins", keyName(m.fromSection, m.fromKey), keyName(m.toSection, m.toKey)))
+			winner := toName
+			if by, ok := movedBy[toName]; ok {
+				winner = by + " (read as " + toName + ")"
+			}
+			warnings = append(warnings, fmt.Sprintf("%s is ignored: %s is also set and wins", fromName, winner))
 			continue
 		}
 		to[m.toKey] = v
-		notes = append(notes, fmt.Sprintf("%s read as %s", keyName(m.fromSection, m.fromKey), keyName(m.toSection, m.toKey)))
+		movedBy[toName] = fromName
+		notes = append(notes, fmt.Sprintf("%s read as %s", fromName, toName))
 	}
 	for _, section := range sortedKeys(retiredKeys) {
 		table := tableOf(raw, section)
@@ -91,6 +106,15 @@ func tableOf(raw map[string]any, section string) map[string]any {
 		return t
 	}
 	return map[string]any{}
+}
+
+// sectionOf returns raw itself for the top level ("") and otherwise raw's
+// table section, which is not in raw when the file has no such section.
+func sectionOf(raw map[string]any, section string) map[string]any {
+	if section == "" {
+		return raw
+	}
+	return tableOf(raw, section)
 }
 
 // has reports whether the file set section.key.

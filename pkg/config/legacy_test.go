@@ -90,6 +90,114 @@ func TestOldSectionAndKeyNamesLoad(t *testing.T) {
 	}
 }
 
+// Keys the first generation's code read in its 2018 versions (service/main.go,
+// and example/main.go before it): the queue lengths, the Kafka commit interval,
+// mget_buffer and log_point, under the [kafka] and [redis] aliases too.
+func TestFirstGenerationCodeKeysLoad(t *testing.T) {
+	c, err := Parse([]byte(`input_queue_length = 300
+output_queue_length = 400
+
+[log]
+log_level = "info"
+log_point = "/var/log/announcer/announcer.log"
+
+[kafka]
+topics = "push-in"
+commit_offset_interval = 5
+
+[redis]
+cluster_nodes = "10.0.0.7:6379"
+mget_buffer = 120
+
+[mysql]
+address = "10.0.0.6:3306"
+db = "d"
+
+[kafka-producer]
+topics = "storage"
+
+[ejabberd]
+cluster_nodes = "10.0.0.8:8889"
+
+[component]
+name = "announcer"
+secret = "s"
+domain = "example.org"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect(t, []check{
+		{"input_queue_length", c.InputBuffer, 300},
+		{"output_queue_length", c.OutputBuffer, 400},
+		{"mget_buffer", c.UserActivityAskBuffer, 120},
+		{"log_point", c.Log.Dst, "/var/log/announcer/announcer.log"},
+		{"[log] log_level", c.Log.Level, "info"},
+		{"[kafka] topics", c.KafkaConsumer.Topics, "push-in"},
+		{"[redis] cluster_nodes", c.UserActivityRedis.ClusterNodes, "10.0.0.7:6379"},
+	})
+	for _, n := range []string{
+		"input_queue_length read as input_buffer",
+		"output_queue_length read as output_buffer",
+		"[user-activity-redis] mget_buffer read as user_activity_ask_buffer",
+		"[log] log_point read as [log] log_dst",
+	} {
+		if !contains(c.Notes, n) {
+			t.Errorf("notes %q lack %q", c.Notes, n)
+		}
+	}
+	if !contains(c.Warnings, "[kafka-consumer] commit_offset_interval is no longer needed and ignored: offsets are committed per record") {
+		t.Errorf("warnings %q do not retire commit_offset_interval", c.Warnings)
+	}
+	if err := c.Validate(RoleIngress, RoleFanout, RoleSender, RoleArchiver); err != nil {
+		t.Fatal(err)
+	}
+	for _, old := range []string{"input_queue_length", "output_queue_length", "mget_buffer", "log_point", "commit_offset_interval"} {
+		if strings.Contains(c.String(), old) {
+			t.Errorf("-check-config output still shows %s:\n%s", old, c.String())
+		}
+	}
+}
+
+// Next to this generation's name, an old one is ignored with a warning; of the
+// two old names of the presence chunk, gmet_buffer (the later one) wins.
+func TestFirstGenerationCodeKeysLoseToTheirNewNames(t *testing.T) {
+	c, err := Parse([]byte(`input_buffer = 10
+input_queue_length = 300
+output_queue_length = 400
+
+[log]
+log_dst = "/new.log"
+log_point = "/old.log"
+
+[kafka-consumer]
+commit_offset_interval = 5
+
+[user-activity-redis]
+gmet_buffer = 250
+mget_buffer = 120
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect(t, []check{
+		{"input_buffer", c.InputBuffer, 10},
+		{"output_queue_length alone", c.OutputBuffer, 400},
+		{"gmet_buffer", c.UserActivityAskBuffer, 250},
+		{"log_dst", c.Log.Dst, "/new.log"},
+	})
+	for _, w := range []string{
+		"input_queue_length is ignored: input_buffer is also set and wins",
+		"[log] log_point is ignored: [log] log_dst is also set and wins",
+		"[user-activity-redis] mget_buffer is ignored: [user-activity-redis] gmet_buffer (read as user_activity_ask_buffer) is also set and wins",
+		"[kafka-consumer] commit_offset_interval is no longer needed",
+	} {
+		if !contains(c.Warnings, w) {
+			t.Errorf("warnings %q lack %q", c.Warnings, w)
+		}
+	}
+}
+
 func TestRedisSectionAlias(t *testing.T) {
 	c := mustLoad(t, "testdata/redis-section.toml")
 	if c.UserActivityRedis.ClusterNodes != "10.0.0.7:6379,10.0.0.9:6379" || c.UserActivityRedis.Password.Value() != "pw" ||
