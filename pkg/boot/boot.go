@@ -3,9 +3,11 @@ package boot
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"syscall"
@@ -48,17 +50,24 @@ func Main[H any](role config.Role, args []string, stderr io.Writer, run RunFunc[
 	if apply != nil {
 		apply(&cfg)
 	}
-	if err := cfg.Validate(role); err != nil {
-		fmt.Fprintf(stderr, "config %s is invalid:\n%v\n", *path, err)
-		return 2
-	}
+	err = cfg.Validate(role)
 	if *check {
+		// How the file was read explains its problems too, so it comes first.
 		for _, n := range cfg.Notes {
 			fmt.Fprintln(stderr, "note:", n)
 		}
 		for _, w := range cfg.Warnings {
 			fmt.Fprintln(stderr, "warning:", w)
 		}
+		// The unit runs the check in the service's sandbox (ExecStartPre): a
+		// log file it cannot open would otherwise fail every start after "valid".
+		err = errors.Join(err, checkLogDst(cfg.Log.Dst))
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "config %s is invalid:\n%v\n", *path, err)
+		return 2
+	}
+	if *check {
 		fmt.Fprintf(stderr, "config %s is valid for %s\n", *path, role)
 		fmt.Fprint(os.Stdout, cfg.String())
 		return 0
@@ -85,4 +94,33 @@ func Main[H any](role config.Role, args []string, stderr io.Writer, run RunFunc[
 	}
 	log.Info().Msg("stopped")
 	return 0
+}
+
+// checkLogDst opens dst for append as logging.New will, creating it when
+// missing; a file only the check created is removed again, so that a check
+// run by another user (root) leaves no file the service then cannot open.
+func checkLogDst(dst string) error {
+	if dst == "" {
+		return nil
+	}
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_APPEND, 0)
+	created := false
+	if errors.Is(err, fs.ErrNotExist) {
+		f, err = os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o640)
+		created = err == nil
+		if errors.Is(err, fs.ErrExist) { // created meanwhile (by the service itself, say)
+			f, err = os.OpenFile(dst, os.O_WRONLY|os.O_APPEND, 0)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("[log] log_dst: %w", err)
+	}
+	err = f.Close()
+	if created {
+		err = errors.Join(err, os.Remove(dst))
+	}
+	if err != nil {
+		return fmt.Errorf("[log] log_dst: %w", err)
+	}
+	return nil
 }
