@@ -91,8 +91,71 @@ func systemdDuration(s string) (time.Duration, error) {
 
 var envRef = regexp.MustCompile(`\$\{(\w+)\}`)
 
+// stopBudgets are how long each role may take from SIGTERM to the end of its
+// stop: the stage runtime's ShutdownTimeout, which bounds the whole stop
+// (pkg/lifecycle Run). source holds the lines of services/<role>/run.go the
+// budget is taken from; TestStopBudgetsMatchTheServices fails when they
+// change, so this table (and the stop timeouts it checks) must follow.
+var stopBudgets = map[config.Role]struct {
+	source []string
+	budget func(config.Config) time.Duration
+}{
+	// services/ingress/run.go: the configurable [ingress] shutdown_timeout.
+	config.RoleIngress: {[]string{"rt.ShutdownTimeout = cfg.Ingress.ShutdownTimeout.D()"},
+		func(c config.Config) time.Duration { return c.Ingress.ShutdownTimeout.D() }},
+	// services/fanout/run.go: drainTimeout (5 s) + 10 s.
+	config.RoleFanout: {[]string{"const drainTimeout = 5 * time.Second", "rt.ShutdownTimeout = drainTimeout + 10*time.Second"},
+		func(config.Config) time.Duration { return 5*time.Second + 10*time.Second }},
+	// services/sender/run.go: [sender] fence_timeout (default 30 s) + 15 s.
+	config.RoleSender: {[]string{"rt.ShutdownTimeout = cfg.Sender.FenceTimeout.D() + 15*time.Second"},
+		func(c config.Config) time.Duration { return c.Sender.FenceTimeout.D() + 15*time.Second }},
+	// services/archiver/run.go: drainTimeout (20 s) + 15 s.
+	config.RoleArchiver: {[]string{"drainTimeout = 20 * time.Second", "rt.ShutdownTimeout = drainTimeout + 15*time.Second"},
+		func(config.Config) time.Duration { return 20*time.Second + 15*time.Second }},
+}
+
+// stopMargin is what a stop timeout leaves beyond the budget, for what runs
+// after it: the closers (Kafka writers, stores, the debug listener) and the exit.
+const stopMargin = 5 * time.Second
+
+// stopBudget is role's budget under the longest of cfgs.
+func stopBudget(t *testing.T, role config.Role, cfgs ...config.Config) time.Duration {
+	t.Helper()
+	b, ok := stopBudgets[role]
+	if !ok {
+		t.Fatalf("no stop budget for %s", role)
+	}
+	var longest time.Duration
+	for _, c := range cfgs {
+		longest = max(longest, b.budget(c))
+	}
+	return longest
+}
+
+// The budgets above are still what the services do.
+func TestStopBudgetsMatchTheServices(t *testing.T) {
+	for _, role := range roles {
+		b, ok := stopBudgets[role]
+		if !ok {
+			t.Errorf("%s: no stop budget", role)
+			continue
+		}
+		path := filepath.Join(repoRoot, "services", string(role), "run.go")
+		src := string(readFile(t, path))
+		for _, line := range b.source {
+			if !strings.Contains(src, line) {
+				t.Errorf("%s no longer has %q: update stopBudgets and the stop timeouts of the units and the compose file", path, line)
+			}
+		}
+	}
+}
+
 func TestSystemdUnits(t *testing.T) {
-	drain := config.Default().Ingress.ShutdownTimeout.D()
+	// The units run with the config installed from configs/announcer.toml, or one left at the defaults.
+	shipped, err := config.Load(filepath.Join(repoRoot, "configs", "announcer.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, su := range serviceUnits {
 		t.Run(su.file, func(t *testing.T) {
 			u := parseUnit(t, filepath.Join(systemdDir, su.file))
@@ -142,9 +205,11 @@ func TestSystemdUnits(t *testing.T) {
 			if d, err := systemdDuration(rs); err != nil || d <= 0 {
 				t.Errorf("RestartSec=%q: want a positive delay", rs)
 			}
+			// systemd kills what is still running after TimeoutStopSec: the stop must be over by then.
+			budget := stopBudget(t, su.role, config.Default(), shipped)
 			ts, _ := u.last("Service.TimeoutStopSec")
-			if d, err := systemdDuration(ts); err != nil || d <= drain {
-				t.Errorf("TimeoutStopSec=%q: want longer than the %s a service takes to drain", ts, drain)
+			if d, err := systemdDuration(ts); err != nil || d < budget+stopMargin {
+				t.Errorf("TimeoutStopSec=%q: want at least %s, the %s the %s may take to stop plus %s", ts, budget+stopMargin, budget, su.role, stopMargin)
 			}
 			nofile, _ := u.last("Service.LimitNOFILE")
 			if n, err := strconv.Atoi(nofile); err != nil || n < 65536 {
