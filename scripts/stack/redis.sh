@@ -1,9 +1,12 @@
 # shellcheck shell=bash
 # Redis: a private, memory-only instance on 127.0.0.1 (daemonised, pid file). Sourced by stack.sh.
+# Only `stack.sh restart redis` keeps the data set over a restart (see redis_start).
 
 REDIS_DIR="$STACK_DIR/redis"
 REDIS_PIDFILE="$REDIS_DIR/run/redis.pid"
 REDIS_LOG="$REDIS_DIR/logs/redis.log"
+# The file SHUTDOWN SAVE writes in data/ and a start loads.
+REDIS_DUMP=dump.rdb
 
 redis_cli() { redis-cli -h "$STACK_HOST" -p "$REDIS_PORT" "$@"; }
 
@@ -39,8 +42,11 @@ CMDS
   log "redis: demo presence seeded (alice, bob online at 127.0.0.1; carol offline)"
 }
 
+# redis_start [keep-data]: --save '' only stops saving; Redis still loads the dump.rdb that
+# `stack.sh restart redis` (SHUTDOWN SAVE) left. Only that restart keeps it (keep-data): any other
+# start begins empty, as a memory-only stack should, instead of with an old run's test keys.
 redis_start() {
-  local pid
+  local pid keep="${1:-}"
   pid=$(redis_pid || true)
   if [[ -n "$pid" ]]; then
     await_running redis "$pid" "$REDIS_LOG" redis_ready
@@ -48,10 +54,11 @@ redis_start() {
   fi
   mkdir -p "$REDIS_DIR/data" "$REDIS_DIR/run" "$REDIS_DIR/logs"
   rm -f "$REDIS_PIDFILE"
+  [[ "$keep" == keep-data ]] || rm -f "$REDIS_DIR/data/$REDIS_DUMP"
   [[ -f "$REDIS_LOG" ]] && printf '\n===== start %s =====\n' "$(date -Is)" >>"$REDIS_LOG"
   redis-server --bind "$STACK_HOST" --port "$REDIS_PORT" --dir "$REDIS_DIR/data" \
     --daemonize yes --pidfile "$REDIS_PIDFILE" --logfile "$REDIS_LOG" \
-    --save '' --appendonly no --protected-mode yes --supervised no \
+    --save '' --dbfilename "$REDIS_DUMP" --appendonly no --protected-mode yes --supervised no \
     >>"$REDIS_DIR/logs/redis.out" 2>&1 </dev/null 9>&- || die "redis: redis-server failed to start (see $REDIS_LOG)"
   local deadline=$((SECONDS + 10))
   until [[ -s "$REDIS_PIDFILE" ]]; do

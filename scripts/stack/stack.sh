@@ -188,6 +188,7 @@ cmd_restart_ejabberd() {
 # cmd_restart SERVICE [SECONDS_DOWN]: a real restart of one server of the stack, as an operator would do it
 # (the fault suite's dependency restarts). Redis saves its data set first, as a Redis with
 # persistence does on shutdown: presence and the progress store survive, as they would in production.
+# Only this restart loads that dump; `up` starts Redis empty.
 cmd_restart() {
   local svc="${1:-}" down="${2:-0}" t0=$SECONDS
   case "$svc" in
@@ -206,7 +207,11 @@ cmd_restart() {
   sleep "$down"
   "${svc}_preflight" || die "cannot restart $svc: port(s) taken by processes that are not ours"
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-  "${svc}_start" || die "$svc did not come back"
+  if [[ "$svc" == redis ]]; then
+    redis_start keep-data || die "redis did not come back" # loads what SHUTDOWN SAVE wrote
+  else
+    "${svc}_start" || die "$svc did not come back"
+  fi
   log "$svc restarted in $((SECONDS - t0))s"
 }
 
