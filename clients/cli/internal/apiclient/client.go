@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -24,14 +25,23 @@ import (
 // fits many times over, a misbehaving server does not fill memory.
 const maxAnswer = 16 << 20
 
+// PreviewWait is the least a preview's POST waits for its answer: the server
+// may take publish_timeout + preview_timeout (at most 50 s, config's
+// MaxPreviewWait) before it answers 504 with the id; a client that gives up
+// sooner loses that id.
+const PreviewWait = 60 * time.Second
+
 // Config says where the API is and how to talk to it.
 type Config struct {
 	BaseURL string // e.g. http://127.0.0.1:8080; a path prefix is kept
 	Token   string // bearer token; empty sends no Authorization header
 	// Timeout bounds each HTTP request, each retry getting its own; 0 = 10s.
-	Timeout    time.Duration
-	HTTPClient *http.Client // nil = a client of its own
-	Retry      Retry
+	Timeout time.Duration
+	// PreviewTimeout bounds a preview's POST instead; 0 = the longer of
+	// Timeout and PreviewWait.
+	PreviewTimeout time.Duration
+	HTTPClient     *http.Client // nil = a client of its own
+	Retry          Retry
 }
 
 // Retry bounds the retries of a request that got no answer, timed out or was
@@ -44,11 +54,12 @@ type Retry struct {
 
 // Client talks to one API server.
 type Client struct {
-	base    string // without a trailing slash
-	token   string
-	timeout time.Duration
-	hc      *http.Client
-	retry   Retry
+	base           string // without a trailing slash
+	token          string
+	timeout        time.Duration
+	previewTimeout time.Duration
+	hc             *http.Client
+	retry          Retry
 }
 
 // New checks cfg and returns a client.
@@ -63,18 +74,22 @@ func New(cfg Config) (*Client, error) {
 	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
 		return nil, fmt.Errorf("api url %q: no query, fragment or user info", cfg.BaseURL)
 	}
-	if cfg.Timeout < 0 {
-		return nil, fmt.Errorf("timeout %v: want > 0", cfg.Timeout)
+	if cfg.Timeout < 0 || cfg.PreviewTimeout < 0 {
+		return nil, fmt.Errorf("timeout %v, preview timeout %v: want > 0", cfg.Timeout, cfg.PreviewTimeout)
 	}
 	c := &Client{
-		base:    strings.TrimRight(u.String(), "/"),
-		token:   cfg.Token,
-		timeout: cfg.Timeout,
-		hc:      cfg.HTTPClient,
-		retry:   cfg.Retry,
+		base:           strings.TrimRight(u.String(), "/"),
+		token:          cfg.Token,
+		timeout:        cfg.Timeout,
+		previewTimeout: cfg.PreviewTimeout,
+		hc:             cfg.HTTPClient,
+		retry:          cfg.Retry,
 	}
 	if c.timeout == 0 {
 		c.timeout = 10 * time.Second
+	}
+	if c.previewTimeout == 0 {
+		c.previewTimeout = max(c.timeout, PreviewWait)
 	}
 	if c.hc == nil {
 		c.hc = &http.Client{}
@@ -188,15 +203,19 @@ func (c *Client) Announce(ctx context.Context, req Request, key string) (Accepte
 }
 
 // Preview asks what req would reach without sending anything. A preview that
-// does not finish in time is an *Error with Status 504 and the ID to poll.
-// It is retried without a key: nothing is sent, so a repeat costs nothing.
+// does not finish in time is an *Error with Status 504 and the ID to poll; it
+// waits for the server's answer PreviewTimeout long, so as to get that ID.
+// Each POST that reaches the server starts a dry-run announcement of its own,
+// so it is repeated only after a 503 (the server asks for it) or when no
+// connection was made, never after a timeout or a dropped connection.
 func (c *Client) Preview(ctx context.Context, req Request) (*Announcement, error) {
 	path, body, err := req.encode(true)
 	if err != nil {
 		return nil, err
 	}
 	var a *Announcement
-	_, err = c.do(ctx, call{method: http.MethodPost, path: path, body: body, retry: true}, decodeInto(&a))
+	cl := call{method: http.MethodPost, path: path, body: body, retry: true, noResend: true, timeout: c.previewTimeout}
+	_, err = c.do(ctx, cl, decodeInto(&a))
 	if err != nil {
 		return nil, err
 	}
@@ -273,6 +292,10 @@ type call struct {
 	body   []byte
 	header http.Header
 	retry  bool
+	// noResend: not repeated once it may have reached the server, unless
+	// answered 503.
+	noResend bool
+	timeout  time.Duration // 0 = the client's
 }
 
 // do runs one call, retrying transient failures, and hands a 2xx body to
@@ -287,7 +310,8 @@ func (c *Client) do(ctx context.Context, cl call, decode func([]byte) error) (ht
 		if err == nil {
 			return h, nil
 		}
-		if attempt >= attempts || !Transient(err) || ctx.Err() != nil {
+		resend := !cl.noResend || !Reached(err) || StatusOf(err) == http.StatusServiceUnavailable
+		if attempt >= attempts || !Transient(err) || !resend || ctx.Err() != nil {
 			if attempt > 1 {
 				err = fmt.Errorf("after %d attempts: %w", attempt, err)
 			}
@@ -320,7 +344,11 @@ func (c *Client) backoff(attempt int, err error) time.Duration {
 }
 
 func (c *Client) once(ctx context.Context, cl call, decode func([]byte) error) (http.Header, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	timeout := c.timeout
+	if cl.timeout > 0 {
+		timeout = cl.timeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	u := c.base + cl.path
 	if len(cl.query) > 0 {
@@ -432,6 +460,17 @@ func Transient(err error) bool {
 	// A certificate the client refuses stays refused.
 	var cert *tls.CertificateVerificationError
 	return !errors.As(err, &cert)
+}
+
+// Reached reports whether the request that failed with err may have reached
+// the server: all but a connection that was never made.
+func Reached(err error) bool {
+	var te *TransportError
+	if !errors.As(err, &te) {
+		return true
+	}
+	var op *net.OpError
+	return !errors.As(err, &op) || op.Op != "dial"
 }
 
 // StatusOf is the HTTP status of err, 0 when it has none.

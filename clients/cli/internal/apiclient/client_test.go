@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -266,4 +268,67 @@ func ExampleError() {
 	err := &Error{Status: 409, Message: "Idempotency-Key reused with a different body", Field: "Idempotency-Key"}
 	fmt.Println(err)
 	// Output: HTTP 409: Idempotency-Key reused with a different body (field Idempotency-Key)
+}
+
+// Each preview POST that reaches the server is a dry run of its own: only a
+// 503 repeats it, not a timeout or a dropped connection.
+func TestPreviewIsNotRepeatedOnceSent(t *testing.T) {
+	s := newServer(t, drop, answer(200, `{"id": "p1", "state": "done", "dry_run": true}`))
+	_, err := s.client(t, "").Preview(context.Background(), channel42)
+	if err == nil || !Reached(err) || s.count() != 1 {
+		t.Errorf("dropped: %v after %d requests, want one", err, s.count())
+	}
+
+	s = newServer(t,
+		func(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done() },
+		answer(200, `{"id": "p1", "state": "done", "dry_run": true}`))
+	c, _ := New(Config{BaseURL: s.URL, HTTPClient: s.Client(), PreviewTimeout: 50 * time.Millisecond, Retry: Retry{Base: time.Millisecond}})
+	_, err = c.Preview(context.Background(), channel42)
+	if !errors.Is(err, context.DeadlineExceeded) || s.count() != 1 {
+		t.Errorf("timed out: %v after %d requests, want one", err, s.count())
+	}
+
+	s = newServer(t, answer(503, `{"error": "kafka unavailable"}`), answer(200, `{"id": "p1", "state": "done", "dry_run": true}`))
+	if a, err := s.client(t, "").Preview(context.Background(), channel42); err != nil || a.ID != "p1" || s.count() != 2 {
+		t.Errorf("503: %v, %v after %d requests, want p1 after 2", a, err, s.count())
+	}
+}
+
+func TestPreviewRetriesAConnectionNeverMade(t *testing.T) {
+	s := newServer(t, answer(200, `{"id": "p1", "state": "done", "dry_run": true}`))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := l.Addr().String()
+	l.Close()
+	var dials atomic.Int32
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if dials.Add(1) <= 2 {
+			addr = refused
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}}
+	t.Cleanup(tr.CloseIdleConnections)
+	c, _ := New(Config{BaseURL: s.URL, HTTPClient: &http.Client{Transport: tr}, Retry: Retry{Base: time.Millisecond}})
+	a, err := c.Preview(context.Background(), channel42)
+	if err != nil || a.ID != "p1" || s.count() != 1 || dials.Load() != 3 {
+		t.Errorf("%v, %v after %d dials and %d requests, want p1 after 3 and 1", a, err, dials.Load(), s.count())
+	}
+}
+
+func TestPreviewTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		timeout, preview, want time.Duration
+	}{
+		{0, 0, PreviewWait},
+		{10 * time.Second, 0, PreviewWait},
+		{2 * time.Minute, 0, 2 * time.Minute},
+		{10 * time.Second, time.Second, time.Second},
+	} {
+		c, err := New(Config{BaseURL: "http://x", Timeout: tc.timeout, PreviewTimeout: tc.preview})
+		if err != nil || c.previewTimeout != tc.want {
+			t.Errorf("timeout %v, preview timeout %v: %v (%v), want %v", tc.timeout, tc.preview, c.previewTimeout, err, tc.want)
+		}
+	}
 }

@@ -27,6 +27,7 @@ const (
 	ExitFailed      = 1   // an API error, a rejected or failed announcement
 	ExitUsage       = 2   // bad flags or arguments
 	ExitCancelled   = 3   // the announcement ended cancelled
+	ExitStalled     = 4   // following: no progress for --stall-after
 	ExitInterrupted = 130 // Ctrl-C: stopped following, nothing cancelled
 )
 
@@ -34,6 +35,10 @@ const (
 const (
 	DefaultURL     = "http://127.0.0.1:8080"
 	DefaultTimeout = 10 * time.Second
+	// DefaultStallAfter: a healthy announcement moves a figure with every
+	// batch, but one queued behind a giant channel on the same lanes may wait
+	// many minutes for its first; one still for this long is stuck.
+	DefaultStallAfter = 15 * time.Minute
 )
 
 // Env is everything a run uses from outside the process.
@@ -145,7 +150,8 @@ func newRoot(env Env) *cobra.Command {
 their progress, previews their audience, lists and cancels them.
 
 Exit codes: 0 ok, 1 failed (API error, rejected or failed announcement),
-2 usage, 3 cancelled, 130 interrupted (Ctrl-C; nothing cancelled).`,
+2 usage, 3 cancelled, 4 stalled (followed, no progress for --stall-after;
+nothing cancelled), 130 interrupted (Ctrl-C; nothing cancelled).`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}
@@ -162,7 +168,7 @@ Exit codes: 0 ok, 1 failed (API error, rejected or failed announcement),
 	f.StringVar(&g.url, "url", url, "base URL of the ingress API (env ANNOUNCER_URL)")
 	// No default shown: the token comes from the environment at run time and is never printed.
 	f.StringVar(&g.token, "token", "", "bearer token (default: env ANNOUNCER_TOKEN)")
-	f.DurationVar(&g.timeout, "timeout", DefaultTimeout, "timeout of each HTTP request")
+	f.DurationVar(&g.timeout, "timeout", DefaultTimeout, "timeout of each HTTP request (a preview's: at least 1m, as the server may take 50s)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		if !cmd.Flags().Changed("token") {
 			g.token = env.Getenv("ANNOUNCER_TOKEN")

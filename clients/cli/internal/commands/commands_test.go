@@ -542,6 +542,8 @@ func TestUsageErrors(t *testing.T) {
 		{"send", "--users", " , ", "--file", c.file},
 		{"send", "--channel", "1", "--file", c.file, "--idempotency-key", ""},
 		{"send", "--channel", "1", "--file", c.file, "--interval", "0s"},
+		{"send", "--channel", "1", "--file", c.file, "--stall-after", "-1s"},
+		{"status", "a", "--follow", "--stall-after", "-1s"},
 		{"status"},
 		{"status", "a", "b"},
 		{"status", "a", "--follow", "--json"},
@@ -608,5 +610,131 @@ func TestDoneFillsTheBar(t *testing.T) {
 				t.Errorf("the bar never reached 100%%:\n%q", r.stderr)
 			}
 		})
+	}
+}
+
+// A preview counted for longer than --timeout is still waited for, and its
+// one POST makes one dry run: the 504's id is what the operator gets.
+func TestPreviewWaitsForTheServersAnswer(t *testing.T) {
+	c := newCLI(t)
+	c.api.preview504 = true
+	c.api.previewDelay = 300 * time.Millisecond
+	r := c.run("--timeout", "50ms", "preview", "--channel", "42", "--file", c.file)
+	r.want(t, ExitFailed, "id=ann-1\n")
+	if !strings.Contains(r.stderr, "preview ann-1 is still computing") {
+		t.Errorf("stderr:\n%s", r.stderr)
+	}
+	if posts, _, _ := c.api.snapshot(); len(posts) != 1 || len(c.api.order) != 1 {
+		t.Errorf("%d POSTs made %d dry runs, want 1", len(posts), len(c.api.order))
+	}
+}
+
+func TestPreviewIsNotRepeatedOnceSent(t *testing.T) {
+	c := newCLI(t)
+	c.api.postFail = []string{"drop"}
+	r := c.run("preview", "--channel", "42", "--file", c.file)
+	r.want(t, ExitFailed)
+	if posts, _, _ := c.api.snapshot(); len(posts) != 1 {
+		t.Errorf("%d POSTs after a dropped connection, want 1", len(posts))
+	}
+	if !strings.Contains(r.stderr, "announcer list") {
+		t.Errorf("no hint to look for it:\n%s", r.stderr)
+	}
+
+	// A 503 asks for the retry.
+	c = newCLI(t)
+	c.api.postFail = []string{"503"}
+	c.run("preview", "--channel", "42", "--file", c.file).want(t, ExitOK, "recipients:")
+	if posts, _, _ := c.api.snapshot(); len(posts) != 2 {
+		t.Errorf("%d POSTs after a 503, want 2", len(posts))
+	}
+}
+
+func TestPreviewThatDidNotEnd(t *testing.T) {
+	for _, tc := range []struct {
+		state  apiclient.State
+		reason string
+		code   int
+	}{
+		{apiclient.StateRejected, "channel_not_found", ExitFailed},
+		{apiclient.StateRejected, "channel_not_accepted", ExitFailed},
+		{apiclient.StateFailed, "", ExitFailed},
+		{apiclient.StateCancelled, "cancelled by request", ExitCancelled},
+	} {
+		t.Run(string(tc.state)+" "+tc.reason, func(t *testing.T) {
+			c := newCLI(t)
+			c.api.preview = apiclient.Audience{Members: 7} // what a rejected one must not show
+			c.api.previewAs = func(a *apiclient.Announcement) {
+				a.State, a.Reason = tc.state, tc.reason
+				a.Audience = apiclient.Audience{}
+			}
+			r := c.run("preview", "--channel", "typo", "--file", c.file)
+			r.want(t, tc.code)
+			want := "preview ann-1 ended " + string(tc.state)
+			if tc.reason != "" {
+				want += " (reason " + value(tc.reason) + ")"
+			}
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+			}
+			if strings.Contains(r.stdout, "recipients") || strings.Contains(r.stdout, "online") {
+				t.Errorf("an audience shown for a preview that counted none:\n%s", r.stdout)
+			}
+		})
+	}
+}
+
+// An announcement whose figures stop moving (its progress updates lost) is
+// not followed forever.
+func TestFollowStopsWhenStalled(t *testing.T) {
+	c := newCLI(t)
+	c.api.script = sendScript()
+	c.api.hold = 2 // sending, 100 of 500 confirmed, from then on
+	start := time.Now()
+	r := c.run("send", "--channel", "42", "--file", c.file, "--interval", "2ms", "--stall-after", "100ms")
+	r.want(t, ExitStalled, "id=ann-1\n", "state=sending recipients=500 confirmed=100 ")
+	if d := time.Since(start); d < 100*time.Millisecond {
+		t.Errorf("gave up after %v, before --stall-after", d)
+	}
+	for _, s := range []string{"announcement ann-1 has made no progress for 100ms", "(still sending, 100 of 500 recipients settled)", "not cancelled"} {
+		if !strings.Contains(r.stderr, s) {
+			t.Errorf("stderr lacks %q:\n%s", s, r.stderr)
+		}
+	}
+	c.wantDeletes(0)
+
+	c.run("status", "ann-1", "--follow", "--interval", "2ms", "--stall-after", "20ms").want(t, ExitStalled, "state=sending")
+}
+
+func TestStallWatch(t *testing.T) {
+	a := &apiclient.Announcement{ID: "x", State: apiclient.StateSending}
+	w := stallWatch{after: time.Minute}
+	steps := []struct {
+		at     time.Duration
+		change func()
+		want   bool
+	}{
+		{0, nil, false},
+		{59 * time.Second, nil, false},
+		{61 * time.Second, func() { a.Stanzas.Confirmed++ }, false},
+		{2 * time.Minute, nil, false},
+		{2*time.Minute + 1*time.Second, nil, true},
+		{3 * time.Minute, func() { a.Batches.Resent++ }, false},
+		{5 * time.Minute, func() { a.Shards.Done++ }, false},
+		{7 * time.Minute, func() { a.State = apiclient.StateResolving }, false},
+		{8 * time.Minute, nil, true},
+	}
+	for _, s := range steps {
+		if s.change != nil {
+			s.change()
+		}
+		if got := w.stalled(a, t0.Add(s.at)); got != s.want {
+			t.Errorf("at %v: stalled %v, want %v", s.at, got, s.want)
+		}
+	}
+	off := stallWatch{}
+	off.stalled(a, t0)
+	if off.stalled(a, t0.Add(24*time.Hour)) {
+		t.Error("--stall-after 0 gave up")
 	}
 }

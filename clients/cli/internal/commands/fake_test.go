@@ -43,6 +43,11 @@ type fakeAPI struct {
 	postSeen   chan struct{}
 	preview    apiclient.Audience
 	preview504 bool
+	// previewAs changes how a preview ended (state done unless it says otherwise).
+	previewAs func(*apiclient.Announcement)
+	// previewDelay is how long a preview's count takes, the dry run made
+	// at once as the real server makes it.
+	previewDelay time.Duration
 }
 
 type keyed struct {
@@ -174,13 +179,25 @@ func (f *fakeAPI) announce(w http.ResponseWriter, r *http.Request) {
 		a.DryRun, a.State = true, apiclient.StateDone
 		a.Audience = f.preview
 		a.Times.Resolved, a.Times.Done = a.Times.Accepted, a.Times.Accepted
+		if f.previewAs != nil {
+			f.previewAs(a)
+		}
 		f.anns[id] = a
 		f.order = append(f.order, id)
+		status, answer := http.StatusOK, any(a)
 		if f.preview504 {
-			writeJSON(w, http.StatusGatewayTimeout, map[string]string{"error": "preview did not finish in time", "id": id})
-			return
+			status, answer = http.StatusGatewayTimeout, map[string]string{"error": "preview did not finish in time", "id": id}
 		}
-		writeJSON(w, http.StatusOK, a)
+		delay := f.previewDelay
+		f.mu.Unlock()
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+		}
+		f.mu.Lock()
+		if r.Context().Err() == nil {
+			writeJSON(w, status, answer)
+		}
 		return
 	}
 	f.anns[id] = a

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
 
 	"github.com/announcer/announcer/clients/cli/internal/apiclient"
 )
@@ -22,13 +23,37 @@ type follower struct {
 	env        Env
 	api        *apiclient.Client
 	interval   time.Duration
+	stallAfter time.Duration // 0: never give up on an announcement that does not move
 	interrupts <-chan os.Signal
 	pending    bool // a Ctrl-C came before following started
 	stdin      *bufio.Reader
 }
 
-func newFollower(env Env, api *apiclient.Client, interval time.Duration, interrupts <-chan os.Signal) *follower {
-	return &follower{env: env, api: api, interval: interval, interrupts: interrupts, stdin: bufio.NewReader(env.Stdin)}
+func newFollower(env Env, api *apiclient.Client, ff followFlags, interrupts <-chan os.Signal) *follower {
+	return &follower{env: env, api: api, interval: ff.interval, stallAfter: ff.stallAfter, interrupts: interrupts, stdin: bufio.NewReader(env.Stdin)}
+}
+
+// followFlags are the flags of following, as send and status share them.
+type followFlags struct {
+	interval   time.Duration
+	stallAfter time.Duration
+}
+
+func (ff *followFlags) register(cmd *cobra.Command, what string) {
+	f := cmd.Flags()
+	f.DurationVar(&ff.interval, "interval", 250*time.Millisecond, "how often to poll "+what)
+	f.DurationVar(&ff.stallAfter, "stall-after", DefaultStallAfter,
+		"stop following (exit 4) when the announcement's state and figures have not changed for this long; 0 = never")
+}
+
+func (ff *followFlags) check() error {
+	if ff.interval <= 0 {
+		return fmt.Errorf("--interval %v: want > 0", ff.interval)
+	}
+	if ff.stallAfter < 0 {
+		return fmt.Errorf("--stall-after %v: want >= 0", ff.stallAfter)
+	}
+	return nil
 }
 
 type polled struct {
@@ -42,7 +67,7 @@ type answer struct {
 }
 
 // follow returns the exit code: 0 done, 1 rejected, failed or an API error,
-// 3 cancelled, 130 interrupted.
+// 3 cancelled, 4 stalled, 130 interrupted.
 //
 // Polls and the question run beside the loop (one of each at most), so a
 // Ctrl-C is seen at once even while a poll hangs, and a second Ctrl-C while
@@ -51,6 +76,9 @@ func (f *follower) follow(ctx context.Context, id string) int {
 	out, errw := f.env.Stdout, f.env.Stderr
 	view := newProgressView(errw)
 	start := time.Now()
+	// A record whose progress updates were lost stays "sending" until its
+	// TTL: without this, following it never ends.
+	stall := stallWatch{after: f.stallAfter}
 
 	pollCtx, stopPolls := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -143,6 +171,9 @@ func (f *follower) follow(ctx context.Context, id string) int {
 			if r.a.State.Terminal() {
 				return f.finish(r.a, view, start)
 			}
+			if stall.stalled(r.a, time.Now()) {
+				return f.stalled(r.a, view)
+			}
 			tick.Reset(f.interval)
 		}
 	}
@@ -162,20 +193,65 @@ func (f *follower) bearable(err error, seen bool, failingSince *time.Time) bool 
 }
 
 func (f *follower) finish(a *apiclient.Announcement, view *progressView, start time.Time) int {
-	switch a.State {
-	case apiclient.StateDone:
+	if a.State == apiclient.StateDone {
 		view.complete(a)
 		fmt.Fprintln(f.env.Stdout, summary(a, start))
 		return ExitOK
-	case apiclient.StateCancelled:
-		view.pause()
-		fmt.Fprintln(f.env.Stdout, summary(a, time.Time{}))
-		return ExitCancelled
-	default:
-		view.pause()
-		fmt.Fprintln(f.env.Stdout, summary(a, time.Time{}))
-		return ExitFailed
 	}
+	view.pause()
+	fmt.Fprintln(f.env.Stdout, summary(a, time.Time{}))
+	return exitCode(a.State)
+}
+
+// exitCode is how a run about an announcement that ended in state s exits:
+// 0 done, 3 cancelled, 1 anything else (rejected, failed).
+func exitCode(s apiclient.State) int {
+	switch s {
+	case apiclient.StateDone:
+		return ExitOK
+	case apiclient.StateCancelled:
+		return ExitCancelled
+	}
+	return ExitFailed
+}
+
+// stalled gives up on a that has not moved for stallAfter. Nothing is
+// cancelled: it may be stuck, or only its progress updates lost.
+func (f *follower) stalled(a *apiclient.Announcement, view *progressView) int {
+	view.pause()
+	settled, total := a.Progress()
+	id := safe(a.ID)
+	fmt.Fprintf(f.env.Stderr, "announcer: announcement %s has made no progress for %s (still %s, %d of %d recipients settled): stuck, or queued behind others; not cancelled.\n"+
+		"Look again with: announcer status %s --follow; stop it with: announcer cancel %s\n",
+		id, f.stallAfter, safe(string(a.State)), settled, total, id, id)
+	fmt.Fprintln(f.env.Stdout, summary(a, time.Time{}))
+	return ExitStalled
+}
+
+// stallWatch tells when an announcement's state and figures have stayed the
+// same for too long.
+type stallWatch struct {
+	after time.Duration // 0: never
+	last  figures
+	since time.Time // when last was first seen; zero before the first poll
+}
+
+// figures is all of an announcement that moves while it makes progress.
+type figures struct {
+	state                       apiclient.State
+	members, online, recipients int64
+	batches                     apiclient.Batches
+	stanzas                     apiclient.Stanzas
+	shards                      apiclient.Shards
+}
+
+func (w *stallWatch) stalled(a *apiclient.Announcement, now time.Time) bool {
+	f := figures{a.State, a.Audience.Members, a.Audience.Online, a.Audience.Recipients, a.Batches, a.Stanzas, a.Shards}
+	if w.since.IsZero() || f != w.last {
+		w.last, w.since = f, now
+		return false
+	}
+	return w.after > 0 && now.Sub(w.since) >= w.after
 }
 
 // readLine reads one answer without blocking the loop. A reader left waiting

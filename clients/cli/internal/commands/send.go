@@ -11,7 +11,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -105,7 +104,7 @@ type sendFlags struct {
 	persist  bool
 	key      string
 	noFollow bool
-	interval time.Duration
+	follow   followFlags
 }
 
 func newSend(env Env, g *globals) *cobra.Command {
@@ -117,7 +116,8 @@ func newSend(env Env, g *globals) *cobra.Command {
 
 stdout gets "id=<id>" as soon as the server accepted it, and one summary line
 at the end ("state=done recipients=N confirmed=N dead_lettered=N ...");
-the progress bar goes to stderr. Ctrl-C asks whether to cancel it.
+the progress bar goes to stderr. Ctrl-C asks whether to cancel it. When its
+state and figures do not change for --stall-after, following stops (exit 4).
 
 The POST carries an Idempotency-Key (random unless --idempotency-key is
 given) and is retried with it after a network error, a timeout or a 503, so
@@ -133,7 +133,7 @@ follows the announcement already accepted.`,
 	f.BoolVar(&s.persist, "persist", false, "archive one rendered stanza per recipient (default: the server's; false for a channel, true for --users)")
 	f.StringVar(&s.key, "idempotency-key", "", "Idempotency-Key of the POST (default: 128 random bits)")
 	f.BoolVar(&s.noFollow, "no-follow", false, "print the id and exit without following")
-	f.DurationVar(&s.interval, "interval", 250*time.Millisecond, "how often to poll while following")
+	s.follow.register(cmd, "while following")
 	return cmd
 }
 
@@ -145,8 +145,8 @@ func (s *sendFlags) run(cmd *cobra.Command, env Env, g *globals) error {
 	if cmd.Flags().Changed("persist") {
 		req.Persist = &s.persist
 	}
-	if s.interval <= 0 {
-		return fmt.Errorf("--interval %v: want > 0", s.interval)
+	if err := s.follow.check(); err != nil {
+		return err
 	}
 	key := s.key
 	if cmd.Flags().Changed("idempotency-key") {
@@ -191,7 +191,7 @@ func (s *sendFlags) run(cmd *cobra.Command, env Env, g *globals) error {
 		}
 		return nil
 	}
-	f := newFollower(env, api, s.interval, interrupts)
+	f := newFollower(env, api, s.follow, interrupts)
 	// A Ctrl-C that came just as the server answered still gets its question.
 	f.pending = hit
 	return exit(f.follow(cmd.Context(), acc.ID))
@@ -246,7 +246,15 @@ func newPreview(env Env, g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "preview (--channel ID | --all-online | --users a,b) --file msg.xml",
 		Short: "Show who an announcement would reach, sending nothing",
-		Args:  cobra.NoArgs,
+		Long: `Show who an announcement would reach, sending nothing.
+
+The server may take up to 50s to count; the POST waits at least 1m (longer
+with a larger --timeout) and is not repeated once it may have reached the
+server. A preview still computing prints "id=<id>" (exit 1). A preview that
+ended other than done (a channel not found or not accepted: rejected, with
+its reason) prints its state and reason on stderr and exits as send does:
+1 rejected or failed, 3 cancelled.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req, err := t.request(cmd)
 			if err != nil {
@@ -264,8 +272,25 @@ func newPreview(env Env, g *globals) *cobra.Command {
 				fmt.Fprintf(env.Stderr, "announcer: preview %s is still computing; see it later with: announcer status %s\n", id, id)
 				return exit(ExitFailed)
 			}
+			var te *apiclient.TransportError
+			if errors.As(err, &te) && apiclient.Reached(err) {
+				// Not repeated (each POST is a dry run of its own), but the server may be counting it.
+				report(env.Stderr, err)
+				fmt.Fprintln(env.Stderr, "hint: the server may still be counting it (a preview sends nothing); look for it with: announcer list --limit 5")
+				return exit(ExitFailed)
+			}
 			if err != nil {
 				return failed(err)
+			}
+			if a.State != apiclient.StateDone {
+				// A rejected channel (a typo, say) counts no one: its zeros
+				// must not read as "nobody is online".
+				reason := ""
+				if a.Reason != "" {
+					reason = " (reason " + value(a.Reason) + ")"
+				}
+				fmt.Fprintf(env.Stderr, "announcer: preview %s ended %s%s: no audience was counted\n", safe(a.ID), value(string(a.State)), reason)
+				return exit(exitCode(a.State))
 			}
 			printPreview(env.Stdout, a)
 			return nil

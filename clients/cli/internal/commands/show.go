@@ -19,9 +19,9 @@ const timeLayout = "2006-01-02T15:04:05.000Z07:00"
 
 func newStatus(env Env, g *globals) *cobra.Command {
 	var (
-		follow   bool
-		asJSON   bool
-		interval time.Duration
+		follow bool
+		asJSON bool
+		ff     followFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "status ID",
@@ -29,12 +29,12 @@ func newStatus(env Env, g *globals) *cobra.Command {
 		Long: `Show an announcement as "key: value" lines, or its JSON as the server sent it.
 
 With --follow, show its progress bar until it ends and exit as send does
-(0 done, 1 rejected or failed, 3 cancelled); Ctrl-C asks whether to cancel it.
-Without it, exit 0 whatever its state.`,
+(0 done, 1 rejected or failed, 3 cancelled, 4 no progress for --stall-after);
+Ctrl-C asks whether to cancel it. Without it, exit 0 whatever its state.`,
 		Args: idArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if interval <= 0 {
-				return fmt.Errorf("--interval %v: want > 0", interval)
+			if err := ff.check(); err != nil {
+				return err
 			}
 			api, err := g.client(env)
 			if err != nil {
@@ -43,7 +43,7 @@ Without it, exit 0 whatever its state.`,
 			if follow {
 				interrupts, stop := env.Interrupts()
 				defer stop()
-				return exit(newFollower(env, api, interval, interrupts).follow(cmd.Context(), args[0]))
+				return exit(newFollower(env, api, ff, interrupts).follow(cmd.Context(), args[0]))
 			}
 			a, err := api.Get(cmd.Context(), args[0])
 			if err != nil {
@@ -60,7 +60,7 @@ Without it, exit 0 whatever its state.`,
 	f := cmd.Flags()
 	f.BoolVar(&follow, "follow", false, "follow its progress until it ends")
 	f.BoolVar(&asJSON, "json", false, "print the JSON as the server sent it")
-	f.DurationVar(&interval, "interval", 250*time.Millisecond, "how often to poll with --follow")
+	ff.register(cmd, "with --follow")
 	cmd.MarkFlagsMutuallyExclusive("follow", "json")
 	return cmd
 }
