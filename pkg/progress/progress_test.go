@@ -305,6 +305,45 @@ func TestDeadLetteredBatchCountsAsDone(t *testing.T) {
 	}
 }
 
+// A status read leaves the per-batch markers in Redis: a large announcement
+// holds tens of thousands, and every poll and list would carry them.
+func TestReadsLeaveTheBatchMarkers(t *testing.T) {
+	env := stacktest.Get(t)
+	f := newFixture(t, env.RedisAddr, false)
+	ctx := context.Background()
+	ev := event("large", announcement.KindAllOnline)
+	f.begin(t, ev)
+	const batches = 20000
+	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 9, Online: 9, Recipients: 9, Batches: batches,
+		PerNode: map[string]int{"node1": 5, "node2": 4}})
+	f.until(t, ev.ID, "resolved", func(a Announcement) bool { return a.Shards.Done == 1 })
+	c, err := f.store.conn.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := make([]any, 0, 2*batches)
+	for i := range batches {
+		fields = append(fields, fmt.Sprintf("b:0/%d", i), "!1:-")
+	}
+	if err := c.HSet(ctx, f.store.key(ev.ID), fields...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	h, err := pairs(scriptSummary.Run(ctx, c, []string{f.store.key(ev.ID)}))
+	if err != nil || len(h) > 50 {
+		t.Fatalf("a read returned %d fields, %v; want the record without its %d markers", len(h), err, batches)
+	}
+	a := f.get(t, ev.ID)
+	listed, err := f.store.List(ctx, "", 10)
+	if err != nil || len(listed) != 1 {
+		t.Fatalf("listed %d, %v", len(listed), err)
+	}
+	for _, got := range []Announcement{a, listed[0]} {
+		if got.Batches.Planned != batches || got.Audience.PerNode["node1"] != 5 || got.Audience.PerNode["node2"] != 4 || got.State != StateSending {
+			t.Fatalf("read %+v %+v (%s)", got.Batches, got.Audience, got.State)
+		}
+	}
+}
+
 // Cancel: unknown is ErrNotFound, a running announcement becomes cancelled
 // (and stays so whatever comes later), an ended one keeps its state; the
 // tracker's cached check sees the cancel within CancelCheck.

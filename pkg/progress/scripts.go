@@ -234,3 +234,19 @@ if v then return v end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 `)
+
+// summary (KEYS[1] a record) returns its fields as pairs, without the
+// per-batch and per-shard markers (b:, d:, p:, e:, s:): a large
+// announcement holds one or more per batch, tens of thousands, and a status
+// read needs none of them.
+var scriptSummary = redis.NewScript(`
+local h = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #h, 2 do
+  if not string.find(h[i], '^[bdpes]:') then
+    out[#out + 1] = h[i]
+    out[#out + 1] = h[i + 1]
+  end
+end
+return out
+`)

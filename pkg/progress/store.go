@@ -320,7 +320,7 @@ func (s *Store) Get(ctx context.Context, id string) (Announcement, error) {
 	if err != nil {
 		return Announcement{}, err
 	}
-	h, err := c.HGetAll(ctx, s.key(id)).Result()
+	h, err := pairs(scriptSummary.Run(ctx, c, []string{s.key(id)}))
 	if err != nil {
 		return Announcement{}, fmt.Errorf("progress: get %s: %w", id, err)
 	}
@@ -349,10 +349,11 @@ func (s *Store) List(ctx context.Context, state string, limit int) ([]Announceme
 		if len(ids) == 0 {
 			break
 		}
-		cmds := make([]*redis.MapStringStringCmd, len(ids))
+		cmds := make([]*redis.Cmd, len(ids))
 		_, err = c.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, id := range ids {
-				cmds[i] = p.HGetAll(ctx, s.key(id))
+				// Eval, not EvalSha: a pipeline cannot fall back on NOSCRIPT.
+				cmds[i] = scriptSummary.Eval(ctx, p, []string{s.key(id)})
 			}
 			return nil
 		})
@@ -361,7 +362,10 @@ func (s *Store) List(ctx context.Context, state string, limit int) ([]Announceme
 		}
 		var gone []any
 		for i, cmd := range cmds {
-			h := cmd.Val()
+			h, err := pairs(cmd)
+			if err != nil {
+				return nil, fmt.Errorf("progress: list: %w", err)
+			}
 			if len(h) == 0 {
 				gone = append(gone, ids[i]) // expired: its index entry goes too
 				continue
@@ -430,4 +434,17 @@ func decodeClaim(v string) (IdempotencyClaim, error) {
 		return IdempotencyClaim{}, fmt.Errorf("malformed claim %q", v)
 	}
 	return IdempotencyClaim{Digest: parts[0], CreatedAt: time.Unix(0, ns).UTC(), ID: parts[2]}, nil
+}
+
+// pairs reads a script's answer of field, value pairs into a map.
+func pairs(cmd *redis.Cmd) (map[string]string, error) {
+	vals, err := cmd.StringSlice()
+	if err != nil {
+		return nil, err
+	}
+	h := make(map[string]string, len(vals)/2)
+	for i := 0; i+1 < len(vals); i += 2 {
+		h[vals[i]] = vals[i+1]
+	}
+	return h, nil
 }
