@@ -151,6 +151,13 @@ func (c *Consumer) run(ctx context.Context, r Fetcher, drain func() time.Duratio
 	var commits sync.WaitGroup
 	commits.Go(func() { c.commitLoop(hctx, r) })
 
+	// kafka-go queues its fetch errors with the records and paces them itself
+	// (ReadBackoffMax): a long wait per error here would hold the records
+	// queued behind a burst of them for minutes after the broker is back.
+	fetchPolicy := c.opt.Retry
+	fetchPolicy.Initial = min(fetchPolicy.Initial, maxFetchDelay)
+	fetchPolicy.Max = min(fetchPolicy.Max, maxFetchDelay)
+
 	var handlers sync.WaitGroup
 	for failures := 0; ; {
 		if !c.acquire(ctx) {
@@ -164,7 +171,7 @@ func (c *Consumer) run(ctx context.Context, r Fetcher, drain func() time.Duratio
 				break
 			}
 			c.health.failed(opFetch, err)
-			if backoff.Sleep(ctx, c.opt.Retry.Delay(failures)) != nil {
+			if backoff.Sleep(ctx, fetchPolicy.Delay(failures)) != nil {
 				break
 			}
 			failures++
@@ -216,7 +223,13 @@ func (c *Consumer) run(ctx context.Context, r Fetcher, drain func() time.Duratio
 	// The final commit gets its own short deadline: the reader is still open.
 	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 	defer ccancel()
-	if err := c.commit(cctx, r); err != nil {
+	err := c.commit(cctx, r)
+	// What this run did not commit is no longer held here: whoever reads the
+	// partitions next handles it. A gated input may stay closed for hours.
+	c.mu.Lock()
+	c.m.inFlight.Reset()
+	c.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("final commit (the records after the last commit will be handled again): %w", err)
 	}
 	return nil
@@ -230,6 +243,9 @@ func (c *Consumer) reset() {
 	defer c.mu.Unlock()
 	c.track = newTracker()
 	c.seen = newRecent(c.opt.Dedupe)
+	// A failure of an earlier run (a commit that failed as a gate closed) is
+	// not this run's: on an idle topic nothing would ever clear it.
+	c.health.clear()
 	c.stopped = make(chan struct{})
 	c.slots = make(chan struct{}, c.opt.MaxUncommitted)
 	c.working = make(chan struct{}, c.opt.MaxInFlight)
@@ -343,6 +359,8 @@ const (
 	// maxCommitDelay caps the wait between commit retries: once the broker is
 	// back, what finished during the outage is committed within it.
 	maxCommitDelay = time.Second
+	// maxFetchDelay caps the wait after a failed fetch (see run).
+	maxFetchDelay = 100 * time.Millisecond
 )
 
 // commitLoop commits whenever a handler finished, coalescing bursts; one

@@ -117,3 +117,14 @@ func (h *health) err() error {
 	}
 	return nil
 }
+
+// clear forgets every failure without calling it recovered: a new run
+// starts, and what still fails fails again at once.
+func (h *health) clear() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for op, f := range h.failing {
+		h.m.outageSeconds.Add(time.Since(f.since).Seconds())
+		delete(h.failing, op)
+	}
+}

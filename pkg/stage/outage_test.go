@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -294,4 +295,62 @@ func TestConsumerSlowRecordHoldsOnlyItsCommit(t *testing.T) {
 	}
 	close(release)
 	testkit.Eventually(t, 10*time.Second, "everything committed", func() bool { _, cm := b.state(); return cm == 20 })
+}
+
+// errorsFirst is a fakeBroker whose first fetches fail: the errors kafka-go
+// queued with the records while a partition leader was away.
+type errorsFirst struct {
+	*fakeBroker
+	queued atomic.Int32
+}
+
+func (e *errorsFirst) FetchMessage(ctx context.Context) (kafka.Message, error) {
+	if e.queued.Add(-1) >= 0 {
+		return kafka.Message{}, kafka.NotLeaderForPartition
+	}
+	return e.fakeBroker.FetchMessage(ctx)
+}
+
+// Errors kafka-go queued during an outage are read off at once when the
+// broker is back: the handler's retry policy (up to 30 s in the sender)
+// must not pace them, or the records behind them wait for minutes.
+func TestConsumerReadsQueuedFetchErrorsOffQuickly(t *testing.T) {
+	b := &errorsFirst{fakeBroker: newFakeBroker("after the outage")}
+	b.queued.Store(16) // a sender's QueueCapacity
+	var h counting
+	c := NewConsumer(nopDLQ{}, h.handle, ConsumerOptions{Retry: backoff.Policy{Initial: 100 * time.Millisecond, Max: 30 * time.Second}},
+		testkit.Log(t, zerolog.ErrorLevel), prometheus.NewRegistry())
+	testkit.Background(t, "consumer", func(ctx context.Context) error { return c.Run(ctx, b) })
+	// Paced by the policy, the sixteen waits add up to minutes.
+	testkit.Eventually(t, 10*time.Second, "the record behind 16 queued errors handled", func() bool { d, _ := h.total(); return d == 1 })
+}
+
+// A run that ended while commits failed (a gate closing during a Kafka
+// hiccup) leaves nothing behind: the next run on an idle topic is ready,
+// and what the first held is no longer shown as in flight.
+func TestARunEndsWithItsFailuresAndItsRecords(t *testing.T) {
+	b := newFakeBroker("held when the gate closed")
+	var h counting
+	c := NewConsumer(nopDLQ{}, h.handle, ConsumerOptions{}, testkit.Log(t, zerolog.Disabled), prometheus.NewRegistry())
+	b.setDown(false, true)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, b) }()
+	testkit.Eventually(t, 10*time.Second, "a commit failing", func() bool { return c.Ready(context.Background()) != nil })
+	if n := testutil.ToFloat64(c.m.inFlight.WithLabelValues("t", "0")); n != 1 {
+		t.Fatalf("in flight %v while its commit fails; want 1", n)
+	}
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("the final commit failed, yet Run says nothing")
+	}
+	if n := testutil.CollectAndCount(c.m.inFlight); n != 0 {
+		t.Fatalf("%d in-flight series left after the run ended", n)
+	}
+	b.setDown(false, false)
+	b.mu.Lock()
+	b.next = len(b.log) // nothing left to read: an idle topic
+	b.mu.Unlock()
+	testkit.Background(t, "the next run", func(ctx context.Context) error { return c.Run(ctx, b) })
+	testkit.Eventually(t, 5*time.Second, "ready in the next run", func() bool { return c.Ready(context.Background()) == nil })
 }

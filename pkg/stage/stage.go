@@ -509,7 +509,13 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 		watchers.Go(func() {
 			c.reportDepth(wctx, &depth{group: in.Group, topics: in.Topics, client: client, startAtEnd: in.StartAtEnd, held: c.held}, rt.reportEvery())
 		})
-		return c.run(ctx, reader, drain)
+		err := c.run(ctx, reader, drain)
+		stop()
+		watchers.Wait()
+		// The lag of partitions no longer read here would stay frozen at its
+		// last value while a gated input is closed.
+		c.m.lag.Reset()
+		return err
 	}
 	rt.Intake(in.Name, rt.afterSetUp(func(ctx context.Context) error {
 		if in.Gate == nil {
