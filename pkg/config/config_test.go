@@ -398,3 +398,17 @@ tls_cert_file = "client.pem"
 		"[bus] tls_ca_file: stat /nonexistent/ca.pem", "[kafka-producer] sasl_mechanism PLAIN: needs sasl_username and sasl_password",
 		"[kafka-producer] tls_cert_file and tls_key_file: set both or neither")
 }
+
+// Values that pass the check must let the services start and stop well: a
+// record limit with no room past its headers, a shutdown without a drain.
+func TestLimitsTheServicesNeed(t *testing.T) {
+	c, err := Parse([]byte("[component]\ndomain = \"localhost\"\n[bus]\nmax_message_bytes = 2048\n[ingress]\nshutdown_timeout = \"0s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustName(t, c.Validate(RoleIngress), "[bus] max_message_bytes 2048", "[ingress] shutdown_timeout")
+	c.Bus.MaxMessageBytes, c.Ingress.ShutdownTimeout = MinMessageBytes, Duration(time.Second)
+	if err := c.Validate(RoleIngress); err != nil {
+		t.Fatalf("the smallest allowed values refused: %v", err)
+	}
+}

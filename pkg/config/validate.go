@@ -29,6 +29,10 @@ const (
 // (pkg/httpserver) ends a response that takes longer than 60 s.
 const MaxPreviewWait = 50 * time.Second
 
+// MinMessageBytes is the smallest [bus] max_message_bytes: 64 KiB, room for a
+// record's headers and framing (kafkabus.RecordOverhead, 4 KiB) and a body.
+const MinMessageBytes = 64 << 10
+
 // problems collects every finding of Validate, so all are reported at once.
 type problems struct{ errs []error }
 
@@ -84,7 +88,10 @@ func (c *Config) Validate(roles ...Role) error {
 	p.atLeast("[bus] partitions", c.Bus.Partitions, 1, "")
 	p.atLeast("[bus] replication_factor", c.Bus.ReplicationFactor, 1, "")
 	p.positive("[bus] write_timeout", c.Bus.WriteTimeout)
-	p.atLeast("[bus] max_message_bytes", c.Bus.MaxMessageBytes, 1024, "")
+	// Below this a record's headers and framing (kafkabus.RecordOverhead)
+	// leave no room: the ingress would not start and dead letters could not
+	// be cut to fit, stopping their consumer.
+	p.atLeast("[bus] max_message_bytes", c.Bus.MaxMessageBytes, MinMessageBytes, "")
 	p.empty("[bus] priority_suffix", c.Bus.PrioritySuffix)
 	c.Bus.KafkaSecurity.validate(p, "[bus]")
 	c.validateProgress(p)
@@ -124,6 +131,7 @@ func (c *Config) validateIngress(p *problems) {
 		p.bad("[ingress] max_in_flight_bytes %d: at least max_body_bytes (%d), or no request of that size is ever taken",
 			c.Ingress.MaxInFlightBytes, c.Ingress.MaxBodyBytes)
 	}
+	p.positive("[ingress] shutdown_timeout", c.Ingress.ShutdownTimeout)
 	p.positive("[ingress] publish_timeout", c.Ingress.PublishTimeout)
 	p.positive("[ingress] preview_timeout", c.Ingress.PreviewTimeout)
 	// A dry run must answer (504 with its id, at worst) before the API server cuts the connection.

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/announcer/announcer/pkg/config"
 )
 
 func header(m kafka.Message, key string) (string, bool) {
@@ -100,4 +102,20 @@ func recordBytes(m kafka.Message) int {
 		n += len(h.Key) + len(h.Value) + headerFraming
 	}
 	return n
+}
+
+// The smallest record limit the config accepts still leaves a dead letter
+// room to be cut to fit, with headers.
+func TestTheSmallestRecordLimitFitsADeadLetter(t *testing.T) {
+	limit := config.MinMessageBytes
+	src := kafka.Message{Key: []byte("k"), Value: []byte(strings.Repeat("v", 2*limit)),
+		Headers: []kafka.Header{{Key: "trace", Value: []byte("t1")}}}
+	dl := DeadLetter(src, "dlq", strings.Repeat("r", 5000), limit)
+	size := len(dl.Key) + len(dl.Value)
+	for _, h := range dl.Headers {
+		size += len(h.Key) + len(h.Value) + headerFraming
+	}
+	if size > limit-RecordOverhead/2 || len(dl.Value) < limit/2 {
+		t.Fatalf("a dead letter of %d bytes (value %d) under a limit of %d", size, len(dl.Value), limit)
+	}
 }
