@@ -100,7 +100,8 @@ type UserActivityRedis struct {
 	DB           int    `toml:"db"`
 	ReadTimeout  int    `toml:"read_timeout"` // milliseconds
 	MaxRetries   int    `toml:"max_retries"`
-	// New: the hash that holds last-seen times of offline users.
+	// The data model's hash of last-seen times; nothing reads it (a warning
+	// says so when it is set).
 	OfflineHash string `toml:"offline_hash"`
 	// New: force the cluster client even for one seed node.
 	Cluster bool `toml:"cluster"`
@@ -553,6 +554,9 @@ func (c *Config) resolve() {
 	}
 	if w := c.setPrefixWarning(); w != "" {
 		c.Warnings = append(c.Warnings, w)
+	}
+	if c.UserActivityRedis.OfflineHash != Default().UserActivityRedis.OfflineHash {
+		c.Warnings = append(c.Warnings, "[user-activity-redis] offline_hash is not read: no audience needs last-seen times (offline users are skipped, or stored by ejabberd for a users list)")
 	}
 }
 

@@ -412,3 +412,17 @@ func TestLimitsTheServicesNeed(t *testing.T) {
 		t.Fatalf("the smallest allowed values refused: %v", err)
 	}
 }
+
+// A key this generation keeps but does not read says so when set.
+func TestOfflineHashIsNotRead(t *testing.T) {
+	c, err := Parse([]byte("[user-activity-redis]\noffline_hash = \"last-seen\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(c.Warnings, "\n"), "offline_hash is not read") {
+		t.Fatalf("warnings %q", c.Warnings)
+	}
+	if d, _ := Parse(nil); len(d.Warnings) != 0 {
+		t.Fatalf("the defaults warn: %q", d.Warnings)
+	}
+}
