@@ -162,9 +162,9 @@ func (rt *Runtime) TopicsReady() bool {
 }
 
 // Topics declares topics the service reads or writes on cluster c. Run makes
-// sure they exist before any consumer starts: with [bus] create_topics they
-// are created when missing (with [bus] partitions and replication_factor),
-// else they are awaited. Kafka being unreachable is waited out with backoff,
+// sure they exist before any consumer starts: with [bus] create_topics, those
+// on the bus are created when missing (with [bus] partitions and
+// replication_factor); the others, and all without it, are awaited. Kafka being unreachable is waited out with backoff,
 // saying what is awaited in the log and on /readyz; parts that need no topic
 // (the HTTP API, the XMPP connections) run meanwhile.
 func (rt *Runtime) Topics(c kafkabus.Cluster, names ...string) {
@@ -192,8 +192,11 @@ func (rt *Runtime) ensure(ctx context.Context, ts topicSet) error {
 	for i, n := range ts.names {
 		topics[i] = kafkabus.Topic{Name: n, Partitions: rt.cfg.Bus.Partitions, ReplicationFactor: rt.cfg.Bus.ReplicationFactor}
 	}
+	// Another cluster (the archiver's storage) is someone else's: its topics
+	// are awaited, never created with the bus's partitions and replication.
+	create := rt.cfg.Bus.CreateTopics && sameBrokers(ts.cluster.Brokers, rt.bus.Brokers)
 	verb := "creating"
-	if !rt.cfg.Bus.CreateTopics {
+	if !create {
 		verb = "waiting for"
 	}
 	what := fmt.Sprintf("%s topics %s on Kafka %s", verb, strings.Join(ts.names, ", "), strings.Join(ts.cluster.Brokers, ","))
@@ -203,7 +206,7 @@ func (rt *Runtime) ensure(ctx context.Context, ts topicSet) error {
 	return backoff.Retry(ctx, backoff.Policy{Initial: 200 * time.Millisecond, Max: 5 * time.Second}, func() error {
 		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		if rt.cfg.Bus.CreateTopics {
+		if create {
 			return kafkabus.EnsureTopics(tctx, ts.cluster, topics...)
 		}
 		return kafkabus.AwaitTopics(tctx, ts.cluster, ts.names...)
@@ -212,6 +215,15 @@ func (rt *Runtime) ensure(ctx context.Context, ts topicSet) error {
 			rt.log.Warn().Err(err).Int("attempt", attempt).Msg(what + "; retrying until Kafka answers")
 		}
 	})
+}
+
+// sameBrokers reports whether a and b name the same brokers, in any order.
+func sameBrokers(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	a, b = slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b))
+	return slices.Equal(a, b)
 }
 
 // afterSetUp runs part once every declared topic exists (never, if ctx ends first).

@@ -66,7 +66,19 @@ func newRig(t *testing.T) *rig {
 	}
 	r.cfg = cfg
 	kafkatest.DeletePrefixedAtEnd(t, env.KafkaBrokers, p+"_")
+	r.createStorage(t, env.KafkaBrokers)
 	return r
+}
+
+// createStorage creates the storage topic, as the storage cluster's owner
+// does: the archiver does not create topics on a cluster other than the bus.
+func (r *rig) createStorage(t *testing.T, brokers []string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := kafkabus.EnsureTopics(ctx, kafkabus.Plaintext(brokers), kafkabus.Topic{Name: r.storage, Partitions: 2, ReplicationFactor: 1}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // archiver is a running archiver as the tests see it.
@@ -322,6 +334,7 @@ func TestStorageWriterOptions(t *testing.T) {
 func TestSecureStorageCluster(t *testing.T) {
 	r := newRig(t)
 	broker, l := stacktest.PrivateKafkaSecure(t, r.env)
+	r.createStorage(t, broker.Brokers())
 	r.cfg.KafkaProducer.Brokers = l.Addr
 	r.cfg.KafkaProducer.KafkaSecurity = config.KafkaSecurity{TLS: true, TLSCAFile: l.CAFile, SASLMechanism: "PLAIN",
 		SASLUsername: l.User, SASLPassword: config.Secret(l.Password)}
@@ -345,4 +358,27 @@ func TestSecureStorageCluster(t *testing.T) {
 	if want := []string{rendered("u1@localhost", 0), rendered("u2@localhost", 1)}; !slices.Equal(got, want) {
 		t.Fatalf("storage topic holds %q, want %q", got, want)
 	}
+}
+
+// The storage cluster is not the bus: a missing storage topic is waited
+// for, never created with the bus's partitions and replication factor.
+func TestStorageTopicsAreNotCreated(t *testing.T) {
+	r := newRig(t)
+	r.storage = strings.TrimSuffix(r.storage, "_storage") + "_absent"
+	r.cfg.KafkaProducer.Topics = r.storage
+	rt, _ := testkit.Start(t, "archiver", func(ctx context.Context, started func(*stage.Runtime)) error {
+		return run(ctx, testkit.Log(t, zerolog.ErrorLevel), r.cfg, hooks{runtime: started})
+	})
+	url := "http://" + rt.DebugAddr() + "/readyz"
+	testkit.Eventually(t, 20*time.Second, "waiting for the storage topic", func() bool {
+		c, body := testkit.Get(t, url)
+		return c == http.StatusServiceUnavailable && strings.Contains(body, "waiting for topics "+r.storage)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := kafkabus.AwaitTopics(ctx, kafkabus.Plaintext(r.env.KafkaBrokers), r.storage); err == nil {
+		t.Fatal("the archiver created the storage topic")
+	}
+	r.createStorage(t, r.env.KafkaBrokers)
+	testkit.Eventually(t, 30*time.Second, "ready once the topic exists", func() bool { c, _ := testkit.Get(t, url); return c == http.StatusOK })
 }
