@@ -42,6 +42,7 @@ func FuzzParse(f *testing.F) {
 		`<message to='x' from='announcer@localhost/%s'/>`,
 		`<message to='%s' from='announcer&#64;localhost/[inc_id]'/>`,
 		`<presence to='%s' from=''/>`,
+		`<message to='%s'><error xmlns='http://etherx.jabber.org/streams'><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></error></message>`,
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s), "bob", uint64(1))

@@ -11,8 +11,9 @@ import (
 type xmlAttr = xml.Attr
 
 const (
-	nsXML   = "http://www.w3.org/XML/1998/namespace"
-	nsXMLNS = "http://www.w3.org/2000/xmlns/"
+	nsXML     = "http://www.w3.org/XML/1998/namespace"
+	nsXMLNS   = "http://www.w3.org/2000/xmlns/"
+	nsStreams = "http://etherx.jabber.org/streams"
 )
 
 type span struct{ start, end int }
@@ -529,6 +530,13 @@ func checkXML(doc []byte) (xml.StartElement, error) {
 				if _, ok := uri(t.Name.Space); !ok {
 					return root, messageErr("namespace prefix %q of <%s:%s> is not declared", Clip(t.Name.Space), Clip(t.Name.Space), Clip(t.Name.Local))
 				}
+			}
+			// Readers that apply the stream rules at every depth (mellium's,
+			// for one) take such an element for the stream's own: a copy,
+			// or its bounce, could end a recipient's or the sender's
+			// connection as a stream error.
+			if u, _ := uri(t.Name.Space); u == nsStreams {
+				return root, messageErr("element <%s> is in the XMPP streams namespace (%s), which only the stream itself may use", Clip(qname(t.Name)), nsStreams)
 			}
 			clear(seen)
 			for _, a := range t.Attr {

@@ -29,6 +29,9 @@
 //     "]]" would then complete the forbidden "]]>";
 //   - "[inc_id]" sits in an attribute value, text content or CDATA;
 //   - no placeholder in a namespace declaration (xmlns, xmlns:p);
+//   - no element in the XMPP streams namespace
+//     (http://etherx.jabber.org/streams): bounced back inside an error, it
+//     would read as stream-level markup to a careless receiver;
 //   - component mode: the root has `to` and a placeholder-free `from` whose
 //     domain equals the component domain (ASCII case-insensitively);
 //   - client mode: `to` is optional, and the root's `from`, when present and
@@ -39,6 +42,7 @@ package stanza
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"slices"
@@ -187,6 +191,23 @@ const NSAddress = "http://jabber.org/protocol/address"
 // multicast for many recipients: a <message> (with children) whose only
 // placeholder is the whole `to`.
 func (t *Template) Multicast() bool { return t.open >= 0 }
+
+// From returns the root's `from` attribute as ejabberd reads it (entities
+// decoded, placeholders left as they are), or "" when it is absent or
+// empty. A multicast's errors go to this address.
+func (t *Template) From() string {
+	// Parse validated raw, and it begins with the root's start tag: only
+	// that tag is read.
+	tok, err := xml.NewDecoder(bytes.NewReader(t.raw)).RawToken()
+	if se, ok := tok.(xml.StartElement); ok && err == nil {
+		for _, a := range se.Attr {
+			if a.Name.Space == "" && a.Name.Local == "from" {
+				return a.Value
+			}
+		}
+	}
+	return ""
+}
 
 // AppendMulticastHead starts a multicast of the template: the root start
 // tag addressed to service (the multicast service's JID), then the opening

@@ -100,6 +100,8 @@ func TestParseValid(t *testing.T) {
 		{"]] before %s in text", `<message to='a'><body>]]%s</body></message>`, stanza.Options{}},
 		{"[inc_id] then ]> in text", `<message to='%s'><body>[inc_id]]></body></message>`, stanza.Options{}},
 		{"double-quoted and spaced attributes", "<message  to = \"%s\"\n\ttype='chat' ></message >", stanza.Options{}},
+		{"streams namespace declared, no element in it", `<message to='%s' xmlns:s='http://etherx.jabber.org/streams'><body>x</body></message>`, stanza.Options{}},
+		{"stream error conditions namespace", `<message to='%s'><x><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></x></message>`, stanza.Options{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -173,6 +175,11 @@ func TestParseRejects(t *testing.T) {
 		{"unbound element prefix", `<c:message to='%s'/>`, stanza.Options{}, "not declared"},
 		{"unbound attribute prefix", `<message h:a='1' to='%s'/>`, stanza.Options{}, "not declared"},
 		{"empty prefix binding", `<message xmlns:h='' to='%s'/>`, stanza.Options{}, "empty name"},
+		{"stream error in the payload", `<message to='%s'><error xmlns='http://etherx.jabber.org/streams'><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></error></message>`, stanza.Options{}, "<error> is in the XMPP streams namespace"},
+		{"prefixed streams element", `<message to='%s' xmlns:stream='http://etherx.jabber.org/streams'><body>x</body><stream:features/></message>`, stanza.Options{}, "<stream:features> is in the XMPP streams namespace"},
+		{"streams element deep down", `<message to='%s'><a xmlns:s='http://etherx.jabber.org/streams'><b><s:x/></b></a></message>`, stanza.Options{}, "streams namespace"},
+		{"streams default namespace inherited", `<message to='%s'><a xmlns='http://etherx.jabber.org/streams' xmlns:c='jabber:client'><c:b/></a></message>`, stanza.Options{}, "<a> is in the XMPP streams namespace"},
+		{"root in the streams namespace", `<s:message xmlns:s='http://etherx.jabber.org/streams' to='%s'/>`, stanza.Options{}, "streams namespace"},
 		{"invalid name char", "<message to='%s'><b\u00a0/></message>", stanza.Options{}, "not well-formed"},
 		{"component: first generation", firstGen, cd, "not in the component domain"},
 		{"component: no from", `<message to='%s'/>`, cd, "needs a from"},

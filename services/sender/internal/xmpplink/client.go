@@ -41,7 +41,7 @@ func ClientHandshake(user, password, resource string, tlsConfig *tls.Config) fun
 			cfg.ServerName = origin.Domainpart()
 		}
 		return xmpp.NewClientSession(ctx, origin.Bare(), nc,
-			xmpp.StartTLS(cfg),
+			startTLS(cfg),
 			xmpp.SASL("", password, sasl.ScramSha256, sasl.ScramSha1, sasl.Plain),
 			bindResource(fmt.Sprintf("%s-%s-%d", resource, tag, slot)),
 		)

@@ -82,8 +82,9 @@ type Conn struct {
 	pool *Pool
 	slot int
 	nc   net.Conn // the socket
-	wc   net.Conn // what the session writes to: nc, or TLS over it after STARTTLS
+	wc   net.Conn // what the session writes to: a byteConn over nc, or over TLS after STARTTLS
 	sess *xmpp.Session
+	in   *streamReader // the only reader of the session once it is up
 
 	wmu     sync.Mutex // serialises stanza, ping and reply writes
 	bw      *bufio.Writer
@@ -102,13 +103,14 @@ type Conn struct {
 	replies   chan inbound
 }
 
-func newConn(p *Pool, slot int, nc net.Conn, sess *xmpp.Session) *Conn {
+func newConn(p *Pool, slot int, nc net.Conn, sess *xmpp.Session, in *streamReader) *Conn {
 	return &Conn{
 		pool: p,
 		slot: slot,
 		nc:   nc,
 		wc:   sess.Conn(),
 		sess: sess,
+		in:   in,
 		bw:   bufio.NewWriterSize(sess.Conn(), p.opt.WriteBufferBytes),
 		dead: make(chan struct{}),
 		fences: [lanes]fenceState{
@@ -381,8 +383,7 @@ func (c *Conn) closeStream() {
 }
 
 func (c *Conn) readLoop() error {
-	tr := c.sess.TokenReader()
-	defer tr.Close()
+	tr := c.in
 	for {
 		tok, err := tr.Token()
 		if err != nil {

@@ -19,16 +19,20 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// fakeServer performs the handshake on conn, then sends data and closes,
-// discarding whatever the client writes.
-func fakeServer(conn net.Conn, secret string, data []byte) {
+// fakeHeader is the stream header fakeServer answers with by default.
+const fakeHeader = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:component:accept' id='fuzzid' from='c.example'>"
+
+// fakeServer performs the handshake on conn, answering with header (whose
+// id must be fuzzid), then sends data and closes, discarding whatever the
+// client writes.
+func fakeServer(conn net.Conn, secret, header string, data []byte) {
 	defer conn.Close()
 	br := bufio.NewReader(conn)
 	if _, err := br.ReadSlice('>'); err != nil {
 		return
 	}
 	const id = "fuzzid"
-	if _, err := io.WriteString(conn, "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:component:accept' id='"+id+"' from='c.example'>"); err != nil {
+	if _, err := io.WriteString(conn, header); err != nil {
 		return
 	}
 	hs, err := br.ReadString('/')
@@ -50,8 +54,15 @@ func fakeServer(conn net.Conn, secret string, data []byte) {
 // a server that sends data and closes, with one ping outstanding, and returns
 // what the read loop ended with.
 func readAll(t testing.TB, data []byte) (*Pool, *Metrics, error) {
+	c, m, err := readStream(t, fakeHeader, data)
+	return c.pool, m, err
+}
+
+// readStream is readAll with the server's stream header, returning the
+// (dead) connection: its fence state tells which pings were answered.
+func readStream(t testing.TB, header string, data []byte) (*Conn, *Metrics, error) {
 	client, server := net.Pipe()
-	go fakeServer(server, "s", data)
+	go fakeServer(server, "s", header, data)
 	m := NewMetrics(prometheus.NewRegistry())
 	p, err := NewPool(Options{
 		Addr: "pipe", JID: "c.example", Secret: "s", ServerDomain: "example",
@@ -76,7 +87,7 @@ func readAll(t testing.TB, data []byte) (*Pool, *Metrics, error) {
 	go func() { done <- c.readLoop() }()
 	select {
 	case err := <-done:
-		return p, m, err
+		return c, m, err
 	case <-time.After(10 * time.Second):
 		t.Fatalf("read loop did not end on input %q", data)
 		return nil, nil, nil
@@ -104,6 +115,11 @@ var inboundSeeds = []string{
 	"<x:y xmlns:x='z'><error><a xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></x:y>",
 	"<message/></message>",
 	"\x00\xff<message/>",
+	// Stream-namespace elements nested in stanzas are payload.
+	"<message from='u@example' to='c.example'><x xmlns='http://etherx.jabber.org/streams'/></message><iq type='result' id='f-1'/>",
+	"<message from='u@example' to='c.example'><error xmlns='http://etherx.jabber.org/streams'><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></error></message><iq type='result' id='f-1'/>",
+	"<iq type='error' id='f-1'><stream:stream><stream:error/></stream:stream></iq><stream:features/>",
+	"<message><s:error xmlns:s='http://etherx.jabber.org/streams'><a xmlns='x'><b/></a><c/></s:error></message>",
 }
 
 // FuzzInbound feeds arbitrary bytes from "ejabberd" into a real connection's
@@ -159,6 +175,9 @@ func TestReadElement(t *testing.T) {
 		{"<message type='error'><error type='cancel'><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>t</text><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
 			inbound{name: "message", typ: "error", errType: "cancel", condition: "item-not-found"}},
 		{"<message type='error'><body><error><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></body></message>",
+			inbound{name: "message", typ: "error"}},
+		// Not the stanza's error: payload of another namespace.
+		{"<message type='error'><error xmlns='http://etherx.jabber.org/streams' type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
 			inbound{name: "message", typ: "error"}},
 	}
 	for _, tt := range tests {

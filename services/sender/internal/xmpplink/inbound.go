@@ -48,7 +48,9 @@ func readElement(tr xml.TokenReader, start xml.StartElement) (inbound, error) {
 		}
 	}
 	depth := 1
-	inError := false // inside a depth-1 <error>
+	// inside the stanza's own <error> (in the stanza's namespace: an <error>
+	// of another namespace is payload, like a stream error a user nested)
+	inError := false
 	for depth > 0 {
 		tok, err := tr.Token()
 		if err != nil {
@@ -58,7 +60,7 @@ func readElement(tr xml.TokenReader, start xml.StartElement) (inbound, error) {
 		case xml.StartElement:
 			depth++
 			switch {
-			case depth == 2 && t.Name.Local == "error":
+			case depth == 2 && t.Name.Local == "error" && t.Name.Space == start.Name.Space:
 				inError = true
 				for _, a := range t.Attr {
 					if a.Name.Space == "" && a.Name.Local == "type" {

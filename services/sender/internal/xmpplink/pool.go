@@ -65,6 +65,8 @@ type Options struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Handshake opens the XMPP session on a new connection of slot; nil means
 	// the XEP-0114 handshake as JID with Secret. ClientHandshake gives c2s.
+	// The session must read through nc (or a TLS layer from startTLS): the
+	// read loop takes over from it, and connect fails otherwise.
 	Handshake func(ctx context.Context, nc net.Conn, slot int) (*xmpp.Session, error)
 }
 
@@ -452,22 +454,29 @@ func (p *Pool) connect(ctx context.Context, slot int) (*Conn, error) {
 	// watcher, which may still fire after the handshake returned.
 	_ = nc.SetDeadline(time.Now().Add(p.opt.HandshakeTimeout))
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	// The session reads through bc so the read loop can take over its
+	// bytes (see streamReader).
+	bc := newByteConn(nc)
 	var sess *xmpp.Session
 	if p.opt.Handshake != nil {
-		sess, err = p.opt.Handshake(context.Background(), nc, slot)
+		sess, err = p.opt.Handshake(context.Background(), bc, slot)
 	} else {
-		sess, err = component.NewSession(context.Background(), p.addr, []byte(p.opt.Secret), nc)
+		sess, err = component.NewSession(context.Background(), p.addr, []byte(p.opt.Secret), bc)
 	}
 	if !stop() {
 		_ = nc.Close()
 		return nil, ctx.Err()
+	}
+	var in *streamReader
+	if err == nil {
+		in, err = newStreamReader(sess)
 	}
 	if err != nil {
 		_ = nc.Close()
 		return nil, fmt.Errorf("handshake with %s: %w", p.opt.Addr, err)
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return newConn(p, slot, nc, sess), nil
+	return newConn(p, slot, nc, sess, in), nil
 }
 
 func (p *Pool) setLive(slot int, c *Conn) {
