@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -242,8 +243,22 @@ func TestDeliveryThroughput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// In multicast mode the sender connects as the domain its templates come
+	// from (s.from, which no other process of this test uses): the multicast
+	// service sends a refusal to the from, and the sender multicasts only
+	// what would have its refusal come back to it.
 	mcCfg := filepath.Join(s.dir, "sender-multicast.toml")
-	if err := os.WriteFile(mcCfg, bytes.Replace(conf, []byte("[sender]\n"), []byte("[sender]\nmulticast = \"auto\"\nmulticast_max = 500\n"), 1), 0o600); err != nil {
+	own := s.env.ComponentSpares[0]
+	mcConf := strings.NewReplacer(
+		"[sender]\n", "[sender]\nmulticast = \"auto\"\nmulticast_max = 500\n",
+		fmt.Sprintf("name = %q", own), fmt.Sprintf("name = %q", s.from),
+		fmt.Sprintf("secret = %q", s.env.SecretFor(own)), fmt.Sprintf("secret = %q", s.env.SecretFor(s.from)),
+		fmt.Sprintf("address = %q", s.env.AddrFor(own)), fmt.Sprintf("address = %q", s.env.AddrFor(s.from)),
+	).Replace(string(conf))
+	if !strings.Contains(mcConf, fmt.Sprintf("name = %q", s.from)) || !strings.Contains(mcConf, fmt.Sprintf("address = %q", s.env.AddrFor(s.from))) {
+		t.Fatalf("the multicast config does not connect as %s:\n%s", s.from, mcConf)
+	}
+	if err := os.WriteFile(mcCfg, []byte(mcConf), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	groups := []string{s.p + "_sender_node1", s.p + "_sender_node1.priority"}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -112,7 +113,8 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	}
 	var multicast *delivery.Multicast
 	if auto {
-		multicast = &delivery.Multicast{Service: cfg.MulticastJID(), Max: cfg.Sender.MulticastMax}
+		// Home is the JID the links connect as (the component's; none in client mode).
+		multicast = &delivery.Multicast{Service: cfg.MulticastJID(), Max: cfg.Sender.MulticastMax, Home: links.JID}
 		rt.Serve("multicast probe", probeMulticast(pool, multicast, in.probeAnswered, log, metrics))
 	}
 	sender = delivery.New(delivery.Options{
@@ -125,10 +127,27 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		StepInterval: cfg.Sender.ProgressInterval.D(),
 		Progress:     tracker,
 		Multicast:    multicast,
+		// The batches to send again after a server shutdown or a multicast
+		// refusal, their offsets committed, go back to the bus rather than
+		// wait in memory for ejabberd: a stop or a crash then loses none.
+		Requeue: &requeue{
+			w: rt.Writer(rt.Bus(), kafkabus.WriterOptions{}),
+			topic: func(of string, high bool) string {
+				if of != node.Name && !slices.ContainsFunc(peers, func(p config.Node) bool { return p.Name == of }) {
+					return ""
+				}
+				if high {
+					return cfg.PriorityTopic(cfg.DeliveriesTopic(of))
+				}
+				return cfg.DeliveriesTopic(of)
+			},
+			own: node.Name,
+		},
 	}, delivery.LinksOf(pool.Acquire), log, delivery.NewMetrics(metrics))
 
+	// It writes back to the bus: the runtime closes the writer after it returned.
 	rt.Serve("shutdown resends", sender.Run)
-	handle := stage.Decoded(announcement.NewDecoder(metrics).Batch, sender.Deliver)
+	handle := deliveries(announcement.NewDecoder(metrics).Batch, sender)
 	consumer := stage.ConsumerOptions{
 		MaxInFlight: cfg.Sender.MaxInFlight, DrainTimeout: cfg.Sender.FenceTimeout.D(),
 		// A fenced batch waits for its commit without holding a sending slot: with

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,7 +49,28 @@ type Link interface {
 type Multicast struct {
 	Service string
 	Max     int
-	on      atomic.Bool
+	// Home is the JID this process connects as (the component's). Only a
+	// template whose from is in Home's domain goes as multicasts: the
+	// service sends a refusal to the multicast's from, so any other from
+	// would lose it unseen, and it picks its limit from the from's domain,
+	// which the probe (sent from Home) proved for Home alone. Empty: none.
+	Home string
+	on   atomic.Bool
+}
+
+// home reports whether a multicast from from would have its refusal come
+// back to this process: ejabberd routes any JID of Home's domain to it.
+func (m *Multicast) home(from string) bool {
+	return m.Home != "" && from != "" && strings.EqualFold(domainOf(from), domainOf(m.Home))
+}
+
+// domainOf is a JID's domain part (no resource, no local part).
+func domainOf(jid string) string {
+	jid, _, _ = strings.Cut(jid, "/")
+	if i := strings.IndexByte(jid, '@'); i >= 0 {
+		jid = jid[i+1:]
+	}
+	return jid
 }
 
 // Enable switches the mode on or off for the batches that start from now on.
@@ -64,6 +86,24 @@ func (m *Multicast) Enabled() bool { return m != nil && m.on.Load() && m.Max > 0
 // errRefused: the multicast service refused a multicast while the batch was
 // in flight; the batch goes again one stanza per recipient.
 var errRefused = errors.New("delivery: the multicast service refused a multicast")
+
+// Requeuer writes a batch to send again back to the deliveries topic (and
+// lane) it came from, marked with why (AgainShutdown, AgainRefused) so that
+// the handler gives it to Sender.Again rather than Deliver; nil once the bus
+// acknowledged it. Its offset was committed with the batch's fence: the
+// record written back is what keeps it across a stop or a crash.
+type Requeuer interface {
+	Requeue(ctx context.Context, b announcement.Batch, why string) error
+}
+
+// Why a batch is sent again whole (the mark of a record written back).
+const (
+	// AgainShutdown: fenced on a connection just before the server ended it
+	// cleanly, which may drop what it had acknowledged.
+	AgainShutdown = "shutdown"
+	// AgainRefused: sent as multicasts around a refusal that may be one of its.
+	AgainRefused = "multicast-refused"
+)
 
 // Links hands out live connections, waiting for one to come up. With alone,
 // the connection is the caller's alone until Release: nothing else is
@@ -141,6 +181,13 @@ type Options struct {
 	// sent again when the server ends it cleanly (a shutdown may drop what it
 	// acknowledged but had not handed to its clients yet); 0 = 3 s.
 	ShutdownResend time.Duration
+	// Requeue writes the batches to send again back to their topic. nil:
+	// Run sends them again itself, and what it holds when it stops is lost
+	// (logged): for tests and benchmarks without a bus.
+	Requeue Requeuer
+	// FlushTimeout is how long Run, stopped, still tries to write back the
+	// batches it holds (0 = 10 s).
+	FlushTimeout time.Duration
 	// MinWait is the shortest wait the rate limit is paid in: a shorter debt
 	// is carried into the next chunk's, so a fast rate costs a timer wake-up
 	// and a flush every MinWait rather than every chunk (0 = 10 ms; the
@@ -164,7 +211,21 @@ type Sender struct {
 	// refusals counts MulticastRefused calls (under rmu): a multicast batch
 	// that saw it change while in flight goes again whole.
 	refusals int64
-	resend   chan announcement.Batch
+
+	// pending are the batches to send again that Run has not written back
+	// yet, oldest first; only Run removes them, once written.
+	qmu     sync.Mutex
+	pending []pending
+	closed  bool          // Run stopped: nothing writes back any more
+	wake    chan struct{} // one token: pending grew
+
+	foreignLogged atomic.Bool // the foreign from that keeps multicast off was logged
+}
+
+// pending is a batch to send again, and why.
+type pending struct {
+	b   announcement.Batch
+	why string
 }
 
 // fenced is a batch kept for a resend, its recipients packed end to end:
@@ -244,13 +305,16 @@ func New(opt Options, links Links, log zerolog.Logger, m *Metrics) *Sender {
 	if opt.MinWait <= 0 {
 		opt.MinWait = 10 * time.Millisecond
 	}
+	if opt.FlushTimeout <= 0 {
+		opt.FlushTimeout = 10 * time.Second
+	}
 	s := &Sender{
-		resend: make(chan announcement.Batch, maxRecent),
-		opt:    opt,
-		log:    log.With().Str("component", "delivery").Logger(),
-		m:      m,
-		links:  links,
-		chunk:  chunkFor(opt.RatePerConn),
+		wake:  make(chan struct{}, 1),
+		opt:   opt,
+		log:   log.With().Str("component", "delivery").Logger(),
+		m:     m,
+		links: links,
+		chunk: chunkFor(opt.RatePerConn),
 	}
 	s.limiters = make([]*rate.Limiter, opt.Conns)
 	for i := range s.limiters {
@@ -276,12 +340,21 @@ type scratch struct {
 // the announcement was cancelled), a *announcement.BadRecordError when it
 // never can be, or ctx's error.
 func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
-	return s.deliver(ctx, b, true)
+	return s.deliver(ctx, b, true, false)
+}
+
+// Again delivers a batch written back by the Requeuer (why is its mark): from
+// its first recipient, since the progress store has it fenced to its end,
+// and one stanza per recipient unless the mark is AgainShutdown (an unknown
+// mark too). Otherwise as Deliver.
+func (s *Sender) Again(ctx context.Context, b announcement.Batch, why string) error {
+	return s.deliver(ctx, b, false, why != AgainShutdown)
 }
 
 // deliver is Deliver; resume false starts a slow batch at its first
-// recipient whatever the progress store says was fenced.
-func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume bool) error {
+// recipient whatever the progress store says was fenced, and unicast never
+// sends multicasts.
+func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume, unicast bool) error {
 	p := s.opt.Progress
 	if p.Cancelled(ctx, b.AnnouncementID) {
 		s.m.batches.WithLabelValues("cancelled").Inc()
@@ -319,7 +392,15 @@ func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume bool)
 	}
 
 	policy := backoff.Policy{Initial: s.opt.RetryMin, Max: s.opt.RetryMax}
-	multicast := s.opt.Multicast.Enabled() && tmpl.Multicast()
+	multicast := !unicast && s.opt.Multicast.Enabled() && tmpl.Multicast()
+	if multicast && !s.opt.Multicast.home(tmpl.From()) {
+		multicast = false
+		s.m.multicastForeign.Inc()
+		if !s.foreignLogged.Swap(true) {
+			s.log.Warn().Str("announcement", b.AnnouncementID).Str("from", tmpl.From()).Str("home", s.opt.Multicast.Home).
+				Msg("a template's from is not in this sender's component domain: its batches go one stanza per recipient, as the multicast service would send a refusal to that from, unseen (logged once)")
+		}
+	}
 	began, refusals := multicast, s.refusalCount()
 	rejections := 0
 	// After ejabberd closed a stream, every batch that was in flight on it is
@@ -403,7 +484,7 @@ func (s *Sender) remember(b announcement.Batch, slot int, multicast bool, refusa
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	if multicast && s.refusals != refusals {
-		s.queue([]announcement.Batch{b}, s.m.multicastOff, "a multicast refusal")
+		s.queue([]announcement.Batch{b}, s.m.multicastOff, AgainRefused)
 		return
 	}
 	i := 0
@@ -417,9 +498,9 @@ func (s *Sender) remember(b announcement.Batch, slot int, multicast bool, refusa
 // ServerClosed is told that the server ended the stream of connection slot
 // cleanly: a shutdown, during which ejabberd may drop stanzas it had already
 // acknowledged. The batches fenced on it in the last ShutdownResend go again
-// (Run sends them): duplicates for who got them, nothing lost for the rest.
+// (Run writes them back): duplicates for who got them, nothing lost for the rest.
 func (s *Sender) ServerClosed(slot int) {
-	s.again(func(f *fenced) bool { return f.slot == slot }, s.m.shutdownResends, "a server shutdown", false)
+	s.again(func(f *fenced) bool { return f.slot == slot }, s.m.shutdownResends, AgainShutdown, false)
 }
 
 // MulticastRefused is told that the multicast service refused a multicast.
@@ -430,7 +511,7 @@ func (s *Sender) ServerClosed(slot int) {
 // recipient: duplicates for who got them, nothing lost for the rest.
 func (s *Sender) MulticastRefused() {
 	s.opt.Multicast.Enable(false)
-	s.again(func(f *fenced) bool { return f.multicast }, s.m.multicastOff, "a multicast refusal", true)
+	s.again(func(f *fenced) bool { return f.multicast }, s.m.multicastOff, AgainRefused, true)
 }
 
 // again queues for Run the batches fenced in the last ShutdownResend that
@@ -457,32 +538,138 @@ func (s *Sender) again(match func(*fenced) bool, sent prometheus.Counter, why st
 }
 
 // queue hands batches to Run without waiting (callers hold rmu, and may be
-// a connection's read loop).
+// a connection's read loop). The queue has no bound: Run empties it at the
+// pace of a Kafka write, and a batch left out would be lost.
 func (s *Sender) queue(batches []announcement.Batch, sent prometheus.Counter, why string) {
-	for _, b := range batches {
-		select {
-		case s.resend <- b:
-			sent.Inc()
-		default:
-			s.log.Warn().Str("announcement", b.AnnouncementID).Msg("resend queue full: a batch fenced just before " + why + " is not sent again")
+	if len(batches) == 0 {
+		return
+	}
+	s.qmu.Lock()
+	closed := s.closed
+	if !closed {
+		for _, b := range batches {
+			s.pending = append(s.pending, pending{b: b, why: why})
 		}
+	}
+	s.qmu.Unlock()
+	if closed {
+		for _, b := range batches {
+			s.lost(pending{b: b, why: why}, "it came after the sender stopped writing batches back")
+		}
+		return
+	}
+	sent.Add(float64(len(batches)))
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 }
 
-// Run sends again, until ctx ends, the batches a server shutdown or a
-// multicast refusal may have dropped. Each goes from its first recipient:
-// the progress store has it fenced to the end.
+// Run writes back (see Requeuer), until ctx ends, the batches a server
+// shutdown or a multicast refusal may have dropped; each leaves memory only
+// once the write is acknowledged. Stopped, it still tries for FlushTimeout to
+// write back what it holds, then logs and counts what it could not.
 func (s *Sender) Run(ctx context.Context) error {
-	for {
-		select {
-		case b := <-s.resend:
-			if err := s.deliver(ctx, b, false); err != nil && ctx.Err() == nil {
-				s.log.Warn().Err(err).Str("announcement", b.AnnouncementID).Msg("a batch sent again (after a server shutdown or a multicast refusal) failed")
+	defer s.flush()
+	policy := backoff.Policy{Initial: s.opt.RetryMin, Max: s.opt.RetryMax}
+	for failures := 0; ; {
+		p, ok := s.head()
+		if !ok {
+			select {
+			case <-s.wake:
+				continue
+			case <-ctx.Done():
+				return nil
 			}
-		case <-ctx.Done():
-			return nil
+		}
+		if err := s.requeue(ctx, p); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.log.Warn().Err(err).Str("announcement", p.b.AnnouncementID).Int("seq", p.b.Seq).
+				Msg("writing back a batch to send again failed; retrying")
+			if backoff.Sleep(ctx, policy.Delay(failures)) != nil {
+				return nil
+			}
+			failures++
+			continue
+		}
+		failures = 0
+		s.pop()
+	}
+}
+
+// flush writes back what is still pending once Run stops (the runtime
+// closes the bus writer only after Run returned), then closes the queue.
+func (s *Sender) flush() {
+	if s.opt.Requeue != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), s.opt.FlushTimeout)
+		defer cancel()
+		policy := backoff.Policy{Initial: s.opt.RetryMin, Max: s.opt.RetryMax}
+		for failures := 0; ; failures++ {
+			p, ok := s.head()
+			if !ok {
+				break
+			}
+			if err := s.requeue(ctx, p); err != nil {
+				if backoff.Sleep(ctx, policy.Delay(failures)) != nil {
+					break
+				}
+				continue
+			}
+			s.pop()
 		}
 	}
+	s.qmu.Lock()
+	s.closed = true
+	left := s.pending
+	s.pending = nil
+	s.qmu.Unlock()
+	for _, p := range left {
+		s.lost(p, "the sender stopped before it was written back")
+	}
+}
+
+// requeue writes p back, or without a Requeuer sends it again here.
+func (s *Sender) requeue(ctx context.Context, p pending) error {
+	if s.opt.Requeue == nil {
+		err := s.Again(ctx, p.b, p.why)
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn().Err(err).Str("announcement", p.b.AnnouncementID).Msg("a batch sent again (after a server shutdown or a multicast refusal) failed")
+		}
+		return ctx.Err()
+	}
+	if err := s.opt.Requeue.Requeue(ctx, p.b, p.why); err != nil {
+		return err
+	}
+	s.m.requeued.Inc()
+	return nil
+}
+
+func (s *Sender) head() (pending, bool) {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	if len(s.pending) == 0 {
+		return pending{}, false
+	}
+	return s.pending[0], true
+}
+
+// pop forgets the oldest pending batch (only Run's loop calls it).
+func (s *Sender) pop() {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	s.pending[0] = pending{}
+	s.pending = s.pending[1:]
+}
+
+// lost reports a batch to send again that nothing will send: enough to find
+// it in its deliveries topic and replay it.
+func (s *Sender) lost(p pending, why string) {
+	s.m.requeueLost.Inc()
+	s.log.Error().Str("announcement", p.b.AnnouncementID).Int("shard", p.b.Shard).Int("seq", p.b.Seq).
+		Str("node", p.b.Node).Int("recipients", len(p.b.Recipients)).Str("reason", p.why).
+		Msg("a batch to send again is dropped: " + why + "; some of its recipients may not have it (replay it from the deliveries topic)")
 }
 
 func anyValid(recipients []string, domain string, sc *scratch) bool {
@@ -670,7 +857,10 @@ type Metrics struct {
 	multicasts   prometheus.Counter
 	multicastOff prometheus.Counter
 
-	shutdownResends prometheus.Counter
+	shutdownResends  prometheus.Counter
+	multicastForeign prometheus.Counter
+	requeued         prometheus.Counter
+	requeueLost      prometheus.Counter
 }
 
 // NewMetrics registers the delivery metrics on reg (the service's, which
@@ -688,6 +878,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		multicasts:   s.Counter("multicasts_sent_total", "XEP-0033 multicast stanzas written (each carries up to [sender] multicast_max recipients)."),
 		multicastOff: s.Counter("multicast_fallbacks_total", "Batches sent again one stanza per recipient because the multicast service refused a multicast (multicast is then off)."),
 		shutdownResends: s.Counter("shutdown_resends_total",
-			"Batches fenced on a connection in the seconds before the server ended it cleanly (a shutdown), sent again."),
+			"Batches fenced on a connection in the seconds before the server ended it cleanly (a shutdown), sent again (written back to their topic first)."),
+		multicastForeign: s.Counter("multicast_foreign_from_total",
+			"Batches sent one stanza per recipient while multicast is on, because their template's from is not in the component's domain (a refusal would go there, unseen)."),
+		requeued: s.Counter("requeued_total",
+			"Batches to send again (after a server shutdown or a multicast refusal) written back to their deliveries topic."),
+		requeueLost: s.Counter("requeue_lost_total",
+			"Batches to send again that the sender stopped before writing back: logged with announcement, shard and seq for a replay."),
 	}
 }

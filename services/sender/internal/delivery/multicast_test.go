@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/stanza"
 	"github.com/announcer/announcer/pkg/testkit"
 )
 
@@ -19,7 +20,7 @@ func multicastBatch(recipients ...string) announcement.Batch {
 }
 
 func multicastOn(max int) *Multicast {
-	m := &Multicast{Service: "multicast.localhost", Max: max}
+	m := &Multicast{Service: "multicast.localhost", Max: max, Home: "announcer.localhost"}
 	m.Enable(true)
 	return m
 }
@@ -203,5 +204,58 @@ func TestLargeMulticastIsPaced(t *testing.T) {
 	}
 	if n := strings.Count(l.written.String(), "<message "); n != 1 {
 		t.Fatalf("%d stanzas, want one multicast", n)
+	}
+}
+
+// A template whose from is not in the component's domain (check_from =
+// false, or a replica's from_domain) goes one stanza per recipient even with
+// multicast on: the service would send a refusal to that from, never to us,
+// and the batch would be fenced and committed with nobody served. A from in
+// the component's domain, bare, with a user or a resource, still multicasts.
+func TestMulticastOnlyFromTheComponentDomain(t *testing.T) {
+	for _, c := range []struct {
+		from      string
+		multicast bool
+	}{
+		{"admin@localhost", false},
+		{"admin&#64;localhost", false}, // as ejabberd reads it
+		{"announcer-r1.localhost", false},
+		{"announcer.localhost", true},
+		{"ANNOUNCER.localhost", true},
+		{"news@announcer.localhost/x", true},
+	} {
+		l := &fakeLink{}
+		s, m := newSender(t, &fakeLinks{links: []*fakeLink{l}}, Options{
+			Multicast: multicastOn(10),
+			Templates: stanza.NewCache(stanza.Options{ComponentDomain: "announcer.localhost", AnyFrom: true}, 16),
+		})
+		b := announcement.Batch{AnnouncementID: "f", Template: "<message to='%s' from='" + c.from + "'><body>x</body></message>", Recipients: []string{"a", "b"}}
+		if err := s.Deliver(context.Background(), b); err != nil {
+			t.Fatalf("from %s: %v", c.from, err)
+		}
+		written, ops := l.text(), strings.Join(l.ops, ",")
+		multicast := strings.Contains(written, "<addresses") || strings.Contains(ops, "echo")
+		if multicast != c.multicast {
+			t.Fatalf("from %s: multicast %v, want %v (ops %s):\n%s", c.from, multicast, c.multicast, ops, written)
+		}
+		if !c.multicast {
+			if n := strings.Count(written, "<message "); n != 2 || testutil.ToFloat64(m.multicastForeign) != 1 {
+				t.Fatalf("from %s: %d stanzas, multicast_foreign_from_total %v; want 2 and 1", c.from, n, testutil.ToFloat64(m.multicastForeign))
+			}
+		}
+	}
+}
+
+// Without Home the sender cannot tell where a refusal goes: no multicast.
+func TestMulticastNeedsHome(t *testing.T) {
+	mc := &Multicast{Service: "multicast.localhost", Max: 10}
+	mc.Enable(true)
+	l := &fakeLink{}
+	s, _ := newSender(t, &fakeLinks{links: []*fakeLink{l}}, Options{Multicast: mc})
+	if err := s.Deliver(context.Background(), multicastBatch("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(l.text(), "<addresses") {
+		t.Fatalf("a multicast went out without Home: %s", l.text())
 	}
 }
