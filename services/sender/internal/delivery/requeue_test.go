@@ -40,6 +40,17 @@ func (f *fakeBus) written() ([]announcement.Batch, []string) {
 	return append([]announcement.Batch(nil), f.batches...), append([]string(nil), f.whys...)
 }
 
+// awaitOne waits for the one batch written back and returns it with its mark.
+func (f *fakeBus) awaitOne(t *testing.T) (announcement.Batch, string) {
+	t.Helper()
+	testkit.Eventually(t, 5*time.Second, "the batch written back", func() bool {
+		got, _ := f.written()
+		return len(got) == 1
+	})
+	got, whys := f.written()
+	return got[0], whys[0]
+}
+
 // A batch to send again after a server shutdown is written back to the bus
 // (not kept in memory), marked as a shutdown, and counted.
 func TestShutdownWritesTheBatchBack(t *testing.T) {
@@ -52,13 +63,9 @@ func TestShutdownWritesTheBatchBack(t *testing.T) {
 	}
 	testkit.Background(t, "resends", s.Run)
 	s.ServerClosed(0)
-	testkit.Eventually(t, 5*time.Second, "the batch written back", func() bool {
-		got, _ := bus.written()
-		return len(got) == 1
-	})
-	got, whys := bus.written()
-	if got[0].AnnouncementID != b.AnnouncementID || strings.Join(got[0].Recipients, ",") != "a,b" || whys[0] != AgainShutdown {
-		t.Fatalf("written back %+v (%v), want the batch marked %q", got[0], whys, AgainShutdown)
+	got, why := bus.awaitOne(t)
+	if got.AnnouncementID != b.AnnouncementID || strings.Join(got.Recipients, ",") != "a,b" || why != AgainShutdown {
+		t.Fatalf("written back %+v (%v), want the batch marked %q", got, why, AgainShutdown)
 	}
 	if testutil.ToFloat64(m.requeued) != 1 || testutil.ToFloat64(m.requeueLost) != 0 {
 		t.Fatalf("requeued_total %v, requeue_lost_total %v", testutil.ToFloat64(m.requeued), testutil.ToFloat64(m.requeueLost))
@@ -173,12 +180,8 @@ func TestAgainSendsTheBatchWhole(t *testing.T) {
 	p.position = 60
 	testkit.Background(t, "resends", s.Run)
 	s.ServerClosed(0)
-	testkit.Eventually(t, 5*time.Second, "the batch written back", func() bool {
-		got, _ := bus.written()
-		return len(got) == 1
-	})
-	got, whys := bus.written()
-	if err := s.Again(ctx, got[0], whys[0]); err != nil {
+	got, why := bus.awaitOne(t)
+	if err := s.Again(ctx, got, why); err != nil {
 		t.Fatal(err)
 	}
 	if text := next.text(); strings.Count(text, "<message") != 60 || !strings.HasPrefix(text, stanzaFor("u0@localhost", 10)) {
