@@ -145,7 +145,7 @@ func (c *Consumer) run(ctx context.Context, r Fetcher, drain func() time.Duratio
 	c.reset()
 	// Handlers outlive ctx by the drain timeout: a batch half-way through its
 	// fence should finish and be committed rather than be sent again.
-	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
+	hctx, hcancel := context.WithCancel(context.WithValue(context.WithoutCancel(ctx), drainingKey{}, ctx))
 	defer hcancel()
 
 	var commits sync.WaitGroup
@@ -304,7 +304,9 @@ func (c *Consumer) process(ctx context.Context, m kafka.Message) {
 			}
 			break
 		}
-		if ctx.Err() != nil {
+		// Draining, a failed attempt is not tried again: only work under way
+		// is worth the wait, and the record stays for the next reader.
+		if ctx.Err() != nil || draining(ctx) {
 			return
 		}
 		c.m.retries.Inc()
@@ -425,4 +427,27 @@ func (c *Consumer) commit(ctx context.Context, r Fetcher) error {
 		<-c.slots
 	}
 	return nil
+}
+
+type drainingKey struct{}
+
+// draining reports whether the consumer that handed ctx's record to its
+// handler has stopped taking records (a shutdown, a gate closing).
+func draining(ctx context.Context) bool {
+	d, ok := ctx.Value(drainingKey{}).(context.Context)
+	return ok && d.Err() != nil
+}
+
+// UntilDraining is ctx, also ended once the consumer that handed ctx's record
+// to its handler stops taking records. A handler waits on it for what it
+// needs before it can start (a connection): a record that has not started
+// is not worth the drain, and stays uncommitted for the next reader.
+func UntilDraining(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	d, ok := ctx.Value(drainingKey{}).(context.Context)
+	if !ok {
+		return ctx, cancel
+	}
+	stop := context.AfterFunc(d, cancel)
+	return ctx, func() { stop(); cancel() }
 }

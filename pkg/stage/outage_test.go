@@ -354,3 +354,35 @@ func TestARunEndsWithItsFailuresAndItsRecords(t *testing.T) {
 	testkit.Background(t, "the next run", func(ctx context.Context) error { return c.Run(ctx, b) })
 	testkit.Eventually(t, 5*time.Second, "ready in the next run", func() bool { return c.Ready(context.Background()) == nil })
 }
+
+// A handler still waiting for what it needs to start (ejabberd down) when
+// the consumer stops gives up at once instead of holding the drain, and is
+// not tried again: its record stays uncommitted for the next reader.
+func TestDrainDoesNotWaitForWorkNotStarted(t *testing.T) {
+	b := newFakeBroker("waits for a connection")
+	attempts := atomic.Int32{}
+	waiting := func(ctx context.Context, _ kafka.Message) error {
+		attempts.Add(1)
+		ctx, cancel := UntilDraining(ctx)
+		defer cancel()
+		<-ctx.Done() // no connection ever comes
+		return ctx.Err()
+	}
+	c := NewConsumer(nopDLQ{}, waiting, ConsumerOptions{DrainTimeout: time.Minute}, testkit.Log(t, zerolog.Disabled), prometheus.NewRegistry())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, b) }()
+	testkit.Eventually(t, 5*time.Second, "the handler waiting", func() bool { return attempts.Load() == 1 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the drain waited for a handler that never started its work")
+	}
+	if _, committed := b.state(); committed > 0 || attempts.Load() != 1 {
+		t.Fatalf("committed up to %d after %d attempts: want the record left for the next reader, tried once", committed, attempts.Load())
+	}
+}

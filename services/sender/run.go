@@ -143,7 +143,13 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 			},
 			own: node.Name,
 		},
-	}, delivery.LinksOf(pool.Acquire), log, delivery.NewMetrics(metrics))
+	}, delivery.LinksOf(func(ctx context.Context, alone bool) (*xmpplink.Conn, error) {
+		// Draining, a batch that waits for a connection (ejabberd down) gives
+		// up: it has nothing under way to finish, and stays for the next start.
+		ctx, cancel := stage.UntilDraining(ctx)
+		defer cancel()
+		return pool.Acquire(ctx, alone)
+	}), log, delivery.NewMetrics(metrics))
 
 	// It writes back to the bus: the runtime closes the writer after it returned.
 	rt.Serve("shutdown resends", sender.Run)
