@@ -305,6 +305,26 @@ func TestDeadLetteredBatchCountsAsDone(t *testing.T) {
 	}
 }
 
+// A copy dead-lettered while another copy of its key is half fenced ends
+// the key, once: the other copy's position is not this one's.
+func TestADeadCopyEndsItsKeyOnce(t *testing.T) {
+	env := stacktest.Get(t)
+	f := newFixture(t, env.RedisAddr, false)
+	ev := event("dead-copy", announcement.KindAllOnline)
+	f.begin(t, ev)
+	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 9, Online: 9, Recipients: 9, Batches: 2})
+	key := BatchKey(batch(ev.ID, 0, 0))
+	f.tracker.Fenced(ev.ID, Step{Batch: key, Pos: 50, Len: 100, Confirmed: 50, Written: 50, Digest: "a"})
+	f.tracker.Dead(ev.ID, key, 40)
+	f.tracker.Fenced(ev.ID, Step{Batch: key, Pos: 100, Len: 100, Confirmed: 50, Written: 50, Digest: "a"})
+	a := f.until(t, ev.ID, "the copies counted", func(a Announcement) bool { return a.Stanzas.Sent == 100 })
+	if a.Batches.Done != 1 || a.State == StateDone {
+		t.Fatalf("state %s, batches %+v: want the key ended once, the other batch still out", a.State, a.Batches)
+	}
+	f.tracker.Fenced(ev.ID, whole(batch(ev.ID, 0, 1, "e", "f")))
+	f.until(t, ev.ID, "done", func(a Announcement) bool { return a.State == StateDone && a.Batches.Done == 2 })
+}
+
 // A status read leaves the per-batch markers in Redis: a large announcement
 // holds tens of thousands, and every poll and list would carry them.
 func TestReadsLeaveTheBatchMarkers(t *testing.T) {

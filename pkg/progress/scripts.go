@@ -182,11 +182,10 @@ if redis.call('HSETNX', rec, 'd:' .. k, '1') == 1 then
   local cur = redis.call('HGET', rec, 'b:' .. k) or '0'
   local pos = num(string.match(cur, '^!?(%d+)'))
   local len = num(ARGV[4])
-  if pos < len then
-    redis.call('HINCRBY', rec, 'dead', len - pos)
-    -- a copy of the key that ended (see fenced) already counted it
-    if string.sub(cur, 1, 1) ~= '!' then redis.call('HINCRBY', rec, 'bdone', 1) end
-  end
+  if pos < len then redis.call('HINCRBY', rec, 'dead', len - pos) end
+  -- The key ends here unless a copy of it ended first (see fenced): pos may
+  -- be another copy's, so it does not say whether this one ended.
+  if string.sub(cur, 1, 1) ~= '!' then redis.call('HINCRBY', rec, 'bdone', 1) end
   complete()
 end
 touch()
