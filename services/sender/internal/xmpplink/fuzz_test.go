@@ -176,6 +176,9 @@ func TestReadElement(t *testing.T) {
 			inbound{name: "message", typ: "error", errType: "cancel", condition: "item-not-found"}},
 		{"<message type='error'><body><error><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></body></message>",
 			inbound{name: "message", typ: "error"}},
+		// A server naming another stanza namespace on the error it adds.
+		{"<message xmlns='jabber:component:accept' type='error'><error xmlns='jabber:client' type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+			inbound{name: "message", typ: "error", errType: "cancel", condition: "item-not-found"}},
 		// Not the stanza's error: payload of another namespace.
 		{"<message type='error'><error xmlns='http://etherx.jabber.org/streams' type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
 			inbound{name: "message", typ: "error"}},

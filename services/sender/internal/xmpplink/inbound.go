@@ -48,8 +48,8 @@ func readElement(tr xml.TokenReader, start xml.StartElement) (inbound, error) {
 		}
 	}
 	depth := 1
-	// inside the stanza's own <error> (in the stanza's namespace: an <error>
-	// of another namespace is payload, like a stream error a user nested)
+	// inside the stanza's own <error> (in a stanza namespace: an <error> of
+	// another namespace is payload, like a stream error a user nested)
 	inError := false
 	for depth > 0 {
 		tok, err := tr.Token()
@@ -60,7 +60,7 @@ func readElement(tr xml.TokenReader, start xml.StartElement) (inbound, error) {
 		case xml.StartElement:
 			depth++
 			switch {
-			case depth == 2 && t.Name.Local == "error" && t.Name.Space == start.Name.Space:
+			case depth == 2 && t.Name.Local == "error" && (t.Name.Space == start.Name.Space || stanzaNS(t.Name.Space)):
 				inError = true
 				for _, a := range t.Attr {
 					if a.Name.Space == "" && a.Name.Local == "type" {
@@ -122,4 +122,10 @@ func kindLabel(name string) string {
 	default:
 		return "other"
 	}
+}
+
+// stanzaNS reports whether ns is a namespace stanzas are written in: a
+// server may name the one it means on an element it adds (an error).
+func stanzaNS(ns string) bool {
+	return ns == "jabber:client" || ns == "jabber:server" || ns == "jabber:component:accept"
 }
