@@ -127,6 +127,9 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		StepInterval: cfg.Sender.ProgressInterval.D(),
 		Progress:     tracker,
 		Multicast:    multicast,
+		// On a stop, a batch waiting for a connection (ejabberd down) gives
+		// up: it has nothing under way to finish, and stays for the next start.
+		Waiting: stage.UntilDraining,
 		// The batches to send again after a server shutdown or a multicast
 		// refusal, their offsets committed, go back to the bus rather than
 		// wait in memory for ejabberd: a stop or a crash then loses none.
@@ -143,13 +146,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 			},
 			own: node.Name,
 		},
-	}, delivery.LinksOf(func(ctx context.Context, alone bool) (*xmpplink.Conn, error) {
-		// Draining, a batch that waits for a connection (ejabberd down) gives
-		// up: it has nothing under way to finish, and stays for the next start.
-		ctx, cancel := stage.UntilDraining(ctx)
-		defer cancel()
-		return pool.Acquire(ctx, alone)
-	}), log, delivery.NewMetrics(metrics))
+	}, delivery.LinksOf(pool.Acquire), log, delivery.NewMetrics(metrics))
 
 	// It writes back to the bus: the runtime closes the writer after it returned.
 	rt.Serve("shutdown resends", sender.Run)

@@ -181,6 +181,11 @@ type Options struct {
 	// sent again when the server ends it cleanly (a shutdown may drop what it
 	// acknowledged but had not handed to its clients yet); 0 = 3 s.
 	ShutdownResend time.Duration
+	// Waiting is the context a batch waits under for what it needs before
+	// an attempt (a connection, the backoff after losing one): the stage's,
+	// which ends once the consumer stops taking records, so a stop does not
+	// wait for a batch that is not sending. nil: the handler's context.
+	Waiting func(ctx context.Context) (context.Context, context.CancelFunc)
 	// Requeue writes the batches to send again back to their topic. nil:
 	// Run sends them again itself, and what it holds when it stops is lost
 	// (logged): for tests and benchmarks without a bus.
@@ -344,6 +349,13 @@ func (s *Sender) Deliver(ctx context.Context, b announcement.Batch) error {
 	return s.deliver(ctx, b, true, false)
 }
 
+func (s *Sender) waiting(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.opt.Waiting == nil {
+		return ctx, func() {}
+	}
+	return s.opt.Waiting(ctx)
+}
+
 // Again delivers a batch written back by the Requeuer (why is its mark): from
 // its first recipient, since the progress store has it fenced to its end,
 // and one stanza per recipient unless the mark is AgainShutdown (an unknown
@@ -416,12 +428,17 @@ func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume, unic
 			// The first resend goes out at once on another connection; repeated
 			// losses (ejabberd down) back off.
 			if attempt > 1 {
-				if err := backoff.Sleep(ctx, policy.Delay(attempt-2)); err != nil {
+				wctx, cancel := s.waiting(ctx)
+				err := backoff.Sleep(wctx, policy.Delay(attempt-2))
+				cancel()
+				if err != nil {
 					return err
 				}
 			}
 		}
-		link, err := s.links.Acquire(ctx, alone)
+		wctx, cancel := s.waiting(ctx)
+		link, err := s.links.Acquire(wctx, alone)
+		cancel()
 		if err != nil {
 			return fmt.Errorf("delivery: no connection: %w", err)
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/stanza"
+	"github.com/announcer/announcer/pkg/testkit"
 )
 
 // fakeLink records what the use case does with a connection.
@@ -382,5 +383,36 @@ func TestDeliverClientModeFrom(t *testing.T) {
 		if !tt.ok && fl.next != 0 {
 			t.Errorf("%s: a connection was used", tt.tpl)
 		}
+	}
+}
+
+// On a stop (Waiting's context ends), a batch that lost its connections and
+// waits for another gives up instead of holding the stop: it has nothing
+// under way to finish, and its record stays for the next start.
+func TestAStopEndsTheWaitForAConnection(t *testing.T) {
+	stopping, stop := context.WithCancel(context.Background())
+	defer stop()
+	waiting := func(ctx context.Context) (context.Context, context.CancelFunc) {
+		ctx, cancel := context.WithCancel(ctx)
+		unhook := context.AfterFunc(stopping, cancel)
+		return ctx, func() { unhook(); cancel() }
+	}
+	links := &fakeLinks{links: []*fakeLink{{writeErr: lostErr{}}, {writeErr: lostErr{}}}}
+	s, _ := newSender(t, links, Options{Waiting: waiting})
+	done := make(chan error, 1)
+	go func() { done <- s.Deliver(context.Background(), batch("a", "b")) }()
+	testkit.Eventually(t, 5*time.Second, "waiting for a third connection", func() bool {
+		links.mu.Lock()
+		defer links.mu.Unlock()
+		return len(links.alone) == 3
+	})
+	stop()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a batch that never got a connection reported delivered")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the batch still waits for a connection after the stop")
 	}
 }
