@@ -227,7 +227,8 @@ func (a *api) handle(route string, decode func([]byte) (announce.Request, error)
 		if err == nil {
 			out, err = a.svc.Announce(c.Request.Context(), req, announce.SourceREST, key)
 		}
-		if out.Replayed {
+		// Only an answer that names the announcement says it is a replay.
+		if out.Replayed && err == nil {
 			c.Header(HeaderReplayed, "true")
 		}
 		switch {

@@ -428,6 +428,9 @@ func TestIdempotencyKey(t *testing.T) {
 	if r := do(t, f.h, "POST", RouteUsers, body, HeaderIdempotencyKey, "retry-1"); r.code != http.StatusServiceUnavailable {
 		t.Fatalf("first attempt: %d %s", r.code, r.raw)
 	}
+	if r := do(t, f.h, "POST", RouteUsers, body, HeaderIdempotencyKey, "retry-1"); r.code != http.StatusServiceUnavailable || r.header.Get(HeaderReplayed) != "" {
+		t.Fatalf("a failed retry: %d %s, %s %q", r.code, r.raw, HeaderReplayed, r.header.Get(HeaderReplayed))
+	}
 	f.pub.err = nil
 	first := do(t, f.h, "POST", RouteUsers, body, HeaderIdempotencyKey, "retry-1")
 	again := do(t, f.h, "POST", RouteUsers, body, HeaderIdempotencyKey, "retry-1")
