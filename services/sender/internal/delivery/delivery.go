@@ -589,25 +589,36 @@ func (s *Sender) queue(batches []announcement.Batch, sent prometheus.Counter, wh
 // write back what it holds, then logs and counts what it could not.
 func (s *Sender) Run(ctx context.Context) error {
 	defer s.flush()
+	s.writeBack(ctx, true)
+	return nil
+}
+
+// writeBack writes back the pending batches, oldest first, retrying with
+// backoff, until ctx ends; with wait false it also returns once none is
+// left (the flush).
+func (s *Sender) writeBack(ctx context.Context, wait bool) {
 	policy := backoff.Policy{Initial: s.opt.RetryMin, Max: s.opt.RetryMax}
 	for failures := 0; ; {
 		p, ok := s.head()
 		if !ok {
+			if !wait {
+				return
+			}
 			select {
 			case <-s.wake:
 				continue
 			case <-ctx.Done():
-				return nil
+				return
 			}
 		}
 		if err := s.requeue(ctx, p); err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
 			s.log.Warn().Err(err).Str("announcement", p.b.AnnouncementID).Int("seq", p.b.Seq).
 				Msg("writing back a batch to send again failed; retrying")
 			if backoff.Sleep(ctx, policy.Delay(failures)) != nil {
-				return nil
+				return
 			}
 			failures++
 			continue
@@ -623,20 +634,7 @@ func (s *Sender) flush() {
 	if s.opt.Requeue != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opt.FlushTimeout)
 		defer cancel()
-		policy := backoff.Policy{Initial: s.opt.RetryMin, Max: s.opt.RetryMax}
-		for failures := 0; ; failures++ {
-			p, ok := s.head()
-			if !ok {
-				break
-			}
-			if err := s.requeue(ctx, p); err != nil {
-				if backoff.Sleep(ctx, policy.Delay(failures)) != nil {
-					break
-				}
-				continue
-			}
-			s.pop()
-		}
+		s.writeBack(ctx, false)
 	}
 	s.qmu.Lock()
 	s.closed = true
