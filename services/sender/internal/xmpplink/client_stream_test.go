@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -150,22 +151,8 @@ func TestClientModeStreamAfterTLSAndSASL(t *testing.T) {
 		if err != nil {
 			t.Fatalf("split %v: connect: %v", split, err)
 		}
-		c.pmu.Lock()
-		c.fences[lanePing].sent = 1
-		c.fences[lanePing].outstanding = append(c.fences[lanePing].outstanding, outPing{id: p.remember(c, lanePing, 1), seq: 1})
-		c.pmu.Unlock()
-		read := make(chan error, 1)
-		go func() { read <- c.readLoop() }()
-		select {
-		case err = <-read:
-		case <-time.After(10 * time.Second):
-			c.kill(errClosing)
-			<-read
-			t.Fatalf("split %v: the read loop is still waiting for what the server sent", split)
-		}
-		c.pmu.Lock()
-		confirmed := c.fences[lanePing].confirmed
-		c.pmu.Unlock()
+		err = readWithOnePing(t, p, c, fmt.Sprintf("what the server sent (split %v)", split))
+		confirmed := pingsConfirmed(c)
 		c.kill(errClosing)
 		if serr := <-served; serr != nil && !strings.Contains(serr.Error(), "closed") {
 			t.Fatalf("split %v: server: %v", split, serr)

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -78,7 +79,15 @@ func readStream(t testing.TB, header string, data []byte) (*Conn, *Metrics, erro
 		t.Fatalf("handshake with the fake server: %v", err)
 	}
 	defer c.kill(errClosing)
-	// One ping outstanding, id f-1, as if written before the server's answer.
+	err = readWithOnePing(t, p, c, fmt.Sprintf("input %q", data))
+	return c, m, err
+}
+
+// readWithOnePing runs c's read loop to its end with one ping outstanding,
+// id f-1, as if written before the server's answer; a loop still reading
+// after 10 s fails the test (what names the input).
+func readWithOnePing(t testing.TB, p *Pool, c *Conn, what string) error {
+	t.Helper()
 	c.pmu.Lock()
 	c.fences[lanePing].sent = 1
 	c.fences[lanePing].outstanding = append(c.fences[lanePing].outstanding, outPing{id: p.remember(c, lanePing, 1), seq: 1})
@@ -87,11 +96,20 @@ func readStream(t testing.TB, header string, data []byte) (*Conn, *Metrics, erro
 	go func() { done <- c.readLoop() }()
 	select {
 	case err := <-done:
-		return c, m, err
+		return err
 	case <-time.After(10 * time.Second):
-		t.Fatalf("read loop did not end on input %q", data)
-		return nil, nil, nil
+		c.kill(errClosing)
+		<-done
+		t.Fatalf("read loop still waiting on %s", what)
+		return nil
 	}
+}
+
+// pingsConfirmed is how far c's ping lane is confirmed.
+func pingsConfirmed(c *Conn) uint64 {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	return c.fences[lanePing].confirmed
 }
 
 var inboundSeeds = []string{

@@ -52,9 +52,7 @@ func TestNestedStreamElementsArePayload(t *testing.T) {
 			if got := testutil.ToFloat64(m.ignored); got != 1 {
 				t.Errorf("%v messages dispatched, want 1", got)
 			}
-			c.pmu.Lock()
-			confirmed := c.fences[lanePing].confirmed
-			c.pmu.Unlock()
+			confirmed := pingsConfirmed(c)
 			if confirmed != 1 {
 				t.Errorf("ping f-1 not confirmed (confirmed %d): the stanza after the payload was not read", confirmed)
 			}
@@ -96,9 +94,7 @@ func TestStreamLevelRulesBetweenStanzas(t *testing.T) {
 			if got := testutil.ToFloat64(m.ignored); got != 1 {
 				t.Errorf("%v messages dispatched before it, want 1", got)
 			}
-			c.pmu.Lock()
-			confirmed := c.fences[lanePing].confirmed
-			c.pmu.Unlock()
+			confirmed := pingsConfirmed(c)
 			if confirmed != 0 {
 				t.Error("read on after the stream ended")
 			}
