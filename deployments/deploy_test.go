@@ -5,6 +5,7 @@ package deployments
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -98,6 +99,9 @@ func effectiveConfig(path string, role config.Role, f serviceFlags) (config.Conf
 		}
 		if cfg.Sender.Node == "" && len(cfg.Nodes) == 1 {
 			cfg.Sender.Node = cfg.Nodes[0].Name
+		}
+		if cfg.Sender.Node == "" && len(cfg.Nodes) > 1 {
+			return cfg, errors.Join(cfg.Validate(role), fmt.Errorf("[sender] node: not set among %d nodes", len(cfg.Nodes)))
 		}
 	}
 	return cfg, cfg.Validate(role)

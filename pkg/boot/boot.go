@@ -25,14 +25,15 @@ type RunFunc[H any] func(ctx context.Context, log zerolog.Logger, cfg config.Con
 
 // Main parses the standard flags, loads and validates the config for role, builds the
 // logger and calls run under SIGINT/SIGTERM handling. It returns the process exit code.
-// extra may register service-specific flags and adjust the config after loading.
-func Main[H any](role config.Role, args []string, stderr io.Writer, run RunFunc[H], extra func(fs *flag.FlagSet) func(*config.Config)) int {
+// extra may register service-specific flags and adjust the config after loading; a
+// problem it finds counts as one of the config's.
+func Main[H any](role config.Role, args []string, stderr io.Writer, run RunFunc[H], extra func(fs *flag.FlagSet) func(*config.Config) error) int {
 	fs := flag.NewFlagSet(string(role), flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "announcer.toml", "path of the TOML config file")
 	check := fs.Bool("check-config", false, "validate the config, print it with secrets masked, and exit")
 	debugPort := fs.String("debug-port", "", "override debug_port (several services on one host)")
-	var apply func(*config.Config)
+	var apply func(*config.Config) error
 	if extra != nil {
 		apply = extra(fs)
 	}
@@ -47,10 +48,11 @@ func Main[H any](role config.Role, args []string, stderr io.Writer, run RunFunc[
 	if *debugPort != "" {
 		cfg.DebugPort = *debugPort
 	}
+	var flagErr error
 	if apply != nil {
-		apply(&cfg)
+		flagErr = apply(&cfg)
 	}
-	err = cfg.Validate(role)
+	err = errors.Join(cfg.Validate(role), flagErr)
 	if *check {
 		// How the file was read explains its problems too, so it comes first.
 		for _, n := range cfg.Notes {

@@ -5,6 +5,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"os"
 
 	"github.com/announcer/announcer/pkg/boot"
@@ -16,19 +17,30 @@ func main() { os.Exit(boot.Main(config.RoleSender, os.Args[1:], os.Stderr, run, 
 // flags adds -node, which overrides [sender] node (with a single node
 // configured and none named, that node is served), and -component-name,
 // which overrides [component] name (a replica with a component domain of
-// its own, so ping results and bounces come back to it alone).
-func flags(fs *flag.FlagSet) func(*config.Config) {
+// its own, so ping results and bounces come back to it alone). Several
+// nodes and none named is a config problem: -check-config says so, not
+// the first start.
+func flags(fs *flag.FlagSet) func(*config.Config) error {
 	node := fs.String("node", "", "name of the ejabberd node this sender serves (overrides [sender] node)")
 	name := fs.String("component-name", "", "component name or full component domain (overrides [component] name)")
-	return func(c *config.Config) {
+	return func(c *config.Config) error {
 		if *node != "" {
 			c.Sender.Node = *node
 		}
 		if *name != "" {
 			c.Component.Name = *name
 		}
-		if c.Sender.Node == "" && len(c.Nodes) == 1 {
-			c.Sender.Node = c.Nodes[0].Name
+		if c.Sender.Node != "" || len(c.Nodes) == 0 {
+			return nil
 		}
+		if len(c.Nodes) == 1 {
+			c.Sender.Node = c.Nodes[0].Name
+			return nil
+		}
+		names := make([]string, len(c.Nodes))
+		for i, n := range c.Nodes {
+			names[i] = n.Name
+		}
+		return fmt.Errorf("[sender] node: not set, and %d nodes are configured %v: pass -node NAME or set [sender] node", len(names), names)
 	}
 }

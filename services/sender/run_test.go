@@ -17,6 +17,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/boot"
 	"github.com/announcer/announcer/pkg/config"
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/stage"
@@ -309,9 +310,8 @@ func TestFlags(t *testing.T) {
 	}
 	cfg := config.Default()
 	cfg.Nodes = []config.Node{{Name: "n1"}, {Name: "n2"}}
-	apply(&cfg)
-	if cfg.Sender.Node != "n2" || cfg.Component.JID() != "announcer-r1.localhost" {
-		t.Fatalf("node %q, component %q", cfg.Sender.Node, cfg.Component.JID())
+	if err := apply(&cfg); err != nil || cfg.Sender.Node != "n2" || cfg.Component.JID() != "announcer-r1.localhost" {
+		t.Fatalf("node %q, component %q, %v", cfg.Sender.Node, cfg.Component.JID(), err)
 	}
 
 	fs = flag.NewFlagSet("t", flag.ContinueOnError)
@@ -319,8 +319,40 @@ func TestFlags(t *testing.T) {
 	_ = fs.Parse(nil)
 	cfg = config.Default()
 	cfg.Nodes = []config.Node{{Name: "only"}}
-	apply(&cfg)
-	if cfg.Sender.Node != "only" {
-		t.Fatalf("single node not chosen: %q", cfg.Sender.Node)
+	if err := apply(&cfg); err != nil || cfg.Sender.Node != "only" {
+		t.Fatalf("single node not chosen: %q, %v", cfg.Sender.Node, err)
+	}
+}
+
+// With several nodes and none named, -check-config fails as the start
+// would, and names the nodes; -node or [sender] node makes it valid.
+func TestCheckConfigWantsANodeAmongSeveral(t *testing.T) {
+	src, err := os.ReadFile("../../configs/announcer.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	two := strings.Replace(string(src), `node = "node1"`, "", 1) +
+		"\n[[node]]\nname = \"node2\"\naddress = \"127.0.0.1:8890\"\npresence_addresses = [\"127.0.0.2\"]\n"
+	path := filepath.Join(t.TempDir(), "two.toml")
+	if err := os.WriteFile(path, []byte(two), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	notRun := func(context.Context, zerolog.Logger, config.Config, hooks) error {
+		t.Error("run was called")
+		return nil
+	}
+	var stderr bytes.Buffer
+	if code := boot.Main(config.RoleSender, []string{"-config", path, "-check-config"}, &stderr, notRun, flags); code != 2 ||
+		!strings.Contains(stderr.String(), "[sender] node: not set, and 2 nodes are configured [node1 node2]") {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := boot.Main(config.RoleSender, []string{"-config", path, "-check-config", "-node", "node2"}, &stderr, notRun, flags); code != 0 {
+		t.Fatalf("with -node node2: exit %d: %s", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := boot.Main(config.RoleSender, []string{"-config", path, "-check-config", "-node", "node3"}, &stderr, notRun, flags); code != 2 ||
+		!strings.Contains(stderr.String(), `[sender] node "node3": not one of the configured nodes`) {
+		t.Fatalf("with -node node3: exit %d: %s", code, stderr.String())
 	}
 }
