@@ -545,11 +545,17 @@ func (c *Config) resolve() {
 	}
 	if len(c.Nodes) == 0 {
 		for i, addr := range SplitList(c.Ejabberd.ClusterNodes) {
-			n := Node{Name: "node" + strconv.Itoa(i+1), Address: addr}
-			if host, _, err := net.SplitHostPort(addr); err == nil {
-				n.PresenceAddresses = []string{host}
+			c.Nodes = append(c.Nodes, Node{Name: "node" + strconv.Itoa(i+1), Address: addr})
+		}
+	}
+	// A node without presence values would get no all-online recipients and
+	// no channel member routed to it; its listener's host is what ejabberd
+	// writes when it runs on that host.
+	for i, n := range c.Nodes {
+		if len(n.PresenceAddresses) == 0 {
+			if host, _, err := net.SplitHostPort(n.Address); err == nil {
+				c.Nodes[i].PresenceAddresses = []string{host}
 			}
-			c.Nodes = append(c.Nodes, n)
 		}
 	}
 	if w := c.setPrefixWarning(); w != "" {

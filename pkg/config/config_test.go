@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -177,6 +178,50 @@ buffer_report_duration = 0
 	mustName(t, c.Validate(RoleIngress, RoleFanout, RoleSender, RoleArchiver),
 		"[monitoring] buffer_report_duration", "log_level", "[bus] brokers", "[bus] partitions", "[mysql] address", "[mysql] pagination_length",
 		"[fanout] presence", "[sender] mode", "[sender] node", "rate_limit", "cluster_nodes", "[kafka-producer] topics")
+}
+
+// A [[node]] table without presence_addresses takes its listener's host, as
+// a cluster_nodes entry does: with none, no all-online recipient and no
+// channel member would be routed to it. Two nodes on one host then share
+// that value, which the fanout cannot route by: -check-config says so.
+func TestNodePresenceDefaultsToTheListenersHost(t *testing.T) {
+	c, err := Parse([]byte(`
+[component]
+domain = "localhost"
+[[node]]
+name = "a"
+address = "10.0.0.8:8889"
+[[node]]
+name = "b"
+address = "10.0.0.9:8889"
+presence_addresses = ["ejabberd-b"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(c.Nodes[0].PresenceAddresses, c.Nodes[1].PresenceAddresses); got != "[10.0.0.8] [ejabberd-b]" {
+		t.Fatalf("presence addresses %s", got)
+	}
+	if err := c.Validate(RoleFanout); err != nil && strings.Contains(err.Error(), "presence address") {
+		t.Fatal(err)
+	}
+	c, err = Parse([]byte(`
+[component]
+domain = "localhost"
+[[node]]
+name = "a"
+address = "127.0.0.1:8889"
+[[node]]
+name = "b"
+address = "127.0.0.1:8899"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustName(t, c.Validate(RoleFanout), `[[node]] "b": presence address "127.0.0.1" is also node "a"'s`)
+	if err := c.Validate(RoleSender, RoleArchiver); err != nil && strings.Contains(err.Error(), "presence address") {
+		t.Fatalf("roles that do not route by presence: %v", err)
+	}
 }
 
 // A dry run must be answered before the API server cuts the response.

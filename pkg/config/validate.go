@@ -177,6 +177,16 @@ func (c *Config) validateFanout(p *problems) {
 		p.bad("[fanout] member_count_max_age: %s is negative (0 counts for each announcement)", c.Fanout.MemberCountMaxAge.D())
 	}
 	c.validateNodes(p)
+	// A presence value names one node, or the fanout could not route by it.
+	owner := map[string]string{}
+	for _, n := range c.Nodes {
+		for _, a := range n.PresenceAddresses {
+			if other, dup := owner[a]; dup && other != n.Name {
+				p.bad("[[node]] %q: presence address %q is also node %q's (nodes on one host need presence_addresses of their own)", n.Name, a, other)
+			}
+			owner[a] = n.Name
+		}
+	}
 }
 
 func (c *Config) validateSender(p *problems) {
