@@ -100,9 +100,9 @@ var stopBudgets = map[config.Role]struct {
 	source []string
 	budget func(config.Config) time.Duration
 }{
-	// services/ingress/run.go: the configurable [ingress] shutdown_timeout.
-	config.RoleIngress: {[]string{"rt.ShutdownTimeout = cfg.Ingress.ShutdownTimeout.D()"},
-		func(c config.Config) time.Duration { return c.Ingress.ShutdownTimeout.D() }},
+	// services/ingress/run.go: the configurable [ingress] shutdown_timeout + 10 s.
+	config.RoleIngress: {[]string{"rt.ShutdownTimeout = cfg.Ingress.ShutdownTimeout.D() + 10*time.Second"},
+		func(c config.Config) time.Duration { return c.Ingress.ShutdownTimeout.D() + 10*time.Second }},
 	// services/fanout/run.go: drainTimeout (5 s) + 10 s.
 	config.RoleFanout: {[]string{"const drainTimeout = 5 * time.Second", "rt.ShutdownTimeout = drainTimeout + 10*time.Second"},
 		func(config.Config) time.Duration { return 5*time.Second + 10*time.Second }},

@@ -37,7 +37,9 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		return err
 	}
 	defer rt.Close()
-	rt.ShutdownTimeout = cfg.Ingress.ShutdownTimeout.D()
+	// Requests and input records in flight get shutdown_timeout; the Kafka
+	// input's last commit comes after its drain, and needs its own time.
+	rt.ShutdownTimeout = cfg.Ingress.ShutdownTimeout.D() + 10*time.Second
 	priority := cfg.PriorityTopic(cfg.Bus.AnnouncementsTopic)
 	rt.Topics(rt.Bus(), cfg.Bus.AnnouncementsTopic, priority, cfg.Bus.DeadLetterTopic)
 

@@ -97,6 +97,7 @@ type metrics struct {
 	failed       *prometheus.CounterVec // source, reason
 	replays      prometheus.Counter
 	recordErrors prometheus.Counter
+	ignored      prometheus.Counter
 }
 
 // New builds the use case; records may be nil (no progress store: no
@@ -117,6 +118,8 @@ func New(pub Publisher, records Records, lim Limits, reg prometheus.Registerer) 
 			"Requests whose idempotency key named an announcement already accepted: answered with its id, not published again."),
 		recordErrors: ms.Counter("progress_record_errors_total",
 			"Accepted announcements whose progress record could not be written (fanout writes it when it starts)."),
+		ignored: ms.Counter("unknown_fields_total",
+			"Fields of Kafka input bodies that no body has, ignored as the first generation ignored them (a producer's typo shows here)."),
 	}
 	if err := ms.Err(); err != nil {
 		return nil, fmt.Errorf("announce: metrics: %w", err)
@@ -164,6 +167,7 @@ func (s *Service) PrepareJSON(body []byte, source string) (announcement.Event, e
 		return announcement.Event{}, invalid("body", fmt.Sprintf("%d bytes, the limit is %d", len(body), s.lim.MaxBodyBytes))
 	}
 	req, err := Decode(body)
+	s.m.ignored.Add(float64(req.Ignored))
 	if err != nil {
 		s.countRejection(source, err)
 		return announcement.Event{}, err

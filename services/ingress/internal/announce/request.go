@@ -22,11 +22,11 @@ type Request struct {
 	Persist   *bool   // nil = the body type's default (channel false, users true)
 	Priority  *string // nil = the body type's default (channel normal, users high)
 	DryRun    bool    // count the audience, send nothing
+	Ignored   int     // fields of a Kafka input body that no body has (ignored, counted)
 }
 
-// channelBody and usersBody are the wire forms of the two REST bodies;
-// anyBody is the union the Kafka input accepts, where the field present says
-// which body it is. Pointers tell "absent" (or null) from a zero value.
+// channelBody and usersBody are the wire forms of the two REST bodies.
+// Pointers tell "absent" (or null) from a zero value.
 type channelBody struct {
 	ChannelID *announcement.ChannelRef `json:"channel_id"`
 	bodyFields
@@ -34,12 +34,6 @@ type channelBody struct {
 
 type usersBody struct {
 	Usernames *[]string `json:"usernames"`
-	bodyFields
-}
-
-type anyBody struct {
-	ChannelID *announcement.ChannelRef `json:"channel_id"`
-	Usernames *[]string                `json:"usernames"`
 	bodyFields
 }
 
@@ -65,8 +59,62 @@ func DecodeChannel(body []byte) (Request, error) { return decode[channelBody](bo
 func DecodeUsers(body []byte) (Request, error) { return decode[usersBody](body, usersFields) }
 
 // Decode parses either body, as the Kafka input receives them: a body with
-// channel_id is a channel body, one with usernames a users body.
-func Decode(body []byte) (Request, error) { return decode[anyBody](body, anyFields) }
+// channel_id is a channel body, one with usernames a users body. It reads a
+// record as the first generation did (encoding/json's defaults), since its
+// producers were written against that, and a record it refuses only reaches
+// the dead-letter topic, never the producer: names match case-insensitively,
+// unknown fields are ignored (counted in Request.Ignored), a key given twice
+// takes its last value, and null or a "" channel_id means absent (what a
+// struct without omitempty writes for the audience it does not use).
+func Decode(body []byte) (Request, error) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return Request{}, invalid("body", "want a JSON object")
+	}
+	var b inputBody
+	if err := json.Unmarshal(trimmed, &b); err != nil {
+		return Request{}, jsonError(err)
+	}
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &members); err != nil {
+		return Request{}, jsonError(err)
+	}
+	ignored := 0
+	for name := range members {
+		if !slices.ContainsFunc(anyFields, func(f string) bool { return strings.EqualFold(f, name) }) {
+			ignored++
+		}
+	}
+	r, err := b.request()
+	r.Ignored = ignored
+	return r, err
+}
+
+// inputBody is a Kafka input record's body; see Decode.
+type inputBody struct {
+	ChannelID json.RawMessage `json:"channel_id"`
+	Usernames []string        `json:"usernames"`
+	bodyFields
+}
+
+func (b inputBody) request() (Request, error) {
+	var channel *announcement.ChannelRef
+	if id := string(b.ChannelID); id != "" && id != "null" && id != `""` {
+		channel = new(announcement.ChannelRef)
+		if err := json.Unmarshal(b.ChannelID, channel); err != nil {
+			return Request{}, jsonError(err)
+		}
+	}
+	switch {
+	case channel != nil && len(b.Usernames) > 0:
+		return Request{}, invalid("body", "has both channel_id and usernames; send one of them")
+	case channel == nil && b.Usernames == nil:
+		return Request{}, invalid("body", "has neither channel_id nor usernames")
+	case channel != nil:
+		return b.complete(Request{Channel: channel})
+	}
+	return b.complete(Request{Usernames: b.Usernames})
+}
 
 // decode parses a body of type B, whose only fields are fields, into a Request.
 func decode[B interface{ request() (Request, error) }](body []byte, fields []string) (Request, error) {
@@ -89,20 +137,6 @@ func (b usersBody) request() (Request, error) {
 		return Request{}, invalid("usernames", "required: a non-empty array of usernames")
 	}
 	return b.complete(Request{Usernames: nonNil(*b.Usernames)})
-}
-
-func (b anyBody) request() (Request, error) {
-	switch {
-	case b.ChannelID != nil && b.Usernames != nil:
-		return Request{}, invalid("body", "has both channel_id and usernames; send one of them")
-	case b.ChannelID == nil && b.Usernames == nil:
-		return Request{}, invalid("body", "has neither channel_id nor usernames")
-	}
-	r := Request{Channel: b.ChannelID}
-	if b.Usernames != nil {
-		r.Usernames = nonNil(*b.Usernames)
-	}
-	return b.complete(r)
 }
 
 // complete checks the fields every body has and sets them on r, whose

@@ -81,9 +81,7 @@ func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
 	if err != nil {
 		return err
 	}
-	// The record key is the idempotency key: a producer that wrote the same
-	// announcement twice (a retry) announces it once.
-	key, err := announce.NewBinaryKey(source, m.Key, m.Topic, m.Value)
+	key, err := recordKey(source, m)
 	if err != nil {
 		return err
 	}
@@ -103,6 +101,20 @@ func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
 		return h.reject("record key "+stanza.Clip(string(m.Key))+": "+err.Error(), "key_reused")
 	}
 	return err
+}
+
+// recordKey is the record's idempotency key. A producer's key says which
+// records are one announcement (a retried write announces once). A record
+// without one is keyed by where it is: read again (a restart or a rebalance
+// before its offset was committed), it takes the id it was published under
+// instead of a new one, which fanout would send again. The record's
+// timestamp keeps a topic made again from reusing an old record's key.
+func recordKey(source string, m kafka.Message) (announce.Key, error) {
+	if len(m.Key) > 0 {
+		return announce.NewBinaryKey(source, m.Key, m.Topic, m.Value)
+	}
+	at := fmt.Appendf(nil, "%s/%d/%d/%d", m.Topic, m.Partition, m.Offset, m.Time.UnixNano())
+	return announce.NewBinaryKey(source+"@offset", at, m.Topic, m.Value)
 }
 
 func (h *Handler) reject(reason, label string) error {

@@ -83,14 +83,43 @@ func TestRecordKeyIsTheIdempotencyKey(t *testing.T) {
 	if k := a.keys[0]; k.Scope != "kafka:in" || len(k.Value) != 64 || k.Digest == "" {
 		t.Fatalf("keyed record: %+v", k)
 	}
-	if k := a.keys[1]; k.Value != "" {
-		t.Fatalf("unkeyed record got key %+v", k)
+	if k := a.keys[1]; k.Scope != "kafka:in@offset" || len(k.Value) != 64 || k.Value == a.keys[0].Value {
+		t.Fatalf("unkeyed record: %+v, want a key of its position", k)
 	}
 	a.failFirst, a.publishErr = 1, announce.ErrKeyReused
 	err := h.Handle(context.Background(), kafka.Message{Topic: "in", Key: []byte("k"), Value: []byte("e3")})
 	var rej *stage.Reject
 	if !errors.As(err, &rej) || rej.Label != "key_reused" {
 		t.Fatalf("reused key: %v, want a dead letter", err)
+	}
+}
+
+// A record without a key, read again before its offset was committed, is
+// submitted under the same key, so it takes the id it was published under;
+// another record (or the same offset of a topic made again) gets its own.
+func TestAnUnkeyedRecordReadAgainHasItsKey(t *testing.T) {
+	a := &fakeAnnouncer{}
+	h := newHandler(t, a)
+	at := time.UnixMilli(1_700_000_000_000)
+	for _, m := range []kafka.Message{
+		{Topic: "in", Partition: 2, Offset: 7, Time: at, Value: []byte("e1")},
+		{Topic: "in", Partition: 2, Offset: 7, Time: at, Value: []byte("e1")}, // read again
+		{Topic: "in", Partition: 2, Offset: 8, Time: at, Value: []byte("e1")}, // the same body written twice
+		{Topic: "in", Partition: 3, Offset: 7, Time: at, Value: []byte("e1")},
+		{Topic: "in", Partition: 2, Offset: 7, Time: at.Add(time.Hour), Value: []byte("e1")}, // a topic made again
+	} {
+		if err := h.Handle(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k := a.keys
+	if k[0] != k[1] {
+		t.Fatalf("read again: %+v, then %+v", k[0], k[1])
+	}
+	for i := 2; i < len(k); i++ {
+		if k[i].Value == k[0].Value {
+			t.Errorf("record %d has the key of record 0", i)
+		}
 	}
 }
 
