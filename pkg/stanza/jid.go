@@ -128,6 +128,12 @@ func checkLocal(s string) string {
 		if unicode.IsSpace(r) || unicode.Is(unicode.Cc, r) || !isXMLChar(r) {
 			return fmt.Sprintf("username contains whitespace, control or non-XML character %U", r)
 		}
+		// JSON decoding turns bytes that are not UTF-8 into U+FFFD, which no
+		// localpart may hold (nodeprep and PRECIS both prohibit it): refused
+		// here, not bounced by ejabberd for an account that cannot exist.
+		if r == utf8.RuneError {
+			return "username contains U+FFFD (what bytes that are not UTF-8 become)"
+		}
 		i += size
 	}
 	return ""

@@ -76,6 +76,7 @@ func TestNormalizeJID(t *testing.T) {
 		{"al\u0085ice", "d", ""},
 		{"al\uFFFEice", "d", ""},
 		{"al\xffice", "d", ""},
+		{"al\uFFFDice", "d", ""}, // what JSON makes of "al\xffice"
 		{`al"ice`, "d", ""},
 		{"al&ice", "d", ""},
 		{"al'ice", "d", ""},
