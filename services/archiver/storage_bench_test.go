@@ -45,6 +45,9 @@ func BenchmarkStorageWrite(b *testing.B) {
 		{"archiver", storageWriterOptions(cfg, nil)},
 	} {
 		topic := kafkatest.Topics(b, env.KafkaBrokers, 6, "arcbench")[0]
+		for i := range records {
+			records[i].Topic = topic
+		}
 		b.Run(c.name, func(b *testing.B) {
 			w := kafkabus.NewWriter(kafkabus.Plaintext(env.KafkaBrokers), c.o)
 			defer w.Close()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/metric"
 	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/pkg/stanza"
@@ -20,12 +21,18 @@ import (
 
 // Record is one stored message.
 type Record struct {
+	Topic string // one of the Store's Topics; each record is stored on all of them
 	Key   []byte // the recipient's JID
 	Value []byte // the stanza rendered for that recipient
 }
 
-// Store writes records durably (acknowledged by the storage) or fails as a whole.
+// Store writes records durably (acknowledged by the storage).
 type Store interface {
+	// Topics are where the storage keeps records, a copy on each.
+	Topics() []string
+	// Store writes each record to its topic; nil once all are acknowledged.
+	// When only some were, it returns a *kafkabus.PartialWriteError naming
+	// the others.
 	Store(ctx context.Context, announcementID string, recs []Record) error
 }
 
@@ -129,11 +136,16 @@ func (a *Archiver) Archive(ctx context.Context, b announcement.Batch) error {
 	return nil
 }
 
-// store writes recs, retrying with backoff until the storage takes them or ctx ends.
+// store writes a copy of recs on every storage topic, retrying with backoff
+// until the storage has acknowledged each copy or ctx ends. A retry writes
+// only the copies not acknowledged yet: the others are durable, and written
+// again they would be archived twice.
 func (a *Archiver) store(ctx context.Context, policy backoff.Policy, b *announcement.Batch, recs []Record) error {
+	pending := copies(recs, a.sink.Topics())
 	for attempt := 0; ; attempt++ {
-		err := a.sink.Store(ctx, b.AnnouncementID, recs)
-		if err == nil {
+		err := a.sink.Store(ctx, b.AnnouncementID, pending)
+		pending = kafkabus.Unacknowledged(pending, err)
+		if len(pending) == 0 {
 			a.m.records.Add(float64(len(recs)))
 			return nil
 		}
@@ -142,12 +154,24 @@ func (a *Archiver) store(ctx context.Context, policy backoff.Policy, b *announce
 		}
 		a.m.storeErrors.Inc()
 		d := policy.Delay(attempt)
-		a.log.Warn().Err(err).Str("announcement", b.AnnouncementID).Int("seq", b.Seq).
+		a.log.Warn().Err(err).Str("announcement", b.AnnouncementID).Int("seq", b.Seq).Int("unacknowledged", len(pending)).
 			Int("attempt", attempt+1).Dur("retry_in", d).Msg("storage write failed; the batch waits")
 		if err := backoff.Sleep(ctx, d); err != nil {
 			return err
 		}
 	}
+}
+
+// copies returns a copy of each record for each topic, topic by topic.
+func copies(recs []Record, topics []string) []Record {
+	out := make([]Record, 0, len(recs)*len(topics))
+	for _, t := range topics {
+		for _, r := range recs {
+			r.Topic = t
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // chunkBytes bounds the stanzas rendered for one storage write.

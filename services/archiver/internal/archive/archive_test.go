@@ -26,6 +26,8 @@ type fakeStore struct {
 	ids      []string
 }
 
+func (*fakeStore) Topics() []string { return []string{"archive"} }
+
 func (f *fakeStore) Store(ctx context.Context, id string, recs []Record) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -203,6 +205,8 @@ type chunkStore struct {
 		bytes int
 	}
 }
+
+func (*chunkStore) Topics() []string { return []string{"archive"} }
 
 func (c *chunkStore) Store(_ context.Context, _ string, recs []Record) error {
 	var w struct {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/services/archiver/internal/archive"
 )
 
@@ -18,7 +19,7 @@ type Producer interface {
 	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
 }
 
-// Writer stores records on every storage topic.
+// Writer stores records on the storage topics.
 type Writer struct {
 	p      Producer
 	topics []string
@@ -26,18 +27,20 @@ type Writer struct {
 
 var _ archive.Store = (*Writer)(nil)
 
-// New builds the writer on p.
+// New builds the writer of topics on p.
 func New(p Producer, topics []string) *Writer { return &Writer{p: p, topics: topics} }
 
-// Store writes one message per record and topic; it returns when all are
-// acknowledged, or the first error (the caller retries the whole set).
+// Topics implements archive.Store.
+func (s *Writer) Topics() []string { return s.topics }
+
+// Store writes one message per record, to its topic; it returns when all
+// are acknowledged, or an error that names those that were not when Kafka
+// says which (one storage partition failing leaves the others written).
 func (s *Writer) Store(ctx context.Context, announcementID string, recs []archive.Record) error {
 	hdr := []kafka.Header{{Key: HeaderAnnouncementID, Value: []byte(announcementID)}}
-	msgs := make([]kafka.Message, 0, len(recs)*len(s.topics))
-	for _, t := range s.topics {
-		for _, r := range recs {
-			msgs = append(msgs, kafka.Message{Topic: t, Key: r.Key, Value: r.Value, Headers: hdr})
-		}
+	msgs := make([]kafka.Message, len(recs))
+	for i, r := range recs {
+		msgs[i] = kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value, Headers: hdr}
 	}
-	return s.p.WriteMessages(ctx, msgs...)
+	return kafkabus.Partial(s.p.WriteMessages(ctx, msgs...), len(msgs))
 }
