@@ -74,7 +74,8 @@ func (c ChannelRef) String() string {
 }
 
 // Shard is one member-id range of a giant channel: [FromMemberID, ToMemberID).
-// ToMemberID 0 means "to the end".
+// ToMemberID 0 means "to the end" in the last shard (Index Count-1) only;
+// in any other it is a real bound (ids that cross zero).
 type Shard struct {
 	ChannelID    int64 `json:"channel_id"`
 	Index        int   `json:"index"`

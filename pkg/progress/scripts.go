@@ -115,11 +115,14 @@ if redis.call('HSETNX', rec, 's:' .. s, '1') == 1 then
   redis.call('HINCRBY', rec, 'recipients', ARGV[6])
   redis.call('HINCRBY', rec, 'planned', ARGV[7])
   for i = 8, #ARGV, 2 do redis.call('HINCRBY', rec, 'n:' .. ARGV[i], ARGV[i + 1]) end
-  local f = 'e:' .. s
-  local old, n = num(redis.call('HGET', rec, f)), num(ARGV[7])
-  if n > old then
-    redis.call('HSET', rec, f, n)
-    redis.call('HINCRBY', rec, 'emitted', n - old)
+  -- A dry run's batches are planned, never written: none is emitted.
+  if redis.call('HGET', rec, 'dry_run') ~= '1' then
+    local f = 'e:' .. s
+    local old, n = num(redis.call('HGET', rec, f)), num(ARGV[7])
+    if n > old then
+      redis.call('HSET', rec, f, n)
+      redis.call('HINCRBY', rec, 'emitted', n - old)
+    end
   end
   local done = redis.call('HINCRBY', rec, 'shards_done', 1)
   if done >= num(redis.call('HGET', rec, 'shards_total')) then

@@ -16,13 +16,15 @@ package audience
 import (
 	"context"
 	"errors"
-	"fmt"
+	"math"
+	"time"
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/progress"
 )
 
-// StateAccepted is the only channel state whose members are announced to.
+// StateAccepted is the only channel state whose members are announced to
+// (as the database's collation compares it: see Channel.Accepted).
 const StateAccepted = "ACCEPTED"
 
 // NoAddress is the presence address of a user who is online on a server the
@@ -32,14 +34,16 @@ const NoAddress = "?"
 // ErrChannelNotFound is returned by a MemberStore for an unknown channel.
 var ErrChannelNotFound = errors.New("channel not found")
 
-// ErrPermanent marks a failure that retrying cannot cure (the database lacks a
-// table or column the store reads): after a few tries the announcement is
-// dead-lettered with the reason instead of holding its partition forever.
+// ErrPermanent marks a failure that retrying is not expected to cure (the
+// database lacks a table or column the store reads, or the account may not
+// read it). It is still retried for Config.PermanentRetryFor, since a failover
+// to a replica whose grants lag or a table swap cures itself; then the
+// announcement is dead-lettered with the reason instead of holding its
+// partition forever.
 var ErrPermanent = errors.New("permanent failure")
 
-// permanentTries is how often an ErrPermanent failure is tried before giving
-// up: a schema being migrated under us gets a few seconds.
-const permanentTries = 4
+// DefaultPermanentRetryFor is the default Config.PermanentRetryFor.
+const DefaultPermanentRetryFor = 30 * time.Second
 
 // ErrScanUnsupported is returned by a Presence that cannot list online users.
 var ErrScanUnsupported = errors.New("presence source cannot list online users")
@@ -48,6 +52,10 @@ var ErrScanUnsupported = errors.New("presence source cannot list online users")
 type Channel struct {
 	ID    int64
 	State string
+	// Accepted is the database's own answer to channel_state = 'ACCEPTED', as
+	// the first generation filtered: under the usual _ci collations it ignores
+	// case and trailing spaces.
+	Accepted bool
 }
 
 // Member is a row of ws_channel_members.
@@ -61,7 +69,8 @@ type MemberStore interface {
 	// Channel finds a channel by numeric or string id; ErrChannelNotFound when absent.
 	Channel(ctx context.Context, ref announcement.ChannelRef) (Channel, error)
 	// Members appends to dst[:0] up to limit members of the channel with
-	// afterID < member_id (and member_id < beforeID unless beforeID is 0), in member_id order.
+	// afterID < member_id (and member_id < beforeID unless beforeID is
+	// NoUpperBound), in member_id order.
 	Members(ctx context.Context, channelID, afterID, beforeID int64, limit int, dst []Member) ([]Member, error)
 	// Span counts the channel's members and gives their smallest and largest member_id
 	// (all 0 for no members).
@@ -69,6 +78,11 @@ type MemberStore interface {
 	// Bounds is Span without the count: two index look-ups, however large the channel.
 	Bounds(ctx context.Context, channelID int64) (minID, maxID int64, err error)
 }
+
+// NoUpperBound is the beforeID of a member range open at its end. As a real
+// bound it would select nothing (no member_id is below it), so unlike 0 it
+// never stands for one.
+const NoUpperBound int64 = math.MinInt64
 
 // Presence says who is online and where.
 type Presence interface {
@@ -81,27 +95,13 @@ type Presence interface {
 }
 
 // BatchSink stores delivery batches durably (Kafka acks=all); it returns when all are acknowledged.
-// When only some were, it returns a *PartialWriteError naming the others.
+// When only some were, it returns a *kafkabus.PartialWriteError naming the others.
 type BatchSink interface {
 	WriteBatches(ctx context.Context, batches []announcement.Batch) error
 }
 
-// PartialWriteError is a write of which only some batches (or shard tasks)
-// were acknowledged: Failed are the indices of the others. Only those are
-// written again, so a partial failure does not duplicate what is already durable.
-type PartialWriteError struct {
-	Failed []int
-	Err    error
-}
-
-func (e *PartialWriteError) Error() string {
-	return fmt.Sprintf("%d records not acknowledged: %v", len(e.Failed), e.Err)
-}
-
-func (e *PartialWriteError) Unwrap() error { return e.Err }
-
 // TaskSink queues shard tasks for any fanout worker; it returns when all are acknowledged.
-// When only some were, it returns a *PartialWriteError naming the others.
+// When only some were, it returns a *kafkabus.PartialWriteError naming the others.
 type TaskSink interface {
 	WriteTasks(ctx context.Context, tasks []announcement.Event) error
 }

@@ -4,11 +4,16 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/progress"
+	"github.com/announcer/announcer/pkg/redisconn"
+	"github.com/announcer/announcer/pkg/testkit"
+	"github.com/announcer/announcer/pkg/testkit/stacktest"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 	"github.com/announcer/announcer/services/fanout/internal/audience/audiencetest"
 )
@@ -161,6 +166,43 @@ func TestDryRunAndCopies(t *testing.T) {
 	if res, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 1})); err != nil ||
 		res.Outcome != audience.Duplicate || len(w.sink.Batches) != 0 {
 		t.Fatalf("%+v %v, %d batches", res, err, len(w.sink.Batches))
+	}
+}
+
+// A dry run, recorded by the real progress store, shows the batches a send
+// would make as planned and none as emitted: emitted means acknowledged by
+// Kafka, and a preview writes nothing.
+func TestDryRunEmitsNothingInTheProgressStore(t *testing.T) {
+	env := stacktest.Get(t)
+	conn, err := redisconn.New("progress", redisconn.Options{Addrs: []string{env.RedisAddr}, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	store := progress.NewStore(conn, progress.Options{Prefix: stacktest.Name("fanout-progress") + ":", TTL: time.Minute})
+	tracker := progress.NewTracker(store, progress.TrackerOptions{}, testkit.Log(t, zerolog.WarnLevel), prometheus.NewRegistry())
+	testkit.Background(t, "tracker", tracker.Run)
+
+	w := newWorld(t, func(c *audience.Config) { c.Progress = tracker })
+	want1, want2 := w.seedChannel(t, 1, audience.StateAccepted, 30)
+	ev := channelEvent(announcement.ChannelRef{ID: 1})
+	ev.ID, ev.DryRun = stacktest.Name("dry"), true
+	ctx := context.Background()
+	if err := store.Accept(ctx, &ev); err != nil { // as ingress does
+		t.Fatal(err)
+	}
+	res, err := w.r.Resolve(ctx, ev)
+	if err != nil || res.Outcome != audience.Counted || res.Batches == 0 || len(w.sink.Batches) != 0 {
+		t.Fatalf("%+v %v, %d batches written", res, err, len(w.sink.Batches))
+	}
+	var a progress.Announcement
+	testkit.Eventually(t, 5*time.Second, "the dry run done", func() bool {
+		a, err = store.Get(ctx, ev.ID)
+		return err == nil && a.State == progress.StateDone
+	})
+	if a.Batches.Emitted != 0 || a.Batches.Planned != int64(res.Batches) || a.Audience.Recipients != int64(len(want1)+len(want2)) {
+		t.Fatalf("batches %+v, audience %+v: want %d planned, none emitted, %d recipients",
+			a.Batches, a.Audience, res.Batches, len(want1)+len(want2))
 	}
 }
 

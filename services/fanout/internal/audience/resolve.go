@@ -11,6 +11,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/progress"
 	"github.com/announcer/announcer/pkg/stanza"
 )
@@ -45,6 +46,10 @@ type Config struct {
 	// time). Only channels of more than one shard are remembered.
 	CountMaxAge time.Duration
 	Retry       backoff.Policy
+	// PermanentRetryFor is how long a run of ErrPermanent failures of one
+	// operation is retried before the task gives up and the announcement is
+	// dead-lettered (0: DefaultPermanentRetryFor).
+	PermanentRetryFor time.Duration
 	// Templates, when set, checks each announcement's template (once per
 	// announcement, cached): one that ejabberd would refuse must not become
 	// a million bad stanzas.
@@ -105,6 +110,9 @@ func New(cfg Config, members MemberStore, presence Presence, batches BatchSink, 
 	}
 	if cfg.MaxInFlight < 1 {
 		cfg.MaxInFlight = 1
+	}
+	if cfg.PermanentRetryFor <= 0 {
+		cfg.PermanentRetryFor = DefaultPermanentRetryFor
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("audience: %w", err)
@@ -237,35 +245,34 @@ func (c channelRef) String() string {
 func channelOf(ev *announcement.Event) fmt.Stringer { return channelRef{ev.Channel} }
 
 // writeAll writes records to Kafka with r.retry. After a write that Kafka
-// acknowledged in part (*PartialWriteError), only the rest goes again: what
-// was acknowledged is durable, and written twice it would be sent twice.
+// acknowledged in part (*kafkabus.PartialWriteError), only the rest goes
+// again: what was acknowledged is durable, and written twice it would be sent twice.
 func writeAll[T any](ctx context.Context, r *Resolver, records []T, write func(context.Context, []T) error) error {
 	pending := records
 	return r.retry(ctx, depKafka, func() error {
 		err := write(ctx, pending)
-		var partial *PartialWriteError
-		if errors.As(err, &partial) {
-			rest := make([]T, 0, len(partial.Failed))
-			for _, i := range partial.Failed {
-				rest = append(rest, pending[i])
-			}
-			pending = rest
-		}
+		pending = kafkabus.Unacknowledged(pending, err)
 		return err
 	})
 }
 
 // retry runs op until it succeeds or ctx ends, counting and (sparsely) logging failures.
-// Transient failures are retried until ctx ends; ErrPermanent ones only
-// permanentTries times.
+// Transient failures are retried until ctx ends; ErrPermanent ones until
+// they have lasted PermanentRetryFor. A budget of time, not of tries: with
+// the backoff's short first steps a few tries are over in a second, before a
+// failover or a table swap is. A transient failure in between starts the
+// count again (the database was not answering at all).
 func (r *Resolver) retry(ctx context.Context, dep string, op func() error) error {
-	permanent := 0
+	var since time.Time // first of the current run of permanent failures
 	return backoff.Retry(ctx, r.cfg.Retry, func() error {
 		err := op()
-		if errors.Is(err, ErrPermanent) {
-			if permanent++; permanent >= permanentTries {
-				return backoff.Permanent(err)
-			}
+		switch {
+		case !errors.Is(err, ErrPermanent):
+			since = time.Time{}
+		case since.IsZero():
+			since = time.Now()
+		case time.Since(since) >= r.cfg.PermanentRetryFor:
+			return backoff.Permanent(err)
 		}
 		return err
 	}, func(err error, attempt int) {
@@ -291,7 +298,7 @@ func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result,
 		return Result{Outcome: Rejected, Reason: ReasonChannelNotFound}, nil
 	case err != nil:
 		return Result{}, err
-	case ch.State != StateAccepted:
+	case !ch.Accepted:
 		return Result{Outcome: Rejected, Reason: ReasonChannelNotAccepted}, nil
 	}
 	cut, err := r.split(ctx, ch.ID)
@@ -383,6 +390,18 @@ func shardsOf(channelID int64, p progress.SplitPlan) []announcement.Shard {
 	return shards
 }
 
+// upperBound is the exclusive end of a shard's range for MemberStore.Members.
+// ToMemberID 0 means "to the end" only in the last shard, the one shardsOf
+// leaves open: every other shard has a real end, which may be 0 when the ids
+// cross zero (read as open, that shard would overlap the next). Shard tasks
+// queued by earlier versions read the same: only their last was left open.
+func upperBound(s announcement.Shard) int64 {
+	if s.ToMemberID == 0 && s.Index == s.Count-1 {
+		return NoUpperBound
+	}
+	return s.ToMemberID
+}
+
 // shard streams the members of one range: a reader goroutine fetches the next
 // keyset page while this goroutine looks up presence and routes the current one,
 // and batch writes run in the background (bounded by MaxInFlight).
@@ -390,6 +409,9 @@ func (r *Resolver) shard(ctx context.Context, ev *announcement.Event, s announce
 	// [inc_id]s of a shard start at its first member id + 1: a range [From, To)
 	// has at most To-From members, so the shards' numbers never overlap, whatever
 	// the shard size or the spread of the ids. A lone shard counts from 1.
+	// Shards starting at or below 0 all count from 1, so with negative ids the
+	// numbers may repeat: telling them apart needs the cut's first id, which a
+	// shard task does not carry, or numbers past 2^63.
 	firstInc := uint64(1)
 	if s.Count > 1 {
 		firstInc = uint64(max(s.FromMemberID, 0)) + 1
@@ -451,6 +473,7 @@ func (r *Resolver) shard(ctx context.Context, ev *announcement.Event, s announce
 
 func (r *Resolver) readPages(ctx context.Context, s announcement.Shard, pages chan<- []Member, free <-chan []Member) error {
 	after := s.FromMemberID - 1
+	before := upperBound(s)
 	for {
 		var buf []Member
 		select {
@@ -461,7 +484,7 @@ func (r *Resolver) readPages(ctx context.Context, s announcement.Shard, pages ch
 		var page []Member
 		err := r.retry(ctx, depMySQL, func() error {
 			var err error
-			page, err = r.members.Members(ctx, s.ChannelID, after, s.ToMemberID, r.cfg.PageSize, buf)
+			page, err = r.members.Members(ctx, s.ChannelID, after, before, r.cfg.PageSize, buf)
 			return err
 		})
 		if err != nil {

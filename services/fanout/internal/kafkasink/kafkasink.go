@@ -5,12 +5,12 @@ package kafkasink
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/segmentio/kafka-go"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 )
 
@@ -80,20 +80,9 @@ func (p *Sink) WriteBatches(ctx context.Context, batches []announcement.Batch) e
 }
 
 // partialOf names the records of a write of n that Kafka did not
-// acknowledge (a *audience.PartialWriteError), when it says which.
+// acknowledge (a *kafkabus.PartialWriteError), when it says which.
 func partialOf(err error, n int, what string) error {
-	err = fmt.Errorf("kafka: write %d %s: %w", n, what, err)
-	var we kafka.WriteErrors
-	if !errors.As(err, &we) || len(we) != n {
-		return err
-	}
-	partial := &audience.PartialWriteError{Err: err}
-	for i, e := range we {
-		if e != nil {
-			partial.Failed = append(partial.Failed, i)
-		}
-	}
-	return partial
+	return kafkabus.Partial(fmt.Errorf("kafka: write %d %s: %w", n, what, err), n)
 }
 
 // WriteTasks implements audience.TaskSink.

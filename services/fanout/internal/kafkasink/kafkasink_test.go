@@ -14,7 +14,6 @@ import (
 	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/testkit/kafkatest"
 	"github.com/announcer/announcer/pkg/testkit/stacktest"
-	"github.com/announcer/announcer/services/fanout/internal/audience"
 )
 
 func TestSinkAgainstKafka(t *testing.T) {
@@ -116,7 +115,7 @@ func TestPartialWriteNamesTheFailedBatches(t *testing.T) {
 		{AnnouncementID: "p", Seq: 1, Node: "n2", Template: "t", Recipients: []string{strings.Repeat("b", 4096)}},
 		{AnnouncementID: "p", Seq: 2, Node: "n1", Template: "t", Recipients: []string{"c"}},
 	})
-	var partial *audience.PartialWriteError
+	var partial *kafkabus.PartialWriteError
 	if !errors.As(err, &partial) || fmt.Sprint(partial.Failed) != "[1]" {
 		t.Fatalf("err = %v, want a partial failure of batch 1", err)
 	}

@@ -115,28 +115,33 @@ func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
 // Channel implements audience.MemberStore.
 func (s *Store) Channel(ctx context.Context, ref announcement.ChannelRef) (audience.Channel, error) {
+	// The state is compared by the server, under the column's collation, as
+	// the first generation's WHERE channel_state = 'ACCEPTED' was: 'accepted'
+	// and 'ACCEPTED ' pass under the usual _ci ones.
 	var row *sql.Row
 	if ref.IsString {
-		row = s.db.QueryRowContext(ctx,
-			"SELECT channel_id, channel_state FROM ws_channel_data WHERE channel_channelid = ?", ref.StringID)
+		row = s.db.QueryRowContext(ctx, channelQuery+"channel_channelid = ?", audience.StateAccepted, ref.StringID)
 	} else {
-		row = s.db.QueryRowContext(ctx,
-			"SELECT channel_id, channel_state FROM ws_channel_data WHERE channel_id = ?", ref.ID)
+		row = s.db.QueryRowContext(ctx, channelQuery+"channel_id = ?", audience.StateAccepted, ref.ID)
 	}
 	var c audience.Channel
-	var state sql.NullString // NULL in a schema that allows it: not ACCEPTED
-	err := row.Scan(&c.ID, &state)
+	var (
+		state    sql.NullString // NULL in a schema that allows it: not ACCEPTED
+		accepted sql.NullBool   // NULL = 'ACCEPTED' is NULL
+	)
+	err := row.Scan(&c.ID, &state, &accepted)
 	if errors.Is(err, sql.ErrNoRows) {
 		return audience.Channel{}, audience.ErrChannelNotFound
 	}
 	if err != nil {
 		return audience.Channel{}, fmt.Errorf("mysql: channel %s: %w", ref, classify(err))
 	}
-	c.State = state.String
+	c.State, c.Accepted = state.String, accepted.Bool
 	return c, nil
 }
 
 const (
+	channelQuery  = "SELECT channel_id, channel_state, channel_state = ? FROM ws_channel_data WHERE "
 	membersSelect = "SELECT member_id, member_username FROM ws_channel_members"
 	membersWhere  = " WHERE member_channelid = ? AND member_id > ?"
 	membersOrder  = " ORDER BY member_id LIMIT ?"
@@ -163,7 +168,7 @@ func (s *Store) Members(ctx context.Context, channelID, afterID, beforeID int64,
 	if err != nil {
 		return dst, err
 	}
-	if beforeID != 0 {
+	if beforeID != audience.NoUpperBound {
 		rows, err = s.db.QueryContext(ctx, q.bounded, channelID, afterID, beforeID, limit)
 	} else {
 		rows, err = s.db.QueryContext(ctx, q.open, channelID, afterID, limit)
@@ -311,11 +316,14 @@ func memberID(v any) (int64, error) {
 		return id, nil
 	case uint64:
 		if id > math.MaxInt64 {
-			return 0, fmt.Errorf("%w: member_id %d: beyond BIGINT", audience.ErrPermanent, id)
+			return 0, beyondBigint(strconv.FormatUint(id, 10))
 		}
 		return int64(id), nil
 	case []byte:
 		n, err := strconv.ParseInt(string(id), 10, 64)
+		if errors.Is(err, strconv.ErrRange) {
+			return 0, beyondBigint(string(id))
+		}
 		if err != nil {
 			return 0, fmt.Errorf("member_id %q: %w", id, err)
 		}
@@ -324,9 +332,23 @@ func memberID(v any) (int64, error) {
 	return 0, fmt.Errorf("%w: member_id: unexpected %T", audience.ErrPermanent, v)
 }
 
+// beyondBigint is a member_id fanout cannot page by. The row will not
+// change by itself: the announcement is dead-lettered with this reason.
+func beyondBigint(id string) error {
+	return fmt.Errorf("%w: member_id %s is above %d, the largest id fanout can read (signed BIGINT)",
+		audience.ErrPermanent, id, int64(math.MaxInt64))
+}
+
 // Span implements audience.MemberStore.
 func (s *Store) Span(ctx context.Context, channelID int64) (count, minID, maxID int64, err error) {
-	err = s.db.QueryRowContext(ctx, spanQuery, channelID).Scan(&count, &minID, &maxID)
+	// The ids go through memberID: database/sql's own conversion of a
+	// BIGINT UNSIGNED beyond int64 is an error no retry cures, and not
+	// recognisable as one.
+	var lo, hi any
+	err = s.db.QueryRowContext(ctx, spanQuery, channelID).Scan(&count, &lo, &hi)
+	if err == nil {
+		minID, maxID, err = memberIDs(lo, hi)
+	}
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("mysql: span of channel %d: %w", channelID, classify(err))
 	}
@@ -335,9 +357,24 @@ func (s *Store) Span(ctx context.Context, channelID int64) (count, minID, maxID 
 
 // Bounds implements audience.MemberStore.
 func (s *Store) Bounds(ctx context.Context, channelID int64) (minID, maxID int64, err error) {
-	err = s.db.QueryRowContext(ctx, boundsQuery, channelID).Scan(&minID, &maxID)
+	var lo, hi any
+	err = s.db.QueryRowContext(ctx, boundsQuery, channelID).Scan(&lo, &hi)
+	if err == nil {
+		minID, maxID, err = memberIDs(lo, hi)
+	}
 	if err != nil {
 		return 0, 0, fmt.Errorf("mysql: bounds of channel %d: %w", channelID, classify(err))
+	}
+	return minID, maxID, nil
+}
+
+// memberIDs is memberID of the smallest and the largest id of a channel.
+func memberIDs(lo, hi any) (minID, maxID int64, err error) {
+	if minID, err = memberID(lo); err != nil {
+		return 0, 0, err
+	}
+	if maxID, err = memberID(hi); err != nil {
+		return 0, 0, err
 	}
 	return minID, maxID, nil
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,7 +54,7 @@ func TestPingAndUnreachableServer(t *testing.T) {
 		t.Fatal(err) // opening is lazy: a database that is down is not fatal
 	}
 	defer down.Close()
-	if _, err := down.Members(ctx, 1, 0, 0, 10, nil); err == nil {
+	if _, err := down.Members(ctx, 1, 0, audience.NoUpperBound, 10, nil); err == nil {
 		t.Fatal("no error from an unreachable server")
 	}
 	if _, err := down.Channel(ctx, audienceRef(1)); err == nil || errors.Is(err, audience.ErrChannelNotFound) {
@@ -123,18 +124,18 @@ func TestNullsAndMissingColumns(t *testing.T) {
 		"INSERT INTO ws_channel_data (channel_id, channel_channelid, channel_state) VALUES (1, 'one', 'ACCEPTED'), (2, 'two', NULL)",
 		"INSERT INTO ws_channel_members (member_id, member_channelid, member_username) VALUES (1, 1, 'a'), (2, 1, NULL), (3, 1, 'c')",
 	)
-	page, err := f.Members(ctx, 1, 0, 0, 10, nil)
+	page, err := f.Members(ctx, 1, 0, audience.NoUpperBound, 10, nil)
 	if err != nil || len(page) != 3 || page[1].ID != 2 || page[1].Username != "" || page[2].Username != "c" {
 		t.Fatalf("members %+v, err %v; want the NULL row as an empty name, in its place", page, err)
 	}
 	ch, err := f.Channel(ctx, announcement.ChannelRef{ID: 2})
-	if err != nil || ch.State == audience.StateAccepted {
+	if err != nil || ch.Accepted {
 		t.Fatalf("channel with a NULL state: %+v %v", ch, err)
 	}
 	if _, err := f.Store.DB().ExecContext(ctx, "ALTER TABLE ws_channel_members DROP COLUMN member_username"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.Members(ctx, 1, 0, 0, 10, nil); !errors.Is(err, audience.ErrPermanent) {
+	if _, err := f.Members(ctx, 1, 0, audience.NoUpperBound, 10, nil); !errors.Is(err, audience.ErrPermanent) {
 		t.Fatalf("a missing column: %v, want ErrPermanent", err)
 	}
 }
@@ -149,9 +150,40 @@ func TestUnsignedMemberIDs(t *testing.T) {
 		"INSERT INTO ws_channel_data (channel_id, channel_channelid, channel_state) VALUES (1, 'one', 'ACCEPTED')",
 		"INSERT INTO ws_channel_members (member_id, member_channelid, member_username) VALUES (5, 1, 'a'), (9, 1, 'b')",
 	)
-	page, err := f.Members(ctx, 1, 0, 0, 10, nil)
+	page, err := f.Members(ctx, 1, 0, audience.NoUpperBound, 10, nil)
 	if err != nil || len(page) != 2 || page[0].ID != 5 || page[1].ID != 9 || page[1].Username != "b" {
 		t.Fatalf("members %+v, err %v; want ids 5 and 9", page, err)
+	}
+}
+
+// An unsigned id beyond int64 cannot be paged by: cutting its channel into
+// shards fails for good, with the id in the reason (the announcement is
+// dead-lettered), instead of being retried with its partition stalled.
+func TestUnsignedMemberIDsBeyondBigint(t *testing.T) {
+	f := newFixture(t).(fixture)
+	ctx := context.Background()
+	execAll(t, f.Store.DB(),
+		"ALTER TABLE ws_channel_members MODIFY member_id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT",
+		"INSERT INTO ws_channel_members (member_id, member_channelid, member_username) VALUES"+
+			" (5, 1, 'a'), (9223372036854775808, 1, 'b'),"+ // the largest id beyond
+			" (18446744073709551614, 2, 'c'), (18446744073709551615, 2, 'd'),"+ // both ends beyond
+			" (7, 3, 'e')",
+	)
+	for ch, id := range map[int64]string{1: "9223372036854775808", 2: "18446744073709551614"} {
+		_, _, _, err := f.Span(ctx, ch)
+		if !errors.Is(err, audience.ErrPermanent) || !strings.Contains(err.Error(), "member_id "+id) {
+			t.Errorf("span of channel %d: %v, want a permanent failure naming member_id %s", ch, err, id)
+		}
+		_, _, err = f.Bounds(ctx, ch)
+		if !errors.Is(err, audience.ErrPermanent) || !strings.Contains(err.Error(), "member_id "+id) {
+			t.Errorf("bounds of channel %d: %v, want a permanent failure naming member_id %s", ch, err, id)
+		}
+	}
+	if n, lo, hi, err := f.Span(ctx, 3); err != nil || n != 1 || lo != 7 || hi != 7 {
+		t.Fatalf("span of a channel within range: %d [%d, %d], %v", n, lo, hi, err)
+	}
+	if lo, hi, err := f.Bounds(ctx, 3); err != nil || lo != 7 || hi != 7 {
+		t.Fatalf("bounds of a channel within range: [%d, %d], %v", lo, hi, err)
 	}
 }
 
@@ -174,7 +206,7 @@ func TestDroppedMemberIndexIsLookedUpAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, 5*time.Second, "a page through the remaining index", func() bool {
-		page, err := f.Members(ctx, 1, 0, 0, 10, nil)
+		page, err := f.Members(ctx, 1, 0, audience.NoUpperBound, 10, nil)
 		return err == nil && len(page) == 2
 	})
 	if after, _ := f.MemberIndex(ctx); after == before || after == "" {
@@ -281,7 +313,7 @@ func TestMemberPagesReadOnlyTheirRange(t *testing.T) {
 	if idx, err := none.MemberIndex(ctx); err != nil || idx != "" || none.IndexState() != mysqlstore.IndexNone {
 		t.Fatalf("member index %q (state %d), %v", idx, none.IndexState(), err)
 	}
-	if got, err := none.Members(ctx, 2, 0, 0, page, nil); err != nil || len(got) != page {
+	if got, err := none.Members(ctx, 2, 0, audience.NoUpperBound, page, nil); err != nil || len(got) != page {
 		t.Fatalf("without an index: %d members, %v", len(got), err)
 	}
 }
@@ -296,7 +328,7 @@ func pagesReadTheirRange(t *testing.T, db *sql.DB, st *mysqlstore.Store, perChan
 		t.Fatal(err)
 	}
 	for _, bounded := range []bool{false, true} {
-		before := int64(0)
+		before := audience.NoUpperBound
 		if bounded {
 			before = hi + 1
 		}
@@ -342,7 +374,7 @@ func BenchmarkMembersPage(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		got, err := st.Members(ctx, 1, 0, 0, page, buf)
+		got, err := st.Members(ctx, 1, 0, audience.NoUpperBound, page, buf)
 		if err != nil || len(got) != page {
 			b.Fatalf("%d members, %v", len(got), err)
 		}

@@ -49,13 +49,24 @@ func MemberStoreContract(t *testing.T, newStore func(t *testing.T) MemberFixture
 		s := newStore(t)
 		must(t, s.AddChannel(ctx, 7, "seven", audience.StateAccepted))
 		must(t, s.AddChannel(ctx, 8, "eight", "PENDING"))
+		// The first generation's WHERE channel_state = 'ACCEPTED' took these
+		// too (MariaDB's default collations ignore case and trailing spaces).
+		must(t, s.AddChannel(ctx, 10, "ten", "accepted"))
+		must(t, s.AddChannel(ctx, 11, "eleven", "Accepted  "))
+		// But not these.
+		must(t, s.AddChannel(ctx, 12, "twelve", " ACCEPTED"))
+		must(t, s.AddChannel(ctx, 13, "thirteen", "ACCEPTEDX"))
 		for _, tc := range []struct {
 			ref   announcement.ChannelRef
 			want  audience.Channel
 			found bool
 		}{
-			{announcement.ChannelRef{ID: 7}, audience.Channel{ID: 7, State: audience.StateAccepted}, true},
+			{announcement.ChannelRef{ID: 7}, audience.Channel{ID: 7, State: audience.StateAccepted, Accepted: true}, true},
 			{announcement.ChannelRef{StringID: "eight", IsString: true}, audience.Channel{ID: 8, State: "PENDING"}, true},
+			{announcement.ChannelRef{ID: 10}, audience.Channel{ID: 10, State: "accepted", Accepted: true}, true},
+			{announcement.ChannelRef{StringID: "eleven", IsString: true}, audience.Channel{ID: 11, State: "Accepted  ", Accepted: true}, true},
+			{announcement.ChannelRef{ID: 12}, audience.Channel{ID: 12, State: " ACCEPTED"}, true},
+			{announcement.ChannelRef{ID: 13}, audience.Channel{ID: 13, State: "ACCEPTEDX"}, true},
 			{announcement.ChannelRef{ID: 9}, audience.Channel{}, false},
 			{announcement.ChannelRef{StringID: "nine", IsString: true}, audience.Channel{}, false},
 			// A numeric-looking string id is a string id, not channel 7.
@@ -84,7 +95,7 @@ func MemberStoreContract(t *testing.T, newStore func(t *testing.T) MemberFixture
 			buf   []audience.Member
 		)
 		for {
-			page, err := s.Members(ctx, 1, after, 0, 10, buf)
+			page, err := s.Members(ctx, 1, after, audience.NoUpperBound, 10, buf)
 			must(t, err)
 			if len(page) > 10 {
 				t.Fatalf("page of %d, limit 10", len(page))
@@ -111,8 +122,14 @@ func MemberStoreContract(t *testing.T, newStore func(t *testing.T) MemberFixture
 		if len(page) != 3 || page[0].ID != ids[3] || page[2].ID != ids[5] {
 			t.Fatalf("bounded page %+v, want ids %v", page, ids[3:6])
 		}
+		// 0 is a bound like any other: none of these ids is below it.
+		page, err = s.Members(ctx, 1, -1, 0, 100, nil)
+		must(t, err)
+		if len(page) != 0 {
+			t.Fatalf("members below 0: %+v", page)
+		}
 		// Unknown channel: no members, no error.
-		page, err = s.Members(ctx, 99, 0, 0, 10, nil)
+		page, err = s.Members(ctx, 99, 0, audience.NoUpperBound, 10, nil)
 		must(t, err)
 		if len(page) != 0 {
 			t.Fatalf("unknown channel: %+v", page)
@@ -121,7 +138,7 @@ func MemberStoreContract(t *testing.T, newStore func(t *testing.T) MemberFixture
 
 	t.Run("Span", func(t *testing.T) {
 		s := twoChannels(t, 10)
-		all, err := s.Members(ctx, 1, 0, 0, 100, nil)
+		all, err := s.Members(ctx, 1, 0, audience.NoUpperBound, 100, nil)
 		must(t, err)
 		count, lo, hi, err := s.Span(ctx, 1)
 		must(t, err)
@@ -137,7 +154,7 @@ func MemberStoreContract(t *testing.T, newStore func(t *testing.T) MemberFixture
 
 	t.Run("Bounds", func(t *testing.T) {
 		s := twoChannels(t, 10)
-		all, err := s.Members(ctx, 2, 0, 0, 100, nil)
+		all, err := s.Members(ctx, 2, 0, audience.NoUpperBound, 100, nil)
 		must(t, err)
 		lo, hi, err := s.Bounds(ctx, 2)
 		must(t, err)

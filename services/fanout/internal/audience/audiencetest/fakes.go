@@ -4,8 +4,10 @@
 package audiencetest
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sort"
 	"strconv"
@@ -13,6 +15,7 @@ import (
 	"sync"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/services/fanout/internal/audience"
 )
 
@@ -59,6 +62,23 @@ func (s *Members) AddMembers(_ context.Context, channelID int64, usernames ...st
 	return nil
 }
 
+// AddMembersAt adds members with ids firstID, firstID+1, … (ids not taken:
+// a schema may start its ids anywhere, below zero too).
+func (s *Members) AddMembersAt(_ context.Context, channelID, firstID int64, usernames ...string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, u := range usernames {
+		id := firstID + int64(i)
+		at, taken := slices.BinarySearchFunc(s.members, id, func(m memberRow, id int64) int { return cmp.Compare(m.id, id) })
+		if taken {
+			return fmt.Errorf("member_id %d taken", id)
+		}
+		s.members = slices.Insert(s.members, at, memberRow{id, channelID, u})
+		s.nextID = max(s.nextID, id)
+	}
+	return nil
+}
+
 func (s *Members) fail(op string) error {
 	if s.Fail != nil {
 		return s.Fail(op)
@@ -75,10 +95,17 @@ func (s *Members) Channel(_ context.Context, ref announcement.ChannelRef) (audie
 	defer s.mu.Unlock()
 	for id, c := range s.channels {
 		if (ref.IsString && c.strID == ref.StringID) || (!ref.IsString && id == ref.ID) {
-			return audience.Channel{ID: id, State: c.state}, nil
+			return audience.Channel{ID: id, State: c.state, Accepted: accepted(c.state)}, nil
 		}
 	}
 	return audience.Channel{}, audience.ErrChannelNotFound
+}
+
+// accepted is channel_state = 'ACCEPTED' under MariaDB's default
+// collations (utf8mb4_general_ci and the like): case-insensitive, trailing
+// spaces ignored.
+func accepted(state string) bool {
+	return strings.EqualFold(strings.TrimRight(state, " "), audience.StateAccepted)
 }
 
 // Members implements audience.MemberStore.
@@ -92,7 +119,7 @@ func (s *Members) Members(_ context.Context, channelID, afterID, beforeID int64,
 	i := sort.Search(len(s.members), func(i int) bool { return s.members[i].id > afterID })
 	for ; i < len(s.members) && len(dst) < limit; i++ {
 		m := s.members[i]
-		if beforeID != 0 && m.id >= beforeID {
+		if beforeID != audience.NoUpperBound && m.id >= beforeID {
 			break
 		}
 		if m.channel == channelID {
@@ -296,7 +323,7 @@ func write[T any](s *Sink, kind string, dst *[]T, records []T, partial func([]T)
 		}
 	}
 	if len(failed) > 0 {
-		return &audience.PartialWriteError{Failed: failed, Err: errors.New("leader not available")}
+		return &kafkabus.PartialWriteError{Failed: failed, Err: errors.New("leader not available")}
 	}
 	return nil
 }
