@@ -79,7 +79,7 @@ bench-compare:
 
 ## faults: every process killed (-9) and every dependency of the stack really restarted during a delivery,
 ## plus a frozen connection, at two scales; prints the table and writes faults/latest.json (git-ignored).
-## About 10 minutes; it restarts the stack's own Kafka, MariaDB, Redis and ejabberd.
+## About 4 minutes; it restarts the stack's own Kafka, MariaDB, Redis and ejabberd.
 FAULTS_RUN := faults/run-$(shell date -u +%Y%m%dT%H%M%SZ).json
 faults: stack-up
 	@mkdir -p faults && $(TESTENV) && \

@@ -133,6 +133,14 @@ func TestAlertRulesFire(t *testing.T) {
 				series: `announcer_sender_consumer_lag{job="announcer-sender", instance="a", node="node1", topic="deliveries.node1", partition="0"} 50 40 30 20 10 0 30 20 10 0 40 30 20 10 0 50 40 30 20 10 0`},
 		},
 		{
+			name: "publishes Kafka refuses for 5 minutes; not announcements too large for the bus (a 413)",
+			fire: alertCase{alert: "AnnouncerPublishFailing", fires: 8 * time.Minute,
+				series: `announcer_ingress_announcements_publish_failed_total{job="announcer-ingress", instance="i", source="rest", reason="unavailable"} 0 0 5 10 15 20 25 30 35`,
+				labels: []string{`job=announcer-ingress`}},
+			quiet: alertCase{alert: "AnnouncerPublishFailing", fires: 8 * time.Minute,
+				series: `announcer_ingress_announcements_publish_failed_total{job="announcer-ingress", instance="i", source="rest", reason="too_large"} 0 0 5 10 15 20 25 30 35`},
+		},
+		{
 			name: "a dead letter, with its reason; nothing when none was written",
 			fire: alertCase{alert: "AnnouncerDeadLetters", fires: 4 * time.Minute,
 				series: `announcer_sender_dead_letters_total{job="announcer-sender", instance="a", node="node1", reason="decode"} 0 0 0 1 1`,
