@@ -96,7 +96,13 @@ func Load(path string) (Run, error) {
 	return r, nil
 }
 
-// Compare writes the figures of two runs side by side, with the change.
+// Compare writes the figures of two runs side by side, with the change. When
+// both runs carry a machine gauge (machine_gauge_start_ms, machine_gauge_end_ms)
+// it also prints the gauge ratio, new ÷ old, and a gauge-adjusted change
+// column: a time scaled down by the ratio, a rate up by it, so that a slower
+// hour of this shared host does not read as slower code. Figures that do not
+// move with the machine's speed (ratios, percentages, allocations, sizes,
+// counts) have no adjusted change.
 func Compare(w io.Writer, a, b Run) error {
 	names := map[string]bool{}
 	width := len("figure")
@@ -112,17 +118,81 @@ func Compare(w io.Writer, a, b Run) error {
 		width = max(width, len(n))
 	}
 	sort.Strings(sorted)
-	fmt.Fprintf(w, "%-*s  %14s  %14s  %8s\n", width, "figure", a.Started.Format("2006-01-02 15:04"), b.Started.Format("2006-01-02 15:04"), "change")
+	ga, oka := a.Gauge()
+	gb, okb := b.Gauge()
+	gauged := oka && okb
+	ratio := gb / ga
+	if gauged {
+		fmt.Fprintf(w, "machine gauge: %.1f ms → %.1f ms a pass (mean of the run's start and end), ratio %.3f (>1: the newer run's machine was slower);\n"+
+			"adjusted: the change with times ÷ %.3f and rates × %.3f\n", ga, gb, ratio, ratio, ratio)
+	}
+	header := fmt.Sprintf("%-*s  %14s  %14s  %8s", width, "figure", a.Started.Format("2006-01-02 15:04"), b.Started.Format("2006-01-02 15:04"), "change")
+	if gauged {
+		header += fmt.Sprintf("  %8s", "adjusted")
+	}
+	fmt.Fprintln(w, header)
 	for _, n := range sorted {
 		fa, oka := a.Figures[n]
 		fb, okb := b.Figures[n]
-		change := ""
+		change, adjusted := "", ""
 		if oka && okb && fa.Value != 0 {
 			change = fmt.Sprintf("%+.1f%%", 100*(fb.Value-fa.Value)/fa.Value)
+			if gauged {
+				switch speedKind(n) {
+				case kindTime:
+					adjusted = fmt.Sprintf("%+.1f%%", 100*(fb.Value/ratio-fa.Value)/fa.Value)
+				case kindRate:
+					adjusted = fmt.Sprintf("%+.1f%%", 100*(fb.Value*ratio-fa.Value)/fa.Value)
+				}
+			}
 		}
-		fmt.Fprintf(w, "%-*s  %14s  %14s  %8s\n", width, n, cell(fa, oka), cell(fb, okb), change)
+		line := fmt.Sprintf("%-*s  %14s  %14s  %8s", width, n, cell(fa, oka), cell(fb, okb), change)
+		if gauged {
+			line += fmt.Sprintf("  %8s", adjusted)
+		}
+		fmt.Fprintln(w, strings.TrimRight(line, " "))
 	}
 	return nil
+}
+
+// Gauge is the run's machine gauge in ms a pass: the mean of its start and
+// end figures, or the one it has; false without either.
+func (r Run) Gauge() (float64, bool) {
+	var sum float64
+	var n int
+	for _, name := range []string{"machine_gauge_start_ms", "machine_gauge_end_ms"} {
+		if f, ok := r.Figures[name]; ok && f.Value > 0 {
+			sum += f.Value
+			n++
+		}
+	}
+	if n == 0 {
+		return 0, false
+	}
+	return sum / float64(n), true
+}
+
+type kind int
+
+const (
+	kindOther kind = iota // does not move with the machine's speed
+	kindTime              // grows as the machine slows
+	kindRate              // shrinks as the machine slows
+)
+
+// speedKind tells from a figure's unit (the end of its name) how it moves
+// with the machine's speed.
+func speedKind(name string) kind {
+	switch {
+	case strings.HasPrefix(name, "machine_gauge_"):
+		return kindOther
+	case strings.HasSuffix(name, "_per_second"), strings.HasSuffix(name, "_per_s"):
+		return kindRate
+	case strings.HasSuffix(name, "_seconds"), strings.HasSuffix(name, "_ms"), strings.HasSuffix(name, "_ns_per_op"),
+		strings.Contains(name, "_us_per_"), strings.Contains(name, "_ms_per_"):
+		return kindTime
+	}
+	return kindOther
 }
 
 func cell(f Figure, ok bool) string {

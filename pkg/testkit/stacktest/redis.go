@@ -24,7 +24,7 @@ func RedisCluster(t testing.TB) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		t.Skip("redis-server not installed")
+		Missing(t, "redis-server not installed")
 	}
 	dir := t.TempDir()
 	addr := testkit.FreeAddr(t)

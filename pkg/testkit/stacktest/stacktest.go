@@ -67,12 +67,24 @@ func Get(t testing.TB) Env {
 		}
 	}
 	if len(e.KafkaBrokers) == 0 || e.MySQLDSN == "" || e.RedisAddr == "" || e.ComponentAddr == "" {
-		if os.Getenv("ANNOUNCER_REQUIRE_STACK") == "1" {
-			t.Fatal("integration test: the stack's ANNOUNCER_* variables are not set (run via `make test`)")
-		}
-		t.Skip("integration test: no stack (run `make test`, or eval \"$(scripts/stack/stack.sh env)\")")
+		Missing(t, "integration test: no stack (run `make test`, or eval \"$(scripts/stack/stack.sh env)\")")
 	}
 	return e
+}
+
+// Required reports whether ANNOUNCER_REQUIRE_STACK=1 (set by `make test` and CI):
+// then every part of the stack must be there, and a test that would skip fails.
+func Required() bool { return os.Getenv("ANNOUNCER_REQUIRE_STACK") == "1" }
+
+// Missing ends a test that lacks part of the stack (a variable of `stack.sh env`, a
+// server binary): skipped, or failed under ANNOUNCER_REQUIRE_STACK=1, where a skip
+// would hide a broken test.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if Required() {
+		t.Fatalf("ANNOUNCER_REQUIRE_STACK=1, and part of the stack is missing: "+format, args...)
+	}
+	t.Skipf(format, args...)
 }
 
 // GetWithTimeout is Get plus a context for the test's calls to the stack:

@@ -4,10 +4,12 @@
 // counts stanzas), against the baseline of sending each stanza with
 // mellium's Session.Send, measured in the same run on the same sink.
 //
-// Each hot-path figure is the median of -runs runs: one run lasts a fraction
-// of a second on two shared cores.
+// Every figure, the baseline's too, is the median of -runs runs of -n
+// stanzas, and the runs of the figures interleave (round i runs each figure
+// once), so a swing of this shared host's speed falls on all of them alike.
+// A run whose sink counted other than -n stanzas fails the benchmark.
 //
-//	go run ./cmd/sender-bench [-n 300000] [-runs 5] [-baseline-n 60000] [-batch 1000] [-inflight 4] [-cpuprofile f]
+//	go run ./cmd/sender-bench [-n 300000] [-runs 5] [-batch 1000] [-inflight 4] [-cpuprofile f]
 package main
 
 import (
@@ -58,10 +60,9 @@ const template = "<message xml:lang='en' to='%s' from='" + domain + "' type='cha
 
 func main() {
 	n := flag.Int("n", 300000, "stanzas for each hot-path run")
-	baseN := flag.Int("baseline-n", 60000, "stanzas for the mellium baseline")
 	batchSize := flag.Int("batch", 1000, "recipients per batch (one fence each)")
 	inflight := flag.Int("inflight", 4, "batches in flight at once in the pipelined run ([sender] max_in_flight)")
-	runs := flag.Int("runs", 5, "hot-path runs per figure (the median is reported)")
+	runs := flag.Int("runs", 5, "runs per figure, the baseline's too (the median is reported)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole benchmark to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -75,7 +76,7 @@ func main() {
 		}
 		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
 	}
-	if err := run(*n, *baseN, *batchSize, *inflight, max(*runs, 1)); err != nil {
+	if err := run(*n, *batchSize, *inflight, max(*runs, 1)); err != nil {
 		fmt.Fprintln(os.Stderr, "sender-bench:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
@@ -98,7 +99,7 @@ func (r result) print() {
 
 func us(d time.Duration, n int) float64 { return float64(d.Microseconds()) / float64(n) }
 
-func run(n, baseN, batchSize, inflight, runs int) error {
+func run(n, batchSize, inflight, runs int) error {
 	tmpl, err := stanza.Parse([]byte(template), stanza.Options{ComponentDomain: domain})
 	if err != nil {
 		return err
@@ -106,31 +107,29 @@ func run(n, baseN, batchSize, inflight, runs int) error {
 	fmt.Printf("sender hot path, 1 component connection into a counting sink, %d-byte stanzas, GOMAXPROCS=%d, %s\n",
 		len(tmpl.AppendRender(nil, "user123456@"+users, 123456)), runtime.GOMAXPROCS(0), runtime.Version())
 
-	ours1, err := medianOf(runs, func() (result, error) { return hotPath(n, batchSize, 1, nil) })
-	if err != nil {
-		return err
-	}
-	oursN, err := medianOf(runs, func() (result, error) { return hotPath(n, batchSize, inflight, nil) })
-	if err != nil {
-		return err
+	figs := []func() (result, error){
+		func() (result, error) { return hotPath(n, batchSize, 1, nil) },
+		func() (result, error) { return hotPath(n, batchSize, inflight, nil) },
+		func() (result, error) { return baseline(tmpl, n) },
 	}
 	// The same with its bookkeeping: each batch's fence recorded in the
 	// progress store (Redis), as a deployed sender does.
-	var tracked result
 	if addr := os.Getenv("ANNOUNCER_REDIS_ADDR"); addr != "" {
 		tr, stop, err := tracker(addr)
 		if err != nil {
 			return err
 		}
-		tracked, err = medianOf(runs, func() (result, error) { return hotPath(n, batchSize, inflight, tr) })
-		stop()
-		if err != nil {
-			return err
-		}
+		defer stop()
+		figs = append(figs, func() (result, error) { return hotPath(n, batchSize, inflight, tr) })
 	}
-	base, err := baseline(tmpl, baseN)
+	meds, err := interleaved(runs, figs)
 	if err != nil {
 		return err
+	}
+	ours1, oursN, base := meds[0], meds[1], meds[2]
+	var tracked result
+	if len(meds) > 3 {
+		tracked = meds[3]
 	}
 	ours1.print()
 	oursN.print()
@@ -169,27 +168,46 @@ func tracker(addr string) (*progress.Tracker, func(), error) {
 
 func rate(r result) float64 { return float64(r.stanzas) / r.wall.Seconds() }
 
-// medianOf runs fn runs times and returns the run of median rate, its name
-// listing every run's rate.
-func medianOf(runs int, fn func() (result, error)) (result, error) {
-	all := make([]result, 0, runs)
+// interleaved runs every figure runs times, round by round (each figure once
+// per round), and returns each figure's run of median rate. A run whose sink
+// counted other than the stanzas sent is an error: its rate would be a lie.
+func interleaved(runs int, figs []func() (result, error)) ([]result, error) {
+	all := make([][]result, len(figs))
 	for range runs {
-		r, err := fn()
-		if err != nil {
-			return result{}, err
+		for i, fn := range figs {
+			r, err := fn()
+			if err == nil && r.received != int64(r.stanzas) {
+				err = fmt.Errorf("%s: the sink counted %d stanzas of %d sent", r.name, r.received, r.stanzas)
+			}
+			if err != nil {
+				return nil, err
+			}
+			all[i] = append(all[i], r)
 		}
-		all = append(all, r)
 	}
+	meds := make([]result, len(figs))
+	for i, rs := range all {
+		meds[i] = median(rs)
+	}
+	return meds, nil
+}
+
+// median returns the run of median rate, its name listing every run's rate.
+func median(all []result) result {
+	runs := len(all)
 	slices.SortFunc(all, func(a, b result) int { return cmp.Compare(rate(a), rate(b)) })
 	m := all[len(all)/2]
 	if runs > 1 {
 		rates := make([]string, len(all))
 		for i, r := range all {
 			rates[i] = fmt.Sprintf("%.2fM", rate(r)/1e6)
+			if rate(r) < 1e6 {
+				rates[i] = fmt.Sprintf("%.1fk", rate(r)/1e3)
+			}
 		}
 		m.name += fmt.Sprintf(", median of %d (%s)", runs, strings.Join(rates, " "))
 	}
-	return m, nil
+	return m
 }
 
 // hotPath delivers n stanzas in fenced batches through the real use case and
@@ -291,8 +309,15 @@ func baseline(tmpl *stanza.Template, n int) (result, error) {
 			return result{}, err
 		}
 	}
-	// Wait for the sink, so both runs are measured up to receipt.
-	for s.Stanzas() < int64(n) {
+	// Wait for the sink, so both runs are measured up to receipt; a sink
+	// that stops counting short of n fails the run rather than hanging it.
+	last, lastAt := int64(-1), time.Now()
+	for got := s.Stanzas(); got < int64(n); got = s.Stanzas() {
+		if got != last {
+			last, lastAt = got, time.Now()
+		} else if time.Since(lastAt) > 10*time.Second {
+			return result{}, fmt.Errorf("baseline: the sink counted %d stanzas of %d sent, and no more for 10s", got, n)
+		}
 		time.Sleep(100 * time.Microsecond)
 	}
 	wall, cpu := time.Since(start), benchreport.SelfCPU()-cpu0

@@ -17,7 +17,7 @@ import (
 func Register(t testing.TB, env stacktest.Env, prefix string) string {
 	t.Helper()
 	if env.C2SAddr == "" || env.EjabberdAPI == "" {
-		t.Skip("integration test: the stack has no c2s listener or HTTP API")
+		stacktest.Missing(t, "integration test: the stack has no c2s listener (ANNOUNCER_XMPP_C2S) or HTTP API (ANNOUNCER_EJABBERD_API)")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

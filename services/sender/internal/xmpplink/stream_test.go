@@ -139,7 +139,7 @@ func TestHandshakeMustReadThroughTheGivenConn(t *testing.T) {
 func TestRealNestedStreamErrorFromAUser(t *testing.T) {
 	env := stacktest.Get(t)
 	if env.EjabberdAPI == "" {
-		t.Skip("no ejabberd HTTP API")
+		stacktest.Missing(t, "no ejabberd HTTP API (ANNOUNCER_EJABBERD_API)")
 	}
 	poison := "<error xmlns='http://etherx.jabber.org/streams'><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></error>"
 	run := func(t *testing.T, opt Options, to func(*Conn) string, from string) {

@@ -293,7 +293,7 @@ func TestRealErrorsCountedConnectionSurvives(t *testing.T) {
 func TestRealAnswersIQ(t *testing.T) {
 	env := stacktest.Get(t)
 	if env.EjabberdAPI == "" {
-		t.Skip("no ejabberd HTTP API")
+		stacktest.Missing(t, "no ejabberd HTTP API (ANNOUNCER_EJABBERD_API)")
 	}
 	h := startPool(t, realOptions(env, 1))
 	h.waitUp(t, 1, 10*time.Second)
