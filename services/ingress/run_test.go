@@ -319,6 +319,47 @@ func TestKafkaInput(t *testing.T) {
 	}
 }
 
+// A first-generation producer's record, without a key and with the audience
+// it does not use written as "" (a struct without omitempty), is announced;
+// read again by an ingress that did not see its offset committed (here: a
+// new group from the oldest record), it keeps its announcement and nothing
+// is published twice.
+func TestKafkaInputRecordReadAgainIsAnnouncedOnce(t *testing.T) {
+	env, cfg, input := inputRig(t, "ingress_in_again")
+	cfg.KafkaConsumer.StartOffset = "earliest"
+	cfg.Progress.RedisNodes = env.RedisAddr
+	cfg.Progress.KeyPrefix = stacktest.Name("ingress_again") + ":"
+	kafkatest.Produce(t, env.KafkaBrokers, input, kafka.Message{
+		Value: []byte(`{"channel_id": "", "usernames": ["alice"], "message": "` + b64(tpl) + `", "persist": true, "Type": "chat"}`)})
+
+	svc := start(t, cfg)
+	first := kafkatest.ReadTopics(t, env.KafkaBrokers, lanes(cfg), 1, 30*time.Second)
+	if len(first) != 1 {
+		t.Fatalf("%d events, want 1", len(first))
+	}
+	ev, err := announcement.DecodeEvent(first[0].Value)
+	if err != nil || ev.Kind != announcement.KindUsers || !slices.Equal(ev.Usernames, []string{"alice"}) || !ev.Persist {
+		t.Fatalf("event %+v, %v: want alice, persisted", ev, err)
+	}
+	if err := svc.stop(); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+
+	cfg.KafkaConsumer.GroupName = stacktest.Name("ingress_group_again")
+	kafkatest.DeleteGroupsAtEnd(t, env.KafkaBrokers, cfg.KafkaConsumer.GroupName)
+	svc = start(t, cfg)
+	testkit.Eventually(t, 30*time.Second, "the record read again", func() bool {
+		_, body := testkit.Get(t, svc.debug+"/metrics")
+		return testkit.SumMetric(body, "announcer_ingress_idempotent_replays_total") >= 1
+	})
+	if again := kafkatest.ReadTopics(t, env.KafkaBrokers, lanes(cfg), 2, time.Second); len(again) != 1 {
+		t.Fatalf("%d events after the record was read again, want still 1", len(again))
+	}
+	if err := svc.stop(); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+}
+
 // inputRig is an ingress reading a new input topic of 2 partitions with a
 // new group at the default start (latest); both go when the test ends.
 func inputRig(t *testing.T, prefix string) (stacktest.Env, config.Config, string) {
