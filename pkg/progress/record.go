@@ -81,6 +81,11 @@ func fromRecord(id string, h map[string]string) Announcement {
 			return nil
 		}
 		v := time.UnixMilli(ms).UTC()
+		// No version writes a time JSON cannot hold (years 0–9999); one would
+		// make the record, and every list holding it, fail to encode.
+		if y := v.Year(); y < 0 || y > 9999 {
+			return nil
+		}
 		return &v
 	}
 	a := Announcement{
