@@ -251,6 +251,31 @@ func TestStepsAndResumePosition(t *testing.T) {
 	}
 }
 
+// Two replicas sending one batch at once (a rebalance hands it over while
+// its old owner still sends) fence overlapping steps: each step counts only
+// what it adds past the recorded position, so confirmed never passes the
+// recipients.
+func TestOverlappingStepsCountOnce(t *testing.T) {
+	env := stacktest.Get(t)
+	f := newFixture(t, env.RedisAddr, false)
+	ev := event("overlap", announcement.KindUsers)
+	f.begin(t, ev)
+	b := batch(ev.ID, 0, 0, "a", "b", "c", "d", "e", "f", "g")
+	key, digest := BatchKey(b), Digest(b)
+	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 7, Recipients: 7, Batches: 1})
+	// The old owner fences 0→3 and 3→6; the new one started at 3 and fences 3→7.
+	f.tracker.Fenced(ev.ID, Step{Batch: key, From: 0, Pos: 3, Len: 7, Confirmed: 3, Written: 3, Digest: digest})
+	f.tracker.Fenced(ev.ID, Step{Batch: key, From: 3, Pos: 6, Len: 7, Confirmed: 3, Written: 3, Digest: digest})
+	f.tracker.Fenced(ev.ID, Step{Batch: key, From: 3, Pos: 7, Len: 7, Confirmed: 3, Invalid: 1, Written: 3, Digest: digest})
+	a := f.until(t, ev.ID, "done", func(a Announcement) bool { return a.State == StateDone })
+	if got := a.Stanzas.Confirmed + a.Stanzas.Invalid; got != 7 || a.Stanzas.Confirmed > 7 {
+		t.Fatalf("stanzas %+v: confirmed and invalid add up to %d; want the 7 recipients", a.Stanzas, got)
+	}
+	if a.Stanzas.Sent != 9 {
+		t.Fatalf("sent %d; want 9 (every write counts)", a.Stanzas.Sent)
+	}
+}
+
 // A batch key ends once even when two copies of it differ: a shard resolved
 // again after a crash (presence changed between the runs) numbers its
 // batches from 0 again, so one key can be fenced with other recipients.

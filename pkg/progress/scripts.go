@@ -138,9 +138,14 @@ return 1
 // fenced: ARGV[3] batch key, ARGV[4] position fenced (recipients of the
 // batch before it are processed), ARGV[5] batch length, ARGV[6] stanzas
 // confirmed in this step, ARGV[7] invalid recipients skipped in it, ARGV[8]
-// stanzas written in it, ARGV[9] digest of the batch's recipients.
+// stanzas written in it, ARGV[9] digest of the batch's recipients, ARGV[10]
+// the position the step started from.
 // The position field holds "<pos>:<digest>": a step counts only past the
-// position already recorded for the same content. A leading '!' marks a
+// position already recorded for the same content, and only what it adds
+// past it: two replicas sending one batch at once (a rebalance) fence
+// overlapping steps, and confirmed must not pass the recipients. Which of
+// the overlap's recipients were invalid is not known here; the step's
+// confirmed ones are taken first. A leading '!' marks a
 // batch key already counted done: a shard resolved again after a crash
 // numbers its batches from 0 again, and a copy with other recipients under
 // the same key must not end a second batch.
@@ -152,16 +157,21 @@ local ended = string.sub(cur, 1, 1) == '!'
 local old = 0
 local p, d = string.match(cur, '^!?(%d+):(.*)$')
 if d == ARGV[9] then old = num(p) end
-local pos, len = num(ARGV[4]), num(ARGV[5])
+local pos, len, from = num(ARGV[4]), num(ARGV[5]), num(ARGV[10])
 if pos > old then
+  local confirmed, invalid = num(ARGV[6]), num(ARGV[7])
+  if old > from then
+    confirmed = math.min(confirmed, pos - old)
+    invalid = math.min(invalid, pos - old - confirmed)
+  end
   local mark = ended and '!' or ''
   if pos >= len and old < len and not ended and not redis.call('HGET', rec, 'd:' .. ARGV[3]) then
     redis.call('HINCRBY', rec, 'bdone', 1)
     mark = '!'
   end
   redis.call('HSET', rec, f, mark .. pos .. ':' .. ARGV[9])
-  redis.call('HINCRBY', rec, 'confirmed', ARGV[6])
-  if num(ARGV[7]) > 0 then redis.call('HINCRBY', rec, 'invalid', ARGV[7]) end
+  redis.call('HINCRBY', rec, 'confirmed', confirmed)
+  if invalid > 0 then redis.call('HINCRBY', rec, 'invalid', invalid) end
 end
 advance('sending')
 complete()

@@ -157,6 +157,7 @@ func (t *Tracker) ShardDone(id string, shard int, c ShardCounts) {
 // Step is one fenced part of a batch: recipients [from, Pos) of it are processed.
 type Step struct {
 	Batch     string // the batch's key within the announcement, BatchKey
+	From      int    // position the step started from
 	Pos, Len  int    // fenced position, batch length
 	Confirmed int    // stanzas of the step
 	Invalid   int    // recipients of the step skipped as invalid
@@ -166,7 +167,7 @@ type Step struct {
 
 // Fenced records a fenced step of a batch.
 func (t *Tracker) Fenced(id string, s Step) {
-	t.enqueue(scriptFenced, id, s.Batch, s.Pos, s.Len, s.Confirmed, s.Invalid, s.Written, s.Digest)
+	t.enqueue(scriptFenced, id, s.Batch, s.Pos, s.Len, s.Confirmed, s.Invalid, s.Written, s.Digest, s.From)
 }
 
 // Resent records a batch sent again after a lost connection.

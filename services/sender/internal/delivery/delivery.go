@@ -715,7 +715,7 @@ type steps struct {
 // done records the fence of everything up to pos; the invalid recipients
 // of the step are counted here, once, whatever the attempts before.
 func (st *steps) done(p Progress, pos int) {
-	p.Fenced(st.batch.AnnouncementID, progress.Step{Batch: st.key, Pos: pos, Len: len(st.batch.Recipients),
+	p.Fenced(st.batch.AnnouncementID, progress.Step{Batch: st.key, From: st.from, Pos: pos, Len: len(st.batch.Recipients),
 		Confirmed: st.sent, Invalid: st.invalid, Written: st.written, Digest: st.digest})
 	if st.invalid > 0 {
 		st.m.invalid.Add(float64(st.invalid))
