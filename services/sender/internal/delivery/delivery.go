@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -211,9 +212,12 @@ type Sender struct {
 	chunk    int
 	bufs     sync.Pool
 
-	// recent are the batches fenced in the last ShutdownResend, newest last.
-	rmu    sync.Mutex
-	recent []fenced
+	// recent are the batches fenced in the last ShutdownResend, newest last;
+	// inflight the batches being sent (their steps may be fenced on a
+	// connection the server is about to close).
+	rmu      sync.Mutex
+	recent   []fenced
+	inflight map[*steps]struct{}
 	// refusals counts MulticastRefused calls (under rmu): a multicast batch
 	// that saw it change while in flight goes again whole.
 	refusals int64
@@ -241,14 +245,30 @@ type fenced struct {
 	b     announcement.Batch // Recipients nil: they are in names
 	names string
 	ends  []uint32 // recipient i is names[ends[i-1]:ends[i]]
-	slot  int
+	on    []slotFence
 	at    time.Time
 	// multicast: the batch began as multicasts, which a refusal read after
 	// its fence (on another connection) may have dropped.
 	multicast bool
 }
 
-func pack(b announcement.Batch, slot int, at time.Time, multicast bool) fenced {
+// slotFence is the last fence of a batch on one connection slot.
+type slotFence struct {
+	slot int
+	at   time.Time
+}
+
+// fencedOn reports whether a fence in on was on slot, since since.
+func fencedOn(on []slotFence, slot int, since time.Time) bool {
+	for _, f := range on {
+		if f.slot == slot && !f.at.Before(since) {
+			return true
+		}
+	}
+	return false
+}
+
+func pack(b announcement.Batch, on []slotFence, at time.Time, multicast bool) fenced {
 	n := 0
 	for _, r := range b.Recipients {
 		n += len(r)
@@ -260,7 +280,7 @@ func pack(b announcement.Batch, slot int, at time.Time, multicast bool) fenced {
 		ends[i] = uint32(len(names))
 	}
 	b.Recipients = nil
-	return fenced{b: b, names: string(names), ends: ends, slot: slot, at: at, multicast: multicast}
+	return fenced{b: b, names: string(names), ends: ends, on: slices.Clone(on), at: at, multicast: multicast}
 }
 
 // batch is the batch again, its recipients slices of one string.
@@ -331,6 +351,7 @@ func New(opt Options, links Links, log zerolog.Logger, m *Metrics) *Sender {
 		}
 	}
 	s.bufs.New = func() any { return new(scratch) }
+	s.inflight = make(map[*steps]struct{})
 	return s
 }
 
@@ -404,6 +425,9 @@ func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume, unic
 		}
 	}
 
+	s.track(st)
+	defer s.untrack(st)
+
 	policy := backoff.Policy{Initial: s.opt.RetryMin, Max: s.opt.RetryMax}
 	multicast := !unicast && s.opt.Multicast.Enabled() && tmpl.Multicast()
 	if multicast && !s.opt.Multicast.home(tmpl.From()) {
@@ -414,7 +438,7 @@ func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume, unic
 				Msg("a template's from is not in this sender's component domain: its batches go one stanza per recipient, as the multicast service would send a refusal to that from, unseen (logged once)")
 		}
 	}
-	began, refusals := multicast, s.refusalCount()
+	began, refusals, start := multicast, s.refusalCount(), st.from
 	rejections := 0
 	// After ejabberd closed a stream, every batch that was in flight on it is
 	// sent again alone on a connection: only a batch that closes the stream
@@ -442,14 +466,20 @@ func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume, unic
 		if err != nil {
 			return fmt.Errorf("delivery: no connection: %w", err)
 		}
-		slot := link.Slot()
+		s.attempt(st, link.Slot())
 		err = s.send(ctx, link, tmpl, st, sc, multicast)
+		s.attempt(st, -1)
 		link.Release()
 		if err == nil {
-			s.remember(b, slot, began, refusals)
+			s.remember(st, began, refusals)
 		}
 		if errors.Is(err, errRefused) {
-			// Everything since the last fence goes again, one stanza per recipient.
+			// Everything since the last fence goes again, one stanza per
+			// recipient: from where the multicasts began, that is all of them,
+			// and the batch need not go again once done.
+			if st.from <= start {
+				began = false
+			}
 			multicast = false
 			s.opt.Multicast.Enable(false)
 			s.m.multicastOff.Inc()
@@ -494,15 +524,56 @@ func (s *Sender) refusalCount() int64 {
 	return s.refusals
 }
 
-// remember keeps a fenced batch for ShutdownResend. A multicast batch that
-// a refusal came during (refusals moved since it began) goes again whole
-// instead: the refused multicast may be one of its steps fenced before.
-func (s *Sender) remember(b announcement.Batch, slot int, multicast bool, refusals int64) {
+func (s *Sender) track(st *steps) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	st.slot = -1
+	s.inflight[st] = struct{}{}
+}
+
+func (s *Sender) untrack(st *steps) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	delete(s.inflight, st)
+}
+
+// attempt notes the connection slot st is being sent on (-1: none).
+func (s *Sender) attempt(st *steps, slot int) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	st.slot = slot
+}
+
+// fenced notes a fence of st on slot.
+func (s *Sender) fenced(st *steps, slot int) {
 	now := time.Now()
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
-	if multicast && s.refusals != refusals {
-		s.queue([]announcement.Batch{b}, s.m.multicastOff, AgainRefused)
+	for i := range st.on {
+		if st.on[i].slot == slot {
+			st.on[i].at = now
+			return
+		}
+	}
+	st.on = append(st.on, slotFence{slot: slot, at: now})
+}
+
+// remember keeps a fenced batch for ShutdownResend, and stops tracking it.
+// A batch a clean close hit while in flight (a step fenced on the closed
+// connection, or sent on it when it closed) goes again whole instead, as
+// does a multicast batch that a refusal came during (refusals moved since
+// it began): the refused multicast may be one of its steps fenced before.
+func (s *Sender) remember(st *steps, multicast bool, refusals int64) {
+	now := time.Now()
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	delete(s.inflight, st)
+	switch {
+	case st.closed:
+		s.queue([]announcement.Batch{*st.batch}, s.m.shutdownResends, AgainShutdown)
+		return
+	case multicast && s.refusals != refusals:
+		s.queue([]announcement.Batch{*st.batch}, s.m.multicastOff, AgainRefused)
 		return
 	}
 	i := 0
@@ -510,7 +581,7 @@ func (s *Sender) remember(b announcement.Batch, slot int, multicast bool, refusa
 		i++
 	}
 	clear(s.recent[:i]) // the backing array must not keep the batches that left the window
-	s.recent = append(s.recent[i:], pack(b, slot, now, multicast))
+	s.recent = append(s.recent[i:], pack(*st.batch, st.on, now, multicast))
 }
 
 // ServerClosed is told that the server ended the stream of connection slot
@@ -518,7 +589,18 @@ func (s *Sender) remember(b announcement.Batch, slot int, multicast bool, refusa
 // acknowledged. The batches fenced on it in the last ShutdownResend go again
 // (Run writes them back): duplicates for who got them, nothing lost for the rest.
 func (s *Sender) ServerClosed(slot int) {
-	s.again(func(f *fenced) bool { return f.slot == slot }, s.m.shutdownResends, AgainShutdown, false)
+	since := time.Now().Add(-s.opt.ShutdownResend)
+	s.rmu.Lock()
+	for st := range s.inflight {
+		// A batch still being sent goes again whole once done (remember): the
+		// steps it fenced here are not sent again by its next attempt, which
+		// starts at its last fence, on another connection.
+		if st.slot == slot || fencedOn(st.on, slot, since) {
+			st.closed = true
+		}
+	}
+	s.rmu.Unlock()
+	s.again(func(f *fenced) bool { return fencedOn(f.on, slot, since) }, s.m.shutdownResends, AgainShutdown, false)
 }
 
 // MulticastRefused is told that the multicast service refused a multicast.
@@ -710,6 +792,12 @@ type steps struct {
 	written   int // stanzas written since the last fence, for the record of a resend
 	cancelled bool
 	m         *Metrics
+
+	// Under Sender.rmu: the slot of the attempt in flight (-1: none), the
+	// slots fenced on, and whether a clean close hit them in the window.
+	slot   int
+	on     []slotFence
+	closed bool
 }
 
 // done records the fence of everything up to pos; the invalid recipients
@@ -767,6 +855,7 @@ func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st 
 				if err := fence(ctx); err != nil {
 					return err
 				}
+				s.fenced(st, link.Slot())
 				st.done(s.opt.Progress, i)
 				lastFence = time.Now()
 			}
@@ -817,6 +906,7 @@ func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st 
 		if err := fence(ctx); err != nil {
 			return err
 		}
+		s.fenced(st, link.Slot())
 	}
 	// i is n, or where a cancel stopped the batch.
 	st.done(s.opt.Progress, i)

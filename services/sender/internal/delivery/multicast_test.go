@@ -259,3 +259,43 @@ func TestMulticastNeedsHome(t *testing.T) {
 		t.Fatalf("a multicast went out without Home: %s", l.text())
 	}
 }
+
+// poolRefusal is a link that, as the pool does, counts a refusal read on it
+// and tells the sender while a multicast fence is out.
+type poolRefusal struct {
+	*fakeLink
+	s **Sender
+}
+
+func (l poolRefusal) FenceMulticast(ctx context.Context) error {
+	l.mu.Lock()
+	l.refusals++
+	l.mu.Unlock()
+	(*l.s).MulticastRefused()
+	return l.fakeLink.FenceMulticast(ctx)
+}
+
+// A batch that its own refused fence sent again from its first recipient,
+// one stanza per recipient, is not queued to go again a second time.
+func TestARefusedBatchResentWholeGoesOnce(t *testing.T) {
+	var s *Sender
+	next := &fakeLink{slot: 1}
+	links := linkList{poolRefusal{&fakeLink{}, &s}, next}
+	s, m := newSender(t, &links, Options{Multicast: multicastOn(10), Conns: 2, ShutdownResend: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Deliver(ctx, multicastBatch("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	want := strings.ReplaceAll(plainTmpl, "%s", "a@localhost") + strings.ReplaceAll(plainTmpl, "%s", "b@localhost")
+	if got := next.text(); got != want {
+		t.Fatalf("after the refusal:\n%s\nwant:\n%s", got, want)
+	}
+	s.qmu.Lock()
+	queued := len(s.pending)
+	s.qmu.Unlock()
+	if queued != 0 || testutil.ToFloat64(m.multicastOff) != 1 {
+		t.Fatalf("%d batches queued to go again, fallbacks %v: want 0 and 1 (the batch was sent again whole already)",
+			queued, testutil.ToFloat64(m.multicastOff))
+	}
+}

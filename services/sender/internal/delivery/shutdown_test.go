@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -106,12 +107,90 @@ func TestShutdownResendWindow(t *testing.T) {
 func TestPackedBatchRoundTrip(t *testing.T) {
 	b := batch("a", "", "jürgen@example.org/phone", "b")
 	b.Seq, b.FirstIncID = 7, 42
-	f := pack(b, 1, time.Now(), false)
+	f := pack(b, []slotFence{{slot: 1, at: time.Now()}}, time.Now(), false)
 	if f.b.Recipients != nil {
 		t.Fatal("the packed batch still holds its decoded recipients")
 	}
 	got := f.batch()
 	if !reflect.DeepEqual(got, b) {
 		t.Fatalf("unpacked %+v, want %+v", got, b)
+	}
+}
+
+// onFence runs fn after its link's fence n (1 = the first) passed.
+type onFence struct {
+	*fakeLink
+	n  int
+	fn func()
+}
+
+func (l onFence) Fence(ctx context.Context) error {
+	if err := l.fakeLink.Fence(ctx); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	now := l.fences == l.n
+	l.mu.Unlock()
+	if now {
+		l.fn()
+	}
+	return nil
+}
+
+// A clean close of a connection a slow batch fenced steps on, while the
+// batch goes on elsewhere, sends the whole batch again once it is done:
+// its next attempt starts at the last fence, so the steps fenced on the
+// closed connection (which ejabberd may have dropped) would go nowhere.
+func TestShutdownDuringASlowBatchSendsItAgainWhole(t *testing.T) {
+	p := &fakeProgress{}
+	var s *Sender
+	// Slot 0 fences a step, then dies (not yet known as a clean close).
+	dies := &fakeLink{slot: 0}
+	first := onFence{dies, 1, func() { dies.writeErr = errors.New("broken pipe") }}
+	// Slot 1 takes over from the last fence; slot 0's clean close is read meanwhile.
+	second := onFence{&fakeLink{slot: 1}, 1, func() { s.ServerClosed(0) }}
+	again := &fakeLink{slot: 1}
+	links := linkList{first, second, again}
+	opt := slowOptions(p)
+	opt.ShutdownResend = time.Minute
+	s, m := newSender(t, &links, opt)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Deliver(ctx, batch(users(60)...)); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(second.text(), "<message"); n == 0 || n == 60 {
+		t.Fatalf("slot 1 sent %d stanzas: want it to take over from slot 0's fenced step", n)
+	}
+	testkit.Background(t, "resends", s.Run)
+	testkit.Eventually(t, 5*time.Second, "the batch sent again whole", func() bool {
+		return strings.Count(again.text(), "<message") == 60
+	})
+	if !strings.HasPrefix(again.text(), stanzaFor("u0@localhost", 10)) {
+		t.Fatalf("sent again from the wrong place: %.200s…", again.text())
+	}
+	if r := testutil.ToFloat64(m.shutdownResends); r != 1 {
+		t.Fatalf("shutdown_resends_total = %v, want 1", r)
+	}
+}
+
+// A batch whose last fence passed just as its connection's clean close was
+// read (before the batch was kept for a resend) goes again.
+func TestShutdownReadDuringTheLastFenceSendsTheBatchAgain(t *testing.T) {
+	var s *Sender
+	closing := onFence{&fakeLink{slot: 0}, 1, func() { s.ServerClosed(0) }}
+	again := &fakeLink{slot: 1}
+	links := linkList{closing, again}
+	s, m := newSender(t, &links, Options{Conns: 2, ShutdownResend: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Deliver(ctx, batch("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Background(t, "resends", s.Run)
+	want := stanzaFor("a@localhost", 10) + stanzaFor("b@localhost", 11)
+	testkit.Eventually(t, 5*time.Second, "the batch sent again", func() bool { return again.text() == want })
+	if r := testutil.ToFloat64(m.shutdownResends); r != 1 {
+		t.Fatalf("shutdown_resends_total = %v, want 1", r)
 	}
 }
