@@ -438,6 +438,62 @@ func TestCancel(t *testing.T) {
 	}
 }
 
+// A failed shard ends its announcement failed only once the rest is done:
+// its emitted batches still count, the other shards go on, and a cancel
+// still stops it meanwhile. Without a plan (nothing emitted) it is failed at once.
+func TestAFailedShardFailsTheAnnouncementAtTheEnd(t *testing.T) {
+	env := stacktest.Get(t)
+	f := newFixture(t, env.RedisAddr, false)
+	ctx := context.Background()
+	ev := event("shard-failed", announcement.KindChannel)
+	if _, _, err := f.store.Begin(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Plan(ctx, ev.ID, 3, true); err != nil {
+		t.Fatal(err)
+	}
+	b0, b1, b2 := batch(ev.ID, 0, 0, "a"), batch(ev.ID, 1, 0, "b"), batch(ev.ID, 2, 0, "c")
+	f.tracker.ShardDone(ev.ID, 0, ShardCounts{Members: 1, Recipients: 1, Batches: 1})
+	f.tracker.Emitted(ev.ID, 1, 1) // shard 1 emitted a batch, then failed
+	f.tracker.ShardFailed(ev.ID, 1, "shard 1: permanent failure: Error 1142")
+	f.tracker.ShardFailed(ev.ID, 1, "a copy")
+	f.tracker.Fenced(ev.ID, whole(b0))
+	a := f.until(t, ev.ID, "two shards counted", func(a Announcement) bool { return a.Shards.Done == 2 && a.Batches.Done == 1 })
+	if Terminal(a.State) || a.Batches.Planned != 2 {
+		t.Fatalf("after the failed shard: %+v; want it going on, its emitted batch planned", a)
+	}
+	f.tracker.ShardDone(ev.ID, 2, ShardCounts{Members: 1, Recipients: 1, Batches: 1})
+	f.tracker.Fenced(ev.ID, whole(b2))
+	a = f.until(t, ev.ID, "all shards", func(a Announcement) bool { return a.Shards.Done == 3 && a.Batches.Done == 2 })
+	if Terminal(a.State) {
+		t.Fatalf("ended before the failed shard's emitted batch was fenced: %+v", a)
+	}
+	f.tracker.Fenced(ev.ID, whole(b1))
+	a = f.until(t, ev.ID, "failed", func(a Announcement) bool { return a.State == StateFailed })
+	if a.Reason != "shard 1: permanent failure: Error 1142" || a.Batches.Done != 3 || a.Times.Done == nil {
+		t.Fatalf("final: %+v", a)
+	}
+
+	// Cancelled while the others go on.
+	ev = event("shard-failed-cancel", announcement.KindChannel)
+	_, _, _ = f.store.Begin(ctx, ev)
+	_ = f.store.Plan(ctx, ev.ID, 2, true)
+	f.tracker.ShardFailed(ev.ID, 0, "shard 0: x")
+	f.until(t, ev.ID, "shard 0 counted", func(a Announcement) bool { return a.Shards.Done == 1 })
+	if st, err := f.store.Cancel(ctx, ev.ID, "stop"); err != nil || st != StateCancelled {
+		t.Fatalf("cancel after a shard failed: %q %v", st, err)
+	}
+
+	// No plan: nothing was emitted.
+	ev = event("failed-early", announcement.KindChannel)
+	_, _, _ = f.store.Begin(ctx, ev)
+	f.tracker.ShardFailed(ev.ID, 0, "lookup: x")
+	a = f.until(t, ev.ID, "failed", func(a Announcement) bool { return a.State == StateFailed })
+	if a.Reason != "lookup: x" {
+		t.Fatalf("early failure: %+v", a)
+	}
+}
+
 // List is newest first, filters by state and honours the limit.
 func TestList(t *testing.T) {
 	env := stacktest.Get(t)
@@ -461,6 +517,25 @@ func TestList(t *testing.T) {
 	cancelled, err := f.store.List(ctx, StateCancelled, 10)
 	if err != nil || len(cancelled) != 1 || cancelled[0].ID != "l1" {
 		t.Fatalf("cancelled: %v %v", ids(cancelled), err)
+	}
+
+	// The ingress wrote l0's record but not its listing (Redis failed in
+	// between): fanout's start lists it.
+	c, err := f.store.conn.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ZRem(ctx, f.store.indexKey(), "l0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	ev := event("l0", announcement.KindUsers)
+	ev.CreatedAt = base
+	if _, _, err := f.store.Begin(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	all, err = f.store.List(ctx, "", 10)
+	if err != nil || len(all) != 5 || all[4].ID != "l0" {
+		t.Fatalf("after fanout began l0: %v %v; want it listed again", ids(all), err)
 	}
 }
 

@@ -25,14 +25,19 @@ local function advance(st)
   redis.call('HSETNX', rec, 't_' .. st, now)
 end
 -- done once every shard is resolved and every batch fenced or dead-lettered
--- (a dry run: once every shard is counted).
+-- (a dry run: once every shard is counted); failed instead when a shard
+-- could not be resolved (its reason in 'failed').
 local function complete()
-  local h = redis.call('HMGET', rec, 'state', 'shards_total', 'shards_done', 'planned', 'bdone', 'dry_run')
+  local h = redis.call('HMGET', rec, 'state', 'shards_total', 'shards_done', 'planned', 'bdone', 'dry_run', 'failed')
   if h[1] and terminal(h[1]) then return end
   local total = num(h[2])
   if total == 0 or num(h[3]) < total then return end
   if h[6] == '1' or num(h[5]) >= num(h[4]) then
-    redis.call('HSET', rec, 'state', 'done')
+    if h[7] then
+      redis.call('HSET', rec, 'state', 'failed', 'reason', h[7])
+    else
+      redis.call('HSET', rec, 'state', 'done')
+    end
     redis.call('HSETNX', rec, 't_done', now)
   end
 end
@@ -209,6 +214,31 @@ return 1
 var scriptPersisted = redis.NewScript(prelude + `
 if redis.call('HSETNX', rec, 'p:' .. ARGV[3], '1') == 1 then
   redis.call('HINCRBY', rec, 'persisted', ARGV[4])
+end
+touch()
+return 1
+`)
+
+// shardFailed: ARGV[3] shard, ARGV[4] reason; once per shard. The shard
+// counts as resolved with the batches it emitted before it failed, so the
+// other shards go on (and can be cancelled); the record ends failed once
+// they are done. Without a plan nothing was emitted: it ends failed now.
+var scriptShardFailed = redis.NewScript(prelude + `
+local s = ARGV[3]
+if not redis.call('HGET', rec, 'shards_total') then
+  local cur = redis.call('HGET', rec, 'state')
+  if not (cur and terminal(cur)) then
+    redis.call('HSET', rec, 'state', 'failed', 'reason', ARGV[4])
+    redis.call('HSETNX', rec, 't_done', now)
+  end
+elseif redis.call('HSETNX', rec, 's:' .. s, '1') == 1 then
+  redis.call('HSETNX', rec, 'failed', ARGV[4])
+  redis.call('HINCRBY', rec, 'planned', num(redis.call('HGET', rec, 'e:' .. s)))
+  local done = redis.call('HINCRBY', rec, 'shards_done', 1)
+  if done >= num(redis.call('HGET', rec, 'shards_total')) then
+    redis.call('HSETNX', rec, 't_resolved', now)
+  end
+  complete()
 end
 touch()
 return 1

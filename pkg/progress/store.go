@@ -191,7 +191,10 @@ func (s *Store) Begin(ctx context.Context, ev *announcement.Event) (state string
 		return "", false, fmt.Errorf("progress: begin %s: unexpected answer %v", ev.ID, v)
 	}
 	state, _ = vs[0].(string)
-	if vs[1] == int64(1) {
+	// The top unit lists it again, idempotently: the ingress's write of the
+	// index may have failed after its record was written, and then no later
+	// Begin would find the record new.
+	if vs[1] == int64(1) || Unit(ev) == "top" {
 		if err := s.index(ctx, ev); err != nil {
 			return state, false, err
 		}

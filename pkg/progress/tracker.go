@@ -182,6 +182,12 @@ func (t *Tracker) Persisted(id, batch string, n int) { t.enqueue(scriptPersisted
 // Finish ends an announcement as rejected or failed, with the reason.
 func (t *Tracker) Finish(id, state, reason string) { t.enqueue(scriptFinish, id, state, reason) }
 
+// ShardFailed records a shard that could not be resolved: the rest of the
+// announcement goes on, and it ends failed (with reason) once that is done.
+func (t *Tracker) ShardFailed(id string, shard int, reason string) {
+	t.enqueue(scriptShardFailed, id, shard, reason)
+}
+
 // Begin is Store.Begin; without a store it says "go on". When the store
 // fails, the task goes on without its answer (at-least-once: a copy is then
 // resolved again) and the update waits in the queue, so the record still
@@ -444,7 +450,7 @@ func (t *Tracker) failed(err error, n int) {
 }
 
 var allScripts = []*redis.Script{
-	scriptAccept, scriptBegin, scriptPlan, scriptEmitted, scriptShard, scriptFenced,
+	scriptAccept, scriptBegin, scriptPlan, scriptEmitted, scriptShard, scriptShardFailed, scriptFenced,
 	scriptResent, scriptDead, scriptPersisted, scriptFinish, scriptCancel,
 }
 

@@ -120,6 +120,9 @@ type Progress interface {
 	Split(ctx context.Context, id string, p progress.SplitPlan) (progress.SplitPlan, error)
 	Emitted(id string, shard, batches int)
 	ShardDone(id string, shard int, c progress.ShardCounts)
+	// ShardFailed records a shard that could not be resolved; the others go
+	// on, and the announcement ends failed once they are done.
+	ShardFailed(id string, shard int, reason string)
 	Finish(id, state, reason string)
 	Cancelled(ctx context.Context, id string) bool
 }

@@ -2,6 +2,10 @@ package audience_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -29,6 +33,7 @@ type recorder struct {
 	plans       []int
 	shards      map[int]progress.ShardCounts
 	finish      []string
+	failed      []string // shard:reason
 	emitted     map[int]int
 	cut         *progress.SplitPlan // the first recorded, as the store keeps it
 }
@@ -67,6 +72,12 @@ func (r *recorder) ShardDone(_ string, shard int, c progress.ShardCounts) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.shards[shard] = c
+}
+
+func (r *recorder) ShardFailed(_ string, shard int, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.failed = append(r.failed, fmt.Sprintf("%d:%s", shard, reason))
 }
 
 func (r *recorder) Finish(_, state, reason string) {
@@ -248,5 +259,69 @@ func TestAChannelCutTwiceKeepsTheFirstCut(t *testing.T) {
 	}
 	if reached != 173+len(late) {
 		t.Fatalf("the shards read %d members, want all %d", reached, 173+len(late))
+	}
+}
+
+// A shard given up on a permanent error is recorded as failed, not the whole
+// announcement: the other shards go on, and can still be cancelled, and
+// the record ends failed once they are done. A channel that fails before it
+// is cut emitted nothing, and ends failed at once.
+func TestAPermanentFailureFailsItsShard(t *testing.T) {
+	rec := newRecorder()
+	w := newWorld(t, func(c *audience.Config) { c.Progress = rec; c.PermanentRetryFor = 50 * time.Millisecond }) // ShardSize 50
+	w.seedChannel(t, 1, audience.StateAccepted, 173)
+	if res, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 1})); err != nil || res.Outcome != audience.Split {
+		t.Fatalf("%+v %v", res, err)
+	}
+	denied := fmt.Errorf("%w: Error 1142: SELECT command denied", audience.ErrPermanent)
+	for i, task := range slices.Clone(w.sink.Tasks) {
+		w.members.Fail = func(op string) error {
+			if i == 1 && op == "members" {
+				return denied
+			}
+			return nil
+		}
+		res, err := w.r.Resolve(context.Background(), task)
+		var bad *announcement.BadRecordError
+		switch {
+		case i == 1 && !errors.As(err, &bad):
+			t.Fatalf("shard 1: %+v %v, want a bad record", res, err)
+		case i != 1 && (err != nil || res.Outcome != audience.Delivered):
+			t.Fatalf("shard %d: %+v %v", i, res, err)
+		}
+	}
+	if len(rec.failed) != 1 || !strings.HasPrefix(rec.failed[0], "1:shard 1: ") || len(rec.finish) != 0 {
+		t.Fatalf("failed %v, finish %v: want shard 1 failed and the announcement not finished", rec.failed, rec.finish)
+	}
+	if len(rec.shards) != 3 {
+		t.Fatalf("shards resolved %v, want the other 3", rec.shards)
+	}
+
+	for _, tc := range []struct {
+		name, fail, want string // fail: the failing operation ("" all); want: "0:" shard 0 failed, "failed:" finished
+		ev               announcement.Event
+	}{
+		{"all online", "", "0:", announcement.Event{ID: "a2", Kind: announcement.KindAllOnline, Template: "<message to='%s'/>", CreatedAt: time.Now()}},
+		{"users", "", "0:", announcement.Event{ID: "a3", Kind: announcement.KindUsers, Usernames: []string{"u0", "u1"}, Template: "<message to='%s'/>", CreatedAt: time.Now()}},
+		{"small channel", "members", "0:", channelEvent(announcement.ChannelRef{ID: 1})},
+		{"channel lookup", "", "failed:", channelEvent(announcement.ChannelRef{ID: 1})}, // nothing cut or emitted
+	} {
+		rec := newRecorder()
+		w := newWorld(t, func(c *audience.Config) { c.Progress = rec; c.PermanentRetryFor = 50 * time.Millisecond })
+		w.seedChannel(t, 1, audience.StateAccepted, 10)
+		fail := func(op string) error {
+			if tc.fail == "" || op == tc.fail {
+				return denied
+			}
+			return nil
+		}
+		w.members.Fail, w.presence.Fail = fail, fail
+		if _, err := w.r.Resolve(context.Background(), tc.ev); err == nil {
+			t.Fatalf("%s: no error", tc.name)
+		}
+		got := append(slices.Clone(rec.failed), rec.finish...)
+		if len(got) != 1 || !strings.HasPrefix(got[0], tc.want) {
+			t.Fatalf("%s: recorded %v, want one %q…", tc.name, got, tc.want)
+		}
 	}
 }

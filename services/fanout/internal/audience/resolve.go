@@ -147,6 +147,7 @@ func (noProgress) Split(_ context.Context, _ string, p progress.SplitPlan) (prog
 }
 func (noProgress) Emitted(string, int, int)                    {}
 func (noProgress) ShardDone(string, int, progress.ShardCounts) {}
+func (noProgress) ShardFailed(string, int, string)             {}
 func (noProgress) Finish(string, string, string)               {}
 func (noProgress) Cancelled(context.Context, string) bool      { return false }
 
@@ -193,7 +194,7 @@ func (r *Resolver) Resolve(ctx context.Context, ev announcement.Event) (Result, 
 		res = Result{Outcome: Rejected, Reason: ReasonUnknownKind}
 	}
 	if errors.Is(err, ErrPermanent) && ctx.Err() == nil {
-		r.progress.Finish(ev.ID, progress.StateFailed, err.Error())
+		r.failed(&ev, err)
 		return Result{}, &announcement.BadRecordError{Reason: fmt.Sprintf("announcement %s: %v", ev.ID, err), Label: "permanent"}
 	}
 	if err != nil {
@@ -257,6 +258,29 @@ func writeAll[T any](ctx context.Context, r *Resolver, records []T, write func(c
 }
 
 // retry runs op until it succeeds or ctx ends, counting and (sparsely) logging failures.
+// failed records a unit given up on a permanent error. A shard (or the one
+// shard of an all-online, users or small channel announcement) may have
+// emitted batches, and other shards go on: the record ends failed once they
+// are done, and can be cancelled until then. A channel that failed before
+// it was cut emitted nothing: it ends failed now.
+func (r *Resolver) failed(ev *announcement.Event, err error) {
+	var in inlineShard
+	switch {
+	case ev.Kind == announcement.KindShard && ev.Shard != nil:
+		r.progress.ShardFailed(ev.ID, ev.Shard.Index, fmt.Sprintf("shard %d: %v", ev.Shard.Index, err))
+	case ev.Kind == announcement.KindAllOnline, ev.Kind == announcement.KindUsers, errors.As(err, &in):
+		r.progress.ShardFailed(ev.ID, 0, err.Error())
+	default:
+		r.progress.Finish(ev.ID, progress.StateFailed, err.Error())
+	}
+}
+
+// inlineShard is the failure of a small channel's one shard, resolved in
+// the channel's own task.
+type inlineShard struct{ error }
+
+func (e inlineShard) Unwrap() error { return e.error }
+
 // Transient failures are retried until ctx ends; ErrPermanent ones until
 // they have lasted PermanentRetryFor. A budget of time, not of tries: with
 // the backoff's short first steps a few tries are over in a second, before a
@@ -319,7 +343,11 @@ func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result,
 	r.plan(ctx, ev, len(shards), false)
 	if len(shards) == 1 {
 		// Small channel: no round trip through the announcements topic.
-		return r.shard(ctx, ev, shards[0])
+		res, err := r.shard(ctx, ev, shards[0])
+		if err != nil {
+			err = inlineShard{err}
+		}
+		return res, err
 	}
 	tasks := make([]announcement.Event, len(shards))
 	for i := range shards {
