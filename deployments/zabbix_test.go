@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -143,14 +144,25 @@ func TestReadmeShowsZabbixItems(t *testing.T) {
 	}
 }
 
-// The first generation's conn.len[<address>] item keeps its meaning: the
-// script writes what the senders report per ejabberd address, the item reads
-// it, and a sender that stops answering falls to 0 instead of going stale.
+// firstGenerationKeys are the lines the first generation's get_conn_len.sh wrote, in its order;
+// its Zabbix items were conn.len[<key>].
+var firstGenerationKeys = []string{"ejabberd", "http", "redis", "user-activity-api", "mysql", "zookeeper", "kafka", "user-activity-rest-api"}
+
+// The first generation's conn.len[<service>] items keep their meaning: the
+// script overwrites a file the first generation's script wrote with the same
+// keys, ejabberd from the senders' /metrics and the others counted on their
+// ports; each item reads one number, even when an ejabberd address names a
+// key, and a sender that stops answering falls to 0 instead of going stale.
 func TestFirstGenerationConnLenItem(t *testing.T) {
-	for _, tool := range []string{"bash", "sh", "curl", "awk", "sort", "mktemp"} {
+	for _, tool := range []string{"bash", "sh", "curl", "awk", "mktemp", "wc"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s not installed", tool)
 		}
+	}
+	_, errSS := exec.LookPath("ss")
+	_, errNetstat := exec.LookPath("netstat")
+	if errSS != nil && errNetstat != nil {
+		t.Skip("neither ss nor netstat installed")
 	}
 	connLen, ok := userParameters(t)["conn.len[*]"]
 	if !ok {
@@ -158,8 +170,8 @@ func TestFirstGenerationConnLenItem(t *testing.T) {
 	}
 	sender := func(node, address string, up float64) *httptest.Server {
 		reg := prometheus.NewRegistry()
-		labels := prometheus.Labels{"node": node}
-		g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "announcer", Subsystem: "sender", Name: "connections_up", Help: "h", ConstLabels: labels})
+		g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "announcer", Subsystem: "sender", Name: "connections_up", Help: "h",
+			ConstLabels: prometheus.Labels{"node": node}})
 		g.Set(up)
 		info := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "announcer", Subsystem: "sender", Name: "node_address_info", Help: "h",
 			ConstLabels: prometheus.Labels{"node": node, "address": address}})
@@ -167,28 +179,84 @@ func TestFirstGenerationConnLenItem(t *testing.T) {
 		reg.MustRegister(g, info)
 		return httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
-	one, two := sender("node1", "10.0.0.1:8889", 4), sender("node2", "10.0.0.2:8889", 1)
+	// Addresses as compose names them: a per-address line would match conn.len[ejabberd] too.
+	one, two := sender("node1", "ejabberd:8889", 4), sender("node2", "ejabberd2:8889", 1)
 	defer two.Close()
 	port := func(u string) string { p, _ := url.Parse(u); return p.Port() }
+
+	// One established connection on a "redis" port: two sockets on this host, as netstat showed them.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	client, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	defer (<-accepted).Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle := port("http://" + free.Addr().String())
+	_ = free.Close()
+	var ports []string
+	for _, k := range firstGenerationKeys[1:] {
+		ports = append(ports, k+"="+idle)
+	}
+	ports = append(ports, "redis="+port("http://"+l.Addr().String()))
+
 	file := filepath.Join(t.TempDir(), "connections")
-	report := func() {
+	// What the first generation's script left behind.
+	var old strings.Builder
+	for i, k := range firstGenerationKeys {
+		old.WriteString(k + " " + strconv.Itoa(i+7) + "\n")
+	}
+	if err := os.WriteFile(file, []byte(old.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	report := func(senderPorts ...string) {
 		t.Helper()
-		cmd := exec.Command("bash", "zabbix/get_conn_len.sh", port(one.URL), port(two.URL))
-		cmd.Env = append(os.Environ(), "ANNOUNCER_CONNECTIONS_FILE="+file)
+		cmd := exec.Command("bash", append([]string{"zabbix/get_conn_len.sh"}, senderPorts...)...)
+		cmd.Env = append(os.Environ(), "ANNOUNCER_CONNECTIONS_FILE="+file, "ANNOUNCER_CONN_PORTS="+strings.Join(ports, " "))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("get_conn_len.sh: %v\n%s", err, out)
 		}
 	}
-	item := func(address string) string {
-		return runItem(t, strings.ReplaceAll(connLen, "/etc/zabbix/connections", file), address)
+	item := func(key string) string {
+		return runItem(t, strings.ReplaceAll(connLen, "/etc/zabbix/connections", file), key)
 	}
-	report()
-	if a, b := item("10.0.0.1:8889"), item("10.0.0.2:8889"); a != "4" || b != "1" {
-		t.Fatalf("conn.len %q and %q, want 4 and 1", a, b)
+	check := func(want map[string]string) {
+		t.Helper()
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lines := strings.Count(string(b), "\n"); lines != len(firstGenerationKeys) {
+			t.Errorf("%d lines, want one per first-generation key:\n%s", lines, b)
+		}
+		for _, k := range firstGenerationKeys {
+			w, ok := want[k]
+			if !ok {
+				w = "0"
+			}
+			if got := item(k); got != w {
+				t.Errorf("conn.len[%s] = %q, want %q (file:\n%s)", k, got, w, b)
+			}
+		}
 	}
+	report(port(one.URL), port(two.URL))
+	check(map[string]string{"ejabberd": "5", "redis": "2"})
 	one.Close()
-	report()
-	if a := item("10.0.0.1:8889"); a != "0" {
-		t.Fatalf("conn.len of a sender that stopped answering: %q, want 0", a)
-	}
+	report(port(one.URL), port(two.URL))
+	check(map[string]string{"ejabberd": "1", "redis": "2"})
 }

@@ -341,7 +341,7 @@ rate_limit = %d
 each_node_conn_num = 2
 
 [component]
-name = "announcer"
+name = "announcer.localhost"
 secret = %q
 domain = "localhost"
 

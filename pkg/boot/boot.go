@@ -46,6 +46,10 @@ func Main[H any](role config.Role, args []string, stderr io.Writer, run RunFunc[
 		return 2
 	}
 	if *debugPort != "" {
+		// The units pass -debug-port: say so, since the first generation served on debug_port.
+		if cfg.Has("debug_port") && cfg.DebugPort != *debugPort {
+			cfg.Notes = append(cfg.Notes, fmt.Sprintf("debug_port %q of the file is overridden by -debug-port %q", cfg.DebugPort, *debugPort))
+		}
 		cfg.DebugPort = *debugPort
 	}
 	var flagErr error

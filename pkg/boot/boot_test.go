@@ -153,3 +153,26 @@ func TestCheckConfigPrintsNotesBeforeProblems(t *testing.T) {
 		t.Errorf("want the note and the warning before the problems:\n%s", out)
 	}
 }
+
+// The units pass -debug-port; the file's debug_port (where the first
+// generation served pprof) is then not used, and the check says so.
+func TestDebugPortFlagOverrideIsNoted(t *testing.T) {
+	path := fanoutConfig(t, "")
+	body, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, append([]byte("debug_port = \":6060\"\n"), body...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	code := Main(config.RoleFanout, []string{"-config", path, "-debug-port", "127.0.0.1:6061", "-check-config"}, &stderr, mustNotRun(t), nil)
+	if want := `note: debug_port ":6060" of the file is overridden by -debug-port "127.0.0.1:6061"`; code != 0 || !strings.Contains(stderr.String(), want) {
+		t.Fatalf("exit %d, want 0 and %q:\n%s", code, want, stderr.String())
+	}
+	stderr.Reset()
+	Main(config.RoleFanout, []string{"-config", fanoutConfig(t, ""), "-debug-port", "127.0.0.1:6061", "-check-config"}, &stderr, mustNotRun(t), nil)
+	if strings.Contains(stderr.String(), "debug_port") {
+		t.Errorf("a file without debug_port: %s", stderr.String())
+	}
+}

@@ -100,8 +100,8 @@ type UserActivityRedis struct {
 	DB           int    `toml:"db"`
 	ReadTimeout  int    `toml:"read_timeout"` // milliseconds
 	MaxRetries   int    `toml:"max_retries"`
-	// The data model's hash of last-seen times; nothing reads it (a warning
-	// says so when it is set).
+	// The data model's hash of last-seen times (2018's offline_hash_table);
+	// nothing reads it (a warning says so when it is set).
 	OfflineHash string `toml:"offline_hash"`
 	// New: force the cluster client even for one seed node.
 	Cluster bool `toml:"cluster"`
@@ -218,14 +218,11 @@ func (c Component) TemplateDomain() string {
 	return c.JID()
 }
 
-// JID is the component's address: name itself when it holds a dot, else a
-// subdomain of the users' domain ("announcer" + "localhost" = "announcer.localhost").
-func (c Component) JID() string {
-	if strings.Contains(c.Name, ".") || c.Domain == "" {
-		return c.Name
-	}
-	return c.Name + "." + c.Domain
-}
+// JID is the component's address: name exactly as written, the host the
+// ejabberd listener declares. The first generation connected as name itself,
+// so completing it with domain would make its files connect as another
+// component, which ejabberd refuses.
+func (c Component) JID() string { return c.Name }
 
 // Bus is the internal Kafka that joins the services.
 type Bus struct {

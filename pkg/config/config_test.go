@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -90,7 +91,8 @@ func TestFirstGenerationConfigLoadsUnchanged(t *testing.T) {
 		{"max_conn_check_retry", c.Component.MaxConnCheckRetry, 10000},
 		{"conn_req_check_interval", c.Component.ConnReqCheckInterval, 10},
 		// Derived.
-		{"component JID", c.Component.JID(), "announcer.soroush.ir"},
+		// The first generation connected as name itself (its ejabberd listener declared "announcer").
+		{"component JID", c.Component.JID(), "announcer"},
 		{"user domain", c.UserDomain(), "soroush.ir"},
 		{"consumer brokers from the bus", c.KafkaConsumer.Brokers, "127.0.0.1:9092"},
 		{"nodes", len(c.Nodes), 1},
@@ -317,9 +319,13 @@ tokens = ["token-aaaaaaaaaaaaaaaa"]
 	}
 }
 
+// name is the component's address as written, as the first generation and
+// ejabberd's listener hosts take it: never completed with domain.
 func TestComponentJID(t *testing.T) {
 	for _, tc := range []struct{ name, domain, want string }{
-		{"announcer", "localhost", "announcer.localhost"},
+		{"announcer", "soroush.ir", "announcer"},
+		{"announcer", "localhost", "announcer"},
+		{"announcer.localhost", "localhost", "announcer.localhost"},
 		{"announcer.example.org", "example.org", "announcer.example.org"},
 		{"announcer", "", "announcer"},
 	} {
@@ -348,6 +354,18 @@ func TestRepoConfigIsValid(t *testing.T) {
 	if len(c.Warnings) != 0 {
 		t.Errorf("repo config has warnings: %v", c.Warnings)
 	}
+	// The sender connects as the host the local stack's ejabberd listener declares.
+	sh, err := os.ReadFile("../../scripts/stack/ejabberd.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^COMPONENT_DOMAIN=(\S+)$`).FindSubmatch(sh)
+	if m == nil {
+		t.Fatal("scripts/stack/ejabberd.sh sets no COMPONENT_DOMAIN")
+	}
+	if got := c.Component.JID(); got != string(m[1]) {
+		t.Errorf("configs/announcer.toml connects as %q; the stack's component listener declares %q", got, m[1])
+	}
 }
 
 func FuzzParse(f *testing.F) {
@@ -365,7 +383,7 @@ func FuzzParse(f *testing.F) {
 
 func TestTemplateRulesFollowTheMode(t *testing.T) {
 	cfg := Default()
-	cfg.Component.Name, cfg.Component.Domain = "announcer", "example.org"
+	cfg.Component.Name, cfg.Component.Domain = "announcer.example.org", "example.org"
 	cfg.Client = Client{Username: "admin", Domain: "client.example.org"}
 	if r := cfg.TemplateRules(); r.ComponentDomain != "announcer.example.org" || r.ClientJID != "" || r.MaxBytes != cfg.Ingress.MaxTemplateBytes {
 		t.Errorf("component mode: %+v", r)
@@ -469,5 +487,98 @@ func TestOfflineHashIsNotRead(t *testing.T) {
 	}
 	if d, _ := Parse(nil); len(d.Warnings) != 0 {
 		t.Fatalf("the defaults warn: %q", d.Warnings)
+	}
+}
+
+// Redis Cluster has only db 0. The presence servers' db is named as
+// [user-activity-redis] db wherever it is used: by the fanout's presence,
+// and by the progress store when it has no redis_nodes of its own.
+func TestClusterDBIsNamedWhereItIsSet(t *testing.T) {
+	const fanout = "[mysql]\naddress = \"m:3306\"\ndb = \"d\"\n[ejabberd]\ncluster_nodes = \"e:8889\"\n[component]\ndomain = \"localhost\"\n"
+	for _, tc := range []struct {
+		name, file string
+		roles      []Role
+		want, not  string // want "" = valid
+	}{
+		{"presence cluster, progress on it", "[user-activity-redis]\ncluster_nodes = \"r1:6379,r2:6379\"\ndb = 2\n", []Role{RoleFanout},
+			"[user-activity-redis] db 2", "[progress] db"},
+		{"presence cluster, progress disabled", "[user-activity-redis]\ncluster_nodes = \"r1:6379,r2:6379\"\ndb = 2\n[progress]\ndisabled = true\n", []Role{RoleFanout},
+			"[user-activity-redis] db 2", "[progress] db"},
+		{"cluster = true with one seed", "[user-activity-redis]\ncluster_nodes = \"r1:6379\"\ncluster = true\ndb = 1\n[progress]\ndisabled = true\n", []Role{RoleFanout},
+			"[user-activity-redis] db 1", ""},
+		{"progress on the presence servers, ingress", "[user-activity-redis]\ncluster_nodes = \"r1:6379,r2:6379\"\ndb = 2\n", []Role{RoleIngress},
+			"[user-activity-redis] db 2", "[progress] db"},
+		{"progress's own cluster", "[user-activity-redis]\ncluster_nodes = \"r1:6379\"\ndb = 2\n[progress]\nredis_nodes = \"p1:6379,p2:6379\"\ndb = 3\n", []Role{RoleFanout},
+			"[progress] db 3", "[user-activity-redis] db"},
+		{"one presence server with a db", "[user-activity-redis]\ncluster_nodes = \"r1:6379\"\ndb = 2\n", []Role{RoleFanout, RoleIngress}, "", ""},
+		{"REST presence, progress off", "[user-activity-redis]\ncluster_nodes = \"r1:6379,r2:6379\"\ndb = 2\n[fanout]\npresence = \"rest\"\n[user-activity-rest-api]\naddress = \"a:1\"\n[progress]\ndisabled = true\n",
+			[]Role{RoleFanout}, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(fanout + tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.Validate(tc.roles...)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			mustName(t, err, tc.want, "Redis Cluster has only db 0")
+			if tc.not != "" && strings.Contains(err.Error(), tc.not) {
+				t.Errorf("error names %q, where the value was not set:\n%v", tc.not, err)
+			}
+		})
+	}
+}
+
+// The sender's connection pool replaced smaller values silently (64 KiB, 30 s).
+func TestSenderBufferAndReconnectMinimums(t *testing.T) {
+	const base = "[ejabberd]\ncluster_nodes = \"e:8889\"\n[component]\nname = \"announcer.localhost\"\nsecret = \"s\"\ndomain = \"localhost\"\n"
+	c, err := Parse([]byte(base + "[sender]\nwrite_buffer_bytes = 1024\nreconnect_max = \"50ms\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustName(t, c.Validate(RoleSender), "[sender] write_buffer_bytes 1024: want >= 4096", "[sender] reconnect_max 50ms: want >= 100ms")
+	c, err = Parse([]byte(base + "[sender]\nwrite_buffer_bytes = 4096\nreconnect_max = \"100ms\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(RoleSender); err != nil {
+		t.Fatalf("the smallest allowed values refused: %v", err)
+	}
+	c, err = Parse([]byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(RoleSender); err != nil {
+		t.Fatalf("the defaults refused: %v", err)
+	}
+}
+
+// A key that outlives the record it points to would publish a retry again.
+func TestIdempotencyWindowWithinTTL(t *testing.T) {
+	const base = "[component]\ndomain = \"localhost\"\n[user-activity-redis]\ncluster_nodes = \"r:6379\"\n"
+	c, err := Parse([]byte(base + "[progress]\nttl = \"1h\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustName(t, c.Validate(RoleIngress), "[progress] idempotency_window 24h0m0s: at most [progress] ttl 1h0m0s", "announced again")
+	c, err = Parse([]byte(base + "[progress]\nttl = \"1h\"\nidempotency_window = \"1h\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(RoleIngress); err != nil {
+		t.Fatalf("a window as long as the ttl refused: %v", err)
+	}
+	// Without a progress store there are no keys to outlive anything.
+	c, err = Parse([]byte(base + "[progress]\nttl = \"1h\"\ndisabled = true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(RoleIngress); err != nil {
+		t.Fatalf("disabled store: %v", err)
 	}
 }

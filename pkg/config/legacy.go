@@ -24,12 +24,25 @@ var retiredKeys = map[string]map[string]string{
 	"kafka-consumer": {
 		"commit_offset_interval": "offsets are committed per record, once the next stage (the internal topic or the dead-letter topic) has it",
 	},
-	"user-activity-redis": {
-		"check_interval": "connections are checked when used and by /readyz, and failures are retried with backoff",
-	},
 	"mysql": {
 		"check_interval": "connections are checked when used and by /readyz, and failures are retried with backoff",
 	},
+	"user-activity-redis": {
+		"check_interval": "connections are checked when used and by /readyz, and failures are retried with backoff",
+		// 2018-04: the online users' hash.
+		"hash_table": "presence is read from the per-user keys (<username> = server address) and the nodes' online-users sets, " +
+			"the data model the first generation itself moved to in 2018-05; a presence hash is not read",
+	},
+	"ejabberd": {
+		// 2018-04: the name of the cluster kept in [zookeeper].
+		"default_cluster": "the ejabberd nodes are [ejabberd] cluster_nodes (or [[node]] tables) of this file; there are no named clusters",
+	},
+}
+
+// retiredSections are whole sections the first generation read that have no meaning here, and why.
+var retiredSections = map[string]string{
+	// 2018-04: a runtime store of the cluster's connection settings.
+	"zookeeper": "the whole configuration is this file (ejabberd nodes: [ejabberd] cluster_nodes or [[node]] tables), and Kafka needs no ZooKeeper",
 }
 
 // movedKeys are keys with another name here: section.key → section.key ("" section = top level).
@@ -42,6 +55,8 @@ var movedKeys = []struct{ fromSection, fromKey, toSection, toKey string }{
 	{"user-activity-redis", "gmet_buffer", "", "user_activity_ask_buffer"},
 	{"user-activity-redis", "mget_buffer", "", "user_activity_ask_buffer"}, // 2018's spelling of gmet_buffer
 	{"log", "log_point", "log", "log_dst"},                                 // 2018-08's name of the log file
+	// 2018-05's name of the last-seen hash (<hash> <username> <ms>).
+	{"user-activity-redis", "offline_hash_table", "user-activity-redis", "offline_hash"},
 }
 
 // migrate rewrites raw (a decoded TOML document) in place. notes say what was
@@ -86,6 +101,13 @@ func migrate(raw map[string]any) (notes, warnings []string, changed bool, err er
 		to[m.toKey] = v
 		movedBy[toName] = fromName
 		notes = append(notes, fmt.Sprintf("%s read as %s", fromName, toName))
+	}
+	for _, section := range sortedKeys(retiredSections) {
+		if _, ok := raw[section].(map[string]any); ok {
+			delete(raw, section)
+			changed = true
+			warnings = append(warnings, fmt.Sprintf("[%s] is no longer needed and ignored: %s", section, retiredSections[section]))
+		}
 	}
 	for _, section := range sortedKeys(retiredKeys) {
 		table := tableOf(raw, section)

@@ -389,3 +389,66 @@ func TestClientCAFile(t *testing.T) {
 		t.Errorf("no ca_file: pool %v err %v, want the system roots (nil)", pool, err)
 	}
 }
+
+// Keys of the first generation's 2018-04 and 2018-05 samples (example/config-sample.toml,
+// README): a ZooKeeper section and a named default cluster, the presence hash, and the
+// offline hash, which is offline_hash here.
+func TestFirstGeneration2018SampleKeysLoad(t *testing.T) {
+	c, err := Parse([]byte(`rest_api_port=":8080"
+
+[zookeeper]
+cluster_nodes="192.168.95.171:2181"
+namespace="/watch"
+
+[mysql]
+address="127.0.0.1:3306"
+db="test"
+
+[redis]
+cluster_nodes="127.0.0.1:6379"
+db=0
+hash_table="UserPresence"
+offline_hash_table="Offline"
+
+[ejabberd]
+cluster_nodes="192.168.95.180:8889"
+default_cluster="A"
+
+[component]
+name="announcer"
+secret="announcer"
+domain="soroush.ir"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.UserActivityRedis.OfflineHash != "Offline" || !contains(c.Notes, "[user-activity-redis] offline_hash_table read as [user-activity-redis] offline_hash") {
+		t.Errorf("offline_hash %q, notes %q", c.UserActivityRedis.OfflineHash, c.Notes)
+	}
+	for _, w := range []string{
+		"[zookeeper] is no longer needed and ignored:",
+		"[user-activity-redis] hash_table is no longer needed and ignored:",
+		"[ejabberd] default_cluster is no longer needed and ignored:",
+		"offline_hash is not read",
+	} {
+		if !contains(c.Warnings, w) {
+			t.Errorf("warnings %q lack %q", c.Warnings, w)
+		}
+	}
+	if err := c.Validate(RoleIngress, RoleFanout, RoleSender); err != nil {
+		t.Fatal(err)
+	}
+	for _, old := range []string{"zookeeper]", "hash_table", "default_cluster", "namespace"} {
+		if strings.Contains(c.String(), old) {
+			t.Errorf("-check-config output still shows %s:\n%s", old, c.String())
+		}
+	}
+	// The name here wins over the old one.
+	c, err = Parse([]byte("[user-activity-redis]\noffline_hash = \"last-seen\"\noffline_hash_table = \"Offline\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.UserActivityRedis.OfflineHash != "last-seen" || !contains(c.Warnings, "offline_hash_table is ignored: [user-activity-redis] offline_hash is also set") {
+		t.Errorf("offline_hash %q, warnings %q", c.UserActivityRedis.OfflineHash, c.Warnings)
+	}
+}

@@ -33,10 +33,30 @@ const MaxPreviewWait = 50 * time.Second
 // record's headers and framing (kafkabus.RecordOverhead, 4 KiB) and a body.
 const MinMessageBytes = 64 << 10
 
-// problems collects every finding of Validate, so all are reported at once.
-type problems struct{ errs []error }
+// The sender's smallest write_buffer_bytes and reconnect_max: its connection
+// pool's own floors (xmpplink), below which it used its defaults instead.
+const (
+	MinWriteBufferBytes = 4096
+	MinReconnectMax     = 100 * time.Millisecond
+)
 
-func (p *problems) bad(format string, a ...any) { p.errs = append(p.errs, fmt.Errorf(format, a...)) }
+// problems collects every finding of Validate, so all are reported at once.
+type problems struct {
+	errs []error
+	seen map[string]bool // one value checked for two uses is reported once
+}
+
+func (p *problems) bad(format string, a ...any) {
+	err := fmt.Errorf(format, a...)
+	if p.seen[err.Error()] {
+		return
+	}
+	if p.seen == nil {
+		p.seen = map[string]bool{}
+	}
+	p.seen[err.Error()] = true
+	p.errs = append(p.errs, err)
+}
 
 func (p *problems) empty(key, v string) {
 	if v == "" {
@@ -160,6 +180,8 @@ func (c *Config) validateFanout(p *problems) {
 			p.bad("[user-activity-redis] cluster_nodes: empty while [fanout] presence = \"redis\"")
 		}
 		p.atLeast("[user-activity-redis] read_timeout", c.UserActivityRedis.ReadTimeout, 1, " (milliseconds)")
+		o := c.UserActivityRedis.Options(0)
+		clusterDB(p, "[user-activity-redis] db", o.Addrs, o.Cluster, o.DB)
 	case "rest":
 		if c.UserActivityREST.Address == "" {
 			p.bad("[user-activity-rest-api] address: empty while [fanout] presence = \"rest\"")
@@ -205,6 +227,13 @@ func (c *Config) validateSender(p *problems) {
 		p.bad("[sender] failover_after: %s is negative (0 turns failover off)", c.Sender.FailoverAfter.D())
 	}
 	p.empty("[sender] group_prefix", c.Sender.GroupPrefix)
+	// The connection pool would replace smaller values silently (64 KiB, 30 s).
+	if c.Sender.WriteBufferBytes < MinWriteBufferBytes {
+		p.bad("[sender] write_buffer_bytes %d: want >= %d", c.Sender.WriteBufferBytes, MinWriteBufferBytes)
+	}
+	if c.Sender.ReconnectMax.D() < MinReconnectMax {
+		p.bad("[sender] reconnect_max %s: want >= %s (the first reconnect delay)", c.Sender.ReconnectMax.D(), MinReconnectMax)
+	}
 	switch c.Sender.Multicast {
 	case MulticastOff:
 	case MulticastAuto:
@@ -285,16 +314,30 @@ func (c *Config) validateProgress(p *problems) {
 	if !ok {
 		return
 	}
-	if len(o.Addrs) > 1 || o.Cluster {
-		if o.DB != 0 {
-			p.bad("[progress] db %d: Redis Cluster has only db 0", o.DB)
-		}
+	// Without redis_nodes the store is on the presence servers: name the key the db came from.
+	dbKey := "[progress] db"
+	if len(SplitList(c.Progress.RedisNodes)) == 0 {
+		dbKey = "[user-activity-redis] db"
 	}
+	clusterDB(p, dbKey, o.Addrs, o.Cluster, o.DB)
 	p.empty("[progress] key_prefix", c.Progress.KeyPrefix)
 	p.positive("[progress] ttl", c.Progress.TTL)
 	p.positive("[progress] idempotency_window", c.Progress.IdempotencyWindow)
+	// Submit republishes a retry whose key is still claimed but whose record expired.
+	if c.Progress.IdempotencyWindow > c.Progress.TTL && c.Progress.TTL > 0 {
+		p.bad("[progress] idempotency_window %s: at most [progress] ttl %s (a retry after the announcement's record expired would be announced again)",
+			c.Progress.IdempotencyWindow.D(), c.Progress.TTL.D())
+	}
 	p.positive("[progress] cancel_check", c.Progress.CancelCheck)
 	p.atLeast("[progress] read_timeout", c.Progress.ReadTimeout, 1, " (milliseconds)")
+}
+
+// clusterDB reports a db other than 0 for a Redis Cluster (several seeds, or
+// cluster = true), which has only db 0.
+func clusterDB(p *problems, key string, addrs []string, cluster bool, db int) {
+	if (len(addrs) > 1 || cluster) && db != 0 {
+		p.bad("%s %d: Redis Cluster has only db 0", key, db)
+	}
 }
 
 func (c *Config) validateUserDomain(p *problems) {

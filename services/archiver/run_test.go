@@ -53,7 +53,7 @@ func newRig(t *testing.T) *rig {
 	cfg.Bus.DeadLetterTopic = p + "_dlq"
 	cfg.Bus.Partitions = 2
 	cfg.Nodes = []config.Node{{Name: "node1", Address: "127.0.0.1:1"}, {Name: "node2", Address: "127.0.0.1:2"}}
-	cfg.Component.Name = "announcer"
+	cfg.Component.Name = "announcer.localhost"
 	cfg.Component.Domain = "localhost"
 	cfg.KafkaProducer.Brokers = r.proxy.Addr()
 	cfg.KafkaProducer.Topics = r.storage

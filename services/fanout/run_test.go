@@ -72,7 +72,7 @@ func newHarness(t *testing.T, mod func(*config.Config)) *harness {
 	cfg.Fanout.BatchSize = 5
 	cfg.Fanout.ShardSize = 40
 	cfg.Fanout.RetryMax = config.Duration(200 * time.Millisecond)
-	cfg.Component.Name, cfg.Component.Domain = "announcer", "localhost"
+	cfg.Component.Name, cfg.Component.Domain = "announcer.localhost", "localhost"
 	cfg.Nodes = []config.Node{
 		{Name: "node1", Address: "127.0.0.1:8889", PresenceAddresses: []string{h.prefix + "10.0.0.1"}},
 		{Name: "node2", Address: "127.0.0.1:8890", PresenceAddresses: []string{h.prefix + "10.0.0.2"}},

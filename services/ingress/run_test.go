@@ -38,7 +38,7 @@ func baseConfig(brokers []string) config.Config {
 	cfg.Bus.Partitions = 2
 	cfg.Bus.AnnouncementsTopic = stacktest.Name("ingress_ann")
 	cfg.Bus.DeadLetterTopic = stacktest.Name("ingress_dlq")
-	cfg.Component.Name = "announcer"
+	cfg.Component.Name = "announcer.localhost"
 	cfg.Component.Domain = "localhost"
 	cfg.Auth.Tokens = []config.Secret{token}
 	cfg.Ingress.PublishTimeout = config.Duration(3 * time.Second)
@@ -468,7 +468,7 @@ func TestStartFailsOnTakenPort(t *testing.T) {
 
 func TestLimitsFollowTheMode(t *testing.T) {
 	cfg := config.Default()
-	cfg.Component.Name, cfg.Component.Domain = "announcer", "example.org"
+	cfg.Component.Name, cfg.Component.Domain = "announcer.example.org", "example.org"
 	cfg.Client = config.Client{Username: "admin", Domain: "client.example.org"}
 	if l := limits(cfg); l.Template.ComponentDomain != "announcer.example.org" || l.Template.ClientJID != "" || l.UserDomain != "example.org" {
 		t.Errorf("component mode: %+v", l)

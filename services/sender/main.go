@@ -22,7 +22,7 @@ func main() { os.Exit(boot.Main(config.RoleSender, os.Args[1:], os.Stderr, run, 
 // the first start.
 func flags(fs *flag.FlagSet) func(*config.Config) error {
 	node := fs.String("node", "", "name of the ejabberd node this sender serves (overrides [sender] node)")
-	name := fs.String("component-name", "", "component name or full component domain (overrides [component] name)")
+	name := fs.String("component-name", "", "the component's address, as ejabberd's listener names it (overrides [component] name)")
 	return func(c *config.Config) error {
 		if *node != "" {
 			c.Sender.Node = *node

@@ -296,7 +296,7 @@ func benchConfig(brokers []string) config.Config {
 	cfg.RestAPIPort = "127.0.0.1:0"
 	cfg.DebugPort = "127.0.0.1:0"
 	cfg.Bus.Brokers = strings.Join(brokers, ",")
-	cfg.Component.Name = "announcer"
+	cfg.Component.Name = "announcer.localhost"
 	cfg.Component.Domain = "localhost"
 	cfg.Auth.Tokens = []config.Secret{"bench-token-0123456789"}
 	return cfg

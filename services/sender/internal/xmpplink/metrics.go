@@ -48,7 +48,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		multicastRefused: c("multicast_refused_total",
 			"Multicasts the multicast service refused as a whole (too many addresses for its limits): sent again one stanza per recipient."),
 		address: s.GaugeVec("node_address_info",
-			"1, labelled with the listener address the node's connections go to (what the first generation's conn.len[<address>] item names).", "address"),
+			"1, labelled with the listener address the node's connections go to.", "address"),
 		inboundErrors: s.CounterVec("inbound_errors_total", "Error stanzas ejabberd sent back, by stanza kind and RFC 6120 condition.", "kind", "condition"),
 	}
 }
