@@ -534,51 +534,39 @@ func TestClusterDBIsNamedWhereItIsSet(t *testing.T) {
 	}
 }
 
+// validates parses text and validates it for role: no error when want is
+// empty, else one naming each of want.
+func validates(t *testing.T, role Role, text string, want ...string) {
+	t.Helper()
+	c, err := Parse([]byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Validate(role)
+	if len(want) == 0 {
+		if err != nil {
+			t.Fatalf("refused:\n%s\n%v", text, err)
+		}
+		return
+	}
+	mustName(t, err, want...)
+}
+
 // The sender's connection pool replaced smaller values silently (64 KiB, 30 s).
 func TestSenderBufferAndReconnectMinimums(t *testing.T) {
 	const base = "[ejabberd]\ncluster_nodes = \"e:8889\"\n[component]\nname = \"announcer.localhost\"\nsecret = \"s\"\ndomain = \"localhost\"\n"
-	c, err := Parse([]byte(base + "[sender]\nwrite_buffer_bytes = 1024\nreconnect_max = \"50ms\"\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustName(t, c.Validate(RoleSender), "[sender] write_buffer_bytes 1024: want >= 4096", "[sender] reconnect_max 50ms: want >= 100ms")
-	c, err = Parse([]byte(base + "[sender]\nwrite_buffer_bytes = 4096\nreconnect_max = \"100ms\"\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Validate(RoleSender); err != nil {
-		t.Fatalf("the smallest allowed values refused: %v", err)
-	}
-	c, err = Parse([]byte(base))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Validate(RoleSender); err != nil {
-		t.Fatalf("the defaults refused: %v", err)
-	}
+	validates(t, RoleSender, base+"[sender]\nwrite_buffer_bytes = 1024\nreconnect_max = \"50ms\"\n",
+		"[sender] write_buffer_bytes 1024: want >= 4096", "[sender] reconnect_max 50ms: want >= 100ms")
+	validates(t, RoleSender, base+"[sender]\nwrite_buffer_bytes = 4096\nreconnect_max = \"100ms\"\n") // the smallest allowed
+	validates(t, RoleSender, base)                                                                    // the defaults
 }
 
 // A key that outlives the record it points to would publish a retry again.
 func TestIdempotencyWindowWithinTTL(t *testing.T) {
 	const base = "[component]\ndomain = \"localhost\"\n[user-activity-redis]\ncluster_nodes = \"r:6379\"\n"
-	c, err := Parse([]byte(base + "[progress]\nttl = \"1h\"\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustName(t, c.Validate(RoleIngress), "[progress] idempotency_window 24h0m0s: at most [progress] ttl 1h0m0s", "announced again")
-	c, err = Parse([]byte(base + "[progress]\nttl = \"1h\"\nidempotency_window = \"1h\"\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Validate(RoleIngress); err != nil {
-		t.Fatalf("a window as long as the ttl refused: %v", err)
-	}
+	validates(t, RoleIngress, base+"[progress]\nttl = \"1h\"\n",
+		"[progress] idempotency_window 24h0m0s: at most [progress] ttl 1h0m0s", "announced again")
+	validates(t, RoleIngress, base+"[progress]\nttl = \"1h\"\nidempotency_window = \"1h\"\n")
 	// Without a progress store there are no keys to outlive anything.
-	c, err = Parse([]byte(base + "[progress]\nttl = \"1h\"\ndisabled = true\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Validate(RoleIngress); err != nil {
-		t.Fatalf("disabled store: %v", err)
-	}
+	validates(t, RoleIngress, base+"[progress]\nttl = \"1h\"\ndisabled = true\n")
 }

@@ -61,29 +61,16 @@ func TestShutdownResendsRecentBatches(t *testing.T) {
 // position would make a resume send nothing.
 func TestShutdownResendsASlowBatchWhole(t *testing.T) {
 	p := &fakeProgress{}
-	first, next := &fakeLink{slot: 0}, &fakeLink{slot: 0}
-	links := linkList{first, next}
-	opt := slowOptions(p)
-	opt.ShutdownResend = time.Minute
-	s, m := newSender(t, &links, opt)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.Deliver(ctx, batch(users(60)...)); err != nil {
-		t.Fatal(err)
-	}
+	next := &fakeLink{slot: 0}
+	var s *Sender
+	m := deliverSlow60(t, p, &linkList{&fakeLink{slot: 0}, next}, &s)
 	if len(p.steps) < 2 || p.steps[len(p.steps)-1].Pos != 60 {
 		t.Fatalf("steps %+v: want a slow batch fenced in steps to its end", p.steps)
 	}
 	p.position = 60 // what the store answers now
 	testkit.Background(t, "resends", s.Run)
 	s.ServerClosed(0)
-	testkit.Eventually(t, 5*time.Second, "the slow batch sent again", func() bool {
-		return strings.Count(next.text(), "<message") == 60
-	})
-	got := next.text()
-	if !strings.HasPrefix(got, stanzaFor("u0@localhost", 10)) {
-		t.Fatalf("sent again from the wrong place: %.200s…", got)
-	}
+	sentAgainWhole(t, next)
 	if r := testutil.ToFloat64(m.resumed); r != 0 {
 		t.Fatalf("resumed_recipients_total = %v: a shutdown resend must not resume", r)
 	}
@@ -114,6 +101,33 @@ func TestPackedBatchRoundTrip(t *testing.T) {
 	got := f.batch()
 	if !reflect.DeepEqual(got, b) {
 		t.Fatalf("unpacked %+v, want %+v", got, b)
+	}
+}
+
+// deliverSlow60 delivers a slow batch of 60 (slowOptions, a minute's
+// shutdown window) over links; *s is the sender from before it starts.
+func deliverSlow60(t *testing.T, p *fakeProgress, links *linkList, s **Sender) *Metrics {
+	t.Helper()
+	opt := slowOptions(p)
+	opt.ShutdownResend = time.Minute
+	var m *Metrics
+	*s, m = newSender(t, links, opt)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := (*s).Deliver(ctx, batch(users(60)...)); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// sentAgainWhole waits until l has the slow batch of 60 again, from its first recipient.
+func sentAgainWhole(t *testing.T, l *fakeLink) {
+	t.Helper()
+	testkit.Eventually(t, 5*time.Second, "the slow batch sent again whole", func() bool {
+		return strings.Count(l.text(), "<message") == 60
+	})
+	if got := l.text(); !strings.HasPrefix(got, stanzaFor("u0@localhost", 10)) {
+		t.Fatalf("sent again from the wrong place: %.200s…", got)
 	}
 }
 
@@ -150,25 +164,12 @@ func TestShutdownDuringASlowBatchSendsItAgainWhole(t *testing.T) {
 	// Slot 1 takes over from the last fence; slot 0's clean close is read meanwhile.
 	second := onFence{&fakeLink{slot: 1}, 1, func() { s.ServerClosed(0) }}
 	again := &fakeLink{slot: 1}
-	links := linkList{first, second, again}
-	opt := slowOptions(p)
-	opt.ShutdownResend = time.Minute
-	s, m := newSender(t, &links, opt)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.Deliver(ctx, batch(users(60)...)); err != nil {
-		t.Fatal(err)
-	}
+	m := deliverSlow60(t, p, &linkList{first, second, again}, &s)
 	if n := strings.Count(second.text(), "<message"); n == 0 || n == 60 {
 		t.Fatalf("slot 1 sent %d stanzas: want it to take over from slot 0's fenced step", n)
 	}
 	testkit.Background(t, "resends", s.Run)
-	testkit.Eventually(t, 5*time.Second, "the batch sent again whole", func() bool {
-		return strings.Count(again.text(), "<message") == 60
-	})
-	if !strings.HasPrefix(again.text(), stanzaFor("u0@localhost", 10)) {
-		t.Fatalf("sent again from the wrong place: %.200s…", again.text())
-	}
+	sentAgainWhole(t, again)
 	if r := testutil.ToFloat64(m.shutdownResends); r != 1 {
 		t.Fatalf("shutdown_resends_total = %v, want 1", r)
 	}
