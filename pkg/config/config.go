@@ -505,12 +505,19 @@ func decodeError(err error) error {
 
 // chooseSources picks what the first generation chose from the sections a
 // file has, where this generation's keys do not say: client mode for a file
-// with [client] and no [component]; presence as its main.go chose it, Redis
-// whenever [user-activity-redis] cluster_nodes is set, else the REST API.
+// with [client] and no [component] secret (its main.go connected a component
+// only with a secret); presence as its main.go chose it, Redis whenever
+// [user-activity-redis] cluster_nodes is set, else the REST API.
 func (c *Config) chooseSources(raw map[string]any) {
-	if !has(raw, "sender", "mode") && c.present["client"] && !c.present["component"] {
-		c.Sender.Mode = ModeClient
-		c.Notes = append(c.Notes, "client mode: the file has [client] and no [component]")
+	if !has(raw, "sender", "mode") && c.present["client"] {
+		switch {
+		case !c.present["component"]:
+			c.Sender.Mode = ModeClient
+			c.Notes = append(c.Notes, "client mode: the file has [client] and no [component]")
+		case c.Component.Secret.Value() == "":
+			c.Sender.Mode = ModeClient
+			c.Notes = append(c.Notes, "client mode: the file has [client] and no [component] secret, with which the first generation chose client mode too")
+		}
 	}
 	if has(raw, "fanout", "presence") || !c.present["user-activity-rest-api"] {
 		return

@@ -242,6 +242,29 @@ func TestMovedKeyNextToItsNewName(t *testing.T) {
 	}
 }
 
+// The first generation connected a component only when [component] secret
+// was set: commenting out the secret alone chose client mode.
+func TestClientModeWithoutAComponentSecret(t *testing.T) {
+	const client = "[client]\nusername = \"admin\"\npassword = \"p\"\ndomain = \"example.de\"\n"
+	for _, tc := range []struct{ component, mode string }{
+		{"[component]\nname = \"announcer\"\ndomain = \"example.de\"\n#secret = \"s\"\n", ModeClient},
+		{"[component]\nname = \"announcer\"\nsecret = \"\"\ndomain = \"example.de\"\n", ModeClient},
+		{"[component]\nname = \"announcer\"\nsecret = \"s\"\ndomain = \"example.de\"\n", ModeComponent},
+		{"[component]\nname = \"announcer\"\ndomain = \"example.de\"\n[sender]\nmode = \"component\"\n", ModeComponent}, // said, not chosen
+	} {
+		c, err := Parse([]byte(client + tc.component))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Sender.Mode != tc.mode {
+			t.Errorf("%q: mode %q, want %q (notes %q)", tc.component, c.Sender.Mode, tc.mode, c.Notes)
+		}
+		if tc.mode == ModeClient && !contains(c.Notes, "client mode: the file has [client] and no [component] secret") {
+			t.Errorf("%q: notes %q lack why client mode", tc.component, c.Notes)
+		}
+	}
+}
+
 // Every fixture proves which sender mode and which presence source it chose,
 // and loads for every service; a new fixture without a row fails here.
 func TestEveryFixtureChoosesModeAndPresence(t *testing.T) {
