@@ -456,15 +456,16 @@ func Load(path string) (Config, error) {
 // Parse decodes TOML text over the defaults and resolves derived values.
 // The first generation's other spellings are read as this generation's
 // (migrate); Notes and Warnings say how.
-func Parse(b []byte) (Config, error) {
+func Parse(src []byte) (Config, error) {
 	var raw map[string]any
-	if err := toml.Unmarshal(b, &raw); err != nil {
+	if err := toml.Unmarshal(src, &raw); err != nil {
 		return Config{}, decodeError(err)
 	}
 	notes, warnings, changed, err := migrate(raw)
 	if err != nil {
 		return Config{}, err
 	}
+	b := src
 	if changed {
 		if b, err = toml.Marshal(raw); err != nil {
 			return Config{}, fmt.Errorf("config: %w", err)
@@ -474,6 +475,18 @@ func Parse(b []byte) (Config, error) {
 	dec := toml.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cfg); err != nil {
+		var de *toml.DecodeError
+		var strict *toml.StrictMissingError
+		if changed && !errors.As(err, &strict) && errors.As(err, &de) {
+			// Its position is in the text rewritten with this generation's
+			// names. Decoded as written (old names skipped), the file places a
+			// wrong value of a key it names as this generation does.
+			probe := Default()
+			if perr := toml.Unmarshal(src, &probe); perr != nil {
+				return Config{}, decodeError(perr)
+			}
+			return Config{}, fmt.Errorf("config: %s (a key of an old name, read as this generation's)", de.Error())
+		}
 		return Config{}, decodeError(err)
 	}
 	cfg.Notes, cfg.Warnings = notes, warnings

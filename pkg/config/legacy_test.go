@@ -242,6 +242,20 @@ func TestMovedKeyNextToItsNewName(t *testing.T) {
 	}
 }
 
+// A wrong value in a file with old names is placed where the file has it,
+// not in the text those names were rewritten into.
+func TestErrorLinesOfAFileWithOldNames(t *testing.T) {
+	_, err := Parse([]byte("[kafka]\ntopics = \"in\"\n\n[mysql]\naddress = \"db:3306\"\nmax_open_conn = \"50\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 6 column") {
+		t.Fatalf("err = %v, want it placed on the file's line 6", err)
+	}
+	// A wrong value under an old name has no place in the file's own decode: no line is made up.
+	_, err = Parse([]byte("[mysql]\naddress = \"db:3306\"\n\n[kafka]\nbuffer = \"many\"\n"))
+	if err == nil || strings.Contains(err.Error(), "line ") || !strings.Contains(err.Error(), "old name") {
+		t.Fatalf("err = %v, want it without a line, saying an old name was read", err)
+	}
+}
+
 // The first generation connected a component only when [component] secret
 // was set: commenting out the secret alone chose client mode.
 func TestClientModeWithoutAComponentSecret(t *testing.T) {
