@@ -466,9 +466,7 @@ func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume, unic
 		if err != nil {
 			return fmt.Errorf("delivery: no connection: %w", err)
 		}
-		s.attempt(st, link.Slot())
 		err = s.send(ctx, link, tmpl, st, sc, multicast)
-		s.attempt(st, -1)
 		link.Release()
 		if err == nil {
 			s.remember(st, began, refusals)
@@ -527,7 +525,7 @@ func (s *Sender) refusalCount() int64 {
 func (s *Sender) track(st *steps) {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
-	st.slot = -1
+	st.fencing = -1
 	s.inflight[st] = struct{}{}
 }
 
@@ -537,40 +535,40 @@ func (s *Sender) untrack(st *steps) {
 	delete(s.inflight, st)
 }
 
-// attempt notes the connection slot st is being sent on (-1: none).
-func (s *Sender) attempt(st *steps, slot int) {
+// fence runs a fence of st on slot, noting it while it is out and once it passed.
+func (s *Sender) fence(ctx context.Context, fence func(context.Context) error, st *steps, slot int) error {
 	s.rmu.Lock()
-	defer s.rmu.Unlock()
-	st.slot = slot
-}
-
-// fenced notes a fence of st on slot.
-func (s *Sender) fenced(st *steps, slot int) {
+	st.fencing = slot
+	s.rmu.Unlock()
+	err := fence(ctx)
 	now := time.Now()
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
+	st.fencing = -1
+	if err != nil {
+		return err
+	}
 	for i := range st.on {
 		if st.on[i].slot == slot {
 			st.on[i].at = now
-			return
+			return nil
 		}
 	}
 	st.on = append(st.on, slotFence{slot: slot, at: now})
+	return nil
 }
 
-// remember keeps a fenced batch for ShutdownResend, and stops tracking it.
-// A batch a clean close hit while in flight (a step fenced on the closed
-// connection, or sent on it when it closed) goes again whole instead, as
-// does a multicast batch that a refusal came during (refusals moved since
-// it began): the refused multicast may be one of its steps fenced before.
+// remember keeps a fenced batch for ShutdownResend, and stops tracking it;
+// not one a clean close already queued whole. A multicast batch that a
+// refusal came during (refusals moved since it began) goes again whole
+// instead: the refused multicast may be one of its steps fenced before.
 func (s *Sender) remember(st *steps, multicast bool, refusals int64) {
 	now := time.Now()
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	delete(s.inflight, st)
 	switch {
-	case st.closed:
-		s.queue([]announcement.Batch{*st.batch}, s.m.shutdownResends, AgainShutdown)
+	case st.queued:
 		return
 	case multicast && s.refusals != refusals:
 		s.queue([]announcement.Batch{*st.batch}, s.m.multicastOff, AgainRefused)
@@ -591,14 +589,19 @@ func (s *Sender) remember(st *steps, multicast bool, refusals int64) {
 func (s *Sender) ServerClosed(slot int) {
 	since := time.Now().Add(-s.opt.ShutdownResend)
 	s.rmu.Lock()
+	var whole []announcement.Batch
 	for st := range s.inflight {
-		// A batch still being sent goes again whole once done (remember): the
+		// A batch still being sent goes again whole, written back now: the
 		// steps it fenced here are not sent again by its next attempt, which
-		// starts at its last fence, on another connection.
-		if st.slot == slot || fencedOn(st.on, slot, since) {
-			st.closed = true
+		// starts at its last fence, and it may never end here (a handover, a
+		// crash). One whose fence on this connection was out may have had it
+		// pass as the close came.
+		if !st.queued && (st.fencing == slot || fencedOn(st.on, slot, since)) {
+			st.queued = true
+			whole = append(whole, *st.batch)
 		}
 	}
+	s.queue(whole, s.m.shutdownResends, AgainShutdown)
 	s.rmu.Unlock()
 	s.again(func(f *fenced) bool { return fencedOn(f.on, slot, since) }, s.m.shutdownResends, AgainShutdown, false)
 }
@@ -793,11 +796,11 @@ type steps struct {
 	cancelled bool
 	m         *Metrics
 
-	// Under Sender.rmu: the slot of the attempt in flight (-1: none), the
-	// slots fenced on, and whether a clean close hit them in the window.
-	slot   int
-	on     []slotFence
-	closed bool
+	// Under Sender.rmu: the slot of a fence that is out (-1: none), the
+	// slots fenced on, and whether a clean close queued it to go again whole.
+	fencing int
+	on      []slotFence
+	queued  bool
 }
 
 // done records the fence of everything up to pos; the invalid recipients
@@ -852,10 +855,9 @@ func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st 
 				break
 			}
 			if i > st.from && time.Since(lastFence) >= s.opt.StepInterval {
-				if err := fence(ctx); err != nil {
+				if err := s.fence(ctx, fence, st, link.Slot()); err != nil {
 					return err
 				}
-				s.fenced(st, link.Slot())
 				st.done(s.opt.Progress, i)
 				lastFence = time.Now()
 			}
@@ -903,10 +905,9 @@ func (s *Sender) send(ctx context.Context, link Link, tmpl *stanza.Template, st 
 	// Nothing written since the last fence (every recipient invalid, say):
 	// nothing to prove.
 	if st.written > 0 {
-		if err := fence(ctx); err != nil {
+		if err := s.fence(ctx, fence, st, link.Slot()); err != nil {
 			return err
 		}
-		s.fenced(st, link.Slot())
 	}
 	// i is n, or where a cancel stopped the batch.
 	st.done(s.opt.Progress, i)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -152,9 +153,10 @@ func (l onFence) Fence(ctx context.Context) error {
 }
 
 // A clean close of a connection a slow batch fenced steps on, while the
-// batch goes on elsewhere, sends the whole batch again once it is done:
-// its next attempt starts at the last fence, so the steps fenced on the
-// closed connection (which ejabberd may have dropped) would go nowhere.
+// batch goes on elsewhere, writes the whole batch back to go again, at
+// once: its next attempt starts at the last fence, so the steps fenced on
+// the closed connection (which ejabberd may have dropped) would go nowhere,
+// and it may never end here (a handover, a crash).
 func TestShutdownDuringASlowBatchSendsItAgainWhole(t *testing.T) {
 	p := &fakeProgress{}
 	var s *Sender
@@ -162,9 +164,18 @@ func TestShutdownDuringASlowBatchSendsItAgainWhole(t *testing.T) {
 	dies := &fakeLink{slot: 0}
 	first := onFence{dies, 1, func() { dies.writeErr = errors.New("broken pipe") }}
 	// Slot 1 takes over from the last fence; slot 0's clean close is read meanwhile.
-	second := onFence{&fakeLink{slot: 1}, 1, func() { s.ServerClosed(0) }}
+	queuedAtClose := 0
+	second := onFence{&fakeLink{slot: 1}, 1, func() {
+		s.ServerClosed(0)
+		s.qmu.Lock()
+		queuedAtClose = len(s.pending)
+		s.qmu.Unlock()
+	}}
 	again := &fakeLink{slot: 1}
 	m := deliverSlow60(t, p, &linkList{first, second, again}, &s)
+	if queuedAtClose != 1 {
+		t.Fatalf("%d batches queued when the close was read, want the batch in flight", queuedAtClose)
+	}
 	if n := strings.Count(second.text(), "<message"); n == 0 || n == 60 {
 		t.Fatalf("slot 1 sent %d stanzas: want it to take over from slot 0's fenced step", n)
 	}
@@ -172,6 +183,43 @@ func TestShutdownDuringASlowBatchSendsItAgainWhole(t *testing.T) {
 	sentAgainWhole(t, again)
 	if r := testutil.ToFloat64(m.shutdownResends); r != 1 {
 		t.Fatalf("shutdown_resends_total = %v, want 1", r)
+	}
+}
+
+// onWrite runs fn before its link's first write.
+type onWrite struct {
+	*fakeLink
+	once *sync.Once
+	fn   func()
+}
+
+func (l onWrite) Write(p []byte) error {
+	l.once.Do(l.fn)
+	return l.fakeLink.Write(p)
+}
+
+// A batch being written on a connection whose clean close comes before it
+// fenced anything there is not written back: its next attempt sends it
+// from its last fence anyway.
+func TestShutdownBeforeAnyFenceResendsOnlyTheAttempt(t *testing.T) {
+	var s *Sender
+	closing := onWrite{&fakeLink{slot: 0, fenceErr: errors.New("connection lost")}, new(sync.Once), func() { s.ServerClosed(0) }}
+	next := &fakeLink{slot: 1}
+	links := linkList{closing, next}
+	s, m := newSender(t, &links, Options{Conns: 2, ShutdownResend: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Deliver(ctx, batch("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	if want := stanzaFor("a@localhost", 10) + stanzaFor("b@localhost", 11); next.text() != want {
+		t.Fatalf("the next attempt sent:\n%s\nwant:\n%s", next.text(), want)
+	}
+	s.qmu.Lock()
+	queued := len(s.pending)
+	s.qmu.Unlock()
+	if queued != 0 || testutil.ToFloat64(m.shutdownResends) != 0 {
+		t.Fatalf("%d batches written back, shutdown_resends_total %v: want none", queued, testutil.ToFloat64(m.shutdownResends))
 	}
 }
 
