@@ -291,10 +291,7 @@ func TestARefusedBatchResentWholeGoesOnce(t *testing.T) {
 	if got := next.text(); got != want {
 		t.Fatalf("after the refusal:\n%s\nwant:\n%s", got, want)
 	}
-	s.qmu.Lock()
-	queued := len(s.pending)
-	s.qmu.Unlock()
-	if queued != 0 || testutil.ToFloat64(m.multicastOff) != 1 {
+	if queued := queuedAgain(s); queued != 0 || testutil.ToFloat64(m.multicastOff) != 1 {
 		t.Fatalf("%d batches queued to go again, fallbacks %v: want 0 and 1 (the batch was sent again whole already)",
 			queued, testutil.ToFloat64(m.multicastOff))
 	}

@@ -132,6 +132,27 @@ func sentAgainWhole(t *testing.T, l *fakeLink) {
 	}
 }
 
+// deliverAB delivers batch("a", "b") over links with two connections and a
+// minute's shutdown window; *s is the sender from before it starts.
+func deliverAB(t *testing.T, links *linkList, s **Sender) *Metrics {
+	t.Helper()
+	var m *Metrics
+	*s, m = newSender(t, links, Options{Conns: 2, ShutdownResend: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := (*s).Deliver(ctx, batch("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// queuedAgain is how many batches wait for Run to write them back.
+func queuedAgain(s *Sender) int {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	return len(s.pending)
+}
+
 // onFence runs fn after its link's fence n (1 = the first) passed.
 type onFence struct {
 	*fakeLink
@@ -167,9 +188,7 @@ func TestShutdownDuringASlowBatchSendsItAgainWhole(t *testing.T) {
 	queuedAtClose := 0
 	second := onFence{&fakeLink{slot: 1}, 1, func() {
 		s.ServerClosed(0)
-		s.qmu.Lock()
-		queuedAtClose = len(s.pending)
-		s.qmu.Unlock()
+		queuedAtClose = queuedAgain(s)
 	}}
 	again := &fakeLink{slot: 1}
 	m := deliverSlow60(t, p, &linkList{first, second, again}, &s)
@@ -205,20 +224,11 @@ func TestShutdownBeforeAnyFenceResendsOnlyTheAttempt(t *testing.T) {
 	var s *Sender
 	closing := onWrite{&fakeLink{slot: 0, fenceErr: errors.New("connection lost")}, new(sync.Once), func() { s.ServerClosed(0) }}
 	next := &fakeLink{slot: 1}
-	links := linkList{closing, next}
-	s, m := newSender(t, &links, Options{Conns: 2, ShutdownResend: time.Minute})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.Deliver(ctx, batch("a", "b")); err != nil {
-		t.Fatal(err)
-	}
+	m := deliverAB(t, &linkList{closing, next}, &s)
 	if want := stanzaFor("a@localhost", 10) + stanzaFor("b@localhost", 11); next.text() != want {
 		t.Fatalf("the next attempt sent:\n%s\nwant:\n%s", next.text(), want)
 	}
-	s.qmu.Lock()
-	queued := len(s.pending)
-	s.qmu.Unlock()
-	if queued != 0 || testutil.ToFloat64(m.shutdownResends) != 0 {
+	if queued := queuedAgain(s); queued != 0 || testutil.ToFloat64(m.shutdownResends) != 0 {
 		t.Fatalf("%d batches written back, shutdown_resends_total %v: want none", queued, testutil.ToFloat64(m.shutdownResends))
 	}
 }
@@ -229,13 +239,7 @@ func TestShutdownReadDuringTheLastFenceSendsTheBatchAgain(t *testing.T) {
 	var s *Sender
 	closing := onFence{&fakeLink{slot: 0}, 1, func() { s.ServerClosed(0) }}
 	again := &fakeLink{slot: 1}
-	links := linkList{closing, again}
-	s, m := newSender(t, &links, Options{Conns: 2, ShutdownResend: time.Minute})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.Deliver(ctx, batch("a", "b")); err != nil {
-		t.Fatal(err)
-	}
+	m := deliverAB(t, &linkList{closing, again}, &s)
 	testkit.Background(t, "resends", s.Run)
 	want := stanzaFor("a@localhost", 10) + stanzaFor("b@localhost", 11)
 	testkit.Eventually(t, 5*time.Second, "the batch sent again", func() bool { return again.text() == want })
