@@ -62,17 +62,30 @@ type Client struct {
 	retry          Retry
 }
 
+// shownURL is u fit for an error message: no password, query or fragment,
+// where secrets go.
+func shownURL(u *url.URL) string {
+	v := *u
+	v.RawQuery, v.ForceQuery, v.Fragment, v.RawFragment = "", false, "", ""
+	if v.User != nil {
+		v.User = url.User("…")
+	}
+	return v.String()
+}
+
 // New checks cfg and returns a client.
 func New(cfg Config) (*Client, error) {
 	u, err := url.Parse(cfg.BaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("api url: %w", err)
+		// url.Parse's error quotes the URL, which may hold a password or a token.
+		return nil, errors.New("api url: not a valid URL")
 	}
+	shown := shownURL(u)
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("api url %q: want http://host[:port] or https://host[:port]", cfg.BaseURL)
+		return nil, fmt.Errorf("api url %q: want http://host[:port] or https://host[:port]", shown)
 	}
 	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return nil, fmt.Errorf("api url %q: no query, fragment or user info", cfg.BaseURL)
+		return nil, fmt.Errorf("api url %q: no query, fragment or user info", shown)
 	}
 	if cfg.Timeout < 0 || cfg.PreviewTimeout < 0 {
 		return nil, fmt.Errorf("timeout %v, preview timeout %v: want > 0", cfg.Timeout, cfg.PreviewTimeout)
@@ -214,14 +227,28 @@ func (c *Client) Preview(ctx context.Context, req Request) (*Announcement, error
 		return nil, err
 	}
 	var a *Announcement
+	var sent string // the id of an answer that is no announcement document: a server that ignored dry_run accepted it
+	decode := func(data []byte) error {
+		var accepted struct {
+			ID     string `json:"id"`
+			DryRun *bool  `json:"dry_run"`
+		}
+		if json.Unmarshal(data, &accepted) == nil && accepted.ID != "" && accepted.DryRun == nil {
+			sent = accepted.ID
+			return nil
+		}
+		return decodeInto(&a)(data)
+	}
 	cl := call{method: http.MethodPost, path: path, body: body, retry: true, noResend: true, timeout: c.previewTimeout}
-	_, err = c.do(ctx, cl, decodeInto(&a))
-	if err != nil {
+	if _, err = c.do(ctx, cl, decode); err != nil {
 		return nil, err
 	}
-	// An old server ignores dry_run and would have sent it; say so rather than show it as a preview.
-	if !a.DryRun {
-		return nil, fmt.Errorf("the server did not treat announcement %s as a dry run", a.ID)
+	// An old server ignores dry_run and sends it; say so rather than show it as a preview.
+	if sent != "" || !a.DryRun {
+		if sent == "" {
+			sent = a.ID
+		}
+		return nil, fmt.Errorf("the server did not treat announcement %s as a dry run: it is being sent", sent)
 	}
 	return a, nil
 }

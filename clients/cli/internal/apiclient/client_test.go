@@ -196,6 +196,12 @@ func TestPreview(t *testing.T) {
 	if _, err := s.client(t, "").Preview(context.Background(), channel42); err == nil {
 		t.Error("a real send shown as a preview")
 	}
+	// A first-generation-like server answers only the id of what it sends.
+	s = newServer(t, answer(202, `{"id": "p4"}`))
+	if _, err := s.client(t, "").Preview(context.Background(), channel42); err == nil ||
+		!strings.Contains(err.Error(), "p4") || !strings.Contains(err.Error(), "being sent") {
+		t.Errorf("an accepted send: %v; want it named as being sent", err)
+	}
 }
 
 func TestListAndPaths(t *testing.T) {
@@ -261,6 +267,12 @@ func TestNewChecksTheURL(t *testing.T) {
 	}
 	if _, err := New(Config{BaseURL: "https://x:8443/api"}); err != nil {
 		t.Error(err)
+	}
+	// What the URL holds in secret stays out of the message.
+	for _, u := range []string{"https://ops:s3cr3t@x", "https://x/?token=s3cr3t", "https://x/#s3cr3t", "http://x:bad port/s3cr3t"} {
+		if _, err := New(Config{BaseURL: u}); err == nil || strings.Contains(err.Error(), "s3cr3t") {
+			t.Errorf("%q: %v", u, err)
+		}
 	}
 }
 

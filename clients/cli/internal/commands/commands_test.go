@@ -233,6 +233,21 @@ func TestSendRetriesWithTheSameKey(t *testing.T) {
 	}
 }
 
+// An answer that leaves open whether the announcement was published (a
+// proxy's 5xx after the ingress may have published it) gives the key to
+// retry with; a refusal (4xx) does not.
+func TestSendGivesTheKeyWhenTheAnswerLeavesItOpen(t *testing.T) {
+	for fail, open := range map[string]bool{"502": true, "400": false} {
+		c := newCLI(t)
+		c.api.postFail = []string{fail}
+		r := c.run("send", "--users", "alice", "--file", c.file, "--no-follow", "--idempotency-key", "k-9")
+		r.want(t, ExitFailed)
+		if got := strings.Contains(r.stderr, "--idempotency-key k-9"); got != open {
+			t.Errorf("%s: key given %v, want %v:\n%s", fail, got, open, r.stderr)
+		}
+	}
+}
+
 func TestSendGivesUpAfterBoundedRetries(t *testing.T) {
 	c := newCLI(t)
 	c.api.postFail = []string{"503", "503", "503", "503", "503", "503"}

@@ -31,7 +31,7 @@ type fakeAPI struct {
 	auths    []string
 	deletes  int
 	gets     int
-	postFail []string // consumed one per POST: "503", "drop" or "" (answer normally)
+	postFail []string // consumed one per POST: "503", "502" (a proxy's page), "400", "drop" or "" (answer normally)
 	getFail  []string // consumed one per GET of one: "503", "404" or ""
 	// script advances the newest announcement one step per GET; it waits at
 	// hold (an index, -1 none) until release.
@@ -134,6 +134,14 @@ func (f *fakeAPI) announce(w http.ResponseWriter, r *http.Request) {
 	switch fail {
 	case "503":
 		apiError(w, http.StatusServiceUnavailable, "kafka unavailable", "")
+		return
+	case "502":
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusBadGateway)
+		_, _ = io.WriteString(w, "<html><body>502 Bad Gateway</body></html>")
+		return
+	case "400":
+		apiError(w, http.StatusBadRequest, "message: not valid base64", "message")
 		return
 	case "drop":
 		// The request arrived, the answer never does: the case the key is for.

@@ -173,7 +173,9 @@ func (s *sendFlags) run(cmd *cobra.Command, env Env, g *globals) error {
 	}
 	if err != nil {
 		report(env.Stderr, err)
-		if apiclient.Transient(err) {
+		// Any answer but a refusal (4xx) may come after the ingress published it:
+		// a 5xx from a proxy that gave up, a 2xx this client could not read.
+		if st := apiclient.StatusOf(err); apiclient.Transient(err) || (apiclient.Reached(err) && (st < 400 || st > 499)) {
 			fmt.Fprintf(env.Stderr, "hint: the server may have accepted it; retry safely with --idempotency-key %s\n", key)
 		}
 		if apiclient.StatusOf(err) == http.StatusConflict {
