@@ -381,6 +381,21 @@ func TestSecondInterruptExitsWithoutCancelling(t *testing.T) {
 	}
 }
 
+// Ctrl-C again while the cancel waits for a server that does not answer
+// ends the run at once, saying the cancel's outcome is not known.
+func TestInterruptWhileCancellingStops(t *testing.T) {
+	c := newCLI(t)
+	c.api.cancelHang, c.api.hungCancel = true, make(chan struct{}, 8)
+	c.stdin = strings.NewReader("y\n")
+	_, stderr, wait := interruptWhileSending(t, c)
+	<-c.api.hungCancel // the DELETE is at the server
+	c.interrupts <- os.Interrupt
+	c.wantExit(wait, ExitInterrupted, stderr)
+	if !strings.Contains(stderr.String(), "may or may not be cancelled") {
+		t.Errorf("stderr does not say the cancel's outcome is unknown:\n%s", stderr)
+	}
+}
+
 func TestInterruptWithoutStdinStops(t *testing.T) {
 	c := newCLI(t) // stdin is empty
 	_, stderr, wait := interruptWhileSending(t, c)

@@ -39,7 +39,9 @@ type fakeAPI struct {
 	hold       int
 	released   bool
 	firstGet   chan struct{}
-	postBlock  bool // POSTs wait until the client goes away
+	postBlock  bool          // POSTs wait until the client goes away
+	cancelHang bool          // DELETEs wait until the client goes away
+	hungCancel chan struct{} // one token per DELETE held by cancelHang
 	postSeen   chan struct{}
 	preview    apiclient.Audience
 	preview504 bool
@@ -266,6 +268,14 @@ func (f *fakeAPI) list(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *fakeAPI) cancel(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	hang := f.cancelHang
+	f.mu.Unlock()
+	if hang {
+		f.hungCancel <- struct{}{}
+		<-r.Context().Done()
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	id := r.PathValue("id")

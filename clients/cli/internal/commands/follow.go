@@ -132,7 +132,13 @@ func (f *follower) follow(ctx context.Context, id string) int {
 				fmt.Fprintln(errw)
 				return notCancelled("no answer on stdin")
 			case a == "y" || a == "yes":
-				c, err := f.api.Cancel(ctx, id)
+				c, stopped, err := f.cancel(ctx, id)
+				if stopped {
+					fmt.Fprintln(errw)
+					view.pause()
+					fmt.Fprintf(errw, "announcer: interrupted while cancelling; announcement %s may or may not be cancelled (see: announcer status %s)\n", safe(id), safe(id))
+					return ExitInterrupted
+				}
 				if err == nil {
 					fmt.Fprintln(out, summary(c, time.Time{}))
 					return ExitCancelled
@@ -393,4 +399,25 @@ func (v *progressView) reset(total int64) {
 		opts = append(opts, progressbar.OptionShowCount())
 	}
 	v.bar = progressbar.NewOptions64(max, opts...)
+}
+
+// cancel asks the server to cancel id, retries included; another interrupt
+// stops it (stopped), since a server that does not answer would otherwise
+// hold the run for every retry.
+func (f *follower) cancel(ctx context.Context, id string) (a *apiclient.Announcement, stopped bool, err error) {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a, err = f.api.Cancel(ctx, id)
+	}()
+	select {
+	case <-done:
+		return a, false, err
+	case <-f.interrupts:
+		stop()
+		<-done
+		return nil, true, nil
+	}
 }
