@@ -41,6 +41,21 @@ local function complete()
     redis.call('HSETNX', rec, 't_done', now)
   end
 end
+-- finish ends the record as st (rejected or failed) with why, unless it ended.
+local function finish(st, why)
+  local cur = redis.call('HGET', rec, 'state')
+  if not (cur and terminal(cur)) then
+    redis.call('HSET', rec, 'state', st, 'reason', why)
+    redis.call('HSETNX', rec, 't_done', now)
+  end
+end
+-- resolved counts one more shard resolved, noting when the last one was.
+local function resolved()
+  local done = redis.call('HINCRBY', rec, 'shards_done', 1)
+  if done >= num(redis.call('HGET', rec, 'shards_total')) then
+    redis.call('HSETNX', rec, 't_resolved', now)
+  end
+end
 -- ensure writes the description pairs ARGV[from..] where absent; 1 when the
 -- record is new.
 local function ensure(from)
@@ -129,10 +144,7 @@ if redis.call('HSETNX', rec, 's:' .. s, '1') == 1 then
       redis.call('HINCRBY', rec, 'emitted', n - old)
     end
   end
-  local done = redis.call('HINCRBY', rec, 'shards_done', 1)
-  if done >= num(redis.call('HGET', rec, 'shards_total')) then
-    redis.call('HSETNX', rec, 't_resolved', now)
-  end
+  resolved()
   if num(ARGV[6]) > 0 then advance('sending') end
   complete()
 end
@@ -226,18 +238,11 @@ return 1
 var scriptShardFailed = redis.NewScript(prelude + `
 local s = ARGV[3]
 if not redis.call('HGET', rec, 'shards_total') then
-  local cur = redis.call('HGET', rec, 'state')
-  if not (cur and terminal(cur)) then
-    redis.call('HSET', rec, 'state', 'failed', 'reason', ARGV[4])
-    redis.call('HSETNX', rec, 't_done', now)
-  end
+  finish('failed', ARGV[4])
 elseif redis.call('HSETNX', rec, 's:' .. s, '1') == 1 then
   redis.call('HSETNX', rec, 'failed', ARGV[4])
   redis.call('HINCRBY', rec, 'planned', num(redis.call('HGET', rec, 'e:' .. s)))
-  local done = redis.call('HINCRBY', rec, 'shards_done', 1)
-  if done >= num(redis.call('HGET', rec, 'shards_total')) then
-    redis.call('HSETNX', rec, 't_resolved', now)
-  end
+  resolved()
   complete()
 end
 touch()
@@ -247,11 +252,7 @@ return 1
 // finish: ARGV[3] state (rejected or failed), ARGV[4] reason. A terminal
 // state stays.
 var scriptFinish = redis.NewScript(prelude + `
-local cur = redis.call('HGET', rec, 'state')
-if not (cur and terminal(cur)) then
-  redis.call('HSET', rec, 'state', ARGV[3], 'reason', ARGV[4])
-  redis.call('HSETNX', rec, 't_done', now)
-end
+finish(ARGV[3], ARGV[4])
 touch()
 return 1
 `)

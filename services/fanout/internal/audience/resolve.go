@@ -257,7 +257,6 @@ func writeAll[T any](ctx context.Context, r *Resolver, records []T, write func(c
 	})
 }
 
-// retry runs op until it succeeds or ctx ends, counting and (sparsely) logging failures.
 // failed records a unit given up on a permanent error. A shard (or the one
 // shard of an all-online, users or small channel announcement) may have
 // emitted batches, and other shards go on: the record ends failed once they
@@ -281,6 +280,7 @@ type inlineShard struct{ error }
 
 func (e inlineShard) Unwrap() error { return e.error }
 
+// retry runs op until it succeeds or ctx ends, counting and (sparsely) logging failures.
 // Transient failures are retried until ctx ends; ErrPermanent ones until
 // they have lasted PermanentRetryFor. A budget of time, not of tries: with
 // the backoff's short first steps a few tries are over in a second, before a

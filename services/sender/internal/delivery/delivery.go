@@ -401,7 +401,7 @@ func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume, unic
 	}
 	sc := s.bufs.Get().(*scratch)
 	defer s.bufs.Put(sc)
-	st := &steps{batch: &b, key: progress.BatchKey(&b), digest: "-", m: s.m}
+	st := &steps{batch: &b, key: progress.BatchKey(&b), digest: "-", m: s.m, fencing: -1}
 	// A batch with no valid recipient needs no connection. Looking for the
 	// first valid one costs one JID for a normal batch.
 	if !anyValid(b.Recipients, s.opt.UserDomain, sc) {
@@ -525,7 +525,6 @@ func (s *Sender) refusalCount() int64 {
 func (s *Sender) track(st *steps) {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
-	st.fencing = -1
 	s.inflight[st] = struct{}{}
 }
 
