@@ -141,6 +141,25 @@ func TestAlertRulesFire(t *testing.T) {
 				series: `announcer_ingress_announcements_publish_failed_total{job="announcer-ingress", instance="i", source="rest", reason="too_large"} 0 0 5 10 15 20 25 30 35`},
 		},
 		{
+			name: "a node's queue read by another node's sender after a takeover, and its priority lane; not lanes that drain",
+			fire: alertCase{alert: "AnnouncerNodeQueueNotDraining", fires: 20 * time.Minute,
+				series: `announcer_sender_consumer_lag{job="announcer-sender", instance="b", node="node1", lane="takeover_bulk", topic="deliveries.node1", partition="0"} 5+1x20
+					announcer_sender_consumer_lag{job="announcer-sender", instance="c", node="node3", lane="priority", topic="deliveries.node3.priority", partition="0"} 5+1x20
+					announcer_sender_consumer_lag{job="announcer-sender", instance="b", node="node2", lane="bulk", topic="deliveries.node2", partition="0"} 0x20`,
+				labels: []string{`node=node1`, `node=node3`}},
+			quiet: alertCase{alert: "AnnouncerNodeQueueNotDraining", fires: 20 * time.Minute,
+				series: `announcer_sender_consumer_lag{job="announcer-sender", instance="b", node="node1", lane="takeover_bulk", topic="deliveries.node1", partition="0"} 50 40 30 20 10 0 30 20 10 0 40 30 20 10 0 50 40 30 20 10 0`},
+		},
+		{
+			name: "the first dead letter of a reason, whose series is born at 1, in any lane; not an old one",
+			fire: alertCase{alert: "AnnouncerDeadLetters", fires: 8 * time.Minute,
+				series: `announcer_archiver_dead_letters_total{job="announcer-archiver", instance="r", reason="template"} _ _ _ _ _ 1 1 1 1 1
+					announcer_fanout_dead_letters_total{job="announcer-fanout", instance="f", lane="priority", reason="undecodable"} _ _ _ 1 1 1 1 1 1 1`,
+				labels: []string{`job=announcer-archiver,reason=template`, `job=announcer-fanout,reason=undecodable`}},
+			quiet: alertCase{alert: "AnnouncerDeadLetters", fires: 25 * time.Minute,
+				series: `announcer_archiver_dead_letters_total{job="announcer-archiver", instance="r", reason="template"} _ _ _ _ _ 1x30`},
+		},
+		{
 			name: "a dead letter, with its reason; nothing when none was written",
 			fire: alertCase{alert: "AnnouncerDeadLetters", fires: 4 * time.Minute,
 				series: `announcer_sender_dead_letters_total{job="announcer-sender", instance="a", node="node1", reason="decode"} 0 0 0 1 1`,

@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -322,6 +323,11 @@ type Input struct {
 	Prefix string
 	// Labels are constant labels of the consumer's metrics (the sender's node).
 	Labels prometheus.Labels
+	// Lane, when set, labels the consumer's metrics lane=<Lane>. Inputs of one
+	// service that read alike topics (bulk and priority) share the metric
+	// names and tell themselves apart by it, so a rule or panel on a name
+	// sees every lane: set it on all of them or none.
+	Lane string
 	// StartAtEnd starts a group with no committed offset at the end of the
 	// topics: for input the service did not write itself.
 	StartAtEnd bool
@@ -454,7 +460,14 @@ func (rt *Runtime) Consume(in Input) *Consumer {
 		// the commit: after a crash the record is not handled again.
 		in.BeforeCommit = rt.tracker.Sync
 	}
-	reg := prometheus.WrapRegistererWithPrefix(in.Prefix, prometheus.WrapRegistererWith(in.Labels, rt.metrics))
+	labels := maps.Clone(in.Labels)
+	if in.Lane != "" {
+		if labels == nil {
+			labels = prometheus.Labels{}
+		}
+		labels["lane"] = in.Lane
+	}
+	reg := prometheus.WrapRegistererWithPrefix(in.Prefix, prometheus.WrapRegistererWith(labels, rt.metrics))
 	log := rt.log.With().Str("input", in.Name).Logger()
 	c := NewConsumer(rt.DeadLetters(), in.Handle, in.ConsumerOptions, log, reg)
 	if !slices.Equal(cluster.Brokers, rt.bus.Brokers) {

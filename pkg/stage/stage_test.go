@@ -339,3 +339,33 @@ func TestInputFetchOptionsReachTheReader(t *testing.T) {
 		}
 	}
 }
+
+// Two lanes of one service read alike topics: their consumers share the
+// metric names and tell themselves apart by lane, so one rule or panel on a
+// name sees both (a prefixed name per lane left the priority lane unwatched).
+func TestLanesShareMetricNames(t *testing.T) {
+	cfg := config.Default()
+	cfg.DebugPort = "127.0.0.1:0"
+	rt, err := New("test", cfg, testkit.Log(t, zerolog.WarnLevel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	handle := func(context.Context, kafka.Message) error { return nil }
+	for _, lane := range []string{"bulk", "priority"} {
+		rt.Consume(Input{
+			Name: lane, Group: "g-" + lane, Topics: []string{"t-" + lane}, Handle: handle,
+			Labels: prometheus.Labels{"node": "node1"}, Lane: lane,
+		})
+	}
+	_, metrics := testkit.Get(t, "http://"+rt.DebugAddr()+"/metrics")
+	for _, want := range []string{
+		`announcer_test_messages_fetched_total{lane="bulk",node="node1"} 0`,
+		`announcer_test_messages_fetched_total{lane="priority",node="node1"} 0`,
+		`announcer_test_kafka_errors_total{lane="priority",node="node1",op="fetch"} 0`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("no %s in\n%s", want, metrics)
+		}
+	}
+}

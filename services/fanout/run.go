@@ -135,13 +135,13 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	}
 	rt.Consume(stage.Input{
 		Name: "announcements", Group: cfg.Fanout.GroupName, Topics: []string{lanes.Announcements},
-		Handle: handle, ConsumerOptions: consumer,
+		Handle: handle, ConsumerOptions: consumer, Lane: "bulk",
 	})
 	// The priority lane has workers of its own: a users announcement or a
 	// preview never waits behind a giant channel's pages.
 	rt.Consume(stage.Input{
 		Name: "priority", Group: cfg.Fanout.GroupName + cfg.Bus.PrioritySuffix, Topics: []string{lanes.PriorityAnnouncements},
-		Handle: handle, ConsumerOptions: consumer, Prefix: "priority_",
+		Handle: handle, ConsumerOptions: consumer, Lane: "priority",
 	})
 	if h.runtime != nil {
 		h.runtime(rt)

@@ -179,8 +179,8 @@ func TestSenderEndToEnd(t *testing.T) {
 	for _, want := range []string{
 		`announcer_sender_connections_up{node="node1"} 2`,
 		`announcer_sender_stanzas_sent_total{node="node1"} 3`,
-		`announcer_sender_dead_letters_total{node="node1",reason="template"} 1`,
-		`announcer_sender_dead_letters_total{node="node1",reason="undecodable"} 1`,
+		`announcer_sender_dead_letters_total{lane="bulk",node="node1",reason="template"} 1`,
+		`announcer_sender_dead_letters_total{lane="bulk",node="node1",reason="undecodable"} 1`,
 		`announcer_sender_unknown_fields_total{node="node1"} 1`,
 	} {
 		if !strings.Contains(metrics, want) {
@@ -242,7 +242,7 @@ func TestSenderClientModeEndToEnd(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, metrics := testkit.Get(t, base+"/metrics")
-		if strings.Contains(metrics, `announcer_sender_dead_letters_total{node="node1",reason="template"} 1`) &&
+		if strings.Contains(metrics, `announcer_sender_dead_letters_total{lane="bulk",node="node1",reason="template"} 1`) &&
 			strings.Contains(metrics, `announcer_sender_connections_up{node="node1"} 2`) {
 			break
 		}
