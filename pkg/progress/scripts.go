@@ -102,9 +102,9 @@ return 1
 `)
 
 // split: ARGV[3] a channel's cut into shards (SplitPlan). The first one
-// recorded stays; returns it (ARGV[3] when there is no record to keep it in).
+// recorded stays; returns it (nil when there is no record to keep it in).
 var scriptSplit = redis.NewScript(prelude + `
-if redis.call('EXISTS', rec) == 0 then return ARGV[3] end
+if redis.call('EXISTS', rec) == 0 then return false end
 redis.call('HSETNX', rec, 'cut', ARGV[3])
 touch()
 return redis.call('HGET', rec, 'cut')

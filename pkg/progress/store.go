@@ -249,10 +249,15 @@ func ParseSplitPlan(s string) (SplitPlan, error) {
 // then by the one that took the event over) must cut the same ranges: a
 // shard task is known by its index, so the tasks of one cut would pass for
 // copies of the other's, and the members between their ranges be left out.
+// With no record to keep the cut in, it returns ErrNotFound: a cut that is
+// not kept must not be queued as tasks.
 func (s *Store) Split(ctx context.Context, id string, p SplitPlan) (SplitPlan, error) {
 	v, err := s.run(ctx, scriptSplit, id, p.String())
 	if err != nil {
 		return p, fmt.Errorf("progress: split %s: %w", id, err)
+	}
+	if v == nil {
+		return p, fmt.Errorf("progress: split %s: %w", id, ErrNotFound)
 	}
 	str, ok := v.(string)
 	if !ok {

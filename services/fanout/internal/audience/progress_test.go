@@ -36,6 +36,7 @@ type recorder struct {
 	failed      []string // shard:reason
 	emitted     map[int]int
 	cut         *progress.SplitPlan // the first recorded, as the store keeps it
+	splitErr    error               // Split's answer, when set
 }
 
 func newRecorder() *recorder {
@@ -56,6 +57,9 @@ func (r *recorder) Plan(_ context.Context, _ string, shards int, _ bool) error {
 func (r *recorder) Split(_ context.Context, _ string, p progress.SplitPlan) (progress.SplitPlan, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.splitErr != nil {
+		return p, r.splitErr
+	}
 	if r.cut == nil {
 		r.cut = &p
 	}
@@ -259,6 +263,23 @@ func TestAChannelCutTwiceKeepsTheFirstCut(t *testing.T) {
 	}
 	if reached != 173+len(late) {
 		t.Fatalf("the shards read %d members, want all %d", reached, 173+len(late))
+	}
+}
+
+// A cut the progress store could not keep is not queued as shard tasks: a
+// replay could cut otherwise and skip the first cut's tasks as copies. The
+// worker reads the whole channel itself, every member once.
+func TestAnUnrecordedCutIsNotQueued(t *testing.T) {
+	rec := newRecorder()
+	rec.splitErr = errors.New("progress: split: connection refused")
+	w := newWorld(t, func(c *audience.Config) { c.Progress = rec }) // ShardSize 50
+	w.seedChannel(t, 1, audience.StateAccepted, 173)
+	res, err := w.r.Resolve(context.Background(), channelEvent(announcement.ChannelRef{ID: 1}))
+	if err != nil || res.Outcome != audience.Delivered || len(w.sink.Tasks) != 0 {
+		t.Fatalf("%+v %v, %d tasks: want the channel delivered whole, no task", res, err, len(w.sink.Tasks))
+	}
+	if res.Audience != 173 || len(rec.plans) != 1 || rec.plans[0] != 1 {
+		t.Fatalf("read %d of 173 members, plans %v", res.Audience, rec.plans)
 	}
 }
 

@@ -331,9 +331,15 @@ func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result,
 	}
 	// Another worker may have cut this channel for this announcement before
 	// (it crashed after queuing its tasks): its cut is the one to follow.
+	// A cut that could not be recorded is not queued as tasks: a replay of
+	// this event could cut otherwise, and tasks of two cuts, known by their
+	// index, would pass for copies of each other and leave members out. The
+	// channel is then read whole, here: slower, and a replay only repeats.
 	if recorded, err := r.progress.Split(ctx, ev.ID, cut); err != nil {
 		r.m.progressErrors.Inc()
-		r.warn.Warn().Err(err).Str("announcement", ev.ID).Msg("progress store: the channel is cut without checking an earlier cut")
+		r.warn.Warn().Err(err).Str("announcement", ev.ID).Int("shards", cut.Shards).
+			Msg("progress store: the channel's cut could not be recorded; it is read whole by this worker")
+		cut = progress.SplitPlan{From: min(cut.From, 0), Shards: 1}
 	} else if recorded != cut {
 		r.log.Info().Str("announcement", ev.ID).Stringer("cut", recorded).Stringer("own", cut).
 			Msg("the channel was cut into shards for this announcement before: its ranges are kept")
