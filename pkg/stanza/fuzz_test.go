@@ -178,6 +178,7 @@ func addAddressSeeds(f *testing.F) {
 	for _, s := range []string{
 		"alice", "alice@example.com", "alice@example.com/phone", "alice@localhost", "alice@LOCALHOST", "alice@localhost/phone",
 		"bob@other.example", "bob@[::1]", "a@[::1]/r", "@localhost", "a@b@c", "<x>", "al ice", "a/b", "\xff", "a@d/\u0085", "",
+		"Alice@LocalHost/Phone", "ÜNÏ@Example.COM", "İ@[::A]",
 	} {
 		f.Add(s, "example.com")
 		f.Add(s, "localhost")
@@ -260,7 +261,8 @@ func FuzzDecodeBase64(f *testing.F) {
 // that reaches ejabberd: AppendJID(CanonicalRecipient(x)) is
 // NormalizeJID(x), except that an address in the users' domain spelled in
 // another case comes out with the users' domain's spelling. It also checks
-// that every form of one address has the same presence key.
+// that every form of one address has the same presence key, and that its
+// case variants have the same RecipientKey (a variant of its resource does not).
 func FuzzCanonicalRecipient(f *testing.F) {
 	addAddressSeeds(f)
 	f.Fuzz(func(t *testing.T, s, domain string) {
@@ -304,5 +306,45 @@ func FuzzCanonicalRecipient(f *testing.F) {
 				t.Fatalf("PresenceKey(%q) = %q, %v but PresenceKey(%q) = %q, %v", form, k, o, c, key, ok)
 			}
 		}
+
+		rk := stanza.RecipientKey(c)
+		if again := stanza.RecipientKey(rk); again != rk {
+			t.Fatalf("RecipientKey is not idempotent: %q → %q → %q", c, rk, again)
+		}
+		_, cRes, cHasRes := strings.Cut(c, "/")
+		if _, kRes, kHasRes := strings.Cut(rk, "/"); kHasRes != cHasRes || kRes != cRes ||
+			strings.Contains(rk, "@") != strings.Contains(c, "@") {
+			t.Fatalf("RecipientKey(%q) = %q changed the address's shape or its resource", c, rk)
+		}
+		sBare, sRes, sHasRes := strings.Cut(s, "/")
+		variant := swapCaseASCII(sBare)
+		if sHasRes {
+			variant += "/" + sRes
+		}
+		vc, err := stanza.CanonicalRecipient(variant, domain)
+		if err != nil || stanza.RecipientKey(vc) != rk {
+			t.Fatalf("case variant %q of %q: CanonicalRecipient %q, %v, RecipientKey %q; want %q",
+				variant, s, vc, err, stanza.RecipientKey(vc), rk)
+		}
+		if sHasRes && swapCaseASCII(sRes) != sRes {
+			other := sBare + "/" + swapCaseASCII(sRes)
+			if oc, err := stanza.CanonicalRecipient(other, domain); err != nil || stanza.RecipientKey(oc) == rk {
+				t.Fatalf("%q and %q differ in the resource's case but share RecipientKey %q (%v)", s, other, rk, err)
+			}
+		}
 	})
+}
+
+// swapCaseASCII swaps the case of ASCII letters.
+func swapCaseASCII(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		switch {
+		case 'a' <= c && c <= 'z':
+			b[i] = c - ('a' - 'A')
+		case 'A' <= c && c <= 'Z':
+			b[i] = c + ('a' - 'A')
+		}
+	}
+	return string(b)
 }

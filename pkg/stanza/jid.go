@@ -296,6 +296,55 @@ func CanonicalRecipient(s, userDomain string) (string, error) {
 	return s, nil
 }
 
+// RecipientKey returns the key under which the case variants of one
+// recipient compare equal: the localpart lower-cased (ejabberd's nodeprep
+// folds it; Unicode lower case stands in for the full mapping), the domain
+// ASCII lower-cased (domains are case-insensitive and ASCII here), the
+// resource as written (resources are case-sensitive). "ALICE" and "alice",
+// or "bob@Other.example" and "bob@other.example", get one key. It is for
+// comparing only, never for sending. It expects a recipient that
+// CanonicalRecipient returned (so "alice@localhost" of the users' domain is
+// already "alice"), does not validate, and returns recipient itself when it
+// is already folded.
+func RecipientKey(recipient string) string {
+	bare, resource, hasResource := strings.Cut(recipient, "/")
+	local, domain, hasDomain := strings.Cut(bare, "@")
+	fl, fd := strings.ToLower(local), toLowerASCII(domain)
+	if fl == local && fd == domain {
+		return recipient
+	}
+	var b strings.Builder
+	b.Grow(len(recipient) + len(fl) - len(local))
+	b.WriteString(fl)
+	if hasDomain {
+		b.WriteByte('@')
+		b.WriteString(fd)
+	}
+	if hasResource {
+		b.WriteByte('/')
+		b.WriteString(resource)
+	}
+	return b.String()
+}
+
+// toLowerASCII lower-cases ASCII letters only; s itself when it has none.
+func toLowerASCII(s string) string {
+	i := 0
+	for i < len(s) && (s[i] < 'A' || s[i] > 'Z') {
+		i++
+	}
+	if i == len(s) {
+		return s
+	}
+	b := []byte(s)
+	for ; i < len(b); i++ {
+		if 'A' <= b[i] && b[i] <= 'Z' {
+			b[i] += 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
 // PresenceKey returns the key of recipient in the Redis presence model
 // (GET <username>): the localpart when recipient is a bare username or an
 // address in userDomain (compared ASCII case-insensitively, resource

@@ -226,6 +226,32 @@ func TestPresenceKey(t *testing.T) {
 	}
 }
 
+func TestRecipientKey(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"alice", "alice"},
+		{"Alice", "alice"},
+		{"ALICE", "alice"},
+		{"ÜNÏ", "ünï"},
+		{"bob@Other.Example", "bob@other.example"},
+		{"Bob@other.example", "bob@other.example"},
+		{"alice@LOCALHOST/phone", "alice@localhost/phone"},
+		{"Alice@localhost/Phone", "alice@localhost/Phone"}, // a resource keeps its case
+		{"alice@localhost/A@B/C", "alice@localhost/A@B/C"},
+		{"bob@[::A]", "bob@[::a]"},
+	}
+	for _, tt := range tests {
+		if got := stanza.RecipientKey(tt.in); got != tt.want {
+			t.Errorf("RecipientKey(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+	// The list is deduplicated on this key per username: a folded one costs nothing.
+	for _, in := range []string{"alice", "bob@other.example/Phone"} {
+		if allocs := testing.AllocsPerRun(1000, func() { _ = stanza.RecipientKey(in) }); allocs != 0 {
+			t.Errorf("RecipientKey(%q) allocates %.1f times per run, want 0", in, allocs)
+		}
+	}
+}
+
 func TestCanonicalRecipientAllocs(t *testing.T) {
 	for _, in := range []string{"alice", "alice@localhost", "bob@other.example/r"} {
 		allocs := testing.AllocsPerRun(1000, func() {

@@ -334,6 +334,7 @@ func runHandler(cfg config.Config, pub announce.Publisher, body []byte, d time.D
 type discard struct{}
 
 func (discard) Publish(context.Context, announcement.Event) error { return nil }
+func (discard) CheckSize(announcement.Event) error                { return nil }
 
 type result struct {
 	accepted      int // during the measured window

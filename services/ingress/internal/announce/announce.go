@@ -24,6 +24,9 @@ import (
 // acknowledged by every in-sync replica; errors wrap ErrUnavailable or ErrTooLarge.
 type Publisher interface {
 	Publish(ctx context.Context, e announcement.Event) error
+	// CheckSize returns an error wrapping ErrTooLarge when e is more than the
+	// bus takes; it writes nothing. Publish checks the same.
+	CheckSize(e announcement.Event) error
 }
 
 var (
@@ -257,6 +260,8 @@ func (s *Service) build(req Request, source string) (announcement.Event, error) 
 // topics (stanza.CanonicalRecipient: a bare username for an address of the
 // users' domain without a resource, else the full JID) and drops repeats, so
 // one user gets one copy however often, and in whatever form, the list names them.
+// Repeats are found by stanza.RecipientKey, since ejabberd folds case: "Alice"
+// is "alice". The first spelling listed is the one sent.
 func (s *Service) normalizeUsers(names []string) ([]string, error) {
 	if len(names) == 0 {
 		return nil, invalid("usernames", "empty; want at least one username")
@@ -275,10 +280,11 @@ func (s *Service) normalizeUsers(names []string) ([]string, error) {
 			}
 			return nil, invalid("usernames", fmt.Sprintf("[%d] %v", i, err))
 		}
-		if _, dup := seen[jid]; dup {
+		key := stanza.RecipientKey(jid)
+		if _, dup := seen[key]; dup {
 			continue
 		}
-		seen[jid] = struct{}{}
+		seen[key] = struct{}{}
 		out = append(out, jid)
 	}
 	return out, nil
@@ -309,16 +315,25 @@ func fromStanza(err error) error {
 	return invalid("message", err.Error())
 }
 
-// Publish makes ev durable, bounded by the publish timeout. Its error wraps
-// ErrUnavailable or ErrTooLarge.
+// Publish makes ev durable, bounded by the publish timeout and not by ctx's
+// end: a write given up on may still land (kafka-go keeps writing a queued
+// batch), so a client that went away must not turn a publish that succeeds
+// into a failure, uncounted and unrecorded. Its error wraps ErrUnavailable
+// or ErrTooLarge.
 func (s *Service) Publish(ctx context.Context, ev announcement.Event) error {
-	ctx, cancel := context.WithTimeout(ctx, s.lim.PublishTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.lim.PublishTimeout)
 	defer cancel()
 	err := s.pub.Publish(ctx, ev)
 	if err == nil {
 		s.m.accepted.WithLabelValues(sourceLabel(ev.Source), string(ev.Kind)).Inc()
 		return nil
 	}
+	return s.publishFailed(ev, err)
+}
+
+// publishFailed counts a publish that failed and makes its error wrap
+// ErrUnavailable or ErrTooLarge.
+func (s *Service) publishFailed(ev announcement.Event, err error) error {
 	reason := "unavailable"
 	switch {
 	case errors.Is(err, ErrTooLarge):

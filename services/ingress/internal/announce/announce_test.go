@@ -49,6 +49,8 @@ func (p *memPublisher) Publish(_ context.Context, e announcement.Event) error {
 	return nil
 }
 
+func (p *memPublisher) CheckSize(announcement.Event) error { return nil }
+
 func newService(t *testing.T, pub Publisher, lim Limits) *Service {
 	t.Helper()
 	s, err := New(pub, nil, lim, prometheus.NewRegistry())
@@ -240,6 +242,33 @@ func TestPrepare(t *testing.T) {
 	}
 }
 
+// ejabberd folds a localpart's case and a domain's, so case variants are one
+// user: sent once, under the first spelling listed. A resource keeps its case.
+// The Kafka input decodes through the same path.
+func TestPrepareDropsCaseVariants(t *testing.T) {
+	lim := testLimits()
+	lim.MaxUsernames = 10
+	names := []string{"alice", "Alice", "ALICE@localhost", "alice@localhost/phone", "alice@LOCALHOST/phone",
+		"bob@Other.example", "bob@other.example", "alice@localhost/PHONE"}
+	want := []string{"alice", "alice@localhost/phone", "bob@Other.example", "alice@localhost/PHONE"}
+	s := newService(t, &memPublisher{}, lim)
+	ev, err := s.Prepare(Request{Usernames: names, Message: goodMsg}, SourceREST)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ev.Usernames, want) {
+		t.Errorf("REST: usernames = %q, want %q", ev.Usernames, want)
+	}
+	body := `{"usernames":["` + strings.Join(names, `","`) + `"],"message":"` + goodMsg + `"}`
+	ev, err = s.PrepareJSON([]byte(body), "kafka:in")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ev.Usernames, want) {
+		t.Errorf("Kafka input: usernames = %q, want %q", ev.Usernames, want)
+	}
+}
+
 func TestPrepareTemplateIsDecodedXML(t *testing.T) {
 	s := newService(t, &memPublisher{}, testLimits())
 	ev, err := s.Prepare(Request{Channel: &announcement.ChannelRef{ID: 1}, Message: b64("\n  " + goodTpl + "\n")}, SourceREST)
@@ -371,6 +400,8 @@ func TestPublishHonoursTimeout(t *testing.T) {
 }
 
 type blockingPublisher struct{}
+
+func (blockingPublisher) CheckSize(announcement.Event) error { return nil }
 
 func (blockingPublisher) Publish(ctx context.Context, _ announcement.Event) error {
 	<-ctx.Done()

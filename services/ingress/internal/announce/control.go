@@ -93,6 +93,13 @@ func (s *Service) Submit(ctx context.Context, ev *announcement.Event, key Key) (
 	}
 	out := Outcome{ID: ev.ID}
 	if key.Value != "" && s.records != nil {
+		// A claimed key names this request for the idempotency window: an
+		// event the bus can never take must not use it up, or the request
+		// trimmed to fit would be a 409 though nothing was announced. (Without
+		// a key Publish alone checks it, and the event is encoded once.)
+		if err := s.pub.CheckSize(*ev); err != nil {
+			return Outcome{}, s.publishFailed(*ev, err)
+		}
 		claim, fresh, err := s.records.Claim(ctx, key.Scope, key.Value,
 			progress.IdempotencyClaim{Digest: key.Digest, ID: ev.ID, CreatedAt: ev.CreatedAt})
 		switch {

@@ -35,9 +35,28 @@ type memPublisher struct {
 	mu     sync.Mutex
 	events []announcement.Event
 	err    error
+	// hold, when set, runs first; its error fails the publish (a write in flight).
+	hold func(ctx context.Context) error
+	// maxBytes > 0 refuses a larger encoded event, as the bus would.
+	maxBytes int
 }
 
-func (p *memPublisher) Publish(_ context.Context, e announcement.Event) error {
+func (p *memPublisher) CheckSize(e announcement.Event) error {
+	if b, err := e.Encode(); err != nil || p.maxBytes > 0 && len(b) > p.maxBytes {
+		return fmt.Errorf("%w: %d bytes (%v)", announce.ErrTooLarge, len(b), err)
+	}
+	return nil
+}
+
+func (p *memPublisher) Publish(ctx context.Context, e announcement.Event) error {
+	if err := p.CheckSize(e); err != nil {
+		return err
+	}
+	if p.hold != nil {
+		if err := p.hold(ctx); err != nil {
+			return err
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.err != nil {
@@ -499,6 +518,89 @@ func TestDecodeRejectionsAreCounted(t *testing.T) {
 announcements_rejected_total{field="channel_id",source="rest"} 1
 announcements_rejected_total{field="persist",source="rest"} 1
 `), "announcements_rejected_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+// A client that goes away while its announcement is being published does
+// not cancel the publish: Kafka may take the write all the same (kafka-go
+// keeps writing a queued batch), and it must then count as accepted and get
+// its record, or a client retrying without a key would announce it twice.
+func TestClientGoneDoesNotCancelPublish(t *testing.T) {
+	f := newStoreFixture(t)
+	started := make(chan context.Context, 1)
+	release := make(chan struct{})
+	f.pub.hold = func(ctx context.Context) error {
+		started <- ctx
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req := httptest.NewRequest("POST", RouteUsers, strings.NewReader(`{"usernames": ["alice"], "message": "`+goodMsg+`"}`)).WithContext(ctx)
+	rec := httptest.NewRecorder()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.h.ServeHTTP(rec, req)
+	}()
+	pubCtx := <-started
+	cancel() // what net/http does when the client disconnects
+	errAtCancel := pubCtx.Err()
+	close(release)
+	<-done
+
+	if errAtCancel != nil {
+		t.Errorf("the publish's context ended with the client's request: %v", errAtCancel)
+	}
+	if rec.Code != http.StatusAccepted || len(f.pub.events) != 1 {
+		t.Fatalf("answer %d %s, %d events published: want the publish to finish and a 202", rec.Code, rec.Body.String(), len(f.pub.events))
+	}
+	if _, err := f.records.Get(context.Background(), f.pub.events[0].ID); err != nil {
+		t.Errorf("no accepted record for %s: %v", f.pub.events[0].ID, err)
+	}
+	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(`
+# HELP announcements_accepted_total Announcements durably published to the announcements topic.
+# TYPE announcements_accepted_total counter
+announcements_accepted_total{kind="users",source="rest"} 1
+`), "announcements_accepted_total"); err != nil {
+		t.Error(err)
+	}
+	if n, err := testutil.GatherAndCount(f.reg, "announcements_publish_failed_total"); err != nil || n != 0 {
+		t.Errorf("publish_failed counted %d series (%v), want none", n, err)
+	}
+}
+
+// An event too large for the bus uses up no Idempotency-Key: nothing was
+// announced, so the request trimmed to fit is taken under the same key.
+func TestTooLargeLeavesTheIdempotencyKeyUnused(t *testing.T) {
+	f := newStoreFixture(t)
+	f.pub.maxBytes = 1024
+	big := `{"usernames": ["alice", "` + strings.Repeat("b", 1000) + `", "` + strings.Repeat("c", 1000) + `"], "message": "` + goodMsg + `"}`
+	small := `{"usernames": ["alice"], "message": "` + goodMsg + `"}`
+	if r := do(t, f.h, "POST", RouteUsers, big, HeaderIdempotencyKey, "trim-1"); r.code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("an event over the bus limit: %d %s, want 413", r.code, r.raw)
+	}
+	first := do(t, f.h, "POST", RouteUsers, small, HeaderIdempotencyKey, "trim-1")
+	if first.code != http.StatusAccepted || first.header.Get(HeaderReplayed) != "" {
+		t.Fatalf("the trimmed request under the same key: %d %s, want a fresh 202", first.code, first.raw)
+	}
+	again := do(t, f.h, "POST", RouteUsers, small, HeaderIdempotencyKey, "trim-1")
+	if again.code != http.StatusAccepted || again.body["id"] != first.body["id"] || len(f.pub.events) != 1 {
+		t.Fatalf("its retry: %d %s, %d events published: want the first id, published once", again.code, again.raw, len(f.pub.events))
+	}
+	if r := do(t, f.h, "POST", RouteUsers, big, HeaderIdempotencyKey, "trim-1"); r.code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("the large request again: %d %s, want 413", r.code, r.raw)
+	}
+	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(`
+# HELP announcements_publish_failed_total Valid announcements that could not be published.
+# TYPE announcements_publish_failed_total counter
+announcements_publish_failed_total{reason="too_large",source="rest"} 2
+`), "announcements_publish_failed_total"); err != nil {
 		t.Error(err)
 	}
 }

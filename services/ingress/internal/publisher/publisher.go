@@ -83,12 +83,9 @@ var _ announce.Publisher = (*Kafka)(nil)
 // Publish writes e to the announcements topic (or its priority lane) keyed by its id and returns once
 // it is acknowledged. Errors wrap announce.ErrTooLarge or announce.ErrUnavailable.
 func (k *Kafka) Publish(ctx context.Context, e announcement.Event) error {
-	v, err := e.Encode()
+	v, err := k.encode(e)
 	if err != nil {
-		return fmt.Errorf("publisher: encode event: %w", err)
-	}
-	if limit := k.opt.MaxMessageBytes - recordOverhead; len(v) > limit {
-		return fmt.Errorf("%w: the event is %d bytes, the bus takes %d", announce.ErrTooLarge, len(v), limit)
+		return err
 	}
 	if k.opt.TopicsReady != nil && !k.opt.TopicsReady() {
 		return fmt.Errorf("%w: the topics are being set up", announce.ErrUnavailable)
@@ -126,6 +123,25 @@ func (k *Kafka) Publish(ctx context.Context, e announcement.Event) error {
 		return fmt.Errorf("%w: %w", announce.ErrTooLarge, err)
 	}
 	return fmt.Errorf("%w: %w", announce.ErrUnavailable, unwrapOne(err))
+}
+
+// CheckSize returns an error wrapping announce.ErrTooLarge when e is over
+// the bus's message size; it writes nothing.
+func (k *Kafka) CheckSize(e announcement.Event) error {
+	_, err := k.encode(e)
+	return err
+}
+
+// encode returns the record value of e, or why the bus cannot take it.
+func (k *Kafka) encode(e announcement.Event) ([]byte, error) {
+	v, err := e.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("publisher: encode event: %w", err)
+	}
+	if limit := k.opt.MaxMessageBytes - recordOverhead; len(v) > limit {
+		return nil, fmt.Errorf("%w: the event is %d bytes, the bus takes %d", announce.ErrTooLarge, len(v), limit)
+	}
+	return v, nil
 }
 
 // retriable is a Kafka error the broker says will pass (no leader, a

@@ -87,6 +87,13 @@ func TestPublishTooLargeIsNotRetryable(t *testing.T) {
 	if err := k.Publish(context.Background(), e); !errors.Is(err, announce.ErrTooLarge) {
 		t.Errorf("err = %v, want ErrTooLarge (without asking Kafka)", err)
 	}
+	// The use case asks before it claims an idempotency key: the same answer.
+	if err := k.CheckSize(e); !errors.Is(err, announce.ErrTooLarge) {
+		t.Errorf("CheckSize = %v, want ErrTooLarge", err)
+	}
+	if err := k.CheckSize(event("id")); err != nil {
+		t.Errorf("CheckSize of an event that fits = %v", err)
+	}
 }
 
 func TestPublishToUnreachableKafkaIsUnavailable(t *testing.T) {
