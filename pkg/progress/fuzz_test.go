@@ -44,3 +44,30 @@ func FuzzFromRecord(f *testing.F) {
 		}
 	})
 }
+
+// A recorded cut read back: any string parses to rising starts or an error,
+// never a panic or an allocation beyond maxShards, and a plan reads back as
+// itself.
+func FuzzParseSplitPlan(f *testing.F) {
+	for _, s := range []string{"1,45,89", "0", "1:44:4", "-5:10:3", "1:0:3", "5,3", "", "1:9223372036854775807:2"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParseSplitPlan(s)
+		if err != nil {
+			return
+		}
+		if p.Shards() < 1 || p.Shards() > maxShards {
+			t.Fatalf("%q: %d shards", s, p.Shards())
+		}
+		for i := 1; i < len(p.Starts); i++ {
+			if p.Starts[i] <= p.Starts[i-1] {
+				t.Fatalf("%q: starts %v do not rise", s, p.Starts)
+			}
+		}
+		q, err := ParseSplitPlan(p.String())
+		if err != nil || !q.Equal(p) {
+			t.Fatalf("%q: %v read back as %v, %v", s, p, q, err)
+		}
+	})
+}

@@ -208,21 +208,30 @@ func TestSplitKeepsTheFirstCut(t *testing.T) {
 	f := newFixture(t, env.RedisAddr, false)
 	ctx := context.Background()
 	ev := event("cut", announcement.KindChannel)
-	first, second := SplitPlan{From: 1, Width: 44, Shards: 4}, SplitPlan{From: 1, Width: 42, Shards: 6}
+	first, second := SplitPlan{Starts: []int64{1, 45, 89, 133}}, SplitPlan{Starts: []int64{1, 43, 85, 127, 169, 211}}
 	if _, err := f.store.Split(ctx, ev.ID, first); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("split without a record: %v, want ErrNotFound", err)
 	}
 	if err := f.store.Accept(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := f.store.Split(ctx, ev.ID, first); err != nil || got != first {
+	if got, err := f.store.Split(ctx, ev.ID, first); err != nil || !got.Equal(first) {
 		t.Fatalf("first split: %v %v", got, err)
 	}
-	if got, err := f.store.Split(ctx, ev.ID, second); err != nil || got != first {
+	if got, err := f.store.Split(ctx, ev.ID, second); err != nil || !got.Equal(first) {
 		t.Fatalf("second split: %v %v, want the first %v", got, err, first)
 	}
-	if _, err := ParseSplitPlan("1:0:3"); err == nil {
-		t.Fatal("a cut of 3 shards of width 0 parsed")
+	for _, bad := range []string{"1:0:3", "1:5:0", "1:x:2", "", "5,3", "1,,2", "1:9223372036854775807:3"} {
+		if p, err := ParseSplitPlan(bad); err == nil {
+			t.Errorf("%q parsed as %v", bad, p)
+		}
+	}
+	// The equal-width cuts earlier versions recorded read as their starts.
+	if p, err := ParseSplitPlan("1:44:4"); err != nil || !p.Equal(first) {
+		t.Fatalf("from:width:shards: %v %v, want %v", p, err, first)
+	}
+	if p, err := ParseSplitPlan("-5:10:3"); err != nil || !p.Equal(SplitPlan{Starts: []int64{-5, 5, 15}}) {
+		t.Fatalf("from:width:shards from a negative id: %v %v", p, err)
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -211,37 +213,71 @@ func (s *Store) Plan(ctx context.Context, id string, shards int, split bool) err
 	return nil
 }
 
-// SplitPlan is how a channel is cut into shards: Shards member-id ranges of
-// Width from From on, the last one open (one shard: the whole channel).
+// SplitPlan is how a channel is cut into shards: shard i holds the member
+// ids from Starts[i] up to the next start, the last one open (one start:
+// the whole channel).
 type SplitPlan struct {
-	From   int64
-	Width  int64
-	Shards int
+	Starts []int64
 }
 
+// Shards is how many shards the plan cuts.
+func (p SplitPlan) Shards() int { return len(p.Starts) }
+
+// Equal reports whether p and q cut the same ranges.
+func (p SplitPlan) Equal(q SplitPlan) bool { return slices.Equal(p.Starts, q.Starts) }
+
+// String is the starts, comma-separated: how the record keeps the plan.
 func (p SplitPlan) String() string {
-	return strconv.FormatInt(p.From, 10) + ":" + strconv.FormatInt(p.Width, 10) + ":" + strconv.Itoa(p.Shards)
+	b := make([]byte, 0, 8*len(p.Starts))
+	for i, v := range p.Starts {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, v, 10)
+	}
+	return string(b)
 }
 
-// ParseSplitPlan reads a SplitPlan's String.
+// ParseSplitPlan reads a SplitPlan's String, or the from:width:shards of
+// the equal-width cuts earlier versions recorded.
 func ParseSplitPlan(s string) (SplitPlan, error) {
-	var p SplitPlan
-	parts := strings.Split(s, ":")
-	if len(parts) != 3 {
-		return p, fmt.Errorf("split plan %q: want from:width:shards", s)
+	if from, rest, ok := strings.Cut(s, ":"); ok {
+		width, shards, _ := strings.Cut(rest, ":")
+		f, err1 := strconv.ParseInt(from, 10, 64)
+		w, err2 := strconv.ParseInt(width, 10, 64)
+		n, err3 := strconv.Atoi(shards)
+		if err := errors.Join(err1, err2, err3); err != nil {
+			return SplitPlan{}, fmt.Errorf("split plan %q: want from:width:shards: %w", s, err)
+		}
+		if n < 1 || n > maxShards || n > 1 && (w < 1 || w > (math.MaxInt64-max(f, 0))/int64(n-1)) {
+			return SplitPlan{}, fmt.Errorf("split plan %q: want one shard or more of a positive width", s)
+		}
+		p := SplitPlan{Starts: make([]int64, n)}
+		for i := range p.Starts {
+			p.Starts[i] = f + int64(i)*w
+		}
+		return p, nil
 	}
-	var err1, err2, err3 error
-	p.From, err1 = strconv.ParseInt(parts[0], 10, 64)
-	p.Width, err2 = strconv.ParseInt(parts[1], 10, 64)
-	p.Shards, err3 = strconv.Atoi(parts[2])
-	if err := errors.Join(err1, err2, err3); err != nil {
-		return p, fmt.Errorf("split plan %q: %w", s, err)
+	parts := strings.Split(s, ",")
+	if len(parts) > maxShards {
+		return SplitPlan{}, fmt.Errorf("split plan of %d shards: more than %d", len(parts), maxShards)
 	}
-	if p.Shards < 1 || p.Shards > 1 && p.Width < 1 {
-		return p, fmt.Errorf("split plan %q: want one shard or more of a positive width", s)
+	p := SplitPlan{Starts: make([]int64, len(parts))}
+	for i, v := range parts {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return SplitPlan{}, fmt.Errorf("split plan %q: %w", s, err)
+		}
+		if i > 0 && n <= p.Starts[i-1] {
+			return SplitPlan{}, fmt.Errorf("split plan %q: the starts must rise", s)
+		}
+		p.Starts[i] = n
 	}
 	return p, nil
 }
+
+// maxShards bounds a recorded plan (and what reading one may allocate).
+const maxShards = 1_000_000
 
 // Split records p as the cut of a channel announcement into shards unless
 // one was recorded before, and returns the recorded one. A channel event

@@ -72,11 +72,10 @@ type MemberStore interface {
 	// afterID < member_id (and member_id < beforeID unless beforeID is
 	// NoUpperBound), in member_id order.
 	Members(ctx context.Context, channelID, afterID, beforeID int64, limit int, dst []Member) ([]Member, error)
-	// Span counts the channel's members and gives their smallest and largest member_id
-	// (all 0 for no members).
-	Span(ctx context.Context, channelID int64) (count, minID, maxID int64, err error)
-	// Bounds is Span without the count: two index look-ups, however large the channel.
-	Bounds(ctx context.Context, channelID int64) (minID, maxID int64, err error)
+	// Starts returns the member_id of the channel's members number 0, every,
+	// 2·every… in member_id order: where shards of every members start (none
+	// for no members). It reads about as many index entries as the channel has.
+	Starts(ctx context.Context, channelID int64, every int) ([]int64, error)
 }
 
 // NoUpperBound is the beforeID of a member range open at its end. As a real

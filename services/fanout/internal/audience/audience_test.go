@@ -325,29 +325,26 @@ func TestPartlyWrittenShardTasksAreNotWrittenTwice(t *testing.T) {
 	}
 }
 
-// A giant channel's member count serves its next announcements for
-// CountMaxAge: they read only the channel's bounds, and the shards still
-// cover members added since. A channel of one shard is counted every time.
-func TestChannelCountIsRememberedForItsMaxAge(t *testing.T) {
+// A giant channel's cut serves its next announcements for CountMaxAge:
+// they read nothing to cut it, and the shards still cover members added
+// since. A channel of one shard is cut every time.
+func TestChannelCutIsRememberedForItsMaxAge(t *testing.T) {
 	for _, tc := range []struct {
-		name                 string
-		maxAge               time.Duration
-		members              int
-		wantSpans, wantBound int
+		name       string
+		maxAge     time.Duration
+		members    int
+		wantStarts int
 	}{
-		{"remembered", time.Hour, 173, 1, 1},
-		{"off", 0, 173, 2, 0},
-		{"one shard", time.Hour, 30, 2, 0},
+		{"remembered", time.Hour, 173, 1},
+		{"off", 0, 173, 2},
+		{"one shard", time.Hour, 30, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(t, func(c *audience.Config) { c.CountMaxAge = tc.maxAge }) // ShardSize 50
-			var spanReads, boundsReads atomic.Int32
+			var startsReads atomic.Int32
 			w.members.Fail = func(op string) error {
-				switch op {
-				case "span":
-					spanReads.Add(1)
-				case "bounds":
-					boundsReads.Add(1)
+				if op == "starts" {
+					startsReads.Add(1)
 				}
 				return nil
 			}
@@ -366,13 +363,13 @@ func TestChannelCountIsRememberedForItsMaxAge(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if spans, bounds := int(spanReads.Load()), int(boundsReads.Load()); spans != tc.wantSpans || bounds != tc.wantBound {
-				t.Fatalf("span read %d times, bounds %d times; want %d and %d", spans, bounds, tc.wantSpans, tc.wantBound)
+			if n := int(startsReads.Load()); n != tc.wantStarts {
+				t.Fatalf("shard starts read %d times, want %d", n, tc.wantStarts)
 			}
 			audienceSize := res.Audience
 			if res.Outcome == audience.Split {
-				if tc.wantBound > 0 && res.Shards != (tc.members+49)/50 {
-					t.Fatalf("%d shards, want %d from the remembered count", res.Shards, (tc.members+49)/50)
+				if tc.wantStarts == 1 && res.Shards != (tc.members+49)/50 {
+					t.Fatalf("%d shards, want %d from the remembered cut", res.Shards, (tc.members+49)/50)
 				}
 				for _, task := range w.sink.Tasks[tasks:] {
 					r, err := w.r.Resolve(ctx, task)
@@ -390,7 +387,9 @@ func TestChannelCountIsRememberedForItsMaxAge(t *testing.T) {
 }
 
 // Shards are cut by member id: with ids spread unevenly (other channels'
-// members in between) the ranges still cover every member exactly once.
+// members in between, most of the channel joined at once) the ranges still
+// cover every member exactly once, and each holds ShardSize members, not
+// an equal share of the ids (which put all 150 late members in one shard).
 func TestShardsOfUnevenlySpreadMembers(t *testing.T) {
 	w := newWorld(t, nil) // ShardSize 50
 	ctx := context.Background()
@@ -406,10 +405,16 @@ func TestShardsOfUnevenlySpreadMembers(t *testing.T) {
 	if err != nil || res.Outcome != audience.Split || res.Shards != 4 {
 		t.Fatalf("%+v %v", res, err)
 	}
+	var sizes []int
 	for _, task := range w.sink.Tasks {
-		if _, err := w.r.Resolve(ctx, task); err != nil {
+		res, err := w.r.Resolve(ctx, task)
+		if err != nil {
 			t.Fatal(err)
 		}
+		sizes = append(sizes, res.Audience)
+	}
+	if !slices.Equal(sizes, []int{50, 50, 50, 10}) {
+		t.Errorf("shards of %v members, want 50, 50, 50 and 10", sizes)
 	}
 	got := slices.Sorted(slices.Values(w.sink.Recipients()["node1"]))
 	if !slices.Equal(got, slices.Sorted(slices.Values(all))) {
@@ -531,7 +536,7 @@ func TestUsersListWithoutPresenceRouting(t *testing.T) {
 var errDown = errors.New("connection refused")
 
 func TestTransientFailuresAreRetriedNotTreatedAsOffline(t *testing.T) {
-	for _, op := range []string{"channel", "span", "members", "lookup", "batches", "tasks"} {
+	for _, op := range []string{"channel", "starts", "members", "lookup", "batches", "tasks"} {
 		t.Run(op, func(t *testing.T) {
 			w := newWorld(t, nil)
 			want1, want2 := w.seedChannel(t, 1, audience.StateAccepted, 40)
@@ -564,7 +569,7 @@ func TestTransientFailuresAreRetriedNotTreatedAsOffline(t *testing.T) {
 			if !slices.Equal(got["node1"], want1) || !slices.Equal(got["node2"], want2) {
 				t.Fatalf("recipients lost or changed after retries: %v", got)
 			}
-			dep := map[string]string{"channel": "mysql", "span": "mysql", "members": "mysql", "lookup": "presence", "batches": "kafka"}[op]
+			dep := map[string]string{"channel": "mysql", "starts": "mysql", "members": "mysql", "lookup": "presence", "batches": "kafka"}[op]
 			if v := testkit.Gathered(t, w.reg, "retries_total", dep); v != 3 {
 				t.Fatalf("retries metric %v", v)
 			}
@@ -696,7 +701,7 @@ func TestBadTemplateIsABadRecord(t *testing.T) {
 // replica whose grants lag, a table swapped under us) is waited out: the
 // announcement is delivered, not dead-lettered after a few quick tries.
 func TestPermanentFailureThatPassesIsRetried(t *testing.T) {
-	for _, op := range []string{"span", "members"} {
+	for _, op := range []string{"starts", "members"} {
 		t.Run(op, func(t *testing.T) {
 			t.Parallel()
 			w := newWorld(t, nil) // the default budget

@@ -5,53 +5,53 @@ import (
 	"time"
 )
 
-// maxCounts bounds the channels whose member count is remembered.
-const maxCounts = 1024
+// maxCuts bounds the channels whose cut is remembered.
+const maxCuts = 1024
 
-// countCache remembers channels' member counts for maxAge (0: never).
-type countCache struct {
+// cutCache remembers where channels' shards start for maxAge (0: never).
+type cutCache struct {
 	maxAge time.Duration
 	mu     sync.Mutex
-	counts map[int64]countEntry
+	cuts   map[int64]cutEntry
 }
 
-type countEntry struct {
-	n  int64
-	at time.Time
+type cutEntry struct {
+	starts []int64 // not changed once stored
+	at     time.Time
 }
 
-func newCountCache(maxAge time.Duration) *countCache {
-	return &countCache{maxAge: maxAge, counts: map[int64]countEntry{}}
+func newCutCache(maxAge time.Duration) *cutCache {
+	return &cutCache{maxAge: maxAge, cuts: map[int64]cutEntry{}}
 }
 
-func (c *countCache) get(channelID int64, now time.Time) (int64, bool) {
+func (c *cutCache) get(channelID int64, now time.Time) ([]int64, bool) {
 	if c.maxAge <= 0 {
-		return 0, false
+		return nil, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.counts[channelID]
+	e, ok := c.cuts[channelID]
 	if !ok || now.Sub(e.at) >= c.maxAge {
-		return 0, false
+		return nil, false
 	}
-	return e.n, true
+	return e.starts, true
 }
 
-func (c *countCache) put(channelID, n int64, now time.Time) {
+func (c *cutCache) put(channelID int64, starts []int64, now time.Time) {
 	if c.maxAge <= 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.counts) >= maxCounts {
-		for id, e := range c.counts {
+	if len(c.cuts) >= maxCuts {
+		for id, e := range c.cuts {
 			if now.Sub(e.at) >= c.maxAge {
-				delete(c.counts, id)
+				delete(c.cuts, id)
 			}
 		}
-		if len(c.counts) >= maxCounts {
-			clear(c.counts)
+		if len(c.cuts) >= maxCuts {
+			clear(c.cuts)
 		}
 	}
-	c.counts[channelID] = countEntry{n: n, at: now}
+	c.cuts[channelID] = cutEntry{starts: starts, at: now}
 }

@@ -41,9 +41,9 @@ type Config struct {
 	// UserDomain is the users' XMPP domain: a users-list recipient of it is
 	// looked up by its local part, the key of the presence model.
 	UserDomain string
-	// CountMaxAge is how long a channel's member count, taken to cut it into
-	// shards, serves later announcements of the channel (0: counted each
-	// time). Only channels of more than one shard are remembered.
+	// CountMaxAge is how long a channel's cut into shards serves later
+	// announcements of the channel (0: cut each time). Only channels of more
+	// than one shard are remembered.
 	CountMaxAge time.Duration
 	Retry       backoff.Policy
 	// PermanentRetryFor is how long a run of ErrPermanent failures of one
@@ -99,7 +99,7 @@ type Resolver struct {
 	log      zerolog.Logger
 	warn     zerolog.Logger // sampled: a progress store outage would log per task
 	m        *metrics
-	counts   *countCache
+	cuts     *cutCache
 }
 
 // New builds a Resolver and registers its metrics.
@@ -131,7 +131,7 @@ func New(cfg Config, members MemberStore, presence Presence, batches BatchSink, 
 	}
 	return &Resolver{
 		cfg: cfg, progress: p, members: members, presence: presence, batches: batches, tasks: tasks,
-		route: newRouter(cfg.Nodes), log: log, m: m, counts: newCountCache(cfg.CountMaxAge),
+		route: newRouter(cfg.Nodes), log: log, m: m, cuts: newCutCache(cfg.CountMaxAge),
 		warn: log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second}),
 	}, nil
 }
@@ -337,10 +337,10 @@ func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result,
 	// channel is then read whole, here: slower, and a replay only repeats.
 	if recorded, err := r.progress.Split(ctx, ev.ID, cut); err != nil {
 		r.m.progressErrors.Inc()
-		r.warn.Warn().Err(err).Str("announcement", ev.ID).Int("shards", cut.Shards).
+		r.warn.Warn().Err(err).Str("announcement", ev.ID).Int("shards", cut.Shards()).
 			Msg("progress store: the channel's cut could not be recorded; it is read whole by this worker")
-		cut = progress.SplitPlan{From: min(cut.From, 0), Shards: 1}
-	} else if recorded != cut {
+		cut = whole(cut.Starts[0])
+	} else if !recorded.Equal(cut) {
 		r.log.Info().Str("announcement", ev.ID).Stringer("cut", recorded).Stringer("own", cut).
 			Msg("the channel was cut into shards for this announcement before: its ranges are kept")
 		cut = recorded
@@ -371,54 +371,57 @@ func (r *Resolver) channel(ctx context.Context, ev *announcement.Event) (Result,
 	return Result{Outcome: Split, Shards: len(shards)}, nil
 }
 
-// split cuts the channel into ceil(members / ShardSize) member-id ranges of
-// equal width. One COUNT/MIN/MAX over the channel's index entries is several
-// times cheaper than locating exact boundaries (an OFFSET walk per shard), and
-// ranges only need to be disjoint and complete: with unevenly spread ids a
-// shard may hold more or fewer than ShardSize members.
+// split cuts the channel into shards of ShardSize members: one look-up of
+// the channel's first member, then one of the member ShardSize further on
+// for each shard, reading about as many index entries as counting them would
+// (0.1 s per million members) before any shard can start. Shards of equal
+// member-id width would cost the same reads, but member ids are shared by
+// every channel: a channel whose members mostly joined at once would have
+// most of them in one shard, read by one worker.
 //
-// Counting still reads every index entry of the channel (0.1 s per million
-// members, before any shard can start), so the count of a channel of several
-// shards is kept for CountMaxAge; the bounds are read fresh each time, and an
-// old count only moves the boundaries between shards.
+// The cut of a channel of several shards is kept for CountMaxAge: members
+// added since join its last shard, which is open; members who left only
+// make a shard smaller.
 func (r *Resolver) split(ctx context.Context, channelID int64) (progress.SplitPlan, error) {
-	count, known := r.counts.get(channelID, time.Now())
-	var lo, hi int64
-	err := r.retry(ctx, depMySQL, func() error {
-		var err error
-		if known {
-			lo, hi, err = r.members.Bounds(ctx, channelID)
+	starts, known := r.cuts.get(channelID, time.Now())
+	if !known {
+		err := r.retry(ctx, depMySQL, func() error {
+			var err error
+			starts, err = r.members.Starts(ctx, channelID, r.cfg.ShardSize)
 			return err
+		})
+		if err != nil {
+			return progress.SplitPlan{}, err
 		}
-		count, lo, hi, err = r.members.Span(ctx, channelID)
-		return err
-	})
-	if err != nil {
-		return progress.SplitPlan{}, err
+		if len(starts) > 1 {
+			r.cuts.put(channelID, starts, time.Now())
+		}
 	}
-	if !known && count > int64(r.cfg.ShardSize) {
-		r.counts.put(channelID, count, time.Now())
+	if len(starts) <= 1 {
+		first := int64(0)
+		if len(starts) == 1 {
+			first = starts[0]
+		}
+		return whole(first), nil
 	}
-	n := (count + int64(r.cfg.ShardSize) - 1) / int64(r.cfg.ShardSize)
-	if n <= 1 || hi <= lo {
-		return progress.SplitPlan{From: min(lo, 0), Shards: 1}, nil
-	}
-	width := (hi - lo + 1 + n - 1) / n
-	n = (hi - lo + 1 + width - 1) / width // the ceiling may leave fewer ranges
-	return progress.SplitPlan{From: lo, Width: width, Shards: int(n)}, nil
+	return progress.SplitPlan{Starts: starts}, nil
+}
+
+// whole is the plan of a channel read as one shard, from its first member
+// id on (from 0 when that is higher, as a lone shard's [inc_id]s count from 1).
+func whole(first int64) progress.SplitPlan {
+	return progress.SplitPlan{Starts: []int64{min(first, 0)}}
 }
 
 // shardsOf are the member-id ranges of a cut: the last one is open, so
 // members added since the cut are in it.
 func shardsOf(channelID int64, p progress.SplitPlan) []announcement.Shard {
-	if p.Shards <= 1 {
-		return []announcement.Shard{{ChannelID: channelID, Count: 1, FromMemberID: p.From}}
-	}
-	shards := make([]announcement.Shard, p.Shards)
-	for i := range shards {
-		shards[i] = announcement.Shard{ChannelID: channelID, Index: i, Count: p.Shards, FromMemberID: p.From + int64(i)*p.Width}
-		if i < p.Shards-1 {
-			shards[i].ToMemberID = p.From + int64(i+1)*p.Width
+	n := p.Shards()
+	shards := make([]announcement.Shard, n)
+	for i, from := range p.Starts {
+		shards[i] = announcement.Shard{ChannelID: channelID, Index: i, Count: n, FromMemberID: from}
+		if i < n-1 {
+			shards[i].ToMemberID = p.Starts[i+1]
 		}
 	}
 	return shards

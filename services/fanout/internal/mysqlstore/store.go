@@ -58,6 +58,7 @@ const (
 // memberQueries are the keyset page queries, with their index hint.
 type memberQueries struct {
 	open, bounded string
+	first, next   string // shard starts
 }
 
 var _ audience.MemberStore = (*Store)(nil)
@@ -149,12 +150,11 @@ const (
 	indexQuery = "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS" +
 		" WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'ws_channel_members'" +
 		" ORDER BY INDEX_NAME, SEQ_IN_INDEX"
-	// Served from the member index alone (no row reads): ~0.1 s per million members.
-	spanQuery = "SELECT COUNT(*), COALESCE(MIN(member_id), 0), COALESCE(MAX(member_id), 0)" +
-		" FROM ws_channel_members WHERE member_channelid = ?"
-	// Two look-ups at the ends of the channel's index range.
-	boundsQuery = "SELECT COALESCE(MIN(member_id), 0), COALESCE(MAX(member_id), 0)" +
-		" FROM ws_channel_members WHERE member_channelid = ?"
+	// A shard's start: the channel's first member, then the one every-1
+	// further on past the last start, read from the member index alone.
+	startsSelect = "SELECT member_id FROM ws_channel_members"
+	firstStart   = " WHERE member_channelid = ? ORDER BY member_id LIMIT 1"
+	nextStart    = " WHERE member_channelid = ? AND member_id > ? ORDER BY member_id LIMIT 1 OFFSET ?"
 )
 
 // Members implements audience.MemberStore.
@@ -174,10 +174,7 @@ func (s *Store) Members(ctx context.Context, channelID, afterID, beforeID int64,
 		rows, err = s.db.QueryContext(ctx, q.open, channelID, afterID, limit)
 	}
 	if err != nil {
-		var me *mysql.MySQLError
-		if errors.As(err, &me) && me.Number == 1176 { // the named index is gone (dropped, renamed)
-			s.forgetIndex()
-		}
+		s.checkIndex(err)
 		return dst, fmt.Errorf("mysql: members of %d after %d: %w", channelID, afterID, classify(err))
 	}
 	defer rows.Close()
@@ -221,6 +218,15 @@ func (s *Store) MemberIndex(ctx context.Context) (string, error) {
 }
 
 // forgetIndex makes the next page look the member index up again.
+// checkIndex forgets the index a query named when the server says it is
+// gone (dropped, renamed): the next query looks it up again.
+func (s *Store) checkIndex(err error) {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) && me.Number == 1176 {
+		s.forgetIndex()
+	}
+}
+
 func (s *Store) forgetIndex() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -276,6 +282,8 @@ func (s *Store) memberQueries(ctx context.Context) (*memberQueries, error) {
 	s.queries = &memberQueries{
 		open:    membersSelect + hint + membersWhere + membersOrder,
 		bounded: membersSelect + hint + membersWhere + " AND member_id < ?" + membersOrder,
+		first:   startsSelect + hint + firstStart,
+		next:    startsSelect + hint + nextStart,
 	}
 	return s.queries, nil
 }
@@ -339,44 +347,34 @@ func beyondBigint(id string) error {
 		audience.ErrPermanent, id, int64(math.MaxInt64))
 }
 
-// Span implements audience.MemberStore.
-func (s *Store) Span(ctx context.Context, channelID int64) (count, minID, maxID int64, err error) {
-	// The ids go through memberID: database/sql's own conversion of a
-	// BIGINT UNSIGNED beyond int64 is an error no retry cures, and not
-	// recognisable as one.
-	var lo, hi any
-	err = s.db.QueryRowContext(ctx, spanQuery, channelID).Scan(&count, &lo, &hi)
-	if err == nil {
-		minID, maxID, err = memberIDs(lo, hi)
-	}
+// Starts implements audience.MemberStore: one index look-up a shard, each
+// skipping every-1 index entries (about 10 ms per 100,000 on MariaDB).
+func (s *Store) Starts(ctx context.Context, channelID int64, every int) ([]int64, error) {
+	q, err := s.memberQueries(ctx)
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("mysql: span of channel %d: %w", channelID, classify(err))
+		return nil, err
 	}
-	return count, minID, maxID, nil
-}
-
-// Bounds implements audience.MemberStore.
-func (s *Store) Bounds(ctx context.Context, channelID int64) (minID, maxID int64, err error) {
-	var lo, hi any
-	err = s.db.QueryRowContext(ctx, boundsQuery, channelID).Scan(&lo, &hi)
-	if err == nil {
-		minID, maxID, err = memberIDs(lo, hi)
+	var starts []int64
+	for {
+		var id any
+		if len(starts) == 0 {
+			err = s.db.QueryRowContext(ctx, q.first, channelID).Scan(&id)
+		} else {
+			err = s.db.QueryRowContext(ctx, q.next, channelID, starts[len(starts)-1], max(every, 1)-1).Scan(&id)
+		}
+		if errors.Is(err, sql.ErrNoRows) {
+			return starts, nil
+		}
+		var next int64
+		if err == nil {
+			next, err = memberID(id)
+		}
+		if err != nil {
+			s.checkIndex(err)
+			return nil, fmt.Errorf("mysql: shard starts of channel %d: %w", channelID, classify(err))
+		}
+		starts = append(starts, next)
 	}
-	if err != nil {
-		return 0, 0, fmt.Errorf("mysql: bounds of channel %d: %w", channelID, classify(err))
-	}
-	return minID, maxID, nil
-}
-
-// memberIDs is memberID of the smallest and the largest id of a channel.
-func memberIDs(lo, hi any) (minID, maxID int64, err error) {
-	if minID, err = memberID(lo); err != nil {
-		return 0, 0, err
-	}
-	if maxID, err = memberID(hi); err != nil {
-		return 0, 0, err
-	}
-	return minID, maxID, nil
 }
 
 // classify marks the server's answers that no retry can change: the schema

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -170,20 +171,13 @@ func TestUnsignedMemberIDsBeyondBigint(t *testing.T) {
 			" (7, 3, 'e')",
 	)
 	for ch, id := range map[int64]string{1: "9223372036854775808", 2: "18446744073709551614"} {
-		_, _, _, err := f.Span(ctx, ch)
+		_, err := f.Starts(ctx, ch, 1)
 		if !errors.Is(err, audience.ErrPermanent) || !strings.Contains(err.Error(), "member_id "+id) {
-			t.Errorf("span of channel %d: %v, want a permanent failure naming member_id %s", ch, err, id)
-		}
-		_, _, err = f.Bounds(ctx, ch)
-		if !errors.Is(err, audience.ErrPermanent) || !strings.Contains(err.Error(), "member_id "+id) {
-			t.Errorf("bounds of channel %d: %v, want a permanent failure naming member_id %s", ch, err, id)
+			t.Errorf("shard starts of channel %d: %v, want a permanent failure naming member_id %s", ch, err, id)
 		}
 	}
-	if n, lo, hi, err := f.Span(ctx, 3); err != nil || n != 1 || lo != 7 || hi != 7 {
-		t.Fatalf("span of a channel within range: %d [%d, %d], %v", n, lo, hi, err)
-	}
-	if lo, hi, err := f.Bounds(ctx, 3); err != nil || lo != 7 || hi != 7 {
-		t.Fatalf("bounds of a channel within range: [%d, %d], %v", lo, hi, err)
+	if starts, err := f.Starts(ctx, 3, 1); err != nil || !slices.Equal(starts, []int64{7}) {
+		t.Fatalf("shard starts of a channel within range: %v, %v", starts, err)
 	}
 }
 
@@ -323,9 +317,18 @@ func TestMemberPagesReadOnlyTheirRange(t *testing.T) {
 func pagesReadTheirRange(t *testing.T, db *sql.DB, st *mysqlstore.Store, perChannel, page int) {
 	t.Helper()
 	ctx := context.Background()
-	_, lo, hi, err := st.Span(ctx, 2)
+	var lo, hi int64
+	if err := db.QueryRowContext(ctx, "SELECT MIN(member_id), MAX(member_id) FROM ws_channel_members WHERE member_channelid = 2").Scan(&lo, &hi); err != nil {
+		t.Fatal(err)
+	}
+	// The shard starts read the channel's index entries once, not the table.
+	n0 := handlerReads(t, db)
+	starts, err := st.Starts(ctx, 2, page)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if reads := handlerReads(t, db) - n0; len(starts) != (perChannel+page-1)/page || reads > int64(perChannel+2*len(starts)+8) {
+		t.Fatalf("%d shard starts of %d members in shards of %d, reading %d index entries and rows", len(starts), perChannel, page, reads)
 	}
 	for _, bounded := range []bool{false, true} {
 		before := audience.NoUpperBound

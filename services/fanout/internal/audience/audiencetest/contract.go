@@ -136,35 +136,29 @@ func MemberStoreContract(t *testing.T, newStore func(t *testing.T) MemberFixture
 		}
 	})
 
-	t.Run("Span", func(t *testing.T) {
+	t.Run("Starts", func(t *testing.T) {
 		s := twoChannels(t, 10)
 		all, err := s.Members(ctx, 1, 0, audience.NoUpperBound, 100, nil)
 		must(t, err)
-		count, lo, hi, err := s.Span(ctx, 1)
-		must(t, err)
-		if count != 10 || lo != all[0].ID || hi != all[9].ID {
-			t.Fatalf("span %d [%d, %d], want 10 [%d, %d]", count, lo, hi, all[0].ID, all[9].ID)
+		for _, tc := range []struct {
+			every int
+			want  []int64
+		}{
+			{3, []int64{all[0].ID, all[3].ID, all[6].ID, all[9].ID}},
+			{5, []int64{all[0].ID, all[5].ID}},
+			{10, []int64{all[0].ID}},
+			{1000, []int64{all[0].ID}},
+		} {
+			got, err := s.Starts(ctx, 1, tc.every)
+			must(t, err)
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("starts every %d: %v, want %v", tc.every, got, tc.want)
+			}
 		}
-		count, lo, hi, err = s.Span(ctx, 99)
+		got, err := s.Starts(ctx, 99, 3)
 		must(t, err)
-		if count != 0 || lo != 0 || hi != 0 {
-			t.Fatalf("empty channel: %d [%d, %d]", count, lo, hi)
-		}
-	})
-
-	t.Run("Bounds", func(t *testing.T) {
-		s := twoChannels(t, 10)
-		all, err := s.Members(ctx, 2, 0, audience.NoUpperBound, 100, nil)
-		must(t, err)
-		lo, hi, err := s.Bounds(ctx, 2)
-		must(t, err)
-		if lo != all[0].ID || hi != all[len(all)-1].ID {
-			t.Fatalf("bounds [%d, %d], want [%d, %d]", lo, hi, all[0].ID, all[len(all)-1].ID)
-		}
-		lo, hi, err = s.Bounds(ctx, 99)
-		must(t, err)
-		if lo != 0 || hi != 0 {
-			t.Fatalf("empty channel: [%d, %d]", lo, hi)
+		if len(got) != 0 {
+			t.Fatalf("empty channel: %v", got)
 		}
 	})
 }

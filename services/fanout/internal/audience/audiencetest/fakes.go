@@ -129,37 +129,25 @@ func (s *Members) Members(_ context.Context, channelID, afterID, beforeID int64,
 	return dst, nil
 }
 
-// Bounds implements audience.MemberStore.
-func (s *Members) Bounds(_ context.Context, channelID int64) (minID, maxID int64, err error) {
-	if err := s.fail("bounds"); err != nil {
-		return 0, 0, err
+// Starts implements audience.MemberStore.
+func (s *Members) Starts(_ context.Context, channelID int64, every int) ([]int64, error) {
+	if err := s.fail("starts"); err != nil {
+		return nil, err
 	}
-	_, minID, maxID, err = s.span(channelID)
-	return minID, maxID, err
-}
-
-// Span implements audience.MemberStore.
-func (s *Members) Span(_ context.Context, channelID int64) (count, minID, maxID int64, err error) {
-	if err := s.fail("span"); err != nil {
-		return 0, 0, 0, err
-	}
-	return s.span(channelID)
-}
-
-func (s *Members) span(channelID int64) (count, minID, maxID int64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var ids []int64
 	for _, m := range s.members {
-		if m.channel != channelID {
-			continue
+		if m.channel == channelID {
+			ids = append(ids, m.id)
 		}
-		if count == 0 {
-			minID = m.id
-		}
-		count++
-		maxID = m.id
 	}
-	return count, minID, maxID, nil
+	slices.Sort(ids)
+	var starts []int64
+	for i := 0; i < len(ids); i += max(every, 1) {
+		starts = append(starts, ids[i])
+	}
+	return starts, nil
 }
 
 // Presence is an in-memory Presence in the first generation's Redis model.
