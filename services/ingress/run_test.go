@@ -355,6 +355,38 @@ func TestKafkaInputRecordReadAgainIsAnnouncedOnce(t *testing.T) {
 	if again := kafkatest.ReadTopics(t, env.KafkaBrokers, lanes(cfg), 2, time.Second); len(again) != 1 {
 		t.Fatalf("%d events after the record was read again, want still 1", len(again))
 	}
+	// The consumer's own replay is not a producer's repeat.
+	_, body := testkit.Get(t, svc.debug+"/metrics")
+	if n := testkit.SumMetric(body, "announcer_ingress_kafka_input_key_repeats_total"); n != 0 {
+		t.Errorf("%v key repeats counted for an unkeyed record read again", n)
+	}
+	if err := svc.stop(); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+}
+
+// Two records of one key and one body (a producer keyed by channel sent the
+// same text twice, or retried a write) are one announcement, as the key
+// says; the second is counted, so it does not pass unseen.
+func TestKafkaInputKeyedRepeatIsCounted(t *testing.T) {
+	env, cfg, input := inputRig(t, "ingress_in_repeat")
+	cfg.KafkaConsumer.StartOffset = "earliest"
+	cfg.Progress.RedisNodes = env.RedisAddr
+	cfg.Progress.KeyPrefix = stacktest.Name("ingress_repeat") + ":"
+	body := []byte(`{"usernames": ["alice"], "message": "` + b64(tpl) + `"}`)
+	kafkatest.Produce(t, env.KafkaBrokers, input, kafka.Message{Key: []byte("news"), Value: body})
+	svc := start(t, cfg)
+	if first := kafkatest.ReadTopics(t, env.KafkaBrokers, lanes(cfg), 1, 30*time.Second); len(first) != 1 {
+		t.Fatalf("%d events, want 1", len(first))
+	}
+	kafkatest.Produce(t, env.KafkaBrokers, input, kafka.Message{Key: []byte("news"), Value: body})
+	testkit.Eventually(t, 30*time.Second, "the repeat counted", func() bool {
+		_, metrics := testkit.Get(t, svc.debug+"/metrics")
+		return testkit.SumMetric(metrics, "announcer_ingress_kafka_input_key_repeats_total") == 1
+	})
+	if again := kafkatest.ReadTopics(t, env.KafkaBrokers, lanes(cfg), 2, time.Second); len(again) != 1 {
+		t.Fatalf("%d events after the repeat, want still 1", len(again))
+	}
 	if err := svc.stop(); err != nil {
 		t.Errorf("shutdown: %v", err)
 	}

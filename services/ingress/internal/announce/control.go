@@ -67,6 +67,9 @@ type Outcome struct {
 	// Replayed: the idempotency key named an announcement already submitted;
 	// this is its id.
 	Replayed bool
+	// NotPublished: replayed, and that announcement was already published,
+	// so nothing was published this time.
+	NotPublished bool
 	// Preview is a dry run's count (nil otherwise).
 	Preview *progress.Announcement
 }
@@ -113,6 +116,7 @@ func (s *Service) Submit(ctx context.Context, ev *announcement.Event, key Key) (
 			out.ID, out.Replayed = claim.ID, true
 			if _, err := s.records.Get(ctx, ev.ID); err == nil {
 				s.m.replays.Inc()
+				out.NotPublished = true
 				return s.preview(ctx, ev, out)
 			}
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/announcer/announcer/pkg/announcement"
 	"github.com/announcer/announcer/pkg/backoff"
+	"github.com/announcer/announcer/pkg/kafkabus"
 	"github.com/announcer/announcer/pkg/metric"
 	"github.com/announcer/announcer/pkg/stage"
 	"github.com/announcer/announcer/pkg/stanza"
@@ -41,6 +42,7 @@ type Handler struct {
 
 type metrics struct {
 	retries *prometheus.CounterVec // op: prepare | publish
+	repeats prometheus.Counter
 }
 
 // New builds the handler; its metrics are registered on reg. (Records handled
@@ -50,7 +52,10 @@ func New(a Announcer, retry backoff.Policy, log zerolog.Logger, reg prometheus.R
 	h := &Handler{
 		a: a, retry: retry,
 		warn: log.With().Str("component", "kafkainput").Logger().Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second}),
-		m:    metrics{retries: ms.CounterVec("kafka_input_retries_total", "Attempts that failed and will be retried, by operation.", "op")},
+		m: metrics{
+			retries: ms.CounterVec("kafka_input_retries_total", "Attempts that failed and will be retried, by operation.", "op"),
+			repeats: ms.Counter("kafka_input_key_repeats_total", "Keyed input records whose key and body repeated an announcement's within [progress] idempotency_window: not announced again."),
+		},
 	}
 	if err := ms.Err(); err != nil {
 		return nil, fmt.Errorf("kafkainput: metrics: %w", err)
@@ -85,10 +90,12 @@ func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
 	if err != nil {
 		return err
 	}
+	var out announce.Outcome
 	err = backoff.Retry(ctx, h.retry, func() error {
 		// The attempt itself is not cancelled at shutdown (the use case bounds it):
 		// abandoning a write halfway would only make a duplicate more likely.
-		_, err := h.a.Submit(context.WithoutCancel(ctx), &ev, key)
+		var err error
+		out, err = h.a.Submit(context.WithoutCancel(ctx), &ev, key)
 		if errors.Is(err, announce.ErrTooLarge) || errors.Is(err, announce.ErrKeyReused) {
 			return backoff.Permanent(err)
 		}
@@ -99,6 +106,14 @@ func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
 		return h.reject(err.Error(), "too_large")
 	case errors.Is(err, announce.ErrKeyReused):
 		return h.reject("record key "+stanza.Clip(string(m.Key))+": "+err.Error(), "key_reused")
+	case err == nil && out.NotPublished && len(m.Key) > 0:
+		// A producer's retried write, or a producer that keys by channel and
+		// sent the same text again: the second is not sent, and must not
+		// pass unseen. (An unkeyed record read again after a restart is the
+		// consumer's own replay, not news.)
+		h.m.repeats.Inc()
+		h.warn.Warn().Str("source", kafkabus.Source(m)).Str("key", stanza.Clip(string(m.Key))).Str("announcement", out.ID).
+			Msg("input record: its key and body were announced within [progress] idempotency_window; not announced again")
 	}
 	return err
 }

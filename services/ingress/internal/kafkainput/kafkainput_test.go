@@ -26,6 +26,7 @@ type fakeAnnouncer struct {
 	publishErr error // error of those failures
 	published  []announcement.Event
 	keys       []announce.Key
+	repeat     bool // Submit answers that the key's announcement was published before
 }
 
 func (f *fakeAnnouncer) PrepareJSON(body []byte, source string) (announcement.Event, error) {
@@ -42,8 +43,11 @@ func (f *fakeAnnouncer) Submit(_ context.Context, ev *announcement.Event, key an
 		f.failFirst--
 		return announce.Outcome{}, f.publishErr
 	}
-	f.published = append(f.published, *ev)
 	f.keys = append(f.keys, key)
+	if f.repeat {
+		return announce.Outcome{ID: "first", Replayed: true, NotPublished: true}, nil
+	}
+	f.published = append(f.published, *ev)
 	return announce.Outcome{ID: ev.ID}, nil
 }
 
@@ -91,6 +95,30 @@ func TestRecordKeyIsTheIdempotencyKey(t *testing.T) {
 	var rej *stage.Reject
 	if !errors.As(err, &rej) || rej.Label != "key_reused" {
 		t.Fatalf("reused key: %v, want a dead letter", err)
+	}
+}
+
+// A keyed record that repeats an announcement (same key, same body) is not
+// announced again, and is counted: a producer that keys by channel and sends
+// the same text twice must see it. An unkeyed record read again after a
+// restart is the consumer's own replay and is not counted.
+func TestAKeyedRepeatIsCounted(t *testing.T) {
+	a := &fakeAnnouncer{repeat: true}
+	reg := prometheus.NewRegistry()
+	h, err := New(a, backoff.Policy{Initial: time.Millisecond, Max: 2 * time.Millisecond}, zerolog.Nop(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []kafka.Message{
+		{Topic: "in", Key: []byte("news"), Value: []byte("e1")},
+		{Topic: "in", Value: []byte("e2")},
+	} {
+		if err := h.Handle(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := testutil.ToFloat64(h.m.repeats); n != 1 || len(a.published) != 0 {
+		t.Fatalf("%v repeats counted, %d published; want 1 and none", n, len(a.published))
 	}
 }
 
