@@ -32,8 +32,9 @@ func SumMetric(text, name string, filters ...string) float64 {
 	return sum
 }
 
-// Gathered adds up the counter and gauge values of the series of the metric
-// name that g gathers whose label values include every one of labels.
+// Gathered adds up the counter and gauge values (a histogram's: its count
+// of samples) of the series of the metric name that g gathers whose label
+// values include every one of labels.
 func Gathered(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
@@ -53,7 +54,7 @@ func Gathered(t testing.TB, g prometheus.Gatherer, name string, labels ...string
 			if slices.ContainsFunc(labels, func(l string) bool { return !slices.Contains(values, l) }) {
 				continue
 			}
-			v += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			v += m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
 		}
 	}
 	return v

@@ -77,5 +77,8 @@ func (m *metrics) observe(kind string, res Result, took time.Duration, created t
 	}
 	m.audience.WithLabelValues(kind).Add(float64(res.Audience))
 	m.recipients.WithLabelValues(kind).Add(float64(res.Recipients))
-	m.taskSize.WithLabelValues(kind).Observe(float64(res.Audience))
+	// A copy skipped or a task cut short by a cancel is no task's size.
+	if res.Outcome != Duplicate && res.Outcome != Cancelled {
+		m.taskSize.WithLabelValues(kind).Observe(float64(res.Audience))
+	}
 }

@@ -156,6 +156,9 @@ func TestCancelStopsBetweenPages(t *testing.T) {
 		res.Outcome != audience.Cancelled || len(w.sink.Batches) != 0 {
 		t.Fatalf("%+v %v, %d batches", res, err, len(w.sink.Batches))
 	}
+	if n := testkit.Gathered(t, w.reg, "task_audience"); n != 0 {
+		t.Fatalf("a task cancelled before it started observed as %v task sizes", n)
+	}
 }
 
 // A dry run counts what a send would reach and writes nothing; a copy of a
