@@ -68,11 +68,13 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	rt.Topics(storeCluster, storeTopics...)
 	rt.Check("storage", func(ctx context.Context) error { return kafkabus.Ping(ctx, storeCluster) })
 
-	store := storage.New(rt.Writer(storeCluster, storageWriterOptions(cfg, h.storageDial)), storeTopics)
+	wopts := storageWriterOptions(cfg, h.storageDial)
+	store := storage.New(rt.Writer(storeCluster, wopts), storeTopics)
 	archiver := archive.New(archive.Options{
-		UserDomain: cfg.UserDomain(),
-		Templates:  rt.Templates(),
-		Progress:   tracker,
+		UserDomain:     cfg.UserDomain(),
+		Templates:      rt.Templates(),
+		Progress:       tracker,
+		MaxRecordBytes: int(wopts.BatchBytes),
 	}, store, log, archive.NewMetrics(rt.Metrics()))
 
 	decoded := stage.Decoded(announcement.NewDecoder(rt.Metrics()).Batch, archiver.Archive)
@@ -116,7 +118,9 @@ func persisted(m kafka.Message) string {
 // batch's records in one call, so a produce request may hold a delivery
 // batch per partition and leaves within the bus's linger, which
 // flush_frequency bounds. kafka-go's default of 100 records a request made
-// the broker answer a request per 100 stanzas.
+// the broker answer a request per 100 stanzas. BatchBytes is set here, not
+// left to the runtime's default, because the archiver refuses a stanza over
+// it before writing (kafka-go would refuse the whole write).
 func storageWriterOptions(cfg config.Config, dial func(ctx context.Context, network, addr string) (net.Conn, error)) kafkabus.WriterOptions {
 	linger := cfg.Bus.BatchTimeout.D()
 	if bound := time.Duration(cfg.KafkaProducer.FlushFrequency) * time.Second; bound > 0 && bound < linger {
@@ -126,6 +130,7 @@ func storageWriterOptions(cfg config.Config, dial func(ctx context.Context, netw
 		BatchTimeout: linger,
 		BatchSize:    max(cfg.Fanout.BatchSize, 100),
 		MaxAttempts:  cfg.KafkaProducer.MaxRetry + 1,
+		BatchBytes:   int64(cfg.Bus.MaxMessageBytes),
 		Dial:         dial,
 	}
 }

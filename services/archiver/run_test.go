@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -278,6 +279,93 @@ func TestArchiverPersistsAcrossStorageOutage(t *testing.T) {
 	}
 }
 
+// A stanza too large for the storage topic (its max.message.bytes) or for
+// the writer ([bus] max_message_bytes) never blocks its deliveries
+// partition: its batch is dead-lettered with the reason, the batch's other
+// stanzas and the batches after it are stored, and the partition is
+// committed past it.
+func TestArchiverDeadLettersStanzasTooLargeForTheStorage(t *testing.T) {
+	r := newRig(t)
+	r.storage = strings.TrimSuffix(r.storage, "_storage") + "_small"
+	r.cfg.KafkaProducer.Topics = r.storage
+	r.cfg.Bus.MaxMessageBytes = config.MinMessageBytes
+	r.createStorageLimited(t, 2048)
+	a, stop := r.start(t)
+	sr := r.storageReader(t)
+
+	long := strings.Repeat("l", 1020)
+	// 40 KiB of [inc_id], each 16 digits: a stanza of 80 KB from a batch
+	// the bus takes, over the writer's 64 KiB.
+	incs := "<message to='%s' from='announcer.localhost' type='chat'><body>" + strings.Repeat("[inc_id]", 5000) + "</body></message>"
+	r.produce(t, "node1",
+		&announcement.Batch{AnnouncementID: "mixed", Persist: true, Template: tmpl, FirstIncID: 0, Recipients: []string{"m1", long, "m2"}},
+		&announcement.Batch{AnnouncementID: "incs", Persist: true, Template: incs, FirstIncID: 1e15, Recipients: []string{"i1", "i2"}},
+		&announcement.Batch{AnnouncementID: "small", Persist: true, Template: tmpl, FirstIncID: 10, Recipients: []string{"s1", "s2"}})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("committed node1 %d; metrics:\n%s", r.committed(t, "node1"), grep(a.metrics(t), "announcer_archiver"))
+		}
+	})
+	testkit.Eventually(t, 30*time.Second, "node1 committed past the batches too large to store", func() bool { return r.committed(t, "node1") == 3 })
+	sr.readUntil(t, 4, 20*time.Second)
+	sr.readFor(t, 300*time.Millisecond)
+	want := map[string]string{
+		"m1@localhost": rendered("m1@localhost", 0),
+		"m2@localhost": rendered("m2@localhost", 2),
+		"s1@localhost": rendered("s1@localhost", 10),
+		"s2@localhost": rendered("s2@localhost", 11),
+	}
+	if len(sr.got) != len(want) {
+		t.Errorf("storage holds records for %d recipients, want %d: %v", len(sr.got), len(want), sr.got)
+	}
+	for k, v := range want {
+		if vals := sr.got[k]; len(vals) == 0 || vals[0] != v {
+			t.Errorf("records for %s: %q, want %q", k, vals, v)
+		}
+	}
+	dl := kafkatest.ReadAll(t, r.env.KafkaBrokers, r.cfg.Bus.DeadLetterTopic, 2, 20*time.Second)
+	reasons := map[string]string{}
+	for _, d := range dl {
+		b, err := announcement.DecodeBatch(d.Value)
+		if err != nil {
+			t.Fatalf("a dead letter that is not the whole batch: %v", err)
+		}
+		reasons[b.AnnouncementID] = d.Headers[kafkabus.HeaderReason]
+		t.Logf("dead letter's reason: %s", d.Headers[kafkabus.HeaderReason])
+	}
+	for id, says := range map[string]string{"mixed": "topic " + r.storage + " refused", "incs": "the writer's limit of 65536 bytes"} {
+		if why := reasons[id]; len(dl) != 2 || !strings.Contains(why, "announcement "+id) || !strings.Contains(why, "too large") || !strings.Contains(why, says) {
+			t.Errorf("%s's dead letter says %q, want it too large: %s", id, why, says)
+		}
+	}
+	body := a.metrics(t)
+	if !strings.Contains(body, `announcer_archiver_dead_letters_total{reason="too_large"} 2`) ||
+		testkit.SumMetric(body, "announcer_archiver_records_stored_total") != 4 {
+		t.Errorf("metrics:\n%s", grep(body, "announcer_archiver"))
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+}
+
+// createStorageLimited creates the storage topic, one partition, with
+// max.message.bytes of limit.
+func (r *rig) createStorageLimited(t *testing.T, limit int) {
+	t.Helper()
+	c := kafkabus.NewClient(kafkabus.Plaintext(r.env.KafkaBrokers), 10*time.Second)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{Topic: r.storage, NumPartitions: 1, ReplicationFactor: 1,
+		ConfigEntries: []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(limit)}}}}})
+	if err != nil || resp.Errors[r.storage] != nil {
+		t.Fatalf("create %s: %v %v", r.storage, err, resp)
+	}
+	if err := kafkabus.AwaitTopics(ctx, kafkabus.Plaintext(r.env.KafkaBrokers), r.storage); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Readiness follows the storage cluster.
 func TestArchiverReadiness(t *testing.T) {
 	r := newRig(t)
@@ -319,10 +407,11 @@ func TestStorageWriterOptions(t *testing.T) {
 			cfg.KafkaProducer.MaxRetry = 4
 			cfg.Bus.BatchTimeout = config.Duration(c.bus)
 			cfg.Fanout.BatchSize = c.batch
+			cfg.Bus.MaxMessageBytes = 1 << 17
 			o := storageWriterOptions(cfg, nil)
-			if o.BatchTimeout != c.linger || o.BatchSize != c.recordsPerReq || o.MaxAttempts != 5 {
-				t.Errorf("linger %s, %d records a request, %d attempts; want %s, %d, 5",
-					o.BatchTimeout, o.BatchSize, o.MaxAttempts, c.linger, c.recordsPerReq)
+			if o.BatchTimeout != c.linger || o.BatchSize != c.recordsPerReq || o.MaxAttempts != 5 || o.BatchBytes != 1<<17 {
+				t.Errorf("linger %s, %d records a request, %d attempts, %d bytes a record; want %s, %d, 5, %d",
+					o.BatchTimeout, o.BatchSize, o.MaxAttempts, o.BatchBytes, c.linger, c.recordsPerReq, 1<<17)
 			}
 		})
 	}

@@ -1,11 +1,13 @@
 // Package archive is the archiver's use case: for a persisted delivery batch,
 // render one stanza per recipient and store them all before the batch counts
 // as done; a storage outage pauses the batch (retried with backoff), it never
-// drops it.
+// drops it. A stanza too large for the storage is the batch's own fault: the
+// batch is dead-lettered, its other stanzas stored.
 package archive
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,7 +34,8 @@ type Store interface {
 	Topics() []string
 	// Store writes each record to its topic; nil once all are acknowledged.
 	// When only some were, it returns a *kafkabus.PartialWriteError naming
-	// the others.
+	// the others. A write refused for its size says so as Kafka does (see
+	// refusedForSize).
 	Store(ctx context.Context, announcementID string, recs []Record) error
 }
 
@@ -62,6 +65,10 @@ type Options struct {
 	RetryMax   time.Duration
 	// Progress records what was persisted (nil: nothing is recorded).
 	Progress Progress
+	// MaxRecordBytes is the largest record the store's writer takes (its
+	// BatchBytes): a stanza whose key and value are longer is refused
+	// unwritten. 0: only the storage's answers refuse a stanza for its size.
+	MaxRecordBytes int
 }
 
 // Archiver archives batches.
@@ -70,6 +77,9 @@ type Archiver struct {
 	sink Store
 	log  zerolog.Logger
 	m    *Metrics
+	// writes is held shared by every storage write, and alone by a write
+	// whose answer must be about its own records (see writeAlone).
+	writes sync.RWMutex
 }
 
 // New builds the use case.
@@ -110,6 +120,7 @@ func (a *Archiver) Archive(ctx context.Context, b announcement.Batch) error {
 	}
 	policy := backoff.Policy{Initial: a.opt.RetryMin, Max: a.opt.RetryMax}
 	stored, invalid := 0, 0
+	big := &oversize{limit: a.opt.MaxRecordBytes}
 	// A batch is rendered and stored a chunk at a time: a large template
 	// times a thousand recipients, times the batches in flight, would
 	// otherwise be hundreds of MiB at once.
@@ -119,13 +130,27 @@ func (a *Archiver) Archive(ctx context.Context, b announcement.Batch) error {
 		if len(recs) == 0 {
 			continue
 		}
-		if err := a.store(ctx, policy, &b, recs); err != nil {
+		n, err := a.store(ctx, policy, &b, recs, big)
+		if err != nil {
 			return err
 		}
-		stored += len(recs)
+		stored += n
 	}
 	if invalid > 0 {
 		a.m.invalid.Add(float64(invalid))
+	}
+	if big.records > 0 {
+		// The stanzas that fit are stored all the same, and the batch is
+		// dead-lettered for the others: the dead letter keeps the whole
+		// batch, for an operator to replay once the limit is raised (what was
+		// stored is then stored twice, as after a retried write), and the
+		// recipients whose stanzas fit are archived meanwhile. Refusing the
+		// batch whole would archive none of them until then, and knowing
+		// every size before the first write would take rendering it twice.
+		if stored > 0 {
+			a.opt.Progress.Persisted(b.AnnouncementID, progress.BatchKey(&b), stored)
+		}
+		return &announcement.BadRecordError{Reason: big.reason(&b, stored), Label: "too_large"}
 	}
 	if stored == 0 {
 		a.m.batches.WithLabelValues("empty").Inc()
@@ -137,38 +162,77 @@ func (a *Archiver) Archive(ctx context.Context, b announcement.Batch) error {
 }
 
 // store writes a copy of recs on every storage topic, retrying with backoff
-// until the storage has acknowledged each copy or ctx ends. A retry writes
-// only the copies not acknowledged yet: the others are durable, and written
-// again they would be archived twice.
-func (a *Archiver) store(ctx context.Context, policy backoff.Policy, b *announcement.Batch, recs []Record) error {
+// until the storage has acknowledged each copy or ctx ends, and returns how
+// many of recs it stored. A retry writes only the copies not acknowledged
+// yet: the others are durable, and written again they would be archived
+// twice. A copy too large for the storage is never written again: big
+// keeps it, and its record is not stored.
+func (a *Archiver) store(ctx context.Context, policy backoff.Policy, b *announcement.Batch, recs []Record, big *oversize) (int, error) {
 	pending := copies(recs, a.sink.Topics())
-	for attempt := 0; ; attempt++ {
-		err := a.sink.Store(ctx, b.AnnouncementID, pending)
+	refused := map[int]bool{} // the indices in recs of the records big kept
+	for attempt := 0; ; {
+		if pending = big.sift(pending, refused); len(pending) == 0 {
+			break
+		}
+		err := a.write(ctx, b.AnnouncementID, pending)
 		pending = kafkabus.Unacknowledged(pending, err)
+		if len(pending) > 0 && refusedForSize(err) {
+			if !big.warned {
+				big.warned = true
+				a.log.Warn().Err(err).Str("announcement", b.AnnouncementID).Int("seq", b.Seq).
+					Msg("the storage refused a write as too large; writing its records one at a time")
+			}
+			// What writeAlone leaves is not known too large: written together
+			// again without waiting (it stored or refused at least one copy,
+			// so this ends).
+			if pending, err = a.writeAlone(ctx, b.AnnouncementID, pending, big, refused); err == nil {
+				continue
+			}
+		}
 		if len(pending) == 0 {
-			a.m.records.Add(float64(len(recs)))
-			return nil
+			break
 		}
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return 0, ctx.Err()
 		}
 		a.m.storeErrors.Inc()
 		d := policy.Delay(attempt)
 		a.log.Warn().Err(err).Str("announcement", b.AnnouncementID).Int("seq", b.Seq).Int("unacknowledged", len(pending)).
 			Int("attempt", attempt+1).Dur("retry_in", d).Msg("storage write failed; the batch waits")
 		if err := backoff.Sleep(ctx, d); err != nil {
-			return err
+			return 0, err
 		}
+		attempt++
 	}
+	n := len(recs) - len(refused)
+	a.m.records.Add(float64(n))
+	return n, nil
+}
+
+// write hands pending to the store in one write.
+func (a *Archiver) write(ctx context.Context, announcementID string, pending []copyOf) error {
+	recs := make([]Record, len(pending))
+	for i, c := range pending {
+		recs[i] = c.Record
+	}
+	a.writes.RLock()
+	defer a.writes.RUnlock()
+	return a.sink.Store(ctx, announcementID, recs)
+}
+
+// copyOf is a copy of the record at index rec of a chunk, for one topic.
+type copyOf struct {
+	Record
+	rec int
 }
 
 // copies returns a copy of each record for each topic, topic by topic.
-func copies(recs []Record, topics []string) []Record {
-	out := make([]Record, 0, len(recs)*len(topics))
+func copies(recs []Record, topics []string) []copyOf {
+	out := make([]copyOf, 0, len(recs)*len(topics))
 	for _, t := range topics {
-		for _, r := range recs {
+		for i, r := range recs {
 			r.Topic = t
-			out = append(out, r)
+			out = append(out, copyOf{Record: r, rec: i})
 		}
 	}
 	return out
