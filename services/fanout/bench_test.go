@@ -405,9 +405,9 @@ func bench(ctx context.Context, f flags) error {
 	}
 	if len(on.split) > 0 {
 		split := medianOf(on.split)
-		how := "the member count read each time ([fanout] member_count_max_age 0)"
+		how := "the channel cut each time, one index look-up per shard ([fanout] member_count_max_age 0)"
 		if age := cfg.Fanout.MemberCountMaxAge.D(); age > 0 {
-			how = fmt.Sprintf("the runs follow an untimed announcement of the channel, so only MIN/MAX was read: its member count is remembered for [fanout] member_count_max_age (%s)", age)
+			how = fmt.Sprintf("the runs follow an untimed announcement of the channel, so nothing was read to cut it: its cut is remembered for [fanout] member_count_max_age (%s)", age)
 		}
 		figures["fanout_"+size+"_split_seconds"] = benchreport.Figure{Value: split,
 			Note: fmt.Sprintf("median time from publish until the shard tasks were queued, %d runs; %s", len(on.split), how)}
