@@ -60,6 +60,10 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 	if err != nil {
 		return err
 	}
+	if records != nil {
+		// Records the requests could not write are written again meanwhile.
+		rt.Serve("progress records", svc.Run)
+	}
 
 	tokens := make([]string, 0, len(cfg.Auth.Tokens))
 	for _, t := range cfg.Auth.Tokens {

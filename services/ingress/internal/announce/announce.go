@@ -92,6 +92,9 @@ type Service struct {
 	newID   func() (string, error)
 	now     func() time.Time
 	m       metrics
+	// unrecorded holds accepted announcements whose record the request
+	// could not write, for Run to write again.
+	unrecorded chan unrecorded
 }
 
 type metrics struct {
@@ -100,6 +103,7 @@ type metrics struct {
 	failed       *prometheus.CounterVec // source, reason
 	replays      prometheus.Counter
 	recordErrors prometheus.Counter
+	recordLate   *prometheus.CounterVec // outcome
 	ignored      prometheus.Counter
 }
 
@@ -120,14 +124,18 @@ func New(pub Publisher, records Records, lim Limits, reg prometheus.Registerer) 
 		replays: ms.Counter("idempotent_replays_total",
 			"Requests whose idempotency key named an announcement already accepted: answered with its id, not published again."),
 		recordErrors: ms.Counter("progress_record_errors_total",
-			"Accepted announcements whose progress record could not be written (fanout writes it when it starts)."),
+			"Accepted announcements whose progress record the request could not write; they are written again in the background."),
+		recordLate: ms.CounterVec("progress_records_rewritten_total",
+			"Progress records written again after the request's write failed, by outcome (written; given_up: the queue was full or the store stayed down for recordRetryFor; fanout writes the record when it starts).", "outcome"),
 		ignored: ms.Counter("unknown_fields_total",
 			"Fields of Kafka input bodies that no body has, ignored as the first generation ignored them (a producer's typo shows here)."),
 	}
 	if err := ms.Err(); err != nil {
 		return nil, fmt.Errorf("announce: metrics: %w", err)
 	}
-	return &Service{pub: pub, records: records, lim: lim, newID: newID, now: time.Now, m: m}, nil
+	metric.Zero(m.recordLate, "written", "given_up")
+	return &Service{pub: pub, records: records, lim: lim, newID: newID, now: time.Now, m: m,
+		unrecorded: make(chan unrecorded, maxUnrecorded)}, nil
 }
 
 // newID is time-ordered so ids sort by acceptance and index well downstream.

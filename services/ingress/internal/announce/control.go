@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/announcer/announcer/pkg/announcement"
+	"github.com/announcer/announcer/pkg/backoff"
 	"github.com/announcer/announcer/pkg/progress"
 )
 
@@ -128,9 +129,24 @@ func (s *Service) Submit(ctx context.Context, ev *announcement.Event, key Key) (
 	return s.preview(ctx, ev, out)
 }
 
-// recordTimeout bounds writing the accepted record: the announcement is
-// already durable, and fanout writes the record when it starts anyway.
-const recordTimeout = time.Second
+const (
+	// recordTimeout bounds writing the accepted record in the request: the
+	// announcement is already durable, and fanout writes the record when it
+	// starts anyway.
+	recordTimeout = time.Second
+	// recordRetryFor is how long Run tries again a record the request could
+	// not write. Until the record is written, or fanout starts on the
+	// announcement (which may wait behind a backlog), GET and DELETE of its
+	// id answer 404.
+	recordRetryFor = 2 * time.Minute
+	// maxUnrecorded bounds the records waiting for Run.
+	maxUnrecorded = 1024
+)
+
+type unrecorded struct {
+	ev    announcement.Event
+	since time.Time
+}
 
 func (s *Service) record(ctx context.Context, ev *announcement.Event) {
 	if s.records == nil {
@@ -140,6 +156,42 @@ func (s *Service) record(ctx context.Context, ev *announcement.Event) {
 	defer cancel()
 	if err := s.records.Accept(ctx, ev); err != nil {
 		s.m.recordErrors.Inc()
+		select {
+		case s.unrecorded <- unrecorded{ev: *ev, since: time.Now()}:
+		default:
+			s.m.recordLate.WithLabelValues("given_up").Inc()
+		}
+	}
+}
+
+// Run writes again, with backoff, the records of accepted announcements
+// that their request could not write, each for up to recordRetryFor, until
+// ctx ends. Writing a record is idempotent: one fanout wrote meanwhile is
+// left as it is.
+func (s *Service) Run(ctx context.Context) error {
+	policy := backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
+	for {
+		var u unrecorded
+		select {
+		case <-ctx.Done():
+			return nil
+		case u = <-s.unrecorded:
+		}
+		rctx, cancel := context.WithDeadline(ctx, u.since.Add(recordRetryFor))
+		err := backoff.Retry(rctx, policy, func() error {
+			wctx, cancel := context.WithTimeout(rctx, recordTimeout)
+			defer cancel()
+			return s.records.Accept(wctx, &u.ev)
+		}, nil)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err == nil:
+			s.m.recordLate.WithLabelValues("written").Inc()
+		default:
+			s.m.recordLate.WithLabelValues("given_up").Inc()
+		}
 	}
 }
 

@@ -68,6 +68,7 @@ func (p *memPublisher) Publish(ctx context.Context, e announcement.Event) error 
 
 type fixture struct {
 	h       *gin.Engine
+	svc     *announce.Service
 	pub     *memPublisher
 	records *memRecords // nil: no progress store
 	reg     *prometheus.Registry
@@ -108,7 +109,7 @@ func buildFixture(t *testing.T, records *memRecords, tokens ...string) fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fixture{h: h, pub: pub, records: records, reg: reg}
+	return fixture{h: h, svc: svc, pub: pub, records: records, reg: reg}
 }
 
 type response struct {
@@ -601,6 +602,47 @@ func TestTooLargeLeavesTheIdempotencyKeyUnused(t *testing.T) {
 # TYPE announcements_publish_failed_total counter
 announcements_publish_failed_total{reason="too_large",source="rest"} 2
 `), "announcements_publish_failed_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+// An accepted announcement whose record the request could not write (the
+// store away a moment) has it written again in the background: its id
+// answers GET and DELETE within seconds, not only once fanout, perhaps
+// behind a backlog, starts on it.
+func TestARecordTheRequestCouldNotWriteIsWrittenAgain(t *testing.T) {
+	f := newStoreFixture(t)
+	f.records.acceptFails = 3
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.svc.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	r := do(t, f.h, "POST", RouteUsers, `{"usernames": ["alice"], "message": "`+goodMsg+`"}`)
+	if r.code != http.StatusAccepted {
+		t.Fatalf("POST: %d %s", r.code, r.raw)
+	}
+	path := RouteAnnouncements + "/" + r.body["id"].(string)
+	deadline := time.Now().Add(5 * time.Second)
+	for do(t, f.h, "GET", path, "").code != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: never found, the record was not written again", path)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d := do(t, f.h, "DELETE", path, ""); d.code != http.StatusOK {
+		t.Fatalf("DELETE: %d %s", d.code, d.raw)
+	}
+	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(`
+# HELP progress_records_rewritten_total Progress records written again after the request's write failed, by outcome (written; given_up: the queue was full or the store stayed down for recordRetryFor; fanout writes the record when it starts).
+# TYPE progress_records_rewritten_total counter
+progress_records_rewritten_total{outcome="given_up"} 0
+progress_records_rewritten_total{outcome="written"} 1
+`), "progress_records_rewritten_total"); err != nil {
 		t.Error(err)
 	}
 }

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"sync"
 
@@ -16,6 +17,8 @@ type memRecords struct {
 	anns   map[string]progress.Announcement
 	claims map[string]progress.IdempotencyClaim
 	err    error // every call fails with it
+	// acceptFails: this many Accept calls fail first (the store away a moment).
+	acceptFails int
 	// counted: a dry run is counted at once (as fanout would); else it never ends.
 	counted bool
 }
@@ -29,6 +32,10 @@ func (m *memRecords) Accept(_ context.Context, ev *announcement.Event) error {
 	defer m.mu.Unlock()
 	if m.err != nil {
 		return m.err
+	}
+	if m.acceptFails > 0 {
+		m.acceptFails--
+		return errors.New("redis: connection refused")
 	}
 	a := progress.Announcement{ID: ev.ID, State: progress.StateAccepted, Kind: string(ev.Kind), DryRun: ev.DryRun,
 		Priority: ev.Priority, Source: ev.Source, Audience: progress.Audience{PerNode: map[string]int64{}}}
