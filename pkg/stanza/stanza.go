@@ -36,7 +36,8 @@
 //     domain equals the component domain (ASCII case-insensitively);
 //   - client mode: `to` is optional, and the root's `from`, when present and
 //     not empty, is placeholder-free and names the sending account, bare or
-//     with any resource (ASCII case-insensitively).
+//     with any resource (ASCII case-insensitively). A resource is dropped:
+//     c2s takes only the session's own, which the sender chooses.
 package stanza
 
 import (
@@ -83,7 +84,7 @@ func (e *ValidationError) Error() string {
 type Options struct {
 	MaxBytes        int    // decoded template size limit; <= 0 means DefaultMaxBytes
 	ComponentDomain string // non-empty in component mode: the root's `from` must be a JID whose domain part equals this domain
-	ClientJID       string // non-empty in client mode: the sending account's bare JID ("announcer@localhost"); the root's `from` must be absent, empty or this account
+	ClientJID       string // non-empty in client mode: the sending account's bare JID ("announcer@localhost"); the root's `from` must be absent, empty or this account (a resource is dropped)
 	// AnyFrom, in component mode, lets `from` be any valid JID: what an
 	// ejabberd listener with check_from: false accepts. A `from` and a `to`
 	// are still required.
@@ -335,8 +336,18 @@ func Parse(raw []byte, opt Options) (*Template, error) {
 			return nil, err
 		}
 	case opt.ClientJID != "":
-		if err := checkClient(sc, root.Attr, opt.ClientJID); err != nil {
+		bare, err := checkClient(sc, root.Attr, opt.ClientJID)
+		if err != nil {
 			return nil, err
+		}
+		if bare != "" {
+			// c2s refuses a from whose resource is not the session's own, and
+			// the sender's resources are its own, one per connection: a
+			// first-generation from='account/resource' (its one session's
+			// resource) goes out as the bare account, which c2s completes.
+			from, _ := sc.rootAttr("from")
+			fixed := append(AppendEscaped(bytes.Clone(src[:from.start]), bare), src[from.end:]...)
+			return Parse(fixed, opt)
 		}
 	}
 
@@ -379,30 +390,35 @@ func checkComponent(sc *scanner, attrs []xmlAttr, domain string, anyFrom bool) e
 }
 
 // checkClient enforces what ejabberd's c2s does with `from`: anything but
-// the session's own account closes the stream (invalid-from) for every
-// stanza queued behind this one. An absent or empty from is stamped by the
-// server, and c2s needs no `to`.
-func checkClient(sc *scanner, attrs []xmlAttr, account string) error {
+// the session's own account, bare or with the session's own resource,
+// closes the stream (invalid-from) for every stanza queued behind this one.
+// An absent or empty from is stamped by the server, and c2s needs no `to`.
+// It returns the bare account when from names it with a resource, which
+// the template must then carry instead.
+func checkClient(sc *scanner, attrs []xmlAttr, account string) (bare string, err error) {
 	fromSpan, ok := sc.rootAttr("from")
 	if !ok {
-		return nil
+		return "", nil
 	}
 	if sc.hasPlaceholderIn(fromSpan.start, fromSpan.end) {
-		return messageErr("client mode: the root's from attribute must not contain placeholders; drop it or set it to %q", Clip(account))
+		return "", messageErr("client mode: the root's from attribute must not contain placeholders; drop it or set it to %q", Clip(account))
 	}
 	// The decoded value, as ejabberd sees it: entities are expanded.
 	from := attrByName(attrs, "from")
 	if from == "" {
-		return nil
+		return "", nil
 	}
 	if _, reason := jidDomain(from); reason != "" {
-		return messageErr("client mode: from %q is not a valid JID: %s", Clip(from), reason)
+		return "", messageErr("client mode: from %q is not a valid JID: %s", Clip(from), reason)
 	}
-	bare, _, _ := strings.Cut(from, "/")
+	bare, _, hasResource := strings.Cut(from, "/")
 	if !equalFoldASCII(bare, account) {
-		return messageErr("client mode: from %q is not the sending account %q (ejabberd closes the stream for any other from); drop the attribute or set it to the account", Clip(from), Clip(account))
+		return "", messageErr("client mode: from %q is not the sending account %q (ejabberd closes the stream for any other from); drop the attribute or set it to the account", Clip(from), Clip(account))
 	}
-	return nil
+	if !hasResource {
+		return "", nil
+	}
+	return bare, nil
 }
 
 // attrByName returns the decoded value of the unprefixed attribute local, or

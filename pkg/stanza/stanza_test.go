@@ -527,6 +527,39 @@ func TestParseClientFrom(t *testing.T) {
 	})
 }
 
+// A from naming the account with a resource, as the first generation's
+// templates do, goes out bare: c2s refuses any resource but the session's
+// own (invalid-from, the stream closed for every stanza behind it), and the
+// sender's sessions have resources of their own.
+func TestParseClientFromDropsTheResource(t *testing.T) {
+	for _, tc := range []struct{ name, tpl, account, want string }{
+		{"account with resource", `<message to='%s' from='announcer@localhost/bot'/>`, clientAccount,
+			`<message to='%s' from='announcer@localhost'/>`},
+		{"case kept", `<message to='%s' from='Announcer@LOCALHOST/Bot'/>`, clientAccount,
+			`<message to='%s' from='Announcer@LOCALHOST'/>`},
+		{"resource with slash and at", `<message to='%s' from="announcer@localhost/a/b@c" type='chat'><body/></message>`, clientAccount,
+			`<message to='%s' from="announcer@localhost" type='chat'><body/></message>`},
+		{"entities in the account", `<message to='%s' from='announcer&#64;localhost/x'/>`, clientAccount,
+			`<message to='%s' from='announcer@localhost'/>`},
+		{"first generation", firstGen, "username@s", strings.Replace(firstGen, `"USERNAME@s/announcer"`, `"USERNAME@s"`, 1)},
+		{"bare stays as written", `<message to='%s' from='announcer&#64;localhost'/>`, clientAccount,
+			`<message to='%s' from='announcer&#64;localhost'/>`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tpl, err := stanza.Parse([]byte(tc.tpl), stanza.Options{ClientJID: tc.account})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := string(tpl.Raw()); got != tc.want {
+				t.Fatalf("template %s, want %s", got, tc.want)
+			}
+			if _, err := stanza.Parse(tpl.Raw(), stanza.Options{ClientJID: tc.account}); err != nil {
+				t.Fatalf("the template as sent does not parse again: %v", err)
+			}
+		})
+	}
+}
+
 func TestOptionsValidate(t *testing.T) {
 	tests := []struct {
 		name string

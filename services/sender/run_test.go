@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -225,18 +226,32 @@ func TestSenderClientModeEndToEnd(t *testing.T) {
 	bad := good
 	bad.Seq = 1
 	bad.Template = "<message to='%s' from='someone-else@" + env.XMPPDomain + "' type='chat'><body>x</body></message>"
+	// A first-generation template names the account with the resource of its
+	// one session; ejabberd takes no resource but the session's own, so it
+	// goes out from the bare account, which c2s completes.
+	firstGen := good
+	firstGen.Seq = 2
+	firstGen.Template = "<message to='%s' from='" + account + "@" + env.XMPPDomain + "/announcer' type='chat'><body>first gen</body></message>"
 	gv, _ := good.Encode()
 	bv, _ := bad.Encode()
-	produce(t, env.KafkaBrokers, cfg.DeliveriesTopic("node1"), gv, bv)
+	fv, _ := firstGen.Encode()
+	produce(t, env.KafkaBrokers, cfg.DeliveriesTopic("node1"), gv, bv, fv)
 
 	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer wcancel()
-	msgs, err := user.Wait(wctx, 1)
+	msgs, err := user.Wait(wctx, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m := msgs[0]; len(m.Bodies) != 1 || m.Bodies[0] != "c2s 5" || !strings.HasPrefix(m.From, account+"@"+env.XMPPDomain+"/announcer-") {
-		t.Fatalf("received %+v", m)
+	var bodies []string
+	for _, m := range msgs {
+		if len(m.Bodies) != 1 || !strings.HasPrefix(m.From, account+"@"+env.XMPPDomain+"/announcer-") {
+			t.Fatalf("received %+v", m)
+		}
+		bodies = append(bodies, m.Bodies[0])
+	}
+	if slices.Sort(bodies); !slices.Equal(bodies, []string{"c2s 5", "first gen"}) {
+		t.Fatalf("received %q", bodies)
 	}
 	base := s.debug
 	deadline := time.Now().Add(20 * time.Second)
