@@ -312,7 +312,12 @@ func (c *Consumer) process(ctx context.Context, m kafka.Message) {
 		c.m.retries.Inc()
 		d := c.opt.Retry.Delay(attempt)
 		c.warn.Warn().Err(err).Str("source", kafkabus.Source(m)).Dur("retry_in", d).Msg("handling failed; retrying")
-		if backoff.Sleep(ctx, d) != nil {
+		// A drain that starts during the wait ends it, and no attempt follows:
+		// the drain would otherwise wait out the backoff, then a new attempt.
+		wait, stop := UntilDraining(ctx)
+		err = backoff.Sleep(wait, d)
+		stop()
+		if err != nil || draining(ctx) {
 			return
 		}
 	}

@@ -290,3 +290,36 @@ func TestConsumerRetriesHandlerFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A record waiting out its retry backoff when the drain starts is not tried
+// again: the drain does not wait for the backoff, and a new attempt (a whole
+// batch sent again, perhaps cut off halfway) does not start while draining.
+// The record stays uncommitted for the next reader.
+func TestDrainEndsARetryBackoff(t *testing.T) {
+	b := newFakeBroker("a")
+	var calls atomic.Int32
+	h := func(context.Context, kafka.Message) error {
+		if calls.Add(1) == 1 {
+			return errors.New("mysql: connection refused")
+		}
+		return nil
+	}
+	c := NewConsumer(nopDLQ{}, h, ConsumerOptions{MaxInFlight: 1, DrainTimeout: 10 * time.Second,
+		Retry: backoff.Policy{Initial: 5 * time.Second, Max: 5 * time.Second}}, testkit.Log(t, zerolog.ErrorLevel), prometheus.NewRegistry())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, b) }()
+	testkit.Eventually(t, 5*time.Second, "the first attempt", func() bool { return calls.Load() == 1 })
+	time.Sleep(50 * time.Millisecond) // into the backoff
+	start := time.Now()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("the drain took %v: it waited out the backoff", took)
+	}
+	if _, committed := b.state(); calls.Load() != 1 || committed > 0 {
+		t.Fatalf("%d attempts, committed %d: want no attempt while draining, nothing committed", calls.Load(), committed)
+	}
+}
