@@ -503,6 +503,18 @@ func (s *Sender) deliver(ctx context.Context, b announcement.Batch, resume, unic
 				s.m.isolated.Inc()
 				continue
 			}
+			if multicast {
+				// Its multicasts alone closed the stream: one stanza per recipient
+				// is what ejabberd takes from any template it accepts, and a
+				// multicast of many addresses can pass the listener's
+				// max_stanza_size where each stanza would not. Only a batch that
+				// closes the stream one stanza per recipient is poison.
+				multicast = false
+				s.m.multicastRejected.Inc()
+				s.log.Warn().Err(err).Str("announcement", b.AnnouncementID).Int("seq", b.Seq).
+					Msg("ejabberd closed the stream for this batch's multicasts alone: sending it one stanza per recipient")
+				continue
+			}
 			rejections++
 			if rejections > s.opt.Rejections {
 				s.m.batches.WithLabelValues("poison").Inc()
@@ -965,8 +977,11 @@ type Metrics struct {
 
 	shutdownResends  prometheus.Counter
 	multicastForeign prometheus.Counter
-	requeued         prometheus.Counter
-	requeueLost      prometheus.Counter
+	// multicastRejected counts batches sent again one stanza per recipient after
+	// ejabberd closed the stream for their multicast alone.
+	multicastRejected prometheus.Counter
+	requeued          prometheus.Counter
+	requeueLost       prometheus.Counter
 }
 
 // NewMetrics registers the delivery metrics on reg (the service's, which
@@ -985,6 +1000,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		multicastOff: s.Counter("multicast_fallbacks_total", "Batches sent again one stanza per recipient because the multicast service refused a multicast (multicast is then off)."),
 		shutdownResends: s.Counter("shutdown_resends_total",
 			"Batches fenced on a connection in the seconds before the server ended it cleanly (a shutdown), sent again (written back to their topic first)."),
+		multicastRejected: s.Counter("multicast_rejected_total",
+			"Batches ejabberd closed the stream for while sent alone as multicasts (one over the listener's max_stanza_size, say), sent again one stanza per recipient."),
 		multicastForeign: s.Counter("multicast_foreign_from_total",
 			"Batches sent one stanza per recipient while multicast is on, because their template's from is not in the component's domain (a refusal would go there, unseen)."),
 		requeued: s.Counter("requeued_total",

@@ -33,6 +33,9 @@ type fakeLink struct {
 	failFence int
 	fences    int
 	refusals  int64 // what MulticastRefusals says
+	// rejectMulticast: ejabberd closes the stream when this link's multicasts
+	// are fenced (one over the listener's max_stanza_size, say).
+	rejectMulticast bool
 }
 
 func (l *fakeLink) Slot() int { return l.slot }
@@ -69,7 +72,11 @@ func (l *fakeLink) Fence(context.Context) error {
 func (l *fakeLink) FenceMulticast(ctx context.Context) error {
 	l.mu.Lock()
 	l.ops = append(l.ops, "echo")
+	reject := l.rejectMulticast
 	l.mu.Unlock()
+	if reject {
+		return lostErr{rejected: true}
+	}
 	return l.Fence(ctx)
 }
 

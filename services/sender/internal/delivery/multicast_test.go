@@ -296,3 +296,32 @@ func TestARefusedBatchResentWholeGoesOnce(t *testing.T) {
 			queued, testutil.ToFloat64(m.multicastOff))
 	}
 }
+
+// A batch whose multicasts alone make ejabberd close the stream (a multicast
+// over the listener's max_stanza_size) goes one stanza per recipient, and is
+// delivered: it is not poison for what its unicast stanzas never did.
+func TestARejectedMulticastGoesOneStanzaPerRecipient(t *testing.T) {
+	var links []*fakeLink
+	for range 6 {
+		links = append(links, &fakeLink{rejectMulticast: true})
+	}
+	fl := &fakeLinks{links: links}
+	s, m := newSender(t, fl, Options{Multicast: multicastOn(2), Rejections: 2})
+	if err := s.Deliver(context.Background(), multicastBatch("a", "b", "c")); err != nil {
+		t.Fatalf("got %v, want the batch delivered one stanza per recipient", err)
+	}
+	// Shared, then alone as multicasts, then alone one by one.
+	if fl.next != 3 {
+		t.Fatalf("%d attempts, want 3", fl.next)
+	}
+	if got := links[2].text(); strings.Contains(got, "multicast.localhost") || strings.Count(got, "<message ") != 3 {
+		t.Fatalf("the last attempt wrote:\n%s\nwant 3 stanzas, no multicast", got)
+	}
+	if testutil.ToFloat64(m.multicastRejected) != 1 || testutil.ToFloat64(m.batches.WithLabelValues("poison")) != 0 {
+		t.Fatalf("multicast rejected %v, poison %v", testutil.ToFloat64(m.multicastRejected), testutil.ToFloat64(m.batches.WithLabelValues("poison")))
+	}
+	// Multicast stays on for the other batches.
+	if !s.opt.Multicast.Enabled() {
+		t.Fatal("multicast switched off for every batch")
+	}
+}
