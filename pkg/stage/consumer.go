@@ -148,8 +148,13 @@ func (c *Consumer) run(ctx context.Context, r Fetcher, drain func() time.Duratio
 	hctx, hcancel := context.WithCancel(context.WithValue(context.WithoutCancel(ctx), drainingKey{}, ctx))
 	defer hcancel()
 
+	// A commit under way when the drain ends is cut short: the final commit
+	// covers it, and waiting for both could overrun the shutdown's budget
+	// while the coordinator is away.
+	lctx, lcancel := context.WithCancel(hctx)
+	defer lcancel()
 	var commits sync.WaitGroup
-	commits.Go(func() { c.commitLoop(hctx, r) })
+	commits.Go(func() { c.commitLoop(lctx, r) })
 
 	// kafka-go queues its fetch errors with the records and paces them itself
 	// (ReadBackoffMax): a long wait per error here would hold the records
@@ -218,6 +223,7 @@ func (c *Consumer) run(ctx context.Context, r Fetcher, drain func() time.Duratio
 	}
 	t.Stop()
 	close(c.stopped)
+	lcancel()
 	commits.Wait()
 
 	// The final commit gets its own short deadline: the reader is still open.

@@ -323,3 +323,47 @@ func TestDrainEndsARetryBackoff(t *testing.T) {
 		t.Fatalf("%d attempts, committed %d: want no attempt while draining, nothing committed", calls.Load(), committed)
 	}
 }
+
+// stalledCommits is a broker whose commits hang until their context ends
+// while stall is set (a coordinator away), as kafka-go's do.
+type stalledCommits struct {
+	*fakeBroker
+	stall atomic.Bool
+}
+
+func (b *stalledCommits) CommitMessages(ctx context.Context, ms ...kafka.Message) error {
+	if b.stall.Load() {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return b.fakeBroker.CommitMessages(ctx, ms...)
+}
+
+// A commit hanging when the drain ends is cut short, and the final commit
+// (the coordinator back) covers what it carried: the stop takes the final
+// commit's time, not also the hung one's, which could overrun the shutdown's
+// budget and exit with nothing committed.
+func TestDrainCutsACommitUnderWayShort(t *testing.T) {
+	b := &stalledCommits{fakeBroker: newFakeBroker("a")}
+	b.stall.Store(true)
+	var calls atomic.Int32
+	h := func(context.Context, kafka.Message) error { calls.Add(1); return nil }
+	c := NewConsumer(nopDLQ{}, h, ConsumerOptions{MaxInFlight: 1, DrainTimeout: time.Second}, testkit.Log(t, zerolog.ErrorLevel), prometheus.NewRegistry())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, b) }()
+	testkit.Eventually(t, 5*time.Second, "the record handled", func() bool { return calls.Load() == 1 })
+	time.Sleep(100 * time.Millisecond) // its commit under way, hanging
+	b.stall.Store(false)
+	start := time.Now()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("the stop took %v: it waited for the hung commit", took)
+	}
+	if _, committed := b.state(); committed != 1 {
+		t.Fatalf("committed %d, want 1 by the final commit", committed)
+	}
+}
