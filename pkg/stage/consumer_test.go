@@ -306,17 +306,10 @@ func TestDrainEndsARetryBackoff(t *testing.T) {
 	}
 	c := NewConsumer(nopDLQ{}, h, ConsumerOptions{MaxInFlight: 1, DrainTimeout: 10 * time.Second,
 		Retry: backoff.Policy{Initial: 5 * time.Second, Max: 5 * time.Second}}, testkit.Log(t, zerolog.ErrorLevel), prometheus.NewRegistry())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, b) }()
+	stop := runUntilStopped(t, c, b)
 	testkit.Eventually(t, 5*time.Second, "the first attempt", func() bool { return calls.Load() == 1 })
 	time.Sleep(50 * time.Millisecond) // into the backoff
-	start := time.Now()
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if took := time.Since(start); took > 2*time.Second {
+	if took := stop(); took > 2*time.Second {
 		t.Errorf("the drain took %v: it waited out the backoff", took)
 	}
 	if _, committed := b.state(); calls.Load() != 1 || committed > 0 {
@@ -349,18 +342,11 @@ func TestDrainCutsACommitUnderWayShort(t *testing.T) {
 	var calls atomic.Int32
 	h := func(context.Context, kafka.Message) error { calls.Add(1); return nil }
 	c := NewConsumer(nopDLQ{}, h, ConsumerOptions{MaxInFlight: 1, DrainTimeout: time.Second}, testkit.Log(t, zerolog.ErrorLevel), prometheus.NewRegistry())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, b) }()
+	stop := runUntilStopped(t, c, b)
 	testkit.Eventually(t, 5*time.Second, "the record handled", func() bool { return calls.Load() == 1 })
 	time.Sleep(100 * time.Millisecond) // its commit under way, hanging
 	b.stall.Store(false)
-	start := time.Now()
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if took := time.Since(start); took > 3*time.Second {
+	if took := stop(); took > 3*time.Second {
 		t.Errorf("the stop took %v: it waited for the hung commit", took)
 	}
 	if _, committed := b.state(); committed != 1 {

@@ -137,20 +137,34 @@ func startConsumer(t *testing.T, b *fakeBroker, h Handler, opt ConsumerOptions) 
 	opt.Retry = backoff.Policy{Initial: time.Millisecond, Max: 5 * time.Millisecond}
 	reg := prometheus.NewRegistry()
 	c := NewConsumer(nopDLQ{}, h, opt, testkit.Log(t, zerolog.ErrorLevel), reg)
+	stop := runUntilStopped(t, c, b)
+	return c, reg, func() { stop() }
+}
+
+// runUntilStopped runs c on r until the returned stop (or the test's end)
+// ends the run; stop fails the test when Run fails, and says how long it took.
+func runUntilStopped(t *testing.T, c *Consumer, r Fetcher) (stop func() time.Duration) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, b) }()
-	var once sync.Once
-	stop := func() {
+	go func() { done <- c.Run(ctx, r) }()
+	var (
+		once sync.Once
+		took time.Duration
+	)
+	stop = func() time.Duration {
 		once.Do(func() {
+			start := time.Now()
 			cancel()
 			if err := <-done; err != nil {
 				t.Errorf("Run: %v", err)
 			}
+			took = time.Since(start)
 		})
+		return took
 	}
-	t.Cleanup(stop)
-	return c, reg, stop
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 // During an outage the consumer neither exits nor gets ahead of its commits:

@@ -161,11 +161,11 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		// An identical batch is the same batch written twice (fanout retried a write).
 		Dedupe: 4096,
 	}
-	lanes := func(name, priorityName, of string, gate *stage.Gate, drain time.Duration, clientID, lane string) {
+	lanes := func(name, priorityName, of string, gate *stage.Gate, drain time.Duration, clientID, lanePrefix string) {
 		deliveries := cfg.DeliveriesTopic(of)
 		rt.Consume(stage.Input{
 			Name: name, Group: cfg.Sender.GroupPrefix + of, Topics: []string{deliveries},
-			Handle: handle, Labels: prometheus.Labels{"node": of}, ConsumerOptions: consumer, Lane: lane + "bulk",
+			Handle: handle, Labels: prometheus.Labels{"node": of}, ConsumerOptions: consumer, Lane: lanePrefix + "bulk",
 			Gate: gate, GateDrain: drain, ClientID: clientID,
 		})
 		// The priority lane has in-flight slots of its own on the same links: its
@@ -173,7 +173,7 @@ func run(ctx context.Context, log zerolog.Logger, cfg config.Config, h hooks) er
 		// worth of the rate limit.
 		rt.Consume(stage.Input{
 			Name: priorityName, Group: cfg.Sender.GroupPrefix + of + cfg.Bus.PrioritySuffix, Topics: []string{cfg.PriorityTopic(deliveries)},
-			Handle: handle, Labels: prometheus.Labels{"node": of}, ConsumerOptions: consumer, Lane: lane + "priority",
+			Handle: handle, Labels: prometheus.Labels{"node": of}, ConsumerOptions: consumer, Lane: lanePrefix + "priority",
 			Gate: gate, GateDrain: drain, ClientID: clientID,
 		})
 	}

@@ -217,7 +217,6 @@ func (s *Store) MemberIndex(ctx context.Context) (string, error) {
 	return s.index, nil
 }
 
-// forgetIndex makes the next page look the member index up again.
 // checkIndex forgets the index a query named when the server says it is
 // gone (dropped, renamed): the next query looks it up again.
 func (s *Store) checkIndex(err error) {
@@ -227,6 +226,7 @@ func (s *Store) checkIndex(err error) {
 	}
 }
 
+// forgetIndex makes the next page look the member index up again.
 func (s *Store) forgetIndex() {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -126,7 +126,7 @@ func New(pub Publisher, records Records, lim Limits, reg prometheus.Registerer) 
 		recordErrors: ms.Counter("progress_record_errors_total",
 			"Accepted announcements whose progress record the request could not write; they are written again in the background."),
 		recordLate: ms.CounterVec("progress_records_rewritten_total",
-			"Progress records written again after the request's write failed, by outcome (written; given_up: the queue was full or the store stayed down for recordRetryFor; fanout writes the record when it starts).", "outcome"),
+			"Progress records written again after the request's write failed, by outcome (written; given_up: the queue was full or the store stayed down for 2 minutes; fanout writes the record when it starts).", "outcome"),
 		ignored: ms.Counter("unknown_fields_total",
 			"Fields of Kafka input bodies that no body has, ignored as the first generation ignored them (a producer's typo shows here)."),
 	}

@@ -638,7 +638,7 @@ func TestARecordTheRequestCouldNotWriteIsWrittenAgain(t *testing.T) {
 		t.Fatalf("DELETE: %d %s", d.code, d.raw)
 	}
 	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(`
-# HELP progress_records_rewritten_total Progress records written again after the request's write failed, by outcome (written; given_up: the queue was full or the store stayed down for recordRetryFor; fanout writes the record when it starts).
+# HELP progress_records_rewritten_total Progress records written again after the request's write failed, by outcome (written; given_up: the queue was full or the store stayed down for 2 minutes; fanout writes the record when it starts).
 # TYPE progress_records_rewritten_total counter
 progress_records_rewritten_total{outcome="given_up"} 0
 progress_records_rewritten_total{outcome="written"} 1
